@@ -1,0 +1,107 @@
+"""The one exception tree of the ``grouptun`` package.
+
+::
+
+    GrouptunError                      base; the CLI maps every subclass to an exit code
+    ├── ProtocolError                  a datagram or document breaks PROTOCOL.md
+    │   ├── WireFormatError            malformed header (core.wire)
+    │   ├── AuthenticationError        tag did not verify (core.seal)
+    │   ├── SequenceExhausted          sender reached n_max; sending refused (core.sequence)
+    │   ├── EpochRejected              a new epoch failed the acceptance order (section 2)
+    │   └── CapsuleError               a capsule or sealed salt did not open
+    ├── VectorsError                   malformed test-vector input (``grouptun vectors``)
+    ├── ConfigError                    bad configuration; names the key at fault
+    ├── CredentialError                missing or wrong identification credential
+    ├── KeystoreError                  private keys at rest missing, corrupt or unreadable
+    ├── ProviderError                  the trust provider could not be reached or used
+    │   └── ProviderRefused            it answered with a refusal (4xx) and a reason
+    ├── SystemSetupError               TUN, netlink, sockets, privileges
+    └── ControlError                   the control socket (daemon not running, refused)
+
+Protocol errors on the data path are never raised to the CLI: the session
+turns them into drop counters. They derive from ``GrouptunError`` so that a
+caller that does want to stop on them can.
+"""
+
+from __future__ import annotations
+
+
+class GrouptunError(Exception):
+    """Base of every error grouptun raises on purpose."""
+
+    exit_code = 1
+
+
+class ProtocolError(GrouptunError):
+    exit_code = 65  # EX_DATAERR
+
+
+class WireFormatError(ProtocolError):
+    """A datagram whose header breaks PROTOCOL.md section 5."""
+
+
+class AuthenticationError(ProtocolError):
+    """A packet whose tag does not verify under the key it claims."""
+
+
+class SequenceExhausted(ProtocolError):
+    """The sender has used every n up to n_max in this epoch."""
+
+
+class EpochRejected(ProtocolError):
+    """A new epoch failed one step of the acceptance order (PROTOCOL.md 2)."""
+
+    def __init__(self, step: str, detail: str = "") -> None:
+        self.step = step
+        self.detail = detail
+        super().__init__(f"epoch refused at step '{step}'" + (f": {detail}" if detail else ""))
+
+
+class CapsuleError(ProtocolError):
+    """A capsule or sealed salt that does not open with the member's key."""
+
+
+class VectorsError(GrouptunError):
+    """Malformed input to ``grouptun vectors``; names the vector and field."""
+
+    exit_code = 2
+
+
+class ConfigError(GrouptunError):
+    """Bad configuration. ``key`` names the setting at fault."""
+
+    exit_code = 78  # EX_CONFIG
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config key '{key}': {problem}")
+
+
+class CredentialError(GrouptunError):
+    exit_code = 77  # EX_NOPERM
+
+
+class KeystoreError(GrouptunError):
+    exit_code = 74  # EX_IOERR
+
+
+class ProviderError(GrouptunError):
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class ProviderRefused(ProviderError):
+    """The provider answered 4xx; ``status`` and ``reason`` say why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"provider refused ({status}): {reason}")
+
+
+class SystemSetupError(GrouptunError):
+    exit_code = 71  # EX_OSERR
+
+
+class ControlError(GrouptunError):
+    exit_code = 3
