@@ -1,0 +1,58 @@
+"""The inner IP packet: just enough parsing to route it and to check it.
+
+A data packet's plaintext must be exactly one IPv4 or IPv6 packet whose
+source address is one of the sender's overlay addresses (PROTOCOL.md 5).
+"Exactly one" is checked through the length fields: IPv4 total length
+(bytes 2-3) equals the plaintext length and IHL >= 5; IPv6 payload length
+(bytes 4-5) + 40 equals it. Addresses are compared packed (4 or 16 bytes).
+
+Limits: no IPv4 options or IPv6 extension headers are looked into; IPv6
+jumbograms (payload length 0) are refused; GSO super-packets are not
+handled here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+IPV4_HEADER = 20
+IPV6_HEADER = 40
+# One C call each for the fields we read: (version/IHL, total length, src, dst)
+# and (version..., payload length, src, dst).
+_V4 = struct.Struct(">B1xH8x4s4s")
+_V6 = struct.Struct(">B3xH2x16s16s")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def packed_addresses(packet: bytes | bytearray | memoryview) -> tuple[bytes, bytes] | None:
+    """``(source, destination)`` packed, or None if this is not one well-formed IP packet."""
+    size = len(packet)
+    if size < IPV4_HEADER:
+        return None
+    first = packet[0]
+    if first >> 4 == 4:
+        _, total, source, destination = _V4.unpack_from(packet, 0)
+        if (first & 0x0F) < 5 or total != size:
+            return None
+        return source, destination
+    if first >> 4 == 6 and size >= IPV6_HEADER:
+        _, payload, source, destination = _V6.unpack_from(packet, 0)
+        if payload + IPV6_HEADER != size:
+            return None
+        return source, destination
+    return None
+
+
+def inner_ok(plaintext: bytes | bytearray | memoryview, sources: frozenset[bytes]) -> bool:
+    """True if ``plaintext`` is one IP packet whose source is in ``sources`` (packed)."""
+    addresses = packed_addresses(plaintext)
+    return addresses is not None and addresses[0] in sources
+
+
+def is_multicast(packed: bytes) -> bool:
+    """IPv4 224.0.0.0/4 or IPv6 ff00::/8."""
+    if len(packed) == 4:
+        return packed[0] & 0xF0 == 0xE0
+    return packed[0] == 0xFF

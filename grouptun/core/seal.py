@@ -1,0 +1,162 @@
+"""Seal and open one packet under one sender's key (PROTOCOL.md 5).
+
+Per-packet IV (96 bits; the last 4 bytes of nonce_common are unused)::
+
+    IV = head(12, nonce_common) XOR (0x00000000 || u64(s))
+
+Suite 1, ``aes-256-gcm``: ``ciphertext || tag = AES-256-GCM(enc_key, IV,
+plaintext, aad = header)``.
+
+Suite 2, ``aes-256-ctr-hmac-sha256``: ``ciphertext = plaintext XOR
+AES-256-CTR(enc_key, IV || 0x00000000)`` and ``tag = head(16,
+HMAC-SHA-256(mac_key, header || ciphertext))``; the tag is compared in
+constant time before anything is decrypted.
+
+A cipher object is made once per (epoch, sender) and reused for every
+packet: the AESGCM / CTR contexts and the keyed HMAC state are built once.
+
+Why ``seal`` returns ``header + encrypt(...)`` rather than using
+``encrypt_into`` (which cryptography 48 has): measured here, a fresh
+zero-filled bytearray per packet costs more (~0.6 µs at 1400 B) than the
+one copy of the concatenation, because ``encrypt`` allocates its output
+uninitialised. ``seal_into`` (``encrypt_into`` / ``update_into`` straight
+after the header) is for a caller that reuses one buffer across packets,
+e.g. a batched sendmmsg path; there it is the faster one.
+
+Limits: one object must not be used from two threads at once (the CTR
+context is reused); a packet is < 2^32 AES blocks (UDP makes it < 2^12).
+"""
+
+from __future__ import annotations
+
+import struct
+from hmac import compare_digest
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from grouptun.core.keys import SUITE_AES_CTR_HMAC, SUITE_AES_GCM, EpochKeys
+from grouptun.core.wire import HEADER_SIZE, OVERHEAD, TAG_SIZE
+from grouptun.errors import AuthenticationError
+
+IV_SIZE = 12
+_IV = struct.Struct(">IQ")
+_CTR_TAIL = bytes(4)  # suite 2: block counter starts at 0 after the 96-bit IV
+_SHA256 = hashes.SHA256()
+
+
+class IvMaker:
+    """Computes ``IV(s)`` from the first 12 bytes of nonce_common."""
+
+    __slots__ = ("_hi", "_lo")
+
+    def __init__(self, nonce_common: bytes | bytearray) -> None:
+        if len(nonce_common) < IV_SIZE:
+            raise ValueError("nonce_common must be at least 12 bytes")
+        self._hi, self._lo = _IV.unpack_from(nonce_common, 0)
+
+    def make(self, sequence: int) -> bytes:
+        """IV(s); hot paths hold the bound method (cheaper than calling the instance)."""
+        return _IV.pack(self._hi, self._lo ^ sequence)
+
+    __call__ = make
+
+    def wipe(self) -> None:
+        self._hi = self._lo = 0
+
+
+class Suite1Cipher:
+    """aes-256-gcm for one sender key."""
+
+    __slots__ = ("_aead",)
+    suite = SUITE_AES_GCM
+
+    def __init__(self, enc_key: bytes | bytearray) -> None:
+        self._aead = AESGCM(enc_key)
+
+    def seal(self, header: bytes, iv: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
+        """``header || ciphertext || tag``."""
+        return header + self._aead.encrypt(iv, plaintext, header)
+
+    def seal_into(self, out: bytearray | memoryview, header: bytes, iv: bytes,
+                  plaintext: bytes | bytearray | memoryview) -> int:
+        """Write the packet at the start of ``out`` (a reused buffer); returns its length."""
+        end = HEADER_SIZE + len(plaintext) + TAG_SIZE
+        view = memoryview(out)
+        view[:HEADER_SIZE] = header
+        self._aead.encrypt_into(iv, plaintext, header, view[HEADER_SIZE:end])
+        return end
+
+    def open(self, packet: bytes | bytearray | memoryview, iv: bytes) -> bytes:
+        """Plaintext of a whole packet (header || ciphertext || tag).
+
+        Raises AuthenticationError if the tag does not verify. The caller
+        has checked ``len(packet) >= OVERHEAD``.
+        """
+        view = memoryview(packet)
+        try:
+            return self._aead.decrypt(iv, view[HEADER_SIZE:], view[:HEADER_SIZE])
+        except InvalidTag:
+            raise AuthenticationError("tag does not verify") from None
+
+
+class Suite2Cipher:
+    """aes-256-ctr-hmac-sha256 for one sender key."""
+
+    __slots__ = ("_ctr", "_mac")
+    suite = SUITE_AES_CTR_HMAC
+
+    def __init__(self, enc_key: bytes | bytearray, mac_key: bytes | bytearray) -> None:
+        # One CTR context per key, re-pointed with reset_nonce for each packet.
+        self._ctr = Cipher(algorithms.AES(enc_key), modes.CTR(bytes(16))).encryptor()
+        self._mac = hmac.HMAC(mac_key, _SHA256)
+
+    def _encrypt(self, iv: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
+        if not len(plaintext):
+            return b""
+        self._ctr.reset_nonce(iv + _CTR_TAIL)
+        return self._ctr.update(plaintext)
+
+    def _tag(self, header: bytes | memoryview, ciphertext: bytes | memoryview) -> bytes:
+        mac = self._mac.copy()
+        mac.update(header)
+        mac.update(ciphertext)
+        return mac.finalize()[:TAG_SIZE]
+
+    def seal(self, header: bytes, iv: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
+        ciphertext = self._encrypt(iv, plaintext)
+        return header + ciphertext + self._tag(header, ciphertext)
+
+    def seal_into(self, out: bytearray | memoryview, header: bytes, iv: bytes,
+                  plaintext: bytes | bytearray | memoryview) -> int:
+        size = len(plaintext)
+        end = HEADER_SIZE + size + TAG_SIZE
+        view = memoryview(out)
+        view[:HEADER_SIZE] = header
+        if size:
+            self._ctr.reset_nonce(iv + _CTR_TAIL)
+            # update_into wants len + 15 bytes of room: the tag's 16 bytes give it.
+            self._ctr.update_into(plaintext, view[HEADER_SIZE:end])
+        view[HEADER_SIZE + size:end] = self._tag(header, view[HEADER_SIZE:HEADER_SIZE + size])
+        return end
+
+    def open(self, packet: bytes | bytearray | memoryview, iv: bytes) -> bytes:
+        view = memoryview(packet)
+        end = len(view) - TAG_SIZE
+        mac = self._mac.copy()
+        mac.update(view[:end])
+        if not compare_digest(mac.finalize()[:TAG_SIZE], view[end:]):
+            raise AuthenticationError("tag does not verify")
+        return self._encrypt(iv, view[HEADER_SIZE:end])
+
+
+PacketCipher = Suite1Cipher | Suite2Cipher
+
+
+def sender_cipher(keys: EpochKeys, index: int) -> PacketCipher:
+    """The cipher object for sender ``index`` of an epoch."""
+    if keys.suite == SUITE_AES_GCM:
+        return Suite1Cipher(keys.enc_key(index))
+    return Suite2Cipher(keys.enc_key(index), keys.mac_key(index))

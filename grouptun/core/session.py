@@ -1,0 +1,305 @@
+"""The data path of one member: TUN packets in, datagrams out, and back.
+
+Sans-IO: the shell passes packets, datagrams, their source endpoint and
+``now`` (monotonic seconds) in, and gets datagrams to send / inner packets
+for the TUN back. Nothing here raises on bad traffic: every dropped packet
+is counted by reason (:mod:`grouptun.core.counters`).
+
+Receive order (PROTOCOL.md 6; everything up to the length check reads the
+header only, before any cryptography)::
+
+    length >= 28 -> version/type -> flags -> held epoch -> s >= nonce_start
+    -> n <= n_max -> i != own -> body length fits the type -> replay window
+    -> open (tag) -> mark window -> switch/roam/last-seen -> inner packet
+
+Requests for the control path (:meth:`Session.take_requests`):
+``rekey:packets`` (a sender of the current epoch reached
+rekey_after_packets), ``rekey:time`` (rekey_after_seconds since install),
+``rekey:auth-failures`` (2^20 failed tags in the epoch), ``rekey:exhausted``
+(we reached n_max), and ``fetch`` (a packet for the next wire epoch arrived;
+at most one per FETCH_INTERVAL seconds). Each rekey reason is raised once
+per epoch.
+
+Datagrams and inner packets are returned as ``bytes``. One sealed
+broadcast datagram object is shared by all its (endpoint, datagram) pairs.
+Not thread-safe: one Session is driven by one thread or event loop.
+"""
+
+from __future__ import annotations
+
+from grouptun.core import counters as C
+from grouptun.core.epoch import AUTH_FAILURES_REKEY, EpochMaterial, EpochState
+from grouptun.core.inner import inner_ok, packed_addresses
+from grouptun.core.keyring import Keyring
+from grouptun.core.peers import EVERYONE, Endpoint, MemberInfo, Peer, PeerTable
+from grouptun.core.sequence import N_MAX
+from grouptun.core.wire import (BYTE0_DATA, BYTE0_KEEPALIVE, HEADER, OVERHEAD, TYPE_DATA,
+                                TYPE_KEEPALIVE, VERSION)
+from grouptun.core.keys import wipe
+from grouptun.errors import AuthenticationError, EpochRejected, SequenceExhausted
+
+__all__ = ["Endpoint", "EpochMaterial", "MemberInfo", "Session", "FETCH_INTERVAL"]
+
+FETCH_INTERVAL = 5.0
+MIN_INNER = 20  # smallest IP packet (an IPv4 header)
+_KEEP_SENT_HISTORY = 8  # dropped epochs whose packets_sent we still report
+
+
+class Session:
+    """One member's data path over every epoch it holds."""
+
+    def __init__(self, own_name: str, keepalive_interval: float = 10.0) -> None:
+        if not own_name:
+            raise ValueError("own_name must not be empty")
+        if not keepalive_interval > 0:
+            raise ValueError("keepalive_interval must be > 0")
+        self.own_name = own_name
+        self.keepalive_interval = float(keepalive_interval)
+        self._keyring = Keyring()
+        self._peers = PeerTable()
+        self.drops = C.DropCounters()
+        self._requests: set[str] = set()
+        self._last_fetch: float | None = None
+        self._sent_history: dict[int, int] = {}
+
+    # -- control path ---------------------------------------------------
+    def install_epoch(self, material: EpochMaterial, now: float) -> None:
+        """Derive the epoch's keys (wiping material.shared_secret and .salt) and hold it.
+
+        Raises EpochRejected ("material": unusable fields or our name not at
+        own_index; "epoch": not newer than the current one); state unchanged.
+        """
+        own = [m for m in material.members if m.index == material.own_index]
+        if len(own) != 1 or own[0].name != self.own_name:
+            wipe(material.shared_secret)
+            wipe(material.salt)
+            raise EpochRejected("material", f"member {material.own_index} is not {self.own_name!r}")
+        current = self._keyring.current
+        if current is not None and material.epoch <= current.epoch:
+            wipe(material.shared_secret)
+            wipe(material.salt)
+            raise EpochRejected("epoch", f"epoch {material.epoch} is not newer than {current.epoch}")
+        try:
+            state = EpochState(material, now)
+        except (ValueError, TypeError) as exc:
+            raise EpochRejected("material", str(exc)) from None
+        try:
+            dropped = self._keyring.install(state, now)
+        except EpochRejected:
+            state.wipe()
+            raise
+        self._peers.sync(material.members, self.own_name)
+        state.peers = [None if m.name == self.own_name else self._peers[m.name] for m in state.by_index]
+        state.others = [peer for peer in state.peers if peer is not None]
+        self._forget(dropped)
+
+    def take_requests(self) -> set[str]:
+        requests, self._requests = self._requests, set()
+        return requests
+
+    def packets_sent(self) -> dict[int, int]:
+        sent = dict(self._sent_history)
+        for state in self._keyring.held():
+            sent[state.epoch] = state.allocator.sent
+        return sent
+
+    def close(self) -> None:
+        """Wipe every key; the session sends and receives nothing afterwards."""
+        self._forget(self._keyring.held())
+        self._keyring.close()
+
+    # -- data path --------------------------------------------------------
+    def on_tun_packet(self, packet: bytes | bytearray | memoryview, now: float) -> list[tuple[Endpoint, bytes]]:
+        """Seal one IP packet from the TUN for its member(s); [] if dropped."""
+        drops = self.drops
+        addresses = packed_addresses(packet)
+        if addresses is None:
+            drops[C.TX_INVALID] += 1
+            return []
+        state = self._keyring.sending(now)
+        if state is None:
+            drops[C.TX_NO_EPOCH] += 1
+            return []
+        if addresses[0] not in state.own_sources:
+            drops[C.TX_SOURCE] += 1
+            return []
+        target = state.routes.unicast.get(addresses[1])
+        if target is None:
+            target = state.routes.lookup(addresses[1])
+        if target is None:
+            drops[C.TX_NO_ROUTE] += 1
+            return []
+        if target == EVERYONE:
+            peers = [peer for peer in state.others if peer.endpoint is not None]
+            if not peers:
+                drops[C.TX_NO_ENDPOINT] += 1
+                return []
+        else:
+            peer = state.peers[target]
+            if peer.endpoint is None:
+                drops[C.TX_NO_ENDPOINT] += 1
+                return []
+            peers = (peer,)
+        datagram = self._seal(state, TYPE_DATA, packet)
+        if datagram is None:
+            return []
+        size = len(packet)
+        out = []
+        for peer in peers:
+            out.append((peer.endpoint, datagram))
+            peer.tx_packets += 1
+            peer.tx_bytes += size
+            peer.last_sent = now
+        return out
+
+    def on_datagram(self, datagram: bytes | bytearray | memoryview, source: Endpoint, now: float) -> bytes | None:
+        """The inner IP packet of an authentic, fresh datagram, or None (dropped and counted)."""
+        drops = self.drops
+        size = len(datagram)
+        if size < OVERHEAD:
+            drops[C.SHORT] += 1
+            return None
+        byte0, flags, wire, sequence = HEADER.unpack_from(datagram, 0)
+        if byte0 != BYTE0_DATA and byte0 != BYTE0_KEEPALIVE:
+            drops[C.VERSION_TYPE] += 1
+            return None
+        if flags:
+            drops[C.FLAGS] += 1
+            return None
+        keyring = self._keyring
+        state = keyring.by_wire.get(wire)
+        if state is not None and state is keyring.previous:
+            state = keyring.lookup(wire, now)
+        if state is None:
+            self._unknown_epoch(wire, now)
+            return None
+        offset = sequence - state.nonce_start
+        if offset < 0:
+            drops[C.SEQUENCE] += 1
+            return None
+        n, index = divmod(offset, state.group_size)
+        if n > N_MAX:
+            drops[C.SEQUENCE] += 1
+            return None
+        if index == state.own_index:
+            drops[C.OWN_INDEX] += 1
+            return None
+        if (size < OVERHEAD + MIN_INNER) if byte0 == BYTE0_DATA else (size != OVERHEAD):
+            drops[C.LENGTH] += 1
+            return None
+        receiver = state.receivers.get(index) or state.receiver(index)
+        window = receiver.window
+        if not window.check(n):
+            drops[C.REPLAY] += 1
+            return None
+        try:
+            plaintext = receiver.cipher.open(datagram, state.iv(sequence))
+        except AuthenticationError:
+            self._auth_failed(state)
+            return None
+        window.mark(n)
+        # Authenticated and fresh: only now may state change.
+        if state.send_started is None:
+            self._keyring.authenticated(state, now)
+        if n >= state.rekey_after_packets:
+            self._rekey(state, "packets")
+        peer = state.peers[index]
+        if peer.endpoint != source:
+            peer.endpoint = source  # roaming
+        peer.last_seen = now
+        if byte0 == BYTE0_KEEPALIVE:
+            return None
+        if not inner_ok(plaintext, receiver.sources):
+            drops[C.INNER] += 1
+            return None
+        peer.rx_packets += 1
+        peer.rx_bytes += len(plaintext)
+        return plaintext
+
+    def on_timer(self, now: float) -> list[tuple[Endpoint, bytes]]:
+        """Switch/forget epochs, raise rekey:time, and send due keepalives."""
+        self._forget(self._keyring.advance(now))
+        current = self._keyring.current
+        if current is not None and now - current.installed_at >= current.rekey_after_seconds:
+            self._rekey(current, "time")
+        state = self._keyring.sending(now)
+        if state is None:
+            return []
+        interval = self.keepalive_interval
+        due = [peer for peer in state.others if peer.endpoint is not None
+               and (peer.last_sent is None or now - peer.last_sent >= interval)]
+        if not due:
+            return []
+        datagram = self._seal(state, TYPE_KEEPALIVE, b"")
+        if datagram is None:
+            return []
+        for peer in due:
+            peer.last_sent = now
+        return [(peer.endpoint, datagram) for peer in due]
+
+    # -- helpers --------------------------------------------------------
+    def _seal(self, state: EpochState, type_: int, payload: bytes | bytearray | memoryview) -> bytes | None:
+        allocator = state.allocator
+        try:
+            sequence = allocator.next()
+        except SequenceExhausted:
+            self.drops[C.TX_EXHAUSTED] += 1
+            self._rekey(state, "exhausted")
+            return None
+        if allocator.rekey_due:
+            self._rekey(state, "packets")
+        header = HEADER.pack((VERSION << 4) | type_, 0, state.wire, sequence)
+        return state.sender.seal(header, state.iv(sequence), payload)
+
+    def _auth_failed(self, state: EpochState) -> None:
+        self.drops[C.AUTH] += 1
+        state.auth_failures += 1
+        if state.auth_failures >= AUTH_FAILURES_REKEY:
+            self._rekey(state, "auth-failures")
+
+    def _unknown_epoch(self, wire: int, now: float) -> None:
+        self.drops[C.UNKNOWN_EPOCH] += 1
+        current = self._keyring.current
+        if current is None or wire != (current.wire + 1) & 0xFFFF:
+            return
+        if self._last_fetch is None or now - self._last_fetch >= FETCH_INTERVAL:
+            self._last_fetch = now
+            self._requests.add("fetch")
+
+    def _rekey(self, state: EpochState, reason: str) -> None:
+        # Only the current epoch matters: a newer one already replaces the previous.
+        if state is self._keyring.current and reason not in state.raised:
+            state.raised.add(reason)
+            self._requests.add(f"rekey:{reason}")
+
+    def _forget(self, dropped: list[EpochState]) -> None:
+        if not dropped:
+            return
+        for state in dropped:
+            self._sent_history[state.epoch] = state.allocator.sent
+        for epoch in sorted(self._sent_history)[:-_KEEP_SENT_HISTORY]:
+            del self._sent_history[epoch]
+        keep = {m.name for held in self._keyring.held() for m in held.by_index}
+        self._peers.prune(keep)
+
+    # -- status -----------------------------------------------------------
+    def status(self, now: float) -> dict:
+        """JSON-able view: epochs held, members, drops by reason, pending requests."""
+        sending = self._keyring.sending(now)
+        epochs = [state.status(now, state is sending) for state in self._keyring.held()]
+        members = []
+        current = self._keyring.current
+        if current is not None:
+            for member in current.by_index:
+                entry = {"name": member.name, "index": member.index,
+                         "addresses": [str(a) for a in member.addresses], "self": member.name == self.own_name}
+                peer = self._peers.get(member.name)
+                if peer is not None:
+                    entry.update(peer.status(now))
+                members.append(entry)
+        return {"epochs": epochs, "members": members, "drops": self.drops.snapshot(),
+                "requests": sorted(self._requests)}
+
+    def peer(self, name: str) -> Peer | None:
+        """The per-member state of ``name`` (for tests and the daemon's status)."""
+        return self._peers.get(name)

@@ -1,0 +1,209 @@
+"""Test-vector documents (design/vectors/README.md): validate inputs, compute outputs.
+
+Two document kinds, told apart by their list key:
+
+- ``{"version": 1, "vectors": [...]}`` (protocol-v1): one packet of one
+  sender per vector; every output is computed with the core modules.
+- ``{"version": 1, "capsules": [...]}`` (capsules-v1): kem_public and both
+  infos are rebuilt, the capsule and sealed salt opened, data_id computed.
+
+Each vector is returned with its fields in the canonical order of the
+published files (inputs and outputs interleaved as there); output fields
+present in the input are recomputed, never trusted; fields this format does
+not know are kept, after the known ones. Every malformed input raises
+:class:`~grouptun.errors.VectorsError` with a one-line message that starts
+with the JSON path of the field at fault, e.g. ``vectors[3].n: ...``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from grouptun.core import capsule as caps
+from grouptun.core import keys, seal, sequence, wire
+from grouptun.errors import CapsuleError, VectorsError
+
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
+_U32_MAX = 2**32 - 1
+
+PROTOCOL_INPUTS = ("suite", "shared_secret", "salt", "group_id", "epoch", "nonce_start",
+                   "group_size", "member_index", "n", "type", "payload")
+PROTOCOL_OUTPUTS = ("data_id", "prk", "key_check", "nonce_common", "enc_key", "mac_key",
+                    "stream_sequence", "iv", "header", "packet")
+PROTOCOL_ORDER = PROTOCOL_INPUTS + PROTOCOL_OUTPUTS
+
+CAPSULE_INPUTS = ("uid", "group_id", "epoch", "kem_seed", "x25519_private", "capsule", "salt_capsule")
+CAPSULE_ORDER = ("uid", "group_id", "epoch", "kem_seed", "x25519_private", "kem_public",
+                 "capsule_info", "capsule", "shared_secret", "data_id", "salt_info",
+                 "salt_capsule", "salt")
+CAPSULE_OUTPUTS = tuple(name for name in CAPSULE_ORDER if name not in CAPSULE_INPUTS)
+
+
+def _short(value: Any) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Vector:
+    """Typed access to one vector's fields; errors name ``where.field``."""
+
+    def __init__(self, where: str, raw: Any) -> None:
+        if not isinstance(raw, dict):
+            raise VectorsError(f"{where}: must be a JSON object, got {type(raw).__name__}")
+        self.where = where
+        self.raw = raw
+
+    def fail(self, field: str, problem: str) -> VectorsError:
+        return VectorsError(f"{self.where}.{field}: {problem}")
+
+    def _get(self, field: str) -> Any:
+        if field not in self.raw:
+            raise self.fail(field, "missing")
+        return self.raw[field]
+
+    def int(self, field: str, low: int, high: int) -> int:
+        value = self._get(field)
+        if type(value) is not int:  # noqa: E721 - bool and float are refused on purpose
+            raise self.fail(field, f"must be an integer, got {_short(value)}")
+        if not low <= value <= high:
+            raise self.fail(field, f"{value} outside {low}..{high}")
+        return value
+
+    def hex(self, field: str, size: int | None = None) -> bytes:
+        value = self._get(field)
+        if not isinstance(value, str):
+            raise self.fail(field, f"must be a hex string, got {_short(value)}")
+        if _HEX.fullmatch(value) is None:
+            raise self.fail(field, "must be lowercase hex with an even number of digits")
+        data = bytes.fromhex(value)
+        if size is not None and len(data) != size:
+            raise self.fail(field, f"must be {size} bytes, got {len(data)}")
+        return data
+
+    def text(self, field: str) -> str:
+        value = self._get(field)
+        if not isinstance(value, str):
+            raise self.fail(field, f"must be a string, got {_short(value)}")
+        return value
+
+
+def _ordered(raw: dict, computed: dict, order: tuple[str, ...]) -> dict:
+    merged = {**raw, **computed}
+    result = {name: merged[name] for name in order if name in merged}
+    result.update((name, value) for name, value in raw.items() if name not in result)
+    return result
+
+
+def compute_protocol(where: str, raw: Any) -> dict:
+    """One protocol-v1 vector with every output computed."""
+    v = _Vector(where, raw)
+    suite = v.int("suite", 1, 2)
+    shared_secret = v.hex("shared_secret", keys.SECRET_SIZE)
+    salt = v.hex("salt", keys.SALT_SIZE)
+    group_id = v.hex("group_id", keys.GROUP_ID_SIZE)
+    epoch = v.int("epoch", 0, _U32_MAX)
+    nonce_start = v.int("nonce_start", 0, sequence.NONCE_START_MAX)
+    group_size = v.int("group_size", sequence.GROUP_SIZE_MIN, sequence.GROUP_SIZE_MAX)
+    index = v.int("member_index", 0, group_size - 1)
+    n = v.int("n", 0, sequence.N_MAX)
+    type_ = v.int("type", wire.TYPE_DATA, wire.TYPE_KEEPALIVE)
+    payload = v.hex("payload")
+    if type_ == wire.TYPE_KEEPALIVE and payload:
+        raise v.fail("payload", "a keepalive (type 2) has an empty payload")
+
+    epoch_keys = keys.EpochKeys(suite, group_id, epoch, shared_secret, salt)
+    try:
+        s = sequence.stream_sequence(nonce_start, group_size, index, n)
+        iv = seal.IvMaker(epoch_keys.nonce_common)(s)
+        header = wire.encode(wire.Header(type_, wire.wire_epoch(epoch), s))
+        packet = seal.sender_cipher(epoch_keys, index).seal(header, iv, payload)
+        computed = {
+            "data_id": keys.data_id(shared_secret).hex(),
+            "prk": epoch_keys.prk.hex(),
+            "key_check": epoch_keys.key_check().hex(),
+            "nonce_common": epoch_keys.nonce_common.hex(),
+            "enc_key": epoch_keys.enc_key(index).hex(),
+            "mac_key": epoch_keys.mac_key(index).hex() if suite == keys.SUITE_AES_CTR_HMAC else "",
+            "stream_sequence": s,
+            "iv": iv.hex(),
+            "header": header.hex(),
+            "packet": packet.hex(),
+        }
+    finally:
+        epoch_keys.wipe()
+    return _ordered(raw, computed, PROTOCOL_ORDER)
+
+
+def compute_capsule(where: str, raw: Any) -> dict:
+    """One capsules-v1 vector: kem_public, infos, and what the capsules open to."""
+    v = _Vector(where, raw)
+    uid = v.text("uid")
+    try:
+        uid_size = len(uid.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise v.fail("uid", "is not valid Unicode text (lone surrogate)") from None
+    if not 1 <= uid_size <= caps.UID_MAX_BYTES:
+        raise v.fail("uid", f"must be 1..{caps.UID_MAX_BYTES} bytes of UTF-8, got {uid_size}")
+    group_id = v.hex("group_id", caps.GROUP_ID_SIZE)
+    epoch = v.int("epoch", 0, _U32_MAX)
+    kem_seed = v.hex("kem_seed", caps.MLKEM_SEED_SIZE)
+    x25519_private = v.hex("x25519_private", caps.X25519_PRIVATE_SIZE)
+    capsule = v.hex("capsule", caps.CAPSULE_SIZE)
+    salt_capsule = v.hex("salt_capsule", caps.CAPSULE_SIZE)
+
+    private = caps.KemPrivateKey(kem_seed, x25519_private)
+    capsule_info = caps.capsule_info(group_id, epoch, uid)
+    salt_info = caps.salt_info(group_id, epoch, uid)
+    opened = {}
+    for field, info, sealed in (("capsule", capsule_info, capsule), ("salt_capsule", salt_info, salt_capsule)):
+        try:
+            opened[field] = caps.open_sealed(private, info, sealed)
+        except CapsuleError as exc:
+            raise v.fail(field, f"does not open: {exc}") from None
+    computed = {
+        "kem_public": private.public_bytes().hex(),
+        "capsule_info": capsule_info.hex(),
+        "shared_secret": opened["capsule"].hex(),
+        "data_id": keys.data_id(opened["capsule"]).hex(),
+        "salt_info": salt_info.hex(),
+        "salt": opened["salt_capsule"].hex(),
+    }
+    for secret in opened.values():
+        keys.wipe(secret)
+    return _ordered(raw, computed, CAPSULE_ORDER)
+
+
+KINDS: dict[str, Callable[[str, Any], dict]] = {"vectors": compute_protocol, "capsules": compute_capsule}
+OUTPUTS = {"vectors": PROTOCOL_OUTPUTS, "capsules": CAPSULE_OUTPUTS}
+
+
+def compute_document(document: Any) -> dict:
+    """The whole document with every vector's outputs computed."""
+    if not isinstance(document, dict):
+        raise VectorsError(f"document: must be a JSON object, got {type(document).__name__}")
+    if "version" not in document:
+        raise VectorsError("version: missing")
+    if type(document["version"]) is not int or document["version"] != 1:  # noqa: E721
+        raise VectorsError(f"version: must be 1, got {_short(document['version'])}")
+    kinds = [kind for kind in KINDS if kind in document]
+    if not kinds:
+        raise VectorsError("document: has neither a 'vectors' nor a 'capsules' list")
+    result = dict(document)
+    for kind in kinds:
+        items = document[kind]
+        if not isinstance(items, list):
+            raise VectorsError(f"{kind}: must be a JSON array, got {type(items).__name__}")
+        result[kind] = [KINDS[kind](f"{kind}[{number}]", item) for number, item in enumerate(items)]
+    return result
+
+
+def mismatches(given: dict, computed: dict) -> list[str]:
+    """Paths of output fields present in ``given`` whose value differs from ``computed``."""
+    found = []
+    for kind in KINDS:
+        for number, (old, new) in enumerate(zip(given.get(kind) or [], computed.get(kind) or [])):
+            for field in OUTPUTS[kind]:
+                if isinstance(old, dict) and field in old and old[field] != new[field]:
+                    found.append(f"{kind}[{number}].{field}")
+    return found
