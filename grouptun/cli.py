@@ -28,27 +28,32 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the ``chosen`` subcommand's module is imported and asked for its arguments."""
     parser = argparse.ArgumentParser(prog="grouptun", description="grouptun group VPN")
     parser.add_argument("--version", action="version", version=f"grouptun {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        sub_parser.set_defaults(_module=module_name)
-        # Arguments are added lazily in main(): only the chosen module is imported.
+        if name == chosen:
+            importlib.import_module(module_name).add_arguments(sub_parser)
     return parser
+
+
+def _chosen_subcommand(argv: list[str]) -> str | None:
+    """The subcommand named in argv: the first word that is not an option."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in SUBCOMMANDS else None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # First pass finds the subcommand; its module then adds its own arguments.
-    known, _ = parser.parse_known_args(argv)
-    module = importlib.import_module(known._module)
-    sub_parser = parser._subparsers._group_actions[0].choices[known.command]  # noqa: SLF001
-    module.add_arguments(sub_parser)
-    args = parser.parse_args(argv)
+    chosen = _chosen_subcommand(argv)
+    args = build_parser(chosen).parse_args(argv)
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
     except GrouptunError as exc:

@@ -105,3 +105,7 @@ class SystemSetupError(GrouptunError):
 
 class ControlError(GrouptunError):
     exit_code = 3
+
+
+class OffloadError(GrouptunError):
+    """A TUN super-packet or its virtio-net header that cannot be segmented (offload)."""

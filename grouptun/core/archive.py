@@ -1,0 +1,307 @@
+"""The signed group document (the seed's Keystore Group Archive, KGA).
+
+The provider publishes one document per group and version; members verify
+it against the provider keys they pinned at join (PROTOCOL.md 2).
+
+Wire shape (``verify_archive`` input, the "envelope", UTF-8 JSON)::
+
+    {"document": "<RFC 8785 canonical JSON of the archive, as a string>",
+     "ed25519": "<base64 signature>", "mldsa65": "<base64 signature>"}
+
+Both signatures cover ``SIGNING_LABEL || document-bytes``; ML-DSA-65 also
+gets ``SIGNING_LABEL`` as its FIPS 204 context string. Carrying the document
+as a string keeps the signed bytes exact (no float re-serialisation); a
+document that is not already canonical is refused. The document::
+
+    {"format": "grouptun/1 archive",
+     "group_id": hex(16 bytes), "name": str,
+     "version": int (strictly increasing per group; unix milliseconds or more),
+     "epoch": {"epoch": u32, "suite": 1|2, "nonce_start": u32,
+               "group_size": N, "data_id": hex(16), "key_check": hex(16),
+               "rekey_after_seconds": num, "rekey_after_packets": int,
+               "switch_delay": num, "grace": num,
+               "challenges": [hex(32 bytes), ...], "opened_at": unix seconds},
+     "members": [{"name": str, "index": int, "addresses": ["10.77.0.2/24", ...],
+                  "endpoints": ["host:port" | "[v6]:port", ...],
+                  "ed25519_public": base64(32), "kem_public": base64(1216)}, ...],
+     "attributes": {"cidr": "10.77.0.0/24", "cidr6": "fd77::/64" | null, "mtu": 1420},
+     "expires_at": unix seconds}
+
+``Archive.raw`` holds the whole envelope exactly as verified, so a member
+can store it and verify it again later. Limits: this module checks shapes
+and signatures only; the semantic acceptance order (group id, epoch newer,
+index permutation, capsule and salt) is ``grouptun.core.accept``'s.
+Signing draws randomness inside ``cryptography`` (ML-DSA's hedged signing),
+like HPKE in ``capsule.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
+
+from grouptun.core.capsule import GROUP_ID_SIZE, KEM_PUBLIC_SIZE
+from grouptun.errors import EpochRejected
+
+FORMAT = "grouptun/1 archive"
+SIGNING_LABEL = b"grouptun/1 archive"
+KEYS_HASH_LABEL = b"grouptun/1 provider-keys"
+ED25519_PUBLIC_SIZE = 32
+MLDSA65_PUBLIC_SIZE = 1952
+CHALLENGE_SIZE = 32
+MAX_ENVELOPE_BYTES = 16 * 1024 * 1024  # ~65535 members * ~1.7 KiB each, base64
+
+
+def b64e(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def b64d(text: str, what: str, size: int | None = None) -> bytes:
+    """Strict standard base64; raises EpochRejected('format') naming ``what``."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError, AttributeError) as exc:
+        raise EpochRejected("format", f"{what}: not base64") from exc
+    if size is not None and len(raw) != size:
+        raise EpochRejected("format", f"{what}: {len(raw)} bytes, expected {size}")
+    return raw
+
+
+def _hexd(text: object, what: str, size: int) -> bytes:
+    try:
+        raw = bytes.fromhex(text)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        raise EpochRejected("format", f"{what}: not hex") from exc
+    if len(raw) != size or text != raw.hex():
+        raise EpochRejected("format", f"{what}: expected {size} bytes of lowercase hex")
+    return raw
+
+
+@dataclass(frozen=True)
+class ProviderKeys:
+    """The provider's two public signing keys; members pin their hash."""
+
+    ed25519_public: bytes
+    mldsa65_public: bytes
+
+    def fingerprint(self) -> str:
+        """SHA-256 over label || ed25519 || ml-dsa-65, lowercase hex (64 chars)."""
+        h = hashlib.sha256(KEYS_HASH_LABEL + self.ed25519_public + self.mldsa65_public)
+        return h.hexdigest()
+
+    def to_json(self) -> dict:
+        return {"ed25519": b64e(self.ed25519_public), "mldsa65": b64e(self.mldsa65_public)}
+
+    @classmethod
+    def from_json(cls, obj: object) -> "ProviderKeys":
+        if not isinstance(obj, dict):
+            raise EpochRejected("format", "provider_keys: not an object")
+        return cls(
+            b64d(obj.get("ed25519"), "provider_keys.ed25519", ED25519_PUBLIC_SIZE),  # type: ignore[arg-type]
+            b64d(obj.get("mldsa65"), "provider_keys.mldsa65", MLDSA65_PUBLIC_SIZE),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class ArchiveMember:
+    name: str
+    index: int
+    addresses: tuple[str, ...]
+    endpoints: tuple[str, ...]
+    ed25519_public: bytes
+    kem_public: bytes
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "index": self.index, "addresses": list(self.addresses),
+            "endpoints": list(self.endpoints), "ed25519_public": b64e(self.ed25519_public),
+            "kem_public": b64e(self.kem_public),
+        }
+
+
+@dataclass(frozen=True)
+class ArchiveEpoch:
+    epoch: int
+    suite: int
+    nonce_start: int
+    group_size: int
+    data_id: bytes
+    key_check: bytes
+    rekey_after_seconds: float
+    rekey_after_packets: int
+    switch_delay: float
+    grace: float
+    challenges: tuple[bytes, ...]
+    opened_at: float
+
+    def to_json(self) -> dict:
+        return {
+            "epoch": self.epoch, "suite": self.suite, "nonce_start": self.nonce_start,
+            "group_size": self.group_size, "data_id": self.data_id.hex(),
+            "key_check": self.key_check.hex(), "rekey_after_seconds": self.rekey_after_seconds,
+            "rekey_after_packets": self.rekey_after_packets, "switch_delay": self.switch_delay,
+            "grace": self.grace, "challenges": [c.hex() for c in self.challenges],
+            "opened_at": self.opened_at,
+        }
+
+
+@dataclass(frozen=True)
+class Archive:
+    group_id: bytes
+    name: str
+    version: int
+    epoch: ArchiveEpoch
+    members: tuple[ArchiveMember, ...]
+    cidr: str
+    cidr6: str | None
+    mtu: int
+    expires_at: float
+    raw: bytes = field(default=b"", compare=False, repr=False)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT, "group_id": self.group_id.hex(), "name": self.name,
+            "version": self.version, "epoch": self.epoch.to_json(),
+            "members": [m.to_json() for m in self.members],
+            "attributes": {"cidr": self.cidr, "cidr6": self.cidr6, "mtu": self.mtu},
+            "expires_at": self.expires_at,
+        }
+
+    def member(self, name: str) -> ArchiveMember | None:
+        return next((m for m in self.members if m.name == name), None)
+
+
+def canonical(obj: object) -> bytes:
+    """RFC 8785 (JCS) canonical JSON bytes."""
+    return rfc8785.dumps(obj)
+
+
+def sign_archive(archive: Archive, ed_key: ed25519.Ed25519PrivateKey,
+                 mldsa_key: mldsa.MLDSA65PrivateKey) -> bytes:
+    """Return the signed envelope bytes for ``archive`` (its ``raw`` is ignored)."""
+    document = canonical(archive.to_json())
+    message = SIGNING_LABEL + document
+    envelope = {
+        "document": document.decode("utf-8"),
+        "ed25519": b64e(ed_key.sign(message)),
+        "mldsa65": b64e(mldsa_key.sign(message, SIGNING_LABEL)),
+    }
+    return canonical(envelope)
+
+
+def _verify_signatures(document: bytes, sig_ed: bytes, sig_ml: bytes, pinned: ProviderKeys) -> None:
+    message = SIGNING_LABEL + document
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(pinned.ed25519_public).verify(sig_ed, message)
+        mldsa.MLDSA65PublicKey.from_public_bytes(pinned.mldsa65_public).verify(sig_ml, message, SIGNING_LABEL)
+    except (InvalidSignature, ValueError) as exc:
+        raise EpochRejected("signature", "document signature does not verify") from exc
+
+
+def verify_archive(signed: bytes, pinned: ProviderKeys) -> Archive:
+    """Verify both signatures, then parse. Raises EpochRejected('signature' | 'format')."""
+    if len(signed) > MAX_ENVELOPE_BYTES:
+        raise EpochRejected("format", "archive too large")
+    try:
+        envelope = json.loads(signed)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EpochRejected("format", "archive is not JSON") from exc
+    if not isinstance(envelope, dict) or set(envelope) != {"document", "ed25519", "mldsa65"}:
+        raise EpochRejected("format", "archive envelope has the wrong keys")
+    if not isinstance(envelope["document"], str):
+        raise EpochRejected("format", "document is not a string")
+    document = envelope["document"].encode("utf-8")
+    sig_ed = b64d(envelope["ed25519"], "ed25519 signature")
+    sig_ml = b64d(envelope["mldsa65"], "mldsa65 signature")
+    _verify_signatures(document, sig_ed, sig_ml, pinned)
+    try:
+        obj = json.loads(document)
+    except ValueError as exc:
+        raise EpochRejected("format", "document is not JSON") from exc
+    if canonical(obj) != document:
+        raise EpochRejected("format", "document is not RFC 8785 canonical")
+    return parse_document(obj, raw=bytes(signed))
+
+
+def _get(obj: dict, key: str, kind: type | tuple, where: str):
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise EpochRejected("format", f"{where}{key}: missing or wrong type")
+    return value
+
+
+def _uint(obj: dict, key: str, where: str, limit: int) -> int:
+    value = _get(obj, key, int, where)
+    if not 0 <= value < limit:
+        raise EpochRejected("format", f"{where}{key}: out of range")
+    return value
+
+
+def _num(obj: dict, key: str, where: str) -> float:
+    value = float(_get(obj, key, (int, float), where))
+    if not value >= 0:
+        raise EpochRejected("format", f"{where}{key}: negative")
+    return value
+
+
+def _strs(obj: dict, key: str, where: str) -> tuple[str, ...]:
+    items = _get(obj, key, list, where)
+    if not all(isinstance(x, str) for x in items):
+        raise EpochRejected("format", f"{where}{key}: not a list of strings")
+    return tuple(items)
+
+
+def _parse_epoch(obj: object) -> ArchiveEpoch:
+    if not isinstance(obj, dict):
+        raise EpochRejected("format", "epoch: not an object")
+    w = "epoch."
+    challenges = tuple(_hexd(c, "epoch.challenges", CHALLENGE_SIZE) for c in _get(obj, "challenges", list, w))
+    return ArchiveEpoch(
+        epoch=_uint(obj, "epoch", w, 2**32), suite=_uint(obj, "suite", w, 256),
+        nonce_start=_uint(obj, "nonce_start", w, 2**32), group_size=_uint(obj, "group_size", w, 65536),
+        data_id=_hexd(obj.get("data_id"), "epoch.data_id", 16),
+        key_check=_hexd(obj.get("key_check"), "epoch.key_check", 16),
+        rekey_after_seconds=_num(obj, "rekey_after_seconds", w),
+        rekey_after_packets=_uint(obj, "rekey_after_packets", w, 2**63),
+        switch_delay=_num(obj, "switch_delay", w), grace=_num(obj, "grace", w),
+        challenges=challenges, opened_at=_num(obj, "opened_at", w),
+    )
+
+
+def _parse_member(obj: object) -> ArchiveMember:
+    if not isinstance(obj, dict):
+        raise EpochRejected("format", "member: not an object")
+    w = "member."
+    return ArchiveMember(
+        name=_get(obj, "name", str, w), index=_uint(obj, "index", w, 65536),
+        addresses=_strs(obj, "addresses", w), endpoints=_strs(obj, "endpoints", w),
+        ed25519_public=b64d(obj.get("ed25519_public"), "member.ed25519_public", ED25519_PUBLIC_SIZE),
+        kem_public=b64d(obj.get("kem_public"), "member.kem_public", KEM_PUBLIC_SIZE),
+    )
+
+
+def parse_document(obj: object, raw: bytes = b"") -> Archive:
+    """Parse an already verified document object into an :class:`Archive`."""
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise EpochRejected("format", f"document format is not {FORMAT!r}")
+    attrs = obj.get("attributes")
+    if not isinstance(attrs, dict):
+        raise EpochRejected("format", "attributes: not an object")
+    cidr6 = attrs.get("cidr6")
+    if cidr6 is not None and not isinstance(cidr6, str):
+        raise EpochRejected("format", "attributes.cidr6: wrong type")
+    return Archive(
+        group_id=_hexd(obj.get("group_id"), "group_id", GROUP_ID_SIZE),
+        name=_get(obj, "name", str, ""), version=_uint(obj, "version", "", 2**63),
+        epoch=_parse_epoch(obj.get("epoch")),
+        members=tuple(_parse_member(m) for m in _get(obj, "members", list, "")),
+        cidr=_get(attrs, "cidr", str, "attributes."), cidr6=cidr6,
+        mtu=_uint(attrs, "mtu", "attributes.", 65536), expires_at=_num(obj, "expires_at", ""),
+        raw=raw,
+    )

@@ -1,0 +1,99 @@
+"""Join tokens: what an admin hands a new member, one line of text.
+
+Format: ``"gtjoin1-" || base64url-nopad(RFC 8785 JSON)`` where the JSON is
+``{"url": "https://host:port", "tls": <hex SHA-256 of the provider's TLS
+certificate (DER)>, "keys": <ProviderKeys.fingerprint()>, "secret":
+<base64url-nopad of 32 random bytes>}``.
+
+The token is a bearer secret: whoever holds it can enroll once, before it
+expires. The provider stores only SHA-256(secret) (the secret has 256 bits
+of entropy, so a slow hash adds nothing). Limits: token text <= 2048 chars;
+URL must be https with a host; the fingerprints are 64 lowercase hex chars.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import rfc8785
+
+from grouptun.errors import ConfigError
+
+PREFIX = "gtjoin1-"
+MAX_TOKEN_CHARS = 2048
+SECRET_BYTES = 32
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    if not _B64URL.fullmatch(text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _bad(problem: str) -> ConfigError:
+    return ConfigError("join token", problem)
+
+
+def check_url(url: str) -> str:
+    """An https URL with a host and port; returns it without a trailing slash."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+        raise _bad(f"provider URL must be https://HOST[:PORT], got {url!r}")
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise _bad(f"bad port in {url!r}") from exc
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class JoinToken:
+    url: str
+    tls_fingerprint: str
+    provider_keys_hash: str
+    secret: str
+
+    def __post_init__(self) -> None:
+        check_url(self.url)
+        for name in ("tls_fingerprint", "provider_keys_hash"):
+            if not _HEX64.fullmatch(getattr(self, name)):
+                raise _bad(f"{name} must be 64 lowercase hex characters")
+        try:
+            if len(b64url_decode(self.secret)) != SECRET_BYTES:
+                raise ValueError("size")
+        except (ValueError, binascii.Error) as exc:
+            raise _bad(f"secret must be {SECRET_BYTES} bytes of base64url") from exc
+
+    def __str__(self) -> str:
+        body = {"url": self.url, "tls": self.tls_fingerprint, "keys": self.provider_keys_hash,
+                "secret": self.secret}
+        return PREFIX + b64url(rfc8785.dumps(body))
+
+
+def parse_join_token(text: str) -> JoinToken:
+    """Parse a token; raises ConfigError('join token', reason) on anything malformed."""
+    text = text.strip()
+    if len(text) > MAX_TOKEN_CHARS:
+        raise _bad("too long")
+    if not text.startswith(PREFIX):
+        raise _bad(f"must start with {PREFIX!r}")
+    try:
+        body = json.loads(b64url_decode(text[len(PREFIX):]))
+    except (ValueError, binascii.Error) as exc:
+        raise _bad("not valid base64url JSON") from exc
+    if not isinstance(body, dict) or set(body) != {"url", "tls", "keys", "secret"}:
+        raise _bad("wrong fields")
+    if not all(isinstance(v, str) for v in body.values()):
+        raise _bad("fields must be strings")
+    return JoinToken(check_url(body["url"]), body["tls"], body["keys"], body["secret"])

@@ -1,0 +1,420 @@
+"""``grouptun up``: wires keystore, TUN, netlink, UDP, session, control path.
+
+Start order: open the keystore with the credential (wrong credential ->
+nothing else happens), pin the provider keys, open the statefile, create
+the TUN device and give it addresses/MTU/routes, bind UDP, start the data
+plane on a uvloop loop, the control socket, then the control thread (which
+asks for a fresh epoch: the challenge rule). systemd is told READY once the
+interface and socket are up: the data plane then runs, even while the
+provider is unreachable; STATUS says whether an epoch is held.
+
+Signals: SIGTERM/SIGINT (and ``grouptun down``) stop cleanly: STOPPING,
+readers removed, session keys wiped (``Session.close``), the TUN closed
+(which removes the interface and its routes), the socket file removed, the
+credential and private keys overwritten. SIGHUP re-reads the config: a bad
+new config is refused and the running one kept; settings that need a
+restart (group, provider, paths, listen address/port, interface) are
+logged and ignored; the rest (log level, MTU, routes, reported endpoints,
+timings) apply at once.
+
+Every external piece is built through :class:`Factories`, so tests run the
+whole daemon with a fake TUN, fake netlink and fake provider client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from contextlib import ExitStack
+from typing import Callable
+from urllib.parse import urlsplit
+
+from grouptun import config as config_mod
+from grouptun import credential as credential_mod
+from grouptun import keystore
+from grouptun.config import Config, format_endpoint
+from grouptun.control import ControlServer
+from grouptun.controlplane import Backoff, ControlPlane
+from grouptun.core.archive import Archive, ProviderKeys
+from grouptun.dataplane import DataPlane, LoopPort
+from grouptun.errors import ConfigError, GrouptunError
+from grouptun.statefile import EpochStateFile
+from grouptun.udp import normalise_host
+
+log = logging.getLogger("grouptun.daemon")
+
+RESTART_ONLY = ("group", "provider", "paths")
+RESTART_ONLY_NETWORK = ("listen_address", "listen_port")
+
+
+def _default_tun(name: str):
+    from grouptun.tun import TunDevice
+
+    return TunDevice(name)
+
+
+def _default_udp(address: str, port: int):
+    from grouptun.udp import UdpTransport
+
+    return UdpTransport(address, port)
+
+
+def _default_netconfig(ifname: str):
+    from grouptun.netconfig import NetConfig
+
+    return NetConfig(ifname)
+
+
+def _default_client(config: Config, keys: keystore.MemberKeys):
+    from grouptun.provider_client import ProviderClient
+
+    return ProviderClient(config.provider.url, config.provider.tls_fingerprint, config.group.name,
+                          config.group.member, keys.signing_key)
+
+
+def _default_session(member: str, keepalive: float):
+    from grouptun.core.session import Session
+
+    return Session(member, keepalive_interval=keepalive)
+
+
+def _default_loop() -> asyncio.AbstractEventLoop:
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+@dataclasses.dataclass
+class Factories:
+    tun: Callable = _default_tun
+    udp: Callable = _default_udp
+    netconfig: Callable = _default_netconfig
+    client: Callable = _default_client
+    session: Callable = _default_session
+    loop: Callable = _default_loop
+    backoff: Callable = Backoff
+
+
+class OpsHooks:
+    """systemd notifications + metrics; every call is a no-op without them."""
+
+    def __init__(self) -> None:
+        from grouptun.sdnotify import Notifier
+
+        self.notifier = Notifier.from_env()
+        self.metrics = None
+        self._watchdog = None
+
+    def start(self, config: Config, loop, snapshot: Callable[[], dict], healthy: Callable[[], bool]) -> None:
+        """Start the watchdog task (on ``loop``) and the metrics listener if configured."""
+        from grouptun.sdnotify import start_watchdog
+
+        async def on_loop():
+            return start_watchdog(self.notifier, healthy)
+
+        self._watchdog = loop.run_until_complete(on_loop())
+        if config.daemon.metrics_listen:
+            from grouptun.metrics import DaemonMetrics
+
+            self.metrics = DaemonMetrics(config.group.name, snapshot, loop)
+            self.metrics.serve(config.daemon.metrics_listen)
+
+    def stop(self, loop) -> None:
+        """Before the loop closes: end the watchdog task and the metrics listener."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            loop.run_until_complete(asyncio.gather(self._watchdog, return_exceptions=True))
+            self._watchdog = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+
+    def close(self) -> None:
+        self.notifier.close()
+
+
+def local_address_towards(url: str) -> str | None:
+    """The source address the kernel picks for traffic to the provider in ``url``.
+
+    A UDP ``connect`` sends nothing; it only makes the kernel choose a route
+    and source address. None when the provider's host does not resolve or
+    no route leads there.
+    """
+    host = urlsplit(url).hostname
+    try:
+        infos = socket.getaddrinfo(host, 443, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return None
+    for family, _, _, _, sockaddr in infos:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect(sockaddr)
+                return normalise_host(s.getsockname()[0])
+            except OSError:
+                continue
+    return None
+
+
+def seen_endpoints(url: str, listen_address: str, port: int) -> list[str]:
+    """``[host:port]`` where host is the listen address if specific, else our source address towards ``url``."""
+    listen = ipaddress.ip_address(listen_address)
+    host = None if listen.is_unspecified else str(listen)
+    host = host or local_address_towards(url)
+    return [format_endpoint(host, port)] if host else []
+
+
+def reported_endpoints(config: Config, port: int) -> list[str]:
+    """What the member tells the provider: ``network.endpoints`` if set, else :func:`seen_endpoints`.
+
+    Behind NAT, set ``network.endpoints`` (``grouptun join --endpoint``).
+    """
+    if config.network.endpoints:
+        return list(config.network.endpoints)
+    return seen_endpoints(config.provider.url, config.network.listen_address, port)
+
+
+class Daemon:
+    def __init__(self, config: Config, credential: bytearray, factories: Factories | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.credential = credential
+        self.f = factories or Factories()
+        self.clock = clock
+        self.started_at = time.time()
+        self.stopped = threading.Event()
+        self._stop_event: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.applied_addresses: tuple[str, ...] = ()
+
+    # --- setup pieces ---
+    def _pinned(self) -> ProviderKeys:
+        p = self.config.provider
+        pinned = ProviderKeys(p.ed25519_public, p.mldsa65_public)
+        if not hmac.compare_digest(pinned.fingerprint(), p.keys_hash):
+            raise ConfigError("provider.keys_hash", "does not match provider.ed25519_public/mldsa65_public")
+        return pinned
+
+    def _apply_archive(self, archive: Archive) -> None:
+        """Control thread: the archive's view of our addresses, the overlay routes, the MTU.
+
+        The MTU is the smaller of ``network.mtu`` (what this host's underlay
+        allows) and the group's (what every member agreed to).
+        """
+        me = archive.member(self.config.group.member)
+        if me is None:
+            return
+        routes = [archive.cidr] + ([archive.cidr6] if archive.cidr6 else []) + list(self.config.network.routes)
+        if tuple(me.addresses) != self.applied_addresses:
+            log.info("interface %s addresses: %s", self.config.group.interface, ", ".join(me.addresses))
+            self.net.set_addresses(list(me.addresses))
+            self.applied_addresses = tuple(me.addresses)
+        self.net.add_routes(routes)
+        mtu = min(self.config.network.mtu, archive.mtu) if archive.mtu >= 1280 else self.config.network.mtu
+        if mtu != self.applied_mtu:
+            log.info("interface %s MTU %d (config %d, group %d)", self.config.group.interface, mtu,
+                     self.config.network.mtu, archive.mtu)
+            self.net.set_mtu(mtu)
+            self.applied_mtu = mtu
+
+    def _on_install(self, material) -> None:
+        self.ops.notifier.status(f"epoch {material.epoch}, {material.group_size} members")
+
+    # --- control socket handlers (event loop thread) ---
+    def status(self) -> dict:
+        now = self.clock()
+        cp = dataclasses.asdict(self.control.state) if self.control else {}
+        return {
+            "group": self.config.group.name, "member": self.config.group.member,
+            "interface": self.config.group.interface, "listen_port": self.udp.port if self.udp else None,
+            "pid": os.getpid(), "uptime": time.time() - self.started_at,
+            "addresses": list(self.applied_addresses), "mtu": getattr(self, "applied_mtu", None), "control": cp,
+            "dataplane": dict(self.data.counters) if self.data else {},
+            "session": self.session.status(now) if self.session else {},
+        }
+
+    def request_stop(self, why: str = "") -> dict:
+        if why:
+            log.info("stopping: %s", why)
+        if self._stop_event is not None and not self._stop_event.is_set():
+            # Let the control socket answer before the loop winds down.
+            self.loop.call_later(0.05, self._stop_event.set)
+        return {"stopping": True}
+
+    def reload(self) -> None:
+        self.ops.notifier.reloading()
+        try:
+            self._reload()
+        finally:
+            self.ops.notifier.ready()
+
+    def _reload(self) -> None:
+        if self.config.source is None:
+            log.warning("SIGHUP: no config file to reload")
+            return
+        try:
+            new = config_mod.load(self.config.source)
+        except ConfigError as exc:
+            log.error("SIGHUP: new config refused, keeping the running one: %s", exc)
+            return
+        old = self.config
+        for section in RESTART_ONLY:
+            if getattr(new, section) != getattr(old, section):
+                log.warning("SIGHUP: [%s] changed; that needs a restart, ignored", section)
+        for key in RESTART_ONLY_NETWORK:
+            if getattr(new.network, key) != getattr(old.network, key):
+                log.warning("SIGHUP: network.%s changed; that needs a restart, ignored", key)
+        network = dataclasses.replace(new.network, listen_address=old.network.listen_address,
+                                      listen_port=old.network.listen_port)
+        self.config = dataclasses.replace(old, network=network, daemon=new.daemon)
+        logging.getLogger().setLevel(new.daemon.log_level.upper())
+        try:
+            if network.mtu != old.network.mtu:
+                mtu = min(network.mtu, self.control.archive.mtu) if self.control and self.control.archive \
+                    and self.control.archive.mtu >= 1280 else network.mtu
+                self.net.set_mtu(mtu)
+                self.applied_mtu = mtu
+            self.net.add_routes(network.routes)
+        except GrouptunError as exc:
+            log.error("SIGHUP: applying network settings: %s", exc)
+        if self.control is not None:
+            self.control.watch_timeout = new.daemon.watch_timeout
+            self.control.report_interval = new.daemon.report_interval
+            self.control.backoff.cap = new.daemon.backoff_max
+        log.info("configuration reloaded from %s", self.config.source)
+
+    # --- run ---
+    def run(self) -> int:
+        """Run until stopped; returns the exit code. Raises GrouptunError on setup failure."""
+        self.session = self.data = self.control = self.udp = None
+        with ExitStack() as stack:
+            stack.callback(credential_mod.wipe, self.credential)
+            self._catch_early_signals(stack)
+            self.keys = keystore.load(self.config.keystore_path, self.credential)
+            stack.callback(self.keys.wipe)
+            pinned = self._pinned()
+            server = ControlServer(self.config.paths.control_socket,
+                                   {"status": self.status, "down": lambda: self.request_stop("down requested")})
+            server.check_free()  # a second `up` for the group stops here, before touching the TUN
+            stack.callback(server.remove)  # last: `grouptun down` returns once everything is gone
+            statefile = EpochStateFile(self.config.statefile_path)
+            self.ops = OpsHooks()
+            stack.callback(self.ops.close)
+            self.loop = self.f.loop()
+            stack.callback(self.loop.close)
+            asyncio.set_event_loop(self.loop)
+            self._stop_event = asyncio.Event()
+            self._setup_network(stack)
+            self.session = self.f.session(self.config.group.member, self.config.daemon.keepalive_interval)
+            stack.callback(self.session.close)
+            self.data = DataPlane(self.session, self.tun, self.udp, clock=self.clock)
+            self.data.attach(self.loop)
+            stack.callback(self.data.detach)
+            self.loop.run_until_complete(server.start())
+            stack.callback(lambda: self.loop.run_until_complete(server.close()))
+            self.ops.start(self.config, self.loop, lambda: self.session.status(self.clock()), self.data.healthy)
+            stack.callback(self.ops.stop, self.loop)
+            self._start_control(stack, pinned, statefile)
+            self.loop.run_until_complete(self._serve(stack))
+            self.ops.notifier.stopping()
+            log.info("shutting down %s", self.config.group.name)
+        self.stopped.set()
+        return 0
+
+    def _setup_network(self, stack: ExitStack) -> None:
+        cfg = self.config
+        self.tun = self.f.tun(cfg.group.interface)
+        stack.callback(self.tun.close)
+        self.net = self.f.netconfig(cfg.group.interface)
+        self.net.configure(cfg.group.addresses, cfg.network.mtu, cfg.network.routes)
+        self.applied_addresses = tuple(cfg.group.addresses)
+        self.applied_mtu = cfg.network.mtu
+        self.udp = self.f.udp(cfg.network.listen_address, cfg.network.listen_port)
+        stack.callback(self.udp.close)
+
+    def _start_control(self, stack: ExitStack, pinned: ProviderKeys, statefile: EpochStateFile) -> None:
+        cfg = self.config
+        client = self.f.client(cfg, self.keys)
+        port = LoopPort(self.loop, self.session, self.clock, on_install=self._on_install)
+        self.control = ControlPlane(
+            client=client, port=port, kem=self.keys.kem, credential=self.credential, pinned=pinned,
+            group_id=cfg.group.group_id, member=cfg.group.member, statefile=statefile,
+            endpoints=lambda: reported_endpoints(self.config, self.udp.port),
+            can_reach=getattr(self.udp, "can_reach", lambda h: True), on_archive=self._apply_archive,
+            watch_timeout=cfg.daemon.watch_timeout, report_interval=cfg.daemon.report_interval,
+            backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics)
+        stop = threading.Event()
+        thread = threading.Thread(target=self.control.run, args=(stop,), name="grouptun-control", daemon=True)
+        thread.start()
+
+        def halt() -> None:
+            stop.set()
+            self._final_report(client)
+            # A long-poll may hold the thread up to watch_timeout. It is a daemon thread:
+            # once stop is set and the loop closed it can change nothing (an install would
+            # hit the closed loop; the statefile is replaced atomically), so don't wait long.
+            thread.join(timeout=0.5)
+            getattr(client, "close", lambda: None)()
+
+        stack.callback(halt)
+
+    def _final_report(self, client, timeout: float = 2.0) -> None:
+        """Tell the provider how many packets we sent (its per-sender limits); at most ``timeout`` s."""
+        if self.control is None or self.control.archive is None:
+            return
+        sent = self.session.packets_sent()  # the loop is stopped: this thread owns the session now
+        endpoints = reported_endpoints(self.config, self.udp.port)
+
+        def send() -> None:
+            try:
+                client.report(endpoints, sent)
+                log.info("final report sent (%s packets)", sum(sent.values()))
+            except GrouptunError as exc:
+                log.info("final report not sent: %s", exc)
+
+        sender = threading.Thread(target=send, name="grouptun-final-report", daemon=True)
+        sender.start()
+        sender.join(timeout)
+
+    def _catch_early_signals(self, stack: ExitStack) -> None:
+        """Until the loop runs: remember SIGTERM (default would kill us mid-setup), ignore SIGHUP."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._early_stop = False
+
+        def early(signum, frame) -> None:
+            self._early_stop = True
+
+        for sig, handler in ((signal.SIGTERM, early), (signal.SIGHUP, signal.SIG_IGN)):
+            stack.callback(signal.signal, sig, signal.signal(sig, handler))
+
+    def _install_signals(self, stack: ExitStack) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # tests run the daemon in a thread; they stop it through the control socket
+        if getattr(self, "_early_stop", False):
+            self.request_stop("SIGTERM during start-up")
+        for sig, handler in ((signal.SIGTERM, lambda: self.request_stop("SIGTERM")),
+                             (signal.SIGINT, lambda: self.request_stop("SIGINT")),
+                             (signal.SIGHUP, self.reload)):
+            self.loop.add_signal_handler(sig, handler)
+            stack.callback(self.loop.remove_signal_handler, sig)
+
+    async def _serve(self, stack: ExitStack) -> None:
+        # Signal handlers and READY from inside the running loop: uvloop 0.23 loses a
+        # signal that arrives between add_signal_handler and the loop starting to run.
+        self._install_signals(stack)
+        self.ops.notifier.ready(f"{self.config.group.interface} up, waiting for the first epoch")
+        log.info("grouptun %s up on %s (UDP port %d)", self.config.group.name,
+                 self.config.group.interface, self.udp.port)
+        await self._stop_event.wait()
+
+
+def run_member(config: Config, credential: bytearray, factories: Factories | None = None) -> int:
+    return Daemon(config, credential, factories).run()

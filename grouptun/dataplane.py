@@ -1,0 +1,179 @@
+"""The hot path: TUN <-> session <-> UDP on one event loop (uvloop).
+
+    TUN readable  -> drain: session.on_tun_packet(pkt, now) -> udp.sendto each
+    UDP readable  -> drain: session.on_datagram(dgram, src, now) -> tun.write
+    timer (tick)  -> session.on_timer(now) -> udp.sendto each
+
+Readers drain until EAGAIN, bounded per wake-up (``batch``) so one busy
+direction cannot starve the other or the control socket. Nothing here
+touches the provider, a file or a lock; the control thread reaches the
+session only through ``loop.call_soon_threadsafe`` (:class:`LoopPort`).
+
+The TUN and UDP objects are duck-typed (``fileno``, ``read``/``write``,
+``recvfrom``/``sendto``), so tests drive this with in-memory fakes.
+Limits: a send the kernel refuses is dropped and counted, never retried
+(the inner protocol retransmits); a session bug on one packet is logged
+(rate-limited) and counted, and the loop carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from typing import Callable
+
+log = logging.getLogger("grouptun.data")
+
+COUNTERS = ("tun_rx", "tun_tx", "tun_tx_dropped", "udp_rx", "udp_tx", "udp_tx_dropped", "internal_errors")
+
+
+class DataPlane:
+    def __init__(self, session, tun, udp, clock: Callable[[], float] = time.monotonic,
+                 tick: float = 0.5, batch: int = 256) -> None:
+        self.session, self.tun, self.udp = session, tun, udp
+        self.clock, self.tick, self.batch = clock, tick, batch
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.last_progress = clock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_error_log = 0.0
+
+    # --- wiring ---
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.tun.fileno(), self.on_tun_readable)
+        loop.add_reader(self.udp.fileno(), self.on_udp_readable)
+        self._timer = loop.call_later(self.tick, self._on_tick)
+
+    def detach(self) -> None:
+        if self._loop is None:
+            return
+        self._loop.remove_reader(self.tun.fileno())
+        self._loop.remove_reader(self.udp.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop = None
+
+    # --- handlers (also called directly by tests) ---
+    def _send_all(self, datagrams) -> None:
+        c = self.counters
+        for endpoint, data in datagrams:
+            if self.udp.sendto(data, endpoint):
+                c["udp_tx"] += 1
+            else:
+                c["udp_tx_dropped"] += 1
+
+    def _bug(self, where: str, exc: Exception) -> None:
+        self.counters["internal_errors"] += 1
+        now = self.clock()
+        if now - self._last_error_log >= 10.0:
+            self._last_error_log = now
+            log.error("%s failed (counted, traffic continues): %r", where, exc, exc_info=True)
+
+    def on_tun_readable(self) -> None:
+        now = self.clock()
+        for _ in range(self.batch):
+            packet = self.tun.read()
+            if packet is None:
+                break
+            self.counters["tun_rx"] += 1
+            try:
+                out = self.session.on_tun_packet(packet, now)
+            except Exception as exc:  # noqa: BLE001 - a session bug must not kill the data plane
+                self._bug("session.on_tun_packet", exc)
+                continue
+            self._send_all(out)
+        self.last_progress = now
+
+    def on_udp_readable(self) -> None:
+        now = self.clock()
+        c = self.counters
+        for _ in range(self.batch):
+            got = self.udp.recvfrom()
+            if got is None:
+                break
+            data, source = got
+            c["udp_rx"] += 1
+            try:
+                inner = self.session.on_datagram(data, source, now)
+            except Exception as exc:  # noqa: BLE001
+                self._bug("session.on_datagram", exc)
+                continue
+            if inner is None:
+                continue
+            if self.tun.write(inner):
+                c["tun_tx"] += 1
+            else:
+                c["tun_tx_dropped"] += 1
+        self.last_progress = now
+
+    def on_tick(self) -> None:
+        now = self.clock()
+        try:
+            self._send_all(self.session.on_timer(now))
+        except Exception as exc:  # noqa: BLE001
+            self._bug("session.on_timer", exc)
+        self.last_progress = now
+
+    def _on_tick(self) -> None:
+        self.on_tick()
+        if self._loop is not None:
+            self._timer = self._loop.call_later(self.tick, self._on_tick)
+
+    def healthy(self) -> bool:
+        """For the watchdog: the loop ran our timer recently."""
+        return self.clock() - self.last_progress < max(10.0, 20 * self.tick)
+
+
+class LoopPort:
+    """The control thread's door to the session: each call runs on the loop thread.
+
+    Raises RuntimeError when the loop is closed (shutdown) and TimeoutError
+    when the loop does not answer within ``timeout``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, session, clock: Callable[[], float] = time.monotonic,
+                 on_install: Callable[[object], None] | None = None, timeout: float = 10.0) -> None:
+        self.loop, self.session, self.clock = loop, session, clock
+        self.on_install, self.timeout = on_install, timeout
+
+    def _call(self, fn: Callable, on_cancel: Callable[[], None] | None = None):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                if on_cancel is not None:
+                    on_cancel()
+                return
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the waiting thread, which re-raises it
+                future.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        try:
+            return future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError("event loop did not answer") from None
+
+    def install(self, material) -> None:
+        def run():
+            self.session.install_epoch(material, self.clock())
+            if self.on_install is not None:
+                self.on_install(material)
+
+        def abandoned() -> None:  # timed out before the loop got to it: never installed
+            for secret in (material.shared_secret, material.salt):
+                for i in range(len(secret)):
+                    secret[i] = 0
+
+        self._call(run, abandoned)
+
+    def take_requests(self) -> set[str]:
+        return self._call(self.session.take_requests)
+
+    def packets_sent(self) -> dict[int, int]:
+        return self._call(self.session.packets_sent)

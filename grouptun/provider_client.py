@@ -1,0 +1,193 @@
+"""Member-side client of the trust provider's HTTP API (contracts.md).
+
+TLS: the provider's certificate is self-signed; the client pins the SHA-256
+of its DER encoding (from the join token) with urllib3's
+``assert_fingerprint`` and skips CA/hostname checks, which the pin replaces.
+Every member call is signed per ``grouptun.reqsign`` with the member's
+Ed25519 key. The HTTP API itself is documented in ``provider/app.py``.
+
+Errors: ``ProviderError`` when the provider cannot be reached, times out,
+fails the pin, or answers 5xx or nonsense; ``ProviderRefused(status,
+reason)`` for a 4xx, with the provider's one-line reason. A signature
+refused as stale (the provider restarted, or clocks differ) is retried once.
+
+Thread safety: one ``requests.Session`` per thread (``threading.local``),
+so a daemon may watch in one thread and fetch capsules in another.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import requests
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from requests.adapters import HTTPAdapter
+
+from grouptun.core.archive import ProviderKeys, verify_archive
+from grouptun.core.capsule import CAPSULE_SIZE
+from grouptun.core.jointoken import JoinToken, check_url, parse_join_token
+from grouptun.errors import ProviderError, ProviderRefused
+from grouptun.reqsign import sign_headers
+
+__all__ = ["EnrollResult", "JoinToken", "ProviderClient", "parse_join_token", "pinned_session"]
+
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+
+
+class _PinnedAdapter(HTTPAdapter):
+    def __init__(self, fingerprint: str) -> None:
+        self._fingerprint = fingerprint
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["assert_fingerprint"] = self._fingerprint
+        super().init_poolmanager(*args, **kwargs)
+
+
+def pinned_session(tls_fingerprint: str) -> requests.Session:
+    """A session that accepts exactly the certificate with this SHA-256 (hex)."""
+    session = requests.Session()
+    session.verify = False  # replaced by the pin: CA and hostname checks do not apply
+    session.trust_env = False  # never route the member's control traffic via a proxy
+    session.mount("https://", _PinnedAdapter(tls_fingerprint.lower()))
+    return session
+
+
+def _reason(response: requests.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, list):  # FastAPI validation errors
+        detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail[:3])
+    return str(detail or response.reason or "refused")[:300]
+
+
+def _send(session: requests.Session, method: str, url: str, timeout: float, **kwargs) -> requests.Response:
+    try:
+        response = session.request(method, url, timeout=timeout, **kwargs)
+    except requests.exceptions.SSLError as exc:
+        raise ProviderError(f"TLS to {url} failed (certificate does not match the pinned fingerprint?)") from exc
+    except requests.RequestException as exc:
+        raise ProviderError(f"provider unreachable: {type(exc).__name__}") from exc
+    if len(response.content) > MAX_RESPONSE_BYTES:
+        raise ProviderError("provider answer too large")
+    if 400 <= response.status_code < 500:
+        raise ProviderRefused(response.status_code, _reason(response))
+    if response.status_code >= 300:
+        raise ProviderError(f"provider answered {response.status_code}: {_reason(response)}")
+    return response
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    group: str
+    member_name: str
+    index: int
+    addresses: tuple[str, ...]
+    provider_keys: ProviderKeys
+    archive: bytes
+
+
+class ProviderClient:
+    """Signed calls for one member of one group. Limits: no retries beyond one stale-signature retry."""
+
+    def __init__(self, url: str, tls_fingerprint: str, group: str, member_name: str,
+                 signing_key: ed25519.Ed25519PrivateKey, timeout: float = 10.0) -> None:
+        self.url = check_url(url)
+        self.tls_fingerprint = tls_fingerprint
+        self.group = group
+        self.member_name = member_name
+        self.timeout = timeout
+        self._key = signing_key
+        self._local = threading.local()
+        self._base = f"{self.url}/v1/groups/{quote(group, safe='')}"
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = pinned_session(self.tls_fingerprint)
+        return session
+
+    def _call(self, method: str, path: str, payload: dict | None = None, timeout: float | None = None,
+              params: str = "") -> requests.Response:
+        body = b"" if payload is None else requests.models.complexjson.dumps(payload).encode()
+        url = self._base + path + (f"?{params}" if params else "")
+        for attempt in (0, 1):
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            sign_headers(method, url, headers, body, self.member_name, self._key)
+            try:
+                return _send(self._session(), method, url, timeout or self.timeout, data=body, headers=headers)
+            except ProviderRefused as exc:
+                if attempt or exc.status != 401 or exc.reason != "stale signature":
+                    raise
+                time.sleep(1.0)  # the provider restarted this second; signatures from before are refused
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def enroll(token: JoinToken, name: str, ed25519_public: bytes, kem_public: bytes, credential: bytes,
+               endpoints: list[str]) -> EnrollResult:
+        """Consume ``token``; checks the provider keys against the token's hash and verifies the archive."""
+        payload = {"secret": token.secret, "name": name, "ed25519_public": _b64(ed25519_public),
+                   "kem_public": _b64(kem_public), "credential": _b64(credential), "endpoints": list(endpoints)}
+        with pinned_session(token.tls_fingerprint) as session:
+            response = _send(session, "POST", f"{token.url}/v1/enroll", 30.0, json=payload)
+        try:
+            answer = response.json()
+            keys = ProviderKeys.from_json(answer["provider_keys"])
+            archive = answer["archive"].encode("utf-8")
+            result = EnrollResult(str(answer["group"]), str(answer["member_name"]), int(answer["index"]),
+                                  tuple(str(a) for a in answer["addresses"]), keys, archive)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProviderError(f"malformed enrollment answer: {exc}") from exc
+        if not hmac.compare_digest(keys.fingerprint(), token.provider_keys_hash):
+            raise ProviderError("provider keys do not match the join token's hash")
+        verify_archive(archive, keys)
+        return result
+
+    def start(self, challenge: bytes) -> bytes:
+        """Ask for a new epoch listing ``challenge`` (32 bytes); returns that signed archive."""
+        return self._call("POST", "/start", {"challenge": challenge.hex()}, timeout=self.timeout + 30).content
+
+    def archive(self) -> bytes:
+        return self._call("GET", "/archive").content
+
+    def watch(self, version: int, timeout: float = 25.0) -> bytes | None:
+        """Long-poll: the archive once its version exceeds ``version``; None after ``timeout`` (<= 60 s)."""
+        timeout = min(max(float(timeout), 0.0), 60.0)
+        response = self._call("GET", "/watch", timeout=timeout + self.timeout,
+                              params=f"version={int(version)}&timeout={float(timeout):g}")
+        return None if response.status_code == 204 else response.content
+
+    def capsule(self, epoch: int) -> bytes:
+        content = self._call("GET", f"/epochs/{int(epoch)}/capsule").content
+        if len(content) != CAPSULE_SIZE:
+            raise ProviderError(f"capsule has {len(content)} bytes, expected {CAPSULE_SIZE}")
+        return content
+
+    def salt(self, epoch: int, credential: bytes) -> bytes:
+        content = self._call("POST", f"/epochs/{int(epoch)}/salt", {"credential": _b64(credential)}).content
+        if len(content) != CAPSULE_SIZE:
+            raise ProviderError(f"sealed salt has {len(content)} bytes, expected {CAPSULE_SIZE}")
+        return content
+
+    def report(self, endpoints: list[str], packets_sent: dict[int, int]) -> None:
+        self._call("POST", "/report", {"endpoints": list(endpoints),
+                                       "packets_sent": {str(int(e)): int(n) for e, n in packets_sent.items()}})
+
+    def rekey(self, reason: str) -> None:
+        self._call("POST", "/rekey", {"reason": reason[:64]})
+
+    def close(self) -> None:
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()

@@ -1,0 +1,20 @@
+"""The grouptun trust provider ("vault"): the control plane.
+
+Modules, from the wire inwards:
+
+    cli.py       grouptun-provider: init / serve / group / invite / member / audit
+    app.py       FastAPI routes (the member HTTP API is documented there), watch hub,
+                 start batching, time-threshold ticker, metrics hook
+    limits.py    rate limits and the request-size guard (ASGI)
+    service.py   every operation as one transaction: groups, invitations, enrollment,
+                 removal, epochs, capsules, salts, reports; audit of each
+    epochs.py    epoch numbering (never reissued) and building (secrets, capsules, wipe)
+    members.py   names, address allocation, join-token hashes, Argon2id credentials
+    keys.py      state dir layout, provider signing keys at rest, TLS certificate
+    store.py     SQLAlchemy Core schema (versioned) over SQLite WAL
+    errors.py    the provider's exception tree (messages + exit codes + HTTP statuses)
+    metrics.py   Prometheus exporter (ops engineer's; mounted by ``serve --metrics``)
+
+Shared with members: ``grouptun.core.archive`` (signed archive), ``grouptun.core.jointoken``,
+``grouptun.reqsign`` (RFC 9421 request signatures), ``grouptun.core.capsule``, ``grouptun.core.keys``.
+"""

@@ -1,0 +1,297 @@
+"""``grouptun-provider``: the trust provider's admin CLI and server.
+
+::
+
+    grouptun-provider init  --state DIR --url https://HOST:PORT
+    grouptun-provider serve --state DIR [--listen HOST:PORT] [--metrics]
+    grouptun-provider group create NAME --cidr CIDR [--cidr6 CIDR6] [--rekey-after 10m]
+                                       [--rekey-packets N] [--suite aes-256-gcm|aes-256-ctr-hmac-sha256]
+    grouptun-provider group list | show NAME | rekey NAME
+    grouptun-provider invite GROUP MEMBER [--ttl 1h]
+    grouptun-provider member list GROUP | remove GROUP MEMBER
+    grouptun-provider audit [--follow] [--limit N]
+
+``--state`` defaults to ``$GROUPTUN_PROVIDER_STATE`` or
+``/var/lib/grouptun-provider``. Admin commands write the same SQLite file the
+server uses; the server sees their changes within ~0.2 s. Every
+``ProviderFault`` (provider/errors.py) and ``GrouptunError`` is printed as one
+line and exits with its ``exit_code``; ``GROUPTUN_DEBUG=1`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy.exc import OperationalError
+
+from grouptun.core.archive import ProviderKeys
+from grouptun.core.jointoken import JoinToken, check_url
+from grouptun.errors import GrouptunError
+from provider.errors import InvalidInput, StateDirError
+from provider.keys import StatePaths, Signer, make_tls, read_config, tls_fingerprint
+
+DEFAULT_STATE = "/var/lib/grouptun-provider"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+
+
+def parse_duration(text: str, what: str) -> float:
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise InvalidInput(f"{what}: {text!r} is not a duration like 90s, 10m, 1h, 2d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _paths(args) -> StatePaths:
+    return StatePaths(Path(args.state))
+
+
+def _provider(args):
+    from provider.service import Provider
+    from provider.store import Store
+
+    paths = _paths(args)
+    read_config(paths)
+    store = Store(str(paths.db))
+    store.check_schema()
+    return Provider(store, lambda: Signer.load(paths))
+
+
+def cmd_init(args) -> int:
+    from provider.store import Store
+
+    paths = _paths(args)
+    url = check_url(args.url)
+    if paths.config.exists():
+        raise StateDirError(f"{paths.root} is initialised already")
+    paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(paths.root, 0o700)
+    signer = Signer.generate()
+    signer.save(paths)
+    fingerprint = make_tls(paths, url, datetime.datetime.now(datetime.timezone.utc))
+    fd = os.open(paths.db, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    os.close(fd)
+    Store(str(paths.db)).create_schema()
+    config = {"url": url, "created_at": time.time(), "provider_keys": signer.public.to_json()}
+    paths.config.write_text(json.dumps(config, indent=2) + "\n")
+    print(f"state:            {paths.root}")
+    print(f"url:              {url}")
+    print(f"tls fingerprint:  {fingerprint}")
+    print(f"provider keys:    {signer.public.fingerprint()}")
+    return 0
+
+
+def _listen(text: str | None, url: str) -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if text is None:
+        return "0.0.0.0", parts.port or 443
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise InvalidInput(f"--listen {text!r} must be HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _lock_state(paths: StatePaths):
+    """One server per state dir: the nonce cache that stops replays lives in its memory."""
+    import fcntl
+
+    handle = open(paths.root / "serve.lock", "w")  # noqa: SIM115 -- kept open while serving
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise StateDirError(f"another grouptun-provider serve is running on {paths.root}") from exc
+    return handle
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from provider.app import Settings, create_app
+
+    paths = _paths(args)
+    config = read_config(paths)
+    lock = _lock_state(paths)  # noqa: F841 -- held for the life of the process
+    provider = _provider(args)
+    provider.signer  # noqa: B018 -- load keys now: a wrong passphrase fails before listening
+    host, port = _listen(args.listen, config["url"])
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise StateDirError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    asgi, _ = create_app(provider, Settings(metrics=args.metrics, address_rate=args.address_rate,
+                                            address_burst=args.address_rate * 2, member_rate=args.member_rate,
+                                            member_burst=args.member_rate * 3, start_rate=args.start_rate,
+                                            report_rate=args.report_rate))
+    server = uvicorn.Server(uvicorn.Config(
+        asgi, ssl_keyfile=str(paths.tls_key), ssl_certfile=str(paths.tls_cert), loop="uvloop",
+        log_level=args.log_level, access_log=False, timeout_keep_alive=75, backlog=4096,
+        timeout_graceful_shutdown=2))
+    # Signatures created before this process started are refused (the nonce cache is in memory),
+    # so listen only from the next whole second on: fresh requests then never look stale.
+    time.sleep(max(0.0, math.ceil(provider.started_at) - time.time() + 0.01))
+    bound = sock.getsockname()
+    print(f"grouptun-provider serving https://{host}:{bound[1]} tls={tls_fingerprint(paths)}", flush=True)
+    server.run(sockets=[sock])
+    return 0
+
+
+def cmd_group(args) -> int:
+    provider = _provider(args)
+    if args.action == "create":
+        info = provider.create_group(
+            args.name, args.cidr, args.cidr6, args.suite, parse_duration(args.rekey_after, "--rekey-after"),
+            args.rekey_packets)
+        print(json.dumps(info, indent=2))
+    elif args.action == "list":
+        for name in provider.list_groups():
+            print(name)
+    elif args.action == "show":
+        print(json.dumps(provider.show_group(args.name), indent=2))
+    elif args.action == "rekey":
+        opened = provider.open_epoch(args.name, "admin", "admin")
+        print(f"group {args.name}: epoch {opened.epoch}, archive version {opened.version}")
+    return 0
+
+
+def cmd_invite(args) -> int:
+    paths = _paths(args)
+    config = read_config(paths)
+    provider = _provider(args)
+    secret = provider.invite(args.group, args.member, parse_duration(args.ttl, "--ttl"))
+    keys = ProviderKeys.from_json(config["provider_keys"])
+    print(JoinToken(config["url"], tls_fingerprint(paths), keys.fingerprint(), secret))
+    return 0
+
+
+def cmd_member(args) -> int:
+    provider = _provider(args)
+    if args.action == "list":
+        for m in provider.list_members(args.group):
+            print(f"{m['name']:<24} index={m['index']} addresses={','.join(m['addresses'])} "
+                  f"endpoints={','.join(m['endpoints']) or '-'}")
+    else:
+        opened = provider.remove_member(args.group, args.member)
+        print(f"removed {args.member}; group {args.group} now at epoch {opened.epoch}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from provider.store import audit_rows
+
+    provider = _provider(args)
+    with provider.store.read() as conn:
+        rows = audit_rows(conn, 0, 10**9)
+    rows = rows[-args.limit:] if args.limit else rows
+    last = rows[-1].id if rows else 0
+    deadline = time.monotonic() + args.follow_for if args.follow_for else None
+    while True:
+        for row in rows:
+            when = datetime.datetime.fromtimestamp(row.ts, datetime.timezone.utc).isoformat(timespec="milliseconds")
+            print(f"{when} {row.actor} {row.action} {row.group_name or '-'} {row.detail}", flush=True)
+            last = row.id
+        if not args.follow or (deadline is not None and time.monotonic() > deadline):
+            return 0
+        time.sleep(0.5)
+        with provider.store.read() as conn:
+            rows = audit_rows(conn, last)
+
+
+class _Sub:
+    """Adds the common options (``--state``) to every leaf parser, so they go after the command."""
+
+    def __init__(self, action, common) -> None:
+        self.action, self.common = action, common
+
+    def add_parser(self, name: str, **kwargs):
+        return self.action.add_parser(name, parents=[self.common], **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grouptun-provider", description="grouptun trust provider")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state", default=os.environ.get("GROUPTUN_PROVIDER_STATE", DEFAULT_STATE),
+                        help="state directory (keys, TLS, database)")
+    sub = _Sub(parser.add_subparsers(dest="command", required=True), common)
+
+    p = sub.add_parser("init", help="create provider keys, TLS certificate and database")
+    p.add_argument("--url", required=True, help="https://HOST:PORT members will use")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("serve", help="run the HTTPS API")
+    p.add_argument("--listen", help="HOST:PORT (default: 0.0.0.0 and the URL's port)")
+    p.add_argument("--metrics", action="store_true", help="mount the Prometheus exporter (provider/metrics.py)")
+    p.add_argument("--address-rate", type=float, default=200.0, help="requests per second per client address")
+    p.add_argument("--member-rate", type=float, default=20.0, help="signed requests per second per member")
+    p.add_argument("--start-rate", type=float, default=0.1, help="daemon starts per second per member (burst 3)")
+    p.add_argument("--report-rate", type=float, default=0.5, help="reports per second per member (burst 5)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.action.add_parser("group", help="create, list, show or rekey groups")
+    gsub = _Sub(p.add_subparsers(dest="action", required=True), common)
+    g = gsub.add_parser("create")
+    g.add_argument("name")
+    g.add_argument("--cidr", required=True)
+    g.add_argument("--cidr6")
+    g.add_argument("--rekey-after", default="10m")
+    g.add_argument("--rekey-packets", type=int, default=2**27)
+    g.add_argument("--suite", default="aes-256-gcm", choices=["aes-256-gcm", "aes-256-ctr-hmac-sha256"])
+    gsub.add_parser("list")
+    for action in ("show", "rekey"):
+        gsub.add_parser(action).add_argument("name")
+    p.set_defaults(func=cmd_group)
+
+    p = sub.add_parser("invite", help="print a one-time join token")
+    p.add_argument("group")
+    p.add_argument("member")
+    p.add_argument("--ttl", default="1h")
+    p.set_defaults(func=cmd_invite)
+
+    p = sub.action.add_parser("member", help="list or remove members")
+    msub = _Sub(p.add_subparsers(dest="action", required=True), common)
+    msub.add_parser("list").add_argument("group")
+    m = msub.add_parser("remove")
+    m.add_argument("group")
+    m.add_argument("member")
+    p.set_defaults(func=cmd_member)
+
+    p = sub.add_parser("audit", help="print the audit log")
+    p.add_argument("--follow", action="store_true")
+    p.add_argument("--follow-for", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--limit", type=int, default=0)
+    p.set_defaults(func=cmd_audit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GrouptunError as exc:
+        if os.environ.get("GROUPTUN_DEBUG") == "1":
+            raise
+        print(f"grouptun-provider {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OperationalError as exc:  # locked or unreadable database
+        print(f"grouptun-provider {args.command}: database error: {exc.orig}", file=sys.stderr)
+        return StateDirError.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The provider's exceptions, all under ``grouptun.errors.GrouptunError``.
+
+::
+
+    GrouptunError (grouptun.errors)
+    └── ProviderFault               base of everything provider/ raises on purpose
+        ├── StateDirError           state dir missing, not initialised, already initialised,
+        │   │                       unreadable keys, wrong passphrase            (exit 74)
+        │   └── SchemaError         database schema version unknown or newer     (exit 74)
+        ├── InvalidInput            a bad name, CIDR, duration, field            (exit 64, HTTP 400)
+        ├── NotFound                no such group / member / epoch / capsule     (exit 66, HTTP 404)
+        ├── Conflict                exists already, address pool full, no epoch
+        │                           yet, epoch counter exhausted                 (exit 75, HTTP 409)
+        ├── Unauthorized            request signature missing, stale, not valid,
+        │                           replayed, unknown or removed member          (HTTP 401)
+        ├── Forbidden               join token unknown/used/expired, name does
+        │                           not match the invitation, wrong credential   (exit 77, HTTP 403)
+        ├── PayloadTooLarge         request body over the limit                  (HTTP 413)
+        └── RateLimited             per member / per address budget spent        (exit 75, HTTP 429)
+
+The HTTP layer (``provider/app.py``) answers every ``ProviderFault`` with its
+``http_status`` and ``{"detail": reason}``; the admin CLI prints
+``grouptun-provider <cmd>: <reason>`` and exits with ``exit_code``. Anything
+else escaping a route is a bug (HTTP 500, logged with a traceback).
+"""
+
+from __future__ import annotations
+
+from grouptun.errors import GrouptunError
+
+
+class ProviderFault(GrouptunError):
+    exit_code = 1
+    http_status = 400
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class StateDirError(ProviderFault):
+    exit_code = 74  # EX_IOERR
+    http_status = 500
+
+
+class SchemaError(StateDirError):
+    pass
+
+
+class InvalidInput(ProviderFault):
+    exit_code = 64  # EX_USAGE
+    http_status = 400
+
+
+class NotFound(ProviderFault):
+    exit_code = 66  # EX_NOINPUT
+    http_status = 404
+
+
+class Conflict(ProviderFault):
+    exit_code = 75  # EX_TEMPFAIL
+    http_status = 409
+
+
+class Unauthorized(ProviderFault):
+    exit_code = 77
+    http_status = 401
+
+
+class Forbidden(ProviderFault):
+    exit_code = 77  # EX_NOPERM
+    http_status = 403
+
+
+class PayloadTooLarge(ProviderFault):
+    http_status = 413
+
+
+class RateLimited(ProviderFault):
+    exit_code = 75
+    http_status = 429

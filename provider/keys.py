@@ -1,0 +1,173 @@
+"""Provider key material in the state directory.
+
+Layout (created by ``grouptun-provider init``; directory mode 0700)::
+
+    STATE/provider.json          url, created_at (public)
+    STATE/provider.db            the database (store.py), mode 0600
+    STATE/keys/ed25519.pem       archive signing key, PKCS#8, mode 0600
+    STATE/keys/mldsa65.pem       archive signing key, PKCS#8, mode 0600
+    STATE/tls/key.pem            TLS key (ECDSA P-256), mode 0600
+    STATE/tls/cert.pem           self-signed TLS certificate (public)
+
+At rest the private keys are protected by file mode 0600 in a 0700
+directory owned by the provider's user. If ``GROUPTUN_PROVIDER_PASSPHRASE``
+is set at ``init``, both signing keys are PKCS#8-encrypted with it
+(``BestAvailableEncryption``) and every later command needs the same
+variable. The TLS key stays unencrypted (uvicorn loads it from a file).
+Limits: no HSM, no key rotation (a new provider key means new join tokens).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa
+from cryptography.x509.oid import NameOID
+
+from grouptun.core.archive import ProviderKeys, sign_archive, Archive
+from provider.errors import StateDirError
+
+PASSPHRASE_ENV = "GROUPTUN_PROVIDER_PASSPHRASE"
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "provider.json"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "provider.db"
+
+    @property
+    def ed25519(self) -> Path:
+        return self.root / "keys" / "ed25519.pem"
+
+    @property
+    def mldsa65(self) -> Path:
+        return self.root / "keys" / "mldsa65.pem"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.root / "tls" / "key.pem"
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.root / "tls" / "cert.pem"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _encryption() -> serialization.KeySerializationEncryption:
+    passphrase = os.environ.get(PASSPHRASE_ENV)
+    if passphrase:
+        return serialization.BestAvailableEncryption(passphrase.encode())
+    return serialization.NoEncryption()
+
+
+def _pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, _encryption())
+
+
+class Signer:
+    """The provider's two archive signing keys (private)."""
+
+    def __init__(self, ed: ed25519.Ed25519PrivateKey, ml: mldsa.MLDSA65PrivateKey) -> None:
+        self._ed, self._ml = ed, ml
+        raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        self.public = ProviderKeys(ed.public_key().public_bytes(*raw), ml.public_key().public_bytes_raw())
+
+    @classmethod
+    def generate(cls) -> "Signer":
+        return cls(ed25519.Ed25519PrivateKey.generate(), mldsa.MLDSA65PrivateKey.generate())
+
+    def sign(self, archive: Archive) -> bytes:
+        return sign_archive(archive, self._ed, self._ml)
+
+    def save(self, paths: StatePaths) -> None:
+        _write_private(paths.ed25519, _pem(self._ed))
+        _write_private(paths.mldsa65, _pem(self._ml))
+
+    @classmethod
+    def load(cls, paths: StatePaths) -> "Signer":
+        passphrase = os.environ.get(PASSPHRASE_ENV)
+        password = passphrase.encode() if passphrase else None
+        keys = []
+        for path, kind in ((paths.ed25519, ed25519.Ed25519PrivateKey), (paths.mldsa65, mldsa.MLDSA65PrivateKey)):
+            _check_mode(path)
+            try:
+                key = serialization.load_pem_private_key(path.read_bytes(), password)
+            except (OSError, ValueError, TypeError) as exc:
+                hint = f" (wrong or missing {PASSPHRASE_ENV}?)" if isinstance(exc, (TypeError, ValueError)) else ""
+                raise StateDirError(f"cannot load {path}: {type(exc).__name__}{hint}") from exc
+            if not isinstance(key, kind):
+                raise StateDirError(f"{path} holds the wrong kind of key")
+            keys.append(key)
+        return cls(*keys)
+
+
+def _check_mode(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        raise StateDirError(f"cannot read {path}: {exc.strerror}") from exc
+    if mode & 0o077:
+        raise StateDirError(f"{path} has mode {mode:o}; private keys must be 0600")
+
+
+def make_tls(paths: StatePaths, url: str, now: datetime.datetime) -> str:
+    """Create a TLS key and a 10-year self-signed certificate for the URL's host; return its fingerprint."""
+    host = urlsplit(url).hostname or "localhost"
+    key = ec.generate_private_key(ec.SECP256R1())
+    try:
+        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        san = x509.DNSName(host)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"grouptun provider {host}"[:64])])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .sign(key, hashes.SHA256()))
+    _write_private(paths.tls_key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    paths.tls_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return tls_fingerprint(paths)
+
+
+def tls_fingerprint(paths: StatePaths) -> str:
+    """SHA-256 of the certificate's DER encoding, lowercase hex (what join tokens pin)."""
+    try:
+        cert = x509.load_pem_x509_certificate(paths.tls_cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise StateDirError(f"cannot read TLS certificate {paths.tls_cert}: {exc}") from exc
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def read_config(paths: StatePaths) -> dict:
+    try:
+        return json.loads(paths.config.read_text())
+    except FileNotFoundError as exc:
+        raise StateDirError(f"{paths.root} is not an initialised provider state dir (run init)") from exc
+    except (OSError, ValueError) as exc:
+        raise StateDirError(f"cannot read {paths.config}: {exc}") from exc

@@ -1,0 +1,368 @@
+"""The provider's operations, shared by the HTTP app and the admin CLI.
+
+Every operation is one database transaction: it authenticates or
+validates first, then changes state, then commits; callers acknowledge only
+after it returned. A refusal (``ProviderFault``) rolls the transaction back
+and is then written to the audit log in a transaction of its own.
+
+Epochs: every membership change opens a new epoch in the same transaction
+(a removed member's row and capsules go, so the new epoch has nothing for
+it). Other triggers -- the time threshold, a packet report past the
+per-sender threshold, an admin or member rekey, daemon starts with their
+challenges -- call :meth:`Provider.open_epoch`. Numbering: ``epochs.py``.
+
+Archive versions: see :func:`next_version`. Clock, sleep and randomness are
+injected (tests use fakes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from sqlalchemy import delete, insert, select, update
+
+from grouptun.core.archive import Archive, ArchiveMember, parse_document
+from grouptun.core.capsule import load_kem_public
+from grouptun.errors import CapsuleError
+from provider import members as mem
+from provider.epochs import (MAX_WAIT, Recipient, Thresholds, build_epoch, next_epoch_number)
+from provider.errors import Conflict, Forbidden, InvalidInput, NotFound, ProviderFault
+from provider.keys import Signer
+from provider.store import (Store, add_audit, capsules, epochs, group_row, groups, member_rows, members, prune_capsules,
+                            tokens)
+
+SUITES = {"aes-256-gcm": 1, "aes-256-ctr-hmac-sha256": 2}
+MAX_REKEY_PACKETS = 2**27
+MTU = 1420
+MEMBER_REKEY_MIN_AGE = 5.0  # a member rekey on an epoch younger than this is coalesced into it
+
+
+@dataclass(frozen=True)
+class Opened:
+    version: int
+    archive: bytes | None
+    epoch: int | None
+    indices: dict[str, int]
+
+
+class Provider:
+    def __init__(self, store: Store, signer: Callable[[], Signer], clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep, rand: Callable[[int], bytes] = os.urandom) -> None:
+        self.store = store
+        self._signer_factory = signer
+        self._signer: Signer | None = None
+        self.clock, self.sleep, self.rand = clock, sleep, rand
+        self.started_at = clock()
+        self.on_epoch: Callable[[str], None] | None = None  # called after an epoch committed (metrics)
+        self._argon_slots = threading.BoundedSemaphore(2)
+
+    @property
+    def signer(self) -> Signer:
+        if self._signer is None:
+            self._signer = self._signer_factory()
+        return self._signer
+
+    # --- audit ---------------------------------------------------------------
+
+    def refused(self, actor: str, action: str, group: str | None, reason: str) -> None:
+        with self.store.write() as conn:
+            add_audit(conn, self.clock(), actor, "refused", group, request=action, reason=reason)
+
+    def _audited(self, actor: str, action: str, group: str | None, fn: Callable):
+        try:
+            return fn()
+        except ProviderFault as exc:
+            self.refused(actor, action, group, exc.reason)
+            raise
+
+    # --- groups --------------------------------------------------------------
+
+    def create_group(self, name: str, cidr: str, cidr6: str | None = None, suite: str = "aes-256-gcm",
+                     rekey_after_seconds: float = 600.0, rekey_after_packets: int = MAX_REKEY_PACKETS,
+                     switch_delay: float = 2.0, grace: float = 30.0) -> dict:
+        mem.check_group_name(name)
+        mem.check_networks(cidr, cidr6)
+        if suite not in SUITES:
+            raise InvalidInput(f"--suite must be one of {', '.join(SUITES)}")
+        if not 10.0 <= rekey_after_seconds <= 86400.0 * 7:
+            raise InvalidInput("--rekey-after must be between 10s and 7d")
+        if not 1024 <= rekey_after_packets <= MAX_REKEY_PACKETS:
+            raise InvalidInput(f"--rekey-packets must be between 1024 and {MAX_REKEY_PACKETS}")
+        now = self.clock()
+        with self.store.write() as conn:
+            if group_row(conn, name) is not None:
+                raise Conflict(f"group {name!r} exists already")
+            conn.execute(insert(groups).values(
+                name=name, group_id=self.rand(16), cidr=cidr, cidr6=cidr6, suite=SUITES[suite], mtu=MTU,
+                rekey_after_seconds=rekey_after_seconds, rekey_after_packets=rekey_after_packets,
+                switch_delay=switch_delay, grace=grace, created_at=now, epoch_hw=0, version=0))
+            add_audit(conn, now, "admin", "group-create", name, cidr=cidr, cidr6=cidr6, suite=suite,
+                      rekey_after_seconds=rekey_after_seconds, rekey_after_packets=rekey_after_packets)
+        return self.show_group(name)
+
+    def show_group(self, name: str) -> dict:
+        with self.store.read() as conn:
+            g = _group(conn, name)
+            rows = member_rows(conn, g.id)
+        suite = next(k for k, v in SUITES.items() if v == g.suite)
+        return {"name": g.name, "group_id": g.group_id.hex(), "cidr": g.cidr, "cidr6": g.cidr6, "suite": suite,
+                "mtu": g.mtu, "rekey_after_seconds": g.rekey_after_seconds,
+                "rekey_after_packets": g.rekey_after_packets, "members": len(rows), "version": g.version,
+                "epoch": g.current_epoch, "epoch_opened_at": g.epoch_opened_at, "epoch_high_water": g.epoch_hw}
+
+    def list_groups(self) -> list[str]:
+        with self.store.read() as conn:
+            return [r.name for r in conn.execute(select(groups.c.name).order_by(groups.c.name))]
+
+    def list_members(self, group: str) -> list[dict]:
+        version, raw = self.store.archive(group)
+        indices = {}
+        if raw is not None:
+            indices = {m.name: m.index for m in _parse_own(raw).members}
+        with self.store.read() as conn:
+            rows = member_rows(conn, _group(conn, group).id)
+        return [{"name": r.name, "index": indices.get(r.name), "addresses": _addresses(r),
+                 "endpoints": json.loads(r.endpoints), "enrolled_at": r.enrolled_at} for r in rows]
+
+    # --- invitations and enrollment -----------------------------------------
+
+    def invite(self, group: str, name: str, ttl: float) -> str:
+        """Store a one-time token for ``name``; returns the secret (only its hash is stored)."""
+        mem.check_member_name(name)
+        if not 60 <= ttl <= 86400 * 30:
+            raise InvalidInput("--ttl must be between 1m and 30d")
+        secret, digest = mem.new_token_secret()
+        now = self.clock()
+        with self.store.write() as conn:
+            g = _group(conn, group)
+            if conn.execute(select(members.c.id).where(members.c.group == g.id, members.c.name == name)).first():
+                raise Conflict(f"member {name!r} is already enrolled in {group!r}")
+            conn.execute(insert(tokens).values(token_hash=digest, group=g.id, name=name, created_at=now,
+                                               expires_at=now + ttl))
+            add_audit(conn, now, "admin", "invite", group, member=name, ttl=ttl)
+        return secret
+
+    def enroll(self, secret: str, name: str, ed25519_public: bytes, kem_public: bytes, credential: bytes,
+               endpoints: list[str], address: str = "?") -> dict:
+        actor = f"enroll:{address}"
+        return self._audited(actor, "enroll", None, lambda: self._enroll(
+            secret, name, ed25519_public, kem_public, credential, endpoints))
+
+    def _enroll(self, secret, name, ed_public, kem_public, credential, endpoints) -> dict:
+        mem.check_member_name(name)
+        endpoints = mem.check_endpoints(endpoints)
+        try:
+            ed25519.Ed25519PublicKey.from_public_bytes(ed_public)
+            load_kem_public(kem_public)
+        except (ValueError, CapsuleError) as exc:
+            raise InvalidInput(f"public key not valid: {exc}") from exc
+        cred_hash = mem.hash_credential(credential)
+        digest = mem.token_hash(secret)
+        with self.store.read() as conn:
+            tok = conn.execute(select(tokens.c.group).where(tokens.c.token_hash == digest)).first()
+            group = conn.execute(select(groups.c.name).where(groups.c.id == tok.group)).scalar() if tok else None
+        if group is None:
+            raise Forbidden("join token unknown, used or expired")
+
+        def mutate(conn, g, now):
+            tok = conn.execute(select(tokens).where(tokens.c.token_hash == digest)).first()
+            if tok is None or tok.used_at is not None or tok.expires_at <= now:
+                raise Forbidden("join token unknown, used or expired")
+            if tok.name != name:
+                raise Forbidden("name does not match the invitation")
+            rows = member_rows(conn, g.id)
+            if any(r.name == name for r in rows):
+                raise Conflict(f"member {name!r} is already enrolled")
+            net4, net6 = mem.check_networks(g.cidr, g.cidr6)
+            addr4 = mem.allocate(net4, {r.addr4 for r in rows})
+            addr6 = mem.allocate(net6, {r.addr6 for r in rows if r.addr6}) if net6 else None
+            conn.execute(update(tokens).where(tokens.c.id == tok.id).values(used_at=now))
+            conn.execute(insert(members).values(
+                group=g.id, name=name, ed25519_public=ed_public, kem_public=kem_public, credential_hash=cred_hash,
+                addr4=addr4, addr6=addr6, endpoints=json.dumps(endpoints), enrolled_at=now))
+            add_audit(conn, now, f"member:{name}", "enroll", g.name, addresses=[addr4, addr6])
+            return [a for a in (addr4, addr6) if a]
+
+        addresses, opened = self._change_and_open(group, "enroll", mutate)
+        return {"group": group, "member_name": name, "index": opened.indices[name], "addresses": addresses,
+                "provider_keys": self.signer.public.to_json(), "archive": opened.archive.decode("utf-8")}
+
+    def remove_member(self, group: str, name: str) -> Opened:
+        def mutate(conn, g, now):
+            found = conn.execute(delete(members).where(members.c.group == g.id, members.c.name == name)).rowcount
+            if not found:
+                raise NotFound(f"no member {name!r} in group {group!r}")
+            conn.execute(delete(capsules).where(capsules.c.group == g.id, capsules.c.member == name))
+            add_audit(conn, now, "admin", "member-remove", group, member=name)
+
+        return self._change_and_open(group, "remove", mutate)[1]
+
+    # --- epochs ----------------------------------------------------------------
+
+    def open_epoch(self, group: str, reason: str, actor: str, challenges: tuple[bytes, ...] = ()) -> Opened:
+        def mutate(conn, g, now):
+            if not member_rows(conn, g.id):
+                raise Conflict(f"group {group!r} has no members, so no epoch")
+            add_audit(conn, now, actor, "rekey", group, reason=reason, challenges=len(challenges))
+
+        return self._change_and_open(group, reason, mutate, challenges)[1]
+
+    def _change_and_open(self, group: str, reason: str, mutate, challenges=()) -> tuple[object, Opened]:
+        """Run ``mutate(conn, group_row, now)`` and open the next epoch, in one transaction."""
+        for _attempt in range(int(MAX_WAIT * 4) + 8):
+            now = self.clock()
+            with self.store.write() as conn:
+                g = _group(conn, group)
+                number, wait = next_epoch_number(g.epoch_hw, g.created_at, now, self.started_at)
+                if wait == 0.0 or wait > MAX_WAIT:
+                    result = mutate(conn, g, now)
+                    if wait > MAX_WAIT:  # wall clock went back (or a burst after restore): do not stall
+                        add_audit(conn, now, "provider", "clock-behind", group, epoch=number)
+                    opened = self._open_locked(conn, g, number, reason, challenges, now)
+            if wait == 0.0 or wait > MAX_WAIT:  # committed
+                if self.on_epoch is not None and opened.epoch is not None:
+                    self.on_epoch(group)
+                return result, opened
+            self.sleep(wait)
+        raise Conflict("could not allocate an epoch number in time")
+
+    def _open_locked(self, conn, g, number: int, reason: str, challenges, now: float) -> Opened:
+        rows = member_rows(conn, g.id)
+        version = next_version(g.version, now)
+        if not rows:
+            conn.execute(delete(capsules).where(capsules.c.group == g.id))
+            conn.execute(update(groups).where(groups.c.id == g.id).values(
+                version=version, archive=None, current_epoch=None, epoch_opened_at=None))
+            return Opened(version, None, None, {})
+        thresholds = Thresholds(g.suite, g.rekey_after_seconds, g.rekey_after_packets, g.switch_delay, g.grace)
+        sealed = build_epoch(g.group_id, number, [Recipient(r.name, r.kem_public) for r in rows], thresholds,
+                             tuple(challenges), now, self.rand)
+        info = sealed.info
+        conn.execute(insert(epochs).values(
+            group=g.id, epoch=number, suite=info.suite, nonce_start=info.nonce_start, group_size=info.group_size,
+            data_id=info.data_id, key_check=info.key_check, opened_at=now, reason=reason[:64],
+            challenges=json.dumps([c.hex() for c in info.challenges])))
+        conn.execute(insert(capsules), [{"group": g.id, "epoch": number, "member": name, "idx": idx,
+                                         "capsule": cap, "sealed_salt": salt}
+                                        for name, idx, cap, salt in sealed.sealed])
+        prune_capsules(conn, g.id, g.current_epoch if g.current_epoch is not None else number)
+        archive = self.signer.sign(_archive(g, version, info, rows, sealed.indices))
+        conn.execute(update(groups).where(groups.c.id == g.id).values(
+            epoch_hw=number, current_epoch=number, epoch_opened_at=now, version=version, archive=archive))
+        add_audit(conn, now, "provider", "epoch", g.name, epoch=number, reason=reason, group_size=len(rows),
+                  version=version, challenges=len(challenges))
+        return Opened(version, archive, number, sealed.indices)
+
+    def due_for_time_rekey(self) -> list[str]:
+        now = self.clock()
+        with self.store.read() as conn:
+            rows = conn.execute(select(groups.c.name).where(
+                groups.c.current_epoch.is_not(None),
+                groups.c.epoch_opened_at + groups.c.rekey_after_seconds <= now))
+            return [r.name for r in rows]
+
+    def member_rekey(self, group: str, name: str, reason: str) -> bool:
+        """Open an epoch for a member's request unless the current one is brand new (then coalesce)."""
+        with self.store.read() as conn:
+            g = _group(conn, group)
+        if g.epoch_opened_at is not None and self.clock() - g.epoch_opened_at < MEMBER_REKEY_MIN_AGE:
+            return False
+        self.open_epoch(group, f"member:{reason}"[:64], f"member:{name}")
+        return True
+
+    # --- member requests (already authenticated) -------------------------------
+
+    def member_key(self, group: str, name: str) -> ed25519.Ed25519PublicKey | None:
+        with self.store.read() as conn:
+            raw = conn.execute(select(members.c.ed25519_public).join(groups, groups.c.id == members.c.group)
+                               .where(groups.c.name == group, members.c.name == name)).scalar()
+        return None if raw is None else ed25519.Ed25519PublicKey.from_public_bytes(raw)
+
+    def capsule(self, group: str, name: str, epoch: int, column=capsules.c.capsule) -> bytes:
+        with self.store.read() as conn:
+            value = conn.execute(select(column).join(groups, groups.c.id == capsules.c.group).where(
+                groups.c.name == group, capsules.c.epoch == epoch, capsules.c.member == name)).scalar()
+        if value is None:
+            raise NotFound(f"no capsule for {name!r} in epoch {epoch}")
+        return value
+
+    def salt(self, group: str, name: str, epoch: int, credential: bytes) -> bytes:
+        def check() -> bytes:
+            with self.store.read() as conn:
+                stored = conn.execute(select(members.c.credential_hash).join(groups, groups.c.id == members.c.group)
+                                      .where(groups.c.name == group, members.c.name == name)).scalar()
+            if stored is None:
+                raise NotFound(f"no member {name!r}")
+            with self._argon_slots:  # Argon2id costs 19 MiB and ~60 ms: bound how many run at once
+                mem.check_credential(credential, stored)
+            return self.capsule(group, name, epoch, capsules.c.sealed_salt)
+
+        return self._audited(f"member:{name}", "salt", group, check)
+
+    def report(self, group: str, name: str, endpoints: list[str], packets_sent: dict[int, int]) -> bool:
+        """Store endpoints (re-signing the archive when they changed); True if a packet threshold opened an epoch."""
+        endpoints = mem.check_endpoints(endpoints)
+        now = self.clock()
+        with self.store.write() as conn:
+            g = _group(conn, group)
+            row = conn.execute(select(members).where(members.c.group == g.id, members.c.name == name)).first()
+            if row is None:
+                raise NotFound(f"no member {name!r}")
+            if json.loads(row.endpoints) != endpoints and g.archive is not None:
+                conn.execute(update(members).where(members.c.id == row.id).values(endpoints=json.dumps(endpoints)))
+                self._resign(conn, g)
+        current = g.current_epoch
+        if current is not None and packets_sent.get(current, 0) >= g.rekey_after_packets:
+            self.open_epoch(group, "packets", f"member:{name}")
+            return True
+        return False
+
+    def _resign(self, conn, g) -> None:
+        old = _parse_own(g.archive)
+        indices = {m.name: m.index for m in old.members}
+        version = next_version(g.version, self.clock())
+        archive = self.signer.sign(_archive(g, version, old.epoch, member_rows(conn, g.id), indices))
+        conn.execute(update(groups).where(groups.c.id == g.id).values(version=version, archive=archive))
+
+
+def next_version(previous: int, now: float) -> int:
+    """Archive versions: strictly increasing, and at least the wall clock in milliseconds.
+
+    Like epoch numbers they must not repeat after a restore from backup: a
+    member watching with the version it saw must get the next change, not
+    wait behind a restored, older counter. Unix milliseconds exceed every
+    version issued before (unless the clock steps back).
+    """
+    return max(previous + 1, int(now * 1000))
+
+
+def _group(conn, name: str):
+    g = group_row(conn, name)
+    if g is None:
+        raise NotFound(f"no group {name!r}")
+    return g
+
+
+def _addresses(row) -> list[str]:
+    return [a for a in (row.addr4, row.addr6) if a]
+
+
+def _parse_own(raw: bytes) -> Archive:
+    """Parse an archive this provider signed itself (no verification needed: it comes from our DB)."""
+    return parse_document(json.loads(json.loads(raw)["document"]), raw=raw)
+
+
+def _archive(g, version: int, info, rows, indices: dict[str, int]) -> Archive:
+    listed = sorted((r for r in rows if r.name in indices), key=lambda r: indices[r.name])
+    return Archive(
+        group_id=g.group_id, name=g.name, version=version, epoch=info,
+        members=tuple(ArchiveMember(r.name, indices[r.name], tuple(_addresses(r)), tuple(json.loads(r.endpoints)),
+                                    r.ed25519_public, r.kem_public) for r in listed),
+        cidr=g.cidr, cidr6=g.cidr6, mtu=g.mtu, expires_at=info.opened_at + 2 * g.rekey_after_seconds,
+    )

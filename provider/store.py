@@ -1,0 +1,250 @@
+"""Provider storage: SQLAlchemy Core tables over SQLite (WAL).
+
+Schema version 1 (table ``meta``, key ``schema_version``)::
+
+    meta      key PK, value
+    groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
+              rekey_after_seconds, rekey_after_packets, switch_delay, grace,
+              created_at, epoch_hw (highest epoch ever issued), version
+              (archive version), current_epoch, epoch_opened_at,
+              archive (signed envelope of ``version``)
+    members   id PK, group FK, name, ed25519_public, kem_public,
+              credential_hash (Argon2id, see members.py), addr4, addr6,
+              endpoints (JSON list), enrolled_at; UNIQUE(group, name)
+    tokens    id PK, token_hash UNIQUE (SHA-256 of the secret), group FK,
+              name, created_at, expires_at, used_at
+    epochs    (group, epoch) PK, suite, nonce_start, group_size, data_id,
+              key_check, opened_at, reason, challenges (JSON hex list)
+    capsules  (group, epoch, member) PK, idx, capsule, sealed_salt
+    audit     id PK, ts, actor, action, group_name, detail (JSON, never a secret)
+
+Nothing here opens traffic without a member's private key: capsules and
+sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
+Durability: WAL, ``synchronous=FULL``; the API acknowledges only after
+commit, so a kill -9 loses nothing acknowledged. Writers take ``BEGIN
+IMMEDIATE`` (one writer at a time, across processes: the admin CLI writes
+to the same file while the server runs) with a 10 s busy timeout.
+For PostgreSQL later: the tables are portable Core; only ``_sqlite_setup``
+and ``write()``'s locking are SQLite-specific.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from sqlalchemy import (Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
+                        UniqueConstraint, create_engine, delete, event, func, insert, select, update)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import StaticPool
+
+from provider.errors import SchemaError, StateDirError
+
+SCHEMA_VERSION = 1
+metadata = MetaData()
+
+meta = Table("meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False))
+
+groups = Table(
+    "groups", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(32), nullable=False, unique=True),
+    Column("group_id", LargeBinary(16), nullable=False),
+    Column("cidr", String(64), nullable=False),
+    Column("cidr6", String(64)),
+    Column("suite", Integer, nullable=False),
+    Column("mtu", Integer, nullable=False),
+    Column("rekey_after_seconds", Float, nullable=False),
+    Column("rekey_after_packets", Integer, nullable=False),
+    Column("switch_delay", Float, nullable=False),
+    Column("grace", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("epoch_hw", Integer, nullable=False, default=0),
+    Column("version", Integer, nullable=False, default=0),
+    Column("current_epoch", Integer),
+    Column("epoch_opened_at", Float),
+    Column("archive", LargeBinary),
+)
+
+members = Table(
+    "members", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("group", Integer, ForeignKey("groups.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("ed25519_public", LargeBinary(32), nullable=False),
+    Column("kem_public", LargeBinary(1216), nullable=False),
+    Column("credential_hash", String(200), nullable=False),
+    Column("addr4", String(64), nullable=False),
+    Column("addr6", String(64)),
+    Column("endpoints", Text, nullable=False, default="[]"),
+    Column("enrolled_at", Float, nullable=False),
+    UniqueConstraint("group", "name"),
+)
+
+tokens = Table(
+    "tokens", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("group", Integer, ForeignKey("groups.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float),
+)
+
+epochs = Table(
+    "epochs", metadata,
+    Column("group", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("epoch", Integer, primary_key=True),
+    Column("suite", Integer, nullable=False),
+    Column("nonce_start", Integer, nullable=False),
+    Column("group_size", Integer, nullable=False),
+    Column("data_id", LargeBinary(16), nullable=False),
+    Column("key_check", LargeBinary(16), nullable=False),
+    Column("opened_at", Float, nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("challenges", Text, nullable=False, default="[]"),
+)
+
+capsules = Table(
+    "capsules", metadata,
+    Column("group", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("epoch", Integer, primary_key=True),
+    Column("member", String(64), primary_key=True),
+    Column("idx", Integer, nullable=False),
+    Column("capsule", LargeBinary, nullable=False),
+    Column("sealed_salt", LargeBinary, nullable=False),
+)
+
+audit = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("actor", String(80), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("group_name", String(32)),
+    Column("detail", Text, nullable=False, default="{}"),
+)
+
+
+def _sqlite_setup(engine: Engine, memory: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 10000")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA synchronous = FULL")
+        if memory is False:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+
+class Store:
+    """Owns the engine; ``read()`` and ``write()`` yield a connection in a transaction.
+
+    ``url`` None means an in-memory database (tests). Limits: one SQLite
+    file; ``write()`` serialises writers of this process with a lock and
+    other processes with SQLite's lock.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        if path is None:
+            self.engine = create_engine("sqlite://", poolclass=StaticPool,
+                                        connect_args={"check_same_thread": False})
+        else:
+            self.engine = create_engine(f"sqlite:///{path}", pool_size=40, max_overflow=8,
+                                        connect_args={"check_same_thread": False, "timeout": 10})
+        _sqlite_setup(self.engine, path is None)
+        self._write_lock = threading.RLock() if path is None else threading.Lock()
+        self._memory = path is None
+
+    def create_schema(self) -> None:
+        with self.write() as conn:
+            metadata.create_all(conn)
+            conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    def check_schema(self) -> None:
+        try:
+            with self.read() as conn:
+                value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+        except OperationalError as exc:
+            raise StateDirError(f"database unreadable: {exc.orig}") from exc
+        if value is None:
+            raise SchemaError("database has no schema version (not initialised?)")
+        if int(value) != SCHEMA_VERSION:
+            raise SchemaError(f"database schema version {value}, this provider knows {SCHEMA_VERSION}")
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        if self._memory:  # one shared connection: serialise with writers
+            with self._write_lock, self.engine.begin() as conn:
+                yield conn
+            return
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self._write_lock:
+            with self.engine.connect() as conn:
+                conn.info["write"] = True
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    conn.info.pop("write", None)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- small shared queries -------------------------------------------------
+
+    def group_versions(self) -> dict[str, int]:
+        with self.read() as conn:
+            return {row.name: row.version for row in conn.execute(select(groups.c.name, groups.c.version))}
+
+    def archive(self, group: str) -> tuple[int, bytes | None]:
+        with self.read() as conn:
+            row = conn.execute(select(groups.c.version, groups.c.archive).where(groups.c.name == group)).first()
+        return (0, None) if row is None else (row.version, row.archive)
+
+
+def add_audit(conn: Connection, now: float, actor: str, action: str, group: str | None, **detail) -> None:
+    """One audit row. Callers pass only non-secret detail (names, numbers, reasons)."""
+    conn.execute(insert(audit).values(ts=now, actor=actor[:80], action=action[:40], group_name=group,
+                                      detail=json.dumps(detail, sort_keys=True, default=str)))
+
+
+def group_row(conn: Connection, name: str):
+    return conn.execute(select(groups).where(groups.c.name == name)).first()
+
+
+def member_rows(conn: Connection, group_pk: int) -> list:
+    return list(conn.execute(select(members).where(members.c.group == group_pk).order_by(members.c.id)))
+
+
+def audit_rows(conn: Connection, after_id: int = 0, limit: int = 1000) -> list:
+    query = select(audit).where(audit.c.id > after_id).order_by(audit.c.id).limit(limit)
+    return list(conn.execute(query))
+
+
+def prune_capsules(conn: Connection, group_pk: int, keep_from_epoch: int) -> None:
+    """Drop capsules of epochs before ``keep_from_epoch`` (members hold at most two)."""
+    conn.execute(delete(capsules).where(capsules.c.group == group_pk, capsules.c.epoch < keep_from_epoch))
+
+
+def bump_version(conn: Connection, group_pk: int, archive: bytes) -> None:
+    conn.execute(update(groups).where(groups.c.id == group_pk)
+                 .values(version=groups.c.version + 1, archive=archive))
+
+
+def count(conn: Connection, table: Table, *where) -> int:
+    return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()

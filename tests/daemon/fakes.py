@@ -1,0 +1,274 @@
+"""In-memory fakes at the daemon's boundaries: TUN, UDP, netlink, provider.
+
+The fake provider does real cryptography (HPKE capsules, signed archives,
+key_check) so the control path's acceptance order runs for real; only
+HTTP, TLS and storage are missing.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import struct
+import threading
+import time
+
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
+
+from grouptun.core import capsule
+from grouptun.core.archive import Archive, ArchiveEpoch, ArchiveMember, ProviderKeys, sign_archive
+from grouptun.core.keys import EpochKeys, data_id
+from grouptun.errors import ProviderError, ProviderRefused
+from grouptun.keystore import MemberKeys
+
+CREDENTIAL = b"correct horse battery"
+
+
+class FakeTun:
+    """A TUN stand-in with a real fd: one end of an AF_UNIX datagram socketpair.
+
+    ``inject(pkt)`` is a packet the kernel routes into the tunnel;
+    ``delivered()`` the packets the daemon wrote to the kernel.
+    """
+
+    def __init__(self, name: str = "gt-fake") -> None:
+        self.name = name
+        self._mine, self._kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._mine.setblocking(False)
+        self._kernel.setblocking(False)
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._mine.fileno()
+
+    def read(self) -> bytes | None:
+        try:
+            return self._mine.recv(65535)
+        except BlockingIOError:
+            return None
+
+    def write(self, packet) -> bool:
+        self._mine.send(packet)
+        return True
+
+    def inject(self, packet: bytes) -> None:
+        self._kernel.send(packet)
+
+    def delivered(self) -> list[bytes]:
+        out = []
+        while True:
+            try:
+                out.append(self._kernel.recv(65535))
+            except BlockingIOError:
+                return out
+
+    def close(self) -> None:
+        if not self.closed:
+            self._mine.close()
+            self._kernel.close()
+            self.closed = True
+
+
+class QueueTun:
+    """A TUN without fd for handler-level tests."""
+
+    def __init__(self) -> None:
+        self.inbox: collections.deque = collections.deque()
+        self.written: list[bytes] = []
+
+    def fileno(self) -> int:
+        return -1
+
+    def read(self):
+        return self.inbox.popleft() if self.inbox else None
+
+    def write(self, packet) -> bool:
+        self.written.append(bytes(packet))
+        return True
+
+
+class FakeNetwork:
+    """An in-memory underlay: endpoints -> FakeUdp, datagrams queued per receiver."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[tuple[str, int], "FakeUdp"] = {}
+        self.sent = 0
+
+
+class FakeUdp:
+    def __init__(self, net: FakeNetwork, endpoint: tuple[str, int]) -> None:
+        self.net, self.endpoint, self.port = net, endpoint, endpoint[1]
+        self.inbox: collections.deque = collections.deque()
+        net.sockets[endpoint] = self
+
+    def fileno(self) -> int:
+        return -1
+
+    def recvfrom(self):
+        return self.inbox.popleft() if self.inbox else None
+
+    def sendto(self, data, endpoint) -> bool:
+        peer = self.net.sockets.get(tuple(endpoint))
+        if peer is None:
+            return False
+        self.net.sent += 1
+        peer.inbox.append((bytes(data), self.endpoint))
+        return True
+
+    def can_reach(self, host: str) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.net.sockets.pop(self.endpoint, None)
+
+
+class FakeNetConfig:
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
+        self.addresses: list[str] = []
+        self.mtu = None
+        self.routes: set[str] = set()
+        self.up = False
+
+    def configure(self, addresses, mtu, routes=()) -> None:
+        self.addresses, self.mtu, self.up = [str(a) for a in addresses], mtu, True
+        self.routes |= set(routes)
+
+    def set_addresses(self, wanted) -> None:
+        self.addresses = [str(a) for a in wanted]
+
+    def set_mtu(self, mtu) -> None:
+        self.mtu = mtu
+
+    def add_routes(self, routes) -> None:
+        self.routes |= set(routes)
+
+
+class FakeProvider:
+    """A group's provider in memory: opens epochs with real crypto and signs archives."""
+
+    def __init__(self, names: list[str], port_base: int = 51000, suite: int = 1, switch_delay: float = 2.0) -> None:
+        self.ed = ed25519.Ed25519PrivateKey.generate()
+        self.ml = mldsa.MLDSA65PrivateKey.generate()
+        raw = lambda k: k.public_key().public_bytes_raw()  # noqa: E731
+        self.keys = ProviderKeys(raw(self.ed), raw(self.ml))
+        self.group_id = os.urandom(16)
+        self.members = {n: MemberKeys.generate() for n in names}
+        self.endpoints = {n: (f"127.0.0.1:{port_base + i}",) for i, n in enumerate(names)}
+        self.addresses = {n: (f"10.77.0.{i + 2}/24", f"fd77::{i + 2}/64") for i, n in enumerate(names)}
+        self.suite, self.switch_delay = suite, switch_delay
+        self.epoch = 0
+        self.version = 0
+        self.signed: bytes | None = None
+        self.capsules: dict[tuple[int, str], bytes] = {}
+        self.salts: dict[tuple[int, str], bytes] = {}
+        self.down = False
+        self.calls: list[tuple] = []
+        self.changed = threading.Condition()
+        self.tamper: str | None = None  # "capsule" | "salt" | "signature" | "key_check"
+
+    def open_epoch(self, challenges=()) -> int:
+        with self.changed:
+            self.epoch += 1
+            ss, salt = os.urandom(32), os.urandom(32)
+            keys = EpochKeys(self.suite, self.group_id, self.epoch, ss, salt)
+            key_check = keys.key_check()
+            keys.wipe()
+            if self.tamper == "key_check":
+                key_check = bytes(16)
+            names = sorted(self.members)
+            members = tuple(
+                ArchiveMember(n, i, self.addresses[n], self.endpoints[n], self.members[n].ed25519_public,
+                              self.members[n].kem_public) for i, n in enumerate(names))
+            for n in names:
+                kem_pub = self.members[n].kem_public
+                self.capsules[(self.epoch, n)] = capsule.seal(
+                    kem_pub, capsule.capsule_info(self.group_id, self.epoch, n), ss)
+                self.salts[(self.epoch, n)] = capsule.seal(
+                    kem_pub, capsule.salt_info(self.group_id, self.epoch, n), salt)
+            ep = ArchiveEpoch(self.epoch, self.suite, int.from_bytes(os.urandom(4), "big"), len(names),
+                              data_id(ss), key_check, 600.0, 2**27, self.switch_delay, 30.0,
+                              tuple(challenges), time.time())
+            self.version += 1
+            archive = Archive(self.group_id, "lan", self.version, ep, members, "10.77.0.0/24", "fd77::/64",
+                              1420, time.time() + 3600)
+            signed = sign_archive(archive, self.ed, self.ml)
+            if self.tamper == "signature":
+                other = ed25519.Ed25519PrivateKey.generate()
+                signed = sign_archive(archive, other, self.ml)
+            self.signed = signed
+            self.changed.notify_all()
+            return self.epoch
+
+    def client(self, name: str) -> "FakeClient":
+        return FakeClient(self, name)
+
+
+class FakeClient:
+    """ProviderClient's interface (contracts.md) against a FakeProvider."""
+
+    def __init__(self, provider: FakeProvider, name: str) -> None:
+        self.p, self.name = provider, name
+
+    def _call(self, what, *args):
+        self.p.calls.append((self.name, what) + args)
+        if self.p.down:
+            raise ProviderError("provider unreachable: ConnectionError")
+
+    def start(self, challenge: bytes) -> bytes:
+        self._call("start", challenge)
+        self.p.open_epoch([challenge])
+        return self.p.signed
+
+    def archive(self) -> bytes:
+        self._call("archive")
+        return self.p.signed
+
+    def watch(self, version: int, timeout: float = 25.0) -> bytes | None:
+        self._call("watch", version)
+        with self.p.changed:
+            self.p.changed.wait_for(lambda: self.p.version != version or self.p.down, timeout=min(timeout, 0.2))
+            if self.p.down:
+                raise ProviderError("provider unreachable: ConnectionError")
+            return self.p.signed if self.p.version != version else None
+
+    def capsule(self, epoch: int) -> bytes:
+        self._call("capsule", epoch)
+        c = self.p.capsules[(epoch, self.name)]
+        if self.p.tamper == "capsule":
+            c = bytes([c[0] ^ 1]) + c[1:]
+        return c
+
+    def salt(self, epoch: int, credential: bytes) -> bytes:
+        self._call("salt", epoch)
+        if credential != CREDENTIAL:
+            raise ProviderRefused(403, "wrong credential")
+        s = self.p.salts[(epoch, self.name)]
+        if self.p.tamper == "salt":
+            s = s[:-1] + bytes([s[-1] ^ 1])
+        return s
+
+    def report(self, endpoints, packets_sent) -> None:
+        self._call("report", tuple(endpoints), dict(packets_sent))
+
+    def rekey(self, reason: str) -> None:
+        self._call("rekey", reason)
+        self.p.open_epoch()
+
+    def close(self) -> None:
+        pass
+
+
+def ipv4_packet(src: str, dst: str, payload: bytes = b"hello") -> bytes:
+    """A minimal IPv4/UDP packet (checksums zero; the session checks addresses, not checksums)."""
+    total = 20 + 8 + len(payload)
+    header = struct.pack(">BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0,
+                         socket.inet_aton(src), socket.inet_aton(dst))
+    return header + struct.pack(">HHHH", 1234, 5678, 8 + len(payload), 0) + payload
+
+
+def ipv6_packet(src: str, dst: str, payload: bytes = b"hello6") -> bytes:
+    header = struct.pack(">IHBB16s16s", 0x60000000, 8 + len(payload), 17, 64,
+                         socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst))
+    return header + struct.pack(">HHHH", 1234, 5678, 8 + len(payload), 0) + payload

@@ -1,0 +1,92 @@
+"""CLI commands without a real provider: join (fake enroll), status/down against a live daemon."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import types
+
+import pytest
+
+from grouptun import cli, config, keystore
+from grouptun.core.jointoken import JoinToken
+from grouptun.provider_client import EnrollResult, ProviderClient
+
+from .fakes import CREDENTIAL, FakeProvider
+
+
+@pytest.fixture
+def fake_enroll(monkeypatch):
+    # join's Argon2id cost is the real default elsewhere (test_keystore checks it); cheap here
+    monkeypatch.setattr(keystore, "DEFAULT_COST", keystore.KdfCost(64, 1, 1))
+    provider = FakeProvider(["bob", "carol"])
+    calls = []
+
+    def enroll(token, name, ed25519_public, kem_public, credential, endpoints):
+        calls.append(dict(token=token, name=name, credential=credential, endpoints=endpoints,
+                          ed=ed25519_public, kem=kem_public))
+        provider.members[name] = types.SimpleNamespace(ed25519_public=ed25519_public, kem_public=kem_public)
+        provider.open_epoch()
+        return EnrollResult("lan", name, 1, provider.addresses[name], provider.keys, provider.signed)
+
+    monkeypatch.setattr(ProviderClient, "enroll", staticmethod(enroll))
+    token = JoinToken("https://127.0.0.1:8443", "ab" * 32, provider.keys.fingerprint(),
+                      base64.urlsafe_b64encode(bytes(32)).rstrip(b"=").decode())
+    return provider, calls, str(token)
+
+
+def join_args(tmp_path, token, *extra):
+    cred = tmp_path / "cred"
+    cred.write_bytes(CREDENTIAL + b"\n")
+    return ["join", token, "--member", "carol", "--config-dir", str(tmp_path / "etc"),
+            "--state-dir", str(tmp_path / "var"), "--run-dir", str(tmp_path / "run"),
+            "--credential-file", str(cred), *extra]
+
+
+def test_join_writes_config_and_encrypted_keys(tmp_path, fake_enroll, capsys):
+    provider, calls, token = fake_enroll
+    assert cli.main(join_args(tmp_path, token, "--endpoint", "192.0.2.7:51820")) == 0
+    (call,) = calls
+    assert call["name"] == "carol" and call["credential"] == CREDENTIAL
+    assert call["endpoints"] == ["192.0.2.7:51820"]
+    cfg = config.load(tmp_path / "etc" / "lan.toml")
+    assert cfg.group.member == "carol" and cfg.group.group_id == provider.group_id
+    assert cfg.group.addresses == provider.addresses["carol"]
+    assert cfg.provider.keys_hash == provider.keys.fingerprint()
+    assert cfg.paths.control_socket == tmp_path / "run" / "lan.sock"
+    assert cfg.network.endpoints == ("192.0.2.7:51820",)
+    keys_path = tmp_path / "var" / "lan" / "keys.enc"
+    assert stat.S_IMODE(os.stat(keys_path).st_mode) == 0o600
+    keys = keystore.load(keys_path, bytearray(CREDENTIAL))
+    assert keys.ed25519_public == call["ed"] and keys.kem_public == call["kem"]
+    for path in (keys_path, tmp_path / "etc" / "lan.toml"):
+        assert CREDENTIAL not in path.read_bytes()
+    assert "grouptun up lan" in capsys.readouterr().out
+
+
+def test_join_refuses_an_existing_name_before_spending_the_token(tmp_path, fake_enroll, capsys):
+    provider, calls, token = fake_enroll
+    assert cli.main(join_args(tmp_path, token, "--name", "lan")) == 0
+    assert cli.main(join_args(tmp_path, token, "--name", "lan")) == 78
+    assert len(calls) == 1 and "already configured" in capsys.readouterr().err
+
+
+def test_join_default_endpoint_is_our_address_towards_the_provider(tmp_path, fake_enroll):
+    provider, calls, token = fake_enroll
+    assert cli.main(join_args(tmp_path, token, "--listen-port", "51999")) == 0
+    assert calls[0]["endpoints"] == ["127.0.0.1:51999"]
+
+
+@pytest.mark.parametrize("extra,code", [(["--endpoint", "nope"], 78), (["--listen-port", "0"], 78),
+                                        (["--name", "bad name"], 78), (["--listen-address", "nope"], 78)])
+def test_join_bad_arguments_spend_nothing(tmp_path, fake_enroll, extra, code):
+    provider, calls, token = fake_enroll
+    assert cli.main(join_args(tmp_path, token, *extra)) == code
+    assert calls == [] and not (tmp_path / "etc").exists()
+
+
+def test_status_and_down_without_daemon(tmp_path, capsys):
+    assert cli.main(["status", "--run-dir", str(tmp_path)]) == 3
+    assert cli.main(["down", "lan", "--run-dir", str(tmp_path)]) == 3
+    assert "no grouptun daemon" in capsys.readouterr().err

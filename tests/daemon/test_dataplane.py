@@ -1,0 +1,212 @@
+"""Data plane: two real core Sessions exchanging packets through fakes and real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import types
+
+import pytest
+import uvloop
+
+from grouptun.controlplane import Backoff, ControlPlane
+from grouptun.core.session import Session
+from grouptun.dataplane import DataPlane, LoopPort
+from grouptun.statefile import EpochStateFile
+from grouptun.udp import UdpTransport
+
+from .fakes import CREDENTIAL, FakeNetwork, FakeProvider, FakeTun, FakeUdp, QueueTun, ipv4_packet, ipv6_packet
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Port:
+    def __init__(self, session, clock) -> None:
+        self.session, self.clock = session, clock
+
+    def install(self, material) -> None:
+        self.session.install_epoch(material, self.clock())
+
+    def take_requests(self):
+        return self.session.take_requests()
+
+    def packets_sent(self):
+        return self.session.packets_sent()
+
+
+def member_control(provider, name, session, tmp_path, clock, port=None) -> ControlPlane:
+    return ControlPlane(client=provider.client(name), port=port or Port(session, clock),
+                        kem=provider.members[name].kem, credential=bytearray(CREDENTIAL), pinned=provider.keys,
+                        group_id=provider.group_id, member=name,
+                        statefile=EpochStateFile(tmp_path / f"{name}.json"), endpoints=lambda: [],
+                        watch_timeout=0.01, backoff=Backoff(0.01, 0.02))
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """alice and bob, each a Session + DataPlane over an in-memory network, holding epoch 1."""
+    provider = FakeProvider(["alice", "bob"], port_base=51000)
+    clock, net = Clock(), FakeNetwork()
+    out = {}
+    for i, name in enumerate(["alice", "bob"]):
+        session = Session(name)
+        tun, udp = QueueTun(), FakeUdp(net, ("127.0.0.1", 51000 + i))
+        out[name] = (session, tun, udp, DataPlane(session, tun, udp, clock=clock),
+                     member_control(provider, name, session, tmp_path, clock))
+    challenge = b"\x01" * 32
+    provider.open_epoch([challenge])
+    for name in out:
+        assert out[name][4].accept(provider.signed, challenge)
+    return provider, clock, out
+
+
+def send(out, src, dst_name, packet):
+    s_tun, s_dp = out[src][1], out[src][3]
+    s_tun.inbox.append(packet)
+    s_dp.on_tun_readable()
+    out[dst_name][3].on_udp_readable()
+    return out[dst_name][1].written
+
+
+def test_ipv4_and_ipv6_packets_cross_in_both_directions(pair):
+    provider, clock, out = pair
+    p4 = ipv4_packet("10.77.0.2", "10.77.0.3")
+    assert send(out, "alice", "bob", p4) == [p4]
+    back = ipv4_packet("10.77.0.3", "10.77.0.2", b"reply")
+    assert send(out, "bob", "alice", back) == [back]
+    p6 = ipv6_packet("fd77::2", "fd77::3")
+    assert send(out, "alice", "bob", p6)[-1] == p6
+    c = out["alice"][3].counters
+    assert c["tun_rx"] == 2 and c["udp_tx"] == 2 and c["tun_tx"] == 1 and c["internal_errors"] == 0
+
+
+def test_garbage_and_spoofed_source_are_dropped_and_counted(pair):
+    provider, clock, out = pair
+    bob_session, bob_tun, bob_udp, bob_dp, _ = out["bob"]
+    bob_udp.inbox.append((b"\x11" * 40, ("127.0.0.1", 9)))
+    bob_udp.inbox.append((b"", ("127.0.0.1", 9)))
+    bob_dp.on_udp_readable()
+    assert bob_tun.written == [] and bob_dp.counters["udp_rx"] == 2
+    drops = bob_session.status(clock())["drops"]
+    assert sum(drops.values()) == 2
+    # alice may not send a packet from an address that is not hers
+    assert send(out, "alice", "bob", ipv4_packet("10.77.0.9", "10.77.0.3")) == []
+
+
+def test_drain_is_bounded_per_wakeup(pair):
+    provider, clock, out = pair
+    alice_tun, alice_dp = out["alice"][1], out["alice"][3]
+    alice_dp.batch = 5
+    for k in range(12):
+        alice_tun.inbox.append(ipv4_packet("10.77.0.2", "10.77.0.3", bytes([k])))
+    alice_dp.on_tun_readable()
+    assert alice_dp.counters["tun_rx"] == 5
+    alice_dp.on_tun_readable()
+    alice_dp.on_tun_readable()
+    assert alice_dp.counters["tun_rx"] == 12
+    out["bob"][3].batch = 100
+    out["bob"][3].on_udp_readable()
+    assert len(out["bob"][1].written) == 12
+
+
+def test_epoch_switch_does_not_drop_traffic(pair):
+    provider, clock, out = pair
+    provider.open_epoch()
+    assert out["alice"][4].accept(provider.signed)  # alice has epoch 2, bob not yet
+    delivered = 0
+    for k in range(40):
+        clock.now += 0.25  # 10 s in all: well past switch_delay (2 s) and into the grace period
+        if k == 4:  # bob's watch returns 1 s later, within switch_delay
+            assert out["bob"][4].accept(provider.signed)
+        for name in ("alice", "bob"):
+            out[name][3].on_tick()
+        for name in ("alice", "bob"):
+            out[name][3].on_udp_readable()
+        before = len(out["bob"][1].written)
+        send(out, "alice", "bob", ipv4_packet("10.77.0.2", "10.77.0.3", k.to_bytes(2, "big")))
+        delivered += len(out["bob"][1].written) - before
+    assert delivered == 40
+    epochs = out["alice"][0].status(clock())["epochs"]
+    assert any(e["epoch"] == 2 and e["sending"] for e in epochs)
+
+
+def test_session_bug_is_counted_not_fatal(pair):
+    provider, clock, out = pair
+    session, tun, udp, dp, _ = out["alice"]
+
+    def broken(packet, now):
+        raise RuntimeError("bug")
+
+    session.on_tun_packet = broken
+    tun.inbox.extend([b"x", b"y"])
+    dp.on_tun_readable()
+    assert dp.counters["internal_errors"] == 2 and dp.counters["tun_rx"] == 2
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_real_loop_real_udp_sockets(tmp_path, host):
+    """uvloop + real dual-stack UDP sockets on loopback + fd-backed fake TUNs; LoopPort installs."""
+    loop = uvloop.new_event_loop()
+    provider = FakeProvider(["alice", "bob"])
+    members = {}
+    try:
+        for name in ("alice", "bob"):
+            udp = UdpTransport("::", 0)
+            ep = f"[{host}]:{udp.port}" if ":" in host else f"{host}:{udp.port}"
+            provider.endpoints[name] = (ep,)
+            session, tun = Session(name), FakeTun()
+            dp = DataPlane(session, tun, udp, tick=0.05)
+            dp.attach(loop)
+            members[name] = (session, tun, udp, dp)
+        challenge = b"\x02" * 32
+        provider.open_epoch([challenge])
+
+        async def scenario():
+            for name, (session, tun, udp, dp) in members.items():
+                cp = member_control(provider, name, session, tmp_path, time.monotonic,
+                                    port=LoopPort(loop, session))
+                # the control path runs in a thread, as in the daemon
+                assert await loop.run_in_executor(None, cp.accept, provider.signed, challenge)
+            packet = ipv4_packet("10.77.0.2", "10.77.0.3", b"over the real loop")
+            members["alice"][1].inject(packet)
+            deadline = time.monotonic() + 10  # bounded; generous for a loaded shared VM
+            while time.monotonic() < deadline:
+                got = members["bob"][1].delivered()
+                if got:
+                    return got, packet
+                await asyncio.sleep(0.01)
+            return [], packet
+
+        got, packet = loop.run_until_complete(asyncio.wait_for(scenario(), 30))
+        assert got == [packet]
+        peer = members["bob"][0].status(time.monotonic())["members"]
+        alice = next(m for m in peer if m["name"] == "alice")
+        assert alice["rx_packets"] >= 1 and alice["endpoint"].endswith(str(members["alice"][2].port))
+    finally:
+        for session, tun, udp, dp in members.values():
+            dp.detach()
+            session.close()
+            tun.close()
+            udp.close()
+        loop.close()
+
+
+def test_loopport_times_out_on_a_stalled_loop_and_wipes_the_abandoned_material():
+    loop = asyncio.new_event_loop()  # never run: a stalled loop
+    try:
+        session = Session("alice")
+        port = LoopPort(loop, session, timeout=0.05)
+        material = types.SimpleNamespace(shared_secret=bytearray(b"\x01" * 32), salt=bytearray(b"\x02" * 32))
+        with pytest.raises(TimeoutError):
+            port.install(material)
+        loop.run_until_complete(asyncio.sleep(0))  # the loop wakes up late
+        assert material.shared_secret == bytearray(32) and material.salt == bytearray(32)
+        assert session.status(0.0)["epochs"] == []
+    finally:
+        loop.close()

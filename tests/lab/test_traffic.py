@@ -1,0 +1,58 @@
+"""Parsing of ping and iperf3 output (no root needed)."""
+
+from __future__ import annotations
+
+import json
+
+from grouptun.lab.traffic import parse_iperf3, parse_ping
+
+PING_OK = """PING 10.77.0.2 (10.77.0.2) 56(84) bytes of data.
+
+--- 10.77.0.2 ping statistics ---
+3 packets transmitted, 3 received, 0% packet loss, time 402ms
+rtt min/avg/max/mdev = 0.310/0.402/0.512/0.081 ms
+"""
+PING_LOSS = """--- fd77::3 ping statistics ---
+3 packets transmitted, 1 received, 66.6667% packet loss, time 2040ms
+rtt min/avg/max/mdev = 0.5/0.5/0.5/0.0 ms
+"""
+
+
+def test_parse_ping():
+    ok = parse_ping("a", "10.77.0.2", PING_OK)
+    assert (ok.sent, ok.received, ok.rtt_avg_ms, ok.ok) == (3, 3, 0.402, True)
+    lossy = parse_ping("a", "fd77::3", PING_LOSS)
+    assert (lossy.sent, lossy.received, lossy.ok) == (3, 1, False)
+    nothing = parse_ping("a", "x", "connect: Network is unreachable\n")
+    assert (nothing.sent, nothing.ok) == (0, False)
+
+
+def _interval(start, nbytes):
+    return {"streams": [], "sum": {"start": start, "end": start + 0.2, "bytes": nbytes,
+                                   "bits_per_second": nbytes * 40}}
+
+
+def test_parse_iperf3_tcp_and_stall():
+    data = {"intervals": [_interval(0.0, 1000), _interval(0.2, 0), _interval(0.4, 0),
+                          _interval(0.6, 0), _interval(0.8, 500), _interval(1.0, 0)],
+            "end": {"sum_sent": {"seconds": 1.2, "bits_per_second": 2e8, "retransmits": 7},
+                    "sum_received": {"seconds": 1.2, "bits_per_second": 1.5e8}}}
+    result = parse_iperf3(json.dumps(data))
+    assert result.ok and result.error is None
+    assert result.mbps == 150.0 and result.retransmits == 7
+    assert abs(result.longest_stall() - 0.6) < 1e-9
+
+
+def test_parse_iperf3_error_and_garbage():
+    err = parse_iperf3(json.dumps({"start": {}, "intervals": [], "end": {},
+                                   "error": "unable to connect to server: Connection refused"}))
+    assert not err.ok and "Connection refused" in err.error
+    junk = parse_iperf3("iperf3: error - unable to connect")
+    assert not junk.ok and "no JSON" in junk.error
+
+
+def test_parse_iperf3_udp():
+    data = {"intervals": [_interval(0.0, 100)],
+            "end": {"sum": {"seconds": 1.0, "bits_per_second": 1e6, "lost_percent": 2.5}}}
+    result = parse_iperf3(json.dumps(data))
+    assert result.ok and result.lost_percent == 2.5 and result.retransmits is None

@@ -1,0 +1,156 @@
+"""logsetup: journald vs terminal format, one line per event, secret guard."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from grouptun.logsetup import MAX_BYTES_ARG, Secret, priority, setup_logging, stream_is_journal, teardown_logging
+
+
+@pytest.fixture
+def capture():
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    handlers = {}
+
+    def install(journald):
+        handlers["h"] = setup_logging("DEBUG", journald=journald, stream=stream)
+        return stream
+
+    yield install
+    teardown_logging()
+    root.setLevel(saved[0])
+    assert root.handlers == saved[1]
+
+
+def lines(stream):
+    return stream.getvalue().splitlines()
+
+
+def test_journald_format_has_priority_and_no_timestamp(capture):
+    out = capture(True)
+    log = logging.getLogger("grouptun.daemon")
+    log.debug("d")
+    log.info("epoch %d installed", 7)
+    log.warning("w")
+    log.error("e")
+    log.critical("c")
+    assert lines(out) == [
+        "<7>grouptun.daemon: d",
+        "<6>grouptun.daemon: epoch 7 installed",
+        "<4>grouptun.daemon: w",
+        "<3>grouptun.daemon: e",
+        "<2>grouptun.daemon: c",
+    ]
+
+
+def test_terminal_format_has_utc_timestamp(capture):
+    out = capture(False)
+    logging.getLogger("grouptun.x").info("hello")
+    (line,) = lines(out)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO grouptun\.x: hello", line), line
+
+
+@pytest.mark.parametrize("journald", [True, False])
+def test_one_line_per_event_even_with_newlines_and_tracebacks(capture, journald):
+    out = capture(journald)
+    log = logging.getLogger("grouptun.t")
+    log.warning("peer name %s", "evil\n<3>grouptun: forged\x1b[31m")
+    try:
+        raise ValueError("boom\nsecond line")
+    except ValueError:
+        log.exception("failed")
+    got = lines(out)
+    assert len(got) == 2
+    assert "forged\\x1b[31m" in got[0] and "\\n<3>" in got[0]
+    assert "Traceback" in got[1] and "ValueError: boom\\nsecond line" in got[1]
+
+
+def test_long_bytes_args_are_redacted(capture):
+    out = capture(True)
+    log = logging.getLogger("grouptun.k")
+    key = bytes(range(32))
+    log.info("key %s", key)
+    log.info("key %r in %s", bytearray(key), [b"ok", memoryview(key)])
+    log.info("mapping %(k)s", {"k": key})
+    log.info("short id %s", b"\x01" * MAX_BYTES_ARG)
+    log.info("f-string leak " + repr(key))
+    log.info("wrapped %s", Secret("hunter2"))
+    text = out.getvalue()
+    assert "\\x1f" not in text and "hunter2" not in text
+    got = lines(out)
+    assert got[0] == "<6>grouptun.k: key <redacted 32 bytes>"
+    assert got[1] == "<6>grouptun.k: key '<redacted 32 bytes>' in [b'ok', '<redacted 32 bytes>']"
+    assert got[2] == "<6>grouptun.k: mapping <redacted 32 bytes>"
+    assert got[3].endswith("short id " + repr(b"\x01" * MAX_BYTES_ARG))
+    assert got[4] == "<6>grouptun.k: f-string leak <redacted 32 bytes>"
+    assert got[5] == "<6>grouptun.k: wrapped <secret>"
+
+
+def test_bytes_in_exception_text_are_redacted(capture):
+    out = capture(False)
+    try:
+        raise RuntimeError(b"\xaa" * 40)
+    except RuntimeError:
+        logging.getLogger("grouptun.e").exception("oops")
+    assert "\\xaa\\xaa" not in out.getvalue()  # the source line shows b"\xaa" * 40, once
+    assert "RuntimeError: <redacted 40 bytes>" in out.getvalue()
+
+
+def test_bad_format_string_still_logs(capture):
+    out = capture(True)
+    logging.getLogger("grouptun.b").info("%d items", "many")
+    assert "unformattable" in out.getvalue()
+
+
+def test_priority_mapping_of_custom_levels():
+    assert priority(logging.INFO + 5) == 6
+    assert priority(logging.DEBUG - 5) == 7
+    assert priority(logging.CRITICAL + 10) == 2
+
+
+def test_setup_is_idempotent(capture):
+    out = capture(True)
+    setup_logging("DEBUG", journald=True, stream=out)
+    logging.getLogger("grouptun.i").info("once %s", b"\0" * 40)
+    assert lines(out) == ["<6>grouptun.i: once <redacted 40 bytes>"]
+
+
+def test_other_handlers_see_redacted_records(capture, caplog):
+    capture(True)
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("grouptun.o").info("k=%s", b"\x55" * 33)
+    assert caplog.messages == ["k=<redacted 33 bytes>"]
+
+
+def test_journal_stream_detection(tmp_path):
+    f = open(tmp_path / "log", "w")
+    st = os.fstat(f.fileno())
+    assert stream_is_journal(f, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    assert not stream_is_journal(f, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
+    assert not stream_is_journal(f, {})
+    assert not stream_is_journal(io.StringIO(), {"JOURNAL_STREAM": "1:2"})
+    f.close()
+
+
+def test_auto_detection_in_a_child_process(tmp_path):
+    """A process whose stderr is the JOURNAL_STREAM picks journald format."""
+    code = (
+        "import logging, os, sys\n"
+        "st = os.fstat(2); os.environ['JOURNAL_STREAM'] = f'{st.st_dev}:{st.st_ino}'\n"
+        "from grouptun.logsetup import setup_logging\n"
+        "setup_logging('INFO'); logging.getLogger('grouptun.c').warning('hi')\n"
+    )
+    err = tmp_path / "err"
+    with open(err, "w") as fh:
+        subprocess.run([sys.executable, "-c", code], stderr=fh, check=True, timeout=30,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert err.read_text() == "<4>grouptun.c: hi\n"

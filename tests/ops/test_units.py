@@ -1,0 +1,128 @@
+"""The systemd units: verify cleanly, stay under exposure 2.5, keep the agreed contract."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from grouptun import credential
+from ops.units import SYSTEMD_DIR, UNITS, exposure, parse_unit, stage_root, values, verify
+
+pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+
+MAX_EXPOSURE = 2.5
+DAEMON = SYSTEMD_DIR / "grouptun@.service"
+PROVIDER = SYSTEMD_DIR / "grouptun-provider.service"
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    root = stage_root(tmp_path_factory.mktemp("root"))
+    dest = root / "etc/systemd/system"
+    dest.mkdir(parents=True)
+    for name in UNITS:
+        shutil.copy(SYSTEMD_DIR / name, dest / name)
+    return root
+
+
+@pytest.mark.parametrize("instance", ["grouptun@lan.service", "grouptun-provider.service"])
+def test_verify_is_clean(staged, instance):
+    proc = verify(staged, instance)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and proc.stdout == ""
+
+
+def test_verify_would_catch_a_broken_unit(staged, tmp_path):
+    """Negative control: a typo and a bad value are reported (as output, rc 0)."""
+    root = stage_root(tmp_path)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    text = DAEMON.read_text().replace("ProtectClock=yes", "ProtectClock=yes\nProtectHomme=yes\nRestart=sometimes")
+    (root / "etc/systemd/system/grouptun@.service").write_text(text)
+    proc = verify(root, "grouptun@lan.service")
+    assert "ProtectHomme" in proc.stderr and "sometimes" in proc.stderr
+
+
+def test_verify_reports_a_missing_binary(tmp_path):
+    root = tmp_path
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(PROVIDER, root / "etc/systemd/system")
+    stage_root(root)
+    (root / "usr/local/bin/grouptun-provider").unlink()
+    proc = verify(root, "grouptun-provider.service")
+    assert proc.returncode != 0 and "/usr/local/bin/grouptun-provider" in proc.stderr
+
+
+@pytest.mark.parametrize("unit_file,instance", [(DAEMON, "grouptun@x.service"),
+                                                (PROVIDER, "grouptun-provider.service")])
+def test_exposure_at_most_2_5(tmp_path, unit_file, instance):
+    # --offline reads the file as given; an instance name makes %i concrete.
+    path = tmp_path / instance
+    shutil.copy(unit_file, path)
+    level, report = exposure(path)
+    print(f"\n{instance}: exposure {level}")
+    assert level <= MAX_EXPOSURE, report
+
+
+def test_daemon_contract():
+    u = parse_unit(DAEMON)
+    svc = lambda key: values(u, "Service", key)  # noqa: E731
+    assert svc("Type") == ["notify"]
+    assert svc("ExecStart") == ["/usr/local/bin/grouptun up %i"]
+    assert svc("ExecReload") == ["/bin/kill -HUP $MAINPID"]
+    assert svc("Restart") == ["on-failure"]
+    assert svc("LimitCORE") == ["0"]  # the watchdog SIGABRT must not dump keys
+    assert svc("WatchdogSec") and int(svc("WatchdogSec")[0]) >= 10
+    assert svc("CapabilityBoundingSet") == ["CAP_NET_ADMIN"]
+    assert svc("AmbientCapabilities") == ["CAP_NET_ADMIN"]
+    assert svc("DevicePolicy") == ["closed"]
+    assert svc("DeviceAllow") == ["/dev/net/tun rw"]
+    assert svc("PrivateDevices") == []  # would hide /dev/net/tun
+    assert svc("PrivateUsers") == []    # CAP_NET_ADMIN must count in the host's namespaces
+    assert svc("PrivateNetwork") == []
+    assert set(svc("RestrictAddressFamilies")[0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+    assert svc("StateDirectory") == ["grouptun/%i"]
+    assert svc("RuntimeDirectory") == ["grouptun"]
+    assert svc("RuntimeDirectoryPreserve") == ["yes"]  # shared by every instance
+    assert svc("UMask") == ["0077"]
+    for key in ("ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges", "ProtectKernelTunables",
+                "ProtectKernelModules", "ProtectControlGroups", "LockPersonality", "MemoryDenyWriteExecute",
+                "RestrictNamespaces", "RestrictRealtime", "RestrictSUIDSGID", "ProtectClock",
+                "ProtectHostname", "SystemCallArchitectures", "ProtectProc"):
+        assert svc(key), f"{key} missing"
+
+
+def test_credential_name_matches_what_the_daemon_reads(tmp_path):
+    """LoadCredentialEncrypted=NAME:... must be a name grouptun/credential.py looks up."""
+    (spec,) = values(parse_unit(DAEMON), "Service", "LoadCredentialEncrypted")
+    name, _, source = spec.partition(":")
+    assert source.startswith("/etc/credstore.encrypted/")
+    (tmp_path / name.replace("%i", "lan")).write_bytes(b"correct horse battery\n")
+    got = credential.from_systemd("lan", {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert got == bytearray(b"correct horse battery")
+
+
+def test_provider_contract():
+    u = parse_unit(PROVIDER)
+    svc = lambda key: values(u, "Service", key)  # noqa: E731
+    assert svc("CapabilityBoundingSet") == [""]
+    assert svc("AmbientCapabilities") == [""]
+    assert svc("User") == ["grouptun-provider"]
+    assert svc("LimitCORE") == ["0"]
+    assert svc("ExecStart") == ["/usr/local/bin/grouptun-provider serve --state /var/lib/grouptun-provider"]
+    assert svc("StateDirectory") == ["grouptun-provider"]
+    assert "AF_NETLINK" not in svc("RestrictAddressFamilies")[0]
+    # the user the unit runs as is the one sysusers creates
+    sysusers = (SYSTEMD_DIR / "grouptun.sysusers.conf").read_text().split()
+    assert sysusers[sysusers.index("u") + 1] == "grouptun-provider"
+
+
+def test_syscall_filter_groups_exist():
+    """Every @group named in SystemCallFilter= is known to this systemd."""
+    for unit_file in (DAEMON, PROVIDER):
+        for spec in values(parse_unit(unit_file), "Service", "SystemCallFilter"):
+            for group in spec.lstrip("~").split():
+                proc = subprocess.run(["systemd-analyze", "syscall-filter", group],
+                                      capture_output=True, text=True, timeout=30)
+                assert proc.returncode == 0, f"{unit_file.name}: {group}: {proc.stderr}"

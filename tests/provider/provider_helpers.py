@@ -1,0 +1,157 @@
+"""Helpers for provider tests: a real server subprocess on 127.0.0.1 over HTTPS.
+
+``ServerProc`` starts ``python -m provider.cli serve`` on a free port and waits
+(bounded) for its banner and ``/healthz``; ``stop()``/``kill()`` always reap it.
+``TestMember`` makes keys the way a daemon would and enrolls with the real client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from grouptun.core.capsule import KemPrivateKey
+from grouptun.provider_client import EnrollResult, ProviderClient, parse_join_token
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "GROUPTUN_DEBUG": "0"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def admin(state: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "provider.cli", *args, "--state", str(state)],
+                          env=ENV, cwd=REPO, capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"grouptun-provider {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+class ServerProc:
+    def __init__(self, state: Path, port: int) -> None:
+        self.state, self.port, self.proc = state, port, None
+
+    def start(self, timeout: float = 30.0) -> "ServerProc":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "provider.cli", "serve", "--state", str(self.state),
+             "--listen", f"127.0.0.1:{self.port}", "--address-rate", "5000", "--start-rate", "50",
+             "--report-rate", "50"],
+            env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stdout.read().decode()}")
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready and b"serving" in self.proc.stdout.readline():
+                break
+        else:
+            self.kill()
+            raise AssertionError("server did not start in time")
+        for _ in range(100):  # the banner precedes uvicorn's accept loop by a little
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("server does not accept connections")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class ProviderEnv:
+    state: Path
+    port: int
+    url: str
+    server: ServerProc
+    config: dict = field(default_factory=dict)
+
+    def invite(self, member: str, group: str = "lan") -> str:
+        return admin(self.state, "invite", group, member).stdout.strip()
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.state / 'provider.db'}?mode=ro", uri=True, timeout=10)
+
+    def snapshot(self) -> tuple:
+        """Everything a refused request must not change (the audit log may grow: refusals are audited)."""
+        with self.db() as conn:
+            return tuple(conn.execute(q).fetchall() for q in (
+                "SELECT name, version, epoch_hw, current_epoch FROM groups ORDER BY name",
+                "SELECT name, endpoints FROM members ORDER BY id",
+                "SELECT name, used_at FROM tokens ORDER BY id",
+                "SELECT \"group\", epoch FROM epochs ORDER BY epoch",
+                "SELECT epoch, member FROM capsules ORDER BY epoch, member",
+            ))
+
+
+def init_provider(tmp: Path) -> ProviderEnv:
+    port = free_port()
+    state = tmp / "state"
+    url = f"https://127.0.0.1:{port}"
+    admin(state, "init", "--url", url)
+    config = json.loads((state / "provider.json").read_text())
+    return ProviderEnv(state, port, url, ServerProc(state, port), config)
+
+
+@pytest.fixture(scope="module")
+def provider_env(tmp_path_factory):
+    env = init_provider(tmp_path_factory.mktemp("provider"))
+    admin(env.state, "group", "create", "lan", "--cidr", "10.77.0.0/24", "--cidr6", "fd77::/64")
+    env.server.start()
+    try:
+        yield env
+    finally:
+        env.server.stop()
+
+
+class TestMember:
+    __test__ = False  # not a test class
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.kem = KemPrivateKey.from_random(os.urandom(96))
+        self.ed = ed25519.Ed25519PrivateKey.generate()
+        self.credential = os.urandom(24)
+        self.result: EnrollResult | None = None
+
+    @property
+    def ed_public(self) -> bytes:
+        return self.ed.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def enroll(self, token_text: str, endpoints=("127.0.0.1:40000",)) -> EnrollResult:
+        self.token = parse_join_token(token_text)
+        self.result = ProviderClient.enroll(self.token, self.name, self.ed_public, self.kem.public_bytes(),
+                                            self.credential, list(endpoints))
+        return self.result
+
+    def client(self, timeout: float = 10.0) -> ProviderClient:
+        return ProviderClient(self.token.url, self.token.tls_fingerprint, self.result.group, self.name, self.ed,
+                              timeout=timeout)

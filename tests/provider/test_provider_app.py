@@ -1,0 +1,121 @@
+"""The ASGI app in-process (no TLS): guard limits, rate limits, metrics hook."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from grouptun.core.capsule import KemPrivateKey
+from grouptun.reqsign import sign_headers
+from provider.app import MAX_BODY, Settings, create_app
+from provider.keys import Signer
+from provider.limits import RateLimiter
+from provider.service import Provider
+from provider.store import Store
+
+warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
+TestClient = pytest.importorskip("starlette.testclient").TestClient
+SIGNER = Signer.generate()
+
+
+@pytest.fixture()
+def world():
+    store = Store(None)
+    store.create_schema()
+    provider = Provider(store, lambda: SIGNER)
+    provider.create_group("lan", "10.77.0.0/24")
+    key = ed25519.Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    for name, ed in (("alice", public), ("bob", None)):
+        ed = ed or ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        secret = provider.invite("lan", name, 3600)
+        provider.enroll(secret, name, ed, KemPrivateKey.from_random(os.urandom(96)).public_bytes(),
+                        b"credential", [])
+    provider.started_at -= 2  # `serve` starts listening a second after this; signatures before it are refused
+    return provider, key
+
+
+def _signed_get(client, key, path):
+    headers: dict = {}
+    sign_headers("GET", "http://testserver" + path, headers, b"", "alice", key)
+    return client.get(path, headers=headers)
+
+
+def test_guard_refuses_big_and_malformed_bodies(world):
+    provider, _ = world
+    asgi, _ = create_app(provider)
+    with TestClient(asgi, client=("127.0.0.1", 4000)) as client:
+        assert client.post("/v1/enroll", content=b"x" * (MAX_BODY + 1)).status_code == 413
+        r = client.post("/v1/enroll", content=b"{}", headers={"content-length": "abc"})
+        assert r.status_code in (400, 422)
+        assert client.get("/healthz").json() == {"ok": True}
+
+
+def test_per_address_and_per_member_rate_limits(world):
+    provider, key = world
+    asgi, _ = create_app(provider, Settings(address_rate=0.001, address_burst=3, member_rate=0.001, member_burst=2))
+    with TestClient(asgi, client=("127.0.0.1", 4000)) as client:
+        codes = [_signed_get(client, key, "/v1/groups/lan/archive").status_code for _ in range(4)]
+    assert codes == [200, 200, 429, 429]
+
+
+def test_rate_limiter_refills_and_bounds_keys():
+    now = [0.0]
+    limiter = RateLimiter(rate=1.0, burst=2, max_keys=2, clock=lambda: now[0])
+    assert [limiter.allow("a") for _ in range(3)] == [True, True, False]
+    now[0] += 1.0
+    assert limiter.allow("a") and not limiter.allow("a")
+    limiter.allow("b")
+    limiter.allow("c")
+    assert len(limiter._buckets) == 2  # noqa: SLF001
+
+
+def test_metrics_hook_mounts_the_exporter_and_counts_epochs(world):
+    pytest.importorskip("provider.metrics")
+    provider, key = world
+    asgi, _ = create_app(provider, Settings(metrics=True))
+    with TestClient(asgi, client=("127.0.0.1", 4000)) as client:
+        assert _signed_get(client, key, "/v1/groups/lan/archive").status_code == 200
+        provider.open_epoch("lan", "admin", "admin")
+        text = client.get("/metrics").text
+    assert 'grouptun_provider_epochs_created_total{group="lan"} 1.0' in text
+    assert "/v1/groups/{group}/archive" in text
+
+
+def test_starts_are_rate_limited_per_member(world):
+    provider, key = world
+    asgi, _ = create_app(provider, Settings(start_rate=0.001, start_burst=1))
+    with TestClient(asgi, client=("127.0.0.1", 4000)) as client:
+        codes = []
+        for challenge in ("aa", "bb"):
+            body = ('{"challenge": "%s"}' % (challenge * 32)).encode()
+            headers = {"content-type": "application/json"}
+            sign_headers("POST", "http://testserver/v1/groups/lan/start", headers, body, "alice", key)
+            codes.append(client.post("/v1/groups/lan/start", content=body, headers=headers).status_code)
+    assert codes == [200, 429]
+
+
+def test_wrong_credentials_are_budgeted_right_ones_are_not(world):
+    provider, key = world
+    asgi, _ = create_app(provider, Settings(wrong_credential_rate=0.001, wrong_credential_burst=2))
+    epoch = provider.show_group("lan")["epoch"]
+
+    def salt(client, credential: bytes) -> int:
+        import base64
+
+        body = ('{"credential": "%s"}' % base64.b64encode(credential).decode()).encode()
+        path = f"/v1/groups/lan/epochs/{epoch}/salt"
+        headers = {"content-type": "application/json"}
+        sign_headers("POST", "http://testserver" + path, headers, body, "alice", key)
+        return client.post(path, content=body, headers=headers).status_code
+
+    with TestClient(asgi, client=("127.0.0.1", 4000)) as client:
+        codes = [salt(client, b"credential") for _ in range(3)]
+        codes += [salt(client, b"wrong-credential") for _ in range(3)]
+        codes.append(salt(client, b"credential"))  # budget spent: even the right one waits
+    assert codes == [200, 200, 200, 403, 403, 429, 429]

@@ -1,0 +1,306 @@
+"""Epoch logic with in-memory fakes: store on sqlite :memory:, fake clock, recorded randomness."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from grouptun.core import keys
+from grouptun.core.archive import verify_archive
+from grouptun.core.capsule import KemPrivateKey, capsule_info, open_sealed, salt_info
+from provider.epochs import (EPOCH_BURST, EPOCH_RATE, Recipient, Thresholds, build_epoch, next_epoch_number,
+                             permutation)
+from provider.errors import Conflict, Forbidden, InvalidInput, NotFound
+from provider.keys import Signer
+from provider.service import Provider
+from provider.store import Store, audit_rows
+
+SIGNER = Signer.generate()
+T0 = 1_795_400_000.0
+
+
+class FakeClock:
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        self.t += seconds
+
+
+class RecordingRandom:
+    """Deterministic randomness that remembers every 32-byte draw (SS and salt are among them)."""
+
+    def __init__(self, seed: int = 1) -> None:
+        self.rng = random.Random(seed)
+        self.secrets: list[bytes] = []
+
+    def __call__(self, n: int) -> bytes:
+        out = self.rng.randbytes(n)
+        if n == 32:
+            self.secrets.append(out)
+        return out
+
+
+# --- numbering -----------------------------------------------------------------------
+
+_EVENT = st.one_of(st.tuples(st.just("issue"), st.floats(0, 3)), st.tuples(st.just("restart"), st.floats(0, 3)),
+                   st.tuples(st.just("backup"), st.just(0.0)), st.tuples(st.just("restore"), st.floats(0, 3)))
+
+
+@given(st.lists(_EVENT, max_size=60))
+@settings(max_examples=200, deadline=None)
+def test_epoch_numbers_never_reissued_across_restarts_and_restores(events):
+    created = now = T0
+    hw, backup, started = 0, 0, now
+    issued: list[int] = []
+    for kind, dt in events:
+        now += dt
+        if kind == "backup":
+            backup = hw
+        elif kind in ("restart", "restore"):
+            hw = backup if kind == "restore" else hw
+            now += 0.001  # a process starts strictly after everything before it
+            started = now
+        else:
+            number, wait = next_epoch_number(hw, created, now, started)
+            if wait:
+                now += wait
+                number, wait = next_epoch_number(hw, created, now, started)
+            assert wait == 0.0
+            assert number not in issued
+            issued.append(number)
+            hw = number
+
+
+def test_first_epoch_of_a_process_waits_at_most_one_tick_and_bursts_are_bounded():
+    created, now = T0, T0 + 3600
+    number, wait = next_epoch_number(0, created, now, started := now)
+    assert 0 < wait <= 1 / EPOCH_RATE
+    now += 600  # idle: a burst of EPOCH_BURST is available, then pacing
+    waits = []
+    hw = number
+    for _ in range(EPOCH_BURST + 3):
+        number, wait = next_epoch_number(hw, created, now, started)
+        waits.append(wait)
+        now += wait
+        hw = number
+    assert waits[:EPOCH_BURST] == [0.0] * EPOCH_BURST and all(w > 0 for w in waits[EPOCH_BURST + 1:])
+
+
+def test_epoch_counter_exhaustion_is_a_conflict():
+    with pytest.raises(Conflict):
+        next_epoch_number(2**32 - 1, T0, T0 + 10, T0)
+
+
+@given(st.integers(1, 300), st.integers(0, 2**32))
+@settings(max_examples=100, deadline=None)
+def test_permutation_is_a_permutation(n, seed):
+    assert sorted(permutation(n, random.Random(seed).randbytes)) == list(range(n))
+
+
+# --- building an epoch -------------------------------------------------------------------
+
+
+def _kem() -> KemPrivateKey:
+    return KemPrivateKey.from_random(os.urandom(96))
+
+
+@pytest.mark.parametrize("suite", [1, 2])
+def test_build_epoch_seals_for_every_member_and_schedule_reproduces(suite):
+    members = {name: _kem() for name in ("a", "b", "c")}
+    rand = RecordingRandom()
+    group_id = b"\x11" * 16
+    sealed = build_epoch(group_id, 42, [Recipient(n, k.public_bytes()) for n, k in members.items()],
+                         Thresholds(suite, 600, 2**27), [b"\x00" * 32], T0, rand)
+    assert sorted(sealed.indices.values()) == [0, 1, 2]
+    assert sealed.info.group_size == 3 and sealed.info.challenges == (b"\x00" * 32,) and 0 <= sealed.info.nonce_start < 2**32
+    ss_drawn, salt_drawn = rand.secrets
+    for name, index, capsule, sealed_salt in sealed.sealed:
+        ss = open_sealed(members[name], capsule_info(group_id, 42, name), capsule)
+        salt = open_sealed(members[name], salt_info(group_id, 42, name), sealed_salt)
+        assert (bytes(ss), bytes(salt), index) == (ss_drawn, salt_drawn, sealed.indices[name])
+        assert keys.data_id(ss) == sealed.info.data_id
+        assert keys.EpochKeys(suite, group_id, 42, ss, salt).key_check() == sealed.info.key_check
+    with pytest.raises(Exception):  # a capsule is bound to its member and epoch
+        open_sealed(members["a"], capsule_info(group_id, 43, "a"), sealed.sealed[0][2])
+
+
+# --- the service over an in-memory store ----------------------------------------------------
+
+
+class Fixture:
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.rand = RecordingRandom()
+        self.store = Store(None)
+        self.store.create_schema()
+        self.provider = Provider(self.store, lambda: SIGNER, clock=self.clock, sleep=self.clock.sleep,
+                                 rand=self.rand)
+        self.provider.create_group("lan", "10.77.0.0/29", "fd77::/64", rekey_after_seconds=60,
+                                   rekey_after_packets=5000)
+        self.kems: dict[str, KemPrivateKey] = {}
+
+    def enroll(self, name: str, credential: bytes = b"credential!", **kw) -> dict:
+        secret = kw.pop("secret", None) or self.provider.invite("lan", name, 3600)
+        self.kems[name] = kem = _kem()
+        ed = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return self.provider.enroll(secret, kw.pop("as_name", name), ed, kem.public_bytes(), credential,
+                                    ["192.0.2.1:5000"])
+
+    def archive(self):
+        return verify_archive(self.store.archive("lan")[1], SIGNER.public)
+
+    def audit(self) -> list:
+        with self.store.read() as conn:
+            return audit_rows(conn)
+
+
+@pytest.fixture()
+def fx() -> Fixture:
+    return Fixture()
+
+
+def test_enroll_remove_and_capsules_follow_membership(fx):
+    for name in ("alice", "bob", "carol"):
+        answer = fx.enroll(name)
+    archive = fx.archive()
+    assert answer["index"] == archive.member("carol").index
+    assert [m.addresses for m in sorted(archive.members, key=lambda m: m.name)] == [
+        ("10.77.0.1/29", "fd77::1/64"), ("10.77.0.2/29", "fd77::2/64"), ("10.77.0.3/29", "fd77::3/64")]
+    before = archive.epoch.epoch
+    opened = fx.provider.remove_member("lan", "bob")
+    after = fx.archive()
+    assert opened.epoch == after.epoch.epoch > before and after.member("bob") is None
+    assert sorted(m.index for m in after.members) == [0, 1]
+    with pytest.raises(NotFound):
+        fx.provider.capsule("lan", "bob", after.epoch.epoch)
+    with pytest.raises(NotFound):
+        fx.provider.capsule("lan", "bob", before)  # its old capsules are gone too
+    assert fx.provider.member_key("lan", "bob") is None
+    ss = open_sealed(fx.kems["alice"], capsule_info(after.group_id, after.epoch.epoch, "alice"),
+                     fx.provider.capsule("lan", "alice", after.epoch.epoch))
+    assert keys.data_id(ss) == after.epoch.data_id
+    fx.enroll("dave")  # bob's address is free again
+    assert fx.archive().member("dave").addresses[0] == "10.77.0.2/29"
+
+
+def test_address_range_full_is_a_conflict_and_changes_nothing(fx):
+    for i in range(6):  # /29 has 6 hosts
+        fx.enroll(f"m{i}")
+    version = fx.store.archive("lan")[0]
+    with pytest.raises(Conflict, match="full"):
+        fx.enroll("m6")
+    assert fx.store.archive("lan")[0] == version
+
+
+def test_tokens_are_one_time_expire_and_bind_the_name(fx):
+    secret = fx.provider.invite("lan", "alice", 3600)
+    fx.enroll("alice", secret=secret)
+    with pytest.raises(Forbidden, match="used or expired"):
+        fx.enroll("alice", secret=secret)
+    late = fx.provider.invite("lan", "bob", 60)
+    fx.clock.t += 61
+    with pytest.raises(Forbidden, match="used or expired"):
+        fx.enroll("bob", secret=late)
+    other = fx.provider.invite("lan", "carol", 3600)
+    with pytest.raises(Forbidden, match="does not match"):
+        fx.enroll("carol", secret=other, as_name="mallory")
+    with pytest.raises(Forbidden):
+        fx.enroll("x", secret="A" * 43)
+    refusals = [json.loads(r.detail)["reason"] for r in fx.audit() if r.action == "refused"]
+    assert len(refusals) == 4
+
+
+def test_salt_needs_the_credential(fx):
+    fx.enroll("alice", credential=b"right credential")
+    epoch = fx.archive().epoch.epoch
+    assert len(fx.provider.salt("lan", "alice", epoch, b"right credential")) == 1168
+    for wrong in (b"wrong credential", b"", b"x" * 2000):
+        with pytest.raises(Forbidden, match="wrong credential"):
+            fx.provider.salt("lan", "alice", epoch, wrong)
+    with pytest.raises(InvalidInput):
+        fx.enroll("bob", credential=b"short")
+
+
+def test_thresholds_time_packets_member_rekey(fx):
+    fx.enroll("alice")
+    fx.enroll("bob")
+    epoch = fx.archive().epoch.epoch
+    assert fx.provider.due_for_time_rekey() == []
+    fx.clock.t += 61
+    assert fx.provider.due_for_time_rekey() == ["lan"]
+    fx.provider.open_epoch("lan", "time", "provider")
+    assert fx.provider.due_for_time_rekey() == []
+    current = fx.archive().epoch.epoch
+    assert current > epoch
+    assert not fx.provider.report("lan", "alice", ["192.0.2.1:5000"], {epoch: 10**6})  # old epoch: ignored
+    assert not fx.provider.report("lan", "alice", ["192.0.2.1:5000"], {current: 4999})
+    assert fx.provider.report("lan", "alice", ["192.0.2.1:5000"], {current: 5000})
+    assert fx.archive().epoch.epoch > current
+    assert not fx.provider.member_rekey("lan", "bob", "auth-failures")  # epoch brand new: coalesced
+    fx.clock.t += 10
+    assert fx.provider.member_rekey("lan", "bob", "auth-failures")
+    reasons = [json.loads(r.detail)["reason"] for r in fx.audit() if r.action == "epoch"]
+    assert reasons == ["enroll", "enroll", "time", "packets", "member:auth-failures"]
+
+
+def test_endpoint_report_resigns_without_new_epoch(fx):
+    fx.enroll("alice")
+    before = fx.archive()
+    fx.provider.report("lan", "alice", ["[2001:db8::1]:5000", "192.0.2.9:5000"], {})
+    after = fx.archive()
+    assert after.version > before.version and after.epoch == before.epoch
+    assert after.member("alice").endpoints == ("[2001:db8::1]:5000", "192.0.2.9:5000")
+    fx.provider.report("lan", "alice", ["[2001:db8::1]:5000", "192.0.2.9:5000"], {})
+    assert fx.archive().version == after.version  # unchanged endpoints: no new version
+    with pytest.raises(InvalidInput):
+        fx.provider.report("lan", "alice", ["nonsense"], {})
+
+
+def test_epochs_strictly_increase_and_db_holds_no_plain_secret(fx):
+    for name in ("alice", "bob"):
+        fx.enroll(name, credential=b"credential-" + name.encode())
+    numbers = [fx.archive().epoch.epoch]
+    for challenge in range(5):
+        numbers.append(fx.provider.open_epoch("lan", "start", "members", (bytes([challenge]) * 32,)).epoch)
+    assert numbers == sorted(set(numbers))
+    with fx.store.read() as conn:
+        dump = "\n".join(conn.connection.iterdump()).lower()
+    assert fx.rand.secrets, "no secret drawn?"
+    for secret in fx.rand.secrets:
+        assert secret.hex() not in dump
+    assert "credential-alice" not in dump and b"credential-alice".hex() not in dump
+    for row in fx.audit():
+        assert "credential" not in row.detail.lower()
+
+
+def test_last_member_removed_leaves_no_epoch(fx):
+    fx.enroll("alice")
+    fx.provider.remove_member("lan", "alice")
+    assert fx.store.archive("lan")[1] is None
+    assert fx.provider.show_group("lan")["epoch"] is None
+    with pytest.raises(Conflict):
+        fx.provider.open_epoch("lan", "admin", "admin")
+
+
+def test_group_validation(fx):
+    with pytest.raises(Conflict):
+        fx.provider.create_group("lan", "10.0.0.0/24")
+    for kwargs in (dict(name="Bad"), dict(cidr="10.0.0.1/24"), dict(cidr6="fd00::/127"), dict(suite="rot13"),
+                   dict(rekey_after_seconds=1), dict(rekey_after_packets=2**28)):
+        args = dict(name="ok", cidr="10.0.0.0/24") | kwargs
+        with pytest.raises(InvalidInput):
+            fx.provider.create_group(**args)

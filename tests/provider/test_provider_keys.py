@@ -1,0 +1,73 @@
+"""Provider keys at rest (mode 0600, optional passphrase), TLS certificate, state dir checks."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ssl
+import stat
+
+import pytest
+
+from provider.errors import SchemaError, StateDirError
+from provider.keys import PASSPHRASE_ENV, Signer, StatePaths, make_tls, read_config, tls_fingerprint
+from provider.store import Store
+
+
+def test_keys_saved_0600_and_reload_identically(tmp_path):
+    paths = StatePaths(tmp_path)
+    signer = Signer.generate()
+    signer.save(paths)
+    for path in (paths.ed25519, paths.mldsa65):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert b"PRIVATE KEY" in path.read_bytes()
+    assert stat.S_IMODE(paths.ed25519.parent.stat().st_mode) == 0o700
+    assert Signer.load(paths).public == signer.public
+
+
+def test_passphrase_encrypts_keys_and_is_required(tmp_path, monkeypatch):
+    paths = StatePaths(tmp_path)
+    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse")
+    signer = Signer.generate()
+    signer.save(paths)
+    assert b"ENCRYPTED PRIVATE KEY" in paths.ed25519.read_bytes()
+    assert Signer.load(paths).public == signer.public
+    monkeypatch.setenv(PASSPHRASE_ENV, "wrong")
+    with pytest.raises(StateDirError, match=PASSPHRASE_ENV):
+        Signer.load(paths)
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    with pytest.raises(StateDirError):
+        Signer.load(paths)
+
+
+def test_group_readable_key_is_refused(tmp_path):
+    paths = StatePaths(tmp_path)
+    Signer.generate().save(paths)
+    paths.mldsa65.chmod(0o644)
+    with pytest.raises(StateDirError, match="0600"):
+        Signer.load(paths)
+
+
+def test_tls_certificate_fingerprint_and_key_mode(tmp_path):
+    paths = StatePaths(tmp_path)
+    fingerprint = make_tls(paths, "https://127.0.0.1:8443", datetime.datetime.now(datetime.timezone.utc))
+    der = ssl.PEM_cert_to_DER_cert(paths.tls_cert.read_text())
+    assert fingerprint == hashlib.sha256(der).hexdigest() == tls_fingerprint(paths)
+    assert stat.S_IMODE(paths.tls_key.stat().st_mode) == 0o600
+
+
+def test_state_dir_and_schema_checks(tmp_path):
+    with pytest.raises(StateDirError, match="not an initialised"):
+        read_config(StatePaths(tmp_path))
+    store = Store(str(tmp_path / "x.db"))
+    with pytest.raises(StateDirError):
+        store.check_schema()
+    store.create_schema()
+    store.check_schema()
+    with store.write() as conn:
+        conn.exec_driver_sql("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(SchemaError, match="99"):
+        store.check_schema()
+    with store.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    store.close()
