@@ -100,7 +100,7 @@ def _enroll(args: argparse.Namespace, token, member: str):
     try:
         sealed = keystore.seal(keys, cred)  # before the token is spent: a KDF failure costs nothing
         endpoints = list(args.endpoint) or seen_endpoints(token.url, args.listen_address, args.listen_port)
-        result = ProviderClient.enroll(token, member, keys.ed25519_public, keys.kem_public, bytes(cred), endpoints)
+        result = ProviderClient.enroll(token, member, keys.signing_key, keys.kem_public, bytes(cred), endpoints)
     finally:
         keys.wipe()
         credential.wipe(cred)

@@ -11,6 +11,15 @@ Every netlink call runs on one private worker thread: pyroute2 0.9 drives
 its sockets with asyncio and would otherwise pick up (and fail on) the
 daemon's running uvloop loop when called from the event-loop thread.
 
+IPv6 link-local: before the link goes up, ``configure`` sets the device's
+IPv6 address generation mode to none (``IFLA_INET6_ADDR_GEN_MODE`` =
+``IN6_ADDR_GEN_MODE_NONE``, what ``ip link set DEV addrgenmode none`` does)
+and removes any fe80:: the kernel already gave it. Otherwise the kernel
+emits MLD reports and router solicitations from fe80::, which the session
+drops as ``tx_source`` (not a member's overlay address) -- noise in the drop
+counters. Nothing of ours needs a link-local address on a layer-3 TUN. On
+a host without IPv6 (the kernel refuses the attribute) this step is skipped.
+
 Limits: it only touches the one interface; removal of the interface is the
 TUN device's close. IPv6 addresses are added with IFA_F_NODAD: a TUN link
 has no neighbours to defend an address against.
@@ -26,6 +35,7 @@ from typing import Callable, Iterable
 from grouptun.errors import SystemSetupError
 
 IFA_F_NODAD = 0x02
+IN6_ADDR_GEN_MODE_NONE = 1  # linux/if_link.h
 IFF_UP = 0x1
 NETLINK_TIMEOUT = 30.0
 
@@ -70,6 +80,7 @@ class NetConfig:
         wanted = [ipaddress.ip_interface(a) for a in addresses]
         self.set_mtu(mtu)
         self.set_addresses(wanted)
+        self.disable_link_local()
         self._run("link up", lambda ipr, idx: ipr.link("set", index=idx, state="up"))
         self.add_routes(routes)
 
@@ -92,6 +103,26 @@ class NetConfig:
                 ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra)
 
         self._run("set addresses", apply)
+
+    def disable_link_local(self) -> bool:
+        """No kernel fe80:: on the device (see the module doc); False when the host has no IPv6."""
+        from pyroute2 import NetlinkError
+
+        spec = {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE)]})]}
+
+        def apply(ipr, idx):
+            try:
+                ipr.link("set", index=idx, IFLA_AF_SPEC=spec)
+            except NetlinkError as exc:
+                if exc.code in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP):
+                    return False  # IPv6 disabled in this kernel: there is no link-local either
+                raise
+            for iface in self._addresses(ipr, idx):
+                if iface.version == 6 and iface.ip.is_link_local:
+                    ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            return True
+
+        return self._run("IPv6 link-local off", apply)
 
     def add_routes(self, prefixes: Iterable[str]) -> None:
         """Route each prefix through the interface; already present is fine."""

@@ -28,7 +28,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from requests.adapters import HTTPAdapter
 
-from grouptun.core.archive import ProviderKeys, verify_archive
+from grouptun.core.archive import ProviderKeys, enroll_message, verify_archive
 from grouptun.core.capsule import CAPSULE_SIZE
 from grouptun.core.jointoken import JoinToken, check_url, parse_join_token
 from grouptun.errors import ProviderError, ProviderRefused
@@ -134,11 +134,20 @@ class ProviderClient:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def enroll(token: JoinToken, name: str, ed25519_public: bytes, kem_public: bytes, credential: bytes,
-               endpoints: list[str]) -> EnrollResult:
-        """Consume ``token``; checks the provider keys against the token's hash and verifies the archive."""
+    def enroll(token: JoinToken, name: str, signing_key: ed25519.Ed25519PrivateKey, kem_public: bytes,
+               credential: bytes, endpoints: list[str]) -> EnrollResult:
+        """Consume ``token``; checks the provider keys against the token's hash and verifies the archive.
+
+        The request carries ``proof``: the member's Ed25519 signature over
+        ``archive.enroll_message`` of the other fields (proof of possession;
+        the provider checks it before it consumes the token).
+        """
+        ed25519_public = signing_key.public_key().public_bytes_raw()
+        endpoints = list(endpoints)
+        proof = signing_key.sign(enroll_message(token.secret, name, ed25519_public, kem_public, credential, endpoints))
         payload = {"secret": token.secret, "name": name, "ed25519_public": _b64(ed25519_public),
-                   "kem_public": _b64(kem_public), "credential": _b64(credential), "endpoints": list(endpoints)}
+                   "kem_public": _b64(kem_public), "credential": _b64(credential), "endpoints": endpoints,
+                   "proof": _b64(proof)}
         with pinned_session(token.tls_fingerprint) as session:
             response = _send(session, "POST", f"{token.url}/v1/enroll", 30.0, json=payload)
         try:
@@ -154,9 +163,16 @@ class ProviderClient:
         verify_archive(archive, keys)
         return result
 
-    def start(self, challenge: bytes) -> bytes:
-        """Ask for a new epoch listing ``challenge`` (32 bytes); returns that signed archive."""
-        return self._call("POST", "/start", {"challenge": challenge.hex()}, timeout=self.timeout + 30).content
+    def start(self, challenge: bytes) -> bytes | None:
+        """Ask for a new epoch listing ``challenge`` (32 bytes); returns that signed archive.
+
+        None means "waiting for members": the group has fewer than 2
+        members, so there is no epoch; the provider recorded the challenge
+        as pending (for 10 minutes) and the group's first epoch will list
+        it. Watch for it (and start again if an epoch appears without it).
+        """
+        response = self._call("POST", "/start", {"challenge": challenge.hex()}, timeout=self.timeout + 30)
+        return None if response.status_code == 202 else response.content
 
     def archive(self) -> bytes:
         return self._call("GET", "/archive").content

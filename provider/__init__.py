@@ -3,7 +3,8 @@
 Modules, from the wire inwards:
 
     cli.py       grouptun-provider: init / serve / group / invite / member / audit
-    app.py       FastAPI routes (the member HTTP API is documented there), watch hub,
+    app.py       builds the FastAPI app (the member HTTP API is documented there); routes.py
+                 its routers, schemas.py the bodies, hub.py the watch hub,
                  start batching, time-threshold ticker, metrics hook
     limits.py    rate limits and the request-size guard (ASGI)
     service.py   every operation as one transaction: groups, invitations, enrollment,

@@ -5,7 +5,13 @@ Epoch numbers (never reissued, not even after a restore from backup)::
     floor(t)   = int((t - group.created_at) * EPOCH_RATE)      # 4 per second of wall clock
     process_min = floor(process_started_at) + EPOCH_BURST + 1
     number     = max(epoch_hw + 1, floor(now), process_min)
+    number    += 1 if number mod 2^16 == epoch_hw mod 2^16  # wire collision
     and only once number <= floor(now) + EPOCH_BURST (else wait, <= MAX_WAIT)
+
+The wire carries ``epoch mod 2^16`` and a member holds the current and the
+previous epoch (PROTOCOL.md 5, 6): since numbers jump with the clock, an
+epoch exactly 2^16 (or k * 2^16) above the previous one would share its
+wire value, and members would refuse it. Such a number is skipped.
 
 ``epoch_hw`` is the persisted high-water mark. Every issued number is at
 most ``floor(issue time) + EPOCH_BURST``; a process (server or admin CLI)
@@ -37,6 +43,7 @@ EPOCH_RATE = 4
 EPOCH_BURST = 16
 EPOCH_MAX = 2**32 - 1
 MAX_WAIT = 2.0
+WIRE_EPOCHS = 2**16  # the header carries epoch mod 2^16
 NONCE_START_MAX = 2**32 - 1  # u32: s = nonce_start + i + n*N < 2^32 + 2^16 + 2^28 * 2^16 < 2^64
 
 
@@ -48,6 +55,8 @@ def next_epoch_number(hw: int, created_at: float, now: float, process_started_at
     """(number, seconds to wait before it may be issued). Conflict when u32 is exhausted."""
     floor_now = clock_floor(created_at, now)
     number = max(hw + 1, floor_now, clock_floor(created_at, process_started_at) + EPOCH_BURST + 1)
+    if hw > 0 and number % WIRE_EPOCHS == hw % WIRE_EPOCHS:
+        number += 1  # never the previous epoch's wire value (PROTOCOL.md 5)
     if number > EPOCH_MAX:
         raise Conflict("epoch counter of this group is exhausted (u32); create a new group")
     excess = number - floor_now - EPOCH_BURST

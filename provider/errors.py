@@ -79,3 +79,7 @@ class PayloadTooLarge(ProviderFault):
 class RateLimited(ProviderFault):
     exit_code = 75
     http_status = 429
+
+
+class NotEnoughMembers(Conflict):
+    """The group has fewer than 2 members, so no epoch (PROTOCOL.md 1: 2 <= N)."""

@@ -10,10 +10,23 @@ Layout (created by ``grouptun-provider init``; directory mode 0700)::
     STATE/tls/cert.pem           self-signed TLS certificate (public)
 
 At rest the private keys are protected by file mode 0600 in a 0700
-directory owned by the provider's user. If ``GROUPTUN_PROVIDER_PASSPHRASE``
-is set at ``init``, both signing keys are PKCS#8-encrypted with it
-(``BestAvailableEncryption``) and every later command needs the same
-variable. The TLS key stays unencrypted (uvicorn loads it from a file).
+directory owned by the provider's user. If a passphrase is given at
+``init``, both signing keys are PKCS#8-encrypted with it
+(``BestAvailableEncryption``) and every later command needs the same one.
+The TLS key stays unencrypted (uvicorn loads it from a file).
+
+Where the passphrase comes from (first found wins, see :func:`passphrase`):
+
+1. ``$CREDENTIALS_DIRECTORY/grouptun-provider-passphrase`` -- a systemd
+   credential (``LoadCredential=`` / ``LoadCredentialEncrypted=`` in the
+   unit): systemd hands the service a private, read-only copy, so the
+   passphrase is in neither the unit file nor the process environment
+   (which ``/proc/PID/environ`` and child processes could show). One
+   trailing newline is stripped.
+2. the environment variable ``GROUPTUN_PROVIDER_PASSPHRASE`` (admin CLI,
+   tests).
+
+An empty passphrase counts as none.
 Limits: no HSM, no key rotation (a new provider key means new join tokens).
 """
 
@@ -37,6 +50,8 @@ from grouptun.core.archive import ProviderKeys, sign_archive, Archive
 from provider.errors import StateDirError
 
 PASSPHRASE_ENV = "GROUPTUN_PROVIDER_PASSPHRASE"
+PASSPHRASE_CREDENTIAL = "grouptun-provider-passphrase"
+MAX_PASSPHRASE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -77,10 +92,36 @@ def _write_private(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def passphrase() -> bytes | None:
+    """The key passphrase: systemd credential first, then the environment; None when neither is set.
+
+    Raises StateDirError when ``$CREDENTIALS_DIRECTORY`` names a credential
+    that cannot be read (a broken unit must not silently fall back).
+    """
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if directory:
+        path = Path(directory) / PASSPHRASE_CREDENTIAL
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_PASSPHRASE_BYTES + 1)
+        except FileNotFoundError:
+            raw = None
+        except OSError as exc:
+            raise StateDirError(f"cannot read credential {path}: {exc.strerror or exc}") from exc
+        if raw is not None:
+            if len(raw) > MAX_PASSPHRASE_BYTES:
+                raise StateDirError(f"credential {path} is over {MAX_PASSPHRASE_BYTES} bytes")
+            raw = raw[:-1] if raw.endswith(b"\n") else raw
+            if raw:
+                return raw
+    value = os.environ.get(PASSPHRASE_ENV)
+    return value.encode() if value else None
+
+
 def _encryption() -> serialization.KeySerializationEncryption:
-    passphrase = os.environ.get(PASSPHRASE_ENV)
-    if passphrase:
-        return serialization.BestAvailableEncryption(passphrase.encode())
+    secret = passphrase()
+    if secret:
+        return serialization.BestAvailableEncryption(secret)
     return serialization.NoEncryption()
 
 
@@ -109,15 +150,16 @@ class Signer:
 
     @classmethod
     def load(cls, paths: StatePaths) -> "Signer":
-        passphrase = os.environ.get(PASSPHRASE_ENV)
-        password = passphrase.encode() if passphrase else None
+        password = passphrase()
         keys = []
         for path, kind in ((paths.ed25519, ed25519.Ed25519PrivateKey), (paths.mldsa65, mldsa.MLDSA65PrivateKey)):
             _check_mode(path)
             try:
                 key = serialization.load_pem_private_key(path.read_bytes(), password)
             except (OSError, ValueError, TypeError) as exc:
-                hint = f" (wrong or missing {PASSPHRASE_ENV}?)" if isinstance(exc, (TypeError, ValueError)) else ""
+                hint = ""
+                if isinstance(exc, (TypeError, ValueError)):
+                    hint = f" (wrong or missing passphrase: credential {PASSPHRASE_CREDENTIAL} or {PASSPHRASE_ENV})"
                 raise StateDirError(f"cannot load {path}: {type(exc).__name__}{hint}") from exc
             if not isinstance(key, kind):
                 raise StateDirError(f"{path} holds the wrong kind of key")

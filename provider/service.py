@@ -11,6 +11,15 @@ it). Other triggers -- the time threshold, a packet report past the
 per-sender threshold, an admin or member rekey, daemon starts with their
 challenges -- call :meth:`Provider.open_epoch`. Numbering: ``epochs.py``.
 
+Groups with fewer than 2 members (PROTOCOL.md 1: 2 <= N) have no epoch:
+a membership change that leaves one member signs an archive without one
+(``Archive.epoch is None``), and rekeys of such a group are refused
+(``NotEnoughMembers``). A daemon's start request meanwhile is recorded as
+pending (:meth:`Provider.start`; at most ``MAX_PENDING_STARTS`` per group,
+each for ``PENDING_START_TTL`` seconds, in memory) and every epoch opened
+later lists the pending challenges, so the first epoch of the group answers
+the daemons already waiting for it.
+
 Archive versions: see :func:`next_version`. Clock, sleep and randomness are
 injected (tests use fakes).
 """
@@ -24,15 +33,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import delete, insert, select, update
 
-from grouptun.core.archive import Archive, ArchiveMember, parse_document
+from grouptun.core.archive import Archive, ArchiveMember, enroll_message, parse_document
 from grouptun.core.capsule import load_kem_public
 from grouptun.errors import CapsuleError
 from provider import members as mem
 from provider.epochs import (MAX_WAIT, Recipient, Thresholds, build_epoch, next_epoch_number)
-from provider.errors import Conflict, Forbidden, InvalidInput, NotFound, ProviderFault
+from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound, ProviderFault
 from provider.keys import Signer
 from provider.store import (Store, add_audit, capsules, epochs, group_row, groups, member_rows, members, prune_capsules,
                             tokens)
@@ -41,6 +51,9 @@ SUITES = {"aes-256-gcm": 1, "aes-256-ctr-hmac-sha256": 2}
 MAX_REKEY_PACKETS = 2**27
 MTU = 1420
 MEMBER_REKEY_MIN_AGE = 5.0  # a member rekey on an epoch younger than this is coalesced into it
+MIN_GROUP_SIZE = 2  # PROTOCOL.md 1
+MAX_PENDING_STARTS = 256  # per group; the oldest goes first (its daemon starts again when it sees an epoch)
+PENDING_START_TTL = 600.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,8 @@ class Provider:
         self.started_at = clock()
         self.on_epoch: Callable[[str], None] | None = None  # called after an epoch committed (metrics)
         self._argon_slots = threading.BoundedSemaphore(2)
+        self._pending_lock = threading.Lock()
+        self._pending: dict[str, dict[bytes, float]] = {}  # group -> challenge -> expires at
 
     @property
     def signer(self) -> Signer:
@@ -149,19 +164,27 @@ class Provider:
         return secret
 
     def enroll(self, secret: str, name: str, ed25519_public: bytes, kem_public: bytes, credential: bytes,
-               endpoints: list[str], address: str = "?") -> dict:
+               endpoints: list[str], proof: bytes, address: str = "?") -> dict:
+        """Consume the join token ``secret``; ``proof`` is the Ed25519 signature over
+        ``archive.enroll_message(...)`` of the other fields (checked before the token is touched)."""
         actor = f"enroll:{address}"
         return self._audited(actor, "enroll", None, lambda: self._enroll(
-            secret, name, ed25519_public, kem_public, credential, endpoints))
+            secret, name, ed25519_public, kem_public, credential, endpoints, proof))
 
-    def _enroll(self, secret, name, ed_public, kem_public, credential, endpoints) -> dict:
+    def _enroll(self, secret, name, ed_public, kem_public, credential, endpoints, proof) -> dict:
         mem.check_member_name(name)
-        endpoints = mem.check_endpoints(endpoints)
+        signed_endpoints = list(endpoints)
+        endpoints = mem.check_endpoints(signed_endpoints)
+        message = enroll_message(secret, name, ed_public, kem_public, credential, signed_endpoints)
         try:
-            ed25519.Ed25519PublicKey.from_public_bytes(ed_public)
+            signer_key = ed25519.Ed25519PublicKey.from_public_bytes(ed_public)
             load_kem_public(kem_public)
         except (ValueError, CapsuleError) as exc:
             raise InvalidInput(f"public key not valid: {exc}") from exc
+        try:
+            signer_key.verify(proof, message)
+        except InvalidSignature as exc:
+            raise Forbidden("enrollment proof does not verify with the enrolled Ed25519 key") from exc
         cred_hash = mem.hash_credential(credential)
         digest = mem.token_hash(secret)
         with self.store.read() as conn:
@@ -206,15 +229,59 @@ class Provider:
     # --- epochs ----------------------------------------------------------------
 
     def open_epoch(self, group: str, reason: str, actor: str, challenges: tuple[bytes, ...] = ()) -> Opened:
+        """Open the next epoch; NotEnoughMembers while the group has fewer than 2 members."""
         def mutate(conn, g, now):
-            if not member_rows(conn, g.id):
-                raise Conflict(f"group {group!r} has no members, so no epoch")
+            count = len(member_rows(conn, g.id))
+            if count < MIN_GROUP_SIZE:
+                raise NotEnoughMembers(f"group {group!r} has {count} member(s); an epoch needs {MIN_GROUP_SIZE}")
             add_audit(conn, now, actor, "rekey", group, reason=reason, challenges=len(challenges))
 
         return self._change_and_open(group, reason, mutate, challenges)[1]
 
+    def start(self, group: str, challenges: tuple[bytes, ...]) -> Opened | None:
+        """Daemons' start requests: a new epoch listing ``challenges``, or None (recorded as pending).
+
+        None means the group has fewer than 2 members: the challenges wait
+        (bounded, expiring) for the first epoch the group gets.
+        """
+        self._add_pending(group, challenges)
+        try:
+            return self.open_epoch(group, "start", "members", challenges)
+        except NotEnoughMembers:
+            return None
+
+    def _add_pending(self, group: str, challenges) -> None:
+        now = self.clock()
+        with self._pending_lock:
+            pending = self._pending.setdefault(group, {})
+            for challenge, expires in list(pending.items()):
+                if expires <= now:
+                    del pending[challenge]
+            for challenge in challenges:
+                pending.pop(challenge, None)
+                pending[challenge] = now + PENDING_START_TTL  # dicts keep insertion order: oldest first
+            while len(pending) > MAX_PENDING_STARTS:
+                del pending[next(iter(pending))]
+
+    def pending_starts(self, group: str) -> tuple[bytes, ...]:
+        """Unexpired pending start challenges of ``group``, oldest first."""
+        now = self.clock()
+        with self._pending_lock:
+            return tuple(c for c, expires in self._pending.get(group, {}).items() if expires > now)
+
+    def _drop_pending(self, group: str, listed) -> None:
+        with self._pending_lock:
+            pending = self._pending.get(group, {})
+            for challenge in listed:
+                pending.pop(challenge, None)
+
     def _change_and_open(self, group: str, reason: str, mutate, challenges=()) -> tuple[object, Opened]:
-        """Run ``mutate(conn, group_row, now)`` and open the next epoch, in one transaction."""
+        """Run ``mutate(conn, group_row, now)`` and open the next epoch, in one transaction.
+
+        The epoch also lists the group's pending start challenges (dropped
+        from the pending set once it committed).
+        """
+        challenges = tuple(dict.fromkeys(tuple(challenges) + self.pending_starts(group)))
         for _attempt in range(int(MAX_WAIT * 4) + 8):
             now = self.clock()
             with self.store.write() as conn:
@@ -226,8 +293,10 @@ class Provider:
                         add_audit(conn, now, "provider", "clock-behind", group, epoch=number)
                     opened = self._open_locked(conn, g, number, reason, challenges, now)
             if wait == 0.0 or wait > MAX_WAIT:  # committed
-                if self.on_epoch is not None and opened.epoch is not None:
-                    self.on_epoch(group)
+                if opened.epoch is not None:
+                    self._drop_pending(group, challenges)
+                    if self.on_epoch is not None:
+                        self.on_epoch(group)
                 return result, opened
             self.sleep(wait)
         raise Conflict("could not allocate an epoch number in time")
@@ -235,11 +304,14 @@ class Provider:
     def _open_locked(self, conn, g, number: int, reason: str, challenges, now: float) -> Opened:
         rows = member_rows(conn, g.id)
         version = next_version(g.version, now)
-        if not rows:
+        if len(rows) < MIN_GROUP_SIZE:  # no epoch (PROTOCOL.md 1); one member still gets a signed archive
             conn.execute(delete(capsules).where(capsules.c.group == g.id))
+            indices = {r.name: k for k, r in enumerate(sorted(rows, key=lambda r: r.name))}
+            archive = self.signer.sign(_archive(g, version, None, rows, indices, now)) if rows else None
             conn.execute(update(groups).where(groups.c.id == g.id).values(
-                version=version, archive=None, current_epoch=None, epoch_opened_at=None))
-            return Opened(version, None, None, {})
+                version=version, archive=archive, current_epoch=None, epoch_opened_at=None))
+            add_audit(conn, now, "provider", "no-epoch", g.name, reason=reason, group_size=len(rows), version=version)
+            return Opened(version, archive, None, indices)
         thresholds = Thresholds(g.suite, g.rekey_after_seconds, g.rekey_after_packets, g.switch_delay, g.grace)
         sealed = build_epoch(g.group_id, number, [Recipient(r.name, r.kem_public) for r in rows], thresholds,
                              tuple(challenges), now, self.rand)
@@ -252,7 +324,7 @@ class Provider:
                                          "capsule": cap, "sealed_salt": salt}
                                         for name, idx, cap, salt in sealed.sealed])
         prune_capsules(conn, g.id, g.current_epoch if g.current_epoch is not None else number)
-        archive = self.signer.sign(_archive(g, version, info, rows, sealed.indices))
+        archive = self.signer.sign(_archive(g, version, info, rows, sealed.indices, now))
         conn.execute(update(groups).where(groups.c.id == g.id).values(
             epoch_hw=number, current_epoch=number, epoch_opened_at=now, version=version, archive=archive))
         add_audit(conn, now, "provider", "epoch", g.name, epoch=number, reason=reason, group_size=len(rows),
@@ -327,7 +399,7 @@ class Provider:
         old = _parse_own(g.archive)
         indices = {m.name: m.index for m in old.members}
         version = next_version(g.version, self.clock())
-        archive = self.signer.sign(_archive(g, version, old.epoch, member_rows(conn, g.id), indices))
+        archive = self.signer.sign(_archive(g, version, old.epoch, member_rows(conn, g.id), indices, self.clock()))
         conn.execute(update(groups).where(groups.c.id == g.id).values(version=version, archive=archive))
 
 
@@ -358,11 +430,12 @@ def _parse_own(raw: bytes) -> Archive:
     return parse_document(json.loads(json.loads(raw)["document"]), raw=raw)
 
 
-def _archive(g, version: int, info, rows, indices: dict[str, int]) -> Archive:
+def _archive(g, version: int, info, rows, indices: dict[str, int], now: float) -> Archive:
     listed = sorted((r for r in rows if r.name in indices), key=lambda r: indices[r.name])
     return Archive(
         group_id=g.group_id, name=g.name, version=version, epoch=info,
         members=tuple(ArchiveMember(r.name, indices[r.name], tuple(_addresses(r)), tuple(json.loads(r.endpoints)),
                                     r.ed25519_public, r.kem_public) for r in listed),
-        cidr=g.cidr, cidr6=g.cidr6, mtu=g.mtu, expires_at=info.opened_at + 2 * g.rekey_after_seconds,
+        cidr=g.cidr, cidr6=g.cidr6, mtu=g.mtu,
+        expires_at=(info.opened_at if info is not None else now) + 2 * g.rekey_after_seconds,
     )

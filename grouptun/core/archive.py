@@ -16,7 +16,7 @@ document that is not already canonical is refused. The document::
     {"format": "grouptun/1 archive",
      "group_id": hex(16 bytes), "name": str,
      "version": int (strictly increasing per group; unix milliseconds or more),
-     "epoch": {"epoch": u32, "suite": 1|2, "nonce_start": u32,
+     "epoch": null | {"epoch": u32, "suite": 1|2, "nonce_start": u32,
                "group_size": N, "data_id": hex(16), "key_check": hex(16),
                "rekey_after_seconds": num, "rekey_after_packets": int,
                "switch_delay": num, "grace": num,
@@ -26,6 +26,12 @@ document that is not already canonical is refused. The document::
                   "ed25519_public": base64(32), "kem_public": base64(1216)}, ...],
      "attributes": {"cidr": "10.77.0.0/24", "cidr6": "fd77::/64" | null, "mtu": 1420},
      "expires_at": unix seconds}
+
+``epoch`` is null while the group has fewer than two members (PROTOCOL.md 1:
+2 <= N): the provider opens no epoch then, but still signs the document so
+the lone member sees its addresses and the member list; member indices are
+then only an order (0..N-1), no epoch's. A member that asked for a start
+meanwhile waits for the first epoch listing its challenge.
 
 ``Archive.raw`` holds the whole envelope exactly as verified, so a member
 can store it and verify it again later. Limits: this module checks shapes
@@ -156,7 +162,7 @@ class Archive:
     group_id: bytes
     name: str
     version: int
-    epoch: ArchiveEpoch
+    epoch: ArchiveEpoch | None  # None: no current epoch (fewer than 2 members)
     members: tuple[ArchiveMember, ...]
     cidr: str
     cidr6: str | None
@@ -167,7 +173,7 @@ class Archive:
     def to_json(self) -> dict:
         return {
             "format": FORMAT, "group_id": self.group_id.hex(), "name": self.name,
-            "version": self.version, "epoch": self.epoch.to_json(),
+            "version": self.version, "epoch": None if self.epoch is None else self.epoch.to_json(),
             "members": [m.to_json() for m in self.members],
             "attributes": {"cidr": self.cidr, "cidr6": self.cidr6, "mtu": self.mtu},
             "expires_at": self.expires_at,
@@ -180,6 +186,26 @@ class Archive:
 def canonical(obj: object) -> bytes:
     """RFC 8785 (JCS) canonical JSON bytes."""
     return rfc8785.dumps(obj)
+
+
+ENROLL_LABEL = b"grouptun/1 enroll"
+
+
+def enroll_message(secret: str, name: str, ed25519_public: bytes, kem_public: bytes, credential: bytes,
+                   endpoints: list[str] | tuple[str, ...]) -> bytes:
+    """What a member signs with its Ed25519 key to enroll (proof of possession).
+
+    ``ENROLL_LABEL || RFC 8785 JSON`` of the enrollment request's fields
+    (binary ones in standard base64): the token secret, the name, both
+    public keys, the credential and the endpoints. The provider checks the
+    signature with the Ed25519 public key in the same request before it
+    consumes the token, so nobody enrolls a key they do not hold, and a
+    request altered in transit (another KEM key) does not verify.
+    """
+    return ENROLL_LABEL + canonical({
+        "secret": secret, "name": name, "ed25519_public": b64e(ed25519_public), "kem_public": b64e(kem_public),
+        "credential": b64e(credential), "endpoints": list(endpoints),
+    })
 
 
 def sign_archive(archive: Archive, ed_key: ed25519.Ed25519PrivateKey,
@@ -299,7 +325,7 @@ def parse_document(obj: object, raw: bytes = b"") -> Archive:
     return Archive(
         group_id=_hexd(obj.get("group_id"), "group_id", GROUP_ID_SIZE),
         name=_get(obj, "name", str, ""), version=_uint(obj, "version", "", 2**63),
-        epoch=_parse_epoch(obj.get("epoch")),
+        epoch=None if obj.get("epoch", 0) is None else _parse_epoch(obj.get("epoch")),
         members=tuple(_parse_member(m) for m in _get(obj, "members", list, "")),
         cidr=_get(attrs, "cidr", str, "attributes."), cidr6=cidr6,
         mtu=_uint(attrs, "mtu", "attributes.", 65536), expires_at=_num(obj, "expires_at", ""),

@@ -167,10 +167,43 @@ class FakeProvider:
         self.calls: list[tuple] = []
         self.changed = threading.Condition()
         self.tamper: str | None = None  # "capsule" | "salt" | "signature" | "key_check"
+        self.pending: list[bytes] = []  # start challenges waiting for a second member
+        self.current: ArchiveEpoch | None = None
+        self.watch_cap = 0.2  # the fake's long-poll returns after at most this long
+        self.hold_watch = threading.Event()  # set: watches answer nothing until release_watch (or timeout)
+        self.release_watch = threading.Event()
+        if len(names) < 2:
+            self.publish()
 
-    def open_epoch(self, challenges=()) -> int:
+    def _members(self) -> tuple:
+        names = sorted(self.members)
+        return tuple(ArchiveMember(n, i, self.addresses[n], self.endpoints[n], self.members[n].ed25519_public,
+                                   self.members[n].kem_public) for i, n in enumerate(names))
+
+    def publish(self) -> None:
+        """Re-sign the archive: a new version, same epoch (or none below 2 members), current endpoints."""
         with self.changed:
-            self.epoch += 1
+            self.version += 1
+            archive = Archive(self.group_id, "lan", self.version, self.current, self._members(), "10.77.0.0/24",
+                              "fd77::/64", 1420, time.time() + 3600)
+            self.signed = sign_archive(archive, self.ed, self.ml)
+            self.changed.notify_all()
+
+    def add_member(self, name: str) -> None:
+        """Enroll ``name``: a new epoch (listing pending starts) from 2 members on."""
+        self.members[name] = MemberKeys.generate()
+        i = len(self.members) - 1
+        self.endpoints[name] = (f"127.0.0.1:{51000 + 50 + i}",)
+        self.addresses[name] = (f"10.77.0.{i + 2}/24", f"fd77::{i + 2}/64")
+        if len(self.members) >= 2:
+            self.open_epoch()
+        else:
+            self.publish()
+
+    def open_epoch(self, challenges=(), number: int | None = None) -> int:
+        with self.changed:
+            challenges, self.pending = tuple(challenges) + tuple(self.pending), []
+            self.epoch = self.epoch + 1 if number is None else number
             ss, salt = os.urandom(32), os.urandom(32)
             keys = EpochKeys(self.suite, self.group_id, self.epoch, ss, salt)
             key_check = keys.key_check()
@@ -178,9 +211,7 @@ class FakeProvider:
             if self.tamper == "key_check":
                 key_check = bytes(16)
             names = sorted(self.members)
-            members = tuple(
-                ArchiveMember(n, i, self.addresses[n], self.endpoints[n], self.members[n].ed25519_public,
-                              self.members[n].kem_public) for i, n in enumerate(names))
+            members = self._members()
             for n in names:
                 kem_pub = self.members[n].kem_public
                 self.capsules[(self.epoch, n)] = capsule.seal(
@@ -190,6 +221,7 @@ class FakeProvider:
             ep = ArchiveEpoch(self.epoch, self.suite, int.from_bytes(os.urandom(4), "big"), len(names),
                               data_id(ss), key_check, 600.0, 2**27, self.switch_delay, 30.0,
                               tuple(challenges), time.time())
+            self.current = ep
             self.version += 1
             archive = Archive(self.group_id, "lan", self.version, ep, members, "10.77.0.0/24", "fd77::/64",
                               1420, time.time() + 3600)
@@ -216,8 +248,11 @@ class FakeClient:
         if self.p.down:
             raise ProviderError("provider unreachable: ConnectionError")
 
-    def start(self, challenge: bytes) -> bytes:
+    def start(self, challenge: bytes) -> bytes | None:
         self._call("start", challenge)
+        if len(self.p.members) < 2:  # the real provider's 202 "waiting for members"
+            self.p.pending.append(challenge)
+            return None
         self.p.open_epoch([challenge])
         return self.p.signed
 
@@ -228,7 +263,15 @@ class FakeClient:
     def watch(self, version: int, timeout: float = 25.0) -> bytes | None:
         self._call("watch", version)
         with self.p.changed:
-            self.p.changed.wait_for(lambda: self.p.version != version or self.p.down, timeout=min(timeout, 0.2))
+            if self.p.hold_watch.is_set():  # a long-poll that nothing answers early
+                self.p.changed.release()
+                try:
+                    self.p.release_watch.wait(min(timeout, self.p.watch_cap))
+                finally:
+                    self.p.changed.acquire()
+                return None
+            self.p.changed.wait_for(lambda: self.p.version != version or self.p.down,
+                                    timeout=min(timeout, self.p.watch_cap))
             if self.p.down:
                 raise ProviderError("provider unreachable: ConnectionError")
             return self.p.signed if self.p.version != version else None

@@ -23,7 +23,8 @@ def fake_enroll(monkeypatch):
     provider = FakeProvider(["bob", "carol"])
     calls = []
 
-    def enroll(token, name, ed25519_public, kem_public, credential, endpoints):
+    def enroll(token, name, signing_key, kem_public, credential, endpoints):
+        ed25519_public = signing_key.public_key().public_bytes_raw()  # join hands over the private key
         calls.append(dict(token=token, name=name, credential=credential, endpoints=endpoints,
                           ed=ed25519_public, kem=kem_public))
         provider.members[name] = types.SimpleNamespace(ed25519_public=ed25519_public, kem_public=kem_public)

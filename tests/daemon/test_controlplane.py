@@ -36,6 +36,9 @@ class DirectPort:
     def packets_sent(self) -> dict[int, int]:
         return self.session.packets_sent()
 
+    def update_endpoints(self, members) -> None:
+        self.session.update_endpoints(members)
+
 
 class StopAfter(threading.Event):
     """A stop event that records each backoff delay and sets itself after ``n`` waits."""
@@ -232,3 +235,172 @@ def test_refused_rekey_and_report_do_not_block_the_watch(world, caplog):
     assert held_epochs(session) == [1, 2]
     assert any("not granted" in r.getMessage() for r in caplog.records)
     assert cp._pending == set()
+
+
+# --- groups below 2 members (PROTOCOL.md 1, 4) ------------------------------------------------
+
+
+def wait_until(predicate, bound: float = 20.0) -> bool:
+    """Poll ``predicate`` (bounded); the bound is a liveness limit, not a timing assertion."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.fixture
+def solo(tmp_path):
+    provider = FakeProvider(["alice"])
+    statefile = EpochStateFile(tmp_path / "epochs.json")
+    session = Session("alice")
+    port = DirectPort(session, statefile, provider.group_id)
+    cp = ControlPlane(client=provider.client("alice"), port=port, kem=provider.members["alice"].kem,
+                      credential=bytearray(CREDENTIAL), pinned=provider.keys, group_id=provider.group_id,
+                      member="alice", statefile=statefile, endpoints=lambda: ["127.0.0.1:51000"],
+                      watch_timeout=0.05, backoff=Backoff(0.01, 0.04), request_interval=0.01)
+    return provider, statefile, session, cp
+
+
+def test_one_member_group_waits_quietly_then_installs_the_epoch_listing_its_challenge(solo, caplog):
+    provider, statefile, session, cp = solo
+    stop = threading.Event()
+    thread = threading.Thread(target=cp.run, args=(stop,))
+    with caplog.at_level(logging.INFO, logger="grouptun.control"):
+        thread.start()
+        try:
+            assert wait_until(lambda: cp.state.phase == "waiting for members")
+            assert wait_until(lambda: sum(c[1] == "watch" for c in provider.calls) >= 5)  # a few rounds
+            provider.add_member("bob")  # the group's first epoch lists the pending challenge
+            assert wait_until(lambda: held_epochs(session) == [1])
+        finally:
+            stop.set()
+            thread.join(10)
+    starts = [c for c in provider.calls if c[1] == "start"]
+    assert len(starts) == 1 and starts[0][2] in provider.current.challenges
+    assert cp.state.phase == "running" and cp.state.refusals == {}
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("waiting for a second member" in m for m in messages) == 1  # once, not per attempt
+    assert not any(r.levelno >= logging.WARNING for r in caplog.records)
+
+
+def test_epoch_without_our_challenge_makes_the_daemon_start_again(solo):
+    provider, statefile, session, cp = solo
+    challenge = b"\x21" * 32
+    assert cp.start_once(challenge) is False and cp.state.phase == "waiting for members"
+    assert cp.start_once(challenge) is False  # the epoch-less archive: still waiting
+    provider.pending.clear()  # as after a provider restart: our pending challenge is lost
+    provider.add_member("bob")
+    assert cp.start_once(challenge) is False  # epoch 1 does not list it: not used
+    assert held_epochs(session) == [] and statefile.highest(provider.group_id) == -1
+    assert cp.start_once(challenge) is True  # a new start: epoch 2 lists it
+    assert held_epochs(session) == [2]
+    assert [c[1] for c in provider.calls].count("start") == 2
+
+
+def test_start_with_a_challenge_never_takes_an_epoch_less_archive(solo):
+    provider, statefile, session, cp = solo
+    with pytest.raises(EpochRejected) as info:
+        cp.accept(provider.signed, challenge=b"\x22" * 32)
+    assert info.value.step == "challenge"
+
+
+# --- endpoints from the archive without a new epoch ---------------------------------------------
+
+
+def test_session_update_endpoints_changes_only_named_known_peers():
+    provider = FakeProvider(["alice", "bob"])
+    session = Session("alice")
+    from grouptun.controlplane import build_material, open_secrets  # noqa: PLC0415
+    from grouptun.core.archive import verify_archive  # noqa: PLC0415
+
+    provider.open_epoch()
+    archive = verify_archive(provider.signed, provider.keys)
+    ss, salt = open_secrets(archive, "alice", provider.members["alice"].kem, provider.capsules[(1, "alice")],
+                            provider.salts[(1, "alice")])
+    session.install_epoch(build_material(archive, "alice", ss, salt), 0.0)
+    from grouptun.core.session import MemberInfo  # noqa: PLC0415
+
+    assert session.update_endpoints([
+        MemberInfo("bob", 7, (), ("127.0.0.1", 7000)),      # index ignored: by name
+        MemberInfo("alice", 0, (), ("127.0.0.1", 1)),       # ourselves: ignored
+        MemberInfo("nobody", 3, (), ("127.0.0.1", 2)),      # unknown: ignored
+    ]) == 1
+    assert session.peer("bob").endpoint == ("127.0.0.1", 7000)
+    assert session.update_endpoints([MemberInfo("bob", 1, (), None)]) == 0  # unknown endpoint: kept
+    assert session.peer("bob").endpoint == ("127.0.0.1", 7000)
+    assert session.status(0.0)["members"][1]["index"] in (0, 1)  # indices untouched
+
+
+def test_archive_endpoint_change_reaches_the_running_session_roamed_kept_otherwise(world):
+    provider, statefile, session, port, make = world
+    cp = make()
+    assert cp.start_once(b"\x23" * 32)
+    assert session.peer("bob").endpoint == ("127.0.0.1", 51001)
+    session.peer("bob").endpoint = ("127.0.0.1", 6000)  # as if bob roamed (authenticated packets)
+    provider.publish()  # a new archive version, nothing changed for bob
+    cp.step()
+    assert session.peer("bob").endpoint == ("127.0.0.1", 6000)  # roamed endpoint kept
+    provider.endpoints["bob"] = ("127.0.0.1:7000",)  # bob re-reported: the archive changes, same epoch
+    provider.publish()
+    cp.step()
+    assert held_epochs(session) == [1]
+    assert session.peer("bob").endpoint == ("127.0.0.1", 7000)
+
+
+# --- rekey requests do not wait behind the long-poll --------------------------------------------
+
+
+def test_rekey_request_is_forwarded_while_the_watch_is_parked(world):
+    provider, statefile, session, port, make = world
+    cp = make(watch_timeout=30.0, request_interval=0.05)
+    provider.watch_cap = 30.0
+    stop = threading.Event()
+    thread = threading.Thread(target=cp.run, args=(stop,))
+    thread.start()
+    try:
+        assert wait_until(lambda: held_epochs(session) == [1])
+        provider.hold_watch.set()  # from now on the long-poll answers nothing for 30 s
+        assert wait_until(lambda: any(c[1] == "watch" for c in provider.calls[-3:]))
+        watches = sum(c[1] == "watch" for c in provider.calls)
+        asked = time.monotonic()
+        port.extra_requests = {"rekey:packets"}
+        assert wait_until(lambda: ("alice", "rekey", "packets") in provider.calls, bound=10.0)
+        print(f"rekey request reached the provider {1000 * (time.monotonic() - asked):.0f} ms after it was raised")
+        assert sum(c[1] == "watch" for c in provider.calls) == watches  # still inside the same long-poll
+        assert not provider.release_watch.is_set()
+    finally:
+        stop.set()
+        provider.release_watch.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+# --- wire epoch collisions (PROTOCOL.md 5) ------------------------------------------------------
+
+
+def test_epoch_with_the_held_wire_value_is_refused_and_a_rekey_requested(world):
+    provider, statefile, session, port, make = world
+    cp = make()
+    assert cp.start_once(b"\x24" * 32)
+    provider.open_epoch(number=1 + 2**16)  # same wire value as epoch 1
+    with pytest.raises(EpochRejected) as info:
+        cp.step()
+    assert info.value.step == "epoch" and "wire value" in str(info.value)
+    assert held_epochs(session) == [1] and statefile.highest(provider.group_id) == 1  # nothing recorded
+    assert not any(c[1] == "capsule" and c[2] == 1 + 2**16 for c in provider.calls)  # refused before fetching
+    cp.step()  # forwards the rekey; the fake opens the next number, which the watch installs
+    assert ("alice", "rekey", "wire-collision") in provider.calls
+    assert held_epochs(session) == [1, 2 + 2**16]
+
+
+def test_report_carries_only_the_newest_epochs(world):
+    """The session remembers ~10 epochs; the provider bounds a report body (it needs the current one)."""
+    provider, statefile, session, port, make = world
+    cp = make()
+    assert cp.start_once(b"\x25" * 32)
+    port.packets_sent = lambda: {e: e * 10 for e in range(1, 11)}
+    cp.service_requests()
+    report = [c for c in provider.calls if c[1] == "report"][-1]
+    assert report[3] == {7: 70, 8: 80, 9: 90, 10: 100}

@@ -87,3 +87,61 @@ def test_netconfig_works_from_a_running_uvloop():
     assert proc.returncode == 0, proc.stderr
     state = json.loads(proc.stdout)
     assert state["mtu"] == 1400 and "10.88.0.0/16" in state["routes"]
+
+
+PING6_SCRIPT = r"""
+import json, select, socket, struct, subprocess, sys, time
+from grouptun.tun import TunDevice
+from grouptun.netconfig import NetConfig
+name = sys.argv[1]
+tun = TunDevice(name, offload="off")  # plain IP packets from read()
+NetConfig(name).configure(["10.77.0.2/24", "fd77::2/64"], 1420, [])
+state = NetConfig(name).state()
+ping = subprocess.Popen(["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "fd77::9"],
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+sources, replied, deadline = set(), 0, time.monotonic() + 8
+while time.monotonic() < deadline and ping.poll() is None:   # bounded in time
+    if not select.select([tun.fileno()], [], [], 0.2)[0]:
+        continue
+    pkt = tun.read()
+    if not pkt or pkt[0] >> 4 != 6:
+        continue
+    src, dst = pkt[8:24], pkt[24:40]
+    sources.add(socket.inet_ntop(socket.AF_INET6, src))
+    if pkt[6] == 58 and pkt[40] == 128:                        # ICMPv6 echo request: answer it
+        body = bytearray(pkt[40:])
+        body[0], body[2:4] = 129, b"\0\0"
+        pseudo = src[:0] + dst + src + struct.pack(">I3xB", len(body), 58)
+        data = pseudo + bytes(body) + (b"\0" if len(body) % 2 else b"")
+        total = sum(struct.unpack(f">{len(data) // 2}H", data))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        body[2:4] = struct.pack(">H", ~total & 0xFFFF)
+        tun.write(bytes(pkt[:8]) + dst + src + bytes(body))
+        replied += 1
+out, _ = ping.communicate(timeout=10)
+tun.close()
+print(json.dumps({"addresses": state["addresses"], "sources": sorted(sources), "replied": replied,
+                  "ping_rc": ping.returncode, "ping": out[-300:]}))
+"""
+
+
+@pytest.mark.root
+def test_tun_has_no_ipv6_link_local_and_ipv6_ping_works():
+    """No kernel fe80:: on the TUN (so no MLD/RS from it to drop as tx_source); IPv6 still flows."""
+    tag = os.urandom(3).hex()
+    ns, dev = f"gt-cp-{tag}", f"gt-c{tag}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", PING6_SCRIPT, dev],
+                              capture_output=True, text=True, timeout=40, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    print(out)
+    assert not [a for a in out["addresses"] if a.startswith("fe80:")], out["addresses"]
+    assert not [s for s in out["sources"] if s.startswith("fe80:")], out["sources"]
+    assert out["replied"] == 3 and out["ping_rc"] == 0, out["ping"]
+    assert "fd77::2" in out["sources"]

@@ -148,7 +148,7 @@ class TestMember:
 
     def enroll(self, token_text: str, endpoints=("127.0.0.1:40000",)) -> EnrollResult:
         self.token = parse_join_token(token_text)
-        self.result = ProviderClient.enroll(self.token, self.name, self.ed_public, self.kem.public_bytes(),
+        self.result = ProviderClient.enroll(self.token, self.name, self.ed, self.kem.public_bytes(),
                                             self.credential, list(endpoints))
         return self.result
 

@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from grouptun.core.archive import enroll_message
 from grouptun.core.capsule import KemPrivateKey
 from grouptun.reqsign import sign_headers
 from provider.app import MAX_BODY, Settings, create_app
@@ -30,12 +31,12 @@ def world():
     provider.create_group("lan", "10.77.0.0/24")
     key = ed25519.Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    for name, ed in (("alice", public), ("bob", None)):
-        ed = ed or ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    for name, signing in (("alice", key), ("bob", ed25519.Ed25519PrivateKey.generate())):
+        ed = signing.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         secret = provider.invite("lan", name, 3600)
-        provider.enroll(secret, name, ed, KemPrivateKey.from_random(os.urandom(96)).public_bytes(),
-                        b"credential", [])
+        kem = KemPrivateKey.from_random(os.urandom(96)).public_bytes()
+        provider.enroll(secret, name, ed, kem, b"credential", [],
+                        signing.sign(enroll_message(secret, name, ed, kem, b"credential", [])))
     provider.started_at -= 2  # `serve` starts listening a second after this; signatures before it are refused
     return provider, key
 

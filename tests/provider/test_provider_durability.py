@@ -20,12 +20,13 @@ def _epochs(env) -> set[int]:
 def test_kill9_during_writes_then_restart_and_restore(tmp_path):
     env = init_provider(tmp_path)
     admin(env.state, "group", "create", "lan", "--cidr", "10.78.0.0/24")
-    tokens = [admin(env.state, "invite", "lan", f"m{i}").stdout.strip() for i in range(2)]
+    tokens = [admin(env.state, "invite", "lan", f"m{i}").stdout.strip() for i in range(3)]
     env.server.start()
     try:
         first = TestMember("m0")
         first.enroll(tokens[0])
-        acked_members, acked_epochs, stop = ["m0"], [], threading.Event()
+        TestMember("m2").enroll(tokens[2])  # an epoch needs two members
+        acked_members, acked_epochs, stop = ["m0", "m2"], [], threading.Event()
 
         def writer():  # starts (new epochs) until the server dies; record only acknowledged ones
             client = first.client(timeout=5)

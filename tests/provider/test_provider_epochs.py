@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grouptun.core import keys
-from grouptun.core.archive import verify_archive
+from grouptun.core.archive import enroll_message, verify_archive
 from grouptun.core.capsule import KemPrivateKey, capsule_info, open_sealed, salt_info
 from provider.epochs import (EPOCH_BURST, EPOCH_RATE, Recipient, Thresholds, build_epoch, next_epoch_number,
                              permutation)
-from provider.errors import Conflict, Forbidden, InvalidInput, NotFound
+from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound
 from provider.keys import Signer
-from provider.service import Provider
+from provider.service import MAX_PENDING_STARTS, PENDING_START_TTL, Provider
 from provider.store import Store, audit_rows
 
 SIGNER = Signer.generate()
@@ -155,10 +155,13 @@ class Fixture:
     def enroll(self, name: str, credential: bytes = b"credential!", **kw) -> dict:
         secret = kw.pop("secret", None) or self.provider.invite("lan", name, 3600)
         self.kems[name] = kem = _kem()
-        ed = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return self.provider.enroll(secret, kw.pop("as_name", name), ed, kem.public_bytes(), credential,
-                                    ["192.0.2.1:5000"])
+        key = ed25519.Ed25519PrivateKey.generate()
+        ed = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        name = kw.pop("as_name", name)
+        endpoints = ["192.0.2.1:5000"]
+        proof = kw.pop("proof", None) or key.sign(enroll_message(secret, name, ed, kem.public_bytes(), credential,
+                                                                 endpoints))
+        return self.provider.enroll(secret, name, ed, kem.public_bytes(), credential, endpoints, proof)
 
     def archive(self):
         return verify_archive(self.store.archive("lan")[1], SIGNER.public)
@@ -226,13 +229,14 @@ def test_tokens_are_one_time_expire_and_bind_the_name(fx):
 
 def test_salt_needs_the_credential(fx):
     fx.enroll("alice", credential=b"right credential")
+    fx.enroll("bob")
     epoch = fx.archive().epoch.epoch
     assert len(fx.provider.salt("lan", "alice", epoch, b"right credential")) == 1168
     for wrong in (b"wrong credential", b"", b"x" * 2000):
         with pytest.raises(Forbidden, match="wrong credential"):
             fx.provider.salt("lan", "alice", epoch, wrong)
     with pytest.raises(InvalidInput):
-        fx.enroll("bob", credential=b"short")
+        fx.enroll("carol", credential=b"short")
 
 
 def test_thresholds_time_packets_member_rekey(fx):
@@ -254,7 +258,7 @@ def test_thresholds_time_packets_member_rekey(fx):
     fx.clock.t += 10
     assert fx.provider.member_rekey("lan", "bob", "auth-failures")
     reasons = [json.loads(r.detail)["reason"] for r in fx.audit() if r.action == "epoch"]
-    assert reasons == ["enroll", "enroll", "time", "packets", "member:auth-failures"]
+    assert reasons == ["enroll", "time", "packets", "member:auth-failures"]  # one member: no epoch
 
 
 def test_endpoint_report_resigns_without_new_epoch(fx):
@@ -304,3 +308,106 @@ def test_group_validation(fx):
         args = dict(name="ok", cidr="10.0.0.0/24") | kwargs
         with pytest.raises(InvalidInput):
             fx.provider.create_group(**args)
+
+
+def test_epoch_number_skips_the_previous_epochs_wire_value():
+    """Numbers jump with the clock: one exactly 2^16 above the previous would collide on the wire."""
+    created = T0
+    hw = 100
+    now = created + (hw + 2**16) / EPOCH_RATE  # the clock floor lands on hw + 2^16
+    number, wait = next_epoch_number(hw, created, now, created)
+    assert wait == 0.0
+    assert number == hw + 2**16 + 1 and number % 2**16 != hw % 2**16
+
+
+@given(st.integers(1, 2**31), st.floats(0, 2**28, allow_nan=False), st.floats(0, 1000, allow_nan=False))
+@settings(max_examples=300, deadline=None)
+def test_consecutive_epochs_never_share_a_wire_value(hw, elapsed, since_start):
+    created = T0
+    now = created + elapsed + since_start
+    number, _wait = next_epoch_number(hw, created, now, created + elapsed)
+    assert number > hw and number % 2**16 != hw % 2**16
+
+
+# --- groups below 2 members, pending starts (PROTOCOL.md 1, 4) --------------------------------
+
+
+def test_one_member_group_has_a_signed_archive_without_epoch(fx):
+    answer = fx.enroll("alice")
+    archive = fx.archive()
+    assert archive.epoch is None and [m.name for m in archive.members] == ["alice"]
+    assert answer["index"] == 0 and fx.provider.show_group("lan")["epoch"] is None
+    with pytest.raises(NotEnoughMembers):
+        fx.provider.open_epoch("lan", "admin", "admin")
+    with pytest.raises(NotEnoughMembers):
+        fx.provider.member_rekey("lan", "alice", "auth-failures")
+    with pytest.raises(NotFound):
+        fx.provider.capsule("lan", "alice", 0)
+    assert fx.provider.report("lan", "alice", ["192.0.2.9:5000"], {}) is False
+    assert fx.archive().epoch is None and fx.archive().member("alice").endpoints == ("192.0.2.9:5000",)
+
+
+def test_start_below_two_members_is_pending_and_the_first_epoch_lists_it(fx):
+    fx.enroll("alice")
+    challenge = os.urandom(32)
+    assert fx.provider.start("lan", (challenge,)) is None
+    assert fx.provider.pending_starts("lan") == (challenge,)
+    fx.enroll("bob")  # the group reaches 2 members: its first epoch answers the waiting start
+    archive = fx.archive()
+    assert archive.epoch is not None and challenge in archive.epoch.challenges
+    assert archive.epoch.group_size == 2
+    assert fx.provider.pending_starts("lan") == ()  # answered: not listed again
+    fx.clock.t += 10
+    opened = fx.provider.start("lan", (b"\x07" * 32,))
+    assert opened is not None and challenge not in fx.archive().epoch.challenges
+
+
+def test_pending_starts_are_bounded_and_expire(fx):
+    fx.enroll("alice")
+    many = [i.to_bytes(32, "big") for i in range(MAX_PENDING_STARTS + 5)]
+    for challenge in many:
+        assert fx.provider.start("lan", (challenge,)) is None
+    assert fx.provider.pending_starts("lan") == tuple(many[5:])  # the oldest went first
+    fx.clock.t += PENDING_START_TTL + 1
+    assert fx.provider.pending_starts("lan") == ()
+    fx.enroll("bob")
+    assert fx.archive().epoch.challenges == ()
+
+
+def test_removal_down_to_one_member_leaves_no_epoch(fx):
+    fx.enroll("alice")
+    fx.enroll("bob")
+    epoch = fx.archive().epoch.epoch
+    fx.provider.remove_member("lan", "bob")
+    archive = fx.archive()
+    assert archive.epoch is None and [m.name for m in archive.members] == ["alice"]
+    with pytest.raises(NotFound):
+        fx.provider.capsule("lan", "alice", epoch)  # the old epoch's secrets are gone
+    assert fx.provider.due_for_time_rekey() == []
+
+
+def test_enrollment_needs_proof_of_possession(fx):
+    secret = fx.provider.invite("lan", "alice", 3600)
+    stranger = ed25519.Ed25519PrivateKey.generate()
+    with pytest.raises(Forbidden, match="proof"):
+        fx.enroll("alice", secret=secret, proof=stranger.sign(b"anything"))
+    bad = bytearray(64)
+    with pytest.raises(Forbidden, match="proof"):
+        fx.enroll("alice", secret=secret, proof=bytes(bad))
+    fx.enroll("alice", secret=secret)  # the token was not consumed by the refused attempts
+    assert fx.archive().member("alice") is not None
+
+
+def test_enrollment_proof_covers_the_kem_key_and_token(fx):
+    """A request altered in transit (another KEM key) or replayed with another token does not verify."""
+    secret = fx.provider.invite("lan", "alice", 3600)
+    key = ed25519.Ed25519PrivateKey.generate()
+    ed = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    mine, theirs = _kem().public_bytes(), _kem().public_bytes()
+    proof = key.sign(enroll_message(secret, "alice", ed, mine, b"credential!", []))
+    with pytest.raises(Forbidden, match="proof"):
+        fx.provider.enroll(secret, "alice", ed, theirs, b"credential!", [], proof)
+    other = fx.provider.invite("lan", "bob", 3600)
+    with pytest.raises(Forbidden, match="proof"):
+        fx.provider.enroll(other, "alice", ed, mine, b"credential!", [], proof)
+    assert fx.provider.enroll(secret, "alice", ed, mine, b"credential!", [], proof)["member_name"] == "alice"

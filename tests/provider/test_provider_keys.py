@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from provider.errors import SchemaError, StateDirError
-from provider.keys import PASSPHRASE_ENV, Signer, StatePaths, make_tls, read_config, tls_fingerprint
+from provider.keys import PASSPHRASE_CREDENTIAL, PASSPHRASE_ENV, Signer, passphrase, StatePaths, make_tls, read_config, tls_fingerprint
 from provider.store import Store
 
 
@@ -71,3 +71,32 @@ def test_state_dir_and_schema_checks(tmp_path):
     with store.read() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     store.close()
+
+
+def test_passphrase_from_systemd_credential(tmp_path, monkeypatch):
+    """LoadCredential= hands the passphrase in $CREDENTIALS_DIRECTORY; it wins over the environment."""
+    paths = StatePaths(tmp_path / "state")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / PASSPHRASE_CREDENTIAL).write_bytes(b"from credential\n")
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    signer = Signer.generate()
+    signer.save(paths)
+    assert b"ENCRYPTED PRIVATE KEY" in paths.ed25519.read_bytes()
+    assert passphrase() == b"from credential"  # one trailing newline stripped
+    monkeypatch.setenv(PASSPHRASE_ENV, "ignored, the credential wins")
+    assert Signer.load(paths).public == signer.public
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(StateDirError, match=PASSPHRASE_CREDENTIAL):
+        Signer.load(paths)
+    monkeypatch.setenv(PASSPHRASE_ENV, "from credential")  # the same passphrase via the environment
+    assert Signer.load(paths).public == signer.public
+
+
+def test_missing_credential_falls_back_to_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))  # directory without our credential
+    monkeypatch.setenv(PASSPHRASE_ENV, "env")
+    assert passphrase() == b"env"
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    assert passphrase() is None

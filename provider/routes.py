@@ -1,0 +1,210 @@
+"""The member API's routes, in small routers over one :class:`Context` (see ``provider/app.py``).
+
+``create_app`` builds one Context per app (limiters, nonce cache, hub and
+start batcher once the lifespan started) and includes the routers below;
+every ``/v1/groups/...`` route depends on :meth:`Context.member`, the
+RFC 9421 check of the request (``grouptun.reqsign``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from grouptun.reqsign import NonceCache, SignatureRefused, verify_headers
+from provider.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unauthorized
+from provider.limits import RateLimiter
+from provider.schemas import (ARCHIVE_MEDIA, GROUP_PATH, SEALED_MEDIA, EnrollAnswer, EnrollRequest, RekeyAnswer,
+                              RekeyRequest, ReportRequest, SaltRequest, StartRequest, b64)
+from provider.service import Provider
+
+ARCHIVE_RESPONSES = {200: {"content": {ARCHIVE_MEDIA: {}}, "description": "signed archive envelope"},
+                     404: {"description": "no such group, or no epoch yet"}}
+SEALED_RESPONSES = {200: {"content": {SEALED_MEDIA: {}}, "description": "1168 bytes"}}
+WAITING = {"waiting": "members", "detail": "the group has fewer than 2 members; the start challenge is "
+           "pending and the group's first epoch will list it"}
+
+
+@dataclass
+class Member:
+    group: str
+    name: str
+
+
+@dataclass
+class Limits:
+    """Per-key token buckets, one per kind of request (rates from ``app.Settings``)."""
+
+    member: RateLimiter
+    salt: RateLimiter
+    wrong_credential: RateLimiter
+    rekey: RateLimiter
+    start: RateLimiter
+    report: RateLimiter
+    audit: RateLimiter
+
+    @classmethod
+    def from_settings(cls, s) -> "Limits":
+        return cls(RateLimiter(s.member_rate, s.member_burst), RateLimiter(s.salt_rate, s.salt_burst),
+                   RateLimiter(s.wrong_credential_rate, s.wrong_credential_burst),
+                   RateLimiter(s.rekey_rate, s.rekey_burst), RateLimiter(s.start_rate, s.start_burst),
+                   RateLimiter(s.report_rate, s.report_burst),
+                   RateLimiter(s.refusal_audit_rate, s.refusal_audit_rate * 2))
+
+
+@dataclass
+class Context:
+    provider: Provider
+    limits: Limits
+    nonces: NonceCache = field(default_factory=NonceCache)
+    hub: object = None      # provider.hub.Hub, set by the lifespan
+    starts: object = None   # provider.hub.StartBatcher, set by the lifespan
+    metrics: object = None  # provider.metrics exporter when mounted
+
+    def watching(self, group: str):
+        return self.metrics.watching(group) if self.metrics is not None else contextlib.nullcontext()
+
+    async def refuse_audit(self, actor: str, action: str, group: str | None, reason: str) -> None:
+        if self.limits.audit.allow("all"):
+            await run_in_threadpool(self.provider.refused, actor, action, group, reason)
+
+    def member_dependency(self):
+        """The FastAPI dependency that authenticates a member request (signature, nonce, rate)."""
+
+        async def member(request: Request, group: str = GROUP_PATH) -> Member:
+            body = await request.body()
+            raw_path = request.scope.get("raw_path") or request.url.path.encode()
+            query = request.scope.get("query_string") or b""
+            url = "https://provider" + raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+            client = request.client.host if request.client else "unknown"
+            try:
+                verified = await run_in_threadpool(
+                    verify_headers, request.method, url, request.headers, body,
+                    lambda key_id: self.provider.member_key(group, key_id), time.time(), self.provider.started_at)
+            except SignatureRefused as exc:
+                await self.refuse_audit(f"address:{client}", request.url.path[:80], group, exc.reason)
+                raise Unauthorized(exc.reason) from exc
+            if not self.nonces.check_and_add(f"{group}/{verified.key_id}", verified.nonce, time.time()):
+                await self.refuse_audit(f"member:{verified.key_id}", request.url.path[:80], group,
+                                        "replayed signature")
+                raise Unauthorized("replayed signature")
+            if not self.limits.member.allow(f"{group}/{verified.key_id}"):
+                raise RateLimited("rate limit exceeded (member)")
+            return Member(group, verified.key_id)
+
+        return member
+
+
+def public_router(ctx: Context) -> APIRouter:
+    """Unsigned routes: health and enrollment (the join token authenticates)."""
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def healthz() -> dict:
+        return {"ok": True}
+
+    @router.post("/v1/enroll", response_model=EnrollAnswer)
+    async def enroll(body: EnrollRequest, request: Request):
+        client = request.client.host if request.client else "unknown"
+        answer = await run_in_threadpool(
+            ctx.provider.enroll, body.secret, body.name, b64(body.ed25519_public, "ed25519_public"),
+            b64(body.kem_public, "kem_public"), b64(body.credential, "credential"), body.endpoints,
+            b64(body.proof, "proof"), client)
+        ctx.hub.kick()
+        return answer
+
+    return router
+
+
+def archive_router(ctx: Context) -> APIRouter:
+    """The current archive, and the long-poll for the next one."""
+    router, member = APIRouter(), ctx.member_dependency()
+
+    @router.get("/v1/groups/{group}/archive", response_class=Response, responses=ARCHIVE_RESPONSES)
+    async def archive(who: Member = Depends(member)):
+        version, raw = await run_in_threadpool(ctx.provider.store.archive, who.group)
+        if raw is None:
+            raise NotFound(f"group {who.group!r} has no epoch yet")
+        return Response(raw, media_type=ARCHIVE_MEDIA)
+
+    @router.get("/v1/groups/{group}/watch", response_class=Response,
+                responses={**ARCHIVE_RESPONSES, 204: {"description": "unchanged until the timeout"}})
+    async def watch(version: int = Query(ge=0, le=2**62), timeout: float = Query(25.0, ge=0, le=60),
+                    who: Member = Depends(member)):
+        with ctx.watching(who.group):
+            raw = await ctx.hub.wait_change(who.group, version, timeout)
+        return Response(status_code=204) if raw is None else Response(raw, media_type=ARCHIVE_MEDIA)
+
+    return router
+
+
+def secrets_router(ctx: Context) -> APIRouter:
+    """A member's capsule and (credential-gated) sealed salt of one epoch."""
+    router, member = APIRouter(), ctx.member_dependency()
+
+    @router.get("/v1/groups/{group}/epochs/{epoch}/capsule", response_class=Response, responses=SEALED_RESPONSES)
+    async def capsule(epoch: int = PathParam(ge=0, le=2**32 - 1), who: Member = Depends(member)):
+        raw = await run_in_threadpool(ctx.provider.capsule, who.group, who.name, epoch)
+        return Response(raw, media_type=SEALED_MEDIA)
+
+    @router.post("/v1/groups/{group}/epochs/{epoch}/salt", response_class=Response, responses=SEALED_RESPONSES)
+    async def salt(body: SaltRequest, epoch: int = PathParam(ge=0, le=2**32 - 1), who: Member = Depends(member)):
+        key = f"{who.group}/{who.name}"
+        if not ctx.limits.salt.allow(key):
+            raise RateLimited("rate limit exceeded (salt)")
+        if not ctx.limits.wrong_credential.peek(key):
+            raise RateLimited("too many wrong credentials; wait")
+        try:
+            raw = await run_in_threadpool(ctx.provider.salt, who.group, who.name, epoch,
+                                          b64(body.credential, "credential"))
+        except Forbidden:
+            ctx.limits.wrong_credential.allow(key)
+            raise
+        return Response(raw, media_type=SEALED_MEDIA)
+
+    return router
+
+
+def epochs_router(ctx: Context) -> APIRouter:
+    """Requests that may open epochs: start, report (packet threshold), rekey."""
+    router, member = APIRouter(), ctx.member_dependency()
+
+    @router.post("/v1/groups/{group}/start", response_class=Response,
+                 responses={**ARCHIVE_RESPONSES, 202: {"description": "waiting for a second member"}})
+    async def start(body: StartRequest, who: Member = Depends(member)):
+        if not ctx.limits.start.allow(f"{who.group}/{who.name}"):
+            raise RateLimited("rate limit exceeded (start)")
+        raw = await ctx.starts.start(who.group, bytes.fromhex(body.challenge))
+        if raw is None:
+            ctx.hub.kick()
+            return JSONResponse(WAITING, status_code=202)
+        return Response(raw, media_type=ARCHIVE_MEDIA)
+
+    @router.post("/v1/groups/{group}/report", status_code=204, response_class=Response)
+    async def report(body: ReportRequest, who: Member = Depends(member)):
+        if not ctx.limits.report.allow(f"{who.group}/{who.name}"):
+            raise RateLimited("rate limit exceeded (report)")
+        packets = {}
+        for key, value in body.packets_sent.items():
+            if not key.isdigit() or len(key) > 10 or not 0 <= value < 2**63:
+                raise InvalidInput("packets_sent: keys are epoch numbers, values counts >= 0")
+            packets[int(key)] = value
+        await run_in_threadpool(ctx.provider.report, who.group, who.name, body.endpoints, packets)
+        ctx.hub.kick()
+        return Response(status_code=204)
+
+    @router.post("/v1/groups/{group}/rekey", status_code=202, response_model=RekeyAnswer)
+    async def rekey(body: RekeyRequest, who: Member = Depends(member)):
+        if not ctx.limits.rekey.allow(f"{who.group}/{who.name}"):
+            raise RateLimited("rate limit exceeded (rekey)")
+        opened = await run_in_threadpool(ctx.provider.member_rekey, who.group, who.name, body.reason)
+        ctx.hub.kick()
+        return {"opened": opened}
+
+    return router
