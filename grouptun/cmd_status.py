@@ -63,6 +63,9 @@ def format_status(st: dict) -> str:
     if st.get("addresses"):
         lines.append(f"  addresses: {', '.join(st['addresses'])}")
     lines.append("  " + _provider_line(st.get("control") or {}, None))
+    path = (st.get("dataplane") or {}).get("path")
+    if path:
+        lines.append(f"  data path: {path}")
     session = st.get("session") or {}
     epochs = session.get("epochs") or []
     if not epochs:

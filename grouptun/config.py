@@ -70,6 +70,9 @@ class PathsConfig:
     credential_file: Path | None = None
 
 
+OFFLOAD_MODES = ("auto", "off")
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     log_level: str = "info"
@@ -78,6 +81,7 @@ class DaemonConfig:
     report_interval: float = 30.0
     backoff_max: float = 60.0
     metrics_listen: str | None = None  # "127.0.0.1:9586"; loopback only
+    offload: str = "auto"  # "auto": TUN TSO/GRO + UDP GSO/GRO where the kernel has them; "off": plain path
 
 
 @dataclass(frozen=True)
@@ -308,7 +312,15 @@ def _daemon(data: dict) -> DaemonConfig:
         report_interval=_float(t, "daemon", "report_interval", 30.0, 1.0, 3600.0),
         backoff_max=_float(t, "daemon", "backoff_max", 60.0, 1.0, 3600.0),
         metrics_listen=metrics,
+        offload=_offload(t),
     )
+
+
+def _offload(t: dict) -> str:
+    value = _str(t, "daemon", "offload", "auto").lower()
+    if value not in OFFLOAD_MODES:
+        raise ConfigError("daemon.offload", f"must be one of {', '.join(OFFLOAD_MODES)}")
+    return value
 
 
 def parse(data: dict, source: Path | None = None) -> Config:

@@ -55,16 +55,16 @@ RESTART_ONLY = ("group", "provider", "paths")
 RESTART_ONLY_NETWORK = ("listen_address", "listen_port")
 
 
-def _default_tun(name: str):
+def _default_tun(name: str, offload: str = "auto"):
     from grouptun.tun import TunDevice
 
-    return TunDevice(name)
+    return TunDevice(name, offload=offload)
 
 
-def _default_udp(address: str, port: int):
+def _default_udp(address: str, port: int, offload: str = "auto"):
     from grouptun.udp import UdpTransport
 
-    return UdpTransport(address, port)
+    return UdpTransport(address, port, offload=offload)
 
 
 def _default_netconfig(ifname: str):
@@ -314,7 +314,8 @@ class Daemon:
             self._setup_network(stack)
             self.session = self.f.session(self.config.group.member, self.config.daemon.keepalive_interval)
             stack.callback(self.session.close)
-            self.data = DataPlane(self.session, self.tun, self.udp, clock=self.clock)
+            self.data = DataPlane(self.session, self.tun, self.udp, clock=self.clock,
+                                  offload=self.config.daemon.offload)
             self.data.attach(self.loop)
             stack.callback(self.data.detach)
             self.loop.run_until_complete(server.start())
@@ -330,13 +331,15 @@ class Daemon:
 
     def _setup_network(self, stack: ExitStack) -> None:
         cfg = self.config
-        self.tun = self.f.tun(cfg.group.interface)
+        # [daemon] offload = "off" reaches the devices; "auto" keeps the factories' own default
+        extra = {"offload": cfg.daemon.offload} if cfg.daemon.offload != "auto" else {}
+        self.tun = self.f.tun(cfg.group.interface, **extra)
         stack.callback(self.tun.close)
         self.net = self.f.netconfig(cfg.group.interface)
         self.net.configure(cfg.group.addresses, cfg.network.mtu, cfg.network.routes)
         self.applied_addresses = tuple(cfg.group.addresses)
         self.applied_mtu = cfg.network.mtu
-        self.udp = self.f.udp(cfg.network.listen_address, cfg.network.listen_port)
+        self.udp = self.f.udp(cfg.network.listen_address, cfg.network.listen_port, **extra)
         stack.callback(self.udp.close)
 
     def _start_control(self, stack: ExitStack, pinned: ProviderKeys, statefile: EpochStateFile) -> None:

@@ -9,8 +9,21 @@ direction cannot starve the other or the control socket. Nothing here
 touches the provider, a file or a lock; the control thread reaches the
 session only through ``loop.call_soon_threadsafe`` (:class:`LoopPort`).
 
+Two paths, chosen from what the devices offer (``offload="off"`` forces the
+first; the choice is logged once at :meth:`DataPlane.attach` and shown in
+``counters["path"]``, hence in ``grouptun status --json``):
+
+- plain: one read, one ``session.on_tun_packet``, one ``sendto`` per packet
+  (and back), as above;
+- batched (:class:`grouptun.offload.datapath.BatchPath`), when the TUN has a
+  virtio-net header (TSO super-packets in, GRO super-packets out) or the
+  socket has UDP GSO/GRO: route once per super-packet, seal segments into one
+  buffer, one ``sendmsg`` per 64 datagrams; open whole GRO receives at once.
+
 The TUN and UDP objects are duck-typed (``fileno``, ``read``/``write``,
-``recvfrom``/``sendto``), so tests drive this with in-memory fakes.
+``recvfrom``/``sendto``; batched: ``vnet_hdr``/``read_into``/``write_raw``,
+``gso``/``gro``/``recv_batch``/``send_batch``), so tests drive this with
+in-memory fakes.
 Limits: a send the kernel refuses is dropped and counted, never retried
 (the inner protocol retransmits); a session bug on one packet is logged
 (rate-limited) and counted, and the loop carries on.
@@ -27,14 +40,27 @@ from typing import Callable
 log = logging.getLogger("grouptun.data")
 
 COUNTERS = ("tun_rx", "tun_tx", "tun_tx_dropped", "udp_rx", "udp_tx", "udp_tx_dropped", "internal_errors")
+BATCH_COUNTERS = ("tun_rx_malformed", "udp_sends", "rx_packets")
 
 
 class DataPlane:
     def __init__(self, session, tun, udp, clock: Callable[[], float] = time.monotonic,
-                 tick: float = 0.5, batch: int = 256) -> None:
+                 tick: float = 0.5, batch: int = 256, offload: str = "auto") -> None:
+        if offload not in ("auto", "off"):
+            raise ValueError(f"offload must be 'auto' or 'off', not {offload!r}")
         self.session, self.tun, self.udp = session, tun, udp
         self.clock, self.tick, self.batch = clock, tick, batch
-        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.counters: dict = dict.fromkeys(COUNTERS, 0)
+        self.fast = None
+        wants = getattr(tun, "vnet_hdr", False) or getattr(udp, "gso", False) or getattr(udp, "gro", False)
+        # GRO or a vnet header cannot be read by the plain path: "off" only where the devices allow it.
+        if wants and (offload == "auto" or getattr(udp, "gro", False) or getattr(tun, "vnet_hdr", False)):
+            from grouptun.offload.datapath import BatchPath
+
+            self.fast = BatchPath(session, tun, udp, self.counters, self._bug)
+            self.counters.update(dict.fromkeys(BATCH_COUNTERS, 0))
+        self.path = self.fast.describe() if self.fast else "plain (one packet per read and send)"
+        self.counters["path"] = self.path
         self.last_progress = clock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -43,6 +69,7 @@ class DataPlane:
     # --- wiring ---
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        log.info("data path: %s", self.path)
         loop.add_reader(self.tun.fileno(), self.on_tun_readable)
         loop.add_reader(self.udp.fileno(), self.on_udp_readable)
         self._timer = loop.call_later(self.tick, self._on_tick)
@@ -74,6 +101,14 @@ class DataPlane:
 
     def on_tun_readable(self) -> None:
         now = self.clock()
+        if self.fast is not None:
+            try:
+                self.fast.on_tun_readable(now, min(self.batch, 64))
+            except Exception as exc:  # noqa: BLE001 - a bug on one read must not kill the data plane
+                self._bug("batched TUN drain", exc)
+                self.fast.abandon()
+            self.last_progress = now
+            return
         for _ in range(self.batch):
             packet = self.tun.read()
             if packet is None:
@@ -89,6 +124,13 @@ class DataPlane:
 
     def on_udp_readable(self) -> None:
         now = self.clock()
+        if self.fast is not None:
+            try:
+                self.fast.on_udp_readable(now, min(self.batch, 64))
+            except Exception as exc:  # noqa: BLE001
+                self._bug("batched UDP drain", exc)
+            self.last_progress = now
+            return
         c = self.counters
         for _ in range(self.batch):
             got = self.udp.recvfrom()

@@ -89,6 +89,24 @@ class Suite1Cipher:
         self._aead.encrypt_into(iv, plaintext, header, view[HEADER_SIZE:end])
         return end
 
+    def seal_at(self, view: memoryview, off: int, iv: bytes, plaintext: bytes | bytearray | memoryview) -> int:
+        """Batch form: the header is already at ``view[off:off + 12]``; returns the packet length."""
+        end = off + HEADER_SIZE + len(plaintext) + TAG_SIZE
+        self._aead.encrypt_into(iv, plaintext, view[off:off + HEADER_SIZE], view[off + HEADER_SIZE:end])
+        return end - off
+
+    def open_into(self, packet: memoryview, iv: bytes, out: memoryview) -> int:
+        """Decrypt a whole packet into ``out`` (room for its plaintext); returns the plaintext length.
+
+        Raises AuthenticationError if the tag does not verify (``out`` then holds nothing useful).
+        """
+        size = len(packet) - OVERHEAD
+        try:
+            self._aead.decrypt_into(iv, packet[HEADER_SIZE:], packet[:HEADER_SIZE], out[:size])
+        except InvalidTag:
+            raise AuthenticationError("tag does not verify") from None
+        return size
+
     def open(self, packet: bytes | bytearray | memoryview, iv: bytes) -> bytes:
         """Plaintext of a whole packet (header || ciphertext || tag).
 
@@ -141,6 +159,32 @@ class Suite2Cipher:
             self._ctr.update_into(plaintext, view[HEADER_SIZE:end])
         view[HEADER_SIZE + size:end] = self._tag(header, view[HEADER_SIZE:HEADER_SIZE + size])
         return end
+
+    def seal_at(self, view: memoryview, off: int, iv: bytes, plaintext: bytes | bytearray | memoryview) -> int:
+        """Batch form: the header is already at ``view[off:off + 12]``; returns the packet length."""
+        size = len(plaintext)
+        body = off + HEADER_SIZE
+        if size:
+            self._ctr.reset_nonce(iv + _CTR_TAIL)
+            self._ctr.update_into(plaintext, view[body:body + size + TAG_SIZE])  # needs size + 15 of room
+        view[body + size:body + size + TAG_SIZE] = self._tag(view[off:body], view[body:body + size])
+        return size + OVERHEAD
+
+    def open_into(self, packet: memoryview, iv: bytes, out: memoryview) -> int:
+        """Check the tag (constant time), then decrypt into ``out``; ``out`` needs plaintext + 15 bytes of room."""
+        end = len(packet) - TAG_SIZE
+        mac = self._mac.copy()
+        mac.update(packet[:end])
+        if not compare_digest(mac.finalize()[:TAG_SIZE], packet[end:]):
+            raise AuthenticationError("tag does not verify")
+        size = end - HEADER_SIZE
+        if size:
+            self._ctr.reset_nonce(iv + _CTR_TAIL)
+            if len(out) >= size + 15:
+                self._ctr.update_into(packet[HEADER_SIZE:end], out[:size + 15])
+            else:
+                out[:size] = self._ctr.update(packet[HEADER_SIZE:end])
+        return size
 
     def open(self, packet: bytes | bytearray | memoryview, iv: bytes) -> bytes:
         view = memoryview(packet)

@@ -27,6 +27,9 @@ Not thread-safe: one Session is driven by one thread or event loop.
 
 from __future__ import annotations
 
+from typing import Iterable
+
+from grouptun.core import batch
 from grouptun.core import counters as C
 from grouptun.core.epoch import AUTH_FAILURES_REKEY, EpochMaterial, EpochState
 from grouptun.core.inner import inner_ok, packed_addresses
@@ -96,6 +99,26 @@ class Session:
     def take_requests(self) -> set[str]:
         requests, self._requests = self._requests, set()
         return requests
+
+    def update_endpoints(self, members: Iterable[MemberInfo]) -> int:
+        """Set the UDP endpoints of known members by NAME (archive changed, same epoch); returns how many changed.
+
+        Only endpoints: indices, addresses and keys stay the epoch's. Our own
+        name, unknown names and ``endpoint=None`` are ignored. Policy (as
+        WireGuard): the caller passes only members whose ARCHIVE endpoint
+        changed, so an endpoint learned by roaming (authenticated packets)
+        is kept until the configured one changes, and then replaced by it;
+        the next authenticated packet from elsewhere roams it again.
+        """
+        changed = 0
+        for member in members:
+            peer = self._peers.get(member.name)
+            if member.name == self.own_name or peer is None or member.endpoint is None:
+                continue
+            if peer.endpoint != member.endpoint:
+                peer.endpoint = member.endpoint
+                changed += 1
+        return changed
 
     def packets_sent(self) -> dict[int, int]:
         sent = dict(self._sent_history)
@@ -215,6 +238,14 @@ class Session:
         peer.rx_packets += 1
         peer.rx_bytes += len(plaintext)
         return plaintext
+
+    def sealer(self, packet: bytes | bytearray | memoryview, now: float):
+        """Batch send: route ``packet`` once; a :class:`grouptun.core.batch.Sealer` or None (dropped, counted)."""
+        return batch.route(self, packet, now)
+
+    def open_batch(self, data: memoryview, seg: int, source: Endpoint, now: float, out: memoryview) -> list:
+        """Batch receive (see :func:`grouptun.core.batch.open_batch`): views of the accepted inner packets."""
+        return batch.open_batch(self, data, seg, source, now, out)
 
     def on_timer(self, now: float) -> list[tuple[Endpoint, bytes]]:
         """Switch/forget epochs, raise rekey:time, and send due keepalives."""

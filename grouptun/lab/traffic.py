@@ -98,12 +98,15 @@ def parse_iperf3(text: str) -> IperfResult:
                  for i in data.get("intervals", []) if "sum" in i]
     end = data.get("end", {})
     error = data.get("error")
-    if "sum_received" in end:           # TCP
-        sent, recv = end.get("sum_sent", {}), end["sum_received"]
+    # iperf3 3.12 writes sum_sent/sum_received for UDP too; only "sum" has the loss.
+    protocol = data.get("start", {}).get("test_start", {}).get("protocol")
+    if protocol == "UDP" or ("sum" in end and "sum_received" not in end):
+        summary = end.get("sum", {})
+        sent, recv = end.get("sum_sent", summary), end.get("sum_received", summary)
+        lost = summary.get("lost_percent")
+    else:                               # TCP
+        sent, recv = end.get("sum_sent", {}), end.get("sum_received", {})
         lost = None
-    else:                               # UDP: one "sum" block
-        sent = recv = end.get("sum", {})
-        lost = recv.get("lost_percent")
     seconds = float(recv.get("seconds", 0.0))
     return IperfResult(
         ok=error is None and seconds > 0, error=error, seconds=seconds,

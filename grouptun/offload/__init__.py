@@ -19,4 +19,8 @@ Pure parts (no I/O, tested without root):
 Linux shell (``linux``): TUN open with ``IFF_VNET_HDR``/``IFF_MULTI_QUEUE``
 and ``TUNSETOFFLOAD``, UDP sockets with ``UDP_SEGMENT`` (GSO) send and
 ``UDP_GRO`` receive, and feature probing with clean fallbacks.
+
+The daemon's batched data path (``datapath.BatchPath``, used by
+``grouptun.dataplane.DataPlane`` when the devices offer offloads) ties these
+to the core's batch API (``grouptun.core.batch``).
 """

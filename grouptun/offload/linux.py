@@ -133,7 +133,7 @@ def open_tun(name: str, *, vnet_hdr: bool = True, multi_queue: bool = False, non
         os.close(fd)
         raise SystemSetupError(f"TUN {name}: setup failed: {e.strerror}") from e
     tun = Tun(fd, name, vnet_hdr, accepted, multi_queue)
-    log.info("%s", tun.describe())
+    log.debug("%s", tun.describe())  # the daemon logs its one "data path" line
     return tun
 
 

@@ -121,6 +121,7 @@ def test_two_daemons_carry_a_packet_then_stop_cleanly(tmp_path, capsys, caplog):
         assert alice.net.addresses == ["10.77.0.2/24", "fd77::2/64"]
         text = format_status(st)
         assert "member: bob (index 1)" in text and "epoch: 2" in text
+        assert f"data path: {st['dataplane']['path']}" in text
         json.dumps(st)  # the answer is JSON-able as sent
         starts = [c for c in provider.calls if c[1] == "start"]
         assert {c[0] for c in starts} == {"alice", "bob"} and all(len(c[2]) == 32 for c in starts)

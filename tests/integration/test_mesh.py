@@ -118,5 +118,7 @@ def test_lossy_reordering_duplicating_link(lab_mesh):
           f"replay drops at b +{dup_replays}]")
     assert result.ok, result.error
     assert counts["duplicated"] > 0 and dup_replays > 0
-    assert dup_replays <= counts["duplicated"]
+    # The relay duplicates link frames; with UDP GSO on the sender a frame can
+    # carry a batch of up to 64 datagrams (lab/impair.py counts it as one).
+    assert dup_replays <= 64 * counts["duplicated"]
     assert ping(lab, "a", target, count=2, interval=0.1).ok

@@ -56,3 +56,14 @@ def test_parse_iperf3_udp():
             "end": {"sum": {"seconds": 1.0, "bits_per_second": 1e6, "lost_percent": 2.5}}}
     result = parse_iperf3(json.dumps(data))
     assert result.ok and result.lost_percent == 2.5 and result.retransmits is None
+
+
+def test_parse_iperf3_udp_as_iperf3_3_12_writes_it():
+    # 3.12 adds sum_sent/sum_received to UDP output; the loss is only in "sum".
+    data = {"start": {"test_start": {"protocol": "UDP"}}, "intervals": [_interval(0.0, 100)],
+            "end": {"sum": {"seconds": 1.0, "bits_per_second": 1e7, "lost_percent": 40.0},
+                    "sum_sent": {"seconds": 1.0, "bits_per_second": 1e7, "lost_percent": 40.0},
+                    "sum_received": {"seconds": 1.0, "bits_per_second": 6e6, "lost_percent": 40.0}}}
+    result = parse_iperf3(json.dumps(data))
+    assert result.ok and result.lost_percent == 40.0
+    assert result.sent_bps == 1e7 and result.received_bps == 6e6

@@ -1,0 +1,221 @@
+"""Batch forms of the session's data path, for a shell with kernel offloads.
+
+Same rules as :meth:`Session.on_tun_packet` / :meth:`Session.on_datagram`
+(PROTOCOL.md 4-6), cheaper per packet:
+
+- :class:`Sealer`: what one routing decision gives (epoch, sender key,
+  sequence allocator, destination peers). The shell routes ONE packet
+  (e.g. the header of a TSO super-packet), then seals every segment of it
+  with :meth:`Sealer.seal_into` straight into its send buffer. Each call
+  takes the next s from the epoch's allocator, so no (epoch, s) is ever
+  produced twice, whatever the shell later does with the bytes.
+  Per-peer tx counters are updated once, in :meth:`Sealer.finish`.
+- :func:`open_batch`: a run of datagrams from one source (e.g. one UDP GRO
+  receive), each checked exactly like ``on_datagram`` (header, epoch,
+  sequence, length, replay window BEFORE the cipher, window marked only
+  after the tag verified), plaintexts written into the caller's buffer.
+  What changes state beyond the window (epoch switch, rekey request,
+  roaming, last_seen, rx counters) is done once per (epoch, sender) after
+  the loop, and only for senders of which at least one packet
+  authenticated: a forged packet in a batch moves nothing.
+
+Limits: the segments handed to one Sealer must carry the addresses of the
+packet it was routed with (segmentation copies the IP header, so they do);
+not thread-safe, like the Session.
+"""
+
+from __future__ import annotations
+
+from grouptun.core import counters as C
+from grouptun.core.inner import packed_addresses
+from grouptun.core.peers import EVERYONE
+from grouptun.core.sequence import N_MAX
+from grouptun.core.wire import BYTE0_DATA, BYTE0_KEEPALIVE, HEADER, HEADER_SIZE, OVERHEAD
+from grouptun.errors import AuthenticationError, SequenceExhausted
+
+MIN_INNER = 20  # smallest IP packet, as in the session
+
+
+class Sealer:
+    """Seals data packets of one epoch for a fixed set of peers (one routing decision)."""
+
+    __slots__ = ("_session", "_state", "_allocator", "_cipher", "_iv", "_wire", "peers", "endpoints",
+                 "packets", "bytes")
+
+    def __init__(self, session, state, peers) -> None:
+        self._session = session
+        self._state = state
+        self._allocator = state.allocator
+        self._cipher = state.sender
+        self._iv = state.iv
+        self._wire = state.wire
+        self.peers = peers
+        self.endpoints = tuple(peer.endpoint for peer in peers)
+        self.packets = self.bytes = 0
+
+    def seal_into(self, plain: bytes | bytearray | memoryview, out: memoryview, off: int) -> int:
+        """Write ``header || ciphertext || tag`` at ``out[off:]``; its length, or 0 (n_max: dropped, counted).
+
+        ``out`` needs ``len(plain) + 28`` bytes at ``off`` (plus 15 more for suite 2's CTR).
+        """
+        allocator = self._allocator
+        try:
+            sequence = allocator.next()
+        except SequenceExhausted:
+            self._session.drops[C.TX_EXHAUSTED] += 1
+            self._session._rekey(self._state, "exhausted")
+            return 0
+        if allocator.rekey_due:
+            self._session._rekey(self._state, "packets")
+        HEADER.pack_into(out, off, BYTE0_DATA, 0, self._wire, sequence)
+        self.packets += 1
+        self.bytes += len(plain)
+        return self._cipher.seal_at(out, off, self._iv(sequence), plain)
+
+    def finish(self, now: float) -> None:
+        """Account the packets sealed so far to every destination peer; resets the counts."""
+        if not self.packets:
+            return
+        for peer in self.peers:
+            peer.tx_packets += self.packets
+            peer.tx_bytes += self.bytes
+            peer.last_sent = now
+        self.packets = self.bytes = 0
+
+
+def route(session, packet: bytes | bytearray | memoryview, now: float) -> Sealer | None:
+    """A Sealer for ``packet``'s destination, or None (dropped and counted as on_tun_packet does)."""
+    drops = session.drops
+    addresses = packed_addresses(packet)
+    if addresses is None:
+        drops[C.TX_INVALID] += 1
+        return None
+    state = session._keyring.sending(now)
+    if state is None:
+        drops[C.TX_NO_EPOCH] += 1
+        return None
+    if addresses[0] not in state.own_sources:
+        drops[C.TX_SOURCE] += 1
+        return None
+    target = state.routes.unicast.get(addresses[1])
+    if target is None:
+        target = state.routes.lookup(addresses[1])
+    if target is None:
+        drops[C.TX_NO_ROUTE] += 1
+        return None
+    if target == EVERYONE:
+        peers = tuple(peer for peer in state.others if peer.endpoint is not None)
+    else:
+        peer = state.peers[target]
+        peers = (peer,) if peer.endpoint is not None else ()
+    if not peers:
+        drops[C.TX_NO_ENDPOINT] += 1
+        return None
+    return Sealer(session, state, peers)
+
+
+def open_batch(session, data: memoryview, seg: int, source, now: float, out: memoryview) -> list[memoryview]:
+    """Open the datagrams ``data[k*seg : (k+1)*seg]`` (the last may be shorter) from ``source``.
+
+    Plaintext k is decrypted to ``out[k*seg:]`` (``out`` at least ``len(data) + 15`` bytes); returns views
+    of the accepted inner packets, in order (valid until ``out`` is reused). Everything else is dropped
+    and counted by reason. The epoch and sender of the previous datagram are remembered across the
+    loop (a GRO batch comes from one sender), so per datagram only the header, the window, the IV and
+    the cipher run.
+    """
+    drops = session.drops
+    keyring = session._keyring
+    accepted: list[memoryview] = []
+    touched: dict[tuple[int, int], list] = {}  # (id(state), index) -> [state, index, highest n, packets, bytes]
+    total = len(data)
+    if seg <= 0:
+        seg = total
+    last_wire = last_index = -1
+    state = receiver = mark = None
+    for off in range(0, total, seg):
+        end = off + seg if off + seg < total else total
+        size = end - off
+        if size < OVERHEAD:
+            drops[C.SHORT] += 1
+            continue
+        byte0, flags, wire, sequence = HEADER.unpack_from(data, off)
+        if byte0 != BYTE0_DATA and byte0 != BYTE0_KEEPALIVE:
+            drops[C.VERSION_TYPE] += 1
+            continue
+        if flags:
+            drops[C.FLAGS] += 1
+            continue
+        if wire != last_wire:
+            state = keyring.by_wire.get(wire)
+            if state is not None and state is keyring.previous:
+                state = keyring.lookup(wire, now)  # same `now` for the whole batch: same answer
+            if state is None:
+                session._unknown_epoch(wire, now)
+                last_wire = -1
+                continue
+            last_wire, last_index = wire, -1
+            nonce_start, group_size, own_index, iv = state.nonce_start, state.group_size, state.own_index, state.iv
+        offset = sequence - nonce_start
+        if offset < 0:
+            drops[C.SEQUENCE] += 1
+            continue
+        n, index = divmod(offset, group_size)
+        if n > N_MAX:
+            drops[C.SEQUENCE] += 1
+            continue
+        if index == own_index:
+            drops[C.OWN_INDEX] += 1
+            continue
+        if (size < OVERHEAD + MIN_INNER) if byte0 == BYTE0_DATA else (size != OVERHEAD):
+            drops[C.LENGTH] += 1
+            continue
+        if index != last_index:
+            receiver = state.receivers.get(index) or state.receiver(index)
+            window, open_into, sources = receiver.window, receiver.cipher.open_into, receiver.sources
+            last_index, mark = index, touched.get((id(state), index))
+        if not window.check(n):
+            drops[C.REPLAY] += 1
+            continue
+        try:
+            plain_len = open_into(data[off:end], iv(sequence), out[off:])
+        except AuthenticationError:
+            session._auth_failed(state)
+            continue
+        window.mark(n)
+        if mark is None:
+            mark = touched[(id(state), index)] = [state, index, n, 0, 0]
+        elif n > mark[2]:
+            mark[2] = n
+        if byte0 == BYTE0_KEEPALIVE:
+            continue
+        plain = out[off:off + plain_len]
+        addresses = packed_addresses(plain)
+        if addresses is None or addresses[0] not in sources:
+            drops[C.INNER] += 1
+            continue
+        mark[3] += 1
+        mark[4] += plain_len
+        accepted.append(plain)
+    for state, index, highest, packets, size in touched.values():
+        _authenticated(session, state, index, highest, packets, size, source, now)
+    return accepted
+
+
+def _authenticated(session, state, index: int, highest: int, packets: int, size: int, source, now: float) -> None:
+    """The state changes of on_datagram after authentication, once per (epoch, sender) of a batch."""
+    if state.send_started is None:
+        session._keyring.authenticated(state, now)
+    if highest >= state.rekey_after_packets:
+        session._rekey(state, "packets")
+    peer = state.peers[index] if index < len(state.peers) else None
+    if peer is None:  # epoch dropped meanwhile (its peers list is gone): nothing to update
+        return
+    if peer.endpoint != source:
+        peer.endpoint = source  # roaming
+    peer.last_seen = now
+    peer.rx_packets += packets
+    peer.rx_bytes += size
+
+
+# Re-exported for the shell's buffer sizing.
+__all__ = ["HEADER_SIZE", "OVERHEAD", "Sealer", "open_batch", "route"]

@@ -1,0 +1,204 @@
+"""The batched data path: TUN super-packets <-> session batches <-> UDP GSO/GRO.
+
+    TUN readable -> read (virtio-net header || super-packet) into one buffer -> route ONCE
+                 -> segment (offload.segment.split) -> seal each segment straight into the send
+                    buffer (core Sealer) -> one sendmsg(UDP_SEGMENT) per up to 64 equal datagrams
+    UDP readable -> recv (UDP_GRO: many datagrams of one sender) -> session.open_batch
+                 -> coalesce into GRO super-packets -> one TUN write per item, once per drain
+
+Each side adapts to what its device offers: a TUN without the vnet header
+gives and takes plain packets (no segmentation, no coalescing); a socket
+without GSO sends datagram by datagram, without GRO receives one at a time.
+
+Why the receive side coalesces without re-checking TCP/UDP checksums: every
+byte of every plaintext was authenticated by the AEAD (or HMAC) tag, so it is
+exactly what a member's daemon sealed, and that daemon sealed complete
+packets (``segment.split`` writes full checksums; a partial checksum from
+its TUN is completed before sealing). Merged items go to the kernel as
+CHECKSUM_PARTIAL (``NEEDS_CSUM`` with csum_start/csum_offset and the
+pseudo-header sum in the field), so checksums the kernel hands on are
+correct; packets written alone carry an all-zero header and the kernel
+verifies their checksum as for any packet from a TUN. A member can still
+send a packet with a wrong checksum inside a run; the merged packet then gets
+a recomputed one: that member could as well have sent the right one.
+
+Limits: one pending GSO batch (one destination set) at a time; a send the
+kernel refuses drops the whole batch (counted; never re-sealed, so no
+(epoch, s) goes out twice); inner-packet views from ``open_batch`` live only
+until the next receive, hence the coalescer copies them.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from grouptun.errors import OffloadError
+from grouptun.offload.coalesce import Coalescer
+from grouptun.offload.segment import split
+from grouptun.offload.vnet import GSO_NONE, VNET_HDR_LEN, VnetHdr, unpack_fields
+
+OVERHEAD = 28  # grouptun header + tag (PROTOCOL.md 5)
+READ_SIZE = VNET_HDR_LEN + 65535
+SEND_MAX = 64000  # bytes of datagrams per GSO send (UDP payload limit is 65507)
+MAX_SEGMENTS = 64  # kernel limit per UDP_SEGMENT send
+HEADER_ROOM = 128  # per segment in the split buffer: IP + TCP headers with options
+TUN_USO = 0x20  # TUN_F_USO4: the kernel takes GSO_UDP_L4 writes (Linux >= 6.2)
+_MALFORMED = (OffloadError, ValueError, IndexError, struct.error)
+
+
+class BatchPath:
+    """The two drains of the batched path; counters are the data plane's dict."""
+
+    def __init__(self, session, tun, udp, counters: dict, bug) -> None:
+        self.session, self.tun, self.udp, self.c, self._bug = session, tun, udp, counters, bug
+        self.vnet = bool(getattr(tun, "vnet_hdr", False))
+        self.gro = bool(getattr(udp, "gro", False))
+        self.rbuf = bytearray(READ_SIZE)
+        self.rmv = memoryview(self.rbuf)
+        self.segbuf = bytearray(4 * 65536)
+        self.segmv = memoryview(self.segbuf)
+        self.sbuf = bytearray(SEND_MAX + 65536 + 64)  # a lone packet may be 64 KiB (+ overhead, CTR slack)
+        self.smv = memoryview(self.sbuf)
+        self.ubuf = bytearray(65536 + 4096)
+        self.umv = memoryview(self.ubuf)
+        self.pbuf = bytearray(65536 + 4096)
+        self.pmv = memoryview(self.pbuf)
+        uso = bool(getattr(tun, "offloads", 0) & TUN_USO)
+        self.coalescer = Coalescer(verify_checksums=False, udp=uso) if self.vnet else None
+        self._reset()
+
+    def describe(self) -> str:
+        tun = self.tun.describe() if hasattr(self.tun, "describe") else ("vnet_hdr" if self.vnet else "plain")
+        return (f"batched (tun {tun}; udp gso={'on' if getattr(self.udp, 'gso', False) else 'off'}"
+                f" gro={'on' if self.gro else 'off'})")
+
+    # --- TUN -> UDP ---------------------------------------------------------------
+    def on_tun_readable(self, now: float, reads: int) -> None:
+        c, tun = self.c, self.tun
+        for _ in range(reads):
+            if self.vnet:
+                n = tun.read_into(self.rbuf)
+                if n is None:
+                    break
+                c["tun_rx"] += 1
+                self._super_packet(n, now)
+            else:
+                packet = tun.read()
+                if packet is None:
+                    break
+                c["tun_rx"] += 1
+                self._one(memoryview(packet), now)
+        self.flush()
+
+    def _super_packet(self, n: int, now: float) -> None:
+        if n < VNET_HDR_LEN + 20:
+            self.c["tun_rx_malformed"] += 1
+            return
+        fields = unpack_fields(self.rbuf)
+        packet = self.rmv[VNET_HDR_LEN:n]
+        if fields[1] == GSO_NONE and not fields[0]:
+            self._one(packet, now)
+            return
+        try:
+            hdr = VnetHdr(*fields)
+            stride = hdr.gso_size + HEADER_ROOM if hdr.gso_kind != GSO_NONE else n
+            lengths = split(packet, hdr, self.segbuf, stride)
+        except _MALFORMED:
+            self.c["tun_rx_malformed"] += 1
+            return
+        segmv = self.segmv
+        sealer = self.session.sealer(segmv[:lengths[0]], now)
+        if sealer is None:
+            return
+        off = 0
+        for size in lengths:
+            if not self._queue(sealer, segmv[off:off + size]):
+                break
+            off += stride
+        sealer.finish(now)
+
+    def _one(self, packet: memoryview, now: float) -> None:
+        sealer = self.session.sealer(packet, now)
+        if sealer is not None:
+            self._queue(sealer, packet)
+            sealer.finish(now)
+
+    def _reset(self) -> None:
+        self.used = self.count = self.seg = 0
+        self.short = False
+        self.endpoints: tuple = ()
+
+    def _queue(self, sealer, plain: memoryview) -> bool:
+        """Seal ``plain`` into the pending batch; False if the sealer refused (n_max)."""
+        size = len(plain) + OVERHEAD
+        if self.count and (sealer.endpoints != self.endpoints or size > self.seg or self.short
+                           or self.count >= MAX_SEGMENTS or self.used + size > SEND_MAX):
+            self.flush()
+        written = sealer.seal_into(plain, self.smv, self.used)
+        if not written:
+            return False
+        if self.count == 0:
+            self.seg, self.endpoints = size, sealer.endpoints
+        elif size < self.seg:
+            self.short = True  # GSO: only the last datagram may be shorter
+        self.used += written
+        self.count += 1
+        return True
+
+    def flush(self) -> None:
+        """Send the pending batch to each of its endpoints."""
+        if not self.count:
+            return
+        c, data, count = self.c, self.smv[:self.used], self.count
+        for endpoint in self.endpoints:
+            sent = self.udp.send_batch(data, self.seg, endpoint)
+            c["udp_tx"] += sent
+            c["udp_tx_dropped"] += count - sent
+        c["udp_sends"] += len(self.endpoints)
+        self._reset()
+
+    def abandon(self) -> None:
+        """After a bug mid-drain: drop the pending batch (counted), never re-seal it."""
+        self.c["udp_tx_dropped"] += self.count * max(1, len(self.endpoints))
+        self._reset()
+
+    # --- UDP -> TUN ---------------------------------------------------------------
+    def on_udp_readable(self, now: float, reads: int) -> None:
+        c, udp, session, pmv = self.c, self.udp, self.session, self.pmv
+        co = self.coalescer
+        for _ in range(reads):
+            if self.gro:
+                got = udp.recv_batch(self.ubuf)
+                if got is None:
+                    break
+                n, seg, source = got
+                data = self.umv[:n]
+            else:
+                got = udp.recvfrom()
+                if got is None:
+                    break
+                data, source = memoryview(got[0]), got[1]
+                n = seg = len(data)
+            c["udp_rx"] += -(-n // seg) if seg else 1
+            try:
+                plains = session.open_batch(data, seg, source, now, pmv)
+            except Exception as exc:  # noqa: BLE001 - a session bug must not kill the data plane
+                self._bug("session.open_batch", exc)
+                continue
+            c["rx_packets"] += len(plains)
+            if co is None:
+                for plain in plains:
+                    self._write(plain)
+            else:
+                add = co.add
+                for plain in plains:
+                    add(plain)
+        if co is not None:
+            for item in co.flush():
+                self._write(item)
+
+    def _write(self, data) -> None:
+        if self.tun.write_raw(data) if self.vnet else self.tun.write(data):
+            self.c["tun_tx"] += 1
+        else:
+            self.c["tun_tx_dropped"] += 1
