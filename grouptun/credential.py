@@ -15,6 +15,7 @@ byte and must be 8..1024 bytes.
 from __future__ import annotations
 
 import getpass
+import hmac
 import os
 import sys
 from pathlib import Path
@@ -84,7 +85,7 @@ def prompt(text: str = "Identification credential: ", confirm: bool = False,
     first = bytearray(ask(text).encode("utf-8"))
     if confirm:
         second = bytearray(ask("Repeat credential: ").encode("utf-8"))
-        same = first == second
+        same = hmac.compare_digest(first, second)
         wipe(second)
         if not same:
             wipe(first)

@@ -16,7 +16,8 @@
     ├── ProviderError                  the trust provider could not be reached or used
     │   └── ProviderRefused            it answered with a refusal (4xx) and a reason
     ├── SystemSetupError               TUN, netlink, sockets, privileges
-    └── ControlError                   the control socket (daemon not running, refused)
+    ├── ControlError                   the control socket (daemon not running, refused)
+    └── OffloadError                   a TUN super-packet or virtio-net header that cannot be segmented
 
 Protocol errors on the data path are never raised to the CLI: the session
 turns them into drop counters. They derive from ``GrouptunError`` so that a

@@ -10,7 +10,8 @@
         ├── InvalidInput            a bad name, CIDR, duration, field            (exit 64, HTTP 400)
         ├── NotFound                no such group / member / epoch / capsule     (exit 66, HTTP 404)
         ├── Conflict                exists already, address pool full, no epoch
-        │                           yet, epoch counter exhausted                 (exit 75, HTTP 409)
+        │   │                       yet, epoch counter exhausted                 (exit 75, HTTP 409)
+        │   └── NotEnoughMembers    fewer than 2 members: no epoch (PROTOCOL 1)  (exit 75, HTTP 409)
         ├── Unauthorized            request signature missing, stale, not valid,
         │                           replayed, unknown or removed member          (HTTP 401)
         ├── Forbidden               join token unknown/used/expired, name does

@@ -207,9 +207,7 @@ def _authenticated(session, state, index: int, highest: int, packets: int, size:
         session._keyring.authenticated(state, now)
     if highest >= state.rekey_after_packets:
         session._rekey(state, "packets")
-    peer = state.peers[index] if index < len(state.peers) else None
-    if peer is None:  # epoch dropped meanwhile (its peers list is gone): nothing to update
-        return
+    peer = state.peers[index]  # index < group_size == len(state.peers), checked from the sequence
     if peer.endpoint != source:
         peer.endpoint = source  # roaming
     peer.last_seen = now

@@ -65,10 +65,15 @@ class Keyring:
         return dropped
 
     def lookup(self, wire: int, now: float) -> EpochState | None:
-        """The held epoch for a wire epoch value (the previous one only within grace)."""
+        """The held epoch for a wire epoch value (the previous one only within grace).
+
+        Read-only on purpose: the receive path calls it from a header alone,
+        before any tag is checked, so an expired previous epoch is only
+        hidden here; :meth:`advance` drops it, and the session does its
+        bookkeeping for the drop there.
+        """
         state = self.by_wire.get(wire)
         if state is not None and state is self.previous and self._previous_expired(now):
-            self._drop_previous()
             return None
         return state
 

@@ -58,12 +58,15 @@ def test_previous_forgotten_grace_after_sending_on_new_and_wiped():
     assert e1.keys._prk is None and not any(e1.keys.nonce_common)
 
 
-def test_lookup_alone_expires_previous():
+def test_lookup_hides_an_expired_previous_but_only_advance_drops_it():
+    # lookup() runs on a header alone, before any tag: it must change nothing.
     ring = Keyring()
     e1, e2 = state(1), state(2)
     ring.install(e1, 0.0)
     ring.install(e2, 10.0)
     assert ring.lookup(1, 50.0) is None
+    assert ring.held() == [e2, e1] and any(e1.keys.nonce_common)
+    assert ring.advance(50.0) == [e1]
     assert ring.held() == [e2]
 
 

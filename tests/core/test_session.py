@@ -302,3 +302,22 @@ def test_status_is_json_and_close_wipes(group):
     a.close()
     assert not any(any(k) for k in keys)
     assert a.on_tun_packet(ipv4(v4(1), v4(2)), 3.0) == [] and a.drops[C.TX_NO_EPOCH] == 1
+
+
+def test_expired_previous_epoch_dropped_by_timer_not_by_a_header(group):
+    # A datagram naming the old epoch after grace is dropped as unknown, but
+    # it must not drop the epoch itself: only on_timer does, with the
+    # session's bookkeeping (packets sent on it stay reported).
+    sessions, net = group()
+    b = sessions["bob"]
+    _install_all(sessions, 2, 101.5)
+    assert wire.decode(b.on_tun_packet(ipv4(v4(2), v4(1)), 101.6)[0][1]).epoch == 1
+    assert wire.decode(b.on_tun_packet(ipv4(v4(2), v4(1)), 103.5)[0][1]).epoch == 2
+    old = b._keyring.previous
+    stale = wire.HEADER.pack(0x11, 0, 1, old.nonce_start) + bytes(60)
+    assert b.on_datagram(stale, endpoint("alice"), 134.0) is None
+    assert b.drops[C.UNKNOWN_EPOCH] == 1
+    assert b._keyring.previous is old and any(old.keys.nonce_common)  # untouched by a header
+    b.on_timer(134.0)
+    assert b._keyring.previous is None and old.keys._prk is None
+    assert b.packets_sent().get(1) == 1
