@@ -155,17 +155,25 @@ def _open(kem, info: bytes, sealed: bytes) -> bytearray | None:
 
 
 def open_secrets(archive: Archive, member: str, kem: capsule_mod.KemPrivateKey,
-                 sealed_ss: bytes, sealed_salt: bytes) -> tuple[bytearray, bytearray]:
+                 sealed_ss: bytes, sealed_salt: bytes | Callable[[], bytes]) -> tuple[bytearray, bytearray]:
     """The last steps (capsule, data_id, salt, key_check) via ``accept.check_secrets``.
 
+    ``sealed_salt`` may be a callable that fetches it: it is called only
+    once the capsule opened and data_id matched, so the credential is not
+    shown to the provider for an epoch this member would refuse anyway.
     Returns (SS, salt) for the caller to hand over or wipe; wipes them itself on refusal.
     """
     e = archive.epoch
     ss = _open(kem, capsule_mod.capsule_info(archive.group_id, e.epoch, member), sealed_ss)
     salt = None
-    if ss is not None and hmac.compare_digest(keys_mod.data_id(ss), e.data_id):
-        # Open the salt only once data_id matched: the order is the order.
-        salt = _open(kem, capsule_mod.salt_info(archive.group_id, e.epoch, member), sealed_salt)
+    try:
+        if ss is not None and hmac.compare_digest(keys_mod.data_id(ss), e.data_id):
+            # Fetch and open the salt only once data_id matched: the order is the order.
+            sealed = sealed_salt() if callable(sealed_salt) else sealed_salt
+            salt = _open(kem, capsule_mod.salt_info(archive.group_id, e.epoch, member), sealed)
+    except BaseException:
+        keys_mod.wipe(ss)
+        raise
     try:
         accept.check_secrets(suite=e.suite, group_id=archive.group_id, epoch=e.epoch, shared_secret=ss,
                              data_id_expected=e.data_id, salt=salt, key_check_expected=e.key_check)
@@ -274,8 +282,8 @@ class ControlPlane:
     def _install(self, archive: Archive) -> None:
         e = archive.epoch.epoch
         sealed_ss = self.client.capsule(e)
-        sealed_salt = self.client.salt(e, bytes(self.credential))
-        ss, salt = open_secrets(archive, self.member, self.kem, sealed_ss, sealed_salt)
+        ss, salt = open_secrets(archive, self.member, self.kem, sealed_ss,
+                                lambda: self.client.salt(e, bytes(self.credential)))
         try:
             material = build_material(archive, self.member, ss, salt, self.can_reach)
             self.statefile.record(self.group_id, e)  # durably BEFORE first use (PROTOCOL.md 4)

@@ -404,3 +404,37 @@ def test_report_carries_only_the_newest_epochs(world):
     cp.service_requests()
     report = [c for c in provider.calls if c[1] == "report"][-1]
     assert report[3] == {7: 70, 8: 80, 9: 90, 10: 100}
+
+
+def test_salt_is_fetched_only_after_the_capsule_opened_and_data_id_matched():
+    # PROTOCOL.md 2 order: the credential goes to the provider (salt request)
+    # only for an epoch whose capsule opened to the published data_id.
+    from grouptun.controlplane import open_secrets  # noqa: PLC0415
+    from grouptun.core.archive import verify_archive  # noqa: PLC0415
+
+    provider = FakeProvider(["alice", "bob"])
+    provider.open_epoch()
+    archive = verify_archive(provider.signed, provider.keys)
+    kem = provider.members["alice"].kem
+    fetched = []
+
+    def fetch_salt():
+        fetched.append(1)
+        return provider.salts[(1, "alice")]
+
+    with pytest.raises(EpochRejected):
+        open_secrets(archive, "alice", kem, provider.capsules[(1, "bob")], fetch_salt)  # not ours
+    assert fetched == []
+    ss, salt = open_secrets(archive, "alice", kem, provider.capsules[(1, "alice")], fetch_salt)
+    assert fetched == [1] and len(ss) == 32 and len(salt) == 32
+
+
+def test_a_capsule_that_does_not_open_sends_no_salt_request(world):
+    provider, statefile, session, port, make = world
+    provider.tamper = "capsule"
+    cp = make()
+    with pytest.raises(EpochRejected) as info:
+        cp.start_once(b"\x09" * 32)
+    assert info.value.step == "capsule"
+    assert [c for c in provider.calls if c[1] == "capsule"]
+    assert not [c for c in provider.calls if c[1] == "salt"]  # the credential never left
