@@ -172,6 +172,8 @@ class FakeProvider:
         self.watch_cap = 0.2  # the fake's long-poll returns after at most this long
         self.hold_watch = threading.Event()  # set: watches answer nothing until release_watch (or timeout)
         self.release_watch = threading.Event()
+        self.watching = 0  # watch calls now inside their long-poll
+        self.rekeys_during_watch: list[str] = []  # rekey reasons that arrived while a long-poll was open
         if len(names) < 2:
             self.publish()
 
@@ -262,6 +264,13 @@ class FakeClient:
 
     def watch(self, version: int, timeout: float = 25.0) -> bytes | None:
         self._call("watch", version)
+        self.p.watching += 1
+        try:
+            return self._watch(version, timeout)
+        finally:
+            self.p.watching -= 1
+
+    def _watch(self, version: int, timeout: float) -> bytes | None:
         with self.p.changed:
             if self.p.hold_watch.is_set():  # a long-poll that nothing answers early
                 self.p.changed.release()
@@ -297,6 +306,8 @@ class FakeClient:
 
     def rekey(self, reason: str) -> None:
         self._call("rekey", reason)
+        if self.p.watching:
+            self.p.rekeys_during_watch.append(reason)
         self.p.open_epoch()
 
     def close(self) -> None:
