@@ -19,7 +19,7 @@ import binascii
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +379,3 @@ def render(config: Config) -> str:
         lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
     return "\n".join(lines) + "\n"
 
-
-def with_addresses(config: Config, addresses: tuple[str, ...]) -> Config:
-    return replace(config, group=replace(config.group, addresses=addresses))

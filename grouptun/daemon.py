@@ -418,6 +418,3 @@ class Daemon:
                  self.config.group.interface, self.udp.port)
         await self._stop_event.wait()
 
-
-def run_member(config: Config, credential: bytearray, factories: Factories | None = None) -> int:
-    return Daemon(config, credential, factories).run()

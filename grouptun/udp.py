@@ -35,6 +35,8 @@ from grouptun.offload import linux as offload_linux
 Endpoint = tuple[str, int]
 RECV_SIZE = 65535
 _CACHE_MAX = 4096  # distinct peer addresses remembered (bounded: an attacker can spray sources)
+# Linux reports ICMP errors for an earlier send on a later receive: skip and count them.
+_ICMP_ERRNOS = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH))
 _GSO_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 _GRO_SPACE = socket.CMSG_SPACE(_GRO_SIZE.size)
@@ -97,7 +99,7 @@ class UdpTransport:
                 return None
             except OSError as exc:
                 # ICMP errors from an earlier send surface here on Linux; skip them.
-                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                if exc.errno in _ICMP_ERRNOS:
                     self.icmp_errors += 1
                     continue
                 raise
@@ -126,7 +128,7 @@ class UdpTransport:
             except (BlockingIOError, InterruptedError):
                 return None
             except OSError as exc:
-                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                if exc.errno in _ICMP_ERRNOS:
                     self.icmp_errors += 1
                     continue
                 raise

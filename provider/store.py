@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from sqlalchemy import (Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, delete, event, func, insert, select, update)
+                        UniqueConstraint, create_engine, delete, event, func, insert, select)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
@@ -239,11 +239,6 @@ def audit_rows(conn: Connection, after_id: int = 0, limit: int = 1000) -> list:
 def prune_capsules(conn: Connection, group_pk: int, keep_from_epoch: int) -> None:
     """Drop capsules of epochs before ``keep_from_epoch`` (members hold at most two)."""
     conn.execute(delete(capsules).where(capsules.c.group == group_pk, capsules.c.epoch < keep_from_epoch))
-
-
-def bump_version(conn: Connection, group_pk: int, archive: bytes) -> None:
-    conn.execute(update(groups).where(groups.c.id == group_pk)
-                 .values(version=groups.c.version + 1, archive=archive))
 
 
 def count(conn: Connection, table: Table, *where) -> int:

@@ -59,11 +59,6 @@ def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
     return ones_sum(src + dst, proto + length)
 
 
-def ipv4_header_checksum(header: bytes | bytearray | memoryview) -> int:
-    """Checksum of an IPv4 header whose checksum field (bytes 10-11) holds zero."""
-    return checksum(header)
-
-
 try:  # optional: one vectorised pass for a whole batch of equal-sized segments
     import numpy as _np
 except ImportError:  # pragma: no cover - exercised where numpy is absent
