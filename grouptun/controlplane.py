@@ -2,121 +2,72 @@
 
 Runs in its own thread (``requests`` blocks). At start it draws a fresh
 32-byte challenge and asks the provider for an epoch that lists it
-(PROTOCOL.md 4); afterwards it long-polls for new archives. A second,
-small thread (:meth:`ControlPlane.request_loop`, its own HTTP session)
-forwards the session's rekey requests and sends the periodic reports, so
-neither waits behind the long-poll: a rekey request reaches the provider
-within ``request_interval`` (0.2 s) plus one HTTP round trip.
+(PROTOCOL.md 4); afterwards it long-polls for new archives. A second
+thread (:meth:`ControlPlane.request_loop`, its own HTTP session) forwards
+the session's rekey requests and sends the periodic reports, so neither
+waits behind the long-poll (a rekey reaches the provider within
+``request_interval`` plus one round trip).
 
-Groups of fewer than 2 members have no epoch (PROTOCOL.md 1). The
-provider then answers the start with "waiting for members" and records the
-challenge; the daemon logs that once, watches, and installs the first
-epoch that lists its challenge. An epoch that appears without it (the
-provider restarted and lost the pending challenge) makes it start again;
-the provider's start rate limit answers 429, which backs off.
+Groups of fewer than 2 members have no epoch (PROTOCOL.md 1): the provider
+answers the start with "waiting for members" and records the challenge;
+the daemon logs that once, watches, and installs the first epoch that
+lists it. An epoch without it (the provider lost the pending challenge)
+makes it start again; the provider's start rate limit (429) backs off.
 
 Archive changes without a new epoch (a member re-reported its endpoint)
-update the running session's endpoints of the members whose archive
-endpoint changed (``Session.update_endpoints``): like WireGuard, an
-endpoint learned by roaming (from authenticated packets) is kept until the
-archive's value for that member changes.
+update the session's endpoints of the members whose archive endpoint
+changed: like WireGuard, an endpoint learned by roaming is kept until the
+archive's value for that member changes. A new epoch whose wire value
+equals the held one's is refused before anything is fetched (PROTOCOL.md
+5) and a rekey is requested; ours never issues one (``provider/epochs.py``).
 
-A new epoch whose wire value (epoch mod 2^16) equals the held one's is
-refused before anything is fetched (PROTOCOL.md 5: a member never holds
-two epochs with the same wire value) and a rekey is requested, so the
-provider moves on to a usable number; ours never issues one
-(``provider/epochs.py``).
+Every archive, on every path, first passes :meth:`ControlPlane._verified`
+(signatures, expiry, group id); every epoch then the rest of the
+acceptance order (:mod:`grouptun.epochaccept`). The epoch is written to the
+statefile (fsync) BEFORE it is installed; a refusal is logged with its
+step. If the install then times out (the event loop stalled), the recorded
+epoch counts as held -- the statefile forbids it for good, so waiting for
+it would wedge the member -- and ``rekey:install-timeout`` is requested.
 
-Every epoch goes through the acceptance order of PROTOCOL.md 2 before the
-session sees it (:func:`accept_epoch`): signatures, group id, newer than
-anything held (statefile and session), indices a permutation, capsule
-opens and data_id matches, salt opens and key_check matches. The epoch is
-written to the statefile (fsync) BEFORE it is installed. Any refusal is
-logged with its step and the epoch is not used.
-
-The data plane never waits for this thread: when the provider is
-unreachable, calls are retried with exponential backoff and jitter
-(bounded by ``backoff_max``) while the installed epoch keeps carrying
-traffic. Limits: a "fetch" request (a packet of the next epoch seen) is
-served by the watch thread, after the current long-poll -- which returns
-at once anyway when the provider has a newer archive.
+The data plane never waits for this thread: provider calls are retried
+with jittered exponential backoff (``backoff_max``) while the installed
+epoch keeps carrying traffic. Limits: a "fetch" request (a packet of the
+next epoch seen) is served by the watch thread after the current
+long-poll, which returns at once anyway when a newer archive exists.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import logging
 import os
-import random
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from grouptun.config import parse_endpoint
-from grouptun.core import accept
-from grouptun.core import capsule as capsule_mod
+from grouptun.backoff import Backoff
 from grouptun.core import keys as keys_mod
-from grouptun.core.archive import Archive, ProviderKeys, verify_archive
-from grouptun.core.epoch import parse_networks
-from grouptun.core.session import EpochMaterial, MemberInfo
-from grouptun.errors import CapsuleError, EpochRejected, GrouptunError, ProviderError, ProviderRefused
+from grouptun.core.archive import CHALLENGE_SIZE, Archive, ProviderKeys
+from grouptun.core.capsule import KemPrivateKey
+from grouptun.core.session import MemberInfo
+from grouptun.core.wire import wire_epoch
+from grouptun.epochaccept import (build_material, check_archive, lists_challenge, member_info, open_secrets,
+                                  verified_archive)
+from grouptun.errors import EpochRejected, GrouptunError, LoopUnavailable, ProviderError, ProviderRefused
 
 log = logging.getLogger("grouptun.control")
 
-CHALLENGE_SIZE = 32
-WIRE_EPOCHS = 2**16  # the header carries epoch mod 2^16 (PROTOCOL.md 5)
-
 
 class SessionPort(Protocol):
-    """How the control path reaches the session (on the event loop's thread)."""
+    """How the control path reaches the session (each call runs on the event loop's thread).
+
+    Any call may raise LoopUnavailable (``closed``: shutting down; else the loop did not answer).
+    """
 
     def install(self, material) -> None: ...
+    def update_endpoints(self, members: list[MemberInfo]) -> int: ...
     def take_requests(self) -> set[str]: ...
     def packets_sent(self) -> dict[int, int]: ...
-
-
-class Backoff:
-    """Exponential backoff with 'equal jitter': delay in [d/2, d], d = min(cap, base * 2^k)."""
-
-    def __init__(self, base: float = 1.0, cap: float = 60.0, rng: Callable[[], float] = random.random) -> None:
-        self.base, self.cap, self._rng = base, cap, rng
-        self.attempt = 0
-
-    def next(self) -> float:
-        d = min(self.cap, self.base * (2 ** min(self.attempt, 32)))
-        self.attempt += 1
-        return d / 2 + self._rng() * d / 2
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-def resolve_endpoint(text: str, can_reach: Callable[[str], bool]) -> tuple[str, int] | None:
-    """``host:port`` -> (ip, port) usable by our socket, resolving names; None if unusable."""
-    try:
-        host, port = parse_endpoint(text)
-    except ValueError:
-        return None
-    try:
-        hosts = [str(ipaddress.ip_address(host))]
-    except ValueError:
-        try:
-            hosts = [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)]
-        except OSError:
-            return None
-    for h in hosts:
-        if can_reach(h):
-            return (h, port)
-    return None
-
-
-def _member_info(m, can_reach) -> MemberInfo:
-    endpoint = next((ep for ep in (resolve_endpoint(t, can_reach) for t in m.endpoints) if ep), None)
-    addrs = tuple(ipaddress.ip_interface(a).ip for a in m.addresses)
-    return MemberInfo(name=m.name, index=m.index, addresses=addrs, endpoint=endpoint)
 
 
 REPORTED_EPOCHS = 4  # the provider looks at the current epoch only; older ones are context
@@ -125,77 +76,6 @@ REPORTED_EPOCHS = 4  # the provider looks at the current epoch only; older ones 
 def _latest(packets_sent: dict[int, int]) -> dict[int, int]:
     """The counts of the newest REPORTED_EPOCHS epochs (a report body is bounded at the provider)."""
     return {e: packets_sent[e] for e in sorted(packets_sent)[-REPORTED_EPOCHS:]}
-
-
-def check_archive(archive: Archive, group_id: bytes, member: str, highest: int,
-                  challenge: bytes | None) -> None:
-    """Steps of the acceptance order that need only the verified archive.
-
-    ``accept.check_document`` (group_id, epoch, indices), then our own two
-    rules: the start challenge is listed (PROTOCOL.md 4) and we are a member.
-    """
-    e = archive.epoch
-    accept.check_document(signatures_ok=True, expected_group_id=group_id, group_id=archive.group_id,
-                          epoch=e.epoch, highest_held=highest if highest >= 0 else None,
-                          indices=[m.index for m in archive.members], group_size=e.group_size)
-    if len({m.name for m in archive.members}) != len(archive.members):
-        raise EpochRejected("indices", "duplicate member names")
-    if challenge is not None and not any(hmac.compare_digest(challenge, c) for c in e.challenges):
-        raise EpochRejected("challenge", f"epoch {e.epoch} does not answer our start challenge")
-    if archive.member(member) is None:
-        raise EpochRejected("membership", f"{member!r} is not a member of epoch {e.epoch}")
-
-
-def _open(kem, info: bytes, sealed: bytes) -> bytearray | None:
-    try:
-        return capsule_mod.open_sealed(kem, info, sealed)
-    except CapsuleError as exc:
-        log.debug("sealed secret does not open: %s", exc)
-        return None
-
-
-def open_secrets(archive: Archive, member: str, kem: capsule_mod.KemPrivateKey,
-                 sealed_ss: bytes, sealed_salt: bytes | Callable[[], bytes]) -> tuple[bytearray, bytearray]:
-    """The last steps (capsule, data_id, salt, key_check) via ``accept.check_secrets``.
-
-    ``sealed_salt`` may be a callable that fetches it: it is called only
-    once the capsule opened and data_id matched, so the credential is not
-    shown to the provider for an epoch this member would refuse anyway.
-    Returns (SS, salt) for the caller to hand over or wipe; wipes them itself on refusal.
-    """
-    e = archive.epoch
-    ss = _open(kem, capsule_mod.capsule_info(archive.group_id, e.epoch, member), sealed_ss)
-    salt = None
-    try:
-        if ss is not None and hmac.compare_digest(keys_mod.data_id(ss), e.data_id):
-            # Fetch and open the salt only once data_id matched: the order is the order.
-            sealed = sealed_salt() if callable(sealed_salt) else sealed_salt
-            salt = _open(kem, capsule_mod.salt_info(archive.group_id, e.epoch, member), sealed)
-    except BaseException:
-        keys_mod.wipe(ss)
-        raise
-    try:
-        accept.check_secrets(suite=e.suite, group_id=archive.group_id, epoch=e.epoch, shared_secret=ss,
-                             data_id_expected=e.data_id, salt=salt, key_check_expected=e.key_check)
-    except EpochRejected:
-        keys_mod.wipe(ss)
-        keys_mod.wipe(salt)
-        raise
-    return ss, salt
-
-
-def build_material(archive: Archive, member: str, ss: bytearray, salt: bytearray,
-                   can_reach: Callable[[str], bool] = lambda h: True) -> EpochMaterial:
-    e = archive.epoch
-    nets = (archive.cidr,) + ((archive.cidr6,) if archive.cidr6 else ())
-    return EpochMaterial(
-        group_id=archive.group_id, epoch=e.epoch, suite=e.suite, nonce_start=e.nonce_start,
-        group_size=e.group_size, own_index=archive.member(member).index,
-        members=tuple(_member_info(m, can_reach) for m in sorted(archive.members, key=lambda m: m.index)),
-        shared_secret=ss, salt=salt, switch_delay=e.switch_delay, grace=e.grace,
-        rekey_after_packets=e.rekey_after_packets, rekey_after_seconds=e.rekey_after_seconds,
-        networks=parse_networks(nets),
-    )
 
 
 @dataclass
@@ -216,7 +96,7 @@ class ControlState:
 class ControlPlane:
     """The control thread. ``run(stop)`` returns when ``stop`` is set."""
 
-    def __init__(self, *, client, port: SessionPort, kem: capsule_mod.KemPrivateKey, credential: bytearray,
+    def __init__(self, *, client, port: SessionPort, kem: KemPrivateKey, credential: bytearray,
                  pinned: ProviderKeys, group_id: bytes, member: str, statefile,
                  endpoints: Callable[[], list[str]], can_reach: Callable[[str], bool] = lambda h: True,
                  on_archive: Callable[[Archive], None] | None = None, watch_timeout: float = 15.0,
@@ -254,17 +134,20 @@ class ControlPlane:
 
     # --- acceptance ---
     def accept(self, signed: bytes, challenge: bytes | None = None) -> bool:
-        """Run the acceptance order on ``signed``; True if a new epoch was installed.
+        """Run the acceptance order on ``signed``; True if a new epoch was installed."""
+        return self._accept(self._verified(signed), challenge)
+
+    def _verified(self, signed: bytes) -> Archive:
+        """Signatures, expiry, group id: what every archive passes before any of it is used."""
+        return verified_archive(signed, self.pinned, self.group_id, self._wall())
+
+    def _accept(self, archive: Archive, challenge: bytes | None = None) -> bool:
+        """The rest of the order on a :meth:`_verified` archive.
 
         An archive for the epoch already held (a membership detail changed,
         a report updated endpoints) or without any epoch (fewer than 2
         members) is recorded but installs nothing.
         """
-        archive = verify_archive(signed, self.pinned)
-        if archive.expires_at and archive.expires_at < self._wall():
-            raise EpochRejected("expired", f"archive version {archive.version} expired")
-        if archive.group_id != self.group_id:
-            raise EpochRejected("group_id", "archive of another group")
         if archive.epoch is None:
             if challenge is not None:
                 raise EpochRejected("challenge", "the group has no epoch yet (fewer than 2 members)")
@@ -276,10 +159,10 @@ class ControlPlane:
         highest = max(self.statefile.highest(self.group_id), self.held_epoch)
         check_archive(archive, self.group_id, self.member, highest, challenge)
         self._check_wire(archive.epoch.epoch)  # newer, but unusable next to the held one
-        self._install(archive)
+        self._install(archive, starting=challenge is not None)
         return True
 
-    def _install(self, archive: Archive) -> None:
+    def _install(self, archive: Archive, starting: bool = False) -> None:
         e = archive.epoch.epoch
         sealed_ss = self.client.capsule(e)
         ss, salt = open_secrets(archive, self.member, self.kem, sealed_ss,
@@ -291,15 +174,35 @@ class ControlPlane:
             keys_mod.wipe(ss)
             keys_mod.wipe(salt)
             raise
-        self.port.install(material)
+        try:
+            self.port.install(material)
+        except LoopUnavailable as exc:
+            if not exc.closed:
+                self._install_timed_out(archive, starting)
+            raise
         previous, self.archive, self.held_epoch = self.archive, archive, e
-        self._push_endpoints(previous, archive)  # endpoints that changed in the archive replace roamed ones
         self._set(archive_version=archive.version, epoch=e, epoch_installed_at=self._wall(), phase="running")
         if self.metrics is not None:
             self.metrics.epoch_installed()
         log.info("epoch %d installed (archive version %d, %d members, suite %d)",
                  e, archive.version, archive.epoch.group_size, archive.epoch.suite)
         self._notify_archive(archive)
+        self._push_endpoints(previous, archive)  # endpoints that changed in the archive replace roamed ones
+
+    def _install_timed_out(self, archive: Archive, starting: bool) -> None:
+        """The statefile holds the epoch now, so it can never be installed again: count it as held.
+
+        Whether the loop runs the install late or drops it (LoopPort wipes
+        the material), archives for this epoch are then recorded (addresses,
+        endpoints) instead of refused as not newer -- the long-poll hands
+        this one back at once -- and a rekey asks for the next epoch. A
+        start is retried instead: each start opens a new epoch.
+        """
+        self.held_epoch = max(self.held_epoch, archive.epoch.epoch)
+        if not starting:
+            self._request("rekey:install-timeout")
+        log.info("epoch %d is recorded but its install timed out: counted as held; %s", archive.epoch.epoch,
+                 "starting again" if starting else "asking for a new epoch")
 
     def _record(self, archive: Archive) -> None:
         """A newer archive that opens no epoch: keep it, apply its endpoints and addresses."""
@@ -308,38 +211,31 @@ class ControlPlane:
         previous, self.archive = self.archive, archive
         if archive.epoch is None and (previous is None or previous.epoch is not None):
             log.info("the group has fewer than 2 members: no epoch until a second member joins")
-        if self.held_epoch >= 0:
-            self._push_endpoints(previous, archive)
         self._set(archive_version=archive.version)
         self._notify_archive(archive)
+        if self.held_epoch >= 0:
+            self._push_endpoints(previous, archive)
 
     def _push_endpoints(self, previous: Archive | None, archive: Archive) -> None:
         """Hand the session the members whose archive endpoints changed since ``previous``."""
         before = {m.name: m.endpoints for m in previous.members} if previous is not None else {}
-        changed = [_member_info(m, self.can_reach) for m in archive.members
+        changed = [member_info(m, self.can_reach) for m in archive.members
                    if m.name != self.member and m.endpoints and before.get(m.name) != m.endpoints]
         changed = [m for m in changed if m.endpoint is not None]
-        if not changed:
-            return
-        update = getattr(self.port, "update_endpoints", None)
-        loop, session = getattr(self.port, "loop", None), getattr(self.port, "session", None)
-        if update is not None:
-            update(changed)
-        elif loop is not None and session is not None:
-            # The daemon's LoopPort (dataplane.py) has no update_endpoints yet: run it on the
-            # loop thread like every other session call, after the install already queued there.
-            loop.call_soon_threadsafe(session.update_endpoints, changed)
-        else:
-            log.debug("session port cannot update endpoints")
-            return
-        log.info("endpoints updated from archive version %d: %s", archive.version,
-                 ", ".join(m.name for m in changed))
+        if changed:
+            self.port.update_endpoints(changed)
+            log.info("endpoints updated from archive version %d: %s", archive.version,
+                     ", ".join(m.name for m in changed))
+
+    def _request(self, request: str) -> None:
+        """Queue a request for the provider (the request thread forwards it)."""
+        with self._requests_lock:
+            self._pending.add(request)
 
     def _check_wire(self, epoch: int) -> None:
         """Refuse an epoch whose wire value equals the held one's; ask for another (PROTOCOL.md 5)."""
-        if self.held_epoch >= 0 and epoch % WIRE_EPOCHS == self.held_epoch % WIRE_EPOCHS:
-            with self._requests_lock:
-                self._pending.add("rekey:wire-collision")
+        if self.held_epoch >= 0 and wire_epoch(epoch) == wire_epoch(self.held_epoch):
+            self._request("rekey:wire-collision")
             raise EpochRejected("epoch", f"epoch {epoch} has the wire value of the held epoch {self.held_epoch}")
 
     def _notify_archive(self, archive: Archive) -> None:
@@ -385,16 +281,16 @@ class ControlPlane:
         self._contact_ok()
         if signed is None:
             return False
-        archive = verify_archive(signed, self.pinned)
+        archive = self._verified(signed)
         if archive.epoch is None:
-            self.accept(signed)  # membership/addresses only
+            self._accept(archive)  # membership/addresses only
             return False
         self._waiting = False
-        if not any(hmac.compare_digest(challenge, c) for c in archive.epoch.challenges):
+        if not lists_challenge(archive, challenge):
             log.info("epoch %d does not list our start challenge: asking for a start again", archive.epoch.epoch)
             self._record(archive)
             return False
-        return self.accept(signed, challenge)
+        return self._accept(archive, challenge)
 
     # --- after start ---
     def step(self) -> None:
@@ -464,10 +360,10 @@ class ControlPlane:
             except ProviderError as exc:  # the watch thread logs provider trouble; retry soon
                 log.debug("request forwarding: %s", exc)
                 failures = min(failures + 1, 5)
-            except RuntimeError:  # the event loop closed under us: shutting down
+            except LoopUnavailable as exc:  # closed: shutting down; else the loop is stalled
                 if stop.is_set():
                     return
-                log.exception("request forwarding failed")
+                log.warning("request forwarding: %s", exc)
                 failures = min(failures + 1, 5)
             except Exception:  # noqa: BLE001 - the thread must outlive a bug
                 log.exception("request forwarding failed")
@@ -504,11 +400,11 @@ class ControlPlane:
                 if self.state.provider_ok or self.state.last_error != str(exc):
                     log.warning("provider trouble: %s (the data plane keeps running)", exc)
                 self._set(provider_ok=False, last_error=str(exc))
-            except RuntimeError as exc:  # the event loop closed under us: shutting down
+            except LoopUnavailable as exc:  # closed: shutting down; else the loop is stalled
                 if stop.is_set():
                     return
-                log.exception("control path error: %s", exc)
-                self._set(last_error=f"internal: {exc}")
+                log.warning("%s (the control path retries)", exc)
+                self._set(last_error=str(exc))
             except Exception as exc:  # noqa: BLE001 - the control thread must outlive a bug
                 log.exception("control path error: %s", exc)
                 self._set(last_error=f"internal: {type(exc).__name__}: {exc}")

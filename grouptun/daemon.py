@@ -40,9 +40,10 @@ from urllib.parse import urlsplit
 from grouptun import config as config_mod
 from grouptun import credential as credential_mod
 from grouptun import keystore
+from grouptun.backoff import Backoff
 from grouptun.config import Config, format_endpoint
 from grouptun.control import ControlServer
-from grouptun.controlplane import Backoff, ControlPlane
+from grouptun.controlplane import ControlPlane
 from grouptun.core.archive import Archive, ProviderKeys
 from grouptun.dataplane import DataPlane, LoopPort
 from grouptun.errors import ConfigError, GrouptunError

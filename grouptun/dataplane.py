@@ -37,6 +37,8 @@ import logging
 import time
 from typing import Callable
 
+from grouptun.errors import ConfigError, LoopUnavailable
+
 log = logging.getLogger("grouptun.data")
 
 COUNTERS = ("tun_rx", "tun_tx", "tun_tx_dropped", "udp_rx", "udp_tx", "udp_tx_dropped", "internal_errors")
@@ -47,7 +49,7 @@ class DataPlane:
     def __init__(self, session, tun, udp, clock: Callable[[], float] = time.monotonic,
                  tick: float = 0.5, batch: int = 256, offload: str = "auto") -> None:
         if offload not in ("auto", "off"):
-            raise ValueError(f"offload must be 'auto' or 'off', not {offload!r}")
+            raise ConfigError("daemon.offload", f"must be 'auto' or 'off', not {offload!r}")
         self.session, self.tun, self.udp = session, tun, udp
         self.clock, self.tick, self.batch = clock, tick, batch
         self.counters: dict = dict.fromkeys(COUNTERS, 0)
@@ -172,8 +174,9 @@ class DataPlane:
 class LoopPort:
     """The control thread's door to the session: each call runs on the loop thread.
 
-    Raises RuntimeError when the loop is closed (shutdown) and TimeoutError
-    when the loop does not answer within ``timeout``.
+    Every call raises LoopUnavailable: ``closed`` when the loop is closed
+    (shutdown), else when the loop does not answer within ``timeout`` -- a
+    call the loop had already started still finishes there later.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, session, clock: Callable[[], float] = time.monotonic,
@@ -194,12 +197,17 @@ class LoopPort:
             except BaseException as exc:  # handed to the waiting thread, which re-raises it
                 future.set_exception(exc)
 
-        self.loop.call_soon_threadsafe(run)
+        try:
+            self.loop.call_soon_threadsafe(run)
+        except RuntimeError as exc:  # asyncio and uvloop both say "Event loop is closed"
+            if on_cancel is not None:
+                on_cancel()
+            raise LoopUnavailable("event loop is closed (shutting down)", closed=True) from exc
         try:
             return future.result(self.timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise TimeoutError("event loop did not answer") from None
+            raise LoopUnavailable(f"event loop did not answer within {self.timeout:g} s") from None
 
     def install(self, material) -> None:
         def run():
@@ -207,12 +215,16 @@ class LoopPort:
             if self.on_install is not None:
                 self.on_install(material)
 
-        def abandoned() -> None:  # timed out before the loop got to it: never installed
+        def abandoned() -> None:  # never reached the loop: never installed
             for secret in (material.shared_secret, material.salt):
                 for i in range(len(secret)):
                     secret[i] = 0
 
         self._call(run, abandoned)
+
+    def update_endpoints(self, members) -> int:
+        """``Session.update_endpoints`` on the loop thread; the number of peers changed."""
+        return self._call(lambda: self.session.update_endpoints(members))
 
     def take_requests(self) -> set[str]:
         return self._call(self.session.take_requests)

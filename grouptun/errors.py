@@ -17,6 +17,7 @@
     │   └── ProviderRefused            it answered with a refusal (4xx) and a reason
     ├── SystemSetupError               TUN, netlink, sockets, privileges
     ├── ControlError                   the control socket (daemon not running, refused)
+    ├── LoopUnavailable                the event loop did not run a control-thread call (stalled/closed)
     └── OffloadError                   a TUN super-packet or virtio-net header that cannot be segmented
 
 Protocol errors on the data path are never raised to the CLI: the session
@@ -110,3 +111,17 @@ class ControlError(GrouptunError):
 
 class OffloadError(GrouptunError):
     """A TUN super-packet or its virtio-net header that cannot be segmented (offload)."""
+
+
+class LoopUnavailable(GrouptunError):
+    """The daemon's event loop did not run a call from the control thread.
+
+    ``closed``: the loop is closed (shutting down); otherwise it did not
+    answer within its timeout (stalled), and the call may still run later.
+    """
+
+    exit_code = 70  # EX_SOFTWARE
+
+    def __init__(self, message: str, closed: bool = False) -> None:
+        self.closed = closed
+        super().__init__(message)

@@ -25,11 +25,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+import http_sf
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from http_message_signatures import HTTPMessageSigner, HTTPMessageVerifier, algorithms
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
 
 from grouptun.core.jointoken import b64url
+from grouptun.errors import ProtocolError
 
 LABEL = "gt"
 TAG = "grouptun/1"
@@ -44,8 +46,12 @@ MAX_KEYID_CHARS = 64
 _DUMMY_PUBLIC = ed25519.Ed25519PrivateKey.from_private_bytes(b"\x42" * 32).public_key()
 
 
-class SignatureRefused(Exception):
-    """Carries one of the fixed public reasons; never details an attacker could use."""
+class SignatureRefused(ProtocolError):
+    """Carries one of the fixed public reasons; never details an attacker could use.
+
+    In the package's exception tree (a request breaking the signing rules above);
+    defined here because only this module and the provider that calls it use it.
+    """
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -95,17 +101,27 @@ class _Verifier(HTTPMessageVerifier):
     max_clock_skew = datetime.timedelta(seconds=MAX_SKEW)
 
 
+def _refuse_duplicate(key: str, context: str) -> None:
+    # RFC 8941 lets the last duplicate win; refuse instead, so this pre-check and the
+    # library's own parse can never read different keyid/nonce/created values.
+    raise ValueError(f"duplicate {context} key {key!r}")
+
+
 def _params(headers) -> tuple[str, str, int]:
-    """Pull keyid, nonce, created out of Signature-Input before any crypto."""
-    verifier = _Verifier(signature_algorithm=algorithms.ED25519, key_resolver=None)
+    """Pull keyid, nonce, created out of Signature-Input before any crypto.
+
+    Parsed with ``http_sf`` (RFC 8941), the structured-field parser that
+    http_message_signatures itself uses: the library has no public way to
+    read a signature's parameters before verifying it.
+    """
     try:
         raw = headers.get("signature-input")
         if raw is None or len(raw) > 1024:
             raise SignatureRefused("signature missing")
-        parsed = verifier._parse_signature_dictionary(raw)  # noqa: SLF001
-        node = parsed[LABEL]
-        key_id, nonce, created = node.params["keyid"], node.params["nonce"], node.params["created"]
-    except (HTTPMessageSignaturesException, KeyError, ValueError, TypeError) as exc:
+        parsed = http_sf.parse(raw.encode("ascii"), tltype="dictionary", on_duplicate_key=_refuse_duplicate)
+        _, params = parsed[LABEL]
+        key_id, nonce, created = params["keyid"], params["nonce"], params["created"]
+    except (KeyError, ValueError, TypeError) as exc:  # http_sf.StructuredFieldError is a ValueError
         raise SignatureRefused("signature missing") from exc
     if not (isinstance(key_id, str) and isinstance(nonce, str) and type(created) is int):
         raise SignatureRefused("signature missing")

@@ -9,6 +9,8 @@ new content, never a mix.
 Limits: one JSON object ``{"<group_id hex>": epoch, ...}``, small by
 construction. A corrupt or unreadable file stops the daemon
 (KeystoreError): guessing a highest epoch would break the no-reuse rule.
+Recording an epoch at or below the recorded one (or outside u32) is
+refused with ``EpochRejected("epoch")``, the acceptance step it breaks.
 Restoring this file from an older backup is what the start challenge rule
 protects against; resuming a VM snapshot is out of scope.
 """
@@ -19,7 +21,7 @@ import json
 import threading
 from pathlib import Path
 
-from grouptun.errors import KeystoreError
+from grouptun.errors import EpochRejected, KeystoreError
 from grouptun.keystore import write_atomic
 
 EPOCH_MAX = 2**32 - 1
@@ -57,14 +59,14 @@ class EpochStateFile:
             return self._data.get(group_id.hex(), -1)
 
     def record(self, group_id: bytes, epoch: int) -> None:
-        """Durably record ``epoch``; refuses one at or below the recorded highest."""
+        """Durably record ``epoch``; EpochRejected for one at or below the recorded highest."""
         if not 0 <= epoch <= EPOCH_MAX:
-            raise ValueError(f"epoch {epoch} out of u32 range")
+            raise EpochRejected("epoch", f"epoch {epoch} out of u32 range")
         key = group_id.hex()
         with self._lock:
             current = self._data.get(key, -1)
             if epoch <= current:
-                raise ValueError(f"epoch {epoch} is not above the recorded {current}")
+                raise EpochRejected("epoch", f"epoch {epoch} is not above the recorded {current}")
             new = dict(self._data)
             new[key] = epoch
             payload = (json.dumps(new, sort_keys=True) + "\n").encode()

@@ -24,7 +24,7 @@ import errno
 import logging
 import os
 
-from grouptun.errors import SystemSetupError
+from grouptun.errors import ConfigError, SystemSetupError
 
 log = logging.getLogger("grouptun.tun")
 
@@ -36,7 +36,7 @@ class TunDevice:
 
     def __init__(self, name: str, offload: str = "auto") -> None:
         if offload not in ("auto", "off"):
-            raise ValueError(f"offload must be 'auto' or 'off', not {offload!r}")
+            raise ConfigError("daemon.offload", f"must be 'auto' or 'off', not {offload!r}")
         self.vnet_hdr = False
         self.offloads = 0
         self._dev = self._raw = None

@@ -29,7 +29,7 @@ import ipaddress
 import socket
 import struct
 
-from grouptun.errors import SystemSetupError
+from grouptun.errors import ConfigError, SystemSetupError
 from grouptun.offload import linux as offload_linux
 
 Endpoint = tuple[str, int]
@@ -59,7 +59,7 @@ class UdpTransport:
     def __init__(self, listen_address: str = "::", port: int = 51820, bufsize: int = 4 << 20,
                  offload: str = "auto") -> None:
         if offload not in ("auto", "off"):
-            raise ValueError(f"offload must be 'auto' or 'off', not {offload!r}")
+            raise ConfigError("daemon.offload", f"must be 'auto' or 'off', not {offload!r}")
         addr = ipaddress.ip_address(listen_address)
         self.dual_stack = addr.version == 6
         family = socket.AF_INET6 if self.dual_stack else socket.AF_INET

@@ -10,22 +10,32 @@ import pytest
 
 from grouptun.controlplane import Backoff, ControlPlane
 from grouptun.core.session import Session
-from grouptun.errors import EpochRejected, ProviderError, ProviderRefused
+from grouptun.core import keys as keys_mod
+from grouptun.errors import EpochRejected, LoopUnavailable, ProviderError, ProviderRefused
 from grouptun.statefile import EpochStateFile
 
 from .fakes import CREDENTIAL, FakeProvider
 
 
 class DirectPort:
-    """SessionPort without an event loop; remembers what the statefile said at install time."""
+    """SessionPort without an event loop; remembers what the statefile said at install time.
+
+    Installs of the epochs in ``stalled`` time out as LoopPort's do when the
+    loop never got to them: the material is wiped, nothing is installed.
+    """
 
     def __init__(self, session: Session, statefile: EpochStateFile, group_id: bytes) -> None:
         self.session, self.statefile, self.group_id = session, statefile, group_id
         self.recorded_at_install: list[tuple[int, int]] = []
         self.extra_requests: set[str] = set()
+        self.stalled: set[int] = set()
 
     def install(self, material) -> None:
         self.recorded_at_install.append((material.epoch, self.statefile.highest(self.group_id)))
+        if material.epoch in self.stalled:
+            keys_mod.wipe(material.shared_secret)
+            keys_mod.wipe(material.salt)
+            raise LoopUnavailable("event loop did not answer within 10 s")
         self.session.install_epoch(material, time.monotonic())
 
     def take_requests(self) -> set[str]:
@@ -250,17 +260,21 @@ def wait_until(predicate, bound: float = 20.0) -> bool:
     return predicate()
 
 
+def solo_control(provider: FakeProvider, statefile: EpochStateFile, session: Session, **kw) -> ControlPlane:
+    args = dict(client=provider.client("alice"), port=DirectPort(session, statefile, provider.group_id),
+                kem=provider.members["alice"].kem, credential=bytearray(CREDENTIAL), pinned=provider.keys,
+                group_id=provider.group_id, member="alice", statefile=statefile,
+                endpoints=lambda: ["127.0.0.1:51000"], watch_timeout=0.05, backoff=Backoff(0.01, 0.04),
+                request_interval=0.01)
+    return ControlPlane(**{**args, **kw})
+
+
 @pytest.fixture
 def solo(tmp_path):
     provider = FakeProvider(["alice"])
     statefile = EpochStateFile(tmp_path / "epochs.json")
     session = Session("alice")
-    port = DirectPort(session, statefile, provider.group_id)
-    cp = ControlPlane(client=provider.client("alice"), port=port, kem=provider.members["alice"].kem,
-                      credential=bytearray(CREDENTIAL), pinned=provider.keys, group_id=provider.group_id,
-                      member="alice", statefile=statefile, endpoints=lambda: ["127.0.0.1:51000"],
-                      watch_timeout=0.05, backoff=Backoff(0.01, 0.04), request_interval=0.01)
-    return provider, statefile, session, cp
+    return provider, statefile, session, solo_control(provider, statefile, session)
 
 
 def test_one_member_group_waits_quietly_then_installs_the_epoch_listing_its_challenge(solo, caplog):
@@ -299,6 +313,23 @@ def test_epoch_without_our_challenge_makes_the_daemon_start_again(solo):
     assert [c[1] for c in provider.calls].count("start") == 2
 
 
+@pytest.mark.parametrize("fault", ["expired", "group_id"])
+def test_waiting_start_checks_expiry_and_group_before_recording_an_epoch(solo, fault):
+    """An epoch without our challenge, met while waiting, passes the same checks as accept() before use."""
+    provider, statefile, session, _ = solo
+    applied = []
+    kw = {"wall": lambda: time.time() + 7200} if fault == "expired" else {"group_id": b"\xee" * 16}
+    cp = solo_control(provider, statefile, session, on_archive=applied.append, **kw)
+    challenge = b"\x26" * 32
+    assert cp.start_once(challenge) is False and cp.state.phase == "waiting for members"
+    provider.pending.clear()  # our challenge is lost: the group's first epoch will not list it
+    provider.add_member("bob")
+    with pytest.raises(EpochRejected) as info:
+        cp.start_once(challenge)
+    assert info.value.step == fault
+    assert cp.archive is None and cp.state.archive_version is None and applied == []
+
+
 def test_start_with_a_challenge_never_takes_an_epoch_less_archive(solo):
     provider, statefile, session, cp = solo
     with pytest.raises(EpochRejected) as info:
@@ -312,8 +343,8 @@ def test_start_with_a_challenge_never_takes_an_epoch_less_archive(solo):
 def test_session_update_endpoints_changes_only_named_known_peers():
     provider = FakeProvider(["alice", "bob"])
     session = Session("alice")
-    from grouptun.controlplane import build_material, open_secrets  # noqa: PLC0415
     from grouptun.core.archive import verify_archive  # noqa: PLC0415
+    from grouptun.epochaccept import build_material, open_secrets  # noqa: PLC0415
 
     provider.open_epoch()
     archive = verify_archive(provider.signed, provider.keys)
@@ -408,8 +439,8 @@ def test_report_carries_only_the_newest_epochs(world):
 def test_salt_is_fetched_only_after_the_capsule_opened_and_data_id_matched():
     # PROTOCOL.md 2 order: the credential goes to the provider (salt request)
     # only for an epoch whose capsule opened to the published data_id.
-    from grouptun.controlplane import open_secrets  # noqa: PLC0415
     from grouptun.core.archive import verify_archive  # noqa: PLC0415
+    from grouptun.epochaccept import open_secrets  # noqa: PLC0415
 
     provider = FakeProvider(["alice", "bob"])
     provider.open_epoch()
@@ -437,3 +468,55 @@ def test_a_capsule_that_does_not_open_sends_no_salt_request(world):
     assert info.value.step == "capsule"
     assert [c for c in provider.calls if c[1] == "capsule"]
     assert not [c for c in provider.calls if c[1] == "salt"]  # the credential never left
+
+
+# --- install timeouts (the event loop did not take the epoch) -----------------------------------
+
+
+def test_install_timeout_counts_the_recorded_epoch_as_held_and_asks_for_the_next(world):
+    provider, statefile, session, port, make = world
+    cp = make()
+    assert cp.start_once(b"\x27" * 32)
+    port.stalled = {2}
+    provider.open_epoch()
+    with pytest.raises(LoopUnavailable):
+        cp.watch_once()
+    assert statefile.highest(provider.group_id) == 2 and held_epochs(session) == [1]
+    assert cp.held_epoch == 2  # epoch 2 can never be installed again: the statefile holds it
+    cp.watch_once()  # the long-poll hands the same archive back: recorded, not refused as "not newer"
+    assert cp.archive.epoch.epoch == 2 and cp.state.refusals == {}
+    provider.endpoints["bob"] = ("127.0.0.1:7000",)  # bob re-reported: a new version of epoch 2's archive
+    provider.publish()
+    assert cp.accept(provider.signed) is False  # recorded, not refused as "not newer than 2"
+    assert session.peer("bob").endpoint == ("127.0.0.1", 7000) and cp.state.refusals == {}
+    cp.service_requests()
+    assert ("alice", "rekey", "install-timeout") in provider.calls
+    cp.watch_once()  # the fake opened epoch 3 on that rekey
+    assert held_epochs(session) == [1, 3] and cp.held_epoch == 3
+
+
+def test_install_timeout_at_start_starts_again_without_a_rekey(world):
+    provider, statefile, session, port, make = world
+    port.stalled = {1}
+    cp = make()
+    challenge = b"\x28" * 32
+    with pytest.raises(LoopUnavailable):
+        cp.start_once(challenge)
+    assert cp.held_epoch == 1 and statefile.highest(provider.group_id) == 1 and held_epochs(session) == []
+    assert cp.start_once(challenge)  # each start opens a new epoch: 2 lists the challenge
+    assert held_epochs(session) == [2]
+    cp.service_requests()
+    assert not [c for c in provider.calls if c[1] == "rekey"]
+
+
+def test_run_logs_a_stalled_loop_without_a_traceback_and_retries(world, caplog):
+    provider, statefile, session, port, make = world
+    port.stalled = {1, 2}
+    cp = make()
+    stop = StopAfter(2)
+    with caplog.at_level(logging.INFO, logger="grouptun.control"):
+        cp.run(stop)
+    stalled = [r for r in caplog.records if "did not answer" in r.getMessage()]
+    assert len(stalled) == 2 and all(r.levelno == logging.WARNING and not r.exc_info for r in stalled)
+    assert "did not answer" in cp.state.last_error and len(stop.delays) == 2
+    assert held_epochs(session) == [] and statefile.highest(provider.group_id) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import types
 
@@ -11,7 +12,9 @@ import uvloop
 
 from grouptun.controlplane import Backoff, ControlPlane
 from grouptun.core.session import Session
+from grouptun.core.session import MemberInfo
 from grouptun.dataplane import DataPlane, LoopPort
+from grouptun.errors import LoopUnavailable
 from grouptun.statefile import EpochStateFile
 from grouptun.udp import UdpTransport
 
@@ -32,6 +35,9 @@ class Port:
 
     def install(self, material) -> None:
         self.session.install_epoch(material, self.clock())
+
+    def update_endpoints(self, members) -> int:
+        return self.session.update_endpoints(members)
 
     def take_requests(self):
         return self.session.take_requests()
@@ -203,10 +209,90 @@ def test_loopport_times_out_on_a_stalled_loop_and_wipes_the_abandoned_material()
         session = Session("alice")
         port = LoopPort(loop, session, timeout=0.05)
         material = types.SimpleNamespace(shared_secret=bytearray(b"\x01" * 32), salt=bytearray(b"\x02" * 32))
-        with pytest.raises(TimeoutError):
+        with pytest.raises(LoopUnavailable) as info:  # in the package's tree, not a bare TimeoutError
             port.install(material)
+        assert not info.value.closed
         loop.run_until_complete(asyncio.sleep(0))  # the loop wakes up late
         assert material.shared_secret == bytearray(32) and material.salt == bytearray(32)
         assert session.status(0.0)["epochs"] == []
     finally:
         loop.close()
+
+
+def test_loopport_on_a_closed_loop_says_closed_and_wipes_the_material():
+    loop = asyncio.new_event_loop()
+    loop.close()
+    port = LoopPort(loop, Session("alice"), timeout=0.05)
+    material = types.SimpleNamespace(shared_secret=bytearray(b"\x01" * 32), salt=bytearray(b"\x02" * 32))
+    with pytest.raises(LoopUnavailable) as info:  # was asyncio's RuntimeError
+        port.install(material)
+    assert info.value.closed
+    assert material.shared_secret == bytearray(32) and material.salt == bytearray(32)
+    with pytest.raises(LoopUnavailable):
+        port.take_requests()
+
+
+@pytest.fixture
+def running_loop():
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def _on_loop(loop, fn):
+    """Run ``fn`` on the running ``loop``'s thread and return its result (bounded wait)."""
+
+    async def call():
+        return fn()
+
+    return asyncio.run_coroutine_threadsafe(call(), loop).result(10)
+
+
+def test_loopport_update_endpoints_runs_on_the_loop_thread(running_loop):
+    seen = []
+
+    def update(members):
+        seen.append((threading.get_ident(), list(members)))
+        return len(seen[-1][1])
+
+    port = LoopPort(running_loop, types.SimpleNamespace(update_endpoints=update))
+    members = [MemberInfo("bob", 1, (), ("127.0.0.1", 7000))]
+    assert port.update_endpoints(members) == 1
+    assert seen == [(_on_loop(running_loop, threading.get_ident), members)]  # the loop's own thread
+
+
+def test_control_plane_over_a_stalled_loop_does_not_wedge_on_the_recorded_epoch(tmp_path, running_loop):
+    provider = FakeProvider(["alice", "bob"])
+    session = Session("alice")
+    port = LoopPort(running_loop, session)
+    cp = member_control(provider, "alice", session, tmp_path, time.monotonic, port=port)
+
+    def epochs() -> list[int]:
+        return sorted(e["epoch"] for e in _on_loop(running_loop, lambda: session.status(0.0))["epochs"])
+
+    assert cp.start_once(b"\x05" * 32) and epochs() == [1]
+    gate = threading.Event()
+    running_loop.call_soon_threadsafe(gate.wait, 30)  # the loop stalls (bounded)
+    port.timeout = 0.05
+    provider.open_epoch()
+    try:
+        with pytest.raises(LoopUnavailable) as info:
+            cp.watch_once()  # epoch 2: recorded, then the install times out
+    finally:
+        gate.set()
+        port.timeout = 10.0
+    assert not info.value.closed
+    assert cp.statefile.highest(provider.group_id) == 2 and epochs() == [1]  # abandoned, never installed
+    provider.publish()  # a new archive version, still epoch 2: recorded, not refused as "not newer"
+    cp.watch_once()
+    assert cp.state.refusals == {} and cp.held_epoch == 2
+    cp.service_requests()  # forwards rekey:install-timeout; the fake opens epoch 3
+    assert ("alice", "rekey", "install-timeout") in provider.calls
+    cp.watch_once()
+    assert epochs() == [1, 3]

@@ -222,8 +222,9 @@ def test_path_reported_and_plain_devices_keep_the_plain_path():
     assert p["alice"][3].counters["path"].startswith("batched")
     plain = DataPlane(Session("alice"), QueueTun(), FakeUdp(FakeNetwork(), ("127.0.0.1", 1)))
     assert plain.fast is None and plain.counters["path"].startswith("plain")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError) as info:  # in the tree: one line and EX_CONFIG from the CLI
         DataPlane(Session("alice"), QueueTun(), FakeUdp(FakeNetwork(), ("127.0.0.1", 1)), offload="fast")
+    assert info.value.key == "daemon.offload" and info.value.exit_code == 78
 
 
 def test_offload_config_key_validated():

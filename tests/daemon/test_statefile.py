@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grouptun import keystore
-from grouptun.errors import KeystoreError
+from grouptun.errors import EpochRejected, KeystoreError
 from grouptun.statefile import EpochStateFile
 
 G1, G2 = bytes(16), b"\x01" * 16
@@ -31,10 +31,11 @@ def test_refuses_going_back_or_repeating(tmp_path):
     sf = EpochStateFile(tmp_path / "epochs.json")
     sf.record(G1, 7)
     for bad in (7, 3, 0):
-        with pytest.raises(ValueError):
+        with pytest.raises(EpochRejected) as info:  # the acceptance step it breaks, not a bare ValueError
             sf.record(G1, bad)
+        assert info.value.step == "epoch"
     assert EpochStateFile(tmp_path / "epochs.json").highest(G1) == 7
-    with pytest.raises(ValueError):
+    with pytest.raises(EpochRejected):
         sf.record(G1, 2**32)
 
 
@@ -77,6 +78,6 @@ def test_highest_is_the_running_maximum(tmp_path_factory, epochs):
             sf.record(G1, e)
             best = e
         else:
-            with pytest.raises(ValueError):
+            with pytest.raises(EpochRejected):
                 sf.record(G1, e)
         assert sf.highest(G1) == best

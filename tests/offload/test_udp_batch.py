@@ -7,6 +7,8 @@ import select
 
 import pytest
 
+from grouptun.errors import ConfigError
+
 from grouptun.udp import UdpTransport
 
 
@@ -63,7 +65,7 @@ def test_offload_off_means_no_gso_no_gro_and_bad_mode_refused():
         assert (t.gso, t.gro) == (False, False)
     finally:
         t.close()
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="daemon.offload"):
         UdpTransport("127.0.0.1", 0, offload="yes")
 
 
