@@ -42,7 +42,7 @@ from grouptun.errors import ConfigError, LoopUnavailable
 log = logging.getLogger("grouptun.data")
 
 COUNTERS = ("tun_rx", "tun_tx", "tun_tx_dropped", "udp_rx", "udp_tx", "udp_tx_dropped", "internal_errors")
-BATCH_COUNTERS = ("tun_rx_malformed", "udp_sends", "rx_packets")
+BATCH_COUNTERS = ("tun_rx_malformed", "udp_sends", "udp_recvs", "rx_packets", "tx_runs", "rx_runs")
 
 
 class DataPlane:

@@ -40,6 +40,7 @@ _ICMP_ERRNOS = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNRE
 _GSO_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 _GRO_SPACE = socket.CMSG_SPACE(_GRO_SIZE.size)
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: "flags & MSG_TRUNC" on the enum costs a Python-level call
 _SOFT_SEND_ERRORS = {errno.EAGAIN, errno.ENOBUFS, errno.ENETUNREACH, errno.EHOSTUNREACH,
                      errno.ECONNREFUSED, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EINVAL,
                      errno.EPERM, errno.EMSGSIZE}
@@ -132,7 +133,7 @@ class UdpTransport:
                     self.icmp_errors += 1
                     continue
                 raise
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 self.truncated += 1
                 continue
             seg = n

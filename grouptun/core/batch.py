@@ -72,6 +72,47 @@ class Sealer:
         self.bytes += len(plain)
         return self._cipher.seal_at(out, off, self._iv(sequence), plain)
 
+    @property
+    def suite(self) -> int:
+        return self._cipher.suite
+
+    @property
+    def cipher(self):
+        return self._cipher
+
+    @property
+    def wire(self) -> int:
+        return self._wire
+
+    @property
+    def step(self) -> int:
+        """N: the distance between two of this sender's s values."""
+        return self._state.group_size
+
+    def iv_parts(self) -> tuple[int, int]:
+        return self._state.iv_maker.parts()
+
+    def reserve(self, count: int) -> tuple[int, int]:
+        """Take up to ``count`` sequence numbers at once, as ``(first s, how many)``; s steps by :attr:`step`.
+
+        ``(0, 0)`` when n_max is reached (dropped and counted, rekey requested); packets beyond n_max
+        in a short grant are counted the same way. The caller adds the plaintext bytes of the packets
+        granted to :attr:`bytes`.
+        """
+        allocator = self._allocator
+        try:
+            first, got = allocator.reserve(count)
+        except SequenceExhausted:
+            self._session.drops[C.TX_EXHAUSTED] += count
+            self._session._rekey(self._state, "exhausted")
+            return 0, 0
+        if got < count:
+            self._session.drops[C.TX_EXHAUSTED] += count - got
+        if allocator.rekey_due:
+            self._session._rekey(self._state, "packets")
+        self.packets += got
+        return first, got
+
     def finish(self, now: float) -> None:
         """Account the packets sealed so far to every destination peer; resets the counts."""
         if not self.packets:
@@ -128,6 +169,9 @@ def open_batch(session, data: memoryview, seg: int, source, now: float, out: mem
     accepted: list[memoryview] = []
     touched: dict[tuple[int, int], list] = {}  # (id(state), index) -> [state, index, highest n, packets, bytes]
     total = len(data)
+    if not total:
+        drops[C.SHORT] += 1
+        return accepted
     if seg <= 0:
         seg = total
     last_wire = last_index = -1
@@ -146,9 +190,7 @@ def open_batch(session, data: memoryview, seg: int, source, now: float, out: mem
             drops[C.FLAGS] += 1
             continue
         if wire != last_wire:
-            state = keyring.by_wire.get(wire)
-            if state is not None and state is keyring.previous:
-                state = keyring.lookup(wire, now)  # same `now` for the whole batch: same answer
+            state = held_state(keyring, wire, now)
             if state is None:
                 session._unknown_epoch(wire, now)
                 last_wire = -1
@@ -197,11 +239,19 @@ def open_batch(session, data: memoryview, seg: int, source, now: float, out: mem
         mark[4] += plain_len
         accepted.append(plain)
     for state, index, highest, packets, size in touched.values():
-        _authenticated(session, state, index, highest, packets, size, source, now)
+        authenticated(session, state, index, highest, packets, size, source, now)
     return accepted
 
 
-def _authenticated(session, state, index: int, highest: int, packets: int, size: int, source, now: float) -> None:
+def held_state(keyring, wire: int, now: float):
+    """The held epoch with this wire value, or None (a previous epoch past its grace counts as gone)."""
+    state = keyring.by_wire.get(wire)
+    if state is not None and state is keyring.previous:
+        state = keyring.lookup(wire, now)  # same `now` for the whole batch: same answer
+    return state
+
+
+def authenticated(session, state, index: int, highest: int, packets: int, size: int, source, now: float) -> None:
     """The state changes of on_datagram after authentication, once per (epoch, sender) of a batch."""
     if state.send_started is None:
         session._keyring.authenticated(state, now)

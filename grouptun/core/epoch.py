@@ -108,8 +108,8 @@ class EpochState:
         self.grace = float(material.grace)
         self.rekey_after_packets = material.rekey_after_packets
         self.rekey_after_seconds = float(material.rekey_after_seconds)
-        self._iv_maker = IvMaker(self.keys.nonce_common)
-        self.iv = self._iv_maker.make
+        self.iv_maker = IvMaker(self.keys.nonce_common)
+        self.iv = self.iv_maker.make
         self.sender = sender_cipher(self.keys, material.own_index)
         self.allocator = SequenceAllocator(material.nonce_start, material.group_size,
                                            material.own_index, material.rekey_after_packets)
@@ -133,7 +133,7 @@ class EpochState:
 
     def wipe(self) -> None:
         self.keys.wipe()
-        self._iv_maker.wipe()
+        self.iv_maker.wipe()
         self.receivers.clear()
         self.sender = None  # type: ignore[assignment]
 

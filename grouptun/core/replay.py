@@ -61,6 +61,17 @@ class ReplayWindow:
             self.top = n
         ring[(n >> 3) & _RING_MASK] |= 1 << (n & 7)
 
+    def mark_ascending(self, numbers: list[int]) -> None:
+        """mark() for each of ``numbers``, all above the top and strictly ascending (one run of a batch)."""
+        if not numbers:
+            return
+        top = numbers[-1]
+        self.mark(top)  # moves the top once, clearing what it passes
+        ring = self._ring
+        for n in numbers[:-1]:
+            if top - n < WINDOW:  # older ones fell out of the window, as with mark() one by one
+                ring[(n >> 3) & _RING_MASK] |= 1 << (n & 7)
+
     def check_and_mark(self, n: int) -> bool:
         """check + mark in one call, for callers that authenticated already."""
         if not self.check(n):

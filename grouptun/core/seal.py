@@ -63,6 +63,10 @@ class IvMaker:
 
     __call__ = make
 
+    def parts(self) -> tuple[int, int]:
+        """``(first 4 bytes, next 8 bytes)`` of head(12, nonce_common) as integers: IV(s) = hi || (lo XOR s)."""
+        return self._hi, self._lo
+
     def wipe(self) -> None:
         self._hi = self._lo = 0
 
@@ -75,6 +79,11 @@ class Suite1Cipher:
 
     def __init__(self, enc_key: bytes | bytearray) -> None:
         self._aead = AESGCM(enc_key)
+
+    @property
+    def aead(self) -> AESGCM:
+        """The AES-GCM object, for run-wise callers that hold its bound encrypt_into/decrypt_into."""
+        return self._aead
 
     def seal(self, header: bytes, iv: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
         """``header || ciphertext || tag``."""

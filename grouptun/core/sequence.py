@@ -94,3 +94,21 @@ class SequenceAllocator:
         if self.next_n >= self.rekey_after:
             self.rekey_due = True
         return s
+
+    def reserve(self, count: int) -> tuple[int, int]:
+        """The next ``count`` s values at once, as ``(first s, how many)``: s, s + N, s + 2N, ...
+
+        Fewer than ``count`` when n_max comes first; SequenceExhausted (state unchanged) when none is left.
+        Same effect on the allocator as that many calls of :meth:`next`.
+        """
+        if count < 1:
+            raise ValueError(f"count {count!r} must be positive")
+        s = self._next_s
+        if s > self._last_s:
+            raise SequenceExhausted(f"sender used every n up to n_max ({N_MAX}) in this epoch")
+        got = min(count, (self._last_s - s) // self._step + 1)
+        self._next_s = s + got * self._step
+        self.next_n += got
+        if self.next_n >= self.rekey_after:
+            self.rekey_due = True
+        return s, got

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import struct
 
+from grouptun.core import vector
 from grouptun.errors import OffloadError
 from grouptun.offload.coalesce import Coalescer
 from grouptun.offload.segment import split
@@ -39,9 +40,11 @@ from grouptun.offload.vnet import GSO_NONE, VNET_HDR_LEN, VnetHdr, unpack_fields
 
 OVERHEAD = 28  # grouptun header + tag (PROTOCOL.md 5)
 READ_SIZE = VNET_HDR_LEN + 65535
-SEND_MAX = 64000  # bytes of datagrams per GSO send (UDP payload limit is 65507)
+SEND_MAX = 65507  # bytes of datagrams per GSO send: the UDP payload limit under a 65535-byte IP packet
 MAX_SEGMENTS = 64  # kernel limit per UDP_SEGMENT send
 HEADER_ROOM = 128  # per segment in the split buffer: IP + TCP headers with options
+RECV_ROOM = 65536  # one UDP (GRO) receive
+RECV_RUNS = 4  # receives gathered into one run at most
 TUN_USO = 0x20  # TUN_F_USO4: the kernel takes GSO_UDP_L4 writes (Linux >= 6.2)
 _MALFORMED = (OffloadError, ValueError, IndexError, struct.error)
 
@@ -59,12 +62,15 @@ class BatchPath:
         self.segmv = memoryview(self.segbuf)
         self.sbuf = bytearray(SEND_MAX + 65536 + 64)  # a lone packet may be 64 KiB (+ overhead, CTR slack)
         self.smv = memoryview(self.sbuf)
-        self.ubuf = bytearray(65536 + 4096)
+        self.ubuf = bytearray(RECV_RUNS * RECV_ROOM)
         self.umv = memoryview(self.ubuf)
-        self.pbuf = bytearray(65536 + 4096)
+        self.pbuf = bytearray(RECV_RUNS * RECV_ROOM + 64)
         self.pmv = memoryview(self.pbuf)
         uso = bool(getattr(tun, "offloads", 0) & TUN_USO)
         self.coalescer = Coalescer(verify_checksums=False, udp=uso) if self.vnet else None
+        # numpy: whole super-packets / GRO receives as one run (core.vector); else per datagram
+        self.run_sealer = vector.RunSealer(self.segbuf, self.sbuf) if vector.AVAILABLE else None
+        self.run_opener = vector.RunOpener(self.ubuf, self.pbuf) if vector.AVAILABLE and self.gro else None
         self._reset()
 
     def describe(self) -> str:
@@ -110,6 +116,16 @@ class BatchPath:
         sealer = self.session.sealer(segmv[:lengths[0]], now)
         if sealer is None:
             return
+        if self.run_sealer is not None and len(lengths) > 1:
+            self.flush()
+            sealed = self.run_sealer.seal(sealer, stride, lengths)
+            if sealed is not None:
+                self.c["tx_runs"] += 1
+                self.count, self.used = sealed
+                self.seg, self.endpoints = lengths[0] + OVERHEAD, sealer.endpoints
+                self.flush()
+                sealer.finish(now)
+                return
         off = 0
         for size in lengths:
             if not self._queue(sealer, segmv[off:off + size]):
@@ -149,12 +165,15 @@ class BatchPath:
         """Send the pending batch to each of its endpoints."""
         if not self.count:
             return
-        c, data, count = self.c, self.smv[:self.used], self.count
+        c, seg, used = self.c, self.seg, self.used
+        chunk = max(1, min(MAX_SEGMENTS, SEND_MAX // seg)) * seg  # a run may exceed one GSO send
         for endpoint in self.endpoints:
-            sent = self.udp.send_batch(data, self.seg, endpoint)
-            c["udp_tx"] += sent
-            c["udp_tx_dropped"] += count - sent
-        c["udp_sends"] += len(self.endpoints)
+            for at in range(0, used, chunk):
+                data = self.smv[at:min(at + chunk, used)]
+                sent = self.udp.send_batch(data, seg, endpoint)
+                c["udp_tx"] += sent
+                c["udp_tx_dropped"] += -(-len(data) // seg) - sent
+                c["udp_sends"] += 1
         self._reset()
 
     def abandon(self) -> None:
@@ -164,38 +183,66 @@ class BatchPath:
 
     # --- UDP -> TUN ---------------------------------------------------------------
     def on_udp_readable(self, now: float, reads: int) -> None:
-        c, udp, session, pmv = self.c, self.udp, self.session, self.pmv
-        co = self.coalescer
-        for _ in range(reads):
-            if self.gro:
-                got = udp.recv_batch(self.ubuf)
-                if got is None:
-                    break
-                n, seg, source = got
-                data = self.umv[:n]
-            else:
+        c, udp, co = self.c, self.udp, self.coalescer
+        if not self.gro:
+            for _ in range(reads):
                 got = udp.recvfrom()
                 if got is None:
                     break
-                data, source = memoryview(got[0]), got[1]
-                n = seg = len(data)
-            c["udp_rx"] += -(-n // seg) if seg else 1
-            try:
-                plains = session.open_batch(data, seg, source, now, pmv)
-            except Exception as exc:  # noqa: BLE001 - a session bug must not kill the data plane
-                self._bug("session.open_batch", exc)
-                continue
-            c["rx_packets"] += len(plains)
-            if co is None:
-                for plain in plains:
-                    self._write(plain)
-            else:
-                add = co.add
-                for plain in plains:
-                    add(plain)
+                c["udp_recvs"] += 1
+                self._open(memoryview(got[0]), len(got[0]), got[1], now)
+        else:
+            # Back-to-back GRO receives of one sender with full-size datagrams only are one run:
+            # opened (and coalesced) together, so the per-run cost is paid once for all of them.
+            held = seg = 0
+            source = None
+            for _ in range(reads):
+                got = udp.recv_batch(self.umv[held:held + RECV_ROOM])
+                if got is None:
+                    break
+                c["udp_recvs"] += 1
+                n, size, sender = got
+                if held and (size != seg or sender != source):
+                    self._open(self.umv[:held], seg, source, now)
+                    self.ubuf[:n] = bytes(self.umv[held:held + n])  # rare: another sender or size interleaved
+                    held = 0
+                held, seg, source = held + n, size, sender
+                if n % seg or held + RECV_ROOM > len(self.ubuf):
+                    self._open(self.umv[:held], seg, source, now)
+                    held = 0
+            if held:
+                self._open(self.umv[:held], seg, source, now)
         if co is not None:
             for item in co.flush():
                 self._write(item)
+
+    def _open(self, data: memoryview, seg: int, source, now: float) -> None:
+        """Open the datagrams in ``data`` (``seg`` bytes each, the last may be shorter); queue or write them."""
+        c, co, n = self.c, self.coalescer, len(data)
+        c["udp_rx"] += -(-n // seg) if seg else 1
+        try:
+            run = self.run_opener.open(self.session, n, seg, source, now) \
+                if self.run_opener is not None and 0 < seg < n else None
+            if run is None:
+                plains = self.session.open_batch(data, seg, source, now, self.pmv)
+            else:
+                c["rx_runs"] += 1
+                if co is not None and run.views is None and co.add_run(self.pbuf, run.count, run.stride,
+                                                                       run.size, run.last_size):
+                    c["rx_packets"] += run.count
+                    return
+                plains = run.all_views(self.pmv)
+        except Exception as exc:  # noqa: BLE001 - a session bug must not kill the data plane
+            self._bug("session.open_batch", exc)
+            return
+        c["rx_packets"] += len(plains)
+        if co is None:
+            for plain in plains:
+                self._write(plain)
+        else:
+            add = co.add
+            for plain in plains:
+                add(plain)
 
     def _write(self, data) -> None:
         if self.tun.write_raw(data) if self.vnet else self.tun.write(data):

@@ -103,14 +103,18 @@ def split(packet: bytes | bytearray | memoryview, hdr: VnetHdr, out: bytearray, 
     lengths = []
     last = count - 1
     first_k = 0
-    if last >= 4 and checksum.HAVE_NUMPY:
+    final_full = (total - hl) % gso == 0  # the last segment is full-size too: numpy can take it
+    rows = count if final_full else last
+    if rows >= 4 and checksum.HAVE_NUMPY:
         from grouptun.offload.fastsplit import split_full_rows
-        split_full_rows(pkt, out, offset, stride, last, hl=hl, cs=cs, gso=gso, version=version, tcp=tcp,
+        split_full_rows(pkt, out, offset, stride, rows, hl=hl, cs=cs, gso=gso, version=version, tcp=tcp,
                         first_id=first_id if version == 4 else 0, first_seq=first_seq if tcp else 0,
                         flags=flags if tcp else 0, ip_base=ip_base if version == 4 else 0,
-                        psum=psum, csum_at=csum_at)
+                        psum=psum, csum_at=csum_at, final=final_full)
+        lengths = [hl + gso] * rows
+        if final_full:
+            return lengths
         first_k = last
-        lengths = [hl + gso] * last
     for k in range(first_k, count):
         base = offset + k * stride
         start = hl + k * gso

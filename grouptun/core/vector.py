@@ -1,0 +1,299 @@
+"""Run-wise sealing and opening with numpy: one cipher call per datagram, nothing else per datagram.
+
+A *run* is k datagrams at a fixed stride in one buffer, all of one size except
+a shorter last one: what one TSO/USO super-packet gives once segmented
+(sender), and what one UDP GRO receive holds (receiver). The batch path
+(:mod:`grouptun.core.batch`) spends most of its time per datagram in Python
+around the AES-GCM call (header, IV, window, inner-packet checks); here those
+steps run once per run as numpy array operations, and only the AEAD call
+itself stays in the loop, on buffer views cut once per layout and reused.
+
+Same rules as the batch path, in the same order (PROTOCOL.md 4-6):
+
+- :class:`RunSealer`: the sequence numbers of a run are reserved in one step
+  from the epoch's allocator (:meth:`Sealer.reserve`), so no (epoch, s) is
+  ever produced twice; headers and IVs are written for the whole run.
+- :class:`RunOpener`: takes a run only when every header is a data packet
+  of one held epoch and one sender, every n is above the sender's window
+  top and strictly ascending (hence all fresh and distinct), and the
+  datagrams are long enough. Anything else returns None having changed
+  nothing, and the caller uses :func:`grouptun.core.batch.open_batch`,
+  which counts each drop by reason. Each datagram's tag is verified; only
+  authenticated n are marked in the window, only authenticated and
+  well-formed inner packets are accepted, and the session's state changes
+  (epoch switch, roaming, counters) happen once, after the loop, only if
+  something authenticated.
+
+Limits: suite 1 (AES-256-GCM) only, since suite 2's HMAC has no such
+shortcut (its runs go through the batch path); numpy is optional
+(``AVAILABLE``); buffers are bound at construction and must not be resized;
+not thread-safe, like the Session.
+"""
+
+from __future__ import annotations
+
+from grouptun.core import counters as C
+from grouptun.core.batch import authenticated, held_state
+from grouptun.core.inner import packed_addresses
+from grouptun.core.keys import SUITE_AES_GCM
+from grouptun.core.sequence import N_MAX
+from grouptun.core.wire import BYTE0_DATA, HEADER, HEADER_SIZE, OVERHEAD, TAG_SIZE
+
+try:
+    import numpy as np
+except ImportError:  # pragma: no cover - exercised where numpy is absent
+    np = None
+
+AVAILABLE = np is not None
+MIN_INNER = 20  # smallest IP packet
+IV_SIZE = 12
+_LAYOUTS_KEPT = 16  # cached view lists (one per stride/size pair seen); cleared beyond this
+
+if AVAILABLE:
+    _IV = np.dtype([("hi", ">u4"), ("lo", ">u8")])
+    _HEAD_S = np.dtype([("head", ">u4"), ("s", ">u8")])  # byte0, flags, epoch as one word; s
+    _INNER_COLUMNS = {4: np.array([0, 2, 3, 12, 13, 14, 15]),  # version/IHL, total length, source
+                      6: np.array([0, 4, 5, *range(8, 24)])}  # version/class, payload length, source
+    assert _HEAD_S.itemsize == HEADER_SIZE and _IV.itemsize == IV_SIZE
+
+
+def _invalid_tag():
+    from cryptography.exceptions import InvalidTag
+    return InvalidTag
+
+
+class _Layout:
+    """Views of the IVs, inputs, AADs and outputs of a run's full-size datagrams, cut once."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, list] = {}
+
+    def views(self, key: tuple, count: int, cut) -> list:
+        views = self._cache.get(key)
+        if views is None:
+            if len(self._cache) >= _LAYOUTS_KEPT:
+                self._cache.clear()
+            views = self._cache[key] = []
+        while len(views) < count:
+            views.append(cut(len(views)))
+        return views
+
+
+class RunSealer:
+    """Seals runs of segments from ``source`` (at ``stride``) into ``out`` (at size + 28)."""
+
+    def __init__(self, source: bytearray, out: bytearray, max_run: int = 2048) -> None:
+        if not AVAILABLE:
+            raise RuntimeError("RunSealer needs numpy")
+        self._src, self._out = memoryview(source), memoryview(out)
+        self._out_buf = out
+        self._ivs = bytearray(IV_SIZE * max_run)
+        self._iv_view = memoryview(self._ivs)
+        self._iv_rows = np.frombuffer(self._ivs, _IV)
+        self._iv_hi = -1
+        self._steps = np.arange(max_run, dtype=np.uint64)
+        self._layout = _Layout()
+
+    def seal(self, sealer, stride: int, lengths: list[int]) -> tuple[int, int] | None:
+        """Seal the segments ``source[j*stride:][:lengths[j]]``; returns (datagrams, bytes) written to ``out``.
+
+        Datagram j starts at ``j * (lengths[0] + 28)``. None (nothing done) unless suite 1, every length
+        but the last equal to the first and the last not longer; (0, 0) when n_max is reached (counted
+        by the sealer).
+        """
+        count = len(lengths)
+        if not count or sealer.suite != SUITE_AES_GCM or count > len(self._iv_rows):
+            return None
+        size, last = lengths[0], lengths[-1]
+        datagram = size + OVERHEAD
+        if last > size or lengths.count(size) < count - 1 or count * datagram > len(self._out):
+            return None
+        first, got = sealer.reserve(count)
+        if not got:
+            return 0, 0
+        if got < count:
+            last = size
+        sealer.bytes += size * (got - 1) + last
+        self._headers_and_ivs(sealer, first, got, datagram)
+        encrypt = sealer.cipher.aead.encrypt_into
+        full = got - 1 if last < size else got
+        for iv, plain, aad, dst in self._layout.views((stride, size), full, self._cutter(stride, size))[:full]:
+            encrypt(iv, plain, aad, dst)
+        if full < got:
+            j = got - 1
+            at, src = j * datagram, j * stride
+            encrypt(self._iv_view[j * IV_SIZE:(j + 1) * IV_SIZE], self._src[src:src + last],
+                    self._out[at:at + HEADER_SIZE], self._out[at + HEADER_SIZE:at + HEADER_SIZE + last + TAG_SIZE])
+        return got, (got - 1) * datagram + last + OVERHEAD
+
+    def _headers_and_ivs(self, sealer, first: int, got: int, datagram: int) -> None:
+        s = self._steps[:got] * np.uint64(sealer.step)
+        s += np.uint64(first)
+        rows = np.ndarray((got,), _HEAD_S, buffer=self._out_buf, strides=(datagram,))
+        rows["head"] = BYTE0_DATA << 24 | sealer.wire  # byte0, flags 0, epoch
+        rows["s"] = s
+        hi, lo = sealer.iv_parts()
+        if hi != self._iv_hi:  # the same for every packet of an epoch: filled once
+            self._iv_rows["hi"] = self._iv_hi = hi
+        self._iv_rows["lo"][:got] = s ^ np.uint64(lo)
+
+    def _cutter(self, stride: int, size: int):
+        src, out, ivs, datagram = self._src, self._out, self._iv_view, size + OVERHEAD
+
+        def cut(j: int) -> tuple:
+            at = j * datagram
+            return (ivs[j * IV_SIZE:(j + 1) * IV_SIZE], src[j * stride:j * stride + size],
+                    out[at:at + HEADER_SIZE], out[at + HEADER_SIZE:at + datagram])
+        return cut
+
+
+class OpenedRun:
+    """What :meth:`RunOpener.open` accepted: ``views`` is None when all ``count`` inner packets were
+    accepted (packet j at ``out[j*stride:][:size]``, the last ``last_size`` long), else the list of
+    accepted ones."""
+
+    __slots__ = ("count", "stride", "size", "last_size", "views")
+
+    def __init__(self, count: int, stride: int, size: int, last_size: int, views: list | None) -> None:
+        self.count, self.stride, self.size, self.last_size, self.views = count, stride, size, last_size, views
+
+    @property
+    def accepted(self) -> int:
+        return self.count if self.views is None else len(self.views)
+
+    def all_views(self, out: memoryview) -> list[memoryview]:
+        if self.views is not None:
+            return self.views
+        views = [out[j * self.stride:j * self.stride + self.size] for j in range(self.count - 1)]
+        at = (self.count - 1) * self.stride
+        views.append(out[at:at + self.last_size])
+        return views
+
+
+class RunOpener:
+    """Opens GRO runs from ``data`` (the receive buffer) into ``out`` (plaintext j at ``j * stride``)."""
+
+    def __init__(self, data: bytearray, out: bytearray, max_run: int = 2048) -> None:
+        if not AVAILABLE:
+            raise RuntimeError("RunOpener needs numpy")
+        self._data_buf, self._out_buf = data, out
+        self._data, self._out = memoryview(data), memoryview(out)
+        self._ivs = bytearray(IV_SIZE * max_run)
+        self._iv_view = memoryview(self._ivs)
+        self._iv_rows = np.frombuffer(self._ivs, _IV)
+        self._iv_hi = -1
+        self._steps = np.arange(max_run, dtype=np.uint64)
+        self._layout = _Layout()
+        self._invalid_tag = _invalid_tag()
+
+    def open(self, session, length: int, stride: int, source, now: float) -> OpenedRun | None:
+        """Open ``data[:length]`` (datagrams of ``stride`` bytes, the last may be shorter) from ``source``.
+
+        None (nothing changed) when the run is not one clean run of one sender's fresh data packets;
+        the caller then hands it to the batch path.
+        """
+        count = -(-length // stride) if stride > 0 else 0
+        last = length - (count - 1) * stride
+        if (count < 2 or count > len(self._iv_rows) or stride < OVERHEAD + MIN_INNER
+                or last < OVERHEAD + MIN_INNER or len(self._out) < length + 15):
+            return None
+        byte0, flags, wire, first = HEADER.unpack_from(self._data_buf, 0)
+        if byte0 != BYTE0_DATA or flags:
+            return None
+        state = held_state(session._keyring, wire, now)
+        if state is None or state.suite != SUITE_AES_GCM or first < state.nonce_start:
+            return None
+        n, index = divmod(first - state.nonce_start, state.group_size)
+        if index == state.own_index or n + count - 1 > N_MAX:
+            return None
+        receiver = state.receivers.get(index) or state.receiver(index)
+        if n <= receiver.window.top:
+            return None
+        # Every header must be the first one's with s stepping by N: one sender's consecutive packets.
+        s = self._steps[:count] * np.uint64(state.group_size)
+        s += np.uint64(first)
+        headers = np.ndarray((count,), _HEAD_S, buffer=self._data_buf, strides=(stride,))
+        if (headers["head"] != (byte0 << 24 | wire)).any() or (headers["s"] != s).any():
+            return None
+        self._fill_ivs(state.iv_maker.parts(), s, count)
+        failed = self._decrypt(receiver.cipher.aead.decrypt_into, count, stride, last)
+        return self._accept(session, state, index, receiver, range(n, n + count), failed, count, stride, last,
+                            source, now)
+
+    def _fill_ivs(self, parts: tuple[int, int], s, count: int) -> None:
+        hi, lo = parts
+        if hi != self._iv_hi:  # the same for every packet of an epoch: filled once
+            self._iv_rows["hi"] = self._iv_hi = hi
+        self._iv_rows["lo"][:count] = s ^ np.uint64(lo)
+
+    def _decrypt(self, decrypt_into, count: int, stride: int, last: int) -> list[int]:
+        """Decrypt every datagram; the positions whose tag did not verify."""
+        invalid, failed = self._invalid_tag, []
+        views = self._layout.views((stride,), count - 1, self._cutter(stride))
+        j = 0
+        for iv, packet, aad, dst in views[:count - 1]:
+            try:
+                decrypt_into(iv, packet, aad, dst)
+            except invalid:
+                failed.append(j)
+            j += 1
+        at, data = j * stride, self._data
+        try:
+            decrypt_into(self._iv_view[j * IV_SIZE:(j + 1) * IV_SIZE], data[at + HEADER_SIZE:at + last],
+                         data[at:at + HEADER_SIZE], self._out[at:at + last - OVERHEAD])
+        except invalid:
+            failed.append(j)
+        return failed
+
+    def _accept(self, session, state, index, receiver, ns, failed, count, stride, last, source, now):
+        """Window, inner-packet check and session bookkeeping for what authenticated."""
+        for _ in failed:
+            session._auth_failed(state)
+        if len(failed) == count:
+            return OpenedRun(count, stride, stride - OVERHEAD, last - OVERHEAD, [])
+        ok = [j for j in range(count) if j not in failed] if failed else range(count)
+        receiver.window.mark_ascending([ns[j] for j in ok])
+        size, last_size = stride - OVERHEAD, last - OVERHEAD
+        sources = receiver.sources
+        if not failed and self._inner_uniform(count, stride, size, last_size, sources):
+            run = OpenedRun(count, stride, size, last_size, None)
+            accepted, total = count, size * (count - 1) + last_size
+        else:
+            views = []
+            for j in ok:
+                plain = self._out[j * stride:j * stride + (last_size if j == count - 1 else size)]
+                addresses = packed_addresses(plain)
+                if addresses is None or addresses[0] not in sources:
+                    session.drops[C.INNER] += 1
+                else:
+                    views.append(plain)
+            run = OpenedRun(count, stride, size, last_size, views)
+            accepted, total = len(views), sum(map(len, views))
+        authenticated(session, state, index, ns[ok[-1]], accepted, total, source, now)
+        return run
+
+    def _inner_uniform(self, count: int, stride: int, size: int, last_size: int, sources) -> bool:
+        """True if every inner packet is a well-formed IP packet from one of ``sources``.
+
+        The first and last are checked in full; the others must match the first in version, header
+        length, total length and source address (so, being of the first's size, they are as valid).
+        """
+        out = self._out
+        first = packed_addresses(out[:size])
+        tail = packed_addresses(out[(count - 1) * stride:(count - 1) * stride + last_size])
+        if first is None or tail is None or first[0] not in sources or tail[0] not in sources:
+            return False
+        if count <= 2:
+            return True
+        rows = np.ndarray((count - 1, 24), np.uint8, buffer=self._out_buf, strides=(stride, 1))
+        part = rows[:, _INNER_COLUMNS[out[0] >> 4]]
+        return not (part != part[0]).any()
+
+    def _cutter(self, stride: int):
+        data, out, ivs = self._data, self._out, self._iv_view
+
+        def cut(j: int) -> tuple:
+            at = j * stride
+            return (ivs[j * IV_SIZE:(j + 1) * IV_SIZE], data[at + HEADER_SIZE:at + stride],
+                    data[at:at + HEADER_SIZE], out[at:at + stride - OVERHEAD])
+        return cut
