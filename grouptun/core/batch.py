@@ -106,8 +106,9 @@ class Sealer:
             self._session.drops[C.TX_EXHAUSTED] += count
             self._session._rekey(self._state, "exhausted")
             return 0, 0
-        if got < count:
+        if got < count:  # as seal_into at the first packet refused
             self._session.drops[C.TX_EXHAUSTED] += count - got
+            self._session._rekey(self._state, "exhausted")
         if allocator.rekey_due:
             self._session._rekey(self._state, "packets")
         self.packets += got

@@ -130,29 +130,32 @@ class Coalescer:
         self._out.append(item)
 
     def add_run(self, buf: bytearray, count: int, stride: int, size: int, last_size: int) -> bool:
-        """Merge ``count`` TCP segments at ``buf[j*stride:]`` (``size`` bytes each, the last ``last_size``)
-        at once, if they are one flow continuing exactly (the rules of :meth:`add`, checked with numpy
-        over all headers: every header byte equal to the first's except lengths, IPv4 id and checksum,
-        TCP sequence and checksum, PSH on the last; sequence numbers consecutive). A run longer than
-        ``max_len`` becomes several super-packets. False (nothing changed) if not one flow: the caller
-        then adds the packets one by one.
+        """Merge ``count`` TCP segments (or UDP datagrams, if ``udp``) at ``buf[j*stride:]`` (``size``
+        bytes each, the last ``last_size``) at once, if they are one flow continuing exactly (the rules
+        of :meth:`add`, checked with numpy over all headers: every header byte equal to the first's
+        except lengths, IPv4 id and checksum, the transport checksum, TCP sequence and PSH on the
+        last; sequence numbers consecutive). A run longer than ``max_len`` becomes several
+        super-packets. False (nothing changed) if not one flow: the caller then adds the packets one
+        by one.
         """
-        if np is None or count < 2 or last_size > size:
+        if np is None or count < 2 or last_size > size or self.verify_checksums:  # add() checks each one
             return False
-        shape = _run_shape(buf, size, last_size)
+        shape = _run_shape(buf, size, last_size, self.udp)
         if shape is None:
             return False
-        v6, l4, hl = shape
+        v6, l4, hl, proto = shape
         payload = size - hl
         per = (self.max_len - hl) // payload  # segments per super-packet
-        if per < 2 or not _run_continues(buf, count, stride, v6, l4, hl, payload, last_size):
+        if per < 2 or not _run_continues(buf, count, stride, shape, payload, last_size):
             return False
-        self._open.pop(bytes(buf[8:44] if v6 else buf[12:24]), None)  # an earlier item of the flow stays first
+        key = bytes(buf[8:44] if v6 else buf[12:24])
+        self._open.pop(key, None)  # an earlier item of the flow stays first
+        self._open.pop(key + b"\x11", None)
         for first in range(0, count, per):
             rows = min(per, count - first)
             end = last_size if first + rows == count else size
-            self._out.append(_merge(buf, first * stride, rows, stride, v6, l4, hl, payload, end))
-        self.merged += count - 1
+            self._out.append(_merge(buf, first * stride, rows, stride, shape, payload, end))
+            self.merged += rows - 1
         return True
 
     def flush(self) -> list[bytearray]:
@@ -217,13 +220,13 @@ class Coalescer:
         self._out.append(buf)
 
 
-def _merge(buf, offset: int, rows: int, stride: int, v6: bool, l4: int, hl: int, payload: int,
-           last_size: int) -> bytearray:
+def _merge(buf, offset: int, rows: int, stride: int, shape: tuple, payload: int, last_size: int) -> bytearray:
     """One super-packet (virtio-net header first) of the ``rows`` checked segments at ``buf[offset:]``."""
     if rows == 1:
         single = bytearray(ZERO_HDR)
         single += memoryview(buf)[offset:offset + last_size]
         return single
+    v6, l4, hl, proto = shape
     last_payload = last_size - hl
     total = hl + payload * (rows - 1) + last_payload
     merged = bytearray(VNET_HDR_LEN + total)
@@ -234,63 +237,79 @@ def _merge(buf, offset: int, rows: int, stride: int, v6: bool, l4: int, hl: int,
     del body  # release the export before _finish writes into the header
     at = offset + (rows - 1) * stride
     merged[VNET_HDR_LEN + total - last_payload:] = memoryview(buf)[at + hl:at + last_size]
-    merged[VNET_HDR_LEN + l4 + 13] |= buf[at + l4 + 13] & _TCP_PSH
+    if proto == 6:
+        merged[VNET_HDR_LEN + l4 + 13] |= buf[at + l4 + 13] & _TCP_PSH
     item = _Item.__new__(_Item)
-    item.buf, item.v6, item.l4, item.hl, item.proto, item.gso, item.count = merged, v6, l4, hl, 6, payload, rows
+    item.buf, item.v6, item.l4, item.hl, item.proto, item.gso, item.count = merged, v6, l4, hl, proto, payload, rows
     return _finish(item)
 
 
-def _run_shape(buf: bytearray, size: int, last_size: int) -> tuple[bool, int, int] | None:
-    """(v6, l4 offset, header length) of a run's first packet, if it is plain TCP with payload; else None."""
+def _run_shape(buf: bytearray, size: int, last_size: int, udp: bool) -> tuple[bool, int, int, int] | None:
+    """(v6, l4 offset, header length, protocol) of a run's first packet, if it is plain TCP (or UDP, when
+    ``udp``) with payload; else None."""
     first = buf[0]
-    if first == 0x45 and size >= 40 and buf[9] == 6 and _U16.unpack_from(buf, 2)[0] == size:
-        v6, l4 = False, 20
+    if first == 0x45 and size >= 28 and _U16.unpack_from(buf, 2)[0] == size:
+        v6, l4, proto = False, 20, buf[9]
         if _U16.unpack_from(buf, 6)[0] & 0x3FFF:  # fragment
             return None
-    elif first >> 4 == 6 and size >= 60 and buf[6] == 6 and _U16.unpack_from(buf, 4)[0] == size - 40:
-        v6, l4 = True, 40
+    elif first >> 4 == 6 and size >= 48 and _U16.unpack_from(buf, 4)[0] == size - 40:
+        v6, l4, proto = True, 40, buf[6]
     else:
         return None
-    hl = l4 + (buf[l4 + 12] >> 4) * 4
-    if hl < l4 + 20 or hl >= last_size:
+    if proto == 6 and size >= l4 + 20:
+        hl = l4 + (buf[l4 + 12] >> 4) * 4
+        if hl < l4 + 20:
+            return None
+    elif proto == 17 and udp and _U16.unpack_from(buf, l4 + 4)[0] == size - l4:
+        hl = l4 + 8
+    else:
         return None
-    return v6, l4, hl
+    return (v6, l4, hl, proto) if hl < last_size else None
 
 
 _RUN_STEPS = np.arange(4096, dtype=np.uint32) if np is not None else None
 
 
-def _run_continues(buf, count: int, stride: int, v6: bool, l4: int, hl: int, payload: int, last_size: int) -> bool:
+def _run_continues(buf, count: int, stride: int, shape: tuple, payload: int, last_size: int) -> bool:
     """True if the run's headers differ from the first one's only where consecutive segments may."""
-    if count > len(_RUN_STEPS) or buf[l4 + 13] != _TCP_ACK:
-        return False
+    v6, l4, hl, proto = shape
     at = (count - 1) * stride
-    if (buf[at + l4 + 13] | _TCP_PSH) != _TCP_ACK | _TCP_PSH:
-        return False
     length_at = 4 if v6 else 2
-    if _U16.unpack_from(buf, at + length_at)[0] != (last_size - 40 if v6 else last_size):
+    if count > len(_RUN_STEPS) or _U16.unpack_from(buf, at + length_at)[0] != (last_size - 40 if v6 else last_size):
+        return False
+    if proto == 6:
+        if buf[l4 + 13] != _TCP_ACK or (buf[at + l4 + 13] | _TCP_PSH) != _TCP_ACK | _TCP_PSH:
+            return False
+    elif _U16.unpack_from(buf, at + l4 + 4)[0] != last_size - l4:
         return False
     headers = np.ndarray((count, hl), np.uint8, buffer=buf, strides=(stride, 1)).copy()
-    seq = headers.view(">u4")[:, (l4 + 4) // 4]  # hl and l4 are multiples of 4
-    if (seq != _RUN_STEPS[:count] * np.uint32(payload) + seq[0]).any():  # uint32: wraps like TCP
-        return False
+    if proto == 6:
+        seq = headers.view(">u4")[:, (l4 + 4) // 4]  # hl and l4 are multiples of 4
+        expected = _RUN_STEPS[:count] * np.uint32(payload)
+        expected += seq[0]  # uint32: wraps like TCP
+        if seq.tobytes() != expected.astype(">u4").tobytes():  # bytes: cheaper than a numpy reduction
+            return False
+        headers[-1, l4 + 13] = buf[l4 + 13]
+    else:
+        headers[-1, l4 + 4:l4 + 6] = headers[0, l4 + 4:l4 + 6]  # UDP length, checked above
     # What may differ (checked above, or free per segment) is overwritten with the first row's bytes.
-    headers[-1, l4 + 13] = buf[l4 + 13]
     headers[-1, length_at:length_at + 2] = headers[0, length_at:length_at + 2]
-    varying = _varying(v6, l4)
+    varying = _varying(v6, l4, proto)
     headers[:, varying] = headers[0, varying]
-    return not (headers != headers[0]).any()
+    return headers.tobytes() == headers[0].tobytes() * count
 
 
-_VARYING: dict[tuple[bool, int], object] = {}
+_VARYING: dict[tuple[bool, int, int], object] = {}
 
 
-def _varying(v6: bool, l4: int):
-    """Columns free per segment: IPv4 id and header checksum, TCP sequence number and checksum."""
-    cols = _VARYING.get((v6, l4))
+def _varying(v6: bool, l4: int, proto: int):
+    """Columns free per segment: IPv4 id and header checksum; TCP sequence number and checksum, or the
+    UDP checksum."""
+    cols = _VARYING.get((v6, l4, proto))
     if cols is None:
         ip = [] if v6 else [4, 5, 10, 11]
-        cols = _VARYING[(v6, l4)] = np.array(ip + [l4 + 4, l4 + 5, l4 + 6, l4 + 7, l4 + 16, l4 + 17])
+        l4_cols = [l4 + 4, l4 + 5, l4 + 6, l4 + 7, l4 + 16, l4 + 17] if proto == 6 else [l4 + 6, l4 + 7]
+        cols = _VARYING[(v6, l4, proto)] = np.array(ip + l4_cols)
     return cols
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import struct
 
 from grouptun.core import vector
+from grouptun.core.inner import packed_addresses
 from grouptun.errors import OffloadError
 from grouptun.offload.coalesce import Coalescer
 from grouptun.offload.segment import split
@@ -68,6 +69,7 @@ class BatchPath:
         self.pmv = memoryview(self.pbuf)
         uso = bool(getattr(tun, "offloads", 0) & TUN_USO)
         self.coalescer = Coalescer(verify_checksums=False, udp=uso) if self.vnet else None
+        self._routes: dict = {}  # (source, destination) -> Sealer, for one TUN drain
         # numpy: whole super-packets / GRO receives as one run (core.vector); else per datagram
         self.run_sealer = vector.RunSealer(self.segbuf, self.sbuf) if vector.AVAILABLE else None
         self.run_opener = vector.RunOpener(self.ubuf, self.pbuf) if vector.AVAILABLE and self.gro else None
@@ -95,6 +97,7 @@ class BatchPath:
                 c["tun_rx"] += 1
                 self._one(memoryview(packet), now)
         self.flush()
+        self._routes.clear()
 
     def _super_packet(self, n: int, now: float) -> None:
         if n < VNET_HDR_LEN + 20:
@@ -134,10 +137,18 @@ class BatchPath:
         sealer.finish(now)
 
     def _one(self, packet: memoryview, now: float) -> None:
-        sealer = self.session.sealer(packet, now)
-        if sealer is not None:
-            self._queue(sealer, packet)
-            sealer.finish(now)
+        # Within one drain (one `now`, no epoch change in between) a routing decision depends only on
+        # the inner addresses: packets of a stream reuse it instead of routing each one.
+        addresses = packed_addresses(packet)
+        sealer = self._routes.get(addresses) if addresses is not None else None
+        if sealer is None:
+            sealer = self.session.sealer(packet, now)
+            if sealer is None:
+                return
+            if addresses is not None:
+                self._routes[addresses] = sealer
+        self._queue(sealer, packet)
+        sealer.finish(now)
 
     def _reset(self) -> None:
         self.used = self.count = self.seg = 0
@@ -180,6 +191,7 @@ class BatchPath:
         """After a bug mid-drain: drop the pending batch (counted), never re-seal it."""
         self.c["udp_tx_dropped"] += self.count * max(1, len(self.endpoints))
         self._reset()
+        self._routes.clear()  # a routing decision never outlives its drain
 
     # --- UDP -> TUN ---------------------------------------------------------------
     def on_udp_readable(self, now: float, reads: int) -> None:

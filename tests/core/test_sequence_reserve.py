@@ -1,0 +1,136 @@
+"""SequenceAllocator.reserve and ReplayWindow.mark_ascending: the run forms equal their one-at-a-time forms."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from grouptun.core.replay import RING_BYTES, WINDOW, ReplayWindow
+from grouptun.core.sequence import N_MAX, REKEY_AFTER_PACKETS_MAX, SequenceAllocator
+from grouptun.errors import SequenceExhausted
+
+FAST = settings(max_examples=150, deadline=None, database=None)
+
+
+def state(alloc: SequenceAllocator) -> tuple:
+    return alloc._next_s, alloc.next_n, alloc.sent, alloc.rekey_due, alloc.rekey_after
+
+
+def calls_of_next(alloc: SequenceAllocator, count: int) -> list[int]:
+    """Up to ``count`` s values from next(), stopping at the first SequenceExhausted."""
+    got = []
+    for _ in range(count):
+        try:
+            got.append(alloc.next())
+        except SequenceExhausted:
+            break
+    return got
+
+
+allocators = st.integers(2, 65535).flatmap(lambda size: st.tuples(
+    st.integers(0, 2**32 - 1), st.just(size), st.integers(0, size - 1),
+    st.one_of(st.integers(0, 300), st.integers(N_MAX - 300, N_MAX + 1)),  # start_n: far from and near n_max
+    st.one_of(st.integers(1, 400), st.just(REKEY_AFTER_PACKETS_MAX), st.integers(N_MAX // 2 - 10, N_MAX // 2))))
+
+
+@FAST
+@given(params=allocators, counts=st.lists(st.integers(1, 400), min_size=1, max_size=4))
+def test_reserve_equals_that_many_calls_of_next(params, counts):
+    nonce_start, size, index, start_n, rekey_after = params
+    a = SequenceAllocator(nonce_start, size, index, rekey_after, start_n=start_n)
+    b = SequenceAllocator(nonce_start, size, index, rekey_after, start_n=start_n)
+    for count in counts:
+        before = state(a)
+        want = calls_of_next(b, count)
+        if not want:  # exhausted: refused, state unchanged
+            with pytest.raises(SequenceExhausted):
+                a.reserve(count)
+            assert state(a) == before
+        else:
+            first, got = a.reserve(count)
+            assert [first + j * size for j in range(got)] == want
+            assert got == min(count, N_MAX + 1 - before[1])  # short grant exactly at n_max
+        assert state(a) == state(b)
+        # both agree on what comes next
+        assert calls_of_next(a, 1) == calls_of_next(b, 1)
+        assert state(a) == state(b)
+
+
+def test_short_grant_at_n_max_then_refusal():
+    alloc = SequenceAllocator(1000, 7, 3, start_n=N_MAX - 2)
+    first, got = alloc.reserve(10)
+    assert (first, got) == (1000 + 3 + (N_MAX - 2) * 7, 3)
+    assert alloc.next_n == N_MAX + 1
+    before = state(alloc)
+    for count in (1, 5):
+        with pytest.raises(SequenceExhausted):
+            alloc.reserve(count)
+        assert state(alloc) == before
+    with pytest.raises(SequenceExhausted):
+        alloc.next()
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_reserve_refuses_non_positive_count_state_unchanged(count):
+    alloc = SequenceAllocator(5, 3, 1, start_n=4)
+    before = state(alloc)
+    with pytest.raises(ValueError):
+        alloc.reserve(count)
+    assert state(alloc) == before
+
+
+def test_reserve_raises_rekey_due_exactly_when_next_would():
+    alloc = SequenceAllocator(0, 2, 0, rekey_after=10)
+    alloc.reserve(9)
+    assert not alloc.rekey_due
+    alloc.reserve(1)
+    assert alloc.rekey_due and alloc.sent == 10
+
+
+# --- mark_ascending ------------------------------------------------------------------------------
+
+def observable(window: ReplayWindow, low: int, high: int) -> tuple:
+    return window.top, tuple(window.check(n) for n in range(max(0, low), high))
+
+
+def assert_same_window(a: ReplayWindow, b: ReplayWindow) -> None:
+    top = max(a.top, b.top)
+    assert observable(a, top - WINDOW - 24, top + 24) == observable(b, top - WINDOW - 24, top + 24)
+
+
+gaps = st.one_of(st.integers(1, 8), st.integers(1, 600), st.integers(WINDOW - 16, WINDOW + 16),
+                 st.sampled_from([8 * RING_BYTES - 1, 8 * RING_BYTES, 8 * RING_BYTES + 7, 3 * WINDOW]))
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(prior=st.lists(st.integers(0, 3 * WINDOW), max_size=40), start=gaps, steps=st.lists(gaps, max_size=40),
+       later=st.lists(st.integers(-WINDOW - 20, 2 * WINDOW), max_size=12))
+def test_mark_ascending_equals_mark_one_by_one(prior, start, steps, later):
+    a, b = ReplayWindow(), ReplayWindow()
+    for n in prior:
+        assert a.check_and_mark(n) == b.check_and_mark(n)
+    numbers = [max(a.top, -1) + start]
+    for step in steps:
+        numbers.append(numbers[-1] + step)
+    a.mark_ascending(list(numbers))
+    for n in numbers:
+        b.mark(n)
+    assert_same_window(a, b)
+    # what is left behind in the ring must not show later either
+    for delta in later:
+        n = max(0, a.top + delta)
+        assert a.check_and_mark(n) == b.check_and_mark(n)
+    assert_same_window(a, b)
+
+
+def test_mark_ascending_edges():
+    a, b = ReplayWindow(), ReplayWindow()
+    a.mark_ascending([])
+    assert a.top == -1 and a.check(0)
+    numbers = [0, 7, 8, WINDOW - 1, WINDOW, WINDOW + 1, 8 * RING_BYTES - 1, 8 * RING_BYTES + 3]
+    a.mark_ascending(numbers)
+    for n in numbers:
+        b.mark(n)
+    assert_same_window(a, b)
+    assert not a.check(8 * RING_BYTES + 3) and not a.check(8 * RING_BYTES - 1) and a.check(8 * RING_BYTES)
