@@ -146,16 +146,18 @@ class Coalescer:
         v6, l4, hl, proto = shape
         payload = size - hl
         per = (self.max_len - hl) // payload  # segments per super-packet
-        if per < 2 or not _run_continues(buf, count, stride, shape, payload, last_size):
+        groups = _run_groups(buf, count, stride, shape, payload, last_size) if per >= 2 else None
+        if groups is None:
             return False
         key = bytes(buf[8:44] if v6 else buf[12:24])
         self._open.pop(key, None)  # an earlier item of the flow stays first
         self._open.pop(key + b"\x11", None)
-        for first in range(0, count, per):
-            rows = min(per, count - first)
-            end = last_size if first + rows == count else size
-            self._out.append(_merge(buf, first * stride, rows, stride, shape, payload, end))
-            self.merged += rows - 1
+        for start, length in groups:
+            for first in range(start, start + length, per):
+                rows = min(per, start + length - first)
+                end = last_size if first + rows == count else size
+                self._out.append(_merge(buf, first * stride, rows, stride, shape, payload, end))
+                self.merged += rows - 1
         return True
 
     def flush(self) -> list[bytearray]:
@@ -270,45 +272,82 @@ def _run_shape(buf: bytearray, size: int, last_size: int, udp: bool) -> tuple[bo
 _RUN_STEPS = np.arange(4096, dtype=np.uint32) if np is not None else None
 
 
-def _run_continues(buf, count: int, stride: int, shape: tuple, payload: int, last_size: int) -> bool:
-    """True if the run's headers differ from the first one's only where consecutive segments may."""
+def _run_groups(buf, count: int, stride: int, shape: tuple, payload: int, last_size: int) -> list | None:
+    """The run cut where a segment does not continue the one before it, as (first row, rows) pairs.
+
+    A segment continues the previous one if every header byte is equal except those that may differ
+    (see ``_varying``), the sequence number follows on, and the previous one had no PSH (as
+    :meth:`Coalescer.add`, which starts a new item there too). None if a segment carries TCP flags
+    other than ACK/PSH, or the last one's lengths are wrong: the caller uses add() for those.
+    """
     v6, l4, hl, proto = shape
     at = (count - 1) * stride
     length_at = 4 if v6 else 2
     if count > len(_RUN_STEPS) or _U16.unpack_from(buf, at + length_at)[0] != (last_size - 40 if v6 else last_size):
-        return False
-    if proto == 6:
-        if buf[l4 + 13] != _TCP_ACK or (buf[at + l4 + 13] | _TCP_PSH) != _TCP_ACK | _TCP_PSH:
-            return False
-    elif _U16.unpack_from(buf, at + l4 + 4)[0] != last_size - l4:
-        return False
+        return None
+    if proto == 17 and _U16.unpack_from(buf, at + l4 + 4)[0] != last_size - l4:
+        return None
     headers = np.ndarray((count, hl), np.uint8, buffer=buf, strides=(stride, 1)).copy()
+    # Overwrite what may differ (checked here, or free per segment) with the first row's bytes.
+    headers[-1, length_at:length_at + 2] = headers[0, length_at:length_at + 2]
     if proto == 6:
-        seq = headers.view(">u4")[:, (l4 + 4) // 4]  # hl and l4 are multiples of 4
-        expected = _RUN_STEPS[:count] * np.uint32(payload)
-        expected += seq[0]  # uint32: wraps like TCP
-        if seq.tobytes() != expected.astype(">u4").tobytes():  # bytes: cheaper than a numpy reduction
-            return False
-        headers[-1, l4 + 13] = buf[l4 + 13]
+        flags = headers[:, l4 + 13].copy()
+        seq = headers.view(">u4")[:, (l4 + 4) // 4].copy()  # hl and l4 are multiples of 4
+        headers[:, l4 + 13] = _TCP_ACK
     else:
         headers[-1, l4 + 4:l4 + 6] = headers[0, l4 + 4:l4 + 6]  # UDP length, checked above
-    # What may differ (checked above, or free per segment) is overwritten with the first row's bytes.
-    headers[-1, length_at:length_at + 2] = headers[0, length_at:length_at + 2]
     varying = _varying(v6, l4, proto)
     headers[:, varying] = headers[0, varying]
-    return headers.tobytes() == headers[0].tobytes() * count
+    uniform = headers.tobytes() == headers[0].tobytes() * count  # bytes: cheaper than numpy reductions
+    if not uniform:
+        fixed = headers[:, _invariant(v6, l4, proto)]
+        if fixed.tobytes() != fixed[0].tobytes() * count:
+            return None  # another flow, header length, fragment or length field: add() sorts it out
+    if proto == 17:
+        return [(0, count)] if uniform else _cut(~(headers[1:] == headers[:-1]).all(axis=1), count)
+    if np.count_nonzero((flags | _TCP_PSH) != _TCP_ACK | _TCP_PSH):
+        return None
+    expected = _RUN_STEPS[:count] * np.uint32(payload)
+    expected += seq[0]  # uint32: wraps like TCP
+    if uniform and seq.tobytes() == expected.astype(">u4").tobytes() and not np.count_nonzero(flags[:-1] & _TCP_PSH):
+        return [(0, count)]
+    steps = seq[1:] - seq[:-1]  # uint32: wraps like TCP
+    breaks = ~(headers[1:] == headers[:-1]).all(axis=1) | (steps != payload) | (flags[:-1] != _TCP_ACK)
+    return _cut(breaks, count)
+
+
+_INVARIANT: dict[tuple[bool, int, int], object] = {}
+
+
+def _invariant(v6: bool, l4: int, proto: int):
+    """Columns every segment of a run must share with the first (else the run is left to add()): IP
+    version and header length (IPv6: the whole first word), lengths, fragment bits, protocol,
+    addresses, ports, TCP data offset."""
+    cols = _INVARIANT.get((v6, l4, proto))
+    if cols is None:
+        ip = [0, 1, 2, 3, 4, 5, 6, *range(8, 40)] if v6 else [0, 2, 3, 6, 7, 9, *range(12, 20)]
+        transport = [l4, l4 + 1, l4 + 2, l4 + 3] + ([l4 + 12] if proto == 6 else [l4 + 4, l4 + 5])
+        cols = _INVARIANT[(v6, l4, proto)] = np.array(ip + transport)
+    return cols
+
+
+def _cut(breaks, count: int) -> list[tuple[int, int]]:
+    """(first row, rows) of each group, given where row j+1 does not continue row j."""
+    starts = [0, *(np.flatnonzero(breaks) + 1).tolist()]
+    return [(first, end - first) for first, end in zip(starts, starts[1:] + [count])]
 
 
 _VARYING: dict[tuple[bool, int, int], object] = {}
 
 
 def _varying(v6: bool, l4: int, proto: int):
-    """Columns free per segment: IPv4 id and header checksum; TCP sequence number and checksum, or the
-    UDP checksum."""
+    """Columns free per segment: IPv4 id and header checksum; TCP sequence number (checked apart),
+    checksum, window and urgent pointer (add() ignores both too), or the UDP checksum."""
     cols = _VARYING.get((v6, l4, proto))
     if cols is None:
         ip = [] if v6 else [4, 5, 10, 11]
-        l4_cols = [l4 + 4, l4 + 5, l4 + 6, l4 + 7, l4 + 16, l4 + 17] if proto == 6 else [l4 + 6, l4 + 7]
+        l4_cols = [l4 + 4, l4 + 5, l4 + 6, l4 + 7, l4 + 14, l4 + 15, l4 + 16, l4 + 17, l4 + 18, l4 + 19] \
+            if proto == 6 else [l4 + 6, l4 + 7]
         cols = _VARYING[(v6, l4, proto)] = np.array(ip + l4_cols)
     return cols
 

@@ -190,16 +190,34 @@ def prior_packets():
     return [*other, udp_packet(False, b"x" * 10), segment(False, 1000 - 200, bytes(200))]
 
 
+# Runs add_run must leave to add(): not one flow of plain segments with payload.
+MUST_REFUSE = {"fin on the last", "syn in the middle", "options only on one", "other ports in the middle",
+               "ipv4 with ip options", "pure acks", "pure acks v6", "udp", "udp v6", "last longer",
+               "single segment", "more fragments on the first", "middle length field short",
+               "last length field long", "flow label differs", "df cleared in the middle"}
+# One flow, but not one super-packet: cut where add() starts a new item.
+MUST_SPLIT = {"seq gap", "seq gap v6", "psh in the middle", "psh on the first", "ack number differs",
+              "ack number differs on the last", "options differ", "ttl differs", "hop limit differs",
+              "tos differs"}
+
+
 @pytest.mark.parametrize("name", sorted(REFUSED))
 @pytest.mark.parametrize("with_prior", [False, True])
-def test_non_mergeable_run_refused_state_unchanged(name, with_prior):
+def test_irregular_run_refused_unchanged_or_equal_to_add(name, with_prior):
+    """add_run either refuses and changes nothing, or writes exactly what add() one by one writes."""
     packets = REFUSED[name]
     prior = prior_packets() if with_prior else []
     stride = max(map(len, packets)) + 8
-    # flush right after the refused call: what the prior packets alone give
     ok, got, merged = as_run(packets, stride, prior)
-    before, before_merged = one_by_one([], prior)
-    assert not ok and (got, merged) == (before, before_merged)
+    if ok:  # the run starts afresh after what came before it (an open item of its flow is closed)
+        assert name not in MUST_REFUSE
+        before, before_merged = one_by_one([], prior)
+        alone, alone_merged = one_by_one(packets)
+        assert (got, merged) == (before + alone, before_merged + alone_merged)
+        return
+    assert name not in MUST_SPLIT
+    # flush right after the refused call: what the prior packets alone give
+    assert (got, merged) == one_by_one([], prior)
     # the caller's fallback (add one by one) then gives exactly what add() alone gives
     c = Coalescer(verify_checksums=False)
     for p in prior:
@@ -209,6 +227,10 @@ def test_non_mergeable_run_refused_state_unchanged(name, with_prior):
     for p in packets:
         c.add(p)
     assert ([bytes(w) for w in c.flush()], c.merged) == one_by_one(packets, prior)
+
+
+def test_every_irregular_case_is_classified():
+    assert MUST_REFUSE | MUST_SPLIT <= set(REFUSED) and not MUST_REFUSE & MUST_SPLIT
 
 
 def test_last_size_larger_than_size_refused():
@@ -276,3 +298,22 @@ def test_run_closes_its_flow_and_other_flows_stay_open():
     got = [bytes(w) for w in c.flush()]
     assert got == [one_by_one(b)[0][0], one_by_one(run)[0][0], ZERO_HDR + after]
     assert c.merged == 3 + 1 and c.flush() == []
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(v6=st.booleans(), sizes=st.lists(st.integers(2, 12), min_size=2, max_size=4), mss=st.integers(50, 1400),
+       psh=st.booleans(), window_changes=st.booleans())
+def test_run_of_several_super_packets_equals_add_one_by_one(v6, sizes, mss, psh, window_changes):
+    """Back-to-back GRO receives hold several TSO super-packets of one stream: each with its own TCP
+    timestamp and maybe PSH on its last segment. add_run cuts them where add() would."""
+    packets, seq = [], 1000
+    for k, count in enumerate(sizes):
+        options = b"\x01\x01\x08\x0a" + (1000 + k).to_bytes(4, "big") + (77).to_bytes(4, "big")
+        part = tcp_run(v6, count, mss, mss, seq=seq, options=options, psh_last=psh)
+        if window_changes and k:  # add() ignores the window (it keeps the first's); so must add_run
+            part = [bytes(p[:(40 if v6 else 20) + 14]) + bytes([0x10, k]) + bytes(p[(40 if v6 else 20) + 16:])
+                    for p in part]
+        packets += part
+        seq += count * mss
+    ok, got, merged = as_run(packets, len(packets[0]) + 4)
+    assert ok and (got, merged) == one_by_one(packets)
