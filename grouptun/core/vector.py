@@ -95,8 +95,9 @@ class RunSealer:
         self._steps = np.arange(max_run, dtype=np.uint64)
         self._layout = _Layout()
 
-    def seal(self, sealer, stride: int, lengths: list[int]) -> tuple[int, int] | None:
-        """Seal the segments ``source[j*stride:][:lengths[j]]``; returns (datagrams, bytes) written to ``out``.
+    def seal(self, sealer, stride: int, lengths: list[int], offset: int = 0) -> tuple[int, int] | None:
+        """Seal the segments ``source[offset + j*stride:][:lengths[j]]``; returns (datagrams, bytes) written
+        to ``out``.
 
         Datagram j starts at ``j * (lengths[0] + 28)``. None (nothing done) unless suite 1, every length
         but the last equal to the first and the last not longer; (0, 0) when n_max is reached (counted
@@ -108,7 +109,7 @@ class RunSealer:
         size, last = lengths[0], lengths[-1]
         datagram = size + OVERHEAD
         if last > size or lengths.count(size) != (count if last == size else count - 1) \
-                or count * datagram > len(self._out):
+                or count * datagram > len(self._out) or offset + (count - 1) * stride + size > len(self._src):
             return None
         first, got = sealer.reserve(count)
         if not got:
@@ -119,11 +120,12 @@ class RunSealer:
         self._headers_and_ivs(sealer, first, got, datagram)
         encrypt = sealer.cipher.aead.encrypt_into
         full = got - 1 if last < size else got
-        for iv, plain, aad, dst in self._layout.views((stride, size), full, self._cutter(stride, size))[:full]:
+        cut = self._cutter(stride, size, offset)
+        for iv, plain, aad, dst in self._layout.views((stride, size, offset), full, cut)[:full]:
             encrypt(iv, plain, aad, dst)
         if full < got:
             j = got - 1
-            at, src = j * datagram, j * stride
+            at, src = j * datagram, offset + j * stride
             encrypt(self._iv_view[j * IV_SIZE:(j + 1) * IV_SIZE], self._src[src:src + last],
                     self._out[at:at + HEADER_SIZE], self._out[at + HEADER_SIZE:at + HEADER_SIZE + last + TAG_SIZE])
         return got, (got - 1) * datagram + last + OVERHEAD
@@ -139,12 +141,12 @@ class RunSealer:
             self._iv_rows["hi"] = self._iv_hi = hi
         self._iv_rows["lo"][:got] = s ^ np.uint64(lo)
 
-    def _cutter(self, stride: int, size: int):
+    def _cutter(self, stride: int, size: int, offset: int):
         src, out, ivs, datagram = self._src, self._out, self._iv_view, size + OVERHEAD
 
         def cut(j: int) -> tuple:
-            at = j * datagram
-            return (ivs[j * IV_SIZE:(j + 1) * IV_SIZE], src[j * stride:j * stride + size],
+            at, base = j * datagram, offset + j * stride
+            return (ivs[j * IV_SIZE:(j + 1) * IV_SIZE], src[base:base + size],
                     out[at:at + HEADER_SIZE], out[at + HEADER_SIZE:at + datagram])
         return cut
 

@@ -153,11 +153,15 @@ class Coalescer:
         self._open.pop(key, None)  # an earlier item of the flow stays first
         self._open.pop(key + b"\x11", None)
         for start, length in groups:
-            for first in range(start, start + length, per):
-                rows = min(per, start + length - first)
+            first, stop = start, start + length
+            while first < stop:
+                rows = min(per, stop - first)
+                if stop == count and first + rows == count - 1 and hl + rows * payload + last_size - hl <= self.max_len:
+                    rows += 1  # the shorter last one still fits, as add() would take it
                 end = last_size if first + rows == count else size
                 self._out.append(_merge(buf, first * stride, rows, stride, shape, payload, end))
                 self.merged += rows - 1
+                first += rows
         return True
 
     def flush(self) -> list[bytearray]:

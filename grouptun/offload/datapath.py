@@ -37,6 +37,8 @@ from grouptun.core.inner import packed_addresses
 from grouptun.errors import OffloadError
 from grouptun.offload.coalesce import Coalescer
 from grouptun.offload.segment import split
+from grouptun.offload.singles import STRIDE as SINGLE_STRIDE
+from grouptun.offload.singles import Singles
 from grouptun.offload.vnet import GSO_NONE, VNET_HDR_LEN, VnetHdr, unpack_fields
 
 OVERHEAD = 28  # grouptun header + tag (PROTOCOL.md 5)
@@ -73,6 +75,9 @@ class BatchPath:
         # numpy: whole super-packets / GRO receives as one run (core.vector); else per datagram
         self.run_sealer = vector.RunSealer(self.segbuf, self.sbuf) if vector.AVAILABLE else None
         self.run_opener = vector.RunOpener(self.ubuf, self.pbuf) if vector.AVAILABLE and self.gro else None
+        # Plain packets of a drain gathered in the segment buffer (free until a super-packet comes,
+        # and they leave before it) so that a datagram stream is sealed as runs too.
+        self.singles = Singles(self.segbuf) if self.vnet and self.run_sealer is not None else None
         self._reset()
 
     def describe(self) -> str:
@@ -82,13 +87,22 @@ class BatchPath:
 
     # --- TUN -> UDP ---------------------------------------------------------------
     def on_tun_readable(self, now: float, reads: int) -> None:
-        c, tun = self.c, self.tun
+        c, tun, singles = self.c, self.tun, self.singles
         for _ in range(reads):
             if self.vnet:
                 n = tun.read_into(self.rbuf)
                 if n is None:
                     break
                 c["tun_rx"] += 1
+                if singles is not None and n >= VNET_HDR_LEN + 20:
+                    flags, gso_type, _, _, start, offset = unpack_fields(self.rbuf)
+                    try:
+                        if gso_type == GSO_NONE and singles.add(self.rmv[VNET_HDR_LEN:n], flags, start, offset):
+                            continue
+                    except OffloadError:
+                        c["tun_rx_malformed"] += 1
+                        continue
+                    self._send_singles(now)  # what was read before this one leaves first
                 self._super_packet(n, now)
             else:
                 packet = tun.read()
@@ -96,8 +110,44 @@ class BatchPath:
                     break
                 c["tun_rx"] += 1
                 self._one(memoryview(packet), now)
+        self._send_singles(now)
         self.flush()
         self._routes.clear()
+
+    def _send_singles(self, now: float) -> None:
+        """Seal the gathered plain packets: runs of one flow at once, the rest one by one."""
+        singles = self.singles
+        if not singles:
+            return
+        lengths, first, total = singles.lengths, 0, len(singles)
+        while first < total:
+            key = packed_addresses(singles.packet(first))
+            end = first + 1
+            while (end < total and lengths[end] <= lengths[first] and lengths[end - 1] == lengths[first]
+                   and packed_addresses(singles.packet(end)) == key):
+                end += 1
+            singles.complete(first, end - first)
+            if key is None or end - first < 2 or not self._seal_run(singles, first, end, now):
+                for j in range(first, end):
+                    self._one(singles.packet(j), now)
+            first = end
+        singles.clear()
+
+    def _seal_run(self, singles, first: int, end: int, now: float) -> bool:
+        """Seal singles first..end-1 (one flow) as one run; False if they must go one by one."""
+        sealer = self._route(singles.packet(first), now)
+        if sealer is None:
+            return False  # dropped and counted one by one by the caller
+        self.flush()
+        sealed = self.run_sealer.seal(sealer, SINGLE_STRIDE, singles.lengths[first:end], first * SINGLE_STRIDE)
+        if sealed is None:
+            return False
+        self.c["tx_runs"] += 1
+        self.count, self.used = sealed
+        self.seg, self.endpoints = singles.lengths[first] + OVERHEAD, sealer.endpoints
+        self.flush()
+        sealer.finish(now)
+        return True
 
     def _super_packet(self, n: int, now: float) -> None:
         if n < VNET_HDR_LEN + 20:
@@ -137,18 +187,22 @@ class BatchPath:
         sealer.finish(now)
 
     def _one(self, packet: memoryview, now: float) -> None:
-        # Within one drain (one `now`, no epoch change in between) a routing decision depends only on
-        # the inner addresses: packets of a stream reuse it instead of routing each one.
+        sealer = self._route(packet, now)
+        if sealer is not None:
+            self._queue(sealer, packet)
+            sealer.finish(now)
+
+    def _route(self, packet: memoryview, now: float):
+        """The Sealer for ``packet``, or None (dropped, counted). Within one drain (one `now`, no epoch
+        change in between) a routing decision depends only on the inner addresses: packets of a stream
+        reuse it instead of routing each one."""
         addresses = packed_addresses(packet)
         sealer = self._routes.get(addresses) if addresses is not None else None
         if sealer is None:
             sealer = self.session.sealer(packet, now)
-            if sealer is None:
-                return
-            if addresses is not None:
+            if sealer is not None and addresses is not None:
                 self._routes[addresses] = sealer
-        self._queue(sealer, packet)
-        sealer.finish(now)
+        return sealer
 
     def _reset(self) -> None:
         self.used = self.count = self.seg = 0
