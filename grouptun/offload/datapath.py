@@ -136,8 +136,10 @@ class BatchPath:
     def _seal_run(self, singles, first: int, end: int, now: float) -> bool:
         """Seal singles first..end-1 (one flow) as one run; False if they must go one by one."""
         sealer = self._route(singles.packet(first), now)
-        if sealer is None:
-            return False  # dropped and counted one by one by the caller
+        if sealer is None:  # that one is dropped and counted; the others of its flow each the same way
+            for j in range(first + 1, end):
+                self._one(singles.packet(j), now)
+            return True
         self.flush()
         sealed = self.run_sealer.seal(sealer, SINGLE_STRIDE, singles.lengths[first:end], first * SINGLE_STRIDE)
         if sealed is None:

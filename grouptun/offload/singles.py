@@ -53,14 +53,17 @@ class Singles:
         return len(self.lengths)
 
     def add(self, packet: memoryview, flags: int, csum_start: int, csum_offset: int) -> bool:
-        """Copy ``packet`` in; False (nothing kept) if it is too long or the batch is full."""
+        """Copy ``packet`` in; False (nothing kept) if it is too long, the batch is full or its partial
+        checksum sits at an odd offset. OffloadError if that location is outside the packet."""
         n = len(packet)
         j = len(self.lengths)
         if n > STRIDE or j >= self.capacity:
             return False
         if flags & F_NEEDS_CSUM:
-            if csum_start >= n or csum_start + csum_offset + 2 > n or csum_start & 1 or csum_offset & 1:
+            if csum_start >= n or csum_start + csum_offset + 2 > n:
                 raise OffloadError("partial checksum location outside the packet")
+            if csum_start & 1 or csum_offset & 1:
+                return False  # not where TCP/UDP put it: the caller's one-by-one path copes
             partial = (csum_start, csum_offset)
         else:
             partial = None

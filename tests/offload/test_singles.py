@@ -126,3 +126,13 @@ def test_a_udp_stream_is_one_run_and_one_send():
     sent, segs, got, alice, _ = drain(frames, gather=True)
     assert alice["tx_runs"] == 1 and len(sent) == 1 and segs == [1200 + 28 + 28]
     assert no_ip_id(got) == no_ip_id([full(f) for f in frames])
+
+
+def test_unroutable_stream_counts_one_drop_per_packet():
+    frames = [super_packet(4, 17, bytes(100), 65535) for _ in range(6)]
+    peers = pair()
+    session, tun, _, plane = peers["alice"]
+    frames = [f[:VNET_HDR_LEN + 16] + bytes([10, 77, 0, 9]) + f[VNET_HDR_LEN + 20:] for f in frames]
+    tun.queue = list(frames)
+    plane.on_tun_readable()
+    assert sum(session.drops.values()) == 6 and plane.counters["udp_tx"] == 0
