@@ -273,7 +273,7 @@ def _run_shape(buf: bytearray, size: int, last_size: int, udp: bool) -> tuple[bo
     return (v6, l4, hl, proto) if hl < last_size else None
 
 
-_RUN_STEPS = np.arange(4096, dtype=np.uint32) if np is not None else None
+_RUN_MAX = 4096  # segments in one run (far above what four GRO receives hold)
 
 
 def _run_groups(buf, count: int, stride: int, shape: tuple, payload: int, last_size: int) -> list | None:
@@ -287,7 +287,7 @@ def _run_groups(buf, count: int, stride: int, shape: tuple, payload: int, last_s
     v6, l4, hl, proto = shape
     at = (count - 1) * stride
     length_at = 4 if v6 else 2
-    if count > len(_RUN_STEPS) or _U16.unpack_from(buf, at + length_at)[0] != (last_size - 40 if v6 else last_size):
+    if count > _RUN_MAX or _U16.unpack_from(buf, at + length_at)[0] != (last_size - 40 if v6 else last_size):
         return None
     if proto == 17 and _U16.unpack_from(buf, at + l4 + 4)[0] != last_size - l4:
         return None
@@ -302,22 +302,21 @@ def _run_groups(buf, count: int, stride: int, shape: tuple, payload: int, last_s
         headers[-1, l4 + 4:l4 + 6] = headers[0, l4 + 4:l4 + 6]  # UDP length, checked above
     varying = _varying(v6, l4, proto)
     headers[:, varying] = headers[0, varying]
-    uniform = headers.tobytes() == headers[0].tobytes() * count  # bytes: cheaper than numpy reductions
-    if not uniform:
-        fixed = headers[:, _invariant(v6, l4, proto)]
-        if fixed.tobytes() != fixed[0].tobytes() * count:
-            return None  # another flow, header length, fragment or length field: add() sorts it out
-    if proto == 17:
-        return [(0, count)] if uniform else _cut(~(headers[1:] == headers[:-1]).all(axis=1), count)
-    if np.count_nonzero((flags | _TCP_PSH) != _TCP_ACK | _TCP_PSH):
-        return None
-    expected = _RUN_STEPS[:count] * np.uint32(payload)
-    expected += seq[0]  # uint32: wraps like TCP
-    if uniform and seq.tobytes() == expected.astype(">u4").tobytes() and not np.count_nonzero(flags[:-1] & _TCP_PSH):
+    rows = headers.view(f"V{hl}").reshape(count)  # one opaque item per header: compared as bytes
+    breaks = rows[1:] != rows[:-1]
+    if proto == 6:
+        if np.count_nonzero((flags | _TCP_PSH) != _TCP_ACK | _TCP_PSH):
+            return None
+        breaks |= (seq[1:] - seq[:-1]) != payload  # uint32: wraps like TCP
+        breaks |= flags[:-1] != _TCP_ACK
+    if not np.count_nonzero(breaks):
         return [(0, count)]
-    steps = seq[1:] - seq[:-1]  # uint32: wraps like TCP
-    breaks = ~(headers[1:] == headers[:-1]).all(axis=1) | (steps != payload) | (flags[:-1] != _TCP_ACK)
-    return _cut(breaks, count)
+    groups = _cut(breaks, count)
+    # Rows of a group equal its first row; the first rows must share what one flow keeps.
+    fixed = headers[[first for first, _ in groups]][:, _invariant(v6, l4, proto)]
+    if fixed.tobytes() != fixed[0].tobytes() * len(groups):
+        return None  # another flow, header length, fragment or length field: add() sorts it out
+    return groups
 
 
 _INVARIANT: dict[tuple[bool, int, int], object] = {}
