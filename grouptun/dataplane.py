@@ -112,7 +112,11 @@ class DataPlane:
             self.last_progress = now
             return
         for _ in range(self.batch):
-            packet = self.tun.read()
+            try:
+                packet = self.tun.read()
+            except OSError as exc:  # counted like the batched path's; the loop comes back on the next event
+                self._bug("TUN read", exc)
+                break
             if packet is None:
                 break
             self.counters["tun_rx"] += 1
@@ -135,7 +139,11 @@ class DataPlane:
             return
         c = self.counters
         for _ in range(self.batch):
-            got = self.udp.recvfrom()
+            try:
+                got = self.udp.recvfrom()
+            except OSError as exc:
+                self._bug("UDP receive", exc)
+                break
             if got is None:
                 break
             data, source = got

@@ -27,13 +27,12 @@ not thread-safe, like the Session.
 from __future__ import annotations
 
 from grouptun.core import counters as C
-from grouptun.core.inner import packed_addresses
+from grouptun.core.inner import MIN_INNER, packed_addresses
 from grouptun.core.peers import EVERYONE
 from grouptun.core.sequence import N_MAX
 from grouptun.core.wire import BYTE0_DATA, BYTE0_KEEPALIVE, HEADER, HEADER_SIZE, OVERHEAD
 from grouptun.errors import AuthenticationError, SequenceExhausted
 
-MIN_INNER = 20  # smallest IP packet, as in the session
 
 
 class Sealer:

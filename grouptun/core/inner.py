@@ -18,6 +18,7 @@ import struct
 
 IPV4_HEADER = 20
 IPV6_HEADER = 40
+MIN_INNER = IPV4_HEADER  # the smallest IP packet a data datagram may carry
 # One C call each for the fields we read: (version/IHL, total length, src, dst)
 # and (version..., payload length, src, dst).
 _V4 = struct.Struct(">B1xH8x4s4s")

@@ -32,19 +32,17 @@ from typing import Iterable
 from grouptun.core import batch
 from grouptun.core import counters as C
 from grouptun.core.epoch import AUTH_FAILURES_REKEY, EpochMaterial, EpochState
-from grouptun.core.inner import inner_ok, packed_addresses
+from grouptun.core.inner import MIN_INNER, inner_ok, packed_addresses
 from grouptun.core.keyring import Keyring
 from grouptun.core.peers import EVERYONE, Endpoint, MemberInfo, Peer, PeerTable
 from grouptun.core.sequence import N_MAX
-from grouptun.core.wire import (BYTE0_DATA, BYTE0_KEEPALIVE, HEADER, OVERHEAD, TYPE_DATA,
-                                TYPE_KEEPALIVE, VERSION)
+from grouptun.core.wire import BYTE0_DATA, BYTE0_KEEPALIVE, HEADER, OVERHEAD, wire_epoch
 from grouptun.core.keys import wipe
 from grouptun.errors import AuthenticationError, EpochRejected, SequenceExhausted
 
 __all__ = ["Endpoint", "EpochMaterial", "MemberInfo", "Session", "FETCH_INTERVAL"]
 
 FETCH_INTERVAL = 5.0
-MIN_INNER = 20  # smallest IP packet (an IPv4 header)
 _KEEP_SENT_HISTORY = 8  # dropped epochs whose packets_sent we still report
 
 
@@ -163,7 +161,7 @@ class Session:
                 drops[C.TX_NO_ENDPOINT] += 1
                 return []
             peers = (peer,)
-        datagram = self._seal(state, TYPE_DATA, packet)
+        datagram = self._seal(state, BYTE0_DATA, packet)
         if datagram is None:
             return []
         size = len(packet)
@@ -261,7 +259,7 @@ class Session:
                and (peer.last_sent is None or now - peer.last_sent >= interval)]
         if not due:
             return []
-        datagram = self._seal(state, TYPE_KEEPALIVE, b"")
+        datagram = self._seal(state, BYTE0_KEEPALIVE, b"")
         if datagram is None:
             return []
         for peer in due:
@@ -269,7 +267,7 @@ class Session:
         return [(peer.endpoint, datagram) for peer in due]
 
     # -- helpers --------------------------------------------------------
-    def _seal(self, state: EpochState, type_: int, payload: bytes | bytearray | memoryview) -> bytes | None:
+    def _seal(self, state: EpochState, byte0: int, payload: bytes | bytearray | memoryview) -> bytes | None:
         allocator = state.allocator
         try:
             sequence = allocator.next()
@@ -279,7 +277,7 @@ class Session:
             return None
         if allocator.rekey_due:
             self._rekey(state, "packets")
-        header = HEADER.pack((VERSION << 4) | type_, 0, state.wire, sequence)
+        header = HEADER.pack(byte0, 0, state.wire, sequence)
         return state.sender.seal(header, state.iv(sequence), payload)
 
     def _auth_failed(self, state: EpochState) -> None:
@@ -291,7 +289,7 @@ class Session:
     def _unknown_epoch(self, wire: int, now: float) -> None:
         self.drops[C.UNKNOWN_EPOCH] += 1
         current = self._keyring.current
-        if current is None or wire != (current.wire + 1) & 0xFFFF:
+        if current is None or wire != wire_epoch(current.wire + 1):
             return
         if self._last_fetch is None or now - self._last_fetch >= FETCH_INTERVAL:
             self._last_fetch = now

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from grouptun.core import counters as C
 from grouptun.core.batch import authenticated, held_state
-from grouptun.core.inner import packed_addresses
+from grouptun.core.inner import MIN_INNER, packed_addresses
 from grouptun.core.keys import SUITE_AES_GCM
 from grouptun.core.sequence import N_MAX
 from grouptun.core.wire import BYTE0_DATA, HEADER, HEADER_SIZE, OVERHEAD, TAG_SIZE
@@ -45,7 +45,6 @@ except ImportError:  # pragma: no cover - exercised where numpy is absent
     np = None
 
 AVAILABLE = np is not None
-MIN_INNER = 20  # smallest IP packet
 IV_SIZE = 12
 _LAYOUTS_KEPT = 16  # cached view lists (one per stride/size pair seen); cleared beyond this
 

@@ -34,6 +34,7 @@ import struct
 
 from grouptun.core import vector
 from grouptun.core.inner import packed_addresses
+from grouptun.core.wire import OVERHEAD
 from grouptun.errors import OffloadError
 from grouptun.offload.coalesce import Coalescer
 from grouptun.offload.segment import split
@@ -41,7 +42,6 @@ from grouptun.offload.singles import STRIDE as SINGLE_STRIDE
 from grouptun.offload.singles import Singles
 from grouptun.offload.vnet import GSO_NONE, VNET_HDR_LEN, VnetHdr, unpack_fields
 
-OVERHEAD = 28  # grouptun header + tag (PROTOCOL.md 5)
 READ_SIZE = VNET_HDR_LEN + 65535
 SEND_MAX = 65507  # bytes of datagrams per GSO send: the UDP payload limit under a 65535-byte IP packet
 MAX_SEGMENTS = 64  # kernel limit per UDP_SEGMENT send

@@ -155,6 +155,22 @@ def test_session_bug_is_counted_not_fatal(pair):
     assert dp.counters["internal_errors"] == 2 and dp.counters["tun_rx"] == 2
 
 
+def test_device_errors_on_the_plain_path_are_counted_not_raised(pair):
+    """EIO from a TUN that went down, or an error from the socket: counted, the drain ends, nothing
+    escapes into the event loop (which would log it on every wake-up)."""
+    provider, clock, out = pair
+    session, tun, udp, dp, _ = out["alice"]
+
+    def failing():
+        raise OSError(5, "Input/output error")
+
+    tun.read = failing
+    udp.recvfrom = failing
+    dp.on_tun_readable()
+    dp.on_udp_readable()
+    assert dp.counters["internal_errors"] == 2 and dp.counters["tun_rx"] == dp.counters["udp_rx"] == 0
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_real_loop_real_udp_sockets(tmp_path, host):
     """uvloop + real dual-stack UDP sockets on loopback + fd-backed fake TUNs; LoopPort installs."""
