@@ -10,7 +10,7 @@ Pure parts (no I/O, tested without root):
 - ``segment``: TSO/USO super-packet (up to 64 KiB, read from the TUN) ->
   MTU-sized IP packets with correct headers and checksums, so that every
   datagram on the wire stays independently verifiable (PROTOCOL.md 5).
-  ``fastsplit`` is its vectorised body (numpy, optional: ~3.5x less CPU per
+  ``fastsplit`` is its vectorised body (numpy, a dependency; ~3.5x less CPU per
   segment); without numpy the same bytes come from a Python loop.
 - ``coalesce``: the reverse for the receive side: consecutive in-order TCP
   segments (or equal-sized UDP datagrams) of one flow -> one GRO
