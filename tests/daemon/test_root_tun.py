@@ -30,19 +30,25 @@ print(json.dumps({"first": first, "second": second, "flags": json.loads(links.st
 """
 
 
-@pytest.mark.root
-def test_tun_and_netconfig_in_a_namespace():
+def run_in_fresh_namespace(script: str, prefix: str, timeout: float) -> tuple[subprocess.CompletedProcess, str]:
+    """Run ``script`` (argv[1]: a TUN name) in a new namespace gt-<prefix>-<tag>, removed afterwards."""
     tag = os.urandom(3).hex()
-    ns, dev = f"gt-dmn-{tag}", f"gt-d{tag}"
+    ns, dev = f"gt-{prefix}-{tag}", f"gt-{prefix[0]}{tag}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT, dev],
-                              capture_output=True, text=True, timeout=30, cwd=REPO,
+        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script, dev],
+                              capture_output=True, text=True, timeout=timeout, cwd=REPO,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
-        assert proc.returncode == 0, proc.stderr
-        out = json.loads(proc.stdout)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+    return proc, ns
+
+
+@pytest.mark.root
+def test_tun_and_netconfig_in_a_namespace():
+    proc, ns = run_in_fresh_namespace(SCRIPT, "dmn", 30)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
     first, second = out["first"], out["second"]
     assert {"10.77.0.2/24", "fd77::2/64"} <= set(first["addresses"])
     assert first["mtu"] == 1420 and first["up"]
@@ -75,15 +81,7 @@ tun.close()
 
 @pytest.mark.root
 def test_netconfig_works_from_a_running_uvloop():
-    tag = os.urandom(3).hex()
-    ns, dev = f"gt-dmn-{tag}", f"gt-d{tag}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", LOOP_SCRIPT, dev],
-                              capture_output=True, text=True, timeout=30, cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    proc, _ = run_in_fresh_namespace(LOOP_SCRIPT, "dmn", 30)
     assert proc.returncode == 0, proc.stderr
     state = json.loads(proc.stdout)
     assert state["mtu"] == 1400 and "10.88.0.0/16" in state["routes"]
@@ -129,15 +127,7 @@ print(json.dumps({"addresses": state["addresses"], "sources": sorted(sources), "
 @pytest.mark.root
 def test_tun_has_no_ipv6_link_local_and_ipv6_ping_works():
     """No kernel fe80:: on the TUN (so no MLD/RS from it to drop as tx_source); IPv6 still flows."""
-    tag = os.urandom(3).hex()
-    ns, dev = f"gt-cp-{tag}", f"gt-c{tag}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", PING6_SCRIPT, dev],
-                              capture_output=True, text=True, timeout=40, cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    proc, _ = run_in_fresh_namespace(PING6_SCRIPT, "cp", 40)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     print(out)
