@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grouptun.lab import bench_stats as bs
+from grouptun.lab.traffic import tcp_listening
 from grouptun.lab.wait import wait_until
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -120,12 +121,6 @@ def _ns(ns: str, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
-def _listening(ns: str, port: int) -> bool:
-    out = subprocess.run(_ns(ns, ["ss", "-Hltn", f"sport = :{port}"]), capture_output=True,
-                         text=True, timeout=10, check=False).stdout
-    return bool(out.strip())
-
-
 def iperf_test(t: Target, s: Settings, out: Path, args: list[str], seconds: float | None = None) -> str:
     """One-off server in B, client in A; returns (and saves) the client's JSON text."""
     seconds = s.duration if seconds is None else seconds
@@ -135,7 +130,8 @@ def iperf_test(t: Target, s: Settings, out: Path, args: list[str], seconds: floa
                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
-        wait_until(lambda: _listening(t.ns_b, s.port) or server.poll() is not None, timeout=5.0)
+        wait_until(lambda: tcp_listening(t.ns_b, s.port, timeout=10) or server.poll() is not None,
+                   timeout=5.0)
         argv = _ns(t.ns_a, ["timeout", str(int(seconds + 30)), "iperf3", "-c", t.addr_b,
                             "-p", str(s.port), "-t", f"{seconds:g}", "-J", *args])
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 45, check=False)

@@ -14,7 +14,9 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from grouptun.lab import netns
 from grouptun.lab.netns import LabError
+from grouptun.lab.process import Proc
 from grouptun.lab.topology import Lab
 from grouptun.lab.wait import wait_until
 
@@ -116,9 +118,27 @@ def parse_iperf3(text: str) -> IperfResult:
         intervals=intervals, raw=data)
 
 
-def _listening(lab: Lab, host: str, port: int) -> bool:
-    out = lab.exec(host, ["ss", "-Hltn", f"sport = :{port}"], check=False).stdout
+def tcp_listening(ns: str, port: int, timeout: float = 15.0) -> bool:
+    """True if a socket in namespace ``ns`` listens on TCP ``port`` (``ss``).
+
+    Works on any namespace, lab-built or not (the bench's peers harness);
+    False also if ``ns`` does not exist. Raises LabError if ``ss`` is missing
+    or runs longer than ``timeout`` s.
+    """
+    out = netns.ns_exec(ns, ["ss", "-Hltn", f"sport = :{port}"], timeout=timeout, check=False).stdout
     return bool(out.strip())
+
+
+def _iperf_server(lab: Lab, server: str, port: int, label: str) -> Proc:
+    """A one-off ``iperf3 -s -1`` in host ``server``, once it listens; if it
+    does not within 5 s it is stopped and LabError raised."""
+    srv = lab.spawn(server, label, ["iperf3", "-s", "-1", "-p", str(port)])
+    ns = lab.host(server).ns
+    if not wait_until(lambda: tcp_listening(ns, port) or not srv.alive(), timeout=5.0) \
+            or not srv.alive():
+        srv.stop(timeout=2.0)
+        raise LabError(f"iperf3 server in {server} did not start: {srv.tail()}")
+    return srv
 
 
 def iperf3(lab: Lab, server: str, client: str, target: str, seconds: float = 3.0,
@@ -128,12 +148,8 @@ def iperf3(lab: Lab, server: str, client: str, target: str, seconds: float = 3.0
     """Run a one-off iperf3 server in ``server`` and a client in ``client``
     towards ``target`` (the server's overlay address). ``reverse`` makes the
     client the receiver, so its intervals show what arrived."""
-    srv = lab.spawn(server, label or f"iperf3-s-{server}-{port}",
-                    ["iperf3", "-s", "-1", "-p", str(port)])
+    srv = _iperf_server(lab, server, port, label or f"iperf3-s-{server}-{port}")
     try:
-        if not wait_until(lambda: _listening(lab, server, port) or not srv.alive(), timeout=5.0) \
-                or not srv.alive():
-            raise LabError(f"iperf3 server in {server} did not start: {srv.tail()}")
         argv = ["iperf3", "-c", target, "-p", str(port), "-t", f"{seconds:g}", "-i", f"{interval:g}",
                 "--json", "--connect-timeout", "3000"]
         if reverse:
@@ -158,12 +174,7 @@ class IperfRun:
                  port: int = 5202, interval: float = 0.1, reverse: bool = True,
                  extra: tuple[str, ...] = ()) -> None:
         self.seconds = seconds
-        self._server = lab.spawn(server, f"iperf3-s-{server}-{port}",
-                                 ["iperf3", "-s", "-1", "-p", str(port)])
-        if not wait_until(lambda: _listening(lab, server, port) or not self._server.alive(),
-                          timeout=5.0) or not self._server.alive():
-            self._server.stop()
-            raise LabError(f"iperf3 server in {server} did not start: {self._server.tail()}")
+        self._server = _iperf_server(lab, server, port, f"iperf3-s-{server}-{port}")
         argv = ["iperf3", "-c", target, "-p", str(port), "-t", f"{seconds:g}",
                 "-i", f"{interval:g}", "--json", "--connect-timeout", "3000", *extra]
         if reverse:

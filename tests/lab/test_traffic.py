@@ -1,10 +1,14 @@
-"""Parsing of ping and iperf3 output (no root needed)."""
+"""Parsing of ping and iperf3 output (no root needed); one short iperf3 run
+across a bridge lab (root)."""
 
 from __future__ import annotations
 
 import json
 
-from grouptun.lab.traffic import parse_iperf3, parse_ping
+import pytest
+
+from grouptun.lab import Lab, list_ns
+from grouptun.lab.traffic import iperf3, parse_iperf3, parse_ping, tcp_listening
 
 PING_OK = """PING 10.77.0.2 (10.77.0.2) 56(84) bytes of data.
 
@@ -67,3 +71,14 @@ def test_parse_iperf3_udp_as_iperf3_3_12_writes_it():
     result = parse_iperf3(json.dumps(data))
     assert result.ok and result.lost_percent == 40.0
     assert result.sent_bps == 1e7 and result.received_bps == 6e6
+
+
+@pytest.mark.root
+def test_iperf3_one_off_server_listens_for_one_test_only():
+    with Lab("labt", hosts=("a", "b")) as lab:
+        ns_b = lab.host("b").ns
+        assert not tcp_listening(ns_b, 5201)
+        result = iperf3(lab, "b", "a", lab.host("b").ipv4, seconds=1, interval=0.5)
+        assert result.ok and result.received_bps > 0, result.error
+        assert not tcp_listening(ns_b, 5201)      # "-s -1": gone after one test
+    assert list_ns("gt-labt-") == []
