@@ -117,7 +117,9 @@ class ControlPlane:
         self._next_report = 0.0
         self._refusals: dict[str, int] = {}
         self._pending: set[str] = set()      # session requests not yet taken by the provider
-        self._requests_lock = threading.Lock()  # _pending and _next_report: both threads
+        self._in_flight: set[str] = set()    # rekey requests being forwarded right now
+        self._requests_lock = threading.Lock()  # _pending, _in_flight, _next_report: both threads; never held
+                                                # across a provider or event-loop call
         self._waiting = False                # start answered "waiting for members"
 
     # --- state for status ---
@@ -299,29 +301,49 @@ class ControlPlane:
         self.watch_once()
 
     def service_requests(self) -> None:
-        """Forward the session's rekey requests and send the report when due (the request thread)."""
+        """Forward the session's rekey requests and send the report when due (the request thread).
+
+        The lock guards only ``_pending``, ``_in_flight`` and ``_next_report``:
+        the calls into the event loop and to the provider run outside it, so
+        the watch thread (``_request``, ``watch_once``) never waits behind a
+        slow provider. A request being forwarded is marked in flight, so a
+        concurrent call (or the same request taken again meanwhile) is not
+        sent twice: one request, one epoch.
+        """
+        taken = self.port.take_requests()
         with self._requests_lock:
             # Requests stay pending until the provider took them, so a failed call loses none.
-            self._pending |= self.port.take_requests()
-            for req in sorted(r for r in self._pending if r.startswith("rekey:")):
-                log.info("asking the provider for a new epoch (%s)", req[6:])
-                try:
-                    self.client.rekey(req[6:])
-                    if self.metrics is not None:
-                        self.metrics.rekey(req[6:])
-                except ProviderRefused as exc:  # e.g. rate-limited: the provider decided; don't insist
-                    log.warning("rekey (%s) not granted: %s", req[6:], exc)
-                self._pending.discard(req)
-                self._contact_ok()
+            self._pending |= taken
+            mine = sorted(r for r in self._pending - self._in_flight if r.startswith("rekey:"))
+            self._in_flight.update(mine)
             report_due = self._clock() >= self._next_report
             if report_due:
                 self._next_report = self._clock() + self.report_interval
+        try:
+            for req in mine:
+                self._forward_rekey(req)
+        finally:
+            with self._requests_lock:
+                self._in_flight.difference_update(mine)
         if report_due:
             try:
                 self.client.report(self.endpoints(), _latest(self.port.packets_sent()))
             except ProviderRefused as exc:  # a refused report must not hold up anything
                 log.warning("report refused: %s", exc)
             self._contact_ok()
+
+    def _forward_rekey(self, req: str) -> None:
+        """One rekey request to the provider (no lock held); taken off ``_pending`` once answered."""
+        log.info("asking the provider for a new epoch (%s)", req[6:])
+        try:
+            self.client.rekey(req[6:])
+            if self.metrics is not None:
+                self.metrics.rekey(req[6:])
+        except ProviderRefused as exc:  # e.g. rate-limited: the provider decided; don't insist
+            log.warning("rekey (%s) not granted: %s", req[6:], exc)
+        with self._requests_lock:
+            self._pending.discard(req)
+        self._contact_ok()
 
     def watch_once(self) -> None:
         """A requested fetch, then one long-poll; installs what arrives (the watch thread)."""

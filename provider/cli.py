@@ -16,6 +16,10 @@
 server uses; the server sees their changes within ~0.2 s. Every
 ``ProviderFault`` (provider/errors.py) and ``GrouptunError`` is printed as one
 line and exits with its ``exit_code``; ``GROUPTUN_DEBUG=1`` shows tracebacks.
+Settings in ``STATE/provider.json`` (``init`` writes the defaults; every
+command validates them, a bad value names its key): ``audit_keep_days``
+(90) and ``audit_keep_rows`` (1000000), the audit retention the server
+applies hourly (``provider/retention.py``).
 """
 
 from __future__ import annotations
@@ -55,17 +59,19 @@ def _paths(args) -> StatePaths:
 
 
 def _provider(args):
+    from provider.retention import AuditRetention
     from provider.service import Provider
     from provider.store import Store
 
     paths = _paths(args)
-    read_config(paths)
+    retention = AuditRetention.from_config(read_config(paths))
     store = Store(str(paths.db))
     store.check_schema()
-    return Provider(store, lambda: Signer.load(paths))
+    return Provider(store, lambda: Signer.load(paths), audit_retention=retention)
 
 
 def cmd_init(args) -> int:
+    from provider.retention import AuditRetention
     from provider.store import Store
 
     paths = _paths(args)
@@ -80,7 +86,8 @@ def cmd_init(args) -> int:
     fd = os.open(paths.db, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
     os.close(fd)
     Store(str(paths.db)).create_schema()
-    config = {"url": url, "created_at": time.time(), "provider_keys": signer.public.to_json()}
+    config = {"url": url, "created_at": time.time(), "provider_keys": signer.public.to_json(),
+              **AuditRetention().to_config()}  # written out so an admin sees what to edit (provider/retention.py)
     paths.config.write_text(json.dumps(config, indent=2) + "\n")
     print(f"state:            {paths.root}")
     print(f"url:              {url}")

@@ -110,14 +110,18 @@ class StartBatcher:
 
 
 async def tick(provider: Provider, hub: Hub) -> None:
-    """Open epochs whose time threshold passed (members also ask; whoever is first wins)."""
+    """Open epochs whose time threshold passed (members also ask; whoever is first wins); prune the audit log."""
     while True:
         await asyncio.sleep(TICK_INTERVAL)
         try:
             for group in await run_in_threadpool(provider.due_for_time_rekey):
-                await run_in_threadpool(provider.open_epoch, group, "time", "provider")
-                hub.kick()
+                if await run_in_threadpool(provider.time_rekey, group):  # False: a member's rekey came first
+                    hub.kick()
         except ProviderFault as exc:
             log.warning("time rekey: %s", exc.reason)
         except Exception:  # noqa: BLE001 -- the ticker must survive a locked DB
             log.exception("time rekey failed")
+        try:
+            await run_in_threadpool(provider.audit_pruner.maybe_prune)  # bounded: provider/retention.py
+        except Exception:  # noqa: BLE001 -- as above; the next due run tries again
+            log.exception("audit pruning failed")

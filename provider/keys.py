@@ -2,7 +2,8 @@
 
 Layout (created by ``grouptun-provider init``; directory mode 0700)::
 
-    STATE/provider.json          url, created_at (public)
+    STATE/provider.json          url, created_at, provider_keys (public); audit_keep_days,
+                                 audit_keep_rows (audit retention, see retention.py; editable)
     STATE/provider.db            the database (store.py), mode 0600
     STATE/keys/ed25519.pem       archive signing key, PKCS#8, mode 0600
     STATE/keys/mldsa65.pem       archive signing key, PKCS#8, mode 0600

@@ -11,6 +11,8 @@
   ``hmac.compare_digest``. Parameters: OWASP's minimum (19 MiB, t=2) --
   ~60 ms here; the salt endpoint is rate-limited per member on top.
 - Join-token secrets: 32 random bytes; only SHA-256(secret) is stored.
+- Enrollment: the proof of possession (Ed25519 over the other fields) is
+  checked by :func:`check_enrollment`, before the token is touched.
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ import ipaddress
 import os
 import re
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from grouptun.core.archive import enroll_message
+from grouptun.core.capsule import load_kem_public
+from grouptun.errors import CapsuleError
 from provider.errors import Conflict, Forbidden, InvalidInput
 
 GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
@@ -53,6 +60,29 @@ def check_endpoints(endpoints: list[str]) -> list[str]:
         if not isinstance(ep, str) or not ENDPOINT.fullmatch(ep) or not 0 < int(ep.rsplit(":", 1)[1]) < 65536:
             raise InvalidInput(f"endpoint {ep!r} is not host:port or [v6]:port")
     return list(dict.fromkeys(endpoints))  # order-preserving dedupe
+
+
+def check_enrollment(secret: str, name: str, ed_public: bytes, kem_public: bytes, credential: bytes,
+                     endpoints: list[str], proof: bytes) -> list[str]:
+    """Check an enrollment request's fields and proof of possession; its normalised endpoints.
+
+    ``proof`` is the Ed25519 signature over ``archive.enroll_message(...)`` of
+    the other fields, as sent (checked before the join token is touched).
+    Checks nothing about the token itself: the caller does, in its transaction.
+    """
+    check_member_name(name)
+    checked = check_endpoints(list(endpoints))
+    message = enroll_message(secret, name, ed_public, kem_public, credential, list(endpoints))
+    try:
+        signer_key = ed25519.Ed25519PublicKey.from_public_bytes(ed_public)
+        load_kem_public(kem_public)
+    except (ValueError, CapsuleError) as exc:
+        raise InvalidInput(f"public key not valid: {exc}") from exc
+    try:
+        signer_key.verify(proof, message)
+    except InvalidSignature as exc:
+        raise Forbidden("enrollment proof does not verify with the enrolled Ed25519 key") from exc
+    return checked
 
 
 def check_networks(cidr: str, cidr6: str | None) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None]:

@@ -20,7 +20,8 @@ each for ``PENDING_START_TTL`` seconds, in memory) and every epoch opened
 later lists the pending challenges, so the first epoch of the group answers
 the daemons already waiting for it.
 
-Archive versions: see :func:`next_version`. Clock, sleep and randomness are
+Archive versions: :func:`provider.archives.next_version`; pending starts:
+:mod:`provider.pending`. Clock, sleep and randomness are
 injected (tests use fakes).
 """
 
@@ -33,17 +34,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import delete, insert, select, update
 
-from grouptun.core.archive import Archive, ArchiveMember, enroll_message, parse_document
-from grouptun.core.capsule import load_kem_public
-from grouptun.errors import CapsuleError
 from provider import members as mem
+from provider.archives import addresses, build_archive, next_version, parse_own, resign
 from provider.epochs import (MAX_WAIT, Recipient, Thresholds, build_epoch, next_epoch_number)
 from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound, ProviderFault
 from provider.keys import Signer
+from provider.pending import MAX_PENDING_STARTS, PENDING_START_TTL, PendingStarts
+from provider.retention import AuditPruner, AuditRetention
 from provider.store import (Store, add_audit, capsules, epochs, group_row, groups, member_rows, members, prune_capsules,
                             tokens)
 
@@ -52,8 +52,7 @@ MAX_REKEY_PACKETS = 2**27
 MTU = 1420
 MEMBER_REKEY_MIN_AGE = 5.0  # a member rekey on an epoch younger than this is coalesced into it
 MIN_GROUP_SIZE = 2  # PROTOCOL.md 1
-MAX_PENDING_STARTS = 256  # per group; the oldest goes first (its daemon starts again when it sees an epoch)
-PENDING_START_TTL = 600.0
+__all__ = ["MAX_PENDING_STARTS", "PENDING_START_TTL", "Opened", "Provider", "next_version"]  # re-exports kept
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,8 @@ class Opened:
 
 class Provider:
     def __init__(self, store: Store, signer: Callable[[], Signer], clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep, rand: Callable[[int], bytes] = os.urandom) -> None:
+                 sleep: Callable[[float], None] = time.sleep, rand: Callable[[int], bytes] = os.urandom,
+                 audit_retention: AuditRetention | None = None) -> None:
         self.store = store
         self._signer_factory = signer
         self._signer: Signer | None = None
@@ -74,8 +74,8 @@ class Provider:
         self.started_at = clock()
         self.on_epoch: Callable[[str], None] | None = None  # called after an epoch committed (metrics)
         self._argon_slots = threading.BoundedSemaphore(2)
-        self._pending_lock = threading.Lock()
-        self._pending: dict[str, dict[bytes, float]] = {}  # group -> challenge -> expires at
+        self._pending = PendingStarts(clock)
+        self.audit_pruner = AuditPruner(store, audit_retention or AuditRetention(), clock)  # the ticker runs it
 
     @property
     def signer(self) -> Signer:
@@ -139,10 +139,10 @@ class Provider:
         version, raw = self.store.archive(group)
         indices = {}
         if raw is not None:
-            indices = {m.name: m.index for m in _parse_own(raw).members}
+            indices = {m.name: m.index for m in parse_own(raw).members}
         with self.store.read() as conn:
             rows = member_rows(conn, _group(conn, group).id)
-        return [{"name": r.name, "index": indices.get(r.name), "addresses": _addresses(r),
+        return [{"name": r.name, "index": indices.get(r.name), "addresses": addresses(r),
                  "endpoints": json.loads(r.endpoints), "enrolled_at": r.enrolled_at} for r in rows]
 
     # --- invitations and enrollment -----------------------------------------
@@ -172,19 +172,7 @@ class Provider:
             secret, name, ed25519_public, kem_public, credential, endpoints, proof))
 
     def _enroll(self, secret, name, ed_public, kem_public, credential, endpoints, proof) -> dict:
-        mem.check_member_name(name)
-        signed_endpoints = list(endpoints)
-        endpoints = mem.check_endpoints(signed_endpoints)
-        message = enroll_message(secret, name, ed_public, kem_public, credential, signed_endpoints)
-        try:
-            signer_key = ed25519.Ed25519PublicKey.from_public_bytes(ed_public)
-            load_kem_public(kem_public)
-        except (ValueError, CapsuleError) as exc:
-            raise InvalidInput(f"public key not valid: {exc}") from exc
-        try:
-            signer_key.verify(proof, message)
-        except InvalidSignature as exc:
-            raise Forbidden("enrollment proof does not verify with the enrolled Ed25519 key") from exc
+        endpoints = mem.check_enrollment(secret, name, ed_public, kem_public, credential, endpoints, proof)
         cred_hash = mem.hash_credential(credential)
         digest = mem.token_hash(secret)
         with self.store.read() as conn:
@@ -228,15 +216,27 @@ class Provider:
 
     # --- epochs ----------------------------------------------------------------
 
-    def open_epoch(self, group: str, reason: str, actor: str, challenges: tuple[bytes, ...] = ()) -> Opened:
-        """Open the next epoch; NotEnoughMembers while the group has fewer than 2 members."""
+    def open_epoch(self, group: str, reason: str, actor: str, challenges: tuple[bytes, ...] = (),
+                   unless: Callable[[object, float], bool] | None = None) -> Opened | None:
+        """Open the next epoch; NotEnoughMembers while the group has fewer than 2 members.
+
+        ``unless(group_row, now)`` is asked inside the epoch's write
+        transaction: True means "nothing to do" (returns None, nothing
+        written). Deciding there, not on an earlier read, is what makes two
+        concurrent requests for the same reason open one epoch, not two.
+        """
         def mutate(conn, g, now):
+            if unless is not None and unless(g, now):
+                raise _NothingToDo
             count = len(member_rows(conn, g.id))
             if count < MIN_GROUP_SIZE:
                 raise NotEnoughMembers(f"group {group!r} has {count} member(s); an epoch needs {MIN_GROUP_SIZE}")
             add_audit(conn, now, actor, "rekey", group, reason=reason, challenges=len(challenges))
 
-        return self._change_and_open(group, reason, mutate, challenges)[1]
+        try:
+            return self._change_and_open(group, reason, mutate, challenges)[1]
+        except _NothingToDo:
+            return None
 
     def start(self, group: str, challenges: tuple[bytes, ...]) -> Opened | None:
         """Daemons' start requests: a new epoch listing ``challenges``, or None (recorded as pending).
@@ -244,36 +244,15 @@ class Provider:
         None means the group has fewer than 2 members: the challenges wait
         (bounded, expiring) for the first epoch the group gets.
         """
-        self._add_pending(group, challenges)
+        self._pending.add(group, challenges)
         try:
             return self.open_epoch(group, "start", "members", challenges)
         except NotEnoughMembers:
             return None
 
-    def _add_pending(self, group: str, challenges) -> None:
-        now = self.clock()
-        with self._pending_lock:
-            pending = self._pending.setdefault(group, {})
-            for challenge, expires in list(pending.items()):
-                if expires <= now:
-                    del pending[challenge]
-            for challenge in challenges:
-                pending.pop(challenge, None)
-                pending[challenge] = now + PENDING_START_TTL  # dicts keep insertion order: oldest first
-            while len(pending) > MAX_PENDING_STARTS:
-                del pending[next(iter(pending))]
-
     def pending_starts(self, group: str) -> tuple[bytes, ...]:
         """Unexpired pending start challenges of ``group``, oldest first."""
-        now = self.clock()
-        with self._pending_lock:
-            return tuple(c for c, expires in self._pending.get(group, {}).items() if expires > now)
-
-    def _drop_pending(self, group: str, listed) -> None:
-        with self._pending_lock:
-            pending = self._pending.get(group, {})
-            for challenge in listed:
-                pending.pop(challenge, None)
+        return self._pending.get(group)
 
     def _change_and_open(self, group: str, reason: str, mutate, challenges=()) -> tuple[object, Opened]:
         """Run ``mutate(conn, group_row, now)`` and open the next epoch, in one transaction.
@@ -294,7 +273,7 @@ class Provider:
                     opened = self._open_locked(conn, g, number, reason, challenges, now)
             if wait == 0.0 or wait > MAX_WAIT:  # committed
                 if opened.epoch is not None:
-                    self._drop_pending(group, challenges)
+                    self._pending.drop(group, challenges)
                     if self.on_epoch is not None:
                         self.on_epoch(group)
                 return result, opened
@@ -307,7 +286,7 @@ class Provider:
         if len(rows) < MIN_GROUP_SIZE:  # no epoch (PROTOCOL.md 1); one member still gets a signed archive
             conn.execute(delete(capsules).where(capsules.c.group == g.id))
             indices = {r.name: k for k, r in enumerate(sorted(rows, key=lambda r: r.name))}
-            archive = self.signer.sign(_archive(g, version, None, rows, indices, now)) if rows else None
+            archive = self.signer.sign(build_archive(g, version, None, rows, indices, now)) if rows else None
             conn.execute(update(groups).where(groups.c.id == g.id).values(
                 version=version, archive=archive, current_epoch=None, epoch_opened_at=None))
             add_audit(conn, now, "provider", "no-epoch", g.name, reason=reason, group_size=len(rows), version=version)
@@ -324,7 +303,7 @@ class Provider:
                                          "capsule": cap, "sealed_salt": salt}
                                         for name, idx, cap, salt in sealed.sealed])
         prune_capsules(conn, g.id, g.current_epoch if g.current_epoch is not None else number)
-        archive = self.signer.sign(_archive(g, version, info, rows, sealed.indices, now))
+        archive = self.signer.sign(build_archive(g, version, info, rows, sealed.indices, now))
         conn.execute(update(groups).where(groups.c.id == g.id).values(
             epoch_hw=number, current_epoch=number, epoch_opened_at=now, version=version, archive=archive))
         add_audit(conn, now, "provider", "epoch", g.name, epoch=number, reason=reason, group_size=len(rows),
@@ -339,14 +318,17 @@ class Provider:
                 groups.c.epoch_opened_at + groups.c.rekey_after_seconds <= now))
             return [r.name for r in rows]
 
+    def time_rekey(self, group: str) -> bool:
+        """Open an epoch if ``group``'s current one is still past its time threshold (the ticker)."""
+        return self.open_epoch(group, "time", "provider", unless=_not_due) is not None
+
     def member_rekey(self, group: str, name: str, reason: str) -> bool:
-        """Open an epoch for a member's request unless the current one is brand new (then coalesce)."""
-        with self.store.read() as conn:
-            g = _group(conn, group)
-        if g.epoch_opened_at is not None and self.clock() - g.epoch_opened_at < MEMBER_REKEY_MIN_AGE:
-            return False
-        self.open_epoch(group, f"member:{reason}"[:64], f"member:{name}")
-        return True
+        """Open an epoch for a member's request unless the current one is brand new (then coalesce).
+
+        Members of a group see the same trouble at the same time, so their
+        requests arrive together: all but the first are coalesced.
+        """
+        return self.open_epoch(group, f"member:{reason}"[:64], f"member:{name}", unless=_brand_new) is not None
 
     # --- member requests (already authenticated) -------------------------------
 
@@ -388,30 +370,24 @@ class Provider:
                 raise NotFound(f"no member {name!r}")
             if json.loads(row.endpoints) != endpoints and g.archive is not None:
                 conn.execute(update(members).where(members.c.id == row.id).values(endpoints=json.dumps(endpoints)))
-                self._resign(conn, g)
+                resign(conn, g, self.signer, now)
         current = g.current_epoch
         if current is not None and packets_sent.get(current, 0) >= g.rekey_after_packets:
             self.open_epoch(group, "packets", f"member:{name}")
             return True
         return False
 
-    def _resign(self, conn, g) -> None:
-        old = _parse_own(g.archive)
-        indices = {m.name: m.index for m in old.members}
-        version = next_version(g.version, self.clock())
-        archive = self.signer.sign(_archive(g, version, old.epoch, member_rows(conn, g.id), indices, self.clock()))
-        conn.execute(update(groups).where(groups.c.id == g.id).values(version=version, archive=archive))
+
+class _NothingToDo(Exception):
+    """Internal: ``open_epoch``'s ``unless`` said no; rolls the transaction back."""
 
 
-def next_version(previous: int, now: float) -> int:
-    """Archive versions: strictly increasing, and at least the wall clock in milliseconds.
+def _brand_new(g, now: float) -> bool:
+    return g.epoch_opened_at is not None and now - g.epoch_opened_at < MEMBER_REKEY_MIN_AGE
 
-    Like epoch numbers they must not repeat after a restore from backup: a
-    member watching with the version it saw must get the next change, not
-    wait behind a restored, older counter. Unix milliseconds exceed every
-    version issued before (unless the clock steps back).
-    """
-    return max(previous + 1, int(now * 1000))
+
+def _not_due(g, now: float) -> bool:
+    return g.epoch_opened_at is not None and now < g.epoch_opened_at + g.rekey_after_seconds
 
 
 def _group(conn, name: str):
@@ -419,23 +395,3 @@ def _group(conn, name: str):
     if g is None:
         raise NotFound(f"no group {name!r}")
     return g
-
-
-def _addresses(row) -> list[str]:
-    return [a for a in (row.addr4, row.addr6) if a]
-
-
-def _parse_own(raw: bytes) -> Archive:
-    """Parse an archive this provider signed itself (no verification needed: it comes from our DB)."""
-    return parse_document(json.loads(json.loads(raw)["document"]), raw=raw)
-
-
-def _archive(g, version: int, info, rows, indices: dict[str, int], now: float) -> Archive:
-    listed = sorted((r for r in rows if r.name in indices), key=lambda r: indices[r.name])
-    return Archive(
-        group_id=g.group_id, name=g.name, version=version, epoch=info,
-        members=tuple(ArchiveMember(r.name, indices[r.name], tuple(_addresses(r)), tuple(json.loads(r.endpoints)),
-                                    r.ed25519_public, r.kem_public) for r in listed),
-        cidr=g.cidr, cidr6=g.cidr6, mtu=g.mtu,
-        expires_at=(info.opened_at if info is not None else now) + 2 * g.rekey_after_seconds,
-    )

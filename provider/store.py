@@ -1,4 +1,4 @@
-"""Provider storage: SQLAlchemy Core tables over SQLite (WAL).
+"""Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
 Schema version 1 (table ``meta``, key ``schema_version``)::
 
@@ -24,8 +24,17 @@ Durability: WAL, ``synchronous=FULL``; the API acknowledges only after
 commit, so a kill -9 loses nothing acknowledged. Writers take ``BEGIN
 IMMEDIATE`` (one writer at a time, across processes: the admin CLI writes
 to the same file while the server runs) with a 10 s busy timeout.
-For PostgreSQL later: the tables are portable Core; only ``_sqlite_setup``
-and ``write()``'s locking are SQLite-specific.
+
+PostgreSQL (``Store(url="postgresql+psycopg://...")``, driver psycopg 3; run
+by ``tests/provider`` when ``GROUPTUN_TEST_PG_URL`` is set): the same tables
+and queries. Writers are serialised the way SQLite's ``BEGIN IMMEDIATE``
+does it, with one transaction-scoped advisory lock (``WRITE_LOCK_KEY``)
+taken first in every write transaction (READ COMMITTED, so what a writer
+reads after the lock is the latest commit); reads run in REPEATABLE READ
+(one snapshot, like a SQLite read transaction). Numbers that outgrow 32
+bits (archive versions are Unix milliseconds, epochs and nonce starts are
+u32) are BIGINT; VARCHAR lengths are enforced there (values are validated
+or cut to them first). The admin CLI and server still use SQLite only.
 """
 
 from __future__ import annotations
@@ -35,8 +44,8 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from sqlalchemy import (Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, delete, event, func, insert, select)
+from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
+                        UniqueConstraint, create_engine, delete, event, func, insert, select, text)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
@@ -44,6 +53,7 @@ from sqlalchemy.pool import StaticPool
 from provider.errors import SchemaError, StateDirError
 
 SCHEMA_VERSION = 1
+WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 metadata = MetaData()
 
 meta = Table("meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False))
@@ -62,9 +72,9 @@ groups = Table(
     Column("switch_delay", Float, nullable=False),
     Column("grace", Float, nullable=False),
     Column("created_at", Float, nullable=False),
-    Column("epoch_hw", Integer, nullable=False, default=0),
-    Column("version", Integer, nullable=False, default=0),
-    Column("current_epoch", Integer),
+    Column("epoch_hw", BigInteger, nullable=False, default=0),
+    Column("version", BigInteger, nullable=False, default=0),
+    Column("current_epoch", BigInteger),
     Column("epoch_opened_at", Float),
     Column("archive", LargeBinary),
 )
@@ -98,9 +108,9 @@ tokens = Table(
 epochs = Table(
     "epochs", metadata,
     Column("group", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
-    Column("epoch", Integer, primary_key=True),
+    Column("epoch", BigInteger, primary_key=True),
     Column("suite", Integer, nullable=False),
-    Column("nonce_start", Integer, nullable=False),
+    Column("nonce_start", BigInteger, nullable=False),
     Column("group_size", Integer, nullable=False),
     Column("data_id", LargeBinary(16), nullable=False),
     Column("key_check", LargeBinary(16), nullable=False),
@@ -112,7 +122,7 @@ epochs = Table(
 capsules = Table(
     "capsules", metadata,
     Column("group", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
-    Column("epoch", Integer, primary_key=True),
+    Column("epoch", BigInteger, primary_key=True),
     Column("member", String(64), primary_key=True),
     Column("idx", Integer, nullable=False),
     Column("capsule", LargeBinary, nullable=False),
@@ -150,21 +160,28 @@ def _sqlite_setup(engine: Engine, memory: bool) -> None:
 class Store:
     """Owns the engine; ``read()`` and ``write()`` yield a connection in a transaction.
 
-    ``url`` None means an in-memory database (tests). Limits: one SQLite
-    file; ``write()`` serialises writers of this process with a lock and
-    other processes with SQLite's lock.
+    ``path`` None (and no ``url``) means an in-memory SQLite database (tests);
+    ``url`` a PostgreSQL database (see the module docstring). Limits: one
+    database; ``write()`` serialises writers of this process with a lock and
+    other processes with SQLite's lock or PostgreSQL's advisory lock.
     """
 
-    def __init__(self, path: str | None) -> None:
-        if path is None:
+    def __init__(self, path: str | None, *, url: str | None = None) -> None:
+        self._memory = path is None and url is None
+        self._postgres = url is not None
+        if url is not None:
+            if not url.startswith("postgresql"):
+                raise StateDirError(f"database url must be postgresql+psycopg://..., not {url.split(':')[0]!r}")
+            self.engine = create_engine(url, pool_size=20, max_overflow=8, pool_pre_ping=True)
+        elif path is None:
             self.engine = create_engine("sqlite://", poolclass=StaticPool,
                                         connect_args={"check_same_thread": False})
         else:
             self.engine = create_engine(f"sqlite:///{path}", pool_size=40, max_overflow=8,
                                         connect_args={"check_same_thread": False, "timeout": 10})
-        _sqlite_setup(self.engine, path is None)
-        self._write_lock = threading.RLock() if path is None else threading.Lock()
-        self._memory = path is None
+        if url is None:
+            _sqlite_setup(self.engine, path is None)
+        self._write_lock = threading.RLock() if self._memory else threading.Lock()
 
     def create_schema(self) -> None:
         with self.write() as conn:
@@ -188,6 +205,11 @@ class Store:
             with self._write_lock, self.engine.begin() as conn:
                 yield conn
             return
+        if self._postgres:  # one snapshot for the whole read, as SQLite gives
+            with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+                with conn.begin():
+                    yield conn
+            return
         with self.engine.begin() as conn:
             yield conn
 
@@ -198,6 +220,8 @@ class Store:
                 conn.info["write"] = True
                 try:
                     with conn.begin():
+                        if self._postgres:  # BEGIN IMMEDIATE's equivalent: one writer at a time
+                            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
                         yield conn
                 finally:
                     conn.info.pop("write", None)
@@ -219,7 +243,8 @@ class Store:
 
 def add_audit(conn: Connection, now: float, actor: str, action: str, group: str | None, **detail) -> None:
     """One audit row. Callers pass only non-secret detail (names, numbers, reasons)."""
-    conn.execute(insert(audit).values(ts=now, actor=actor[:80], action=action[:40], group_name=group,
+    conn.execute(insert(audit).values(ts=now, actor=actor[:80], action=action[:40],
+                                      group_name=None if group is None else group[:32],
                                       detail=json.dumps(detail, sort_keys=True, default=str)))
 
 

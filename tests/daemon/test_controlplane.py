@@ -520,3 +520,68 @@ def test_run_logs_a_stalled_loop_without_a_traceback_and_retries(world, caplog):
     assert len(stalled) == 2 and all(r.levelno == logging.WARNING and not r.exc_info for r in stalled)
     assert "did not answer" in cp.state.last_error and len(stop.delays) == 2
     assert held_epochs(session) == [] and statefile.highest(provider.group_id) == 2
+
+
+# --- request forwarding beside the watch ----------------------------------------------------------
+
+
+class GatedRekey:
+    """A client whose rekey call parks until released (a slow provider), counting the calls."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.rekeys = inner, []
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def rekey(self, reason: str) -> None:
+        self.rekeys.append(reason)
+        self.entered.set()
+        assert self.release.wait(20), "never released"  # a hang guard, not a timing assert
+        self.inner.rekey(reason)
+
+
+def test_a_slow_rekey_call_holds_no_lock_and_a_concurrent_one_is_not_sent_twice(world):
+    provider, statefile, session, port, make = world
+    client = GatedRekey(provider.client("alice"))
+    cp = make(client=client)
+    assert cp.start_once(b"\x31" * 32)
+    port.extra_requests = {"rekey:auth-failures"}
+    first = threading.Thread(target=cp.service_requests, name="gt-cp-rekey")
+    first.start()
+    try:
+        assert client.entered.wait(20)
+        # While the provider call is under way the watch thread's lock is free ...
+        assert cp._requests_lock.acquire(blocking=False)
+        cp._requests_lock.release()
+        cp._request("fetch")  # ... so it queues requests without waiting
+        # ... and the same request, taken again meanwhile, is not forwarded a second time.
+        port.extra_requests = {"rekey:auth-failures"}
+        cp.service_requests()
+    finally:
+        client.release.set()
+        first.join(20)
+    assert not first.is_alive()
+    assert client.rekeys == ["auth-failures"]
+    assert [c for c in provider.calls if c[1] == "rekey"] == [("alice", "rekey", "auth-failures")]
+    cp.service_requests()
+    assert client.rekeys == ["auth-failures"]  # answered: nothing left pending
+
+
+def test_a_failed_rekey_call_stays_pending_and_is_sent_again(world):
+    provider, statefile, session, port, make = world
+    cp = make()
+    assert cp.start_once(b"\x32" * 32)
+    port.extra_requests = {"rekey:auth-failures"}
+    real = cp.client.rekey
+
+    def down(reason):
+        raise ProviderError("provider unreachable")
+
+    cp.client.rekey = down
+    with pytest.raises(ProviderError):
+        cp.service_requests()
+    cp.client.rekey = real
+    cp.service_requests()
+    assert [c for c in provider.calls if c[1] == "rekey"] == [("alice", "rekey", "auth-failures")]

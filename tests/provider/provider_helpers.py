@@ -155,3 +155,39 @@ class TestMember:
     def client(self, timeout: float = 10.0) -> ProviderClient:
         return ProviderClient(self.token.url, self.token.tls_fingerprint, self.result.group, self.name, self.ed,
                               timeout=timeout)
+
+
+# --- the store under test: SQLite in memory, and PostgreSQL when one is given -------------------------
+
+PG_URL_ENV = "GROUPTUN_TEST_PG_URL"
+PG_SKIP = (f"PostgreSQL store tests are opt-in: set {PG_URL_ENV}=postgresql+psycopg://USER@/DB?host=SOCKET_DIR "
+           "(a throwaway database: each test drops and recreates the provider's tables; needs psycopg 3)")
+STORE_KINDS = ["sqlite", "postgresql"]
+
+
+def fresh_store(kind: str):
+    """An empty, initialised store of ``kind``; skips the test for "postgresql" unless PG_URL_ENV is set."""
+    from provider.store import Store, metadata  # noqa: PLC0415 -- tests/provider is not a package
+
+    if kind == "sqlite":
+        store = Store(None)
+    else:
+        url = os.environ.get(PG_URL_ENV)
+        if not url:
+            pytest.skip(PG_SKIP)
+        store = Store(None, url=url)
+        metadata.drop_all(store.engine)
+    store.create_schema()
+    return store
+
+
+def dump(store) -> str:
+    """Every row of every provider table as text (bytes as hex): a portable ``iterdump``."""
+    from provider.store import metadata  # noqa: PLC0415
+
+    lines = []
+    with store.read() as conn:
+        for table in metadata.sorted_tables:
+            for row in conn.execute(table.select()):
+                lines.append(f"{table.name} " + " ".join(v.hex() if isinstance(v, bytes) else repr(v) for v in row))
+    return "\n".join(lines)

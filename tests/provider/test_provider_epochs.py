@@ -21,6 +21,8 @@ from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers,
 from provider.keys import Signer
 from provider.service import MAX_PENDING_STARTS, PENDING_START_TTL, Provider
 from provider.store import Store, audit_rows
+from provider_helpers import STORE_KINDS, fresh_store
+from provider_helpers import dump as dump_rows
 
 SIGNER = Signer.generate()
 T0 = 1_795_400_000.0
@@ -141,11 +143,10 @@ def test_build_epoch_seals_for_every_member_and_schedule_reproduces(suite):
 
 
 class Fixture:
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None) -> None:
         self.clock = FakeClock()
         self.rand = RecordingRandom()
-        self.store = Store(None)
-        self.store.create_schema()
+        self.store = store or fresh_store("sqlite")
         self.provider = Provider(self.store, lambda: SIGNER, clock=self.clock, sleep=self.clock.sleep,
                                  rand=self.rand)
         self.provider.create_group("lan", "10.77.0.0/29", "fd77::/64", rekey_after_seconds=60,
@@ -171,9 +172,12 @@ class Fixture:
             return audit_rows(conn)
 
 
-@pytest.fixture()
-def fx() -> Fixture:
-    return Fixture()
+@pytest.fixture(params=STORE_KINDS)
+def fx(request) -> Fixture:
+    """The service over each store kind (PostgreSQL only when GROUPTUN_TEST_PG_URL is set)."""
+    fixture = Fixture(fresh_store(request.param))
+    yield fixture
+    fixture.store.close()
 
 
 def test_enroll_remove_and_capsules_follow_membership(fx):
@@ -281,8 +285,7 @@ def test_epochs_strictly_increase_and_db_holds_no_plain_secret(fx):
     for challenge in range(5):
         numbers.append(fx.provider.open_epoch("lan", "start", "members", (bytes([challenge]) * 32,)).epoch)
     assert numbers == sorted(set(numbers))
-    with fx.store.read() as conn:
-        dump = "\n".join(conn.connection.iterdump()).lower()
+    dump = dump_rows(fx.store).lower()
     assert fx.rand.secrets, "no secret drawn?"
     for secret in fx.rand.secrets:
         assert secret.hex() not in dump

@@ -1,0 +1,57 @@
+"""Building, versioning and re-signing the group archive from database rows.
+
+The archive's wire format and signature live in ``grouptun.core.archive``;
+this module only maps the provider's rows (``store.groups``,
+``store.members``) onto it. Limits: :func:`parse_own` trusts its input (it
+reads archives this provider signed and stored itself).
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import update
+
+from grouptun.core.archive import Archive, ArchiveMember, parse_document
+from provider.store import groups, member_rows
+
+
+def next_version(previous: int, now: float) -> int:
+    """Archive versions: strictly increasing, and at least the wall clock in milliseconds.
+
+    Like epoch numbers they must not repeat after a restore from backup: a
+    member watching with the version it saw must get the next change, not
+    wait behind a restored, older counter. Unix milliseconds exceed every
+    version issued before (unless the clock steps back).
+    """
+    return max(previous + 1, int(now * 1000))
+
+
+def addresses(row) -> list[str]:
+    return [a for a in (row.addr4, row.addr6) if a]
+
+
+def parse_own(raw: bytes) -> Archive:
+    """Parse an archive this provider signed itself (no verification needed: it comes from our DB)."""
+    return parse_document(json.loads(json.loads(raw)["document"]), raw=raw)
+
+
+def build_archive(g, version: int, info, rows, indices: dict[str, int], now: float) -> Archive:
+    """The unsigned archive of group row ``g``: the members in ``indices`` (by index), epoch ``info`` or None."""
+    listed = sorted((r for r in rows if r.name in indices), key=lambda r: indices[r.name])
+    return Archive(
+        group_id=g.group_id, name=g.name, version=version, epoch=info,
+        members=tuple(ArchiveMember(r.name, indices[r.name], tuple(addresses(r)), tuple(json.loads(r.endpoints)),
+                                    r.ed25519_public, r.kem_public) for r in listed),
+        cidr=g.cidr, cidr6=g.cidr6, mtu=g.mtu,
+        expires_at=(info.opened_at if info is not None else now) + 2 * g.rekey_after_seconds,
+    )
+
+
+def resign(conn, g, signer, now: float) -> None:
+    """Sign a new version of ``g``'s archive (same epoch and indices, current member rows)."""
+    old = parse_own(g.archive)
+    indices = {m.name: m.index for m in old.members}
+    version = next_version(g.version, now)
+    archive = signer.sign(build_archive(g, version, old.epoch, member_rows(conn, g.id), indices, now))
+    conn.execute(update(groups).where(groups.c.id == g.id).values(version=version, archive=archive))
