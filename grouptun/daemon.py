@@ -18,7 +18,9 @@ logged and ignored; the rest (log level, MTU, routes, reported endpoints,
 timings) apply at once.
 
 Every external piece is built through :class:`Factories`, so tests run the
-whole daemon with a fake TUN, fake netlink and fake provider client.
+whole daemon with a fake TUN, fake netlink and fake provider client. The
+endpoints reported to the provider come from :mod:`grouptun.endpoints`,
+systemd notifications and metrics from :mod:`grouptun.opshooks`.
 """
 
 from __future__ import annotations
@@ -26,29 +28,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
-import ipaddress
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from contextlib import ExitStack
 from typing import Callable
-from urllib.parse import urlsplit
 
 from grouptun import config as config_mod
 from grouptun import credential as credential_mod
 from grouptun import keystore
 from grouptun.backoff import Backoff
-from grouptun.config import Config, format_endpoint
+from grouptun.config import Config
 from grouptun.control import ControlServer
 from grouptun.controlplane import ControlPlane
 from grouptun.core.archive import Archive, ProviderKeys
 from grouptun.dataplane import DataPlane, LoopPort
+# Re-exported: ``grouptun join`` imports seen_endpoints from here.
+from grouptun.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
 from grouptun.errors import ConfigError, GrouptunError
+from grouptun.opshooks import OpsHooks
 from grouptun.statefile import EpochStateFile
-from grouptun.udp import normalise_host
 
 log = logging.getLogger("grouptun.daemon")
 
@@ -102,84 +103,6 @@ class Factories:
     session: Callable = _default_session
     loop: Callable = _default_loop
     backoff: Callable = Backoff
-
-
-class OpsHooks:
-    """systemd notifications + metrics; every call is a no-op without them."""
-
-    def __init__(self) -> None:
-        from grouptun.sdnotify import Notifier
-
-        self.notifier = Notifier.from_env()
-        self.metrics = None
-        self._watchdog = None
-
-    def start(self, config: Config, loop, snapshot: Callable[[], dict], healthy: Callable[[], bool]) -> None:
-        """Start the watchdog task (on ``loop``) and the metrics listener if configured."""
-        from grouptun.sdnotify import start_watchdog
-
-        async def on_loop():
-            return start_watchdog(self.notifier, healthy)
-
-        self._watchdog = loop.run_until_complete(on_loop())
-        if config.daemon.metrics_listen:
-            from grouptun.metrics import DaemonMetrics
-
-            self.metrics = DaemonMetrics(config.group.name, snapshot, loop)
-            self.metrics.serve(config.daemon.metrics_listen)
-
-    def stop(self, loop) -> None:
-        """Before the loop closes: end the watchdog task and the metrics listener."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            loop.run_until_complete(asyncio.gather(self._watchdog, return_exceptions=True))
-            self._watchdog = None
-        if self.metrics is not None:
-            self.metrics.close()
-            self.metrics = None
-
-    def close(self) -> None:
-        self.notifier.close()
-
-
-def local_address_towards(url: str) -> str | None:
-    """The source address the kernel picks for traffic to the provider in ``url``.
-
-    A UDP ``connect`` sends nothing; it only makes the kernel choose a route
-    and source address. None when the provider's host does not resolve or
-    no route leads there.
-    """
-    host = urlsplit(url).hostname
-    try:
-        infos = socket.getaddrinfo(host, 443, type=socket.SOCK_DGRAM)
-    except (OSError, UnicodeError):
-        return None
-    for family, _, _, _, sockaddr in infos:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            try:
-                s.connect(sockaddr)
-                return normalise_host(s.getsockname()[0])
-            except OSError:
-                continue
-    return None
-
-
-def seen_endpoints(url: str, listen_address: str, port: int) -> list[str]:
-    """``[host:port]`` where host is the listen address if specific, else our source address towards ``url``."""
-    listen = ipaddress.ip_address(listen_address)
-    host = None if listen.is_unspecified else str(listen)
-    host = host or local_address_towards(url)
-    return [format_endpoint(host, port)] if host else []
-
-
-def reported_endpoints(config: Config, port: int) -> list[str]:
-    """What the member tells the provider: ``network.endpoints`` if set, else :func:`seen_endpoints`.
-
-    Behind NAT, set ``network.endpoints`` (``grouptun join --endpoint``).
-    """
-    if config.network.endpoints:
-        return list(config.network.endpoints)
-    return seen_endpoints(config.provider.url, config.network.listen_address, port)
 
 
 class Daemon:

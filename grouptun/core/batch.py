@@ -62,10 +62,10 @@ class Sealer:
             sequence = allocator.next()
         except SequenceExhausted:
             self._session.drops[C.TX_EXHAUSTED] += 1
-            self._session._rekey(self._state, "exhausted")
+            self._session.request_rekey(self._state, "exhausted")
             return 0
         if allocator.rekey_due:
-            self._session._rekey(self._state, "packets")
+            self._session.request_rekey(self._state, "packets")
         HEADER.pack_into(out, off, BYTE0_DATA, 0, self._wire, sequence)
         self.packets += 1
         self.bytes += len(plain)
@@ -103,13 +103,13 @@ class Sealer:
             first, got = allocator.reserve(count)
         except SequenceExhausted:
             self._session.drops[C.TX_EXHAUSTED] += count
-            self._session._rekey(self._state, "exhausted")
+            self._session.request_rekey(self._state, "exhausted")
             return 0, 0
         if got < count:  # as seal_into at the first packet refused
             self._session.drops[C.TX_EXHAUSTED] += count - got
-            self._session._rekey(self._state, "exhausted")
+            self._session.request_rekey(self._state, "exhausted")
         if allocator.rekey_due:
-            self._session._rekey(self._state, "packets")
+            self._session.request_rekey(self._state, "packets")
         self.packets += got
         return first, got
 
@@ -131,7 +131,7 @@ def route(session, packet: bytes | bytearray | memoryview, now: float) -> Sealer
     if addresses is None:
         drops[C.TX_INVALID] += 1
         return None
-    state = session._keyring.sending(now)
+    state = session.sending_epoch(now)
     if state is None:
         drops[C.TX_NO_EPOCH] += 1
         return None
@@ -165,7 +165,6 @@ def open_batch(session, data: memoryview, seg: int, source, now: float, out: mem
     the cipher run.
     """
     drops = session.drops
-    keyring = session._keyring
     accepted: list[memoryview] = []
     touched: dict[tuple[int, int], list] = {}  # (id(state), index) -> [state, index, highest n, packets, bytes]
     total = len(data)
@@ -190,9 +189,9 @@ def open_batch(session, data: memoryview, seg: int, source, now: float, out: mem
             drops[C.FLAGS] += 1
             continue
         if wire != last_wire:
-            state = held_state(keyring, wire, now)
+            state = session.epoch_for_wire(wire, now)  # same `now` for the whole batch: same answer
             if state is None:
-                session._unknown_epoch(wire, now)
+                session.count_unknown_epoch(wire, now)
                 last_wire = -1
                 continue
             last_wire, last_index = wire, -1
@@ -221,7 +220,7 @@ def open_batch(session, data: memoryview, seg: int, source, now: float, out: mem
         try:
             plain_len = open_into(data[off:end], iv(sequence), out[off:])
         except AuthenticationError:
-            session._auth_failed(state)
+            session.count_auth_failure(state)
             continue
         window.mark(n)
         if mark is None:
@@ -243,24 +242,9 @@ def open_batch(session, data: memoryview, seg: int, source, now: float, out: mem
     return accepted
 
 
-def held_state(keyring, wire: int, now: float):
-    """The held epoch with this wire value, or None (a previous epoch past its grace counts as gone)."""
-    state = keyring.by_wire.get(wire)
-    if state is not None and state is keyring.previous:
-        state = keyring.lookup(wire, now)  # same `now` for the whole batch: same answer
-    return state
-
-
 def authenticated(session, state, index: int, highest: int, packets: int, size: int, source, now: float) -> None:
     """The state changes of on_datagram after authentication, once per (epoch, sender) of a batch."""
-    if state.send_started is None:
-        session._keyring.authenticated(state, now)
-    if highest >= state.rekey_after_packets:
-        session._rekey(state, "packets")
-    peer = state.peers[index]  # index < group_size == len(state.peers), checked from the sequence
-    if peer.endpoint != source:
-        peer.endpoint = source  # roaming
-    peer.last_seen = now
+    peer = session.record_authenticated(state, index, highest, source, now)
     peer.rx_packets += packets
     peer.rx_bytes += size
 

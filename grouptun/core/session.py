@@ -174,7 +174,41 @@ class Session:
         return out
 
     def on_datagram(self, datagram: bytes | bytearray | memoryview, source: Endpoint, now: float) -> bytes | None:
-        """The inner IP packet of an authentic, fresh datagram, or None (dropped and counted)."""
+        """The inner IP packet of an authentic, fresh datagram, or None (dropped and counted).
+
+        The header checks (:meth:`_admit`), then the replay window, then the tag; state changes
+        only after all of them passed.
+        """
+        admitted = self._admit(datagram, now)
+        if admitted is None:
+            return None
+        state, byte0, sequence, n, index = admitted
+        receiver = state.receivers.get(index) or state.receiver(index)
+        window = receiver.window
+        if not window.check(n):
+            self.drops[C.REPLAY] += 1
+            return None
+        try:
+            plaintext = receiver.cipher.open(datagram, state.iv(sequence))
+        except AuthenticationError:
+            self.count_auth_failure(state)
+            return None
+        window.mark(n)
+        peer = self.record_authenticated(state, index, n, source, now)  # authenticated and fresh: state may change
+        if byte0 == BYTE0_KEEPALIVE:
+            return None
+        if not inner_ok(plaintext, receiver.sources):
+            self.drops[C.INNER] += 1
+            return None
+        peer.rx_packets += 1
+        peer.rx_bytes += len(plaintext)
+        return plaintext
+
+    def _admit(self, datagram: bytes | bytearray | memoryview, now: float) -> tuple | None:
+        """The header checks of PROTOCOL.md 6, before any cryptography.
+
+        ``(epoch state, byte0, s, n, sender index)``, or None (dropped and counted).
+        """
         drops = self.drops
         size = len(datagram)
         if size < OVERHEAD:
@@ -187,12 +221,12 @@ class Session:
         if flags:
             drops[C.FLAGS] += 1
             return None
-        keyring = self._keyring
+        keyring = self._keyring  # epoch_for_wire, inlined: this runs for every datagram
         state = keyring.by_wire.get(wire)
         if state is not None and state is keyring.previous:
             state = keyring.lookup(wire, now)
         if state is None:
-            self._unknown_epoch(wire, now)
+            self.count_unknown_epoch(wire, now)
             return None
         offset = sequence - state.nonce_start
         if offset < 0:
@@ -208,34 +242,7 @@ class Session:
         if (size < OVERHEAD + MIN_INNER) if byte0 == BYTE0_DATA else (size != OVERHEAD):
             drops[C.LENGTH] += 1
             return None
-        receiver = state.receivers.get(index) or state.receiver(index)
-        window = receiver.window
-        if not window.check(n):
-            drops[C.REPLAY] += 1
-            return None
-        try:
-            plaintext = receiver.cipher.open(datagram, state.iv(sequence))
-        except AuthenticationError:
-            self._auth_failed(state)
-            return None
-        window.mark(n)
-        # Authenticated and fresh: only now may state change.
-        if state.send_started is None:
-            self._keyring.authenticated(state, now)
-        if n >= state.rekey_after_packets:
-            self._rekey(state, "packets")
-        peer = state.peers[index]
-        if peer.endpoint != source:
-            peer.endpoint = source  # roaming
-        peer.last_seen = now
-        if byte0 == BYTE0_KEEPALIVE:
-            return None
-        if not inner_ok(plaintext, receiver.sources):
-            drops[C.INNER] += 1
-            return None
-        peer.rx_packets += 1
-        peer.rx_bytes += len(plaintext)
-        return plaintext
+        return state, byte0, sequence, n, index
 
     def sealer(self, packet: bytes | bytearray | memoryview, now: float):
         """Batch send: route ``packet`` once; a :class:`grouptun.core.batch.Sealer` or None (dropped, counted)."""
@@ -250,7 +257,7 @@ class Session:
         self._forget(self._keyring.advance(now))
         current = self._keyring.current
         if current is not None and now - current.installed_at >= current.rekey_after_seconds:
-            self._rekey(current, "time")
+            self.request_rekey(current, "time")
         state = self._keyring.sending(now)
         if state is None:
             return []
@@ -266,27 +273,31 @@ class Session:
             peer.last_sent = now
         return [(peer.endpoint, datagram) for peer in due]
 
-    # -- helpers --------------------------------------------------------
-    def _seal(self, state: EpochState, byte0: int, payload: bytes | bytearray | memoryview) -> bytes | None:
-        allocator = state.allocator
-        try:
-            sequence = allocator.next()
-        except SequenceExhausted:
-            self.drops[C.TX_EXHAUSTED] += 1
-            self._rekey(state, "exhausted")
-            return None
-        if allocator.rekey_due:
-            self._rekey(state, "packets")
-        header = HEADER.pack(byte0, 0, state.wire, sequence)
-        return state.sender.seal(header, state.iv(sequence), payload)
+    # -- shared with the batch and run paths (core.batch, core.vector) ---
+    def sending_epoch(self, now: float) -> EpochState | None:
+        """The epoch new packets are sealed under at ``now``; None before the first install.
 
-    def _auth_failed(self, state: EpochState) -> None:
-        self.drops[C.AUTH] += 1
-        state.auth_failures += 1
-        if state.auth_failures >= AUTH_FAILURES_REKEY:
-            self._rekey(state, "auth-failures")
+        Applies a switch_delay that has passed, as every send does.
+        """
+        return self._keyring.sending(now)
 
-    def _unknown_epoch(self, wire: int, now: float) -> None:
+    def epoch_for_wire(self, wire: int, now: float) -> EpochState | None:
+        """The held epoch a header's wire epoch names; None if unknown or the previous one past its grace.
+
+        Safe before authentication: it reads the header value only and changes no state but the
+        time-driven switch (a switch_delay that has passed).
+        """
+        keyring = self._keyring
+        state = keyring.by_wire.get(wire)
+        if state is not None and state is keyring.previous:
+            state = keyring.lookup(wire, now)
+        return state
+
+    def count_unknown_epoch(self, wire: int, now: float) -> None:
+        """Count a datagram of an epoch not held; request ``fetch`` if it names the next wire epoch.
+
+        At most one fetch request per FETCH_INTERVAL seconds, however many such datagrams arrive.
+        """
         self.drops[C.UNKNOWN_EPOCH] += 1
         current = self._keyring.current
         if current is None or wire != wire_epoch(current.wire + 1):
@@ -295,11 +306,54 @@ class Session:
             self._last_fetch = now
             self._requests.add("fetch")
 
-    def _rekey(self, state: EpochState, reason: str) -> None:
-        # Only the current epoch matters: a newer one already replaces the previous.
+    def count_auth_failure(self, state: EpochState) -> None:
+        """Count a datagram whose tag did not verify under ``state``; rekey:auth-failures at the limit."""
+        self.drops[C.AUTH] += 1
+        state.auth_failures += 1
+        if state.auth_failures >= AUTH_FAILURES_REKEY:
+            self.request_rekey(state, "auth-failures")
+
+    def request_rekey(self, state: EpochState, reason: str) -> None:
+        """Ask the control path for a new epoch (``rekey:<reason>``, see :meth:`take_requests`).
+
+        Only while ``state`` is the current epoch (a newer one already replaces the previous), and
+        once per reason and epoch.
+        """
         if state is self._keyring.current and reason not in state.raised:
             state.raised.add(reason)
             self._requests.add(f"rekey:{reason}")
+
+    def record_authenticated(self, state: EpochState, index: int, n: int, source: Endpoint, now: float) -> Peer:
+        """The state changes an authenticated, fresh datagram (the highest n of a batch) makes.
+
+        Call only after the tag verified and the window was marked: the current epoch starts
+        sending if it had not, rekey:packets at the threshold, the sender roams to ``source`` and
+        its last_seen becomes ``now``. Returns the sender's Peer: the caller adds the rx counters
+        of the inner packets it accepts.
+        """
+        if state.send_started is None:
+            self._keyring.authenticated(state, now)
+        if n >= state.rekey_after_packets:
+            self.request_rekey(state, "packets")
+        peer = state.peers[index]  # index < group_size == len(state.peers), checked from the sequence
+        if peer.endpoint != source:
+            peer.endpoint = source  # roaming
+        peer.last_seen = now
+        return peer
+
+    # -- helpers --------------------------------------------------------
+    def _seal(self, state: EpochState, byte0: int, payload: bytes | bytearray | memoryview) -> bytes | None:
+        allocator = state.allocator
+        try:
+            sequence = allocator.next()
+        except SequenceExhausted:
+            self.drops[C.TX_EXHAUSTED] += 1
+            self.request_rekey(state, "exhausted")
+            return None
+        if allocator.rekey_due:
+            self.request_rekey(state, "packets")
+        header = HEADER.pack(byte0, 0, state.wire, sequence)
+        return state.sender.seal(header, state.iv(sequence), payload)
 
     def _forget(self, dropped: list[EpochState]) -> None:
         if not dropped:

@@ -33,7 +33,7 @@ not thread-safe, like the Session.
 from __future__ import annotations
 
 from grouptun.core import counters as C
-from grouptun.core.batch import authenticated, held_state
+from grouptun.core.batch import authenticated
 from grouptun.core.inner import MIN_INNER, packed_addresses
 from grouptun.core.keys import SUITE_AES_GCM
 from grouptun.core.sequence import N_MAX
@@ -205,7 +205,7 @@ class RunOpener:
         byte0, flags, wire, first = HEADER.unpack_from(self._data_buf, 0)
         if byte0 != BYTE0_DATA or flags:
             return None
-        state = held_state(session._keyring, wire, now)
+        state = session.epoch_for_wire(wire, now)
         if state is None or state.suite != SUITE_AES_GCM or first < state.nonce_start:
             return None
         n, index = divmod(first - state.nonce_start, state.group_size)
@@ -258,7 +258,7 @@ class RunOpener:
     def _accept(self, session, state, index, receiver, ns, failed, count, stride, last, source, now):
         """Window, inner-packet check and session bookkeeping for what authenticated."""
         for _ in failed:
-            session._auth_failed(state)
+            session.count_auth_failure(state)
         if len(failed) == count:
             return OpenedRun(count, stride, stride - OVERHEAD, last - OVERHEAD, [])
         ok = [j for j in range(count) if j not in failed] if failed else range(count)

@@ -8,8 +8,14 @@ output segment is a complete, ordinary IP packet: IPv4 total length, ID
 first (as the kernel's tcp_gso_segment does); UDP length per segment; full
 TCP/UDP checksums. So a receiver without offloads gets packets it can use.
 
-Limits: IPv6 extension headers before TCP/UDP are refused (OffloadError; the
-caller drops and counts); IPv4 options are kept and copied to every segment.
+Malformed input of any kind raises OffloadError with the reason, and no
+other exception (each length is checked before the bytes it guards are read,
+and all of them before anything is written), so the caller needs to catch
+that one class only to drop and count.
+
+Limits: IPv6 extension headers before TCP/UDP are refused (OffloadError);
+IPv4 options are kept and copied to every segment; segments longer than the
+16-bit IP length fields allow are refused.
 """
 
 from __future__ import annotations
@@ -30,11 +36,23 @@ PROTO_UDP = 17
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _LEN_ID = struct.Struct("!HH")
+# The vectorised body takes runs of full-size segments from 4 (below, its fixed cost is more than the
+# loop's) to 4096 (the row numbers it keeps precomputed); other runs take the Python loop.
+_FAST_ROWS_MIN, _FAST_ROWS_MAX = 4, 4096
+
+try:
+    from grouptun.offload.fastsplit import split_full_rows
+except ImportError:  # pragma: no cover - numpy missing: checksum.HAVE_NUMPY is False too
+    split_full_rows = None
 
 
 def _headers(pkt: memoryview, hdr: VnetHdr) -> tuple[int, int, int, bytes]:
-    """Validate the super-packet; return (ip version, L4 offset, header length, src+dst)."""
+    """Validate the super-packet and its GSO fields; return (ip version, L4 offset, header length, src+dst)."""
     kind = hdr.gso_kind
+    if kind not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
+        raise OffloadError(f"cannot segment gso_type {hdr.gso_type:#x}")
+    if hdr.gso_size <= 0:
+        raise OffloadError(f"GSO super-packet with gso_size {hdr.gso_size}")
     proto = PROTO_UDP if kind == GSO_UDP_L4 else PROTO_TCP
     if len(pkt) < 20:
         raise OffloadError(f"super-packet of {len(pkt)} bytes is shorter than an IP header")
@@ -60,6 +78,41 @@ def _headers(pkt: memoryview, hdr: VnetHdr) -> tuple[int, int, int, bytes]:
     return version, cs, cs + l4_len, addrs
 
 
+def _check_room(version: int, hl: int, gso: int, total: int, out_len: int, stride: int, offset: int) -> int:
+    """The number of segments, once every one fits both its length fields and ``out``; else OffloadError."""
+    count = -(-(total - hl) // gso)
+    longest = hl + min(gso, total - hl)
+    # IPv4 total length / IPv6 payload length (which bounds the UDP length too) are 16 bits.
+    if longest - (40 if version == 6 else 0) > 0xFFFF:
+        raise OffloadError(f"segments of {longest} bytes do not fit an IPv{version} length field")
+    if offset < 0:
+        raise OffloadError(f"negative output offset {offset}")
+    last_end = offset + (count - 1) * stride + total - (count - 1) * gso
+    if stride < hl + gso or last_end > out_len:
+        raise OffloadError(f"output buffer too small for {count} segments")
+    return count
+
+
+def _template(pkt: memoryview, o: memoryview, offset: int, version: int, cs: int, hl: int,
+              tcp: bool) -> tuple[int, int, int, int]:
+    """Copy the headers to segment 0; return (first IPv4 ID, IPv4 header sum, first TCP sequence, TCP flags).
+
+    Values a segment does not have are 0. The header sum leaves out total length, ID and checksum:
+    those three change per segment.
+    """
+    o[offset:offset + hl] = pkt[:hl]
+    first_id = ip_base = first_seq = flags = 0
+    if version == 4:
+        first_id = _U16.unpack_from(pkt, 4)[0]
+        o[offset + 2:offset + 6] = b"\0\0\0\0"
+        o[offset + 10] = o[offset + 11] = 0
+        ip_base = ones_sum(o[offset:offset + cs])
+    if tcp:
+        first_seq = _U32.unpack_from(pkt, cs + 4)[0]
+        flags = pkt[cs + 13]
+    return first_id, ip_base, first_seq, flags
+
+
 def split(packet: bytes | bytearray | memoryview, hdr: VnetHdr, out: bytearray, stride: int,
           offset: int = 0) -> list[int]:
     """Cut ``packet`` (the bytes after the virtio-net header) into ``out``.
@@ -67,54 +120,46 @@ def split(packet: bytes | bytearray | memoryview, hdr: VnetHdr, out: bytearray, 
     Segment k is written at ``out[offset + k * stride:]``; the returned list
     holds each segment's length. A non-GSO packet comes back as one segment,
     its checksum completed if the header says it is partial. ``out`` must hold
-    every segment (``stride >= header length + gso_size``), else OffloadError
-    and nothing useful is in ``out``.
+    every segment (``stride >= header length + gso_size``). Malformed input
+    (packet, header fields, a segment longer than its length fields allow)
+    and a too-small ``out`` raise OffloadError with the reason, and nothing
+    else: every length is checked before a byte is copied, and nothing useful
+    is in ``out`` then.
     """
     pkt = memoryview(packet)
-    kind = hdr.gso_kind
-    if kind == GSO_NONE:
+    if hdr.gso_kind == GSO_NONE:
         return [_single(pkt, hdr, out, offset)]
-    if kind not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
-        raise OffloadError(f"cannot segment gso_type {hdr.gso_type:#x}")
-    gso = hdr.gso_size
-    if gso == 0:
-        raise OffloadError("GSO super-packet with gso_size 0")
     version, cs, hl, addrs = _headers(pkt, hdr)
-    total = len(pkt)
-    count = -(-(total - hl) // gso)
-    if stride < hl + gso or offset + (count - 1) * stride + (total - hl - (count - 1) * gso) + hl > len(out):
-        raise OffloadError(f"output buffer too small for {count} segments")
-    tcp = kind != GSO_UDP_L4
+    gso, total = hdr.gso_size, len(pkt)
+    count = _check_room(version, hl, gso, total, len(out), stride, offset)
+    tcp = hdr.gso_kind != GSO_UDP_L4
+    o = memoryview(out)  # one view for the helpers: every write is into it, so ``out`` is never resized
+    first_id, ip_base, first_seq, flags = _template(pkt, o, offset, version, cs, hl, tcp)
     psum = ones_sum(addrs, PROTO_TCP if tcp else PROTO_UDP)
-    o = memoryview(out)
-    o[offset:offset + hl] = pkt[:hl]
-    if version == 4:
-        first_id = _U16.unpack_from(pkt, 4)[0]
-        # Header sum without total length, ID and checksum: those three change per segment.
-        out[offset + 2:offset + 6] = b"\0\0\0\0"
-        out[offset + 10] = out[offset + 11] = 0
-        ip_base = ones_sum(o[offset:offset + cs])
-    if tcp:
-        first_seq = _U32.unpack_from(pkt, cs + 4)[0]
-        flags = pkt[cs + 13]
-        csum_at = cs + 16
-    else:
-        csum_at = cs + 6
-    lengths = []
-    last = count - 1
-    first_k = 0
+    csum_at = cs + (16 if tcp else 6)
     final_full = (total - hl) % gso == 0  # the last segment is full-size too: numpy can take it
-    rows = count if final_full else last
-    if rows >= 4 and checksum.HAVE_NUMPY:
-        from grouptun.offload.fastsplit import split_full_rows
+    rows = count if final_full else count - 1
+    first_k = 0
+    if _FAST_ROWS_MIN <= rows <= _FAST_ROWS_MAX and checksum.HAVE_NUMPY:
         split_full_rows(pkt, out, offset, stride, rows, hl=hl, cs=cs, gso=gso, version=version, tcp=tcp,
-                        first_id=first_id if version == 4 else 0, first_seq=first_seq if tcp else 0,
-                        flags=flags if tcp else 0, ip_base=ip_base if version == 4 else 0,
+                        first_id=first_id, first_seq=first_seq, flags=flags, ip_base=ip_base,
                         psum=psum, csum_at=csum_at, final=final_full)
-        lengths = [hl + gso] * rows
         if final_full:
-            return lengths
-        first_k = last
+            return [hl + gso] * rows
+        first_k = rows
+    lengths = [hl + gso] * first_k
+    _cut(pkt, o, offset, stride, first_k, count, lengths, (hl, cs, gso, version, tcp, csum_at),
+         (first_id, ip_base, first_seq, flags))
+    _transport_checksums(o, offset, stride, first_k, lengths, hl + gso - cs, cs, csum_at, psum, tcp)
+    return lengths
+
+
+def _cut(pkt: memoryview, o: memoryview, offset: int, stride: int, first_k: int, count: int, lengths: list[int],
+         shape: tuple, firsts: tuple) -> None:
+    """Write segments first_k..count-1 (transport checksum zeroed) and append their lengths to ``lengths``."""
+    hl, cs, gso, version, tcp, csum_at = shape
+    first_id, ip_base, first_seq, flags = firsts
+    total, last = len(pkt), count - 1
     for k in range(first_k, count):
         base = offset + k * stride
         start = hl + k * gso
@@ -125,47 +170,51 @@ def split(packet: bytes | bytearray | memoryview, hdr: VnetHdr, out: bytearray, 
         o[base + hl:base + seg_len] = pkt[start:end]
         if version == 4:
             ident = (first_id + k) & 0xFFFF
-            _LEN_ID.pack_into(out, base + 2, seg_len, ident)
-            _U16.pack_into(out, base + 10, ~fold_add(ip_base, seg_len, ident) & 0xFFFF)
+            _LEN_ID.pack_into(o, base + 2, seg_len, ident)
+            _U16.pack_into(o, base + 10, ~fold_add(ip_base, seg_len, ident) & 0xFFFF)
         else:
-            _U16.pack_into(out, base + 4, seg_len - 40)
+            _U16.pack_into(o, base + 4, seg_len - 40)
         l4 = base + cs
         if tcp:
-            _U32.pack_into(out, l4 + 4, (first_seq + k * gso) & 0xFFFFFFFF)
+            _U32.pack_into(o, l4 + 4, (first_seq + k * gso) & 0xFFFFFFFF)
             f = flags
             if k != last:
                 f &= ~(TCP_FIN | TCP_PSH)
             if k:
                 f &= ~TCP_CWR
-            out[l4 + 13] = f
+            o[l4 + 13] = f
         else:
-            _U16.pack_into(out, l4 + 4, seg_len - cs)
-        out[base + csum_at] = out[base + csum_at + 1] = 0
+            _U16.pack_into(o, l4 + 4, seg_len - cs)
+        o[base + csum_at] = o[base + csum_at + 1] = 0
         lengths.append(seg_len)
-    # Transport checksums last, for the segments the loop wrote, in one batch.
-    full_len = hl + gso - cs
+
+
+def _transport_checksums(o: memoryview, offset: int, stride: int, first_k: int, lengths: list[int], full_len: int,
+                         cs: int, csum_at: int, psum: int, tcp: bool) -> None:
+    """TCP/UDP checksums of segments first_k.. (the ones :func:`_cut` wrote), in one batch."""
+    last = len(lengths) - 1
     loop_full = last - first_k
-    sums = strided_ones_sums(out, offset + first_k * stride + cs, stride, loop_full, full_len) if loop_full else []
-    sums.append(ones_sum(o[offset + last * stride + cs:offset + last * stride + lengths[-1]]))
+    sums = strided_ones_sums(o, offset + first_k * stride + cs, stride, loop_full, full_len) if loop_full else []
+    at = offset + last * stride
+    sums.append(ones_sum(o[at + cs:at + lengths[-1]]))
     for j, s in enumerate(sums):
         k = first_k + j
         c = ~fold_add(s, psum, lengths[k] - cs) & 0xFFFF
         if c == 0 and not tcp:
             c = 0xFFFF  # UDP: 0 means "no checksum"
-        _U16.pack_into(out, offset + k * stride + csum_at, c)
-    return lengths
+        _U16.pack_into(o, offset + k * stride + csum_at, c)
 
 
 def _single(pkt: memoryview, hdr: VnetHdr, out: bytearray, offset: int) -> int:
     """Copy one packet, finishing a partial checksum (CHECKSUM_PARTIAL) if flagged."""
     n = len(pkt)
-    if offset + n > len(out):
+    if offset < 0 or offset + n > len(out):
         raise OffloadError("output buffer too small for the packet")
     o = memoryview(out)
     o[offset:offset + n] = pkt
     if hdr.flags & F_NEEDS_CSUM:
         at = hdr.csum_start + hdr.csum_offset
-        if hdr.csum_start >= n or at + 2 > n:
+        if hdr.csum_start < 0 or hdr.csum_offset < 0 or hdr.csum_start >= n or at + 2 > n:
             raise OffloadError("partial checksum location outside the packet")
         # The field holds the pseudo-header sum; summing over it completes the checksum.
         c = checksum.checksum(o[offset + hdr.csum_start:offset + n])
