@@ -21,7 +21,7 @@ first; the choice is logged once at :meth:`DataPlane.attach` and shown in
   buffer, one ``sendmsg`` per 64 datagrams; open whole GRO receives at once.
 
 The TUN and UDP objects are duck-typed (``fileno``, ``read``/``write``,
-``recvfrom``/``sendto``; batched: ``vnet_hdr``/``read_into``/``write_raw``,
+``recvfrom``/``sendto``; batched: ``vnet_hdr``/``read_into``/``write_raw``/``write_parts``,
 ``gso``/``gro``/``recv_batch``/``send_batch``), so tests drive this with
 in-memory fakes.
 Limits: a send the kernel refuses is dropped and counted, never retried

@@ -97,8 +97,13 @@ class TunDevice:
 
     def write_raw(self, data: bytes | bytearray | memoryview) -> bool:
         """Write ``data`` as it is (in vnet mode: virtio-net header || packet)."""
+        return self.write_parts((data,))
+
+    def write_parts(self, parts) -> bool:
+        """Write the concatenation of ``parts`` as one packet (one writev: nothing is copied in Python),
+        e.g. an all-zero virtio-net header and a plaintext where it was decrypted."""
         try:
-            os.write(self._fd, data)
+            os.writev(self._fd, parts)
             return True
         except BlockingIOError:
             return False
