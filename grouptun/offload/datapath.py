@@ -302,7 +302,7 @@ class BatchPath:
         c["udp_rx"] += -(-n // seg) if seg else 1
         try:
             run = self.run_opener.open(self.session, n, seg, source, now) \
-                if self.run_opener is not None and 0 < seg and n > (OPEN_RUN_MIN - 1) * seg else None
+                if self.run_opener is not None and seg > 0 and -(-n // seg) >= OPEN_RUN_MIN else None
             if run is None:
                 plains = self.session.open_batch(data, seg, source, now, self.pmv)
             else:
@@ -330,18 +330,18 @@ class BatchPath:
         with an all-zero virtio-net header: no copy, no coalescer); False (nothing done) unless every
         inner packet is UDP."""
         pbuf, count, stride = self.pbuf, run.count, run.stride
-        at = 9 if pbuf[0] >> 4 == 4 else 6  # protocol / next header (the run has one IP version and header)
-        if pbuf[at:at + (count - 1) * stride + 1:stride] != _UDP_ROW * count:
+        proto_at = 9 if pbuf[0] >> 4 == 4 else 6  # protocol / next header (one IP version and header length)
+        if pbuf[proto_at:proto_at + (count - 1) * stride + 1:stride] != _UDP_ROW * count:
             return False
         for item in self.coalescer.flush():  # what came before leaves first
             self._write(item)
-        c, pmv, write = self.c, self.pmv, self.tun.write_parts
+        pmv, write = self.pmv, self.tun.write_parts
         size, last = run.size, (count - 1) * stride
+        written = 0
         for at in range(0, last + 1, stride):
-            if write((ZERO_HDR, pmv[at:at + (size if at != last else run.last_size)])):
-                c["tun_tx"] += 1
-            else:
-                c["tun_tx_dropped"] += 1
+            written += write((ZERO_HDR, pmv[at:at + (size if at != last else run.last_size)]))
+        self.c["tun_tx"] += written
+        self.c["tun_tx_dropped"] += count - written
         # The receiving application was just woken with a burst in its socket; on a busy CPU it may
         # share ours, and the next run would overflow its receive buffer (208 KiB by default: about
         # 90 such datagrams) before it gets to read. Yielding once per run lets it: iperf3 -u at full
