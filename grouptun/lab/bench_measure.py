@@ -128,7 +128,7 @@ def iperf_test(t: Target, s: Settings, out: Path, args: list[str], seconds: floa
         server = subprocess.Popen(_ns(t.ns_b, ["timeout", str(int(seconds + 40)), "iperf3", "-s", "-1",
                                                "-p", str(s.port)]),
                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+                                  process_group=0)  # our session: see grouptun.lab.process
     try:
         wait_until(lambda: tcp_listening(t.ns_b, s.port, timeout=10) or server.poll() is not None,
                    timeout=5.0)

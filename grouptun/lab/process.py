@@ -3,6 +3,17 @@
 ``ip netns exec`` execs the command, so the pid we hold is the process
 itself: stopping it by pid is exact, and the namespace check in
 :func:`grouptun.lab.netns.stop_pid` guards against stale pids.
+
+Each process gets a process group of its own (so a Ctrl-C in the terminal
+reaches only us, and we stop the lab in order) but stays in our session.
+A session of its own would also give it a scheduler autogroup of its own
+(``kernel.sched_autogroup_enabled``, on by default): the CPU is then shared
+between groups, not processes, so each daemon would get as much CPU as
+iperf3 and everything else of the run together. The peers harness starts
+nebula, wireguard-go and the others in its own session; grouptun must run
+under the same rules for the comparison to mean anything. (Measured: the
+harness's nebula at 940-990 Mbit/s TCP x1 with its iperf3 server in the
+run's session, 620-690 with the server in a session of its own.)
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ class Proc:
             self._popen = subprocess.Popen(
                 ["ip", "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
-                start_new_session=True)  # Ctrl-C in the terminal goes to us only
+                process_group=0)  # Ctrl-C in the terminal goes to us only (see below)
         self.pid = self._popen.pid
 
     def __repr__(self) -> str:

@@ -54,6 +54,18 @@ def test_teardown_on_exception_stops_processes_in_the_lab():
 
 
 @pytest.mark.root
+def test_lab_processes_share_our_session_but_not_our_process_group():
+    # Our session: the scheduler's autogroup (one per session) must not hand each daemon its own
+    # CPU share, or benchmarks compare grouptun and the peers under different rules.
+    # Own process group: a Ctrl-C in the terminal reaches only the lab's owner.
+    with Lab("labs", hosts=("a",)) as lab:
+        proc = lab.spawn("a", "sleeper", ["sleep", "300"])
+        assert os.getsid(proc.pid) == os.getsid(0)
+        assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)
+    _nothing_left("gt-labs-")
+
+
+@pytest.mark.root
 @pytest.mark.slow
 def test_sigterm_to_the_owner_still_removes_the_lab(tmp_path):
     script = textwrap.dedent("""
