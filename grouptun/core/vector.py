@@ -261,8 +261,12 @@ class RunOpener:
             session.count_auth_failure(state)
         if len(failed) == count:
             return OpenedRun(count, stride, stride - OVERHEAD, last - OVERHEAD, [])
-        ok = [j for j in range(count) if j not in failed] if failed else range(count)
-        receiver.window.mark_ascending([ns[j] for j in ok])
+        if failed:
+            ok = [j for j in range(count) if j not in failed]
+            receiver.window.mark_ascending([ns[j] for j in ok])
+        else:
+            ok = range(count)
+            receiver.window.mark_range(ns.start, count)
         size, last_size = stride - OVERHEAD, last - OVERHEAD
         sources = receiver.sources
         if not failed and self._inner_uniform(count, stride, size, last_size, sources):

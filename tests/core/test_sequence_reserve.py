@@ -134,3 +134,35 @@ def test_mark_ascending_edges():
         b.mark(n)
     assert_same_window(a, b)
     assert not a.check(8 * RING_BYTES + 3) and not a.check(8 * RING_BYTES - 1) and a.check(8 * RING_BYTES)
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(prior=st.lists(st.integers(0, 3 * WINDOW), max_size=40), start=gaps,
+       count=st.one_of(st.integers(1, 20), st.integers(1, 400), st.integers(WINDOW - 20, WINDOW + 20),
+                       st.sampled_from([8 * RING_BYTES - 9, 8 * RING_BYTES, 8 * RING_BYTES + 9, 3 * WINDOW])),
+       later=st.lists(st.integers(-WINDOW - 20, 2 * WINDOW), max_size=12))
+def test_mark_range_equals_mark_one_by_one(prior, start, count, later):
+    a, b = ReplayWindow(), ReplayWindow()
+    for n in prior:
+        assert a.check_and_mark(n) == b.check_and_mark(n)
+    first = max(a.top, -1) + start
+    a.mark_range(first, count)
+    for n in range(first, first + count):
+        b.mark(n)
+    assert_same_window(a, b)
+    for delta in later:
+        n = max(0, a.top + delta)
+        assert a.check_and_mark(n) == b.check_and_mark(n)
+    assert_same_window(a, b)
+
+
+def test_mark_range_edges():
+    a, b = ReplayWindow(), ReplayWindow()
+    a.mark_range(5, 0)
+    assert a.top == -1 and a.check(5)
+    # within one byte, across two, across the ring's end, and longer than the window
+    for first, count in ((0, 1), (1, 6), (7, 2), (9, 30), (8 * RING_BYTES - 4, 9), (9 * RING_BYTES, WINDOW + 40)):
+        a.mark_range(first, count)
+        for n in range(first, first + count):
+            b.mark(n)
+        assert_same_window(a, b)
