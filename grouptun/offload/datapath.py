@@ -100,12 +100,20 @@ class BatchPath:
     # --- TUN -> UDP ---------------------------------------------------------------
     def on_tun_readable(self, now: float, reads: int) -> None:
         c, tun, singles = self.c, self.tun, self.singles
-        for _ in range(reads):
+        for i in range(reads):
             if self.vnet:
                 n = tun.read_into(self.rbuf)
                 if n is None:
                     break
                 c["tun_rx"] += 1
+                if not i:
+                    # The first read of a drain leaves before the next read: a lone packet (ping, DNS,
+                    # an ACK) does not wait for the read that finds the queue empty, nor for the
+                    # gathering below (idle RTT). A stream loses one packet per drain to the
+                    # per-datagram path; a super-packet goes its usual way.
+                    self._super_packet(n, now)
+                    self.flush()
+                    continue
                 if singles is not None and n >= VNET_HDR_LEN + 20:
                     flags, gso_type, _, _, start, offset = unpack_fields(self.rbuf)
                     try:
@@ -276,12 +284,18 @@ class BatchPath:
             # opened (and coalesced) together, so the per-run cost is paid once for all of them.
             held = seg = 0
             source = None
-            for _ in range(reads):
+            for i in range(reads):
                 got = udp.recv_batch(self.umv[held:held + RECV_ROOM])
                 if got is None:
                     break
                 c["udp_recvs"] += 1
                 n, size, sender = got
+                if not i and n <= size:  # a lone datagram first: opened and written before receiving on
+                    self._open(self.umv[:n], size, sender, now)
+                    if co is not None:
+                        for item in co.flush():
+                            self._write(item)
+                    continue
                 if held and (size != seg or sender != source):
                     self._open(self.umv[:held], seg, source, now)
                     self.ubuf[:n] = bytes(self.umv[held:held + n])  # rare: another sender or size interleaved

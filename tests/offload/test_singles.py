@@ -121,10 +121,13 @@ def test_gathered_singles_seal_like_one_by_one(data, n):
     assert by_flow(got) == by_flow(want)
 
 
-def test_a_udp_stream_is_one_run_and_one_send():
+def test_a_udp_stream_is_one_run_and_one_send_after_the_first_packet():
+    # The first packet of a drain leaves at once (a lone packet must not wait for the drain: idle RTT);
+    # the rest of the stream is one run and one send.
     frames = [super_packet(4, 17, bytes([k]) * 1200, 65535) for k in range(30)]
     sent, segs, got, alice, _ = drain(frames, gather=True)
-    assert alice["tx_runs"] == 1 and len(sent) == 1 and segs == [1200 + 28 + 28]
+    assert alice["tx_runs"] == 1 and len(sent) == 2 and segs == [1200 + 28 + 28] * 2
+    assert len(sent[0]) == 1256 and len(sent[1]) == 29 * 1256
     assert no_ip_id(got) == no_ip_id([full(f) for f in frames])
 
 
