@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from grouptun.core import counters as C
 from grouptun.core.inner import MIN_INNER, packed_addresses
-from grouptun.core.peers import EVERYONE
 from grouptun.core.sequence import N_MAX
 from grouptun.core.wire import BYTE0_DATA, BYTE0_KEEPALIVE, HEADER, HEADER_SIZE, OVERHEAD
 from grouptun.errors import AuthenticationError, SequenceExhausted
@@ -57,15 +56,9 @@ class Sealer:
 
         ``out`` needs ``len(plain) + 28`` bytes at ``off`` (plus 15 more for suite 2's CTR).
         """
-        allocator = self._allocator
-        try:
-            sequence = allocator.next()
-        except SequenceExhausted:
-            self._session.drops[C.TX_EXHAUSTED] += 1
-            self._session.request_rekey(self._state, "exhausted")
+        sequence = self._session.next_sequence(self._state)
+        if sequence is None:
             return 0
-        if allocator.rekey_due:
-            self._session.request_rekey(self._state, "packets")
         HEADER.pack_into(out, off, BYTE0_DATA, 0, self._wire, sequence)
         self.packets += 1
         self.bytes += len(plain)
@@ -126,33 +119,8 @@ class Sealer:
 
 def route(session, packet: bytes | bytearray | memoryview, now: float) -> Sealer | None:
     """A Sealer for ``packet``'s destination, or None (dropped and counted as on_tun_packet does)."""
-    drops = session.drops
-    addresses = packed_addresses(packet)
-    if addresses is None:
-        drops[C.TX_INVALID] += 1
-        return None
-    state = session.sending_epoch(now)
-    if state is None:
-        drops[C.TX_NO_EPOCH] += 1
-        return None
-    if addresses[0] not in state.own_sources:
-        drops[C.TX_SOURCE] += 1
-        return None
-    target = state.routes.unicast.get(addresses[1])
-    if target is None:
-        target = state.routes.lookup(addresses[1])
-    if target is None:
-        drops[C.TX_NO_ROUTE] += 1
-        return None
-    if target == EVERYONE:
-        peers = tuple(peer for peer in state.others if peer.endpoint is not None)
-    else:
-        peer = state.peers[target]
-        peers = (peer,) if peer.endpoint is not None else ()
-    if not peers:
-        drops[C.TX_NO_ENDPOINT] += 1
-        return None
-    return Sealer(session, state, peers)
+    routed = session.route(packet, now)
+    return None if routed is None else Sealer(session, *routed)
 
 
 def open_batch(session, data: memoryview, seg: int, source, now: float, out: memoryview) -> list[memoryview]:

@@ -132,77 +132,102 @@ class Session:
     # -- data path --------------------------------------------------------
     def on_tun_packet(self, packet: bytes | bytearray | memoryview, now: float) -> list[tuple[Endpoint, bytes]]:
         """Seal one IP packet from the TUN for its member(s); [] if dropped."""
+        out = bytearray(len(packet) + OVERHEAD + 15)  # 15: suite 2's CTR works in whole blocks
+        sealed = self.seal_into(packet, now, memoryview(out))
+        if sealed is None:
+            return []
+        length, endpoints = sealed
+        datagram = bytes(out[:length])
+        return [(endpoint, datagram) for endpoint in endpoints]
+
+    def on_datagram(self, datagram: bytes | bytearray | memoryview, source: Endpoint, now: float) -> bytes | None:
+        """The inner IP packet of an authentic, fresh datagram, or None (dropped and counted)."""
+        out = bytearray(len(datagram) + 15)
+        size = self.open_into(memoryview(datagram), source, now, memoryview(out))
+        return bytes(out[:size]) if size else None
+
+    def route(self, packet: bytes | bytearray | memoryview, now: float) -> tuple[EpochState, tuple] | None:
+        """The sending epoch and the destination peers (with an endpoint) of an IP packet from the TUN;
+        None if it is dropped (counted by reason)."""
         drops = self.drops
         addresses = packed_addresses(packet)
         if addresses is None:
             drops[C.TX_INVALID] += 1
-            return []
+            return None
         state = self._keyring.sending(now)
         if state is None:
             drops[C.TX_NO_EPOCH] += 1
-            return []
+            return None
         if addresses[0] not in state.own_sources:
             drops[C.TX_SOURCE] += 1
-            return []
+            return None
         target = state.routes.unicast.get(addresses[1])
         if target is None:
             target = state.routes.lookup(addresses[1])
         if target is None:
             drops[C.TX_NO_ROUTE] += 1
-            return []
+            return None
         if target == EVERYONE:
-            peers = [peer for peer in state.others if peer.endpoint is not None]
-            if not peers:
-                drops[C.TX_NO_ENDPOINT] += 1
-                return []
+            peers = tuple(peer for peer in state.others if peer.endpoint is not None)
         else:
             peer = state.peers[target]
-            if peer.endpoint is None:
-                drops[C.TX_NO_ENDPOINT] += 1
-                return []
-            peers = (peer,)
-        datagram = self._seal(state, BYTE0_DATA, packet)
-        if datagram is None:
-            return []
+            peers = (peer,) if peer.endpoint is not None else ()
+        if not peers:
+            drops[C.TX_NO_ENDPOINT] += 1
+            return None
+        return state, peers
+
+    def seal_into(self, packet: bytes | bytearray | memoryview, now: float,
+                  out: memoryview) -> tuple[int, tuple[Endpoint, ...]] | None:
+        """Seal one IP packet from the TUN into ``out`` (``len(packet) + 28`` bytes, 15 more for suite 2):
+        ``(datagram length, endpoints to send it to)``, or None if dropped (counted)."""
+        routed = self.route(packet, now)
+        if routed is None:
+            return None
+        state, peers = routed
+        sequence = self.next_sequence(state)
+        if sequence is None:
+            return None
+        HEADER.pack_into(out, 0, BYTE0_DATA, 0, state.wire, sequence)
+        length = state.sender.seal_at(out, 0, state.iv(sequence), packet)
         size = len(packet)
-        out = []
         for peer in peers:
-            out.append((peer.endpoint, datagram))
             peer.tx_packets += 1
             peer.tx_bytes += size
             peer.last_sent = now
-        return out
+        return length, tuple(peer.endpoint for peer in peers)
 
-    def on_datagram(self, datagram: bytes | bytearray | memoryview, source: Endpoint, now: float) -> bytes | None:
-        """The inner IP packet of an authentic, fresh datagram, or None (dropped and counted).
+    def open_into(self, datagram: memoryview, source: Endpoint, now: float, out: memoryview) -> int:
+        """Open one datagram into ``out`` (``len(datagram)`` bytes, 15 more for suite 2): the length of
+        its inner packet, or 0 if there is none (dropped and counted, or a keepalive).
 
         The header checks (:meth:`_admit`), then the replay window, then the tag; state changes
         only after all of them passed.
         """
         admitted = self._admit(datagram, now)
         if admitted is None:
-            return None
+            return 0
         state, byte0, sequence, n, index = admitted
         receiver = state.receivers.get(index) or state.receiver(index)
         window = receiver.window
         if not window.check(n):
             self.drops[C.REPLAY] += 1
-            return None
+            return 0
         try:
-            plaintext = receiver.cipher.open(datagram, state.iv(sequence))
+            size = receiver.cipher.open_into(datagram, state.iv(sequence), out)
         except AuthenticationError:
             self.count_auth_failure(state)
-            return None
+            return 0
         window.mark(n)
         peer = self.record_authenticated(state, index, n, source, now)  # authenticated and fresh: state may change
         if byte0 == BYTE0_KEEPALIVE:
-            return None
-        if not inner_ok(plaintext, receiver.sources):
+            return 0
+        if not inner_ok(out[:size], receiver.sources):
             self.drops[C.INNER] += 1
-            return None
+            return 0
         peer.rx_packets += 1
-        peer.rx_bytes += len(plaintext)
-        return plaintext
+        peer.rx_bytes += size
+        return size
 
     def _admit(self, datagram: bytes | bytearray | memoryview, now: float) -> tuple | None:
         """The header checks of PROTOCOL.md 6, before any cryptography.
@@ -342,7 +367,8 @@ class Session:
         return peer
 
     # -- helpers --------------------------------------------------------
-    def _seal(self, state: EpochState, byte0: int, payload: bytes | bytearray | memoryview) -> bytes | None:
+    def next_sequence(self, state: EpochState) -> int | None:
+        """The next s of ``state`` for one packet; None at n_max (dropped and counted, rekey requested)."""
         allocator = state.allocator
         try:
             sequence = allocator.next()
@@ -352,6 +378,12 @@ class Session:
             return None
         if allocator.rekey_due:
             self.request_rekey(state, "packets")
+        return sequence
+
+    def _seal(self, state: EpochState, byte0: int, payload: bytes | bytearray | memoryview) -> bytes | None:
+        sequence = self.next_sequence(state)
+        if sequence is None:
+            return None
         header = HEADER.pack(byte0, 0, state.wire, sequence)
         return state.sender.seal(header, state.iv(sequence), payload)
 
