@@ -34,52 +34,91 @@ def split_full_rows(pkt: memoryview, out: bytearray, offset: int, stride: int, r
 
     ``final``: row rows-1 is the super-packet's last segment (it keeps FIN/PSH).
 
-    The headers are built in a small contiguous array (rows x hl) and copied out once. Transport
-    checksums are computed in host byte order and written through a host-order view, so no value
-    is ever byte-swapped: the ones'-complement sum is arithmetic mod 0xFFFF, where swapping the two
-    bytes of a word multiplies it by 256 (RFC 1071); only the constant part (pseudo-header and
-    length) is swapped, once. ``(t - 1) % 0xFFFF + 1`` is the end-around-carry fold of t > 0; a row
-    of at most 32767 words cannot overflow the 32-bit sums. Every numpy call costs about a
-    microsecond whatever its size, hence so few of them.
+    Every row gets one header template (what all segments share, checksum fields zero) and its
+    payload, then the per-row fields are written in place through strided views: IPv4 ID and header
+    checksum (ID + k, so the checksum goes down by one per row, plus 0xFFFF from the row where the
+    folded sum carries), TCP sequence, the flags of the first and last row, and last the transport
+    checksum, one sum per row over its TCP/UDP header and payload together. Sums are taken in host
+    byte order and written through a host-order view, so no value is ever byte-swapped: the
+    ones'-complement sum is arithmetic mod 0xFFFF, where swapping the two bytes of a word
+    multiplies it by 256 (RFC 1071); only the constant part (pseudo-header and length) is swapped,
+    once. ``(t - 1) % 0xFFFF + 1`` is the end-around-carry fold of t > 0; a row of at most 32767
+    words cannot overflow the 32-bit sums. Every numpy call costs a fraction of a microsecond
+    whatever its size, hence so few of them.
     """
     seg_len = hl + gso
-    src = np.frombuffer(pkt, dtype=np.uint8)
-    payload = src[hl:hl + rows * gso].reshape(rows, gso)
-    head = np.empty((rows, hl), np.uint8)
-    head[:] = src[:hl]
-    w = head.view(">u2")
     k = _ROWS[:rows]
+    head = bytearray(pkt[:hl])
     if version == 4:
-        w[:, 1] = seg_len
-        ids = k + first_id
-        ids &= 0xFFFF
-        w[:, 2] = ids
-        ids += _fold(ip_base + seg_len)  # <= 0x1FFFE: one carry fold is enough
-        w[:, 5] = 0xFFFF - ((ids & 0xFFFF) + (ids >> 16))
+        head[2:4] = seg_len.to_bytes(2, "big")
+        head[10] = head[11] = 0
     else:
-        w[:, 2] = seg_len - 40
+        head[4:6] = (seg_len - 40).to_bytes(2, "big")
     if tcp:
-        head.view(">u4")[:, (cs + 4) // 4] = k * np.uint32(gso) + np.uint32(first_seq)  # wraps mod 2^32
-        head[:, cs + 13] = flags & ~0x89  # no FIN/PSH before the last segment, CWR only on the first
-        head[0, cs + 13] = flags & ~0x09
-        if final:
-            head[rows - 1, cs + 13] = flags & ~0x80 if rows > 1 else flags
+        head[cs + 13] = flags & ~0x89  # no FIN/PSH before the last segment, CWR only on the first
     else:
-        w[:, (cs + 4) // 2] = seg_len - cs
-    native = head.view("=u2")
-    native[:, csum_at // 2] = 0
-    sums = native[:, cs // 2:].sum(axis=1, dtype=np.uint32)
-    sums += _odd_payload_sums(payload) if gso & 1 else payload.view("=u2").sum(axis=1, dtype=np.uint32)
-    sums += _swap16(_fold(psum + seg_len - cs))
+        head[cs + 4:cs + 6] = (seg_len - cs).to_bytes(2, "big")
+    head[csum_at] = head[csum_at + 1] = 0
+    b = np.ndarray((rows, seg_len), np.uint8, buffer=out, offset=offset, strides=(stride, 1))
+    b[:, :hl] = np.frombuffer(head, np.uint8)
+    b[:, hl:] = np.ndarray((rows, gso), np.uint8, buffer=pkt, offset=hl)
+    # Per-row values are computed in small native arrays, then written through one strided view each:
+    # a ufunc writing straight into a strided big-endian view costs twice as much.
+    if version == 4:
+        words = np.ndarray((rows, 6), ">u2", buffer=out, offset=offset, strides=(stride, 2))
+        words[:, 2], words[:, 5] = _ipv4_ids(k, first_id, _fold(ip_base + seg_len))
+    if tcp:
+        np.ndarray((rows,), ">u4", buffer=out, offset=offset + cs + 4, strides=(stride,))[:] = \
+            _steps(gso, rows) + np.uint32(first_seq)  # wraps mod 2^32, as TCP does
+        out[offset + cs + 13] = flags & ~0x09
+        if final:
+            out[offset + (rows - 1) * stride + cs + 13] = flags & ~0x80 if rows > 1 else flags
+    span = seg_len - cs
+    sums = np.add.reduce(np.ndarray((rows, span // 2), "=u2", buffer=out, offset=offset + cs, strides=(stride, 2)),
+                         axis=1, dtype=np.uint32)
+    if span & 1:  # the pad byte after the last one
+        tail = np.ndarray((rows,), np.uint8, buffer=out, offset=offset + seg_len - 1, strides=(stride,))
+        sums += tail.astype(np.uint32) if _SWAP else tail.astype(np.uint32) << 8
+    sums += _swap16(_fold(psum + span))
     sums -= 1
     sums %= 0xFFFF
-    checks = 0xFFFE - sums  # 0xFFFF - (fold), fold = sums + 1
+    checks = np.subtract(0xFFFE, sums, out=sums)  # 0xFFFF - (fold), fold = sums + 1
     if not tcp:
         checks[checks == 0] = 0xFFFF  # UDP: 0 means "no checksum" (0 and 0xFFFF are both swap-invariant)
-    native[:, csum_at // 2] = checks
-    b = np.ndarray((rows, seg_len), np.uint8, buffer=out, offset=offset, strides=(stride, 1))
-    b[:, :hl] = head
-    b[:, hl:] = payload
+    np.ndarray((rows,), "=u2", buffer=out, offset=offset + csum_at, strides=(stride,))[:] = checks
+
+
+def _ipv4_ids(k, first_id: int, base: int) -> tuple:
+    """IPv4 IDs (first_id + k, mod 2^16) and header checksums of the rows; ``base`` is the folded sum of
+    the rest of the header."""
+    rows = len(k)
+    ids = k + first_id
+    if first_id + rows - 1 > 0xFFFF:  # the ID wraps within the run: the general form
+        ids &= 0xFFFF
+        values = ids + base  # <= 0x1FFFE: one carry fold is enough
+        return ids, 0xFFFF - ((values & 0xFFFF) + (values >> 16))
+    # 0xFFFF - fold(first_id + base + j): down by one per row, up by 0xFFFF from the row where it carries
+    top = 0xFFFF - first_id - base
+    carry = 0x10000 - first_id - base
+    if carry >= rows:
+        return ids, np.uint32(top) - k
+    checks = np.uint32(top + 0xFFFF) - k
+    if carry > 0:
+        checks[:carry] -= 0xFFFF
+    return ids, checks
+
+
+_STEPS: dict[int, np.ndarray] = {}
+
+
+def _steps(gso: int, rows: int) -> np.ndarray:
+    """k * gso for k < rows (uint32), kept per segment size."""
+    steps = _STEPS.get(gso)
+    if steps is None or len(steps) < rows:
+        if len(_STEPS) >= 16:
+            _STEPS.clear()
+        steps = _STEPS[gso] = _ROWS * np.uint32(gso)
+    return steps[:rows]
 
 
 def _fold(value: int) -> int:
@@ -87,11 +126,3 @@ def _fold(value: int) -> int:
     while value >> 16:
         value = (value & 0xFFFF) + (value >> 16)
     return value
-
-
-def _odd_payload_sums(payload: np.ndarray) -> np.ndarray:
-    """Host-order word sums of rows of odd length (the last byte padded with a zero, RFC 1071)."""
-    even = payload.shape[1] - 1
-    sums = np.ascontiguousarray(payload[:, :even]).view("=u2").sum(axis=1, dtype=np.uint32)
-    tail = payload[:, even].astype(np.uint32)
-    return sums + (tail if _SWAP else tail << 8)
