@@ -73,6 +73,77 @@ def split_full_rows(pkt: memoryview, out: bytearray, offset: int, stride: int, r
         out[offset + cs + 13] = flags & ~0x09
         if final:
             out[offset + (rows - 1) * stride + cs + 13] = flags & ~0x80 if rows > 1 else flags
+    _transport_checksums(out, offset, stride, rows, seg_len, cs, csum_at, psum, tcp)
+
+
+def split_train(buf: bytearray, first: int, slot: int, packets: int, rows: int, out: bytearray, stride: int, *,
+                hl: int, cs: int, gso: int, version: int, psum: int) -> None:
+    """Segments of ``packets`` TCP super-packets of one flow at once: packet p's IP packet lies at
+    ``buf[first + p * slot:]`` and holds exactly ``rows`` full segments of ``gso`` bytes; segment k of
+    packet p goes to row ``p * rows + k`` of ``out`` (at ``stride``), as ``split_full_rows(final=True)``
+    would write it. The caller checked every packet (IPv4 without options or IPv6 without extension
+    headers, same addresses, ports, header length and sizes; ``hl`` a multiple of 4).
+
+    The per-packet fields (IPv4 ID, TCP sequence, flags) are read from all headers at once and the
+    headers fanned out to every row, so the fixed cost of the numpy steps is paid once for the whole
+    train instead of once per super-packet.
+    """
+    seg_len, total = hl + gso, packets * rows
+    templ = np.ndarray((packets, hl), np.uint8, buffer=buf, offset=first, strides=(slot, 1)).copy()
+    words = templ.view(">u2")
+    flags = templ[:, cs + 13].copy()
+    seqs = templ.view(">u4")[:, (cs + 4) // 4].astype(np.uint32)
+    templ[:, cs + 13] = flags & 0x76  # no FIN/PSH before the last segment, CWR only on the first
+    templ[:, cs + 16:cs + 18] = 0
+    if version == 4:
+        ids = words[:, 2].astype(np.uint32)
+        words[:, 1], words[:, 2], words[:, 5] = seg_len, 0, 0
+        bases = np.add.reduce(words[:, :10], axis=1, dtype=np.uint32)
+        bases -= 1
+        bases %= 0xFFFF
+        bases += 1  # folded, never 0: the version byte is in it
+    else:
+        words[:, 2] = seg_len - 40
+    which, k = _train_rows(packets, rows)
+    head = templ[which]
+    if version == 4:
+        row_ids = ids[which]
+        row_ids += k
+        row_ids &= 0xFFFF
+        head.view(">u2")[:, 2] = row_ids
+        row_ids += bases[which]  # <= 0x1FFFE: one carry fold is enough
+        head.view(">u2")[:, 5] = 0xFFFF - ((row_ids & 0xFFFF) + (row_ids >> 16))
+    row_seqs = seqs[which]
+    row_seqs += _steps(gso, rows)[k]  # wraps mod 2^32, as TCP does
+    head.view(">u4")[:, (cs + 4) // 4] = row_seqs
+    if rows > 1:
+        head[::rows, cs + 13] = flags & 0xF6  # the first keeps CWR
+        head[rows - 1::rows, cs + 13] = flags & 0x7F  # the last keeps FIN/PSH
+    else:
+        head[:, cs + 13] = flags
+    np.ndarray((total, hl), np.uint8, buffer=out, strides=(stride, 1))[:] = head
+    np.ndarray((packets, rows, gso), np.uint8, buffer=out, offset=hl, strides=(rows * stride, stride, 1))[:] = \
+        np.ndarray((packets, rows, gso), np.uint8, buffer=buf, offset=first + hl, strides=(slot, gso, 1))
+    _transport_checksums(out, 0, stride, total, seg_len, cs, cs + 16, psum, True)
+
+
+def _train_rows(packets: int, rows: int) -> tuple:
+    """(packet of each row, row number within its packet), kept per shape."""
+    got = _TRAIN_ROWS.get((packets, rows))
+    if got is None:
+        if len(_TRAIN_ROWS) >= 64:
+            _TRAIN_ROWS.clear()
+        got = _TRAIN_ROWS[(packets, rows)] = (np.repeat(np.arange(packets), rows),
+                                              np.tile(np.arange(rows, dtype=np.uint32), packets))
+    return got
+
+
+_TRAIN_ROWS: dict[tuple[int, int], tuple] = {}
+
+
+def _transport_checksums(out: bytearray, offset: int, stride: int, rows: int, seg_len: int, cs: int, csum_at: int,
+                         psum: int, tcp: bool) -> None:
+    """TCP/UDP checksum of each row (its field zero), one sum per row over header and payload together."""
     span = seg_len - cs
     sums = np.add.reduce(np.ndarray((rows, span // 2), "=u2", buffer=out, offset=offset + cs, strides=(stride, 2)),
                          axis=1, dtype=np.uint32)

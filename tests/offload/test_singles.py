@@ -80,7 +80,7 @@ def drain(frames: list[bytes], gather: bool):
     peers = pair()
     _, tun, udp, plane = peers["alice"]
     if not gather:
-        plane.fast.singles = None
+        plane.fast.send.singles = None
     tun.queue = list(frames)
     plane.on_tun_readable()
     bob_udp, bob_plane = peers["bob"][2], peers["bob"][3]
