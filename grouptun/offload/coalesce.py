@@ -131,12 +131,14 @@ class Coalescer:
 
     def add_run(self, buf: bytearray, count: int, stride: int, size: int, last_size: int) -> bool:
         """Merge ``count`` TCP segments (or UDP datagrams, if ``udp``) at ``buf[j*stride:]`` (``size``
-        bytes each, the last ``last_size``) at once, if they are one flow continuing exactly (the rules
-        of :meth:`add`, checked with numpy over all headers: every header byte equal to the first's
-        except lengths, IPv4 id and checksum, the transport checksum, TCP sequence and PSH on the
-        last; sequence numbers consecutive). A run longer than ``max_len`` becomes several
-        super-packets. False (nothing changed) if not one flow: the caller then adds the packets one
-        by one.
+        bytes each, the last ``last_size``) at once, cut where a segment does not continue the one
+        before it by the rules of :meth:`add` (checked with numpy over all headers: every header byte
+        equal to the previous one's except lengths, IPv4 id and checksum, the transport checksum, TCP
+        sequence and PSH on the last; sequence numbers consecutive), so a run may hold blocks of
+        several flows (TCP streams of one sender, each block of one super-packet). A part longer than
+        ``max_len`` becomes several super-packets. Every part starts afresh: an open item of its flow
+        is closed first. False (nothing changed) if the segments differ in their shape (header
+        lengths, IP version, fragment bits, length fields): the caller then adds them one by one.
         """
         if np is None or count < 2 or last_size > size or self.verify_checksums:  # add() checks each one
             return False
@@ -149,10 +151,11 @@ class Coalescer:
         groups = _run_groups(buf, count, stride, shape, payload, last_size) if per >= 2 else None
         if groups is None:
             return False
-        key = bytes(buf[8:44] if v6 else buf[12:24])
-        self._open.pop(key, None)  # an earlier item of the flow stays first
-        self._open.pop(key + b"\x11", None)
         for start, length in groups:
+            at = start * stride
+            key = bytes(buf[at + 8:at + 44] if v6 else buf[at + 12:at + 24])
+            self._open.pop(key, None)  # an earlier item of the flow stays first
+            self._open.pop(key + b"\x11", None)
             first, stop = start, start + length
             while first < stop:
                 rows = min(per, stop - first)
@@ -312,10 +315,10 @@ def _run_groups(buf, count: int, stride: int, shape: tuple, payload: int, last_s
     if not np.count_nonzero(breaks):
         return [(0, count)]
     groups = _cut(breaks, count)
-    # Rows of a group equal its first row; the first rows must share what one flow keeps.
+    # Rows of a group equal its first row; the first rows must share the shape the merge relies on.
     fixed = headers[[first for first, _ in groups]][:, _invariant(v6, l4, proto)]
     if fixed.tobytes() != fixed[0].tobytes() * len(groups):
-        return None  # another flow, header length, fragment or length field: add() sorts it out
+        return None  # another header length, fragment or length field: add() sorts it out
     return groups
 
 
@@ -324,12 +327,12 @@ _INVARIANT: dict[tuple[bool, int, int], object] = {}
 
 def _invariant(v6: bool, l4: int, proto: int):
     """Columns every segment of a run must share with the first (else the run is left to add()): IP
-    version and header length (IPv6: the whole first word), lengths, fragment bits, protocol,
-    addresses, ports, TCP data offset."""
+    version and header length (IPv6: the whole first word), lengths, fragment bits, protocol, TCP
+    data offset. Addresses and ports may differ: the run is cut there, each part one flow."""
     cols = _INVARIANT.get((v6, l4, proto))
     if cols is None:
-        ip = [0, 1, 2, 3, 4, 5, 6, *range(8, 40)] if v6 else [0, 2, 3, 6, 7, 9, *range(12, 20)]
-        transport = [l4, l4 + 1, l4 + 2, l4 + 3] + ([l4 + 12] if proto == 6 else [l4 + 4, l4 + 5])
+        ip = [0, 1, 2, 3, 4, 5, 6] if v6 else [0, 2, 3, 6, 7, 9]
+        transport = [l4 + 12] if proto == 6 else [l4 + 4, l4 + 5]
         cols = _INVARIANT[(v6, l4, proto)] = np.array(ip + transport)
     return cols
 

@@ -82,7 +82,8 @@ def split_train(buf: bytearray, first: int, slot: int, packets: int, rows: int, 
     ``buf[first + p * slot:]`` and holds exactly ``rows`` full segments of ``gso`` bytes; segment k of
     packet p goes to row ``p * rows + k`` of ``out`` (at ``stride``), as ``split_full_rows(final=True)``
     would write it. The caller checked every packet (IPv4 without options or IPv6 without extension
-    headers, same addresses, ports, header length and sizes; ``hl`` a multiple of 4).
+    headers, same addresses (``psum``), header length and sizes; ``hl`` a multiple of 4); ports,
+    sequence numbers and flags are each packet's own.
 
     The per-packet fields (IPv4 ID, TCP sequence, flags) are read from all headers at once and the
     headers fanned out to every row, so the fixed cost of the numpy steps is paid once for the whole

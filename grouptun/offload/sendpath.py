@@ -3,7 +3,7 @@
     TUN readable -> read (virtio-net header || packet) into a slot of the train buffer
       first read of a drain, lone packet -> Session.seal_into -> sendto (at once: idle RTT)
       plain packets -> gathered (offload.singles) -> sealed as runs per flow
-      full TCP super-packets of one flow -> a train (offload.train): up to 8 segmented by one
+      full TCP super-packets between two hosts -> a train (offload.train): up to 8 cut by one
                                             fastsplit.split_train and sealed as one run
       other super-packets -> segment.split -> sealed as a run or segment by segment
     -> one sendmsg(UDP_SEGMENT) per up to 64 equal datagrams (46 of 1420 bytes: the UDP limit)

@@ -83,7 +83,7 @@ class Train:
         key, v4 = shape[0], gso_type == GSO_TCPV4
         self.start, self.count, self.limit, self.shape = index, 1, limit, shape
         self.version, self.l4 = (4, 20) if v4 else (6, 40)
-        self.psum = ones_sum(key[:8] if v4 else key[:32], _PROTO_TCP)
+        self.psum = ones_sum(key, _PROTO_TCP)
         return True
 
     def clear(self) -> None:
@@ -92,7 +92,7 @@ class Train:
 
 
 def _shape(slot: memoryview, n: int, fields: tuple) -> tuple | None:
-    """``(flow key, gso type, header length, segment size, segments)`` of a train-worthy packet, else None."""
+    """``(addresses, gso type, header length, segment size, segments)`` of a train-worthy packet, else None."""
     flags, gso_type, _, gso, start, offset = fields
     size = n - VNET_HDR_LEN
     if flags != F_NEEDS_CSUM or offset != 16 or gso <= 0:
@@ -102,12 +102,12 @@ def _shape(slot: memoryview, n: int, fields: tuple) -> tuple | None:
         if (start != 20 or size < 41 or slot[ip] != 0x45 or slot[ip + 9] != _PROTO_TCP
                 or _U16.unpack_from(slot, ip + 2)[0] != size or _U16.unpack_from(slot, ip + 6)[0] & 0x3FFF):
             return None
-        key = bytes(slot[ip + 12:ip + 24])
+        key = bytes(slot[ip + 12:ip + 20])
     elif gso_type == GSO_TCPV6:
         if (start != 40 or size < 61 or slot[ip] >> 4 != 6 or slot[ip + 6] != _PROTO_TCP
                 or _U16.unpack_from(slot, ip + 4)[0] != size - 40):
             return None
-        key = bytes(slot[ip + 8:ip + 44])
+        key = bytes(slot[ip + 8:ip + 40])
     else:
         return None
     hl = start + (slot[ip + start + 12] >> 4) * 4

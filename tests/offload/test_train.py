@@ -142,6 +142,10 @@ def test_take_refuses_what_may_not_join_and_stops_at_the_last_slot():
     assert not train.take(1, len(other), unpack_fields(other), lambda *_: 8)
     train.clear()
     assert not train.take(0, len(frames[0]), fields[0], lambda *_: 0)  # no room in the caller's buffers
+    stream = tcp(4, 4, 1000, 4000, 2, port=40001)  # another TCP stream between the same hosts joins
+    train.slots[1][:len(stream)] = stream
+    assert train.take(1, len(stream), unpack_fields(stream), lambda *_: 8)
+    train.clear()
     udp = super_packet(4, 17, bytes(3000), 1000)
     train.slots[0][:len(udp)] = udp
     assert not train.take(0, len(udp), unpack_fields(udp), lambda *_: 8) and len(train) == 0
