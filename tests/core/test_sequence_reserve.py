@@ -107,17 +107,25 @@ gaps = st.one_of(st.integers(1, 8), st.integers(1, 600), st.integers(WINDOW - 16
 @given(prior=st.lists(st.integers(0, 3 * WINDOW), max_size=40), start=gaps, steps=st.lists(gaps, max_size=40),
        later=st.lists(st.integers(-WINDOW - 20, 2 * WINDOW), max_size=12))
 def test_mark_ascending_equals_mark_one_by_one(prior, start, steps, later):
+    def run(window: ReplayWindow) -> list[int]:
+        numbers = [max(window.top, -1) + start]
+        for step in steps:
+            numbers.append(numbers[-1] + step)
+        window.mark_ascending(list(numbers))
+        return numbers
+    assert_run_form_equals_one_by_one(prior, later, run)
+
+
+def assert_run_form_equals_one_by_one(prior: list[int], later: list[int], mark_run) -> None:
+    """``mark_run(window)`` marks a run at once on a window that saw ``prior`` and returns its numbers; the
+    window must be what mark() of each gives, then and for ``later`` numbers (nothing left behind in the
+    ring may show)."""
     a, b = ReplayWindow(), ReplayWindow()
     for n in prior:
         assert a.check_and_mark(n) == b.check_and_mark(n)
-    numbers = [max(a.top, -1) + start]
-    for step in steps:
-        numbers.append(numbers[-1] + step)
-    a.mark_ascending(list(numbers))
-    for n in numbers:
+    for n in mark_run(a):
         b.mark(n)
     assert_same_window(a, b)
-    # what is left behind in the ring must not show later either
     for delta in later:
         n = max(0, a.top + delta)
         assert a.check_and_mark(n) == b.check_and_mark(n)
@@ -142,18 +150,11 @@ def test_mark_ascending_edges():
                        st.sampled_from([8 * RING_BYTES - 9, 8 * RING_BYTES, 8 * RING_BYTES + 9, 3 * WINDOW])),
        later=st.lists(st.integers(-WINDOW - 20, 2 * WINDOW), max_size=12))
 def test_mark_range_equals_mark_one_by_one(prior, start, count, later):
-    a, b = ReplayWindow(), ReplayWindow()
-    for n in prior:
-        assert a.check_and_mark(n) == b.check_and_mark(n)
-    first = max(a.top, -1) + start
-    a.mark_range(first, count)
-    for n in range(first, first + count):
-        b.mark(n)
-    assert_same_window(a, b)
-    for delta in later:
-        n = max(0, a.top + delta)
-        assert a.check_and_mark(n) == b.check_and_mark(n)
-    assert_same_window(a, b)
+    def run(window: ReplayWindow) -> range:
+        first = max(window.top, -1) + start
+        window.mark_range(first, count)
+        return range(first, first + count)
+    assert_run_form_equals_one_by_one(prior, later, run)
 
 
 def test_mark_range_edges():
