@@ -144,11 +144,10 @@ class SendPath:
         stride = gso + HEADER_ROOM
         split_train(train.buf, first, SLOT, packets, rows, self.segbuf, stride, hl=hl, cs=l4, gso=gso,
                     version=version, psum=psum)
-        for _ in range(packets):  # one routing decision per super-packet, as each alone would get
-            sealer = self._route(self.segmv[:hl + gso], now)
-            if sealer is not None:
-                break
-        else:
+        sealer = self._route(self.segmv[:hl + gso], now)
+        if sealer is None:  # dropped: counted once per super-packet, as each alone would be
+            for _ in range(packets - 1):
+                self._route(self.segmv[:hl + gso], now)
             return
         self._seal_segments(sealer, stride, [hl + gso] * (packets * rows), now)
 
@@ -165,29 +164,22 @@ class SendPath:
                    and packed_addresses(singles.packet(end)) == key):
                 end += 1
             singles.complete(first, end - first)
-            if key is None or end - first < SEAL_RUN_MIN or not self._seal_run(singles, first, end, now):
+            if key is None or end - first < SEAL_RUN_MIN:
                 for j in range(first, end):
                     self._one(singles.packet(j), now)
+            else:
+                self._seal_run(singles, first, end, now)
             first = end
         singles.clear()
 
-    def _seal_run(self, singles, first: int, end: int, now: float) -> bool:
-        """Seal singles first..end-1 (one flow) as one run; False if they must go one by one."""
+    def _seal_run(self, singles, first: int, end: int, now: float) -> None:
+        """Seal singles first..end-1 (one flow, equal lengths but a shorter last) together."""
         sealer = self._route(singles.packet(first), now)
         if sealer is None:  # that one is dropped and counted; the others of its flow each the same way
             for j in range(first + 1, end):
                 self._one(singles.packet(j), now)
-            return True
-        self.flush()
-        sealed = self.run_sealer.seal(sealer, SINGLE_STRIDE, singles.lengths[first:end], first * SINGLE_STRIDE)
-        if sealed is None:
-            return False
-        self.c["tx_runs"] += 1
-        self.count, self.used = sealed
-        self.seg, self.endpoints = singles.lengths[first] + OVERHEAD, sealer.endpoints
-        self.flush()
-        sealer.finish(now)
-        return True
+            return
+        self._seal_segments(sealer, SINGLE_STRIDE, singles.lengths[first:end], now, first * SINGLE_STRIDE)
 
     def _super_packet(self, slot: memoryview, n: int, now: float) -> None:
         """One packet read into ``slot`` (``n`` bytes with its virtio-net header), alone."""
@@ -210,11 +202,11 @@ class SendPath:
         if sealer is not None:
             self._seal_segments(sealer, stride, lengths, now)
 
-    def _seal_segments(self, sealer, stride: int, lengths: list[int], now: float) -> None:
-        """Seal the segments at ``stride`` in the segment buffer: as one run, or one by one."""
+    def _seal_segments(self, sealer, stride: int, lengths: list[int], now: float, offset: int = 0) -> None:
+        """Seal the packets at ``offset + j * stride`` in the segment buffer: as one run, or one by one."""
         if self.run_sealer is not None and len(lengths) >= SEAL_RUN_MIN:
             self.flush()
-            sealed = self.run_sealer.seal(sealer, stride, lengths)
+            sealed = self.run_sealer.seal(sealer, stride, lengths, offset)
             if sealed is not None:
                 self.c["tx_runs"] += 1
                 self.count, self.used = sealed
@@ -222,11 +214,11 @@ class SendPath:
                 self.flush()
                 sealer.finish(now)
                 return
-        off, segmv = 0, self.segmv
+        at, segmv = offset, self.segmv
         for size in lengths:
-            if not self._queue(sealer, segmv[off:off + size]):
+            if not self._queue(sealer, segmv[at:at + size]):
                 break
-            off += stride
+            at += stride
         sealer.finish(now)
 
     def _lone(self, packet: memoryview, now: float) -> None:
