@@ -34,7 +34,7 @@ import os
 
 from grouptun.core import vector
 from grouptun.offload.coalesce import Coalescer
-from grouptun.offload.sendpath import SendPath
+from grouptun.offload.sendpath import DRAIN_BYTES, SendPath
 from grouptun.offload.vnet import ZERO_HDR
 
 RECV_ROOM = 65536  # one UDP (GRO) receive
@@ -97,12 +97,16 @@ class BatchPath:
             # opened (and coalesced) together, so the per-run cost is paid once for all of them.
             held = seg = 0
             source = None
+            budget = DRAIN_BYTES
             for i in range(reads):
+                if budget <= 0:
+                    break
                 got = udp.recv_batch(self.umv[held:held + RECV_ROOM])
                 if got is None:
                     break
                 c["udp_recvs"] += 1
                 n, size, sender = got
+                budget -= n
                 if not i and n <= size:  # a lone datagram first: opened and written before receiving on
                     self._open_lone(self.umv[:n], sender, now)
                     continue

@@ -40,6 +40,11 @@ SEND_BUFFER = SLOTS * 80 * 1024  # a train's datagrams; a lone packet may be 64 
 # tens of µs (measured in process, plain UDP drains of K packets: the run sealer wins from K = 8),
 # so light traffic and lone packets take the per-datagram path.
 SEAL_RUN_MIN = 8
+# A drain stops once it has read this much (either direction), so that the other direction, the TCP
+# ACKs among it, gets its turn: a bulk TCP sender is held by its send buffer (4 MiB), and its rate is
+# that buffer over the round trip, which an ACK waiting behind a 4 MiB drain lengthens by milliseconds.
+# TCP x1, 6 interleaved rounds x 12 s: 3240 Mbit/s against 2951 without the limit (64 reads).
+DRAIN_BYTES = 512 * 1024
 
 
 class SendPath:
@@ -64,6 +69,7 @@ class SendPath:
 
     def on_tun_readable(self, now: float, reads: int) -> None:
         c, tun, train = self.c, self.tun, self.train
+        budget = DRAIN_BYTES
         for i in range(reads):
             if not self.vnet:
                 packet = tun.read()
@@ -78,6 +84,7 @@ class SendPath:
             if n is None:
                 break
             c["tun_rx"] += 1
+            budget -= n
             if not i:
                 # The first read of a drain leaves before the next read: a lone packet (ping, DNS,
                 # an ACK) does not wait for the read that finds the queue empty, nor for the
@@ -90,6 +97,8 @@ class SendPath:
                     self.flush()
                 continue
             self._next(index, slot, n, now)
+            if budget <= 0:
+                break
         self._send_train(now)
         self._send_singles(now)
         self.flush()

@@ -165,3 +165,23 @@ def test_a_bug_mid_drain_leaves_no_train_behind():
     tun.queue = [tcp(4, 9, 1200, 32400, 4), tcp(4, 9, 1200, 43200, 5)]
     plane.on_tun_readable()
     assert plane.counters["internal_errors"] == 1 and plane.counters["tx_runs"] >= 1
+
+
+def test_a_drain_stops_after_its_byte_budget_and_the_next_one_goes_on():
+    from grouptun.offload.sendpath import DRAIN_BYTES
+    frames = [tcp(4, 40, 1300, 1000 + k * 52000, k) for k in range(20)]
+    per_read = len(frames[0])
+    peers = pair()
+    _, tun, _, plane = peers["alice"]
+    tun.queue = list(frames)
+    plane.on_tun_readable()
+    assert len(tun.queue) == 20 - -(-DRAIN_BYTES // per_read)  # the other direction gets its turn
+    plane.on_tun_readable()
+    assert tun.queue == []
+    bob_udp, bob_plane = peers["bob"][2], peers["bob"][3]
+    received = len(bob_udp.inbox)
+    bob_plane.on_udp_readable()
+    assert 0 < received - len(bob_udp.inbox) < received  # Bob's drain stops at the budget too
+    while bob_udp.inbox:
+        bob_plane.on_udp_readable()
+    assert packets_of(peers["bob"][1].written) == expected_packets(frames)
