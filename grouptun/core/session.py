@@ -20,8 +20,12 @@ rekey_after_packets), ``rekey:time`` (rekey_after_seconds since install),
 at most one per FETCH_INTERVAL seconds). Each rekey reason is raised once
 per epoch.
 
-Datagrams and inner packets are returned as ``bytes``. One sealed
-broadcast datagram object is shared by all its (endpoint, datagram) pairs.
+Two forms of the same steps: ``on_tun_packet`` / ``on_datagram`` return
+``bytes`` (one sealed broadcast datagram object is shared by all its
+(endpoint, datagram) pairs); the batched shell uses ``route`` +
+``seal_into``, ``open_into`` and ``open_batch``, which write into buffers
+the shell owns, so a lone packet and a batch go through one route, one
+sequence rule and one acceptance order.
 Not thread-safe: one Session is driven by one thread or event loop.
 """
 
