@@ -93,9 +93,9 @@ class ReplayWindow:
             return
         ring[b0 & _RING_MASK] |= head
         ring[b1 & _RING_MASK] |= tail
-        start, end = (b0 + 1) & _RING_MASK, (b1 - 1) & _RING_MASK  # the full bytes between, if any
         if b1 - b0 < 2:
             return
+        start, end = (b0 + 1) & _RING_MASK, (b1 - 1) & _RING_MASK  # the full bytes between
         if start <= end:
             ring[start:end + 1] = _FULL[:end + 1 - start]
         else:  # wraps around the ring end

@@ -122,11 +122,11 @@ class SendPath:
                     self.c["tun_rx_malformed"] += 1
                     return
             self._send_singles(now)
-            self._super_packet(slot, n, now)
+            self._super_packet(slot, n, now, fields)
             return
         self._send_singles(now)
         if not self.trains:
-            self._super_packet(slot, n, now)
+            self._super_packet(slot, n, now, fields)
             return
         if train.take(index, n, fields, self._room):
             if train.full:
@@ -134,7 +134,7 @@ class SendPath:
             return
         self._send_train(now)
         if not train.take(index, n, fields, self._room):  # the first of a new train, or on its own
-            self._super_packet(slot, n, now)
+            self._super_packet(slot, n, now, fields)
         elif train.full:  # it took the last slot
             self._send_train(now)
 
@@ -190,12 +190,14 @@ class SendPath:
             return
         self._seal_segments(sealer, SINGLE_STRIDE, singles.lengths[first:end], now, first * SINGLE_STRIDE)
 
-    def _super_packet(self, slot: memoryview, n: int, now: float) -> None:
-        """One packet read into ``slot`` (``n`` bytes with its virtio-net header), alone."""
+    def _super_packet(self, slot: memoryview, n: int, now: float, fields: tuple | None = None) -> None:
+        """One packet read into ``slot`` (``n`` bytes with its virtio-net header), alone; ``fields``: its
+        header's, if the caller unpacked them already."""
         if n < VNET_HDR_LEN + 20:
             self.c["tun_rx_malformed"] += 1
             return
-        fields = unpack_fields(slot)
+        if fields is None:
+            fields = unpack_fields(slot)
         packet = slot[VNET_HDR_LEN:n]
         if fields[1] == GSO_NONE and not fields[0]:
             self._one(packet, now)
