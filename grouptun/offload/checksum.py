@@ -102,3 +102,31 @@ def strided_ones_sums(buf: bytearray | memoryview, first: int, stride: int, coun
             f = _M
         out.append(((f & 0xFF) << 8 | f >> 8) if _SWAP else f)
     return out
+
+
+def complete_rows(buf: bytearray, at: int, stride: int, rows: int, span: int, field: int, extra: int = 0,
+                  zero_as_ffff: bool = True) -> None:
+    """Write the checksums of ``rows`` regions of ``span`` bytes at ``buf[at + j*stride:]`` (numpy, one pass):
+    the complement of each region's ones'-complement sum plus ``extra`` (a folded sum), stored at
+    ``field`` bytes into the region. The field's present content is summed with it (zero, or a
+    partial pseudo-header sum). ``zero_as_ffff``: write 0 as 0xFFFF (UDP: 0 means "no checksum").
+
+    Sums are taken in host byte order and written through a host-order view, so no value is ever
+    byte-swapped but ``extra``: swapping the two bytes of every word multiplies the ones'-complement
+    sum by 256 mod 0xFFFF (RFC 1071). ``(t - 1) % 0xFFFF + 1`` is the end-around-carry fold of t > 0
+    (each region's sum with ``extra`` must not be 0: a pseudo-header is in it); regions of at most
+    65534 bytes cannot overflow the 32-bit sums.
+    """
+    sums = _np.add.reduce(_np.ndarray((rows, span // 2), "=u2", buffer=buf, offset=at, strides=(stride, 2)),
+                          axis=1, dtype=_np.uint32)
+    if span & 1:  # the pad byte after the last one
+        tail = _np.ndarray((rows,), _np.uint8, buffer=buf, offset=at + span - 1, strides=(stride,))
+        sums += tail.astype(_np.uint32) if _SWAP else tail.astype(_np.uint32) << 8
+    if extra:
+        sums += (extra & 0xFF) << 8 | extra >> 8 if _SWAP else extra
+    sums -= 1
+    sums %= _M
+    checks = _np.subtract(0xFFFE, sums, out=sums)  # 0xFFFF - fold, fold = sums + 1
+    if zero_as_ffff:
+        checks[checks == 0] = _M  # 0 and 0xFFFF are both swap-invariant
+    _np.ndarray((rows,), "=u2", buffer=buf, offset=at + field, strides=(stride,))[:] = checks

@@ -15,16 +15,11 @@ address them directly; numpy handles the unaligned rows.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
-_SWAP = sys.byteorder == "little"
+from grouptun.offload.checksum import complete_rows
+
 _ROWS = np.arange(4096, dtype=np.uint32)  # row numbers, sliced instead of a new arange per call
-
-
-def _swap16(value: int) -> int:
-    return (value & 0xFF) << 8 | value >> 8 if _SWAP else value
 
 
 def split_full_rows(pkt: memoryview, out: bytearray, offset: int, stride: int, rows: int, *, hl: int, cs: int,
@@ -146,18 +141,7 @@ def _transport_checksums(out: bytearray, offset: int, stride: int, rows: int, se
                          psum: int, tcp: bool) -> None:
     """TCP/UDP checksum of each row (its field zero), one sum per row over header and payload together."""
     span = seg_len - cs
-    sums = np.add.reduce(np.ndarray((rows, span // 2), "=u2", buffer=out, offset=offset + cs, strides=(stride, 2)),
-                         axis=1, dtype=np.uint32)
-    if span & 1:  # the pad byte after the last one
-        tail = np.ndarray((rows,), np.uint8, buffer=out, offset=offset + seg_len - 1, strides=(stride,))
-        sums += tail.astype(np.uint32) if _SWAP else tail.astype(np.uint32) << 8
-    sums += _swap16(_fold(psum + span))
-    sums -= 1
-    sums %= 0xFFFF
-    checks = np.subtract(0xFFFE, sums, out=sums)  # 0xFFFF - (fold), fold = sums + 1
-    if not tcp:
-        checks[checks == 0] = 0xFFFF  # UDP: 0 means "no checksum" (0 and 0xFFFF are both swap-invariant)
-    np.ndarray((rows,), "=u2", buffer=out, offset=offset + csum_at, strides=(stride,))[:] = checks
+    complete_rows(out, offset + cs, stride, rows, span, csum_at - cs, _fold(psum + span), zero_as_ffff=not tcp)
 
 
 def _ipv4_ids(k, first_id: int, base: int) -> tuple:

@@ -27,13 +27,8 @@ from __future__ import annotations
 import struct
 
 from grouptun.errors import OffloadError
-from grouptun.offload.checksum import checksum
+from grouptun.offload.checksum import HAVE_NUMPY, checksum, complete_rows
 from grouptun.offload.vnet import F_NEEDS_CSUM
-
-try:
-    import numpy as np
-except ImportError:  # pragma: no cover - exercised where numpy is absent
-    np = None
 
 STRIDE = 2048  # room per packet: a 1500-byte MTU packet and then some
 _U16 = struct.Struct("!H")
@@ -79,9 +74,10 @@ class Singles:
         """Finish the partial checksums of packets first..first+count-1."""
         partial, lengths = self.partial, self.lengths
         rows = count - 1 if lengths[first + count - 1] != lengths[first] else count
-        if (np is not None and rows >= 4 and partial[first] is not None
+        if (HAVE_NUMPY and rows >= 4 and partial[first] is not None
                 and partial[first:first + rows].count(partial[first]) == rows):
-            _complete_rows(self.buf, first * STRIDE, rows, lengths[first], *partial[first])
+            start, field = partial[first]
+            complete_rows(self.buf, first * STRIDE + start, STRIDE, rows, lengths[first] - start, field)
             done = range(first + rows, first + count)
         else:
             done = range(first, first + count)
@@ -97,23 +93,3 @@ class Singles:
     def clear(self) -> None:
         self.lengths.clear()
         self.partial.clear()
-
-
-def _complete_rows(buf: bytearray, offset: int, rows: int, length: int, start: int, field: int) -> None:
-    """Checksums of ``rows`` packets of ``length`` bytes at ``buf[offset + j*STRIDE:]``, as ``checksum``
-    over ``[start, length)`` would give them (0 written as 0xFFFF)."""
-    span = length - start
-    even = span & ~1
-    words = np.ndarray((rows, even // 2), "=u2", buffer=buf, offset=offset + start, strides=(STRIDE, 2))
-    sums = words.sum(axis=1, dtype=np.uint32)
-    if span & 1:  # the pad byte after the last one
-        tail = np.ndarray((rows,), np.uint8, buffer=buf, offset=offset + start + even, strides=(STRIDE,))
-        sums += tail.astype(np.uint32) if _LITTLE else tail.astype(np.uint32) << 8
-    sums -= 1
-    sums %= 0xFFFF
-    checks = 0xFFFE - sums  # 0xFFFF - fold(sum); fold = sums + 1 (the sum is never 0: a pseudo-header is in it)
-    checks[checks == 0] = 0xFFFF
-    np.ndarray((rows,), "=u2", buffer=buf, offset=offset + start + field, strides=(STRIDE,))[:] = checks
-
-
-_LITTLE = struct.pack("=H", 1) == b"\x01\x00"
