@@ -1,7 +1,7 @@
 """``grouptun vectors FILE``: compute every output of a test-vector file.
 
 Reads a protocol-v1 (``"vectors"``) or capsules-v1 (``"capsules"``)
-document (design/vectors/README.md; outputs may be absent), prints the same
+document (tests/vectors/README.md; outputs may be absent), prints the same
 document with every output computed, as ``json.dumps(doc, indent=1)`` plus
 a newline: the published files' exact layout, so ``diff`` against a
 reference shows only real differences. ``FILE`` may be ``-`` for stdin.

@@ -1,4 +1,4 @@
-"""Test-vector documents (design/vectors/README.md): validate inputs, compute outputs.
+"""Test-vector documents (tests/vectors/README.md): validate inputs, compute outputs.
 
 Two document kinds, told apart by their list key:
 

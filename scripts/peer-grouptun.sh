@@ -11,7 +11,12 @@
 set -euo pipefail
 GT_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Run by run.sh, PB_HERE is exported; run by hand, use the harness next to the repo.
-source "${PB_HERE:-$GT_REPO/../shared/bench/peers}/lib.sh"
+PB_LIB=${PB_HERE:-$GT_REPO/../shared/bench/peers}/lib.sh
+if [[ ! -f $PB_LIB ]]; then
+    echo "peer-grouptun.sh: needs the peers harness ../shared/bench/peers beside the repository (no $PB_LIB)" >&2
+    exit 1
+fi
+source "$PB_LIB"
 
 NAME=grouptun
 DIR=$PB_RUN/$NAME

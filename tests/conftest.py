@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-VECTORS_DIR = SHARED / "design" / "vectors"
+REPO = Path(__file__).resolve().parents[1]
+# The project's own copy of the published vectors (see tests/vectors/README.md).
+VECTORS_DIR = REPO / "tests" / "vectors"
 
 
 def _root_missing() -> str | None:
@@ -39,5 +40,5 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
     if not VECTORS_DIR.is_dir():
-        pytest.fail(f"protocol vectors not found at {VECTORS_DIR} (../shared must sit beside the repo)")
+        pytest.fail(f"protocol vectors not found at {VECTORS_DIR} (they are part of the repository)")
     return VECTORS_DIR

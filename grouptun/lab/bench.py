@@ -2,7 +2,7 @@
 
 Builds ``gt-bn-a`` -- veth -- ``gt-bn-b``, runs a provider and two grouptun
 members there, and per repetition measures ``plain`` (the veth), then
-``grouptun``, then each ``--peers`` tunnel of ../shared/bench/peers (on
+``grouptun``, then each ``--peers`` tunnel of the peers harness (on
 that harness's pb-a/pb-b topology, through its peer scripts), with the
 harness's tests and settings (see grouptun.lab.bench_measure). Prints a
 markdown table of medians with ratio columns against the best peer in the
@@ -15,6 +15,11 @@ reports start/end/max and the slope (whole run and second half).
 Bounded: a whole-run deadline (SIGALRM) and per-command timeouts; every
 exit path (failure, Ctrl-C, SIGTERM, deadline) tears down the current peer,
 pb-a/pb-b, and the gt-bn lab.
+
+``--peers`` needs the peers harness, which is not part of this repository:
+it is looked up at ``../shared/bench/peers`` beside the repository root
+(bench_peers.PEERS_DIR). Without it the peers are skipped, with that
+reason printed and listed in the report; plain and grouptun still run.
 """
 
 from __future__ import annotations
@@ -73,13 +78,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--reps >= 1, --duration >= 1, --soak >= 2 x --soak-interval")
     args.peers = [x for x in args.peers.split(",") if x]
     for name in args.peers:
-        if name in ("plain", "grouptun") or not (PEERS_DIR / f"peer-{name}.sh").is_file():
+        if name in ("plain", "grouptun"):
+            p.error(f"--peers: {name} is always measured; list only harness peers")
+        if PEERS_DIR.is_dir() and not (PEERS_DIR / f"peer-{name}.sh").is_file():
             p.error(f"--peers: no peer-{name}.sh in {PEERS_DIR}")
     return args
 
 
+def peers_harness_missing() -> str | None:
+    """Why no peer can run here, or None when the harness is present."""
+    if PEERS_DIR.is_dir():
+        return None
+    return f"needs the peers harness at {PEERS_DIR} (../shared/bench/peers beside the repository), absent"
+
+
 def available_peers(names: list[str]) -> tuple[list[str], list[str]]:
     """(installed, skipped-with-reason) by ``command -v`` of their binaries."""
+    missing_harness = peers_harness_missing()
+    if missing_harness:
+        return [], [f"{name} ({missing_harness})" for name in names]
     ok, skipped = [], []
     for name in names:
         missing = [c for c in PEER_CMDS.get(name, ()) if shutil.which(c) is None]
@@ -172,12 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     rawdir = out.with_suffix(".raw")
     settings = Settings(duration=args.duration)
     peers, skipped = available_peers(args.peers) if args.soak is None else ([], [])
+    for reason in skipped:
+        print(f"scripts/bench: skipping peer {reason}", file=sys.stderr)
     doc = {"meta": run_meta(args, run_id, settings), "records": [], "summary": {},
            "reference": None, "skipped": skipped, "soak": None, "error": None}
     doc["meta"]["offload"] = None
     if peers and list_ns("pb-"):
         print(f"scripts/bench: namespaces {' '.join(list_ns('pb-'))} exist: is another peers-harness run "
-              "going on? (remove them with: bash ../shared/bench/peers/topology.sh down)", file=sys.stderr)
+              f"going on? (remove them with: bash {PEERS_DIR}/topology.sh down)", file=sys.stderr)
         return 1
     signal.signal(signal.SIGINT, signal.default_int_handler)
     install_signal_handlers()

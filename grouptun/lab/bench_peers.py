@@ -33,6 +33,7 @@ from grouptun.lab.netns import LabError
 from grouptun.lab.topology import _LIVE, _LIVE_LOCK, Host, Lab
 from grouptun.lab.traffic import wait_ping
 
+# The reference harness is not part of this repository: it sits beside it, if at all.
 PEERS_DIR = (REPO.parent / "shared" / "bench" / "peers").resolve()
 MTU = 1420                  # the harness's PB_MTU, grouptun's default too
 

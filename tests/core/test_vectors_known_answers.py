@@ -1,4 +1,4 @@
-"""Known answers: design/vectors/protocol-v1.json and capsules-v1.json, field by field."""
+"""Known answers: tests/vectors/protocol-v1.json and capsules-v1.json, field by field."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from grouptun.errors import AuthenticationError
 
 # The same place tests/conftest.py's vectors_dir fixture points to; read at
 # collection time so each vector is its own test case.
-_DIR = Path(__file__).resolve().parents[3] / "shared" / "design" / "vectors"
+_DIR = Path(__file__).resolve().parents[1] / "vectors"
 PROTOCOL = json.loads((_DIR / "protocol-v1.json").read_text())["vectors"] if _DIR.is_dir() else []
 CAPSULES = json.loads((_DIR / "capsules-v1.json").read_text())["capsules"] if _DIR.is_dir() else []
 

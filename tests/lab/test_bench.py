@@ -158,7 +158,18 @@ def test_report_mentions_reference_errors_and_skips():
     assert "skipped: tinc (not installed: tincd)" in text
 
 
-def test_parse_args_quick_and_bad_peers():
+@pytest.fixture
+def peers_harness(tmp_path, monkeypatch):
+    """A stand-in for ../shared/bench/peers: just the peer scripts' names, so no unit test needs it."""
+    harness = tmp_path / "peers"
+    harness.mkdir()
+    for name in ("nebula", "wireguard-go"):
+        (harness / f"peer-{name}.sh").write_text("#!/bin/sh\n")
+    monkeypatch.setattr("grouptun.lab.bench.PEERS_DIR", harness)
+    return harness
+
+
+def test_parse_args_quick_and_bad_peers(peers_harness):
     args = parse_args(["--quick", "--peers", "nebula,wireguard-go"])
     assert (args.reps, args.duration, args.peers) == (1, 3.0, ["nebula", "wireguard-go"])
     for bad in (["--peers", "nosuchvpn"], ["--peers", "grouptun"], ["--reps", "0"],
@@ -167,10 +178,22 @@ def test_parse_args_quick_and_bad_peers():
             parse_args(bad)
 
 
-def test_available_peers_skips_missing_binaries(monkeypatch):
+def test_available_peers_skips_missing_binaries(peers_harness, monkeypatch):
     monkeypatch.setattr("grouptun.lab.bench.shutil.which", lambda c: None if c == "nebula" else f"/usr/bin/{c}")
     ok, skipped = available_peers(["nebula", "wireguard-go"])
     assert ok == ["wireguard-go"] and skipped == ["nebula (not installed: nebula)"]
+
+
+def test_without_the_peers_harness_peers_are_skipped_with_the_reason(tmp_path, monkeypatch):
+    absent = tmp_path / "shared" / "bench" / "peers"
+    monkeypatch.setattr("grouptun.lab.bench.PEERS_DIR", absent)
+    monkeypatch.setattr("grouptun.lab.bench.shutil.which", lambda c: f"/usr/bin/{c}")
+    args = parse_args(["--peers", "nebula"])  # accepted: the run measures plain and grouptun anyway
+    ok, skipped = available_peers(args.peers)
+    assert ok == [] and skipped == [f"nebula (needs the peers harness at {absent} "
+                                    "(../shared/bench/peers beside the repository), absent)"]
+    with pytest.raises(SystemExit):
+        parse_args(["--peers", "grouptun"])
 
 
 def test_read_peer_env_decodes_printf_q(tmp_path):
