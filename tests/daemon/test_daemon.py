@@ -17,15 +17,14 @@ from grouptun.daemon import Daemon, Factories
 from grouptun.errors import KeystoreError
 from grouptun.udp import UdpTransport
 
-from .fakes import CREDENTIAL, FakeNetConfig, FakeProvider, FakeTun, ipv4_packet
-
-FAST = keystore.KdfCost(memory_kib=64, iterations=1, lanes=1)
+from .fakes import CREDENTIAL, FAST, FakeNetConfig, FakeProvider, FakeTun, ipv4_packet
 
 
 def make_config(provider: FakeProvider, name: str, root: Path, extra: str = "") -> cfgmod.Config:
     state = root / name / "state"
     state.mkdir(parents=True)
-    keystore.save(state / "keys.enc", provider.members[name], bytearray(CREDENTIAL), FAST)
+    provider.secrets[name] = bytes(keystore.save(state / "keys.enc", provider.members[name], bytearray(CREDENTIAL),
+                                                 FAST))
     cfg = cfgmod.Config(
         group=cfgmod.GroupConfig(name="lan", member=name, group_id=provider.group_id, interface="gt-t" + name,
                                  addresses=provider.addresses[name]),

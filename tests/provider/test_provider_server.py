@@ -35,7 +35,7 @@ def bob(provider_env):
 def _open_epoch(member: TestMember, archive) -> tuple[bytearray, bytearray]:
     client, e = member.client(), archive.epoch.epoch
     ss = open_sealed(member.kem, capsule_info(archive.group_id, e, member.name), client.capsule(e))
-    salt = open_sealed(member.kem, salt_info(archive.group_id, e, member.name), client.salt(e, member.credential))
+    salt = open_sealed(member.kem, salt_info(archive.group_id, e, member.name), client.salt(e, member.authenticator))
     return ss, salt
 
 
@@ -187,7 +187,7 @@ def _bad_request(env, alice, case, group, token):  # noqa: C901 -- one small bra
     elif case == "wrong-credential":
         epoch = json.loads(json.loads(alice.client().archive())["document"])["epoch"]["epoch"]
         with pytest.raises(ProviderRefused) as info:
-            alice.client().salt(epoch, b"not the credential")
+            alice.client().salt(epoch, bytes(32))
         return info.value.status, info.value.reason
     elif case == "used-token":
         with pytest.raises(ProviderRefused) as info:
@@ -232,7 +232,7 @@ def test_removed_member_gets_nothing_of_the_new_epoch(provider_env, alice):
     assert new.epoch.epoch > old.epoch.epoch and new.member("carol") is None
     assert sorted(m.index for m in new.members) == list(range(new.epoch.group_size))
     for call in (lambda c: c.capsule(new.epoch.epoch), lambda c: c.archive(),
-                 lambda c: c.salt(new.epoch.epoch, carol.credential)):
+                 lambda c: c.salt(new.epoch.epoch, carol.authenticator)):
         with pytest.raises(ProviderRefused) as info:
             call(carol.client())
         assert info.value.status == 401
