@@ -404,7 +404,7 @@ class FakeTransport(requests.adapters.BaseAdapter):
             self.member = fields["name"]
             answer = self.p.enroll(fields["name"], b64("ed25519_public"), b64("kem_public"), b64("authenticator"))
             return 200, json.dumps(answer).encode()
-        client, call = FakeClient(self.p, self.member), path[4:]
+        client, call = FakeClient(self.p, self.member), path[3:]
         if call == ["start"]:
             signed = client.start(bytes.fromhex(fields["challenge"]))
             return (202, b'{"waiting": "members"}') if signed is None else (200, signed)

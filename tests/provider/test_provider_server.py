@@ -243,6 +243,34 @@ def test_removed_member_gets_nothing_of_the_new_epoch(provider_env, alice):
     assert "carol" not in listing and "alice" in listing
 
 
+def test_the_provider_never_receives_or_stores_the_credential_or_the_keyfile_key(provider_env, alice, bob):
+    from provider.members import credential_matches  # noqa: PLC0415
+
+    dave = TestMember("dave")
+    dave.enroll(provider_env.invite("dave"))
+    archive = verify_archive(dave.client().archive(), dave.result.provider_keys)
+    _open_epoch(dave, archive)
+    sent = dave.sessions.sent
+    assert [url.rsplit("/", 1)[-1] for _m, url, _h, _b in sent] == ["enroll", "archive", "capsule", "salt"]
+    assert all(b'"authenticator"' in body for _m, url, _h, body in sent if url.endswith(("enroll", "salt")))
+    with provider_env.db() as conn:
+        (stored,) = conn.execute("SELECT credential_hash FROM members WHERE name = 'dave'").fetchone()
+        dump = "\n".join(conn.iterdump()).encode()
+    assert credential_matches(dave.authenticator, stored) and not credential_matches(dave.credential, stored)
+    for secret in (dave.credential, dave.keyfile_key):
+        for form in _encodings(secret):
+            assert form not in dump
+            for _method, url, headers, body in sent:
+                assert form not in body and form not in url.encode() and form not in repr(headers).encode()
+
+
+def _encodings(secret: bytes) -> list[bytes]:
+    import base64  # noqa: PLC0415
+
+    b64, url = base64.b64encode(secret), base64.urlsafe_b64encode(secret)
+    return [secret, b64, b64.rstrip(b"="), url, url.rstrip(b"="), secret.hex().encode()]
+
+
 def test_audit_log_records_actions_without_secrets(provider_env, alice):
     out = admin(provider_env.state, "audit").stdout
     for action in ("group-create", "invite", "enroll", "epoch", "refused", "member-remove"):
