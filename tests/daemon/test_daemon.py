@@ -188,7 +188,10 @@ def test_wrong_credential_stops_before_anything_is_created(tmp_path):
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["v2", "v1"])
-def test_up_with_a_wrong_credential_exits_as_before(tmp_path, legacy):
+def test_up_with_a_wrong_credential_exits_as_before(tmp_path, legacy, monkeypatch):
+    from grouptun import logsetup  # noqa: PLC0415
+
+    monkeypatch.setattr(logsetup, "setup_logging", lambda *a, **kw: None)  # keep the test run's root logger
     provider = FakeProvider(["alice", "bob"])
     m = Member(provider, "alice", tmp_path)
     if legacy:
