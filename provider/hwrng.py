@@ -18,6 +18,9 @@ predictable getrandom would not be enough to predict the output. A device
 that fails (an error, a short or empty read because it has nothing ready)
 gives that draw an all-zero salt -- getrandom only -- and one warning per
 run of failures is logged. The device must exist when the config is loaded.
+The shipped unit's ``PrivateDevices=yes`` hides it; a drop-in with
+``PrivateDevices=no`` and ``DeviceAllow=/dev/hwrng r`` (``DevicePolicy=closed``
+stays) shows it (not tested under systemd here).
 
 What it covers: everything the provider draws through ``Provider.rand``
 (epoch secrets SS and salt, nonce_start, the index permutation, group ids).
