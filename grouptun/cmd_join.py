@@ -2,11 +2,13 @@
 
 Generates the member's Ed25519 and X-Wing key pairs here (private keys
 never leave the host), takes the identification credential (file or
-prompt, asked twice), enrolls with the provider named in the token (TLS
+prompt, asked twice), derives the key-file key and the provider
+authenticator from it (``grouptun.credkeys``: the provider never sees the
+credential), enrolls with the provider named in the token (TLS
 pinned by the token's fingerprint; the provider keys checked against the
 token's hash; the archive verified), then writes
 
-    <state-dir>/<name>/keys.enc     private keys, Argon2id + AES-GCM under the credential, 0600
+    <state-dir>/<name>/keys.enc     private keys, AES-GCM under the key-file key derived from the credential, 0600
     <config-dir>/<name>.toml        the member config (no secrets), 0644
 
 The token is single use: everything that can fail locally (names, paths,
@@ -96,15 +98,19 @@ def _enroll(args: argparse.Namespace, token, member: str):
     from grouptun.provider_client import ProviderClient
 
     cred = credential.obtain(args.name or "", args.credential_file, confirm=True, environ={})
-    keys = keystore.MemberKeys.generate()
+    keys, sealed = keystore.MemberKeys.generate(), None
     try:
         sealed = keystore.seal(keys, cred)  # before the token is spent: a KDF failure costs nothing
+        credential.wipe(cred)
         endpoints = list(args.endpoint) or seen_endpoints(token.url, args.listen_address, args.listen_port)
-        result = ProviderClient.enroll(token, member, keys.signing_key, keys.kem_public, bytes(cred), endpoints)
+        result = ProviderClient.enroll(token, member, keys.signing_key, keys.kem_public,
+                                       bytes(sealed.authenticator), endpoints)
     finally:
         keys.wipe()
         credential.wipe(cred)
-    return result, sealed
+        if sealed is not None:
+            credential.wipe(sealed.authenticator)
+    return result, sealed.blob
 
 
 def _member_config(args: argparse.Namespace, token, result, archive, name: str):

@@ -51,6 +51,7 @@ from grouptun.core.archive import CHALLENGE_SIZE, Archive, ProviderKeys
 from grouptun.core.capsule import KemPrivateKey
 from grouptun.core.session import MemberInfo
 from grouptun.core.wire import wire_epoch
+from grouptun.credmigrate import SaltProof
 from grouptun.epochaccept import (build_material, check_archive, lists_challenge, member_info, open_secrets,
                                   verified_archive)
 from grouptun.errors import EpochRejected, GrouptunError, LoopUnavailable, ProviderError, ProviderRefused
@@ -96,14 +97,14 @@ class ControlState:
 class ControlPlane:
     """The control thread. ``run(stop)`` returns when ``stop`` is set."""
 
-    def __init__(self, *, client, port: SessionPort, kem: KemPrivateKey, credential: bytearray,
+    def __init__(self, *, client, port: SessionPort, kem: KemPrivateKey, proof: SaltProof,
                  pinned: ProviderKeys, group_id: bytes, member: str, statefile,
                  endpoints: Callable[[], list[str]], can_reach: Callable[[str], bool] = lambda h: True,
                  on_archive: Callable[[Archive], None] | None = None, watch_timeout: float = 15.0,
                  report_interval: float = 30.0, backoff: Backoff | None = None,
                  urandom: Callable[[int], bytes] = os.urandom, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, metrics=None, request_interval: float = 0.2) -> None:
-        self.client, self.port, self.kem, self.credential = client, port, kem, credential
+        self.client, self.port, self.kem, self.proof = client, port, kem, proof
         self.pinned, self.group_id, self.member, self.statefile = pinned, group_id, member, statefile
         self.endpoints, self.can_reach, self.on_archive = endpoints, can_reach, on_archive
         self.watch_timeout, self.report_interval = watch_timeout, report_interval
@@ -168,7 +169,7 @@ class ControlPlane:
         e = archive.epoch.epoch
         sealed_ss = self.client.capsule(e)
         ss, salt = open_secrets(archive, self.member, self.kem, sealed_ss,
-                                lambda: self.client.salt(e, bytes(self.credential)))
+                                lambda: self.proof.fetch_salt(self.client, e))
         try:
             material = build_material(archive, self.member, ss, salt, self.can_reach)
             self.statefile.record(self.group_id, e)  # durably BEFORE first use (PROTOCOL.md 4)

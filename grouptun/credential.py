@@ -4,8 +4,11 @@ In order: a file named on the command line, systemd's
 ``$CREDENTIALS_DIRECTORY/grouptun-<group>`` (or ``.../grouptun``) as set by
 ``LoadCredential=``/``LoadCredentialEncrypted=``, the config's
 ``paths.credential_file``, then a prompt on the controlling terminal. grouptun never
-writes the credential anywhere; it lives in a bytearray the caller wipes
-(:func:`wipe`) once the keystore is open and the salts are fetched.
+writes the credential anywhere, nor sends it (the provider gets a value
+derived from it, :mod:`grouptun.credkeys`); it lives in a bytearray the
+caller wipes (:func:`wipe`) once the keystore is open (a migration from an
+old-form keystore keeps a copy until the provider took the new
+authenticator, :mod:`grouptun.credmigrate`).
 
 Limits: a trailing newline (one ``\\n`` or ``\\r\\n``) is stripped so that
 ``echo secret > file`` works; the credential is otherwise used byte for

@@ -1,9 +1,10 @@
 """``grouptun up``: wires keystore, TUN, netlink, UDP, session, control path.
 
 Start order: open the keystore with the credential (wrong credential ->
-nothing else happens), pin the provider keys, open the statefile, create
-the TUN device and give it addresses/MTU/routes, bind UDP, start the data
-plane on a uvloop loop, the control socket, then the control thread (which
+nothing else happens; an old-form keystore stages its migration,
+:mod:`grouptun.credmigrate`), overwrite the credential, pin the provider
+keys, open the statefile, create the TUN device and give it
+addresses/MTU/routes, bind UDP, start the data plane on a uvloop loop, the control socket, then the control thread (which
 asks for a fresh epoch: the challenge rule). systemd is told READY once the
 interface and socket are up: the data plane then runs, even while the
 provider is unreachable; STATUS says whether an epoch is held.
@@ -38,7 +39,7 @@ from typing import Callable
 
 from grouptun import config as config_mod
 from grouptun import credential as credential_mod
-from grouptun import keystore
+from grouptun import credmigrate, keystore
 from grouptun.backoff import Backoff
 from grouptun.config import Config
 from grouptun.control import ControlServer
@@ -223,6 +224,9 @@ class Daemon:
             self._catch_early_signals(stack)
             self.keys = keystore.load(self.config.keystore_path, self.credential)
             stack.callback(self.keys.wipe)
+            self.proof = credmigrate.proof_for(self.config.keystore_path, self.credential, self.keys)
+            stack.callback(self.proof.wipe)
+            credential_mod.wipe(self.credential)  # the proof holds what the provider needs
             pinned = self._pinned()
             server = ControlServer(self.config.paths.control_socket,
                                    {"status": self.status, "down": lambda: self.request_stop("down requested")})
@@ -271,7 +275,7 @@ class Daemon:
         client = self.f.client(cfg, self.keys)
         port = LoopPort(self.loop, self.session, self.clock, on_install=self._on_install)
         self.control = ControlPlane(
-            client=client, port=port, kem=self.keys.kem, credential=self.credential, pinned=pinned,
+            client=client, port=port, kem=self.keys.kem, proof=self.proof, pinned=pinned,
             group_id=cfg.group.group_id, member=cfg.group.member, statefile=statefile,
             endpoints=lambda: reported_endpoints(self.config, self.udp.port),
             can_reach=getattr(self.udp, "can_reach", lambda h: True), on_archive=self._apply_archive,

@@ -113,7 +113,7 @@ def open_secrets(archive: Archive, member: str, kem: capsule_mod.KemPrivateKey,
     """The last steps (capsule, data_id, salt, key_check) via ``accept.check_secrets``.
 
     ``sealed_salt`` may be a callable that fetches it: it is called only
-    once the capsule opened and data_id matched, so the credential is not
+    once the capsule opened and data_id matched, so the authenticator is not
     shown to the provider for an epoch this member would refuse anyway.
     Returns (SS, salt) for the caller to hand over or wipe; wipes them itself on refusal.
     """

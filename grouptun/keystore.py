@@ -1,19 +1,27 @@
 """The member's long-term private keys at rest.
 
 One file (mode 0600) holds the Ed25519 signing key and the hybrid KEM key
-(ML-KEM-768 seed + X25519), encrypted with AES-256-GCM under a key that
-Argon2id derives from the identification credential. Without the
-credential the file is useless; with a wrong one it fails to open and
-nothing is returned.
+(ML-KEM-768 seed + X25519), encrypted with AES-256-GCM under the key-file
+key that :mod:`grouptun.credkeys` derives from the identification
+credential (Argon2id, then HKDF-Expand with its own label; the same run
+gives the provider authenticator, :attr:`MemberKeys.authenticator`).
+Without the credential the file is useless; with a wrong one it fails to
+open and nothing is returned.
 
 Layout (all authenticated: the header is the AAD)::
 
-    magic "GTKS" | u8 version=1 | u32 memory KiB | u32 iterations | u8 lanes
+    magic "GTKS" | u8 version | u32 memory KiB | u32 iterations | u8 lanes
     | salt (16) | nonce (12) | AES-GCM(ed25519 (32) || mlkem seed (64) || x25519 (32)) + tag (16)
+
+Version 2: the AES key is the key-file key. Version 1 (written before the
+credential was split): the AES key is Argon2id(credential) itself, and the
+member sent the credential to the provider; such a file is still read
+(:attr:`MemberKeys.authenticator` is then None) and
+:mod:`grouptun.credmigrate` replaces it at the next start.
 
 Limits: key material inside ``cryptography``'s own objects (the Ed25519
 key, the HPKE key made per capsule) cannot be overwritten from Python; what
-this module holds (the decrypted blob, the derived key, the Ed25519 and KEM
+this module holds (the decrypted blob, the derived keys, the Ed25519 and KEM
 seeds) lives in bytearrays that :meth:`MemberKeys.wipe` overwrites. Argon2id cost is read from the file
 but bounded, so a crafted file cannot make ``load`` allocate gigabytes.
 """
@@ -29,25 +37,18 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from grouptun import credkeys
 from grouptun.core.capsule import KemPrivateKey
+from grouptun.credkeys import Cost as KdfCost
 from grouptun.errors import KeystoreError
 
 MAGIC = b"GTKS"
-VERSION = 1
+VERSION = 2
+LEGACY_VERSION = 1  # the credential itself was the Argon2id input of the AES key and the provider's secret
 _HEADER = struct.Struct(">4sBIIB16s12s")
 PLAINTEXT_SIZE = 32 + 64 + 32
 FILE_SIZE = _HEADER.size + PLAINTEXT_SIZE + 16
-
-
-@dataclass(frozen=True)
-class KdfCost:
-    """Argon2id cost; the default follows RFC 9106's second recommendation (64 MiB, t=3)."""
-
-    memory_kib: int = 64 * 1024
-    iterations: int = 3
-    lanes: int = 4
 
 
 DEFAULT_COST = KdfCost()
@@ -56,12 +57,19 @@ MAX_ITERATIONS = 64
 
 
 class MemberKeys:
-    """The two private keys in memory; :meth:`wipe` overwrites what can be overwritten."""
+    """The two private keys in memory; :meth:`wipe` overwrites what can be overwritten.
 
-    def __init__(self, ed25519_raw: bytes | bytearray, kem: KemPrivateKey) -> None:
+    ``authenticator``: what the member shows the provider, derived with the
+    key-file key when the keystore was opened; None for keys just generated
+    or read from a version-1 file.
+    """
+
+    def __init__(self, ed25519_raw: bytes | bytearray, kem: KemPrivateKey,
+                 authenticator: bytearray | None = None) -> None:
         self._ed_raw = bytearray(ed25519_raw)
         self.signing_key = Ed25519PrivateKey.from_private_bytes(bytes(self._ed_raw))
         self.kem = kem
+        self.authenticator = authenticator
 
     @classmethod
     def generate(cls) -> "MemberKeys":
@@ -87,56 +95,75 @@ class MemberKeys:
     def wipe(self) -> None:
         """Overwrite the seeds this object holds (the KEM seeds are bytearrays for this reason)."""
         _wipe(self._ed_raw)
-        for part in (self.kem.mlkem_seed, self.kem.x25519_private):
+        for part in (self.kem.mlkem_seed, self.kem.x25519_private, self.authenticator):
             if isinstance(part, bytearray):
                 _wipe(part)
 
 
-def _wipe(buf: bytearray) -> None:
-    for i in range(len(buf)):
-        buf[i] = 0
+_wipe = credkeys.wipe
 
 
-def _derive(credential: bytes | bytearray, salt: bytes, cost: KdfCost) -> bytearray:
-    kdf = Argon2id(salt=salt, length=32, iterations=cost.iterations, lanes=cost.lanes,
-                   memory_cost=cost.memory_kib)
-    return bytearray(kdf.derive(bytes(credential)))
+@dataclass
+class Sealed:
+    """A keystore's file contents and the authenticator derived with its key (the caller wipes it)."""
+
+    blob: bytes
+    authenticator: bytearray
 
 
-def seal(keys: MemberKeys, credential: bytes | bytearray, cost: KdfCost | None = None) -> bytes:
-    """The encrypted file contents for ``keys`` under ``credential`` (cost: DEFAULT_COST)."""
+def seal(keys: MemberKeys, credential: bytes | bytearray, cost: KdfCost | None = None) -> Sealed:
+    """The version-2 file contents for ``keys`` under ``credential`` (cost: DEFAULT_COST), fresh salt."""
     cost = cost or DEFAULT_COST
     if not credential:
         raise KeystoreError("empty credential")
     salt, nonce = os.urandom(16), os.urandom(12)
     header = _HEADER.pack(MAGIC, VERSION, cost.memory_kib, cost.iterations, cost.lanes, salt, nonce)
-    key = _derive(credential, salt, cost)
+    derived = credkeys.derive(credential, salt, cost)
     plain = keys._plaintext()  # noqa: SLF001 - the keystore is the one reader
     try:
-        return header + AESGCM(bytes(key)).encrypt(nonce, bytes(plain), header)
+        blob = header + AESGCM(bytes(derived.keyfile_key)).encrypt(nonce, bytes(plain), header)
+        return Sealed(blob, bytearray(derived.authenticator))
     finally:
-        _wipe(key)
+        derived.wipe()
         _wipe(plain)
+
+
+def cost_of(blob: bytes) -> KdfCost:
+    """The Argon2id cost a keystore blob names; KeystoreError if malformed or out of bounds."""
+    if len(blob) != FILE_SIZE:
+        raise KeystoreError(f"keystore has {len(blob)} bytes, expected {FILE_SIZE}")
+    magic, version, mem, iters, lanes, _salt, _nonce = _HEADER.unpack_from(blob)
+    if magic != MAGIC or version not in (VERSION, LEGACY_VERSION):
+        raise KeystoreError("not a grouptun keystore (bad magic or version)")
+    if not (8 * lanes <= mem <= MAX_MEMORY_KIB and 1 <= iters <= MAX_ITERATIONS and 1 <= lanes <= 16):
+        raise KeystoreError("keystore KDF parameters out of bounds")
+    return KdfCost(mem, iters, lanes)
+
+
+def _file_key(blob: bytes, credential: bytes | bytearray) -> tuple[bytearray, bytearray | None]:
+    """(AES key, authenticator or None for a version-1 file)."""
+    cost = cost_of(blob)
+    _magic, version, _mem, _iters, _lanes, salt, _nonce = _HEADER.unpack_from(blob)
+    if version == LEGACY_VERSION:
+        return credkeys.argon2id(credential, salt, cost), None
+    derived = credkeys.derive(credential, salt, cost)
+    return derived.keyfile_key, derived.authenticator
 
 
 def unseal(blob: bytes, credential: bytes | bytearray) -> MemberKeys:
     """Decrypt a keystore blob; KeystoreError if corrupt or the credential is wrong."""
-    if len(blob) != FILE_SIZE:
-        raise KeystoreError(f"keystore has {len(blob)} bytes, expected {FILE_SIZE}")
-    magic, version, mem, iters, lanes, salt, nonce = _HEADER.unpack_from(blob)
-    if magic != MAGIC or version != VERSION:
-        raise KeystoreError("not a grouptun keystore (bad magic or version)")
-    if not (8 * lanes <= mem <= MAX_MEMORY_KIB and 1 <= iters <= MAX_ITERATIONS and 1 <= lanes <= 16):
-        raise KeystoreError("keystore KDF parameters out of bounds")
-    key = _derive(credential, salt, KdfCost(mem, iters, lanes))
+    key, authenticator = _file_key(blob, credential)
+    nonce = _HEADER.unpack_from(blob)[-1]
     try:
         plain = bytearray(AESGCM(bytes(key)).decrypt(nonce, blob[_HEADER.size:], blob[:_HEADER.size]))
     except InvalidTag:
+        if authenticator is not None:
+            _wipe(authenticator)
         raise KeystoreError("keystore does not open: wrong credential or corrupted file") from None
     finally:
         _wipe(key)
-    try:
-        return MemberKeys(plain[:32], KemPrivateKey(plain[32:96], plain[96:]))  # bytearray slices: wipeable
+    try:  # bytearray slices: wipeable
+        return MemberKeys(plain[:32], KemPrivateKey(plain[32:96], plain[96:]), authenticator)
     finally:
         _wipe(plain)
 
@@ -162,23 +189,36 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    sync_dir(path)
+
+
+def sync_dir(path: Path) -> None:
+    """fsync the directory holding ``path``, so a rename or unlink in it survives a crash."""
+    dir_fd = os.open(Path(path).parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-def save(path: Path, keys: MemberKeys, credential: bytes | bytearray, cost: KdfCost | None = None) -> None:
-    """Encrypt and store ``keys`` at ``path`` with mode 0600."""
+def save(path: Path, keys: MemberKeys, credential: bytes | bytearray, cost: KdfCost | None = None) -> bytearray:
+    """Encrypt and store ``keys`` at ``path`` with mode 0600; returns the authenticator (caller wipes)."""
+    sealed = seal(keys, credential, cost)
     try:
-        write_atomic(Path(path), seal(keys, credential, cost), 0o600)
+        write_atomic(Path(path), sealed.blob, 0o600)
     except OSError as exc:
+        _wipe(sealed.authenticator)
         raise KeystoreError(f"cannot write keystore {path}: {exc.strerror}") from exc
+    return sealed.authenticator
 
 
 def load(path: Path, credential: bytes | bytearray) -> MemberKeys:
     """Read and decrypt the keystore; refuses a file others can read or write."""
+    return unseal(read(path), credential)
+
+
+def read(path: Path) -> bytes:
+    """The keystore file's bytes; refuses a file others can read or write."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -190,7 +230,6 @@ def load(path: Path, credential: bytes | bytearray) -> MemberKeys:
             raise KeystoreError(f"keystore {path} has mode {st.st_mode & 0o777:o}; must be 0600")
         if st.st_uid != os.geteuid():
             raise KeystoreError(f"keystore {path} is not owned by this user")
-        blob = os.read(fd, FILE_SIZE + 1)
+        return os.read(fd, FILE_SIZE + 1)
     finally:
         os.close(fd)
-    return unseal(blob, credential)

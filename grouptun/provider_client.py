@@ -5,6 +5,9 @@ of its DER encoding (from the join token) with urllib3's
 ``assert_fingerprint`` and skips CA/hostname checks, which the pin replaces.
 Every member call is signed per ``grouptun.reqsign`` with the member's
 Ed25519 key. The HTTP API itself is documented in ``provider/app.py``.
+The identification credential is never sent: enrollment and salt requests
+carry the authenticator derived from it (``grouptun.credkeys``), except the
+one salt request that migrates an old-form member (``grouptun.credmigrate``).
 
 Errors: ``ProviderError`` when the provider cannot be reached, times out,
 fails the pin, or answers 5xx or nonsense; ``ProviderRefused(status,
@@ -22,6 +25,7 @@ import hmac
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import quote
 
 import requests
@@ -102,20 +106,22 @@ class ProviderClient:
     """Signed calls for one member of one group. Limits: no retries beyond one stale-signature retry."""
 
     def __init__(self, url: str, tls_fingerprint: str, group: str, member_name: str,
-                 signing_key: ed25519.Ed25519PrivateKey, timeout: float = 10.0) -> None:
+                 signing_key: ed25519.Ed25519PrivateKey, timeout: float = 10.0,
+                 session_factory: Callable[[str], requests.Session] | None = None) -> None:
         self.url = check_url(url)
         self.tls_fingerprint = tls_fingerprint
         self.group = group
         self.member_name = member_name
         self.timeout = timeout
         self._key = signing_key
+        self._new_session = session_factory or pinned_session
         self._local = threading.local()
         self._base = f"{self.url}/v1/groups/{quote(group, safe='')}"
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = pinned_session(self.tls_fingerprint)
+            session = self._local.session = self._new_session(self.tls_fingerprint)
         return session
 
     def _call(self, method: str, path: str, payload: dict | None = None, timeout: float | None = None,
@@ -135,7 +141,8 @@ class ProviderClient:
 
     @staticmethod
     def enroll(token: JoinToken, name: str, signing_key: ed25519.Ed25519PrivateKey, kem_public: bytes,
-               credential: bytes, endpoints: list[str]) -> EnrollResult:
+               authenticator: bytes, endpoints: list[str],
+               session_factory: Callable[[str], requests.Session] | None = None) -> EnrollResult:
         """Consume ``token``; checks the provider keys against the token's hash and verifies the archive.
 
         The request carries ``proof``: the member's Ed25519 signature over
@@ -144,11 +151,12 @@ class ProviderClient:
         """
         ed25519_public = signing_key.public_key().public_bytes_raw()
         endpoints = list(endpoints)
-        proof = signing_key.sign(enroll_message(token.secret, name, ed25519_public, kem_public, credential, endpoints))
+        proof = signing_key.sign(enroll_message(token.secret, name, ed25519_public, kem_public, authenticator,
+                                                endpoints))
         payload = {"secret": token.secret, "name": name, "ed25519_public": _b64(ed25519_public),
-                   "kem_public": _b64(kem_public), "credential": _b64(credential), "endpoints": endpoints,
+                   "kem_public": _b64(kem_public), "authenticator": _b64(authenticator), "endpoints": endpoints,
                    "proof": _b64(proof)}
-        with pinned_session(token.tls_fingerprint) as session:
+        with (session_factory or pinned_session)(token.tls_fingerprint) as session:
             response = _send(session, "POST", f"{token.url}/v1/enroll", 30.0, json=payload)
         try:
             answer = response.json()
@@ -190,8 +198,16 @@ class ProviderClient:
             raise ProviderError(f"capsule has {len(content)} bytes, expected {CAPSULE_SIZE}")
         return content
 
-    def salt(self, epoch: int, credential: bytes) -> bytes:
-        content = self._call("POST", f"/epochs/{int(epoch)}/salt", {"credential": _b64(credential)}).content
+    def salt(self, epoch: int, authenticator: bytes, old_credential: bytes | None = None) -> bytes:
+        """The sealed salt of ``epoch``; with ``old_credential`` the request also registers ``authenticator``.
+
+        The registering form is an old-form member's migration
+        (``grouptun.credmigrate``): the provider checks the credential, then
+        stores the authenticator in its place.
+        """
+        body = ({"authenticator": _b64(authenticator)} if old_credential is None
+                else {"credential": _b64(old_credential), "new_authenticator": _b64(authenticator)})
+        content = self._call("POST", f"/epochs/{int(epoch)}/salt", body).content
         if len(content) != CAPSULE_SIZE:
             raise ProviderError(f"sealed salt has {len(content)} bytes, expected {CAPSULE_SIZE}")
         return content

@@ -10,6 +10,7 @@ Modules, from the wire inwards:
     service.py   every operation as one transaction: groups, invitations, enrollment,
                  removal, epochs, capsules, salts, reports; audit of each
     epochs.py    epoch numbering (never reissued) and building (secrets, capsules, wipe)
+    hwrng.py     the randomness: getrandom, optionally mixed with a hardware RNG
     members.py   names, address allocation, join-token hashes, Argon2id credentials
     keys.py      state dir layout, provider signing keys at rest, TLS certificate
     store.py     SQLAlchemy Core schema (versioned) over SQLite WAL

@@ -2,7 +2,7 @@
 
 Member API, version 1 (the OpenAPI document is served at ``/openapi.json``)::
 
-    POST /v1/enroll                                 join token secret + public keys + credential + proof
+    POST /v1/enroll                                 join token secret + public keys + authenticator + proof
                                                     (Ed25519 signature over the other fields, see
                                                     grouptun.core.archive.enroll_message)
          -> 200 {"group", "member_name", "index", "addresses", "provider_keys": {"ed25519", "mldsa65"},
@@ -19,8 +19,13 @@ Member API, version 1 (the OpenAPI document is served at ``/openapi.json``)::
                                                        group has < 2 members: the challenge is pending
                                                        (10 min) and the group's first epoch lists it
     GET  /v1/groups/{group}/epochs/{epoch}/capsule  -> 200 1168 bytes (application/octet-stream)
-    POST /v1/groups/{group}/epochs/{epoch}/salt {"credential": base64}
+    POST /v1/groups/{group}/epochs/{epoch}/salt {"authenticator": base64(32 bytes)}
                                                     -> 200 1168 bytes; 403 "wrong credential"
+         or {"credential": base64}                  a member not yet migrated (old daemons)
+         or {"credential": base64, "new_authenticator": base64(32 bytes)}
+                                                    migration: once the signature and the credential
+                                                    check, the authenticator replaces it (a repeat
+                                                    whose authenticator is already stored succeeds)
     POST /v1/groups/{group}/report {"endpoints": ["host:port"], "packets_sent": {"<epoch>": n}}
                                                     -> 204
     POST /v1/groups/{group}/rekey {"reason": str}   -> 202 {"opened": bool} (false: coalesced)

@@ -19,7 +19,9 @@ line and exits with its ``exit_code``; ``GROUPTUN_DEBUG=1`` shows tracebacks.
 Settings in ``STATE/provider.json`` (``init`` writes the defaults; every
 command validates them, a bad value names its key): ``audit_keep_days``
 (90) and ``audit_keep_rows`` (1000000), the audit retention the server
-applies hourly (``provider/retention.py``).
+applies hourly (``provider/retention.py``); ``hardware_rng`` (absent: off),
+a device such as ``/dev/hwrng`` mixed into the provider's randomness
+(``provider/hwrng.py``).
 """
 
 from __future__ import annotations
@@ -59,15 +61,18 @@ def _paths(args) -> StatePaths:
 
 
 def _provider(args):
+    from provider import hwrng
     from provider.retention import AuditRetention
     from provider.service import Provider
     from provider.store import Store
 
     paths = _paths(args)
-    retention = AuditRetention.from_config(read_config(paths))
+    config = read_config(paths)
+    retention = AuditRetention.from_config(config)
+    rand = hwrng.from_config(config)
     store = Store(str(paths.db))
     store.check_schema()
-    return Provider(store, lambda: Signer.load(paths), audit_retention=retention)
+    return Provider(store, lambda: Signer.load(paths), rand=rand, audit_retention=retention)
 
 
 def cmd_init(args) -> int:

@@ -6,7 +6,11 @@
 - Endpoints: ``host:port`` or ``[v6]:port``, at most 8 of at most 64 chars each.
 - Addresses: the first free host of the group's CIDR in ascending order (IPv4,
   and IPv6 when the group has ``cidr6``), kept for the member's lifetime.
-- Credentials: Argon2id (``cryptography``), 16-byte random salt, stored as
+- Credential hashes: of the member's authenticator (32 bytes derived from
+  its identification credential, ``grouptun.credkeys``; the credential
+  itself never reaches the provider), or of the credential for a member
+  enrolled before that and not migrated yet. Argon2id (``cryptography``),
+  16-byte random salt, stored as
   ``argon2id$v=19$m=19456,t=2,p=1$<salt b64>$<hash b64>``, compared with
   ``hmac.compare_digest``. Parameters: OWASP's minimum (19 MiB, t=2) --
   ~60 ms here; the salt endpoint is rate-limited per member on top.
@@ -62,7 +66,7 @@ def check_endpoints(endpoints: list[str]) -> list[str]:
     return list(dict.fromkeys(endpoints))  # order-preserving dedupe
 
 
-def check_enrollment(secret: str, name: str, ed_public: bytes, kem_public: bytes, credential: bytes,
+def check_enrollment(secret: str, name: str, ed_public: bytes, kem_public: bytes, authenticator: bytes,
                      endpoints: list[str], proof: bytes) -> list[str]:
     """Check an enrollment request's fields and proof of possession; its normalised endpoints.
 
@@ -72,7 +76,7 @@ def check_enrollment(secret: str, name: str, ed_public: bytes, kem_public: bytes
     """
     check_member_name(name)
     checked = check_endpoints(list(endpoints))
-    message = enroll_message(secret, name, ed_public, kem_public, credential, list(endpoints))
+    message = enroll_message(secret, name, ed_public, kem_public, authenticator, list(endpoints))
     try:
         signer_key = ed25519.Ed25519PublicKey.from_public_bytes(ed_public)
         load_kem_public(kem_public)
@@ -123,18 +127,23 @@ def hash_credential(credential: bytes, salt: bytes | None = None) -> str:
 
 def check_credential(credential: bytes, stored: str) -> None:
     """Raise Forbidden('wrong credential') unless ``credential`` matches ``stored``."""
+    if not credential_matches(credential, stored):
+        raise Forbidden("wrong credential")
+
+
+def credential_matches(credential: bytes, stored: str) -> bool:
+    """Whether ``credential`` (or authenticator) hashes to ``stored`` (constant-time comparison)."""
     try:
         _, _, params, salt_b64, hash_b64 = stored.split("$")
         fields = dict(kv.split("=") for kv in params.split(","))
         salt, expected = base64.b64decode(salt_b64), base64.b64decode(hash_b64)
         kdf = Argon2id(salt=salt, length=len(expected), iterations=int(fields["t"]), lanes=int(fields["p"]),
                        memory_cost=int(fields["m"]))
-    except (ValueError, KeyError) as exc:
-        raise Forbidden("wrong credential") from exc
+    except (ValueError, KeyError):
+        return False
     if not CREDENTIAL_MIN <= len(credential) <= CREDENTIAL_MAX:
-        raise Forbidden("wrong credential")
-    if not hmac.compare_digest(kdf.derive(credential), expected):
-        raise Forbidden("wrong credential")
+        return False
+    return hmac.compare_digest(kdf.derive(credential), expected)
 
 
 def new_token_secret() -> tuple[str, bytes]:

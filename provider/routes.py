@@ -114,7 +114,7 @@ def public_router(ctx: Context) -> APIRouter:
         client = request.client.host if request.client else "unknown"
         answer = await run_in_threadpool(
             ctx.provider.enroll, body.secret, body.name, b64(body.ed25519_public, "ed25519_public"),
-            b64(body.kem_public, "kem_public"), b64(body.credential, "credential"), body.endpoints,
+            b64(body.kem_public, "kem_public"), b64(body.authenticator, "authenticator"), body.endpoints,
             b64(body.proof, "proof"), client)
         ctx.hub.kick()
         return answer
@@ -145,7 +145,7 @@ def archive_router(ctx: Context) -> APIRouter:
 
 
 def secrets_router(ctx: Context) -> APIRouter:
-    """A member's capsule and (credential-gated) sealed salt of one epoch."""
+    """A member's capsule and (authenticator-gated) sealed salt of one epoch."""
     router, member = APIRouter(), ctx.member_dependency()
 
     @router.get("/v1/groups/{group}/epochs/{epoch}/capsule", response_class=Response, responses=SEALED_RESPONSES)
@@ -160,9 +160,11 @@ def secrets_router(ctx: Context) -> APIRouter:
             raise RateLimited("rate limit exceeded (salt)")
         if not ctx.limits.wrong_credential.peek(key):
             raise RateLimited("too many wrong credentials; wait")
+        presented = (b64(body.authenticator, "authenticator") if body.authenticator is not None
+                     else b64(body.credential, "credential"))
+        registering = None if body.new_authenticator is None else b64(body.new_authenticator, "new_authenticator")
         try:
-            raw = await run_in_threadpool(ctx.provider.salt, who.group, who.name, epoch,
-                                          b64(body.credential, "credential"))
+            raw = await run_in_threadpool(ctx.provider.salt, who.group, who.name, epoch, presented, registering)
         except Forbidden:
             ctx.limits.wrong_credential.allow(key)
             raise

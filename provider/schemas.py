@@ -10,7 +10,7 @@ import base64
 import binascii
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from provider.errors import InvalidInput
 
@@ -18,6 +18,8 @@ GROUP_PATH = Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", max_length=32)
 ARCHIVE_MEDIA = "application/json"
 SEALED_MEDIA = "application/octet-stream"
 B64 = r"^[A-Za-z0-9+/]*={0,2}$"
+# exactly 32 bytes in base64 (grouptun.credkeys): 42 chars, one whose low 4 bits are zero, "="
+AUTHENTICATOR = {"min_length": 44, "max_length": 44, "pattern": r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"}
 
 
 class _Strict(BaseModel):
@@ -29,7 +31,7 @@ class EnrollRequest(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     ed25519_public: str = Field(min_length=44, max_length=44, pattern=B64)
     kem_public: str = Field(min_length=1624, max_length=1624, pattern=B64)
-    credential: str = Field(min_length=12, max_length=1368, pattern=B64)
+    authenticator: str = Field(**AUTHENTICATOR)
     endpoints: list[str] = Field(default_factory=list, max_length=8)
     proof: str = Field(min_length=88, max_length=88, pattern=B64)  # Ed25519 over archive.enroll_message
 
@@ -53,7 +55,19 @@ class StartRequest(_Strict):
 
 
 class SaltRequest(_Strict):
-    credential: str = Field(min_length=12, max_length=1368, pattern=B64)
+    """``authenticator``; or ``credential`` (a member in the old form), optionally registering ``new_authenticator``."""
+
+    authenticator: str | None = Field(None, **AUTHENTICATOR)
+    credential: str | None = Field(None, min_length=12, max_length=1368, pattern=B64)
+    new_authenticator: str | None = Field(None, **AUTHENTICATOR)
+
+    @model_validator(mode="after")
+    def _one_proof(self) -> "SaltRequest":
+        if (self.authenticator is None) == (self.credential is None):
+            raise ValueError("give exactly one of authenticator and credential")
+        if self.new_authenticator is not None and self.credential is None:
+            raise ValueError("new_authenticator registers in place of a credential: give the credential")
+        return self
 
 
 class ReportRequest(_Strict):

@@ -52,6 +52,7 @@ MAX_REKEY_PACKETS = 2**27
 MTU = 1420
 MEMBER_REKEY_MIN_AGE = 5.0  # a member rekey on an epoch younger than this is coalesced into it
 MIN_GROUP_SIZE = 2  # PROTOCOL.md 1
+MIGRATED_SIZE = 32  # a member's authenticator (grouptun.credkeys.SIZE)
 __all__ = ["MAX_PENDING_STARTS", "PENDING_START_TTL", "Opened", "Provider", "next_version"]  # re-exports kept
 
 
@@ -163,17 +164,18 @@ class Provider:
             add_audit(conn, now, "admin", "invite", group, member=name, ttl=ttl)
         return secret
 
-    def enroll(self, secret: str, name: str, ed25519_public: bytes, kem_public: bytes, credential: bytes,
+    def enroll(self, secret: str, name: str, ed25519_public: bytes, kem_public: bytes, authenticator: bytes,
                endpoints: list[str], proof: bytes, address: str = "?") -> dict:
         """Consume the join token ``secret``; ``proof`` is the Ed25519 signature over
-        ``archive.enroll_message(...)`` of the other fields (checked before the token is touched)."""
+        ``archive.enroll_message(...)`` of the other fields (checked before the token is touched).
+        Only an Argon2id hash of ``authenticator`` is stored."""
         actor = f"enroll:{address}"
         return self._audited(actor, "enroll", None, lambda: self._enroll(
-            secret, name, ed25519_public, kem_public, credential, endpoints, proof))
+            secret, name, ed25519_public, kem_public, authenticator, endpoints, proof))
 
-    def _enroll(self, secret, name, ed_public, kem_public, credential, endpoints, proof) -> dict:
-        endpoints = mem.check_enrollment(secret, name, ed_public, kem_public, credential, endpoints, proof)
-        cred_hash = mem.hash_credential(credential)
+    def _enroll(self, secret, name, ed_public, kem_public, authenticator, endpoints, proof) -> dict:
+        endpoints = mem.check_enrollment(secret, name, ed_public, kem_public, authenticator, endpoints, proof)
+        cred_hash = mem.hash_credential(authenticator)
         digest = mem.token_hash(secret)
         with self.store.read() as conn:
             tok = conn.execute(select(tokens.c.group).where(tokens.c.token_hash == digest)).first()
@@ -346,18 +348,54 @@ class Provider:
             raise NotFound(f"no capsule for {name!r} in epoch {epoch}")
         return value
 
-    def salt(self, group: str, name: str, epoch: int, credential: bytes) -> bytes:
+    def salt(self, group: str, name: str, epoch: int, presented: bytes,
+             new_authenticator: bytes | None = None) -> bytes:
+        """The sealed salt of ``epoch`` for a member whose ``presented`` secret matches its stored hash.
+
+        ``presented`` is the member's authenticator, or the credential of a
+        member not yet migrated. With ``new_authenticator`` (a migration,
+        ``grouptun.credmigrate``) ``presented`` is the credential: once it
+        matches, a hash of ``new_authenticator`` replaces the stored one in
+        the same step; a request whose ``new_authenticator`` is already the
+        stored one (a retry after a crash) succeeds and changes nothing.
+        The route checked the request signature before this.
+        """
+        if new_authenticator is not None and len(new_authenticator) != MIGRATED_SIZE:
+            raise InvalidInput(f"new_authenticator must be {MIGRATED_SIZE} bytes")
+
         def check() -> bytes:
-            with self.store.read() as conn:
-                stored = conn.execute(select(members.c.credential_hash).join(groups, groups.c.id == members.c.group)
-                                      .where(groups.c.name == group, members.c.name == name)).scalar()
-            if stored is None:
-                raise NotFound(f"no member {name!r}")
+            stored = self._credential_hash(group, name)
             with self._argon_slots:  # Argon2id costs 19 MiB and ~60 ms: bound how many run at once
-                mem.check_credential(credential, stored)
-            return self.capsule(group, name, epoch, capsules.c.sealed_salt)
+                registered = new_authenticator is not None and mem.credential_matches(new_authenticator, stored)
+                if not registered:
+                    mem.check_credential(presented, stored)
+            sealed = self.capsule(group, name, epoch, capsules.c.sealed_salt)
+            if new_authenticator is not None and not registered:
+                self._register_authenticator(group, name, stored, new_authenticator)
+            return sealed
 
         return self._audited(f"member:{name}", "salt", group, check)
+
+    def _credential_hash(self, group: str, name: str) -> str:
+        with self.store.read() as conn:
+            stored = conn.execute(select(members.c.credential_hash).join(groups, groups.c.id == members.c.group)
+                                  .where(groups.c.name == group, members.c.name == name)).scalar()
+        if stored is None:
+            raise NotFound(f"no member {name!r}")
+        return stored
+
+    def _register_authenticator(self, group: str, name: str, old_hash: str, authenticator: bytes) -> None:
+        """Replace ``old_hash`` (checked by the caller) by a hash of ``authenticator``, unless it changed since."""
+        with self._argon_slots:
+            new_hash = mem.hash_credential(authenticator)
+        with self.store.write() as conn:
+            g = _group(conn, group)
+            changed = conn.execute(update(members).where(
+                members.c.group == g.id, members.c.name == name, members.c.credential_hash == old_hash,
+            ).values(credential_hash=new_hash)).rowcount
+            if not changed:
+                raise Conflict("the member's credential changed meanwhile; ask again")
+            add_audit(conn, self.clock(), f"member:{name}", "credential-migrate", group)
 
     def report(self, group: str, name: str, endpoints: list[str], packets_sent: dict[int, int]) -> bool:
         """Store endpoints (re-signing the archive when they changed); True if a packet threshold opened an epoch."""

@@ -191,20 +191,20 @@ def canonical(obj: object) -> bytes:
 ENROLL_LABEL = b"grouptun/1 enroll"
 
 
-def enroll_message(secret: str, name: str, ed25519_public: bytes, kem_public: bytes, credential: bytes,
+def enroll_message(secret: str, name: str, ed25519_public: bytes, kem_public: bytes, authenticator: bytes,
                    endpoints: list[str] | tuple[str, ...]) -> bytes:
     """What a member signs with its Ed25519 key to enroll (proof of possession).
 
     ``ENROLL_LABEL || RFC 8785 JSON`` of the enrollment request's fields
     (binary ones in standard base64): the token secret, the name, both
-    public keys, the credential and the endpoints. The provider checks the
+    public keys, the authenticator (``grouptun.credkeys``) and the endpoints. The provider checks the
     signature with the Ed25519 public key in the same request before it
     consumes the token, so nobody enrolls a key they do not hold, and a
     request altered in transit (another KEM key) does not verify.
     """
     return ENROLL_LABEL + canonical({
         "secret": secret, "name": name, "ed25519_public": b64e(ed25519_public), "kem_public": b64e(kem_public),
-        "credential": b64e(credential), "endpoints": list(endpoints),
+        "authenticator": b64e(authenticator), "endpoints": list(endpoints),
     })
 
 

@@ -2,27 +2,53 @@
 
 The fake provider does real cryptography (HPKE capsules, signed archives,
 key_check) so the control path's acceptance order runs for real; only
-HTTP, TLS and storage are missing.
+HTTP, TLS and storage are missing. ``FakeClient`` stands in for the
+ProviderClient; ``FakeTransport`` instead answers the real ProviderClient's
+HTTP requests from the same fake (and records every request it was sent).
 """
 
 from __future__ import annotations
 
+import base64
 import collections
+import hmac
+import json
 import os
 import socket
 import struct
 import threading
 import time
+import types
+from urllib.parse import parse_qs, urlsplit
 
+import requests
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from grouptun.core import capsule
 from grouptun.core.archive import Archive, ArchiveEpoch, ArchiveMember, ProviderKeys, sign_archive
 from grouptun.core.keys import EpochKeys, data_id
+from grouptun import credkeys, keystore
+from grouptun.credmigrate import SaltProof
 from grouptun.errors import ProviderError, ProviderRefused
 from grouptun.keystore import MemberKeys
 
 CREDENTIAL = b"correct horse battery"
+AUTHENTICATOR = bytes(range(32))  # what a fake member shows when no keystore is involved
+FAST = keystore.KdfCost(memory_kib=64, iterations=1, lanes=1)
+
+
+def proof() -> SaltProof:
+    """The salt proof of a fake member that shows AUTHENTICATOR."""
+    return SaltProof(bytearray(AUTHENTICATOR))
+
+
+def legacy_keystore(keys: MemberKeys, credential: bytes, cost: keystore.KdfCost = FAST) -> bytes:
+    """A version-1 keystore (AES key = Argon2id(credential)), as grouptun wrote before the credential split."""
+    salt, nonce = os.urandom(16), os.urandom(12)
+    header = struct.pack(">4sBIIB16s12s", b"GTKS", 1, cost.memory_kib, cost.iterations, cost.lanes, salt, nonce)
+    key = credkeys.argon2id(credential, salt, cost)
+    return header + AESGCM(bytes(key)).encrypt(nonce, bytes(keys._plaintext()), header)  # noqa: SLF001
 
 
 class FakeTun:
@@ -155,6 +181,8 @@ class FakeProvider:
         self.keys = ProviderKeys(raw(self.ed), raw(self.ml))
         self.group_id = os.urandom(16)
         self.members = {n: MemberKeys.generate() for n in names}
+        self.secrets = {n: AUTHENTICATOR for n in names}  # what each member must show for a salt
+        self.migrated: list[str] = []  # members whose credential a registration replaced
         self.endpoints = {n: (f"127.0.0.1:{port_base + i}",) for i, n in enumerate(names)}
         self.addresses = {n: (f"10.77.0.{i + 2}/24", f"fd77::{i + 2}/64") for i, n in enumerate(names)}
         self.suite, self.switch_delay = suite, switch_delay
@@ -194,6 +222,7 @@ class FakeProvider:
     def add_member(self, name: str) -> None:
         """Enroll ``name``: a new epoch (listing pending starts) from 2 members on."""
         self.members[name] = MemberKeys.generate()
+        self.secrets[name] = AUTHENTICATOR
         i = len(self.members) - 1
         self.endpoints[name] = (f"127.0.0.1:{51000 + 50 + i}",)
         self.addresses[name] = (f"10.77.0.{i + 2}/24", f"fd77::{i + 2}/64")
@@ -237,6 +266,29 @@ class FakeProvider:
 
     def client(self, name: str) -> "FakeClient":
         return FakeClient(self, name)
+
+    def enroll(self, name: str, ed25519_public: bytes, kem_public: bytes, authenticator: bytes) -> dict:
+        """What the provider's enrollment does (the token is not checked); the answer's JSON."""
+        self.members[name] = types.SimpleNamespace(ed25519_public=ed25519_public, kem_public=kem_public)
+        self.secrets[name] = authenticator
+        i = len(self.members) - 1
+        self.endpoints.setdefault(name, (f"127.0.0.1:{51000 + 50 + i}",))
+        self.addresses.setdefault(name, (f"10.77.0.{i + 2}/24", f"fd77::{i + 2}/64"))
+        self.open_epoch() if len(self.members) >= 2 else self.publish()
+        index = sorted(self.members).index(name)
+        return {"group": "lan", "member_name": name, "index": index, "addresses": list(self.addresses[name]),
+                "provider_keys": self.keys.to_json(), "archive": self.signed.decode()}
+
+    def check_salt_proof(self, name: str, shown: bytes, old_credential: bytes | None) -> None:
+        """The provider's rule for a salt request (ProviderRefused 403 if it fails)."""
+        expected = self.secrets.get(name, b"")
+        if hmac.compare_digest(shown, expected):
+            return  # the authenticator; or a registration the provider holds already
+        if old_credential is not None and hmac.compare_digest(old_credential, expected):
+            self.secrets[name] = shown
+            self.migrated.append(name)
+            return
+        raise ProviderRefused(403, "wrong credential")
 
 
 class FakeClient:
@@ -292,10 +344,9 @@ class FakeClient:
             c = bytes([c[0] ^ 1]) + c[1:]
         return c
 
-    def salt(self, epoch: int, credential: bytes) -> bytes:
+    def salt(self, epoch: int, authenticator: bytes, old_credential: bytes | None = None) -> bytes:
         self._call("salt", epoch)
-        if credential != CREDENTIAL:
-            raise ProviderRefused(403, "wrong credential")
+        self.p.check_salt_proof(self.name, authenticator, old_credential)
         s = self.p.salts[(epoch, self.name)]
         if self.p.tamper == "salt":
             s = s[:-1] + bytes([s[-1] ^ 1])
@@ -309,6 +360,73 @@ class FakeClient:
         if self.p.watching:
             self.p.rekeys_during_watch.append(reason)
         self.p.open_epoch()
+
+    def close(self) -> None:
+        pass
+
+
+class FakeTransport(requests.adapters.BaseAdapter):
+    """The provider's HTTP API for the real ProviderClient, answered by a FakeProvider; records every request.
+
+    ``session(fingerprint)`` is a ``session_factory`` for ProviderClient (and
+    a stand-in for ``pinned_session``). Signed requests are taken to come
+    from ``member`` (signatures are not checked: the fake checks contents).
+    ``sent`` holds (method, url, headers, body bytes) of each request.
+    """
+
+    def __init__(self, provider: FakeProvider, member: str = "") -> None:
+        super().__init__()
+        self.p, self.member = provider, member
+        self.sent: list[tuple[str, str, dict, bytes]] = []
+
+    def session(self, _fingerprint: str = "") -> requests.Session:
+        session = requests.Session()
+        session.mount("https://", self)
+        return session
+
+    def send(self, request, **kwargs) -> requests.Response:
+        body = request.body or b""
+        body = body.encode() if isinstance(body, str) else bytes(body)
+        self.sent.append((request.method, request.url, dict(request.headers), body))
+        url = urlsplit(request.url)
+        try:
+            status, content = self._answer(request.method, url.path.split("/")[1:], parse_qs(url.query), body)
+        except ProviderRefused as exc:
+            status, content = exc.status, json.dumps({"detail": exc.reason}).encode()
+        response = requests.Response()
+        response.status_code, response._content, response.url, response.request = status, content, request.url, request
+        return response
+
+    def _answer(self, method: str, path: list[str], query: dict, body: bytes) -> tuple[int, bytes]:
+        fields = json.loads(body) if body else {}
+        b64 = lambda key: base64.b64decode(fields[key]) if fields.get(key) is not None else None  # noqa: E731
+        if path == ["v1", "enroll"]:
+            self.member = fields["name"]
+            answer = self.p.enroll(fields["name"], b64("ed25519_public"), b64("kem_public"), b64("authenticator"))
+            return 200, json.dumps(answer).encode()
+        client, call = FakeClient(self.p, self.member), path[3:]
+        if call == ["start"]:
+            signed = client.start(bytes.fromhex(fields["challenge"]))
+            return (202, b'{"waiting": "members"}') if signed is None else (200, signed)
+        if call == ["archive"]:
+            return 200, client.archive()
+        if call == ["watch"]:
+            signed = client.watch(int(query["version"][0]), float(query["timeout"][0]))
+            return (204, b"") if signed is None else (200, signed)
+        if call[:1] == ["epochs"] and call[2:] == ["capsule"]:
+            return 200, client.capsule(int(call[1]))
+        if call[:1] == ["epochs"] and call[2:] == ["salt"]:
+            shown = b64("authenticator") if fields.get("authenticator") else b64("new_authenticator")
+            old = b64("credential")
+            return 200, client.salt(int(call[1]), shown if shown is not None else old,
+                                    old if shown is not None else None)
+        if call == ["report"]:
+            client.report(fields["endpoints"], {int(e): n for e, n in fields["packets_sent"].items()})
+            return 204, b""
+        if call == ["rekey"]:
+            client.rekey(fields["reason"])
+            return 202, b'{"opened": true}'
+        raise ProviderRefused(404, f"no route {'/'.join(path)}")
 
     def close(self) -> None:
         pass

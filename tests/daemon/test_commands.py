@@ -23,9 +23,9 @@ def fake_enroll(monkeypatch):
     provider = FakeProvider(["bob", "carol"])
     calls = []
 
-    def enroll(token, name, signing_key, kem_public, credential, endpoints):
+    def enroll(token, name, signing_key, kem_public, authenticator, endpoints):
         ed25519_public = signing_key.public_key().public_bytes_raw()  # join hands over the private key
-        calls.append(dict(token=token, name=name, credential=credential, endpoints=endpoints,
+        calls.append(dict(token=token, name=name, authenticator=authenticator, endpoints=endpoints,
                           ed=ed25519_public, kem=kem_public))
         provider.members[name] = types.SimpleNamespace(ed25519_public=ed25519_public, kem_public=kem_public)
         provider.open_epoch()
@@ -49,7 +49,7 @@ def test_join_writes_config_and_encrypted_keys(tmp_path, fake_enroll, capsys):
     provider, calls, token = fake_enroll
     assert cli.main(join_args(tmp_path, token, "--endpoint", "192.0.2.7:51820")) == 0
     (call,) = calls
-    assert call["name"] == "carol" and call["credential"] == CREDENTIAL
+    assert call["name"] == "carol"
     assert call["endpoints"] == ["192.0.2.7:51820"]
     cfg = config.load(tmp_path / "etc" / "lan.toml")
     assert cfg.group.member == "carol" and cfg.group.group_id == provider.group_id
@@ -61,6 +61,7 @@ def test_join_writes_config_and_encrypted_keys(tmp_path, fake_enroll, capsys):
     assert stat.S_IMODE(os.stat(keys_path).st_mode) == 0o600
     keys = keystore.load(keys_path, bytearray(CREDENTIAL))
     assert keys.ed25519_public == call["ed"] and keys.kem_public == call["kem"]
+    assert call["authenticator"] == keys.authenticator  # what the key file derives; not the credential
     for path in (keys_path, tmp_path / "etc" / "lan.toml"):
         assert CREDENTIAL not in path.read_bytes()
     assert "grouptun up lan" in capsys.readouterr().out

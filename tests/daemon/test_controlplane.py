@@ -12,9 +12,10 @@ from grouptun.controlplane import Backoff, ControlPlane
 from grouptun.core.session import Session
 from grouptun.core import keys as keys_mod
 from grouptun.errors import EpochRejected, LoopUnavailable, ProviderError, ProviderRefused
+from grouptun.credmigrate import SaltProof
 from grouptun.statefile import EpochStateFile
 
-from .fakes import CREDENTIAL, FakeProvider
+from .fakes import FakeProvider, proof
 
 
 class DirectPort:
@@ -73,7 +74,7 @@ def world(tmp_path):
 
     def make(**kw) -> ControlPlane:
         args = dict(client=provider.client("alice"), port=port, kem=provider.members["alice"].kem,
-                    credential=bytearray(CREDENTIAL), pinned=provider.keys, group_id=provider.group_id,
+                    proof=proof(), pinned=provider.keys, group_id=provider.group_id,
                     member="alice", statefile=statefile, endpoints=lambda: ["127.0.0.1:51000"],
                     watch_timeout=0.05, backoff=Backoff(0.01, 0.04))
         args.update(kw)
@@ -138,9 +139,9 @@ def test_other_group_is_refused(world):
     assert info.value.step == "group_id"
 
 
-def test_wrong_credential_is_a_refusal_by_the_provider(world):
+def test_wrong_authenticator_is_a_refusal_by_the_provider(world):
     provider, statefile, session, port, make = world
-    cp = make(credential=bytearray(b"wrong credential"))
+    cp = make(proof=SaltProof(bytearray(32)))
     with pytest.raises(ProviderRefused):
         cp.start_once(b"\x05" * 32)
     assert held_epochs(session) == []
@@ -262,7 +263,7 @@ def wait_until(predicate, bound: float = 20.0) -> bool:
 
 def solo_control(provider: FakeProvider, statefile: EpochStateFile, session: Session, **kw) -> ControlPlane:
     args = dict(client=provider.client("alice"), port=DirectPort(session, statefile, provider.group_id),
-                kem=provider.members["alice"].kem, credential=bytearray(CREDENTIAL), pinned=provider.keys,
+                kem=provider.members["alice"].kem, proof=proof(), pinned=provider.keys,
                 group_id=provider.group_id, member="alice", statefile=statefile,
                 endpoints=lambda: ["127.0.0.1:51000"], watch_timeout=0.05, backoff=Backoff(0.01, 0.04),
                 request_interval=0.01)

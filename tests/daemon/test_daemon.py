@@ -11,21 +11,20 @@ from pathlib import Path
 import pytest
 
 from grouptun import config as cfgmod
-from grouptun import cli, control, keystore
+from grouptun import cli, control, credmigrate, keystore
 from grouptun.cmd_status import format_status
 from grouptun.daemon import Daemon, Factories
 from grouptun.errors import KeystoreError
 from grouptun.udp import UdpTransport
 
-from .fakes import CREDENTIAL, FakeNetConfig, FakeProvider, FakeTun, ipv4_packet
-
-FAST = keystore.KdfCost(memory_kib=64, iterations=1, lanes=1)
+from .fakes import CREDENTIAL, FAST, FakeNetConfig, FakeProvider, FakeTun, ipv4_packet, legacy_keystore
 
 
 def make_config(provider: FakeProvider, name: str, root: Path, extra: str = "") -> cfgmod.Config:
     state = root / name / "state"
     state.mkdir(parents=True)
-    keystore.save(state / "keys.enc", provider.members[name], bytearray(CREDENTIAL), FAST)
+    provider.secrets[name] = bytes(keystore.save(state / "keys.enc", provider.members[name], bytearray(CREDENTIAL),
+                                                 FAST))
     cfg = cfgmod.Config(
         group=cfgmod.GroupConfig(name="lan", member=name, group_id=provider.group_id, interface="gt-t" + name,
                                  addresses=provider.addresses[name]),
@@ -186,6 +185,40 @@ def test_wrong_credential_stops_before_anything_is_created(tmp_path):
         m.daemon.run()
     assert m.tun is None and not m.config.paths.control_socket.exists()
     assert m.daemon.credential == bytearray(len(b"wrong credential"))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["v2", "v1"])
+def test_up_with_a_wrong_credential_exits_as_before(tmp_path, legacy, monkeypatch):
+    from grouptun import logsetup  # noqa: PLC0415
+
+    monkeypatch.setattr(logsetup, "setup_logging", lambda *a, **kw: None)  # keep the test run's root logger
+    provider = FakeProvider(["alice", "bob"])
+    m = Member(provider, "alice", tmp_path)
+    if legacy:
+        keystore.write_atomic(m.config.keystore_path, legacy_keystore(provider.members["alice"], CREDENTIAL), 0o600)
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(b"not the credential\n")
+    code = cli.main(["up", "lan", "--config", str(m.config.source), "--credential-file", str(wrong)])
+    assert code == KeystoreError.exit_code and not provider.calls
+    assert not credmigrate.staged_path(m.config.keystore_path).exists()
+
+
+def test_an_old_form_member_migrates_when_its_daemon_starts(tmp_path):
+    provider = FakeProvider(["alice", "bob"])
+    m = Member(provider, "alice", tmp_path)
+    path = m.config.keystore_path
+    keystore.write_atomic(path, legacy_keystore(provider.members["alice"], CREDENTIAL), 0o600)
+    provider.secrets["alice"] = CREDENTIAL  # what the old provider stored a hash of
+    m.thread.start()
+    try:
+        m.wait_for(lambda st: epochs(st), "alice's first epoch")
+    finally:
+        control.request(m.config.paths.control_socket, "down")
+        m.thread.join(10)
+    assert m.result == 0 and provider.migrated == ["alice"]
+    assert keystore.load(path, bytearray(CREDENTIAL)).authenticator == provider.secrets["alice"]
+    assert not credmigrate.staged_path(path).exists()
+    assert m.credential == bytearray(len(CREDENTIAL))  # wiped
 
 
 def test_reload_applies_mtu_and_refuses_a_bad_file(tmp_path, caplog):

@@ -18,7 +18,7 @@ from grouptun.errors import LoopUnavailable
 from grouptun.statefile import EpochStateFile
 from grouptun.udp import UdpTransport
 
-from .fakes import CREDENTIAL, FakeNetwork, FakeProvider, FakeTun, FakeUdp, QueueTun, ipv4_packet, ipv6_packet
+from .fakes import FakeNetwork, FakeProvider, FakeTun, FakeUdp, QueueTun, ipv4_packet, ipv6_packet, proof
 
 
 class Clock:
@@ -48,7 +48,7 @@ class Port:
 
 def member_control(provider, name, session, tmp_path, clock, port=None) -> ControlPlane:
     return ControlPlane(client=provider.client(name), port=port or Port(session, clock),
-                        kem=provider.members[name].kem, credential=bytearray(CREDENTIAL), pinned=provider.keys,
+                        kem=provider.members[name].kem, proof=proof(), pinned=provider.keys,
                         group_id=provider.group_id, member=name,
                         statefile=EpochStateFile(tmp_path / f"{name}.json"), endpoints=lambda: [],
                         watch_timeout=0.01, backoff=Backoff(0.01, 0.02))

@@ -44,14 +44,14 @@ def test_wrong_credential_is_refused(tmp_path):
 
 @pytest.mark.parametrize("offset", [0, 5, 20, 40, keystore.FILE_SIZE - 1])
 def test_any_flipped_byte_is_refused(tmp_path, offset):
-    blob = bytearray(keystore.seal(keystore.MemberKeys.generate(), CRED, FAST))
+    blob = bytearray(keystore.seal(keystore.MemberKeys.generate(), CRED, FAST).blob)
     blob[offset] ^= 0x01
     with pytest.raises(KeystoreError):
         keystore.unseal(bytes(blob), CRED)
 
 
 def test_truncated_and_absurd_cost_are_refused():
-    blob = keystore.seal(keystore.MemberKeys.generate(), CRED, FAST)
+    blob = keystore.seal(keystore.MemberKeys.generate(), CRED, FAST).blob
     with pytest.raises(KeystoreError, match="bytes"):
         keystore.unseal(blob[:-1], CRED)
     huge = bytearray(blob)
@@ -77,7 +77,7 @@ def test_missing_file_and_empty_credential(tmp_path):
 
 def test_wipe_overwrites_every_seed(tmp_path):
     for keys in (keystore.MemberKeys.generate(),
-                 keystore.unseal(keystore.seal(keystore.MemberKeys.generate(), CRED, FAST), CRED)):
+                 keystore.unseal(keystore.seal(keystore.MemberKeys.generate(), CRED, FAST).blob, CRED)):
         keys.wipe()
         assert keys._ed_raw == bytearray(32)
         assert keys.kem.mlkem_seed == bytearray(64) and keys.kem.x25519_private == bytearray(32)

@@ -42,8 +42,8 @@ def main(workdir: Path, metrics_port: int, real_net: bool = False) -> int:
     provider = fakes.FakeProvider(["alpha", "beta"])
     state = workdir / "state"
     state.mkdir(mode=0o700)
-    keystore.save(state / "keys.enc", provider.members["alpha"], bytearray(fakes.CREDENTIAL),
-                  keystore.KdfCost(memory_kib=64, iterations=1, lanes=1))
+    provider.secrets["alpha"] = bytes(keystore.save(state / "keys.enc", provider.members["alpha"],
+                                                    bytearray(fakes.CREDENTIAL), fakes.FAST))
     cred = workdir / "credential"
     cred.write_bytes(fakes.CREDENTIAL + b"\n")
     cred.chmod(0o600)

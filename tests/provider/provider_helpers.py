@@ -2,7 +2,9 @@
 
 ``ServerProc`` starts ``python -m provider.cli serve`` on a free port and waits
 (bounded) for its banner and ``/healthz``; ``stop()``/``kill()`` always reap it.
-``TestMember`` makes keys the way a daemon would and enrolls with the real client.
+``TestMember`` makes keys the way a daemon would and enrolls with the real client; it derives
+its authenticator from a random credential as a keystore does (cheap Argon2id cost).
+``RecordingSessions`` wraps the pinned session so a test sees every request body the client sent.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from grouptun import credkeys
 from grouptun.core.capsule import KemPrivateKey
-from grouptun.provider_client import EnrollResult, ProviderClient, parse_join_token
+from grouptun.provider_client import EnrollResult, ProviderClient, parse_join_token, pinned_session
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "GROUPTUN_DEBUG": "0"}
@@ -140,6 +143,9 @@ class TestMember:
         self.kem = KemPrivateKey.from_random(os.urandom(96))
         self.ed = ed25519.Ed25519PrivateKey.generate()
         self.credential = os.urandom(24)
+        derived = credkeys.derive(self.credential, os.urandom(16), credkeys.Cost(64, 1, 1))
+        self.keyfile_key, self.authenticator = bytes(derived.keyfile_key), bytes(derived.authenticator)
+        self.sessions = RecordingSessions()
         self.result: EnrollResult | None = None
 
     @property
@@ -149,12 +155,32 @@ class TestMember:
     def enroll(self, token_text: str, endpoints=("127.0.0.1:40000",)) -> EnrollResult:
         self.token = parse_join_token(token_text)
         self.result = ProviderClient.enroll(self.token, self.name, self.ed, self.kem.public_bytes(),
-                                            self.credential, list(endpoints))
+                                            self.authenticator, list(endpoints), self.sessions)
         return self.result
 
     def client(self, timeout: float = 10.0) -> ProviderClient:
         return ProviderClient(self.token.url, self.token.tls_fingerprint, self.result.group, self.name, self.ed,
-                              timeout=timeout)
+                              timeout=timeout, session_factory=self.sessions)
+
+
+class RecordingSessions:
+    """A ``session_factory``: pinned sessions whose every request (method, url, headers, body) is kept in ``sent``."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict, bytes]] = []
+
+    def __call__(self, fingerprint: str):
+        session = pinned_session(fingerprint)
+        send = session.send
+
+        def recorded(request, **kwargs):
+            body = request.body or b""
+            self.sent.append((request.method, request.url, dict(request.headers),
+                              body.encode() if isinstance(body, str) else bytes(body)))
+            return send(request, **kwargs)
+
+        session.send = recorded
+        return session
 
 
 # --- the store under test: SQLite in memory, and PostgreSQL when one is given -------------------------

@@ -120,3 +120,61 @@ def test_wrong_credentials_are_budgeted_right_ones_are_not(world):
         codes += [salt(client, b"wrong-credential") for _ in range(3)]
         codes.append(salt(client, b"credential"))  # budget spent: even the right one waits
     assert codes == [200, 200, 200, 403, 403, 429, 429]
+
+
+def _salt_request(client, key, epoch: int, fields: dict, keyid: str = "alice"):
+    import json  # noqa: PLC0415
+
+    body = json.dumps(fields).encode()
+    path = f"/v1/groups/lan/epochs/{epoch}/salt"
+    headers = {"content-type": "application/json"}
+    sign_headers("POST", "http://testserver" + path, headers, body, keyid, key)
+    return client.post(path, content=body, headers=headers)
+
+
+def _stored(provider) -> str:
+    from sqlalchemy import select  # noqa: PLC0415
+
+    from provider.store import members  # noqa: PLC0415
+
+    with provider.store.read() as conn:
+        return conn.execute(select(members.c.credential_hash).where(members.c.name == "alice")).scalar()
+
+
+def test_salt_body_needs_exactly_one_proof(world):
+    import base64  # noqa: PLC0415
+
+    provider, key = world
+    asgi, _ = create_app(provider, Settings())
+    epoch = provider.show_group("lan")["epoch"]
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    bad = [{}, {"authenticator": b64(bytes(32)), "credential": b64(b"credential")},
+           {"authenticator": b64(bytes(32)), "new_authenticator": b64(bytes(32))},
+           {"authenticator": b64(bytes(31))}, {"credential": b64(b"credential"), "new_authenticator": b64(b"x" * 8)}]
+    with TestClient(asgi, client=("127.0.0.1", 4000)) as client:
+        codes = [_salt_request(client, key, epoch, fields).status_code for fields in bad]
+    assert codes == [422] * len(bad)
+
+
+def test_a_migration_is_signed_and_checked_before_the_hash_changes(world):
+    import base64  # noqa: PLC0415
+
+    from provider.members import credential_matches  # noqa: PLC0415
+
+    provider, key = world  # alice enrolled the old way: the provider hashed b"credential"
+    asgi, _ = create_app(provider, Settings())
+    epoch = provider.show_group("lan")["epoch"]
+    new = os.urandom(32)
+    migrate = {"credential": base64.b64encode(b"credential").decode(),
+               "new_authenticator": base64.b64encode(new).decode()}
+    before = _stored(provider)
+    with TestClient(asgi, client=("127.0.0.1", 4000)) as client:
+        forged = _salt_request(client, ed25519.Ed25519PrivateKey.generate(), epoch, migrate)
+        assert forged.status_code == 401 and _stored(provider) == before
+        wrong = _salt_request(client, key, epoch, {**migrate, "credential": base64.b64encode(b"not it!!").decode()})
+        assert wrong.status_code == 403 and _stored(provider) == before
+        assert _salt_request(client, key, epoch, migrate).status_code == 200
+        assert credential_matches(new, _stored(provider))
+        shown = {"authenticator": base64.b64encode(new).decode()}
+        assert _salt_request(client, key, epoch, shown).status_code == 200
+        assert _salt_request(client, key, epoch, {"credential": migrate["credential"]}).status_code == 403

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from grouptun.core import keys
 from grouptun.core.archive import enroll_message, verify_archive
@@ -20,7 +21,7 @@ from provider.epochs import (EPOCH_BURST, EPOCH_RATE, Recipient, Thresholds, bui
 from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound
 from provider.keys import Signer
 from provider.service import MAX_PENDING_STARTS, PENDING_START_TTL, Provider
-from provider.store import Store, audit_rows
+from provider.store import Store, audit_rows, members
 from provider_helpers import STORE_KINDS, fresh_store
 from provider_helpers import dump as dump_rows
 
@@ -276,6 +277,44 @@ def test_endpoint_report_resigns_without_new_epoch(fx):
     assert fx.archive().version == after.version  # unchanged endpoints: no new version
     with pytest.raises(InvalidInput):
         fx.provider.report("lan", "alice", ["nonsense"], {})
+
+
+def _stored_hash(fx, name: str) -> str:
+    with fx.store.read() as conn:
+        return conn.execute(select(members.c.credential_hash).where(members.c.name == name)).scalar()
+
+
+def test_a_migration_replaces_the_credential_only_once_it_checks(fx):
+    from provider.members import credential_matches  # noqa: PLC0415
+
+    fx.enroll("alice", credential=b"old credential")  # an old member: the provider hashed the credential itself
+    fx.enroll("bob")
+    epoch = fx.archive().epoch.epoch
+    new, other = os.urandom(32), os.urandom(32)
+    before = _stored_hash(fx, "alice")
+    for wrong in (b"wrong credential", b""):
+        with pytest.raises(Forbidden, match="wrong credential"):
+            fx.provider.salt("lan", "alice", epoch, wrong, new)
+    with pytest.raises(NotFound):
+        fx.provider.salt("lan", "alice", epoch + 10_000, b"old credential", new)
+    with pytest.raises(InvalidInput):
+        fx.provider.salt("lan", "alice", epoch, b"old credential", b"short")
+    assert _stored_hash(fx, "alice") == before  # refusals changed nothing
+
+    assert len(fx.provider.salt("lan", "alice", epoch, b"old credential", new)) == 1168
+    after = _stored_hash(fx, "alice")
+    assert credential_matches(new, after) and not credential_matches(b"old credential", after)
+    with pytest.raises(Forbidden):
+        fx.provider.salt("lan", "alice", epoch, b"old credential")
+    assert len(fx.provider.salt("lan", "alice", epoch, new)) == 1168
+    # the member crashed before it renamed its keystore: the same registration again succeeds, unchanged
+    assert len(fx.provider.salt("lan", "alice", epoch, b"old credential", new)) == 1168
+    assert _stored_hash(fx, "alice") == after
+    with pytest.raises(Forbidden):  # another authenticator would need the old credential, which is gone
+        fx.provider.salt("lan", "alice", epoch, b"old credential", other)
+    assert _stored_hash(fx, "alice") == after
+    moved = [r for r in fx.audit() if r.action == "credential-migrate"]
+    assert len(moved) == 1 and new.hex() not in moved[0].detail and "old credential" not in moved[0].detail
 
 
 def test_epochs_strictly_increase_and_db_holds_no_plain_secret(fx):

@@ -35,7 +35,7 @@ def bob(provider_env):
 def _open_epoch(member: TestMember, archive) -> tuple[bytearray, bytearray]:
     client, e = member.client(), archive.epoch.epoch
     ss = open_sealed(member.kem, capsule_info(archive.group_id, e, member.name), client.capsule(e))
-    salt = open_sealed(member.kem, salt_info(archive.group_id, e, member.name), client.salt(e, member.credential))
+    salt = open_sealed(member.kem, salt_info(archive.group_id, e, member.name), client.salt(e, member.authenticator))
     return ss, salt
 
 
@@ -187,7 +187,7 @@ def _bad_request(env, alice, case, group, token):  # noqa: C901 -- one small bra
     elif case == "wrong-credential":
         epoch = json.loads(json.loads(alice.client().archive())["document"])["epoch"]["epoch"]
         with pytest.raises(ProviderRefused) as info:
-            alice.client().salt(epoch, b"not the credential")
+            alice.client().salt(epoch, bytes(32))
         return info.value.status, info.value.reason
     elif case == "used-token":
         with pytest.raises(ProviderRefused) as info:
@@ -232,7 +232,7 @@ def test_removed_member_gets_nothing_of_the_new_epoch(provider_env, alice):
     assert new.epoch.epoch > old.epoch.epoch and new.member("carol") is None
     assert sorted(m.index for m in new.members) == list(range(new.epoch.group_size))
     for call in (lambda c: c.capsule(new.epoch.epoch), lambda c: c.archive(),
-                 lambda c: c.salt(new.epoch.epoch, carol.credential)):
+                 lambda c: c.salt(new.epoch.epoch, carol.authenticator)):
         with pytest.raises(ProviderRefused) as info:
             call(carol.client())
         assert info.value.status == 401
@@ -241,6 +241,34 @@ def test_removed_member_gets_nothing_of_the_new_epoch(provider_env, alice):
     assert "carol" not in holders and "alice" in holders
     listing = admin(provider_env.state, "member", "list", "lan").stdout
     assert "carol" not in listing and "alice" in listing
+
+
+def test_the_provider_never_receives_or_stores_the_credential_or_the_keyfile_key(provider_env, alice, bob):
+    from provider.members import credential_matches  # noqa: PLC0415
+
+    dave = TestMember("dave")
+    dave.enroll(provider_env.invite("dave"))
+    archive = verify_archive(dave.client().archive(), dave.result.provider_keys)
+    _open_epoch(dave, archive)
+    sent = dave.sessions.sent
+    assert [url.rsplit("/", 1)[-1] for _m, url, _h, _b in sent] == ["enroll", "archive", "capsule", "salt"]
+    assert all(b'"authenticator"' in body for _m, url, _h, body in sent if url.endswith(("enroll", "salt")))
+    with provider_env.db() as conn:
+        (stored,) = conn.execute("SELECT credential_hash FROM members WHERE name = 'dave'").fetchone()
+        dump = "\n".join(conn.iterdump()).encode()
+    assert credential_matches(dave.authenticator, stored) and not credential_matches(dave.credential, stored)
+    for secret in (dave.credential, dave.keyfile_key):
+        for form in _encodings(secret):
+            assert form not in dump
+            for _method, url, headers, body in sent:
+                assert form not in body and form not in url.encode() and form not in repr(headers).encode()
+
+
+def _encodings(secret: bytes) -> list[bytes]:
+    import base64  # noqa: PLC0415
+
+    b64, url = base64.b64encode(secret), base64.urlsafe_b64encode(secret)
+    return [secret, b64, b64.rstrip(b"="), url, url.rstrip(b"="), secret.hex().encode()]
 
 
 def test_audit_log_records_actions_without_secrets(provider_env, alice):
