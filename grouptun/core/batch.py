@@ -13,11 +13,12 @@ Same rules as :meth:`Session.on_tun_packet` / :meth:`Session.on_datagram`
 - :func:`open_batch`: a run of datagrams from one source (e.g. one UDP GRO
   receive), each checked exactly like ``on_datagram`` (header, epoch,
   sequence, length, replay window BEFORE the cipher, window marked only
-  after the tag verified), plaintexts written into the caller's buffer.
-  What changes state beyond the window (epoch switch, rekey request,
-  roaming, last_seen, rx counters) is done once per (epoch, sender) after
-  the loop, and only for senders of which at least one packet
-  authenticated: a forged packet in a batch moves nothing.
+  after the tag verified, plaintext checked with ``Receiver.misfit``),
+  plaintexts written into the caller's buffer. What changes state beyond
+  the window (epoch switch, rekey request, roaming, last_seen, rx counters)
+  is done once per (epoch, sender) after the loop, and only for senders of
+  which at least one packet authenticated and was for us: a forged packet,
+  or one copied from another member's traffic, in a batch moves nothing.
 
 Limits: the segments handed to one Sealer must carry the addresses of the
 packet it was routed with (segmentation copies the IP header, so they do);
@@ -27,9 +28,9 @@ not thread-safe, like the Session.
 from __future__ import annotations
 
 from grouptun.core import counters as C
-from grouptun.core.inner import MIN_INNER, packed_addresses
+from grouptun.core.inner import MIN_INNER
 from grouptun.core.sequence import N_MAX
-from grouptun.core.wire import BYTE0_DATA, BYTE0_KEEPALIVE, HEADER, HEADER_SIZE, OVERHEAD
+from grouptun.core.wire import BYTE0_DATA, BYTE0_KEEPALIVE, HEADER, HEADER_SIZE, KEEPALIVE_SIZE, OVERHEAD
 from grouptun.errors import AuthenticationError, SequenceExhausted
 
 
@@ -175,12 +176,12 @@ def open_batch(session, data: memoryview, seg: int, source, now: float, out: mem
         if index == own_index:
             drops[C.OWN_INDEX] += 1
             continue
-        if (size < OVERHEAD + MIN_INNER) if byte0 == BYTE0_DATA else (size != OVERHEAD):
+        if (size < OVERHEAD + MIN_INNER) if byte0 == BYTE0_DATA else (size != KEEPALIVE_SIZE):
             drops[C.LENGTH] += 1
             continue
         if index != last_index:
             receiver = state.receivers.get(index) or state.receiver(index)
-            window, open_into, sources = receiver.window, receiver.cipher.open_into, receiver.sources
+            window, open_into, misfit = receiver.window, receiver.cipher.open_into, receiver.misfit
             last_index, mark = index, touched.get((id(state), index))
         if not window.check(n):
             drops[C.REPLAY] += 1
@@ -191,16 +192,16 @@ def open_batch(session, data: memoryview, seg: int, source, now: float, out: mem
             session.count_auth_failure(state)
             continue
         window.mark(n)
+        plain = out[off:off + plain_len]
+        reason = misfit(byte0, plain)
+        if reason is not None:
+            drops[reason] += 1
+            continue
         if mark is None:
             mark = touched[(id(state), index)] = [state, index, n, 0, 0]
         elif n > mark[2]:
             mark[2] = n
         if byte0 == BYTE0_KEEPALIVE:
-            continue
-        plain = out[off:off + plain_len]
-        addresses = packed_addresses(plain)
-        if addresses is None or addresses[0] not in sources:
-            drops[C.INNER] += 1
             continue
         mark[3] += 1
         mark[4] += plain_len

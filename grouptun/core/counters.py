@@ -11,9 +11,12 @@ cryptographic work; ``REPLAY`` is checked before decryption too)::
     sequence      s < nonce_start, or n > n_max
     own_index     the sender index is our own
     replay        n already seen, or older than the window
-    length        keepalive with a body, data without room for an IP header
+    length        keepalive body not 2 bytes, data without room for an IP header
     auth          tag does not verify
     inner         plaintext is not one IPv4/IPv6 packet from the sender's addresses
+    not_for_me    authentic, but sealed for another member: the inner destination is
+                  none of ours (nor broadcast/multicast), or a keepalive names
+                  another index (a copy an outsider redirected to us)
 
 Send side (packets from the TUN that are not sent)::
 
@@ -40,6 +43,7 @@ REPLAY = "replay"
 LENGTH = "length"
 AUTH = "auth"
 INNER = "inner"
+NOT_FOR_ME = "not_for_me"
 
 TX_INVALID = "tx_invalid"
 TX_SOURCE = "tx_source"
@@ -49,7 +53,7 @@ TX_NO_ENDPOINT = "tx_no_endpoint"
 TX_EXHAUSTED = "tx_exhausted"
 
 RECEIVE_REASONS = (SHORT, VERSION_TYPE, FLAGS, UNKNOWN_EPOCH, SEQUENCE, OWN_INDEX,
-                   REPLAY, LENGTH, AUTH, INNER)
+                   REPLAY, LENGTH, AUTH, INNER, NOT_FOR_ME)
 SEND_REASONS = (TX_INVALID, TX_SOURCE, TX_NO_ROUTE, TX_NO_EPOCH, TX_NO_ENDPOINT, TX_EXHAUSTED)
 REASONS = RECEIVE_REASONS + SEND_REASONS
 

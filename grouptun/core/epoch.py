@@ -4,8 +4,9 @@
 acceptance order (:mod:`grouptun.core.accept`) passed. :class:`EpochState`
 derives every key from it, WIPES the material's shared secret and salt, and
 holds what the data path needs per epoch: per-sender :class:`Receiver`
-objects (cipher + replay window + allowed source addresses), made on the
-first packet from that sender, and our own sender cipher and allocator.
+objects (cipher + replay window + what an authenticated plaintext from that
+sender must be, :meth:`Receiver.misfit`), made on the first packet from
+that sender, and our own sender cipher and allocator.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from grouptun.core import counters as C
+from grouptun.core.inner import misfit
 from grouptun.core.keys import GROUP_ID_SIZE, SUITES, EpochKeys, wipe
 from grouptun.core.peers import MemberInfo, Network, Routes
 from grouptun.core.replay import ReplayWindow
 from grouptun.core.seal import IvMaker, PacketCipher, sender_cipher
 from grouptun.core.sequence import REKEY_AFTER_PACKETS_MAX, SequenceAllocator, check_parameters
-from grouptun.core.wire import wire_epoch
+from grouptun.core.wire import BYTE0_KEEPALIVE, keepalive_body, wire_epoch
 
 AUTH_FAILURES_REKEY = 2**20
 
@@ -74,13 +77,26 @@ def validate(material: EpochMaterial) -> None:
 class Receiver:
     """State for packets from one sender in one epoch."""
 
-    __slots__ = ("cipher", "window", "sources", "member")
+    __slots__ = ("cipher", "window", "sources", "member", "local", "keepalive")
 
-    def __init__(self, cipher: PacketCipher, member: MemberInfo) -> None:
+    def __init__(self, cipher: PacketCipher, member: MemberInfo, local: frozenset[bytes],
+                 keepalive: bytes) -> None:
         self.cipher = cipher
         self.window = ReplayWindow()
         self.sources = member.packed_addresses()
         self.member = member
+        self.local = local  # inner destinations that are ours (own and broadcast addresses)
+        self.keepalive = keepalive  # the plaintext of a keepalive sent to us
+
+    def misfit(self, byte0: int, plaintext: bytes | bytearray | memoryview) -> str | None:
+        """The drop reason for an authenticated plaintext from this sender, or None if it is for us.
+
+        A keepalive must name our index; a data packet must pass :func:`grouptun.core.inner.misfit`.
+        Nothing but the replay window may change before this returned None (PROTOCOL.md 6).
+        """
+        if byte0 == BYTE0_KEEPALIVE:
+            return None if plaintext == self.keepalive else C.NOT_FOR_ME
+        return misfit(plaintext, self.sources, self.local)
 
 
 class EpochState:
@@ -104,6 +120,8 @@ class EpochState:
         self.own = self.by_index[material.own_index]
         self.own_sources = self.own.packed_addresses()
         self.routes = Routes(material.members, material.own_index, material.networks)
+        self.local = self.own_sources | self.routes.broadcast
+        self.own_keepalive = keepalive_body(material.own_index)
         self.switch_delay = float(material.switch_delay)
         self.grace = float(material.grace)
         self.rekey_after_packets = material.rekey_after_packets
@@ -125,7 +143,8 @@ class EpochState:
     def receiver(self, index: int) -> Receiver:
         found = self.receivers.get(index)
         if found is None:
-            found = self.receivers[index] = Receiver(sender_cipher(self.keys, index), self.by_index[index])
+            found = self.receivers[index] = Receiver(sender_cipher(self.keys, index), self.by_index[index],
+                                                     self.local, self.own_keepalive)
         return found
 
     def key_check(self) -> bytes:

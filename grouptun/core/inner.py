@@ -1,7 +1,13 @@
 """The inner IP packet: just enough parsing to route it and to check it.
 
 A data packet's plaintext must be exactly one IPv4 or IPv6 packet whose
-source address is one of the sender's overlay addresses (PROTOCOL.md 5).
+source address is one of the sender's overlay addresses (PROTOCOL.md 5),
+and whose destination fits the receiver (PROTOCOL.md 6): one of the
+receiver's own overlay addresses, a broadcast address of its networks, or
+a multicast address. The document routes no prefixes through members, so
+those are all. :func:`misfit` is that rule, the only copy of it: every
+receive path calls it (the run path of :mod:`grouptun.core.vector` first
+compares a run's packets with one that passed it).
 "Exactly one" is checked through the length fields: IPv4 total length
 (bytes 2-3) equals the plaintext length and IHL >= 5; IPv6 payload length
 (bytes 4-5) + 40 equals it. Addresses are compared packed (4 or 16 bytes).
@@ -15,6 +21,8 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+
+from grouptun.core import counters as C
 
 IPV4_HEADER = 20
 IPV6_HEADER = 40
@@ -46,10 +54,22 @@ def packed_addresses(packet: bytes | bytearray | memoryview) -> tuple[bytes, byt
     return None
 
 
-def inner_ok(plaintext: bytes | bytearray | memoryview, sources: frozenset[bytes]) -> bool:
-    """True if ``plaintext`` is one IP packet whose source is in ``sources`` (packed)."""
+def misfit(plaintext: bytes | bytearray | memoryview, sources: frozenset[bytes],
+           local: frozenset[bytes]) -> str | None:
+    """Why an authenticated data plaintext does not fit its receiver, or None if it does.
+
+    :data:`~grouptun.core.counters.INNER` unless it is one IP packet whose source is in ``sources``
+    (the sender's addresses, packed); :data:`~grouptun.core.counters.NOT_FOR_ME` unless its
+    destination is in ``local`` (the receiver's own and broadcast addresses) or multicast: a
+    datagram sealed for another member and copied to us by an outsider.
+    """
     addresses = packed_addresses(plaintext)
-    return addresses is not None and addresses[0] in sources
+    if addresses is None or addresses[0] not in sources:
+        return C.INNER
+    destination = addresses[1]
+    if destination not in local and not is_multicast(destination):
+        return C.NOT_FOR_ME
+    return None
 
 
 def is_multicast(packed: bytes) -> bool:

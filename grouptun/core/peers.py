@@ -43,7 +43,7 @@ class MemberInfo:
 class Routes:
     """Destination address -> member index, or EVERYONE, or None (no route)."""
 
-    __slots__ = ("unicast", "_broadcast")
+    __slots__ = ("unicast", "broadcast")
 
     def __init__(self, members: Iterable[MemberInfo], own_index: int,
                  networks: Iterable[Network] = ()) -> None:
@@ -53,16 +53,17 @@ class Routes:
                 continue
             for address in member.addresses:
                 self.unicast[address.packed] = member.index
-        self._broadcast = {_LIMITED_BROADCAST}
+        broadcast = {_LIMITED_BROADCAST}
         for network in networks:
             if network.version == 4 and network.prefixlen < 31:
-                self._broadcast.add(network.broadcast_address.packed)
+                broadcast.add(network.broadcast_address.packed)
+        self.broadcast = frozenset(broadcast)  # also what a receiver accepts besides its own addresses
 
     def lookup(self, destination: bytes) -> int | None:
         index = self.unicast.get(destination)
         if index is not None:
             return index
-        if destination in self._broadcast or is_multicast(destination):
+        if destination in self.broadcast or is_multicast(destination):
             return EVERYONE
         return None
 

@@ -10,7 +10,8 @@ header only, before any cryptography)::
 
     length >= 28 -> version/type -> flags -> held epoch -> s >= nonce_start
     -> n <= n_max -> i != own -> body length fits the type -> replay window
-    -> open (tag) -> mark window -> switch/roam/last-seen -> inner packet
+    -> open (tag) -> mark window -> plaintext fits us (inner source and
+    destination, or the keepalive's receiver index) -> switch/roam/last-seen
 
 Requests for the control path (:meth:`Session.take_requests`):
 ``rekey:packets`` (a sender of the current epoch reached
@@ -36,11 +37,12 @@ from typing import Iterable
 from grouptun.core import batch
 from grouptun.core import counters as C
 from grouptun.core.epoch import AUTH_FAILURES_REKEY, EpochMaterial, EpochState
-from grouptun.core.inner import MIN_INNER, inner_ok, packed_addresses
+from grouptun.core.inner import MIN_INNER, packed_addresses
 from grouptun.core.keyring import Keyring
 from grouptun.core.peers import EVERYONE, Endpoint, MemberInfo, Peer, PeerTable
 from grouptun.core.sequence import N_MAX
-from grouptun.core.wire import BYTE0_DATA, BYTE0_KEEPALIVE, HEADER, OVERHEAD, wire_epoch
+from grouptun.core.wire import (BYTE0_DATA, BYTE0_KEEPALIVE, HEADER, KEEPALIVE_SIZE, OVERHEAD, keepalive_body,
+                                wire_epoch)
 from grouptun.core.keys import wipe
 from grouptun.errors import AuthenticationError, EpochRejected, SequenceExhausted
 
@@ -205,8 +207,9 @@ class Session:
         """Open one datagram into ``out`` (``len(datagram)`` bytes, 15 more for suite 2): the length of
         its inner packet, or 0 if there is none (dropped and counted, or a keepalive).
 
-        The header checks (:meth:`_admit`), then the replay window, then the tag; state changes
-        only after all of them passed.
+        The header checks (:meth:`_admit`), then the replay window, then the tag, then whether the
+        plaintext is for us (:meth:`Receiver.misfit`); state beyond the window changes only after
+        all of them passed.
         """
         admitted = self._admit(datagram, now)
         if admitted is None:
@@ -223,11 +226,12 @@ class Session:
             self.count_auth_failure(state)
             return 0
         window.mark(n)
-        peer = self.record_authenticated(state, index, n, source, now)  # authenticated and fresh: state may change
-        if byte0 == BYTE0_KEEPALIVE:
+        reason = receiver.misfit(byte0, out[:size])
+        if reason is not None:
+            self.drops[reason] += 1
             return 0
-        if not inner_ok(out[:size], receiver.sources):
-            self.drops[C.INNER] += 1
+        peer = self.record_authenticated(state, index, n, source, now)  # authentic, fresh, for us
+        if byte0 == BYTE0_KEEPALIVE:
             return 0
         peer.rx_packets += 1
         peer.rx_bytes += size
@@ -268,7 +272,7 @@ class Session:
         if index == state.own_index:
             drops[C.OWN_INDEX] += 1
             return None
-        if (size < OVERHEAD + MIN_INNER) if byte0 == BYTE0_DATA else (size != OVERHEAD):
+        if (size < OVERHEAD + MIN_INNER) if byte0 == BYTE0_DATA else (size != KEEPALIVE_SIZE):
             drops[C.LENGTH] += 1
             return None
         return state, byte0, sequence, n, index
@@ -291,16 +295,18 @@ class Session:
         if state is None:
             return []
         interval = self.keepalive_interval
-        due = [peer for peer in state.others if peer.endpoint is not None
-               and (peer.last_sent is None or now - peer.last_sent >= interval)]
-        if not due:
-            return []
-        datagram = self._seal(state, BYTE0_KEEPALIVE, b"")
-        if datagram is None:
-            return []
-        for peer in due:
+        out = []
+        for index, peer in enumerate(state.peers):
+            if peer is None or peer.endpoint is None or (peer.last_sent is not None
+                                                         and now - peer.last_sent < interval):
+                continue
+            # One seal per receiver: the plaintext names it (PROTOCOL.md 5).
+            datagram = self._seal(state, BYTE0_KEEPALIVE, keepalive_body(index))
+            if datagram is None:
+                break
             peer.last_sent = now
-        return [(peer.endpoint, datagram) for peer in due]
+            out.append((peer.endpoint, datagram))
+        return out
 
     # -- shared with the batch and run paths (core.batch, core.vector) ---
     def sending_epoch(self, now: float) -> EpochState | None:
@@ -355,7 +361,8 @@ class Session:
     def record_authenticated(self, state: EpochState, index: int, n: int, source: Endpoint, now: float) -> Peer:
         """The state changes an authenticated, fresh datagram (the highest n of a batch) makes.
 
-        Call only after the tag verified and the window was marked: the current epoch starts
+        Call only after the tag verified, the window was marked and the plaintext fit us
+        (:meth:`Receiver.misfit`): the current epoch starts
         sending if it had not, rekey:packets at the threshold, the sender roams to ``source`` and
         its last_seen becomes ``now``. Returns the sender's Peer: the caller adds the rx counters
         of the inner packets it accepts.

@@ -19,10 +19,10 @@ Same rules as the batch path, in the same order (PROTOCOL.md 4-6):
   datagrams are long enough. Anything else returns None having changed
   nothing, and the caller uses :func:`grouptun.core.batch.open_batch`,
   which counts each drop by reason. Each datagram's tag is verified; only
-  authenticated n are marked in the window, only authenticated and
-  well-formed inner packets are accepted, and the session's state changes
-  (epoch switch, roaming, counters) happen once, after the loop, only if
-  something authenticated.
+  authenticated n are marked in the window, only authenticated inner
+  packets that fit the receiver (``Receiver.misfit``: source, destination)
+  are accepted, and the session's state changes (epoch switch, roaming,
+  counters) happen once, after the loop, only if something was accepted.
 
 Limits: suite 1 (AES-256-GCM) only, since suite 2's HMAC has no such
 shortcut (its runs go through the batch path); numpy is optional
@@ -32,9 +32,8 @@ not thread-safe, like the Session.
 
 from __future__ import annotations
 
-from grouptun.core import counters as C
 from grouptun.core.batch import authenticated
-from grouptun.core.inner import MIN_INNER, packed_addresses
+from grouptun.core.inner import MIN_INNER
 from grouptun.core.keys import SUITE_AES_GCM
 from grouptun.core.sequence import N_MAX
 from grouptun.core.wire import BYTE0_DATA, HEADER, HEADER_SIZE, OVERHEAD, TAG_SIZE
@@ -52,8 +51,9 @@ if AVAILABLE:
     _IV = np.dtype([("hi", ">u4"), ("lo", ">u8")])
     _HEAD_S = np.dtype([("head", ">u4"), ("s", ">u8")])  # byte0, flags, epoch as one word; s
     _HEADER_BYTES = np.dtype("V12")
-    _INNER_COLUMNS = {4: np.array([0, 2, 3, 12, 13, 14, 15]),  # version/IHL, total length, source
-                      6: np.array([0, 4, 5, *range(8, 24)])}  # version/class, payload length, source
+    # version/IHL, total length, source, destination; version/class, payload length, source, destination
+    _INNER_COLUMNS = {4: np.array([0, 2, 3, *range(12, 20)]), 6: np.array([0, 4, 5, *range(8, 40)])}
+    _INNER_WIDTH = 40
     assert _HEAD_S.itemsize == HEADER_SIZE and _IV.itemsize == IV_SIZE
 
 
@@ -268,38 +268,39 @@ class RunOpener:
             ok = range(count)
             receiver.window.mark_range(ns.start, count)
         size, last_size = stride - OVERHEAD, last - OVERHEAD
-        sources = receiver.sources
-        if not failed and self._inner_uniform(count, stride, size, last_size, sources):
+        if not failed and self._inner_uniform(count, stride, size, last_size, receiver):
             run = OpenedRun(count, stride, size, last_size, None)
-            accepted, total = count, size * (count - 1) + last_size
+            accepted, total, highest = count, size * (count - 1) + last_size, ns[count - 1]
         else:
-            views = []
+            views, misfit, drops, highest = [], receiver.misfit, session.drops, None
             for j in ok:
                 plain = self._out[j * stride:j * stride + (last_size if j == count - 1 else size)]
-                addresses = packed_addresses(plain)
-                if addresses is None or addresses[0] not in sources:
-                    session.drops[C.INNER] += 1
+                reason = misfit(BYTE0_DATA, plain)
+                if reason is not None:
+                    drops[reason] += 1
                 else:
                     views.append(plain)
+                    highest = ns[j]
             run = OpenedRun(count, stride, size, last_size, views)
             accepted, total = len(views), sum(map(len, views))
-        authenticated(session, state, index, ns[ok[-1]], accepted, total, source, now)
+        if accepted:  # only packets that were for us move endpoints, timers and last seen
+            authenticated(session, state, index, highest, accepted, total, source, now)
         return run
 
-    def _inner_uniform(self, count: int, stride: int, size: int, last_size: int, sources) -> bool:
-        """True if every inner packet is a well-formed IP packet from one of ``sources``.
+    def _inner_uniform(self, count: int, stride: int, size: int, last_size: int, receiver) -> bool:
+        """True if every inner packet fits ``receiver`` (``Receiver.misfit``, the rule).
 
-        The first and last are checked in full; the others must match the first in version, header
-        length, total length and source address (so, being of the first's size, they are as valid).
+        The first and last are checked with the rule; the others must match the first in version,
+        header length, total length, source and destination address (so, being of the first's size,
+        they fit as it does).
         """
-        out = self._out
-        first = packed_addresses(out[:size])
-        tail = packed_addresses(out[(count - 1) * stride:(count - 1) * stride + last_size])
-        if first is None or tail is None or first[0] not in sources or tail[0] not in sources:
+        out, misfit = self._out, receiver.misfit
+        if misfit(BYTE0_DATA, out[:size]) is not None \
+                or misfit(BYTE0_DATA, out[(count - 1) * stride:(count - 1) * stride + last_size]) is not None:
             return False
         if count <= 2:
             return True
-        rows = np.ndarray((count - 1, 24), np.uint8, buffer=self._out_buf, strides=(stride, 1))
+        rows = np.ndarray((count - 1, _INNER_WIDTH), np.uint8, buffer=self._out_buf, strides=(stride, 1))
         part = rows[:, _INNER_COLUMNS[out[0] >> 4]]
         return part.tobytes() == part[0].tobytes() * (count - 1)
 

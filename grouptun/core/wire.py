@@ -38,8 +38,12 @@ OFFSET_EPOCH = 2
 OFFSET_SEQUENCE = 4
 HEADER_SIZE = 12
 TAG_SIZE = 16
-OVERHEAD = HEADER_SIZE + TAG_SIZE  # 28: also the size of a keepalive
+OVERHEAD = HEADER_SIZE + TAG_SIZE  # 28
 MIN_DATAGRAM = OVERHEAD
+# A keepalive's plaintext is u16(j), the index of the member it is sent to (PROTOCOL.md 5): a copy
+# of it sent to another member names the wrong index there.
+KEEPALIVE_BODY = struct.Struct(">H")
+KEEPALIVE_SIZE = OVERHEAD + KEEPALIVE_BODY.size  # 30
 
 EPOCH_WIRE_MASK = 0xFFFF
 SEQUENCE_MAX = 2**64 - 1
@@ -87,6 +91,11 @@ def encode(header: Header) -> bytes:
     if not 0 <= header.sequence <= SEQUENCE_MAX:
         raise WireFormatError(f"stream sequence {header.sequence!r} out of u64 range")
     return HEADER.pack((VERSION << 4) | header.type, 0, header.epoch, header.sequence)
+
+
+def keepalive_body(receiver_index: int) -> bytes:
+    """The plaintext of a keepalive sent to the member with index ``receiver_index``."""
+    return KEEPALIVE_BODY.pack(receiver_index)
 
 
 def pack_into(buffer: bytearray | memoryview, type_: int, epoch: int, sequence: int) -> None:

@@ -10,7 +10,12 @@ the same bridge sends crafted variants of them to the members:
   sent to a member that never saw that (epoch, s) (the tag must fail);
 - ``forged``: a captured header moved to a fresh n of the same sender,
   with random ciphertext and tag (the tag must fail, the window not move);
-- ``junk``: too short / unknown version / flags set (header checks).
+- ``junk``: too short / unknown version / flags set (header checks);
+- ``copied``: a captured datagram, unchanged, to a member it was NOT meant
+  for. Fresh and authentic there (a sender's sequence space is shared by all
+  its receivers), so only the inner destination tells (PROTOCOL.md 6): it
+  must be counted ``not_for_me``, and the sender's endpoint at that member
+  must not move to the attacker (:meth:`AttackReport.redirected`).
 
 :func:`craft` is pure (randomness passed in); :func:`send_from` runs
 ``python3 -m grouptun.lab.attack`` inside the attacker's namespace, which
@@ -42,7 +47,7 @@ from grouptun.lab.wait import wait_until
 
 @dataclass(frozen=True)
 class Crafted:
-    kind: str        # replayed | flipped | forged | junk
+    kind: str        # replayed | flipped | forged | junk | copied
     dst: str         # underlay address of the target member
     port: int
     data: bytes
@@ -100,7 +105,7 @@ def craft(captured: list[Datagram], members: dict[str, str], group_size: int,
     targets = sorted(members)
     for i, d in enumerate(captured[:per_kind]):
         out.append(Crafted("replayed", d.dst, d.dport, d.payload))
-        others = [t for t in targets if t not in (d.dst, d.src) and (":" in t) == (":" in d.dst)]
+        others = _others(d, targets)
         flipped = bytearray(d.payload)
         flipped[wire.HEADER_SIZE + (i % max(1, len(flipped) - wire.OVERHEAD))] ^= 0x01 << (i % 8)
         out.append(Crafted("flipped", others[0] if others else d.dst, d.dport, bytes(flipped)))
@@ -114,7 +119,18 @@ def craft(captured: list[Datagram], members: dict[str, str], group_size: int,
     out += [Crafted("junk", d.dst, d.dport, d.payload[:wire.MIN_DATAGRAM - 1]),
             Crafted("junk", d.dst, d.dport, b"\x21" + d.payload[1:]),
             Crafted("junk", d.dst, d.dport, d.payload[:1] + b"\x80" + d.payload[2:])]
+    # Copies last: the flipped datagram sent to the same member before carries the same (epoch, s),
+    # and must meet a fresh n there (a copy marks the window).
+    for d in captured[:per_kind]:
+        others = _others(d, targets)
+        if others:
+            out.append(Crafted("copied", others[0], d.dport, d.payload))
     return out
+
+
+def _others(d: Datagram, targets: list[str]) -> list[str]:
+    """Member addresses of ``d``'s family other than its source and destination."""
+    return [t for t in targets if t not in (d.dst, d.src) and (":" in t) == (":" in d.dst)]
 
 
 def send_from(lab: Lab, host: str, packets: list[Crafted], spacing: float = 0.002) -> int:
@@ -154,11 +170,18 @@ class AttackReport:
     drops_before: dict[str, dict[str, int]]      # member -> reason -> count
     drops_after: dict[str, dict[str, int]]
     targets: dict[str, str]                      # underlay address -> member
+    endpoints_before: dict[str, dict[str, str]]  # member -> peer -> endpoint it sends that peer's traffic to
+    endpoints_after: dict[str, dict[str, str]]
 
     def delta(self, reason: str) -> int:
         """Increase of one drop reason, summed over the members."""
         return sum(self.drops_after[m].get(reason, 0) - self.drops_before[m].get(reason, 0)
                    for m in self.drops_after)
+
+    def redirected(self) -> list[str]:
+        """``member: peer before -> after`` for every peer endpoint the attack moved (none, if held)."""
+        return [f"{m}: {peer} {was} -> {now}" for m, peers in self.endpoints_after.items()
+                for peer, now in peers.items() if (was := self.endpoints_before[m].get(peer)) != now]
 
     def deltas(self) -> dict[str, int]:
         reasons = sorted({r for d in self.drops_after.values() for r in d})
@@ -167,16 +190,17 @@ class AttackReport:
     def table(self) -> str:
         rows = [f"  sent: " + ", ".join(f"{k} {v}" for k, v in self.sent.items()),
                 "  drop counters (sum over members, after - before): "
-                + (", ".join(f"{k} +{v}" for k, v in self.deltas().items()) or "none")]
+                + (", ".join(f"{k} +{v}" for k, v in self.deltas().items()) or "none"),
+                "  peer endpoints moved: " + ("; ".join(self.redirected()) or "none")]
         return "\n".join(rows)
 
 
 def run_attack(lab: Lab, mesh, attacker: str = "e", tap: str = "a", per_kind: int = 5,
                random_bytes: Callable[[int], bytes] | None = None) -> AttackReport:
     """Tap member ``tap``'s bridge port while it pings the others, then send
-    replayed / bit-flipped / forged / junk datagrams from host ``attacker``."""
+    replayed / bit-flipped / forged / junk / copied datagrams from host ``attacker``."""
     import os
-    from grouptun.lab.mesh import drop_counts, group_size
+    from grouptun.lab.mesh import drop_counts, group_size, peer_endpoints
     from grouptun.lab.traffic import ping
 
     random_bytes = random_bytes or os.urandom
@@ -202,11 +226,14 @@ def run_attack(lab: Lab, mesh, attacker: str = "e", tap: str = "a", per_kind: in
     before = {n: drop_counts(s) for n, s in statuses.items()}
     send_from(lab, attacker, packets)
     time.sleep(0.5)    # let the members' receive loops drain their sockets
-    after = {n: drop_counts(mesh.status(n)) for n in names}
+    after_statuses = {n: mesh.status(n) for n in names}
+    after = {n: drop_counts(s) for n, s in after_statuses.items()}
     sent: dict[str, int] = {}
     for p in packets:
         sent[p.kind] = sent.get(p.kind, 0) + 1
-    return AttackReport(sent, before, after, targets)
+    return AttackReport(sent, before, after, targets,
+                        {n: peer_endpoints(s) for n, s in statuses.items()},
+                        {n: peer_endpoints(s) for n, s in after_statuses.items()})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     from grouptun.lab.topology import install_signal_handlers
 
     parser = argparse.ArgumentParser(prog="scripts/attack", description=(
-        "Replay, bit-flip, forge and junk grouptun datagrams against a running lab from an "
-        "outsider namespace, and show the members' drop counters."))
+        "Replay, bit-flip, forge, junk and copy (to another member) grouptun datagrams against a "
+        "running lab from an outsider namespace, and show the members' drop counters."))
     parser.add_argument("--lab", type=Path, default=WORKDIR / "lab.json",
                         help="lab description written by scripts/demo --keep")
     parser.add_argument("--per-kind", type=int, default=5, help="datagrams per attack kind")
@@ -246,14 +273,16 @@ def main(argv: list[str] | None = None) -> int:
                        if v != report.drops_before[member].get(r, 0)}
             print(f"  {member}: " + (", ".join(f"{r} +{v}" for r, v in changed.items()) or "no drops"))
         expected = {"replay": report.sent.get("replayed", 0),
-                    "auth": report.sent.get("flipped", 0) + report.sent.get("forged", 0)}
-        ok = all(report.delta(r) >= n for r, n in expected.items())
+                    "auth": report.sent.get("flipped", 0) + report.sent.get("forged", 0),
+                    "not_for_me": report.sent.get("copied", 0)}
+        ok = all(report.delta(r) >= n for r, n in expected.items()) and not report.redirected()
         from grouptun.lab.traffic import ping
         names = list(mesh.members)
         still = all(ping(lab, s, mesh.members[d].overlay(4), count=1).ok
                     for s in names for d in names if s != d)
         print(f"{'PASS' if ok else 'FAIL'}: every replayed datagram counted as replay, every "
-              f"flipped/forged one as auth failure; tunnel {'still works' if still else 'BROKEN'}")
+              f"flipped/forged one as auth failure, every copied one as not_for_me, no peer endpoint "
+              f"moved; tunnel {'still works' if still else 'BROKEN'}")
         return 0 if ok and still else 1
     finally:
         lab.remove_host(attacker)

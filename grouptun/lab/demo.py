@@ -122,7 +122,7 @@ def _keep_instructions(lab: Lab, mesh: Mesh) -> str:
         f"  sudo ip netns exec gt-demo-a bash          # a shell on member a ({lab.workdir})",
         f"  ping {b.overlay(4)}; ping {b.overlay(6)}              # through the tunnel, from a",
         f"  sudo ip netns exec gt-demo-a {cli} status lan --run-dir {a.run_dir}",
-        "  sudo scripts/attack                          # replay/forge/bit-flip attacks, drop counters",
+        "  sudo scripts/attack                          # replay/forge/bit-flip/copy attacks, drop counters",
         "  logs: " + str(lab.workdir / "logs"),
         "Remove it:", "  sudo scripts/demo --down"])
 

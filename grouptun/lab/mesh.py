@@ -306,6 +306,13 @@ def drop_counts(status: dict) -> dict[str, int]:
     return {str(k): int(v) for k, v in drops.items() if isinstance(v, int)}
 
 
+def peer_endpoints(status: dict) -> dict[str, str]:
+    """Member name -> the underlay endpoint this member sends its traffic to (others only)."""
+    members = _find(_session(status), "members") or []
+    return {str(m["name"]): str(m.get("endpoint")) for m in members
+            if isinstance(m, dict) and "name" in m and not m.get("self")}
+
+
 def group_size(status: dict) -> int | None:
     """N of the newest epoch held, or None."""
     epochs = [e for e in (_find(_session(status), "epochs") or []) if isinstance(e, dict)]

@@ -107,6 +107,9 @@ class BatchPath:
                 c["udp_recvs"] += 1
                 n, size, sender = got
                 budget -= n
+                if not n:  # an empty datagram: counted as short by the session; no size to step by
+                    self._open_lone(self.umv[held:held], sender, now)
+                    continue
                 if not i and n <= size:  # a lone datagram first: opened and written before receiving on
                     self._open_lone(self.umv[:n], sender, now)
                     continue

@@ -123,7 +123,8 @@ def test_header_decided_drops_need_no_crypto(group, monkeypatch):
         (dgram(s=ns - 1), C.SEQUENCE),
         (dgram(s=ns + (N_MAX + 1) * size), C.SEQUENCE),
         (dgram(s=ns + 1), C.OWN_INDEX),  # bob is index 1
-        (dgram(byte0=0x12, body=1), C.LENGTH),  # keepalive with a body
+        (dgram(byte0=0x12, body=1), C.LENGTH),  # keepalive body not u16(j)
+        (dgram(byte0=0x12, body=0), C.LENGTH),  # the empty keepalive of before
         (dgram(body=19), C.LENGTH),  # data too short for an IP header
     ]
     for datagram, reason in cases:
@@ -156,7 +157,8 @@ def test_keepalives_on_timer(group):
     a = sessions["alice"]
     out = a.on_timer(0.5)
     assert sorted(dest for dest, _ in out) == [endpoint("bob"), endpoint("carol")]
-    assert all(len(d) == wire.OVERHEAD for _, d in out)
+    assert all(len(d) == wire.KEEPALIVE_SIZE for _, d in out)
+    assert len({wire.HEADER.unpack_from(d)[3] for _, d in out}) == 2  # one seal (own s) per receiver
     assert net.deliver("alice", out, 0.5) == []  # keepalives reach no TUN
     assert sessions["bob"].peer("alice").last_seen == 0.5
     assert a.on_timer(5.0) == []
@@ -193,7 +195,7 @@ def test_epoch_switch_by_delay_by_authentication_and_grace(group):
     stale = wire.HEADER.pack(0x11, 0, 1, old.nonce_start) + bytes(60)
     assert b.on_datagram(stale, endpoint("alice"), 134.0) is None
     assert b.drops[C.UNKNOWN_EPOCH] == 1
-    assert b.packets_sent() == {1: 1, 2: 2}  # and on_timer at 133.5 sent one keepalive on 2
+    assert b.packets_sent() == {1: 1, 2: 3}  # and on_timer at 133.5 sent a keepalive to each other on 2
 
 
 def test_fetch_requested_for_next_wire_epoch_rate_limited(group):

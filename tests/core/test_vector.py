@@ -32,11 +32,11 @@ def build(name: str, suite: int = 1, **extra) -> Session:
     return session
 
 
-def inner(v6_: bool, size: int, tag: int, src: int = 1) -> bytes:
-    """An IP packet of exactly ``size`` bytes from member ``src`` to bob, payload pattern by ``tag``."""
+def inner(v6_: bool, size: int, tag: int, src: int = 1, dst: int = 2) -> bytes:
+    """An IP packet of exactly ``size`` bytes from member ``src`` to ``dst`` (bob), payload pattern by ``tag``."""
     if v6_:
-        return ipv6(v6(src), v6(2), bytes((tag + k) % 251 for k in range(size - 40)))
-    return ipv4(v4(src), v4(2), bytes((tag + k) % 251 for k in range(size - 20)))
+        return ipv6(v6(src), v6(dst), bytes((tag + k) % 251 for k in range(size - 40)))
+    return ipv4(v4(src), v4(dst), bytes((tag + k) % 251 for k in range(size - 20)))
 
 
 def allocator_state(session: Session) -> tuple:
@@ -238,7 +238,8 @@ def seal_items(sender: Session, items: list, route: bytes = inner(False, 20, 0))
     out = []
     for item in items:
         if item is None:
-            (_, datagram), = [x for x in sender.on_timer(1.0) if x[0] == endpoint("bob")]
+            sender.peer("carol").last_sent = 1.0  # only bob's keepalive is due: it takes the next s
+            (_, datagram), = sender.on_timer(1.0)
             for peer in sender._keyring.current.others:  # due again next time
                 peer.last_sent = None
             out.append(datagram)
@@ -250,14 +251,18 @@ def seal_items(sender: Session, items: list, route: bytes = inner(False, 20, 0))
     return out
 
 
+def inner_for_bob(packet: bytes, v6_: bool) -> bool:
+    return packet[24:40] == v6(2).packed if v6_ else packet[16:20] == v4(2).packed
+
+
 def as_run(datagrams: list, stride: int) -> bytes:
     """A GRO buffer: every datagram but the last exactly ``stride`` bytes (padded with zeros if shorter)."""
     parts = [bytes(d) + bytes(stride - len(d)) for d in datagrams[:-1]]
     return b"".join(parts) + bytes(datagrams[-1])
 
 
-KINDS = ["clean", "auth", "header", "inner_source", "inner_length", "inner_family", "skip", "keepalive_last",
-         "keepalive_mid", "replay", "overlap", "roam"]
+KINDS = ["clean", "auth", "header", "inner_source", "inner_length", "inner_family", "inner_dest", "copied", "skip",
+         "keepalive_last", "keepalive_mid", "replay", "overlap", "roam"]
 
 
 @settings(max_examples=300, deadline=None, database=None)
@@ -283,6 +288,10 @@ def test_run_opener_equals_open_batch(v6_, size, count, data, kind, warm, more_a
         packets[j] = bytes(bad)
     elif kind == "inner_family" and len(packets[j]) >= 40:
         packets[j] = inner(not v6_, len(packets[j]), 3)  # valid, but not like the others
+    elif kind == "inner_dest":
+        packets[j] = inner(v6_, len(packets[j]), 4, dst=3)  # alice's packet for carol, copied to bob
+    elif kind == "copied":
+        packets = [inner(v6_, len(p), k, dst=3) for k, p in enumerate(packets)]  # a whole run for carol
     items = list(packets)
     if kind == "keepalive_last":
         items = [inner(v6_, size, k) for k in range(count)] + [None]
@@ -318,12 +327,18 @@ def test_run_opener_equals_open_batch(v6_, size, count, data, kind, warm, more_a
         assert r is None
     else:
         assert r is not None
-        if more_auth or kind in ("auth", "inner_source", "inner_length"):
+        if more_auth or kind in ("auth", "inner_source", "inner_length", "inner_dest", "copied"):
             assert r.views is not None
         elif kind != "inner_family":
             assert r.views is None and got == packets
     if kind in ("clean", "roam", "inner_family") and not more_auth:
         assert got == packets
+    if kind in ("inner_dest", "copied"):
+        assert pair.a.drops[C.NOT_FOR_ME] >= 1 and all(inner_for_bob(p, v6_) for p in got)
+    if kind == "copied":  # nothing accepted: alice's endpoint, last_seen and counters did not move
+        peer = pair.a.peer("alice")
+        assert got == [] and (peer.endpoint, peer.last_seen, peer.rx_packets) == (ALICE, None if not warm
+                                                                               else now, 0 if not warm else 3)
     # a forged n was not marked: the genuine datagrams still go through afterwards
     if more_auth and kind in ("clean", "roam"):
         genuine = seal_items(build("alice"), ([inner(v6_, 60, k) for k in range(3)] if warm else []) + packets)

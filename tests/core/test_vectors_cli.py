@@ -49,6 +49,20 @@ def test_check_flags_a_wrong_output(vectors_dir, capsys, tmp_path):
     assert out == (vectors_dir / "protocol-v1.json").read_text()  # printed with the right value
 
 
+def test_keepalive_vector_seals_the_receiver_index_it_is_given(vectors_dir, capsys, tmp_path):
+    doc = _protocol(vectors_dir)
+    keepalive = next(v for v in doc["vectors"] if v["type"] == 2)
+    keepalive["payload"] = "0002"  # u16(j), PROTOCOL.md 5
+    for field in PROTOCOL_OUTPUTS:
+        del keepalive[field]
+    path = tmp_path / "keepalive.json"
+    path.write_text(json.dumps(doc))
+    code, out, err = run_cli(capsys, path)
+    assert (code, err) == (0, "")
+    computed = next(v for v in json.loads(out)["vectors"] if v["type"] == 2)
+    assert len(bytes.fromhex(computed["packet"])) == 12 + 2 + 16
+
+
 def _protocol(vectors_dir):
     return json.loads((vectors_dir / "protocol-v1.json").read_text())
 
@@ -87,7 +101,6 @@ PROTOCOL_CASES = [
     (5, "salt", "0" * 63, "hex"),
     (5, "salt", "AB" * 32, "lowercase"),
     (5, "payload", "00 11", "hex"),
-    (5, "payload", "00", "keepalive"),
     (6, "payload", None, "hex string"),
 ]
 

@@ -1,5 +1,8 @@
 """In-memory fakes at the daemon's boundaries: TUN, UDP, netlink, provider.
 
+The batched data path's devices: :class:`VnetTun` (a TUN with the virtio-net
+header) and :class:`GsoUdp` (a socket with UDP GSO/GRO).
+
 The fake provider does real cryptography (HPKE capsules, signed archives,
 key_check) so the control path's acceptance order runs for real; only
 HTTP, TLS and storage are missing. ``FakeClient`` stands in for the
@@ -147,6 +150,68 @@ class FakeUdp:
 
     def close(self) -> None:
         self.net.sockets.pop(self.endpoint, None)
+
+
+class VnetTun:
+    """A TUN with IFF_VNET_HDR and TSO/USO: reads give queued buffers, writes are kept."""
+
+    vnet_hdr = True
+    offloads = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
+
+    def __init__(self) -> None:
+        self.queue: list[bytes] = []
+        self.written: list[bytes] = []
+
+    def fileno(self) -> int:
+        return -1
+
+    def read_into(self, buf) -> int | None:
+        if not self.queue:
+            return None
+        data = self.queue.pop(0)
+        buf[:len(data)] = data
+        return len(data)
+
+    def write_raw(self, data) -> bool:
+        self.written.append(bytes(data))
+        return True
+
+    def write_parts(self, parts) -> bool:
+        return self.write_raw(b"".join(parts))
+
+    def describe(self) -> str:
+        return "fake-vnet"
+
+
+class GsoUdp:
+    """A socket with GSO and GRO: each GSO send is one GRO receive at the destination."""
+
+    gso = gro = True
+
+    def __init__(self, net: dict, me) -> None:
+        self.net, self.me = net, me
+        self.inbox: list = []
+        self.sends = 0
+        net[me] = self
+
+    def fileno(self) -> int:
+        return -1
+
+    def send_batch(self, data, seg, endpoint) -> int:
+        self.sends += 1
+        self.net[endpoint].inbox.append((bytes(data), seg, self.me))
+        return -(-len(data) // seg)
+
+    def sendto(self, data, endpoint) -> bool:
+        self.net[endpoint].inbox.append((bytes(data), len(data), self.me))
+        return True
+
+    def recv_batch(self, buf):
+        if not self.inbox:
+            return None
+        data, seg, source = self.inbox.pop(0)
+        buf[:len(data)] = data
+        return len(data), seg, source
 
 
 class FakeNetConfig:

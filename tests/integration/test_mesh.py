@@ -78,6 +78,17 @@ def test_forged_flipped_replayed_datagrams_are_dropped_and_counted(lab_mesh):
     assert report.delta("auth") >= report.sent["flipped"] + report.sent["forged"]
     assert report.delta("short") >= 1 and report.delta("version_type") >= 1 \
         and report.delta("flags") >= 1
+    # a's datagrams copied unchanged to the member they were not for: fresh and authentic there,
+    # but counted not_for_me, and a's endpoint at that member stays a's (issue 14, defect 1)
+    assert report.sent["copied"] == 5
+    assert report.delta("not_for_me") >= report.sent["copied"]
+    assert report.redirected() == []
+    attacker = {lab.host("e").ipv4, lab.host("e").ipv6}
+    assert not any(host in endpoint for peers in report.endpoints_after.values()
+                   for endpoint in peers.values() for host in attacker)
+    # so the flow from each target to a goes to a at once, not to the attacker until a's keepalive
+    for name in ("b", "c"):
+        assert ping(lab, name, mesh.members["a"].overlay(4), count=3, interval=0.05).ok
     total = sum(report.deltas().values())
     assert total >= sum(report.sent.values())
     # and the tunnel keeps working

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from grouptun.core import wire
-from grouptun.lab.attack import craft, grouptun_datagrams
+from grouptun.lab.attack import AttackReport, craft, grouptun_datagrams
 from grouptun.lab.netns import LabError
 from grouptun.lab.pcap import Datagram
 
@@ -37,6 +37,23 @@ def test_craft_kinds_and_targets():
     for data in junk:
         with pytest.raises(Exception):
             wire.decode(data)
+    copied = [c for c in out if c.kind == "copied"]
+    assert len(copied) == 2
+    for c, d in zip(copied, captured):
+        assert c.data == d.payload and c.dst == "10.99.0.4"  # unchanged, to a member it was not for
+    # after every flipped datagram: those go to the same member with the same (epoch, s)
+    assert kinds.index("copied") > max(i for i, k in enumerate(kinds) if k == "flipped")
+
+
+def test_report_names_every_moved_peer_endpoint():
+    drops = {"b": {"not_for_me": 0}}
+    held = AttackReport({"copied": 1}, drops, {"b": {"not_for_me": 1}}, {},
+                        {"b": {"a": "10.99.0.2:51820"}}, {"b": {"a": "10.99.0.2:51820"}})
+    assert held.redirected() == [] and held.delta("not_for_me") == 1
+    moved = AttackReport({"copied": 1}, drops, drops, {},
+                         {"b": {"a": "10.99.0.2:51820"}}, {"b": {"a": "10.99.0.9:40000"}})
+    assert moved.redirected() == ["b: a 10.99.0.2:51820 -> 10.99.0.9:40000"]
+    assert "10.99.0.9:40000" in moved.table()
 
 
 def test_craft_needs_captures_and_filter_keeps_data_only():
