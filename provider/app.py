@@ -35,7 +35,10 @@ signature (missing, stale, replayed, not valid -- unknown and removed
 members answer exactly like a bad signature), 403 token/credential, 404,
 409, 413 body over 64 KiB, 429 rate limits (per address, per member; and
 per member for start, report, rekey and salt, which cost epochs, signatures
-or Argon2id work).
+or Argon2id work). Before any of this, the server's connection limits
+(``provider/connlimits.py``) answer 431 (header too large, too many
+fields), 408 (header or body not finished in time), 429 or 503
+(connections per address, in total) and close.
 
 ``create_app(provider, settings)`` returns ``(asgi, app)``: ``asgi`` is what
 uvicorn serves (the FastAPI ``app`` behind ``limits.Guard``: per-address
