@@ -199,6 +199,11 @@ class LimitedH11Protocol(H11Protocol):
         status, reason, detail = self.conn.refusal or (400, "bad-request", "malformed HTTP request")
         self._refuse(status, reason, detail)
 
+    def handle_websocket_upgrade(self, event) -> None:
+        # The provider serves no WebSocket, and the switch would hand the transport to a protocol
+        # that never calls our connection_lost: the address's count would never come down.
+        self._refuse(400, "bad-request", "no WebSocket here")
+
     def shutdown(self) -> None:
         # A refused connection may wait for the client's TLS close_notify; h11 (to which our
         # refusal was never told) would refuse uvicorn's ConnectionClosed at server shutdown.

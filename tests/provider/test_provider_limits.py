@@ -178,6 +178,20 @@ def test_connections_over_the_caps_are_refused_and_others_served(limited):
     assert seen[:2] == ("status", 200), seen
 
 
+def test_upgrade_requests_do_not_use_up_the_address(limited):
+    """A WebSocket upgrade would move the connection to another protocol, out of the address's count."""
+    upgrade = (b"GET /healthz HTTP/1.1\r\nHost: provider\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    for _ in range(LIMITS["http_max_connections_per_address"] + 2):
+        with tls_socket(limited.port, "127.0.0.51") as sock:
+            sock.sendall(upgrade)
+            assert outcome(sock, 5.0)[0] in ("status", "closed")
+    time.sleep(0.5)
+    sock, seen = _served(limited.port, "127.0.0.51")
+    sock.close()
+    assert seen[:2] == ("status", 200), seen
+
+
 def test_rss_stays_bounded_under_a_flood_of_unfinished_headers(limited):
     flood, size = 10, 8 << 20  # within the connection caps: only the header limit bounds this
     time.sleep(0.5)
