@@ -1,4 +1,4 @@
-"""The ASGI app in-process (no TLS): guard limits, rate limits, metrics hook."""
+"""The ASGI app in-process (no TLS): guard limits, rate limits, metrics hook, bodies that are not I-JSON."""
 
 from __future__ import annotations
 
