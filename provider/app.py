@@ -31,12 +31,19 @@ Member API, version 1 (the OpenAPI document is served at ``/openapi.json``)::
     POST /v1/groups/{group}/rekey {"reason": str}   -> 202 {"opened": bool} (false: coalesced)
     GET  /healthz                                   -> 200 {"ok": true}
 
-Refusals are 4xx with ``{"detail": reason}``: 400/422 malformed, 401
+Refusals are 4xx with ``{"detail": reason}``: 400 a body that is not
+I-JSON (RFC 7493: NaN, Infinity, 1e999999, integers beyond 2**53 - 1,
+duplicate names, lone surrogates, nesting over 16 levels, not UTF-8 --
+``provider/ijson.py``), 415 a body that is not JSON, 422 a field out of
+its schema (``[{"type", "loc", "msg"}]``, never echoing the input), 401
 signature (missing, stale, replayed, not valid -- unknown and removed
 members answer exactly like a bad signature), 403 token/credential, 404,
 409, 413 body over 64 KiB, 429 rate limits (per address, per member; and
 per member for start, report, rekey and salt, which cost epochs, signatures
-or Argon2id work).
+or Argon2id work). Before any of this, the server's connection limits
+(``provider/connlimits.py``) answer 431 (header too large, too many
+fields), 408 (header or body not finished in time), 429 or 503
+(connections per address, in total) and close.
 
 ``create_app(provider, settings)`` returns ``(asgi, app)``: ``asgi`` is what
 uvicorn serves (the FastAPI ``app`` behind ``limits.Guard``: per-address
@@ -53,10 +60,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 
 from grouptun.sdnotify import Notifier
 from provider.errors import ProviderFault
@@ -129,6 +138,14 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
     @app.exception_handler(ProviderFault)
     async def _fault(request: Request, exc: ProviderFault):
         return JSONResponse({"detail": exc.reason}, status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        # FastAPI's own handler echoes each error's input, which made any value JSON cannot carry
+        # (a float NaN, a lone surrogate, bytes that are not UTF-8) a 500 with a traceback.
+        detail = [{"type": str(e.get("type")), "loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
+                   "msg": str(e.get("msg"))} for e in exc.errors()[:16]]
+        return Response(json.dumps({"detail": detail}).encode(), status_code=422, media_type="application/json")
 
     for router in (public_router(ctx), archive_router(ctx), epochs_router(ctx), secrets_router(ctx)):
         app.include_router(router)

@@ -21,7 +21,9 @@ command validates them, a bad value names its key): ``audit_keep_days``
 (90) and ``audit_keep_rows`` (1000000), the audit retention the server
 applies hourly (``provider/retention.py``); ``hardware_rng`` (absent: off),
 a device such as ``/dev/hwrng`` mixed into the provider's randomness
-(``provider/hwrng.py``).
+(``provider/hwrng.py``); the ``http_*`` connection limits ``serve`` applies
+(header size and fields, header and body deadlines, connections per address
+and in total: ``provider/connlimits.py``).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def _provider(args):
 
 
 def cmd_init(args) -> int:
+    from provider.connlimits import HttpLimits
     from provider.retention import AuditRetention
     from provider.store import Store
 
@@ -92,7 +95,8 @@ def cmd_init(args) -> int:
     os.close(fd)
     Store(str(paths.db)).create_schema()
     config = {"url": url, "created_at": time.time(), "provider_keys": signer.public.to_json(),
-              **AuditRetention().to_config()}  # written out so an admin sees what to edit (provider/retention.py)
+              **AuditRetention().to_config(),  # written out so an admin sees what to edit (provider/retention.py)
+              **HttpLimits().to_config()}
     paths.config.write_text(json.dumps(config, indent=2) + "\n")
     print(f"state:            {paths.root}")
     print(f"url:              {url}")
@@ -130,9 +134,11 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from provider.app import Settings, create_app
+    from provider.connlimits import HttpLimits, protocol_class
 
     paths = _paths(args)
     config = read_config(paths)
+    http_limits = HttpLimits.from_config(config)
     lock = _lock_state(paths)  # noqa: F841 -- held for the life of the process
     provider = _provider(args)
     provider.signer  # noqa: B018 -- load keys now: a wrong passphrase fails before listening
@@ -144,14 +150,17 @@ def cmd_serve(args) -> int:
         sock.bind((host, port))
     except OSError as exc:
         raise StateDirError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    asgi, _ = create_app(provider, Settings(metrics=args.metrics, address_rate=args.address_rate,
-                                            address_burst=args.address_rate * 2, member_rate=args.member_rate,
-                                            member_burst=args.member_rate * 3, start_rate=args.start_rate,
-                                            report_rate=args.report_rate))
+    asgi, app = create_app(provider, Settings(metrics=args.metrics, address_rate=args.address_rate,
+                                              address_burst=args.address_rate * 2, member_rate=args.member_rate,
+                                              member_burst=args.member_rate * 3, start_rate=args.start_rate,
+                                              report_rate=args.report_rate))
+    refused = app.state.metrics.connection_refused if args.metrics else (lambda reason: None)
+    # h11, not httptools: h11 bounds an unfinished header (see provider/connlimits.py for the rest).
     server = uvicorn.Server(uvicorn.Config(
         asgi, ssl_keyfile=str(paths.tls_key), ssl_certfile=str(paths.tls_cert), loop="uvloop",
         log_level=args.log_level, access_log=False, timeout_keep_alive=75, backlog=4096,
-        timeout_graceful_shutdown=2))
+        timeout_graceful_shutdown=2, http=protocol_class(http_limits, refused),
+        h11_max_incomplete_event_size=http_limits.max_header_bytes))
     # Signatures created before this process started are refused (the nonce cache is in memory),
     # so listen only from the next whole second on: fresh requests then never look stale.
     time.sleep(max(0.0, math.ceil(provider.started_at) - time.time() + 0.01))

@@ -17,6 +17,7 @@
         ├── Forbidden               join token unknown/used/expired, name does
         │                           not match the invitation, wrong credential   (exit 77, HTTP 403)
         ├── PayloadTooLarge         request body over the limit                  (HTTP 413)
+        ├── UnsupportedMediaType    a request body that is not application/json  (HTTP 415)
         └── RateLimited             per member / per address budget spent        (exit 75, HTTP 429)
 
 The HTTP layer (``provider/app.py``) answers every ``ProviderFault`` with its
@@ -75,6 +76,10 @@ class Forbidden(ProviderFault):
 
 class PayloadTooLarge(ProviderFault):
     http_status = 413
+
+
+class UnsupportedMediaType(ProviderFault):
+    http_status = 415
 
 
 class RateLimited(ProviderFault):

@@ -44,7 +44,8 @@ class RateLimiter:
 async def _answer(send, status: int, reason: str) -> None:
     body = json.dumps({"detail": reason}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})  # the body is unread: do not wait for the rest of it
     await send({"type": "http.response.body", "body": body})
 
 

@@ -12,6 +12,11 @@ What it measures:
     grouptun_provider_http_requests_in_flight
     grouptun_provider_epochs_created_total{group}
     grouptun_provider_watchers{group}          long-polls waiting right now
+    grouptun_provider_connections_refused_total{reason}
+                                               refused by the connection limits (provider/connlimits.py:
+                                               header-too-large, too-many-headers, bad-request,
+                                               header-timeout, body-timeout, address-connections,
+                                               total-connections); they never reach the app
 
 ``route`` is the route TEMPLATE (``/v1/groups/{group}/capsule``), never the
 raw path, so label cardinality stays bounded whatever clients send;
@@ -59,6 +64,11 @@ class ProviderMetrics:
         self.epochs = Counter("grouptun_provider_epochs_created", "Epochs opened", ["group"], registry=r)
         self.watchers = Gauge("grouptun_provider_watchers", "Members long-polling for a new archive",
                               ["group"], registry=r)
+        self.refused = Counter("grouptun_provider_connections_refused", "Connections refused by the HTTP limits",
+                               ["reason"], registry=r)
+
+    def connection_refused(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
 
     def epoch_created(self, group: str) -> None:
         self.epochs.labels(group).inc()

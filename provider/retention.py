@@ -40,7 +40,8 @@ KEEP_DAYS = ("audit_keep_days", 1, 36500, 90)
 KEEP_ROWS = ("audit_keep_rows", 1000, 10**9, 1_000_000)
 
 
-def _bounded(config: dict, spec: tuple, kinds: tuple[type, ...], unit: str):
+def bounded_setting(config: dict, spec: tuple, kinds: tuple[type, ...], unit: str):
+    """``config[key]`` (or the default) of ``spec = (key, low, high, default)``; ConfigError names the key."""
     key, low, high, default = spec
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
@@ -58,8 +59,8 @@ class AuditRetention:
     @classmethod
     def from_config(cls, config: dict) -> "AuditRetention":
         """Validated from ``provider.json``'s dict; ConfigError names the key at fault."""
-        return cls(float(_bounded(config, KEEP_DAYS, (int, float), "a number of days")),
-                   int(_bounded(config, KEEP_ROWS, (int,), "a whole number of rows")))
+        return cls(float(bounded_setting(config, KEEP_DAYS, (int, float), "a number of days")),
+                   int(bounded_setting(config, KEEP_ROWS, (int,), "a whole number of rows")))
 
     def to_config(self) -> dict:
         return {KEEP_DAYS[0]: self.keep_days, KEEP_ROWS[0]: self.keep_rows}

@@ -3,7 +3,8 @@
 ``create_app`` builds one Context per app (limiters, nonce cache, hub and
 start batcher once the lifespan started) and includes the routers below;
 every ``/v1/groups/...`` route depends on :meth:`Context.member`, the
-RFC 9421 check of the request (``grouptun.reqsign``).
+RFC 9421 check of the request (``grouptun.reqsign``). Every router's
+routes parse their body as I-JSON first (``provider/ijson.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from grouptun.reqsign import NonceCache, SignatureRefused, verify_headers
 from provider.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unauthorized
+from provider.ijson import IJsonRoute
 from provider.limits import RateLimiter
 from provider.schemas import (ARCHIVE_MEDIA, GROUP_PATH, SEALED_MEDIA, EnrollAnswer, EnrollRequest, RekeyAnswer,
                               RekeyRequest, ReportRequest, SaltRequest, StartRequest, b64)
@@ -103,7 +105,7 @@ class Context:
 
 def public_router(ctx: Context) -> APIRouter:
     """Unsigned routes: health and enrollment (the join token authenticates)."""
-    router = APIRouter()
+    router = APIRouter(route_class=IJsonRoute)
 
     @router.get("/healthz")
     async def healthz() -> dict:
@@ -124,7 +126,7 @@ def public_router(ctx: Context) -> APIRouter:
 
 def archive_router(ctx: Context) -> APIRouter:
     """The current archive, and the long-poll for the next one."""
-    router, member = APIRouter(), ctx.member_dependency()
+    router, member = APIRouter(route_class=IJsonRoute), ctx.member_dependency()
 
     @router.get("/v1/groups/{group}/archive", response_class=Response, responses=ARCHIVE_RESPONSES)
     async def archive(who: Member = Depends(member)):
@@ -146,7 +148,7 @@ def archive_router(ctx: Context) -> APIRouter:
 
 def secrets_router(ctx: Context) -> APIRouter:
     """A member's capsule and (authenticator-gated) sealed salt of one epoch."""
-    router, member = APIRouter(), ctx.member_dependency()
+    router, member = APIRouter(route_class=IJsonRoute), ctx.member_dependency()
 
     @router.get("/v1/groups/{group}/epochs/{epoch}/capsule", response_class=Response, responses=SEALED_RESPONSES)
     async def capsule(epoch: int = PathParam(ge=0, le=2**32 - 1), who: Member = Depends(member)):
@@ -175,7 +177,7 @@ def secrets_router(ctx: Context) -> APIRouter:
 
 def epochs_router(ctx: Context) -> APIRouter:
     """Requests that may open epochs: start, report (packet threshold), rekey."""
-    router, member = APIRouter(), ctx.member_dependency()
+    router, member = APIRouter(route_class=IJsonRoute), ctx.member_dependency()
 
     @router.post("/v1/groups/{group}/start", response_class=Response,
                  responses={**ARCHIVE_RESPONSES, 202: {"description": "waiting for a second member"}})

@@ -5,6 +5,8 @@
 ``TestMember`` makes keys the way a daemon would and enrolls with the real client; it derives
 its authenticator from a random credential as a keystore does (cheap Argon2id cost).
 ``RecordingSessions`` wraps the pinned session so a test sees every request body the client sent.
+``configure`` edits ``provider.json`` before a start; ``tls_socket`` opens a raw TLS
+connection (from any 127/8 source address) for tests that speak HTTP by hand.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import select
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,14 +52,14 @@ def admin(state: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
 
 
 class ServerProc:
-    def __init__(self, state: Path, port: int) -> None:
-        self.state, self.port, self.proc = state, port, None
+    def __init__(self, state: Path, port: int, extra: tuple[str, ...] = ()) -> None:
+        self.state, self.port, self.proc, self.extra = state, port, None, extra  # extra: more `serve` options
 
     def start(self, timeout: float = 30.0) -> "ServerProc":
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "provider.cli", "serve", "--state", str(self.state),
              "--listen", f"127.0.0.1:{self.port}", "--address-rate", "5000", "--start-rate", "50",
-             "--report-rate", "50"],
+             "--report-rate", "50", *self.extra],
             env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -74,6 +78,24 @@ class ServerProc:
             except OSError:
                 time.sleep(0.05)
         raise AssertionError("server does not accept connections")
+
+    def collect_output(self) -> list[str]:
+        """Read the server's output from now on into the returned list (so a chatty server never blocks)."""
+        lines: list[str] = []
+
+        def drain():
+            for line in self.proc.stdout:
+                lines.append(line.decode(errors="replace"))
+
+        threading.Thread(target=drain, daemon=True).start()
+        return lines
+
+    def rss_kib(self) -> int:
+        """The server's resident set (VmRSS of /proc/PID/status), KiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -122,6 +144,20 @@ def init_provider(tmp: Path) -> ProviderEnv:
     admin(state, "init", "--url", url)
     config = json.loads((state / "provider.json").read_text())
     return ProviderEnv(state, port, url, ServerProc(state, port), config)
+
+
+def configure(env: ProviderEnv, **keys) -> None:
+    """Set keys of the (stopped) provider's ``provider.json``."""
+    path = env.state / "provider.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **keys}, indent=2) + "\n")
+
+
+def tls_socket(port: int, source: str = "127.0.0.1", timeout: float = 10.0) -> ssl.SSLSocket:
+    """A TLS connection to the provider on 127.0.0.1:port from ``source`` (no certificate check: loopback)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+    return context.wrap_socket(raw)
 
 
 @pytest.fixture(scope="module")

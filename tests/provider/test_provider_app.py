@@ -1,4 +1,4 @@
-"""The ASGI app in-process (no TLS): guard limits, rate limits, metrics hook."""
+"""The ASGI app in-process (no TLS): guard limits, rate limits, metrics hook, bodies that are not I-JSON."""
 
 from __future__ import annotations
 
@@ -23,8 +23,7 @@ TestClient = pytest.importorskip("starlette.testclient").TestClient
 SIGNER = Signer.generate()
 
 
-@pytest.fixture()
-def world():
+def _world():
     store = Store(None)
     store.create_schema()
     provider = Provider(store, lambda: SIGNER)
@@ -39,6 +38,20 @@ def world():
                         signing.sign(enroll_message(secret, name, ed, kem, b"credential", [])))
     provider.started_at -= 2  # `serve` starts listening a second after this; signatures before it are refused
     return provider, key
+
+
+@pytest.fixture()
+def world():
+    return _world()
+
+
+@pytest.fixture(scope="module")
+def served():
+    """(TestClient, alice's key) of one app for the many bad-body cases (they change nothing)."""
+    provider, key = _world()
+    asgi, _ = create_app(provider, Settings(member_rate=1000, member_burst=1000))
+    with TestClient(asgi, client=("127.0.0.1", 4000)) as client:  # an exception escaping the app fails a test
+        yield client, key
 
 
 def _signed_get(client, key, path):
@@ -178,3 +191,58 @@ def test_a_migration_is_signed_and_checked_before_the_hash_changes(world):
         shown = {"authenticator": base64.b64encode(new).decode()}
         assert _salt_request(client, key, epoch, shown).status_code == 200
         assert _salt_request(client, key, epoch, {"credential": migrate["credential"]}).status_code == 403
+
+
+# --- bodies that are not I-JSON (issue 14, defect 5): 400 with a reason, never a 500 or a traceback ------------
+
+BODY_ROUTES = {"/v1/enroll": '{"secret": %s}', "/v1/groups/lan/start": '{"challenge": %s}',
+               "/v1/groups/lan/epochs/1/salt": '{"credential": %s}',
+               "/v1/groups/lan/report": '{"packets_sent": {"1": %s}}', "/v1/groups/lan/rekey": '{"reason": %s}'}
+BAD_NUMBERS = {"NaN": "not a number", "Infinity": "not a number", "-Infinity": "not a number",
+               "1e999999": "out of range", "9" * 40: "integer beyond", "1" * 5000: "integer beyond"}
+
+
+def _post(client, key, path: str, body: bytes, content_type: str = "application/json"):
+    headers = {"content-type": content_type}
+    if path.startswith("/v1/groups/"):
+        sign_headers("POST", "http://testserver" + path, headers, body, "alice", key)
+    return client.post(path, content=body, headers=headers)
+
+
+def _no_traceback(caplog) -> None:
+    assert not [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")], caplog.text
+
+
+@pytest.mark.parametrize("value", list(BAD_NUMBERS), ids=lambda v: v[:12])
+@pytest.mark.parametrize("path", list(BODY_ROUTES))
+def test_non_finite_and_huge_numbers_get_400_with_a_reason(served, caplog, path, value):
+    client, key = served
+    r = _post(client, key, path, (BODY_ROUTES[path] % value).encode())
+    assert (r.status_code, BAD_NUMBERS[value] in r.json()["detail"]) == (400, True), r.text[:300]
+    _no_traceback(caplog)
+
+
+HOSTILE_BODIES = [
+    ("deep-nesting", b'{"reason": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested deeper"),
+    ("nesting-17", b'{"reason": ' + b"[" * 16 + b"]" * 16 + b"}", 400, "nested deeper"),
+    ("invalid-utf8", b'{"reason": "\xff\xfe"}', 400, "not UTF-8"),
+    ("duplicate-names", b'{"reason": "a", "reason": "b"}', 400, "duplicate name"),
+    ("lone-surrogate", b'{"reason": "\\ud800"}', 400, "surrogate"),
+    ("truncated", b'{"reason": ', 400, "not JSON"),
+    ("byte-order-mark", b'\xef\xbb\xbf{"reason": "x"}', 400, "not JSON"),
+    ("not-json-media", b'\xff\xfe', 415, "application/json"),
+    ("schema", b'{"reason": "\\u0000"}', 422, "reason"),  # a control: parses, fails its schema
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "reason"), HOSTILE_BODIES, ids=[c[0] for c in HOSTILE_BODIES])
+@pytest.mark.parametrize("path", ["/v1/enroll", "/v1/groups/lan/rekey"])
+def test_other_hostile_bodies_get_4xx_with_a_reason(served, caplog, path, case, body, status, reason):
+    client, key = served
+    content_type = "text/plain" if case == "not-json-media" else "application/json"
+    r = _post(client, key, path, body, content_type)
+    assert client.get("/healthz").status_code == 200
+    if case == "schema" and path == "/v1/enroll":
+        reason = "secret"  # enroll's first complaint is its missing fields
+    assert (r.status_code, reason in r.text) == (status, True), r.text[:300]
+    _no_traceback(caplog)

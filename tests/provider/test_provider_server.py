@@ -137,7 +137,7 @@ class Impostor(TestMember):
 
 
 @pytest.mark.parametrize(("case", "status", "reason"), [
-    ("malformed-json", 422, "JSON decode"), ("extra-field", 422, "Extra inputs"), ("oversized", 413, "over"),
+    ("malformed-json", 400, "not JSON"), ("extra-field", 422, "Extra inputs"), ("oversized", 413, "over"),
     ("unsigned", 401, "signature missing"), ("badly-signed", 401, "signature not valid"),
     ("unknown-member", 401, "signature not valid"), ("tampered-body", 401, "signature not valid"),
     ("stale", 401, "stale signature"), ("future", 401, "stale signature"), ("replayed", 401, "replayed"),
