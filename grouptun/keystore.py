@@ -13,8 +13,11 @@ Layout (all authenticated: the header is the AAD)::
 
 Limits: key material inside ``cryptography``'s own objects (the Ed25519
 key, the HPKE key made per capsule) cannot be overwritten from Python; what
-this module holds (the decrypted blob, the derived key, the Ed25519 and KEM
-seeds) lives in bytearrays that :meth:`MemberKeys.wipe` overwrites. Argon2id cost is read from the file
+this module holds (the decrypted blob, the Ed25519 and KEM seeds) lives in
+buffers of the :class:`~grouptun.core.keys.SecretMemory` passed to
+:func:`load` (the daemon's locked arena, :mod:`grouptun.secmem`) that
+:meth:`MemberKeys.wipe` overwrites and gives back; the derived file key is a
+bytearray wiped after use. Argon2id cost is read from the file
 but bounded, so a crafted file cannot make ``load`` allocate gigabytes.
 """
 
@@ -32,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from grouptun.core.capsule import KemPrivateKey
+from grouptun.core.keys import HEAP, SecretBuffer, SecretMemory
 from grouptun.errors import KeystoreError
 
 MAGIC = b"GTKS"
@@ -56,20 +60,28 @@ MAX_ITERATIONS = 64
 
 
 class MemberKeys:
-    """The two private keys in memory; :meth:`wipe` overwrites what can be overwritten."""
+    """The two private keys in memory; :meth:`wipe` overwrites what can be overwritten.
 
-    def __init__(self, ed25519_raw: bytes | bytearray, kem: KemPrivateKey) -> None:
-        self._ed_raw = bytearray(ed25519_raw)
-        self.signing_key = Ed25519PrivateKey.from_private_bytes(bytes(self._ed_raw))
-        self.kem = kem
+    The seeds are copied into buffers of ``secrets``; the caller wipes what it passed in.
+    """
+
+    def __init__(self, ed25519_raw: bytes | SecretBuffer, kem: KemPrivateKey,
+                 secrets: SecretMemory = HEAP) -> None:
+        self._secrets = secrets
+        self._ed_raw = _hold(secrets, ed25519_raw)
+        self.kem = KemPrivateKey(_hold(secrets, kem.mlkem_seed), _hold(secrets, kem.x25519_private))
+        self.signing_key = Ed25519PrivateKey.from_private_bytes(self._ed_raw)
+        self._wiped = False
 
     @classmethod
     def generate(cls) -> "MemberKeys":
         """Fresh keys from the kernel CSPRNG."""
         seed = bytearray(os.urandom(32 + 96))
+        view = memoryview(seed)  # slices of a view copy nothing
         try:
-            return cls(seed[:32], KemPrivateKey(seed[32:96], seed[96:]))  # slices are new bytearrays
+            return cls(view[:32], KemPrivateKey(view[32:96], view[96:]))
         finally:
+            view.release()
             _wipe(seed)
 
     @property
@@ -82,14 +94,23 @@ class MemberKeys:
         return self.kem.public_bytes()
 
     def _plaintext(self) -> bytearray:
-        return bytearray(self._ed_raw) + self.kem.mlkem_seed + self.kem.x25519_private
+        plain = bytearray(PLAINTEXT_SIZE)  # filled in place: no unwiped intermediate concatenations
+        plain[:32], plain[32:96], plain[96:] = self._ed_raw, self.kem.mlkem_seed, self.kem.x25519_private
+        return plain
 
     def wipe(self) -> None:
-        """Overwrite the seeds this object holds (the KEM seeds are bytearrays for this reason)."""
-        _wipe(self._ed_raw)
-        for part in (self.kem.mlkem_seed, self.kem.x25519_private):
-            if isinstance(part, bytearray):
-                _wipe(part)
+        """Overwrite the seeds this object holds and give their buffers back (idempotent)."""
+        if self._wiped:
+            return
+        self._wiped = True
+        for part in (self._ed_raw, self.kem.mlkem_seed, self.kem.x25519_private):
+            self._secrets.free(part)
+
+
+def _hold(secrets: SecretMemory, value: bytes | SecretBuffer) -> SecretBuffer:
+    buffer = secrets.alloc(len(value))
+    buffer[:] = value
+    return buffer
 
 
 def _wipe(buf: bytearray) -> None:
@@ -113,14 +134,14 @@ def seal(keys: MemberKeys, credential: bytes | bytearray, cost: KdfCost | None =
     key = _derive(credential, salt, cost)
     plain = keys._plaintext()  # noqa: SLF001 - the keystore is the one reader
     try:
-        return header + AESGCM(bytes(key)).encrypt(nonce, bytes(plain), header)
+        return header + AESGCM(bytes(key)).encrypt(nonce, plain, header)
     finally:
         _wipe(key)
         _wipe(plain)
 
 
-def unseal(blob: bytes, credential: bytes | bytearray) -> MemberKeys:
-    """Decrypt a keystore blob; KeystoreError if corrupt or the credential is wrong."""
+def unseal(blob: bytes, credential: bytes | bytearray, secrets: SecretMemory = HEAP) -> MemberKeys:
+    """Decrypt a keystore blob (the keys held in ``secrets``); KeystoreError if corrupt or the credential is wrong."""
     if len(blob) != FILE_SIZE:
         raise KeystoreError(f"keystore has {len(blob)} bytes, expected {FILE_SIZE}")
     magic, version, mem, iters, lanes, salt, nonce = _HEADER.unpack_from(blob)
@@ -129,16 +150,21 @@ def unseal(blob: bytes, credential: bytes | bytearray) -> MemberKeys:
     if not (8 * lanes <= mem <= MAX_MEMORY_KIB and 1 <= iters <= MAX_ITERATIONS and 1 <= lanes <= 16):
         raise KeystoreError("keystore KDF parameters out of bounds")
     key = _derive(credential, salt, KdfCost(mem, iters, lanes))
+    plain = secrets.alloc(PLAINTEXT_SIZE)
     try:
-        plain = bytearray(AESGCM(bytes(key)).decrypt(nonce, blob[_HEADER.size:], blob[:_HEADER.size]))
-    except InvalidTag:
-        raise KeystoreError("keystore does not open: wrong credential or corrupted file") from None
+        try:
+            AESGCM(bytes(key)).decrypt_into(nonce, blob[_HEADER.size:], blob[:_HEADER.size], plain)
+        except InvalidTag:
+            raise KeystoreError("keystore does not open: wrong credential or corrupted file") from None
+        finally:
+            _wipe(key)
+        view = memoryview(plain)  # slices of a view copy nothing
+        try:
+            return MemberKeys(view[:32], KemPrivateKey(view[32:96], view[96:]), secrets)
+        finally:
+            view.release()
     finally:
-        _wipe(key)
-    try:
-        return MemberKeys(plain[:32], KemPrivateKey(plain[32:96], plain[96:]))  # bytearray slices: wipeable
-    finally:
-        _wipe(plain)
+        secrets.free(plain)
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
@@ -177,8 +203,8 @@ def save(path: Path, keys: MemberKeys, credential: bytes | bytearray, cost: KdfC
         raise KeystoreError(f"cannot write keystore {path}: {exc.strerror}") from exc
 
 
-def load(path: Path, credential: bytes | bytearray) -> MemberKeys:
-    """Read and decrypt the keystore; refuses a file others can read or write."""
+def load(path: Path, credential: bytes | bytearray, secrets: SecretMemory = HEAP) -> MemberKeys:
+    """Read and decrypt the keystore (the keys held in ``secrets``); refuses a file others can read or write."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -193,4 +219,4 @@ def load(path: Path, credential: bytes | bytearray) -> MemberKeys:
         blob = os.read(fd, FILE_SIZE + 1)
     finally:
         os.close(fd)
-    return unseal(blob, credential)
+    return unseal(blob, credential, secrets)
