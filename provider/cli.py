@@ -59,6 +59,7 @@ def _paths(args) -> StatePaths:
 
 
 def _provider(args):
+    from grouptun.secmem import SecretArena
     from provider.retention import AuditRetention
     from provider.service import Provider
     from provider.store import Store
@@ -67,7 +68,8 @@ def _provider(args):
     retention = AuditRetention.from_config(read_config(paths))
     store = Store(str(paths.db))
     store.check_schema()
-    return Provider(store, lambda: Signer.load(paths), audit_retention=retention)
+    # Epoch secrets in locked, non-dumpable memory; the arena zeroes and unmaps itself at exit.
+    return Provider(store, lambda: Signer.load(paths), audit_retention=retention, secrets=SecretArena())
 
 
 def cmd_init(args) -> int:
