@@ -26,6 +26,9 @@ Each region gets the best mechanism this process can have, tried in order:
     mapping, still DONTDUMP and still wiped, but it may be swapped. One
     warning per arena says so; the daemon runs on.
 
+A forked child gets no memfd_secret pages (MADV_DONTFORK: they are shared
+mappings) and its ``close`` (atexit) leaves the parent's memory alone.
+
 Limits: slots of up to ``SLOT_SIZES[-1]`` bytes; at most ``max_bytes``
 mapped (MemoryError beyond). The view must not be re-exported
 (``memoryview(slot)`` held, ctypes ``from_buffer``) past a call, or ``free``
@@ -82,6 +85,7 @@ class SecretArena:
         self._warned = False
         self._closed = False
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         atexit.register(self.close)
 
     # -- SecretMemory ---------------------------------------------------------
@@ -122,7 +126,7 @@ class SecretArena:
     def close(self) -> None:
         """Zero every slot still out, release the views, unmap every region (idempotent)."""
         with self._lock:
-            if self._closed:
+            if self._closed or os.getpid() != self._pid:  # a forked child must not zero its parent's pages
                 return
             self._closed = True
             for view, _region, _offset in self._live.values():
@@ -193,7 +197,9 @@ class SecretArena:
             return None
         try:
             os.ftruncate(fd, REGION_SIZE)
-            return mmap.mmap(fd, REGION_SIZE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            mapping = mmap.mmap(fd, REGION_SIZE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            mapping.madvise(mmap.MADV_DONTFORK)  # shared pages: a forked child must not see or change them
+            return mapping
         except OSError as exc:  # RLIMIT_MEMLOCK reached (EAGAIN) or no memory: try mlock for this region
             log.debug("memfd_secret region refused: %s", exc)
             return None

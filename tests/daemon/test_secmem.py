@@ -89,6 +89,18 @@ def test_close_zeroes_every_slot_still_out(arena, caplog):
     arena.free(key)  # after close: a no-op, everything was zeroed
 
 
+def test_a_forked_child_exiting_leaves_the_parents_keys_alone(arena):
+    key = arena.alloc(32)
+    key[:] = b"k" * 32
+    pid = os.fork()
+    if pid == 0:  # the child's atexit would close the arena: memfd_secret pages are shared
+        arena.close()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0  # no fault touching pages it must not have
+    assert bytes(key) == b"k" * 32 and arena.status()["slots_in_use"] == 1
+
+
 def test_bounds_and_foreign_buffers_are_refused():
     arena = SecretArena()
     try:
