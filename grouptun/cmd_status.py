@@ -55,6 +55,14 @@ def _provider_line(cp: dict, now_wall: float | None) -> str:
     return f"provider: {text}"
 
 
+def _key_memory_line(sm: dict) -> str:
+    text = (f"{_bytes(sm.get('locked_bytes', 0))} locked in {sm.get('regions', 0)} region(s) "
+            f"({sm.get('mechanism')}), {sm.get('slots_in_use', 0)} secrets held")
+    if sm.get("unlocked_bytes"):
+        text += f"; {_bytes(sm['unlocked_bytes'])} NOT locked (RLIMIT_MEMLOCK?)"
+    return f"  key memory: {text}"
+
+
 def format_status(st: dict) -> str:
     lines = [f"interface: {st.get('interface')}"]
     lines.append(f"  group: {st.get('group')} (member {st.get('member')}, pid {st.get('pid')}, "
@@ -63,6 +71,8 @@ def format_status(st: dict) -> str:
     if st.get("addresses"):
         lines.append(f"  addresses: {', '.join(st['addresses'])}")
     lines.append("  " + _provider_line(st.get("control") or {}, None))
+    if st.get("secret_memory"):
+        lines.append(_key_memory_line(st["secret_memory"]))
     path = (st.get("dataplane") or {}).get("path")
     if path:
         lines.append(f"  data path: {path}")

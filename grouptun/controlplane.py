@@ -103,8 +103,10 @@ class ControlPlane:
                  on_archive: Callable[[Archive], None] | None = None, watch_timeout: float = 15.0,
                  report_interval: float = 30.0, backoff: Backoff | None = None,
                  urandom: Callable[[int], bytes] = os.urandom, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, metrics=None, request_interval: float = 0.2) -> None:
+                 wall: Callable[[], float] = time.time, metrics=None, request_interval: float = 0.2,
+                 secrets: keys_mod.SecretMemory = keys_mod.HEAP) -> None:
         self.client, self.port, self.kem, self.proof = client, port, kem, proof
+        self.secrets = secrets  # where opened SS and salt are held (the daemon's locked arena)
         self.pinned, self.group_id, self.member, self.statefile = pinned, group_id, member, statefile
         self.endpoints, self.can_reach, self.on_archive = endpoints, can_reach, on_archive
         self.watch_timeout, self.report_interval = watch_timeout, report_interval
@@ -169,13 +171,13 @@ class ControlPlane:
         e = archive.epoch.epoch
         sealed_ss = self.client.capsule(e)
         ss, salt = open_secrets(archive, self.member, self.kem, sealed_ss,
-                                lambda: self.proof.fetch_salt(self.client, e))
+                               lambda: self.proof.fetch_salt(self.client, e), self.secrets)
         try:
-            material = build_material(archive, self.member, ss, salt, self.can_reach)
+            material = build_material(archive, self.member, ss, salt, self.can_reach, self.secrets)
             self.statefile.record(self.group_id, e)  # durably BEFORE first use (PROTOCOL.md 4)
         except BaseException:
-            keys_mod.wipe(ss)
-            keys_mod.wipe(salt)
+            self.secrets.free(ss)
+            self.secrets.free(salt)
             raise
         try:
             self.port.install(material)

@@ -9,6 +9,11 @@ asks for a fresh epoch: the challenge rule). systemd is told READY once the
 interface and socket are up: the data plane then runs, even while the
 provider is unreachable; STATUS says whether an epoch is held.
 
+Key material (private keys, epoch secrets, PRKs, packet keys) lives in a
+:class:`~grouptun.secmem.SecretArena` (memfd_secret or mlock, never in a
+core dump), created first and closed last: every slot still out is zeroed
+and unmapped.
+
 Signals: SIGTERM/SIGINT (and ``grouptun down``) stop cleanly: STOPPING,
 readers removed, session keys wiped (``Session.close``), the TUN closed
 (which removes the interface and its routes), the socket file removed, the
@@ -50,6 +55,7 @@ from grouptun.dataplane import DataPlane, LoopPort
 from grouptun.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
 from grouptun.errors import ConfigError, GrouptunError
 from grouptun.opshooks import OpsHooks
+from grouptun.secmem import SecretArena
 from grouptun.statefile import EpochStateFile
 
 log = logging.getLogger("grouptun.daemon")
@@ -118,6 +124,7 @@ class Daemon:
         self._stop_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.applied_addresses: tuple[str, ...] = ()
+        self.secrets: SecretArena | None = None
 
     # --- setup pieces ---
     def _pinned(self) -> ProviderKeys:
@@ -163,6 +170,7 @@ class Daemon:
             "addresses": list(self.applied_addresses), "mtu": getattr(self, "applied_mtu", None), "control": cp,
             "dataplane": dict(self.data.counters) if self.data else {},
             "session": self.session.status(now) if self.session else {},
+            "secret_memory": self.secrets.status() if self.secrets else {},
         }
 
     def request_stop(self, why: str = "") -> dict:
@@ -220,9 +228,11 @@ class Daemon:
         """Run until stopped; returns the exit code. Raises GrouptunError on setup failure."""
         self.session = self.data = self.control = self.udp = None
         with ExitStack() as stack:
+            self.secrets = SecretArena()
+            stack.callback(self.secrets.close)  # last: the keys and the session gave their slots back
             stack.callback(credential_mod.wipe, self.credential)
             self._catch_early_signals(stack)
-            self.keys = keystore.load(self.config.keystore_path, self.credential)
+            self.keys = keystore.load(self.config.keystore_path, self.credential, self.secrets)
             stack.callback(self.keys.wipe)
             self.proof = credmigrate.proof_for(self.config.keystore_path, self.credential, self.keys)
             stack.callback(self.proof.wipe)
@@ -280,7 +290,7 @@ class Daemon:
             endpoints=lambda: reported_endpoints(self.config, self.udp.port),
             can_reach=getattr(self.udp, "can_reach", lambda h: True), on_archive=self._apply_archive,
             watch_timeout=cfg.daemon.watch_timeout, report_interval=cfg.daemon.report_interval,
-            backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics)
+            backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics, secrets=self.secrets)
         stop = threading.Event()
         thread = threading.Thread(target=self.control.run, args=(stop,), name="grouptun-control", daemon=True)
         thread.start()

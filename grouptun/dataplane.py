@@ -224,9 +224,7 @@ class LoopPort:
                 self.on_install(material)
 
         def abandoned() -> None:  # never reached the loop: never installed
-            for secret in (material.shared_secret, material.salt):
-                for i in range(len(secret)):
-                    secret[i] = 0
+            material.wipe_secrets()
 
         self._call(run, abandoned)
 

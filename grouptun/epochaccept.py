@@ -100,47 +100,49 @@ def lists_challenge(archive: Archive, challenge: bytes) -> bool:
     return archive.epoch is not None and any(hmac.compare_digest(challenge, c) for c in archive.epoch.challenges)
 
 
-def _open(kem, info: bytes, sealed: bytes) -> bytearray | None:
+def _open(kem, info: bytes, sealed: bytes, secrets: keys_mod.SecretMemory) -> keys_mod.SecretBuffer | None:
     try:
-        return capsule_mod.open_sealed(kem, info, sealed)
+        return capsule_mod.open_sealed(kem, info, sealed, secrets)
     except CapsuleError as exc:
         log.debug("sealed secret does not open: %s", exc)
         return None
 
 
 def open_secrets(archive: Archive, member: str, kem: capsule_mod.KemPrivateKey,
-                 sealed_ss: bytes, sealed_salt: bytes | Callable[[], bytes]) -> tuple[bytearray, bytearray]:
+                 sealed_ss: bytes, sealed_salt: bytes | Callable[[], bytes],
+                 secrets: keys_mod.SecretMemory = keys_mod.HEAP) -> tuple[keys_mod.SecretBuffer, keys_mod.SecretBuffer]:
     """The last steps (capsule, data_id, salt, key_check) via ``accept.check_secrets``.
 
     ``sealed_salt`` may be a callable that fetches it: it is called only
     once the capsule opened and data_id matched, so the authenticator is not
     shown to the provider for an epoch this member would refuse anyway.
-    Returns (SS, salt) for the caller to hand over or wipe; wipes them itself on refusal.
+    Returns (SS, salt), buffers of ``secrets``, for the caller to hand over
+    or free there; frees them itself on refusal.
     """
     e = archive.epoch
-    ss = _open(kem, capsule_mod.capsule_info(archive.group_id, e.epoch, member), sealed_ss)
+    ss = _open(kem, capsule_mod.capsule_info(archive.group_id, e.epoch, member), sealed_ss, secrets)
     salt = None
     try:
         if ss is not None and hmac.compare_digest(keys_mod.data_id(ss), e.data_id):
             # Fetch and open the salt only once data_id matched: the order is the order.
             sealed = sealed_salt() if callable(sealed_salt) else sealed_salt
-            salt = _open(kem, capsule_mod.salt_info(archive.group_id, e.epoch, member), sealed)
-    except BaseException:
-        keys_mod.wipe(ss)
-        raise
-    try:
+            salt = _open(kem, capsule_mod.salt_info(archive.group_id, e.epoch, member), sealed, secrets)
         accept.check_secrets(suite=e.suite, group_id=archive.group_id, epoch=e.epoch, shared_secret=ss,
-                             data_id_expected=e.data_id, salt=salt, key_check_expected=e.key_check)
-    except EpochRejected:
-        keys_mod.wipe(ss)
-        keys_mod.wipe(salt)
+                             data_id_expected=e.data_id, salt=salt, key_check_expected=e.key_check,
+                             secrets=secrets)
+    except BaseException:
+        for secret in (ss, salt):
+            if secret is not None:
+                secrets.free(secret)
         raise
     return ss, salt
 
 
-def build_material(archive: Archive, member: str, ss: bytearray, salt: bytearray,
-                   can_reach: Callable[[str], bool] = lambda h: True) -> EpochMaterial:
-    """What the session installs; takes ``ss`` and ``salt`` by reference (the session wipes them)."""
+def build_material(archive: Archive, member: str, ss: keys_mod.SecretBuffer, salt: keys_mod.SecretBuffer,
+                   can_reach: Callable[[str], bool] = lambda h: True,
+                   secrets: keys_mod.SecretMemory = keys_mod.HEAP) -> EpochMaterial:
+    """What the session installs; takes ``ss`` and ``salt`` (buffers of ``secrets``) by reference:
+    ``EpochMaterial.wipe_secrets`` gives them back (the session calls it)."""
     e = archive.epoch
     nets = (archive.cidr,) + ((archive.cidr6,) if archive.cidr6 else ())
     return EpochMaterial(
@@ -149,5 +151,5 @@ def build_material(archive: Archive, member: str, ss: bytearray, salt: bytearray
         members=tuple(member_info(m, can_reach) for m in sorted(archive.members, key=lambda m: m.index)),
         shared_secret=ss, salt=salt, switch_delay=e.switch_delay, grace=e.grace,
         rekey_after_packets=e.rekey_after_packets, rekey_after_seconds=e.rekey_after_seconds,
-        networks=parse_networks(nets),
+        networks=parse_networks(nets), secrets=secrets,
     )

@@ -21,8 +21,11 @@ member sent the credential to the provider; such a file is still read
 
 Limits: key material inside ``cryptography``'s own objects (the Ed25519
 key, the HPKE key made per capsule) cannot be overwritten from Python; what
-this module holds (the decrypted blob, the derived keys, the Ed25519 and KEM
-seeds) lives in bytearrays that :meth:`MemberKeys.wipe` overwrites. Argon2id cost is read from the file
+this module holds (the decrypted blob, the Ed25519 and KEM seeds) lives in
+buffers of the :class:`~grouptun.core.keys.SecretMemory` passed to
+:func:`load` (the daemon's locked arena, :mod:`grouptun.secmem`) that
+:meth:`MemberKeys.wipe` overwrites and gives back; the derived file key is a
+bytearray wiped after use. Argon2id cost is read from the file
 but bounded, so a crafted file cannot make ``load`` allocate gigabytes.
 """
 
@@ -41,6 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from grouptun import credkeys
 from grouptun.core.capsule import KemPrivateKey
 from grouptun.credkeys import Cost as KdfCost
+from grouptun.core.keys import HEAP, SecretBuffer, SecretMemory
 from grouptun.errors import KeystoreError
 
 MAGIC = b"GTKS"
@@ -61,23 +65,28 @@ class MemberKeys:
 
     ``authenticator``: what the member shows the provider, derived with the
     key-file key when the keystore was opened; None for keys just generated
-    or read from a version-1 file.
+    or read from a version-1 file. The seeds are copied into buffers of
+    ``secrets``; the caller wipes what it passed in.
     """
 
-    def __init__(self, ed25519_raw: bytes | bytearray, kem: KemPrivateKey,
-                 authenticator: bytearray | None = None) -> None:
-        self._ed_raw = bytearray(ed25519_raw)
-        self.signing_key = Ed25519PrivateKey.from_private_bytes(bytes(self._ed_raw))
-        self.kem = kem
+    def __init__(self, ed25519_raw: bytes | SecretBuffer, kem: KemPrivateKey,
+                 authenticator: bytearray | None = None, secrets: SecretMemory = HEAP) -> None:
+        self._secrets = secrets
+        self._ed_raw = _hold(secrets, ed25519_raw)
+        self.kem = KemPrivateKey(_hold(secrets, kem.mlkem_seed), _hold(secrets, kem.x25519_private))
+        self.signing_key = Ed25519PrivateKey.from_private_bytes(self._ed_raw)
         self.authenticator = authenticator
+        self._wiped = False
 
     @classmethod
     def generate(cls) -> "MemberKeys":
         """Fresh keys from the kernel CSPRNG."""
         seed = bytearray(os.urandom(32 + 96))
+        view = memoryview(seed)  # slices of a view copy nothing
         try:
-            return cls(seed[:32], KemPrivateKey(seed[32:96], seed[96:]))  # slices are new bytearrays
+            return cls(view[:32], KemPrivateKey(view[32:96], view[96:]))
         finally:
+            view.release()
             _wipe(seed)
 
     @property
@@ -90,14 +99,25 @@ class MemberKeys:
         return self.kem.public_bytes()
 
     def _plaintext(self) -> bytearray:
-        return bytearray(self._ed_raw) + self.kem.mlkem_seed + self.kem.x25519_private
+        plain = bytearray(PLAINTEXT_SIZE)  # filled in place: no unwiped intermediate concatenations
+        plain[:32], plain[32:96], plain[96:] = self._ed_raw, self.kem.mlkem_seed, self.kem.x25519_private
+        return plain
 
     def wipe(self) -> None:
-        """Overwrite the seeds this object holds (the KEM seeds are bytearrays for this reason)."""
-        _wipe(self._ed_raw)
-        for part in (self.kem.mlkem_seed, self.kem.x25519_private, self.authenticator):
-            if isinstance(part, bytearray):
-                _wipe(part)
+        """Overwrite the seeds this object holds and give their buffers back (idempotent)."""
+        if self._wiped:
+            return
+        self._wiped = True
+        for part in (self._ed_raw, self.kem.mlkem_seed, self.kem.x25519_private):
+            self._secrets.free(part)
+        if self.authenticator is not None:
+            _wipe(self.authenticator)
+
+
+def _hold(secrets: SecretMemory, value: bytes | SecretBuffer) -> SecretBuffer:
+    buffer = secrets.alloc(len(value))
+    buffer[:] = value
+    return buffer
 
 
 _wipe = credkeys.wipe
@@ -121,7 +141,7 @@ def seal(keys: MemberKeys, credential: bytes | bytearray, cost: KdfCost | None =
     derived = credkeys.derive(credential, salt, cost)
     plain = keys._plaintext()  # noqa: SLF001 - the keystore is the one reader
     try:
-        blob = header + AESGCM(bytes(derived.keyfile_key)).encrypt(nonce, bytes(plain), header)
+        blob = header + AESGCM(bytes(derived.keyfile_key)).encrypt(nonce, plain, header)
         return Sealed(blob, bytearray(derived.authenticator))
     finally:
         derived.wipe()
@@ -150,22 +170,27 @@ def _file_key(blob: bytes, credential: bytes | bytearray) -> tuple[bytearray, by
     return derived.keyfile_key, derived.authenticator
 
 
-def unseal(blob: bytes, credential: bytes | bytearray) -> MemberKeys:
-    """Decrypt a keystore blob; KeystoreError if corrupt or the credential is wrong."""
+def unseal(blob: bytes, credential: bytes | bytearray, secrets: SecretMemory = HEAP) -> MemberKeys:
+    """Decrypt a keystore blob (the keys held in ``secrets``); KeystoreError if corrupt or the credential is wrong."""
     key, authenticator = _file_key(blob, credential)
     nonce = _HEADER.unpack_from(blob)[-1]
+    plain = secrets.alloc(PLAINTEXT_SIZE)
     try:
-        plain = bytearray(AESGCM(bytes(key)).decrypt(nonce, blob[_HEADER.size:], blob[:_HEADER.size]))
-    except InvalidTag:
-        if authenticator is not None:
-            _wipe(authenticator)
-        raise KeystoreError("keystore does not open: wrong credential or corrupted file") from None
+        try:
+            AESGCM(bytes(key)).decrypt_into(nonce, blob[_HEADER.size:], blob[:_HEADER.size], plain)
+        except InvalidTag:
+            if authenticator is not None:
+                _wipe(authenticator)
+            raise KeystoreError("keystore does not open: wrong credential or corrupted file") from None
+        finally:
+            _wipe(key)
+        view = memoryview(plain)  # slices of a view copy nothing
+        try:
+            return MemberKeys(view[:32], KemPrivateKey(view[32:96], view[96:]), authenticator, secrets)
+        finally:
+            view.release()
     finally:
-        _wipe(key)
-    try:  # bytearray slices: wipeable
-        return MemberKeys(plain[:32], KemPrivateKey(plain[32:96], plain[96:]), authenticator)
-    finally:
-        _wipe(plain)
+        secrets.free(plain)
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
@@ -212,9 +237,9 @@ def save(path: Path, keys: MemberKeys, credential: bytes | bytearray, cost: KdfC
     return sealed.authenticator
 
 
-def load(path: Path, credential: bytes | bytearray) -> MemberKeys:
-    """Read and decrypt the keystore; refuses a file others can read or write."""
-    return unseal(read(path), credential)
+def load(path: Path, credential: bytes | bytearray, secrets: SecretMemory = HEAP) -> MemberKeys:
+    """Read and decrypt the keystore (the keys held in ``secrets``); refuses a file others can read or write."""
+    return unseal(read(path), credential, secrets)
 
 
 def read(path: Path) -> bytes:

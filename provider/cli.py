@@ -63,6 +63,7 @@ def _paths(args) -> StatePaths:
 
 
 def _provider(args):
+    from grouptun.secmem import SecretArena
     from provider import hwrng
     from provider.retention import AuditRetention
     from provider.service import Provider
@@ -74,7 +75,9 @@ def _provider(args):
     rand = hwrng.from_config(config)
     store = Store(str(paths.db))
     store.check_schema()
-    return Provider(store, lambda: Signer.load(paths), rand=rand, audit_retention=retention)
+    # Epoch secrets in locked, non-dumpable memory; the arena zeroes and unmaps itself at exit.
+    return Provider(store, lambda: Signer.load(paths), rand=rand, audit_retention=retention,
+                    secrets=SecretArena())
 
 
 def cmd_init(args) -> int:

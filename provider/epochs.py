@@ -24,8 +24,10 @@ back; if it does, we wait at most ``MAX_WAIT`` and then go on from
 ``epoch_hw + 1`` (safe unless a restore coincides with the step).
 
 ``build_epoch`` is pure apart from HPKE's own randomness: secrets come from
-the ``rand`` callable (``os.urandom``, i.e. getrandom, in production) and
-are overwritten before it returns.
+the ``rand`` callable (``os.urandom``, i.e. getrandom, in production), are
+held in buffers of ``secrets`` (the provider's locked arena,
+:mod:`grouptun.secmem`, when it runs as a service) and are overwritten
+before it returns. ``rand``'s own ``bytes`` cannot be overwritten.
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ def permutation(n: int, rand: Callable[[int], bytes]) -> list[int]:
 
 
 def build_epoch(group_id: bytes, number: int, recipients: Sequence[Recipient], thresholds: Thresholds,
-                challenges: Sequence[bytes], now: float, rand: Callable[[int], bytes]) -> SealedEpoch:
+                challenges: Sequence[bytes], now: float, rand: Callable[[int], bytes],
+                secrets: keys.SecretMemory = keys.HEAP) -> SealedEpoch:
     """Draw SS and salt, derive data_id and key_check, seal both per member, wipe SS and salt."""
     if not recipients:
         raise Conflict("a group without members has no epoch")
@@ -113,10 +116,12 @@ def build_epoch(group_id: bytes, number: int, recipients: Sequence[Recipient], t
     order = permutation(len(recipients), rand)
     indices = {r.name: order[k] for k, r in enumerate(recipients)}
     nonce_start = _uniform(rand, NONCE_START_MAX + 1)
-    shared_secret, salt = bytearray(rand(keys.SECRET_SIZE)), bytearray(rand(keys.SALT_SIZE))
+    shared_secret, salt = secrets.alloc(keys.SECRET_SIZE), secrets.alloc(keys.SALT_SIZE)
     try:
+        shared_secret[:] = rand(keys.SECRET_SIZE)
+        salt[:] = rand(keys.SALT_SIZE)
         data_id = keys.data_id(shared_secret)
-        schedule = keys.EpochKeys(thresholds.suite, group_id, number, shared_secret, salt)
+        schedule = keys.EpochKeys(thresholds.suite, group_id, number, shared_secret, salt, secrets)
         try:
             key_check = schedule.key_check()
         finally:
@@ -128,8 +133,8 @@ def build_epoch(group_id: bytes, number: int, recipients: Sequence[Recipient], t
             for r in recipients
         ]
     finally:
-        keys.wipe(shared_secret)
-        keys.wipe(salt)
+        secrets.free(shared_secret)
+        secrets.free(salt)
     info = ArchiveEpoch(
         epoch=number, suite=thresholds.suite, nonce_start=nonce_start, group_size=len(recipients),
         data_id=data_id, key_check=key_check, rekey_after_seconds=thresholds.rekey_after_seconds,

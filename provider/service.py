@@ -37,6 +37,7 @@ from typing import Callable
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import delete, insert, select, update
 
+from grouptun.core.keys import HEAP, SecretMemory
 from provider import members as mem
 from provider.archives import addresses, build_archive, next_version, parse_own, resign
 from provider.epochs import (MAX_WAIT, Recipient, Thresholds, build_epoch, next_epoch_number)
@@ -67,8 +68,9 @@ class Opened:
 class Provider:
     def __init__(self, store: Store, signer: Callable[[], Signer], clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, rand: Callable[[int], bytes] = os.urandom,
-                 audit_retention: AuditRetention | None = None) -> None:
+                 audit_retention: AuditRetention | None = None, secrets: SecretMemory = HEAP) -> None:
         self.store = store
+        self.secrets = secrets  # where each new epoch's SS and salt live while it is sealed
         self._signer_factory = signer
         self._signer: Signer | None = None
         self.clock, self.sleep, self.rand = clock, sleep, rand
@@ -295,7 +297,7 @@ class Provider:
             return Opened(version, archive, None, indices)
         thresholds = Thresholds(g.suite, g.rekey_after_seconds, g.rekey_after_packets, g.switch_delay, g.grace)
         sealed = build_epoch(g.group_id, number, [Recipient(r.name, r.kem_public) for r in rows], thresholds,
-                             tuple(challenges), now, self.rand)
+                             tuple(challenges), now, self.rand, self.secrets)
         info = sealed.info
         conn.execute(insert(epochs).values(
             group=g.id, epoch=number, suite=info.suite, nonce_start=info.nonce_start, group_size=info.group_size,

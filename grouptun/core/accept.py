@@ -28,7 +28,7 @@ from __future__ import annotations
 from hmac import compare_digest
 from typing import Sequence
 
-from grouptun.core.keys import EpochKeys, SUITES, data_id
+from grouptun.core.keys import HEAP, EpochKeys, SUITES, SecretMemory, data_id
 from grouptun.core.sequence import GROUP_SIZE_MAX, GROUP_SIZE_MIN
 from grouptun.errors import EpochRejected
 
@@ -55,8 +55,9 @@ def check_document(*, signatures_ok: bool, expected_group_id: bytes, group_id: b
 
 def check_secrets(*, suite: int, group_id: bytes, epoch: int,
                   shared_secret: bytes | bytearray | None, data_id_expected: bytes,
-                  salt: bytes | bytearray | None, key_check_expected: bytes) -> None:
-    """Steps capsule, data_id, salt, key_check."""
+                  salt: bytes | bytearray | None, key_check_expected: bytes,
+                  secrets: SecretMemory = HEAP) -> None:
+    """Steps capsule, data_id, salt, key_check (the PRK for the check is held in ``secrets``)."""
     if shared_secret is None or len(shared_secret) != 32:
         raise EpochRejected("capsule", "capsule did not open")
     if not compare_digest(data_id(shared_secret), bytes(data_id_expected)):
@@ -65,7 +66,7 @@ def check_secrets(*, suite: int, group_id: bytes, epoch: int,
         raise EpochRejected("salt", "sealed salt did not open")
     if suite not in SUITES:
         raise EpochRejected("key_check", f"unknown suite {suite!r}")
-    keys = EpochKeys(suite, group_id, epoch, shared_secret, salt)
+    keys = EpochKeys(suite, group_id, epoch, shared_secret, salt, secrets)
     try:
         ok = compare_digest(keys.key_check(), bytes(key_check_expected))
     finally:

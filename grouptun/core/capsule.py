@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
+from grouptun.core.keys import HEAP, SecretBuffer, SecretMemory
 from grouptun.errors import CapsuleError
 
 MLKEM768_PUBLIC_SIZE = 1184
@@ -73,8 +74,8 @@ class KemPrivateKey:
     keystore stores (encrypted); everything else is derived from them.
     """
 
-    mlkem_seed: bytes
-    x25519_private: bytes
+    mlkem_seed: bytes | SecretBuffer
+    x25519_private: bytes | SecretBuffer
 
     def __post_init__(self) -> None:
         if len(self.mlkem_seed) != MLKEM_SEED_SIZE:
@@ -124,8 +125,12 @@ def seal(kem_public: bytes, info: bytes, plaintext: bytes) -> bytes:
     return _SUITE.encrypt(plaintext, load_kem_public(kem_public), info=info)
 
 
-def open_sealed(private: KemPrivateKey, info: bytes, sealed: bytes) -> bytearray:
-    """Open a capsule or sealed salt; returns a bytearray the caller wipes."""
+def open_sealed(private: KemPrivateKey, info: bytes, sealed: bytes, secrets: SecretMemory = HEAP) -> SecretBuffer:
+    """Open a capsule or sealed salt; returns a buffer of ``secrets`` that the caller frees there.
+
+    HPKE has no decrypt-into: its ``bytes`` plaintext is copied into the
+    buffer and dropped at once, but cannot be overwritten.
+    """
     if len(sealed) != CAPSULE_SIZE:
         raise CapsuleError(f"capsule must be {CAPSULE_SIZE} bytes, got {len(sealed)}")
     try:
@@ -134,4 +139,6 @@ def open_sealed(private: KemPrivateKey, info: bytes, sealed: bytes) -> bytearray
         raise CapsuleError("capsule does not open with this member's key") from exc
     if len(plaintext) != SECRET_SIZE:
         raise CapsuleError("capsule plaintext has the wrong size")
-    return bytearray(plaintext)
+    out = secrets.alloc(SECRET_SIZE)
+    out[:] = plaintext
+    return out

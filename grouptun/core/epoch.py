@@ -2,7 +2,8 @@
 
 :class:`EpochMaterial` is what the control path hands the core after the
 acceptance order (:mod:`grouptun.core.accept`) passed. :class:`EpochState`
-derives every key from it, WIPES the material's shared secret and salt, and
+derives every key from it (into the material's ``secrets``, the memory SS
+and salt came from), WIPES the material's shared secret and salt, and
 holds what the data path needs per epoch: per-sender :class:`Receiver`
 objects (cipher + replay window + what an authenticated plaintext from that
 sender must be, :meth:`Receiver.misfit`), made on the first packet from
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from grouptun.core import counters as C
 from grouptun.core.inner import misfit
-from grouptun.core.keys import GROUP_ID_SIZE, SUITES, EpochKeys, wipe
+from grouptun.core.keys import GROUP_ID_SIZE, HEAP, SUITES, EpochKeys, SecretBuffer, SecretMemory
 from grouptun.core.peers import MemberInfo, Network, Routes
 from grouptun.core.replay import ReplayWindow
 from grouptun.core.seal import IvMaker, PacketCipher, sender_cipher
@@ -35,8 +36,8 @@ class EpochMaterial:
     group_size: int
     own_index: int
     members: tuple[MemberInfo, ...]
-    shared_secret: bytearray
-    salt: bytearray
+    shared_secret: SecretBuffer
+    salt: SecretBuffer
     switch_delay: float = 2.0
     grace: float = 30.0
     rekey_after_packets: int = 2**27
@@ -44,6 +45,15 @@ class EpochMaterial:
     # Overlay networks (archive cidr/cidr6): their IPv4 broadcast addresses
     # are routed to every member. Optional; added beyond contracts.md.
     networks: tuple[Network, ...] = ()
+    # Where shared_secret and salt live, and where the epoch's keys are derived into.
+    secrets: SecretMemory = HEAP
+
+    def wipe_secrets(self) -> None:
+        """Overwrite SS and salt and give their buffers back; afterwards both are empty (idempotent)."""
+        for secret in (self.shared_secret, self.salt):
+            if len(secret):
+                self.secrets.free(secret)
+        self.shared_secret = self.salt = bytearray()
 
 
 def validate(material: EpochMaterial) -> None:
@@ -106,10 +116,9 @@ class EpochState:
         try:
             validate(material)
             self.keys = EpochKeys(material.suite, material.group_id, material.epoch,
-                                  material.shared_secret, material.salt)
+                                  material.shared_secret, material.salt, material.secrets)
         finally:
-            wipe(material.shared_secret)
-            wipe(material.salt)
+            material.wipe_secrets()
         self.epoch = material.epoch
         self.wire = wire_epoch(material.epoch)
         self.suite = material.suite

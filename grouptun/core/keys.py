@@ -9,17 +9,21 @@
     enc_key[i]   = HKDF-Expand(PRK, "grouptun/1 key" || ctx || u32(i), 32)
     mac_key[i]   = HKDF-Expand(PRK, "grouptun/1 mac" || ctx || u32(i), 32)   (suite 2)
 
-Key material we hold lives in ``bytearray`` objects written by
-``derive_into`` so that :meth:`EpochKeys.wipe` can overwrite it. Limits:
-``cryptography`` keeps its own copy of a key inside each cipher object (freed,
-and cleared by OpenSSL, when the object goes away), and the HMAC / hash
-``finalize`` behind PRK and nonce_common returns an immutable ``bytes`` that
-we copy into a bytearray and drop at once; Python cannot overwrite those.
+Key material we hold lives in buffers taken from a :class:`SecretMemory`
+that the caller passes in (the daemon's is locked, non-dumpable memory,
+:mod:`grouptun.secmem`; the default :data:`HEAP` hands out plain
+bytearrays, for pure tests), written in place by ``derive_into``, and given
+back -- overwritten -- by :meth:`EpochKeys.wipe`. Limits: ``cryptography``
+keeps its own copy of a key inside each cipher object (freed, and cleared
+by OpenSSL, when the object goes away), and the HMAC / hash ``finalize``
+behind PRK and nonce_common returns an immutable ``bytes`` that we copy
+into our buffer and drop at once; Python cannot overwrite those.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
@@ -47,10 +51,38 @@ LABEL_MAC = b"grouptun/1 mac"
 _SHA256 = hashes.SHA256()
 
 
-def wipe(buffer: bytearray | None) -> None:
-    """Overwrite a bytearray with zeros in place (no-op for None)."""
+SecretBuffer = bytearray | memoryview
+
+
+def wipe(buffer: SecretBuffer | None) -> None:
+    """Overwrite a bytearray (or writable memoryview) with zeros in place (no-op for None)."""
     if buffer is not None:
         buffer[:] = bytes(len(buffer))
+
+
+class SecretMemory(Protocol):
+    """Where key material is kept: injected like time and randomness, so the core stays pure.
+
+    ``alloc(size)`` returns a zero-filled writable buffer of exactly ``size``
+    bytes; ``free(buffer)`` overwrites it and takes it back (the buffer must
+    not be used afterwards). Callable from any thread.
+    """
+
+    def alloc(self, size: int) -> SecretBuffer: ...
+    def free(self, buffer: SecretBuffer) -> None: ...
+
+
+class HeapSecrets:
+    """Plain bytearrays (the default): wiped on free, but neither locked nor kept out of core dumps."""
+
+    def alloc(self, size: int) -> SecretBuffer:
+        return bytearray(size)
+
+    def free(self, buffer: SecretBuffer) -> None:
+        wipe(buffer)
+
+
+HEAP = HeapSecrets()
 
 
 def data_id(shared_secret: bytes | bytearray) -> bytes:
@@ -69,21 +101,25 @@ def context(suite: int, group_id: bytes, epoch: int) -> bytes:
     return struct.pack(">B", suite) + bytes(group_id) + struct.pack(">I", epoch)
 
 
-def derive_prk(shared_secret: bytes | bytearray, salt: bytes | bytearray) -> bytearray:
-    """HKDF-Extract(salt, SS) = HMAC-SHA-256(salt, SS), into a wipeable bytearray.
+def derive_prk(shared_secret: bytes | SecretBuffer, salt: bytes | SecretBuffer,
+               out: SecretBuffer | None = None) -> SecretBuffer:
+    """HKDF-Extract(salt, SS) = HMAC-SHA-256(salt, SS), into ``out`` (a new bytearray if None).
 
     Done with HMAC directly because ``HKDF.extract`` insists on an
     immutable ``bytes`` salt, and the salt is secret.
     """
     _check_len("shared_secret", shared_secret, SECRET_SIZE)
     _check_len("salt", salt, SALT_SIZE)
+    out = bytearray(PRK_SIZE) if out is None else out
     mac = hmac.HMAC(salt, _SHA256)
     mac.update(shared_secret)
-    return bytearray(mac.finalize())
+    out[:] = mac.finalize()
+    return out
 
 
-def expand(prk: bytes | bytearray, info: bytes, length: int) -> bytearray:
-    out = bytearray(length)
+def expand(prk: bytes | SecretBuffer, info: bytes, length: int, out: SecretBuffer | None = None) -> SecretBuffer:
+    """HKDF-Expand(prk, info, length), into ``out`` (a new bytearray if None)."""
+    out = bytearray(length) if out is None else out
     HKDFExpand(_SHA256, length, info).derive_into(prk, out)
     return out
 
@@ -92,25 +128,36 @@ class EpochKeys:
     """Every key of one epoch, derived from PRK on demand.
 
     Per-sender keys are derived when first asked for (a group may have
-    65535 members, most of them silent) and kept until :meth:`wipe`.
-    After ``wipe`` every method raises ValueError.
+    65535 members, most of them silent) and kept until :meth:`wipe`, all in
+    buffers of ``secrets``. After ``wipe`` every method raises ValueError
+    (a buffer from :data:`HEAP` reads as zeros; one from a locked arena is
+    released and raises on use).
     """
 
-    __slots__ = ("suite", "group_id", "epoch", "_ctx", "_prk", "nonce_common", "_enc", "_mac")
+    __slots__ = ("suite", "group_id", "epoch", "_ctx", "_prk", "nonce_common", "_enc", "_mac", "_secrets")
 
     def __init__(self, suite: int, group_id: bytes, epoch: int,
-                 shared_secret: bytes | bytearray, salt: bytes | bytearray) -> None:
+                 shared_secret: bytes | SecretBuffer, salt: bytes | SecretBuffer,
+                 secrets: SecretMemory = HEAP) -> None:
         self._ctx = context(suite, group_id, epoch)
         self.suite = suite
         self.group_id = bytes(group_id)
         self.epoch = epoch
-        self._prk: bytearray | None = derive_prk(shared_secret, salt)
-        self.nonce_common = bytearray(_sha256(self._prk)[:NONCE_COMMON_SIZE])
-        self._enc: dict[int, bytearray] = {}
-        self._mac: dict[int, bytearray] = {}
+        self._secrets = secrets
+        self._enc: dict[int, SecretBuffer] = {}
+        self._mac: dict[int, SecretBuffer] = {}
+        prk = secrets.alloc(PRK_SIZE)
+        try:
+            derive_prk(shared_secret, salt, prk)
+            self.nonce_common = secrets.alloc(NONCE_COMMON_SIZE)
+        except BaseException:
+            secrets.free(prk)
+            raise
+        self.nonce_common[:] = _sha256(prk)[:NONCE_COMMON_SIZE]
+        self._prk: SecretBuffer | None = prk
 
     @property
-    def prk(self) -> bytearray:
+    def prk(self) -> SecretBuffer:
         if self._prk is None:
             raise ValueError("epoch keys were wiped")
         return self._prk
@@ -118,33 +165,45 @@ class EpochKeys:
     def key_check(self) -> bytes:
         return bytes(expand(self.prk, LABEL_CHECK + self._ctx, KEY_CHECK_SIZE))
 
-    def enc_key(self, index: int) -> bytearray:
+    def enc_key(self, index: int) -> SecretBuffer:
         key = self._enc.get(index)
         if key is None:
-            key = self._enc[index] = expand(self.prk, LABEL_KEY + self._ctx + _u32(index), KEY_SIZE)
+            key = self._enc[index] = self._derive(LABEL_KEY + self._ctx + _u32(index))
         return key
 
-    def mac_key(self, index: int) -> bytearray:
+    def mac_key(self, index: int) -> SecretBuffer:
         """The sender's HMAC key (suite 2 only; ValueError for suite 1)."""
         if self.suite != SUITE_AES_CTR_HMAC:
             raise ValueError("suite 1 has no mac_key")
         key = self._mac.get(index)
         if key is None:
-            key = self._mac[index] = expand(self.prk, LABEL_MAC + self._ctx + _u32(index), KEY_SIZE)
+            key = self._mac[index] = self._derive(LABEL_MAC + self._ctx + _u32(index))
         return key
 
+    def _derive(self, info: bytes) -> SecretBuffer:
+        prk = self.prk
+        key = self._secrets.alloc(KEY_SIZE)
+        try:
+            return expand(prk, info, KEY_SIZE, key)
+        except BaseException:
+            self._secrets.free(key)
+            raise
+
     def wipe(self) -> None:
-        """Overwrite PRK, nonce_common and every derived key."""
-        wipe(self._prk)
+        """Overwrite PRK, nonce_common and every derived key, and give their buffers back (idempotent)."""
+        if self._prk is None:
+            return
+        free = self._secrets.free
+        free(self._prk)
         self._prk = None
-        wipe(self.nonce_common)
+        free(self.nonce_common)
         for table in (self._enc, self._mac):
             for key in table.values():
-                wipe(key)
+                free(key)
             table.clear()
 
 
-def _sha256(*parts: bytes | bytearray) -> bytes:
+def _sha256(*parts: bytes | SecretBuffer) -> bytes:
     digest = hashes.Hash(_SHA256)
     for part in parts:
         digest.update(part)
@@ -157,7 +216,7 @@ def _u32(value: int) -> bytes:
     return struct.pack(">I", value)
 
 
-def _check_len(name: str, value: bytes | bytearray, size: int) -> None:
+def _check_len(name: str, value: bytes | SecretBuffer, size: int) -> None:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise TypeError(f"{name} must be bytes, got {type(value).__name__}")
     if len(value) != size:

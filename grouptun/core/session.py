@@ -43,7 +43,6 @@ from grouptun.core.peers import EVERYONE, Endpoint, MemberInfo, Peer, PeerTable
 from grouptun.core.sequence import N_MAX
 from grouptun.core.wire import (BYTE0_DATA, BYTE0_KEEPALIVE, HEADER, KEEPALIVE_SIZE, OVERHEAD, keepalive_body,
                                 wire_epoch)
-from grouptun.core.keys import wipe
 from grouptun.errors import AuthenticationError, EpochRejected, SequenceExhausted
 
 __all__ = ["Endpoint", "EpochMaterial", "MemberInfo", "Session", "FETCH_INTERVAL"]
@@ -78,13 +77,11 @@ class Session:
         """
         own = [m for m in material.members if m.index == material.own_index]
         if len(own) != 1 or own[0].name != self.own_name:
-            wipe(material.shared_secret)
-            wipe(material.salt)
+            material.wipe_secrets()
             raise EpochRejected("material", f"member {material.own_index} is not {self.own_name!r}")
         current = self._keyring.current
         if current is not None and material.epoch <= current.epoch:
-            wipe(material.shared_secret)
-            wipe(material.salt)
+            material.wipe_secrets()
             raise EpochRejected("epoch", f"epoch {material.epoch} is not newer than {current.epoch}")
         try:
             state = EpochState(material, now)

@@ -17,6 +17,7 @@ import collections
 import hmac
 import json
 import os
+from pathlib import Path
 import socket
 import struct
 import threading
@@ -30,7 +31,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from grouptun.core import capsule
 from grouptun.core.archive import Archive, ArchiveEpoch, ArchiveMember, ProviderKeys, sign_archive
-from grouptun.core.keys import EpochKeys, data_id
+from grouptun.core.keys import HEAP, EpochKeys, SecretMemory, data_id
+from grouptun.core.session import EpochMaterial, MemberInfo
 from grouptun import credkeys, keystore
 from grouptun.credmigrate import SaltProof
 from grouptun.errors import ProviderError, ProviderRefused
@@ -509,3 +511,50 @@ def ipv6_packet(src: str, dst: str, payload: bytes = b"hello6") -> bytes:
     header = struct.pack(">IHBB16s16s", 0x60000000, 8 + len(payload), 17, 64,
                          socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst))
     return header + struct.pack(">HHHH", 1234, 5678, 8 + len(payload), 0) + payload
+
+
+def epoch_material(epoch: int = 1, secrets: SecretMemory = HEAP, own: str = "alice") -> EpochMaterial:
+    """A valid two-member EpochMaterial (alice 0, bob 1) whose SS and salt are buffers of ``secrets``."""
+    import ipaddress
+
+    ss, salt = secrets.alloc(32), secrets.alloc(32)
+    ss[:], salt[:] = b"\x01" * 32, b"\x02" * 32
+    members = tuple(MemberInfo(name, i, (ipaddress.ip_address(f"10.77.0.{i + 2}"),), ("127.0.0.1", 51000 + i))
+                    for i, name in enumerate(("alice", "bob")))
+    return EpochMaterial(group_id=bytes(16), epoch=epoch, suite=1, nonce_start=7, group_size=2,
+                         own_index=0 if own == "alice" else 1, members=members, shared_secret=ss, salt=salt,
+                         secrets=secrets)
+
+
+def vm_locked() -> int:
+    """This process's locked memory in bytes (VmLck of /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmLck:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmLck in /proc/self/status")
+
+
+def arena_holds(arena, needle: bytes) -> bool:
+    """True if any byte of ``arena``'s mapped regions still spells ``needle`` (a test's look inside)."""
+    with arena._lock:  # noqa: SLF001 - the test looks at the arena's own memory
+        regions = [r for rs in arena._regions.values() for r in rs]  # noqa: SLF001
+        return any(needle in bytes(r.view) for r in regions)
+
+
+def mapping_flags(view: memoryview) -> list[str]:
+    """The VmFlags (/proc/self/smaps) of the mapping that holds ``view``: "lo" locked, "dd" not dumped."""
+    import ctypes
+
+    window = ctypes.c_char.from_buffer(view)
+    address = ctypes.addressof(window)
+    del window  # the export would keep the slot from being freed
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif line.startswith("VmFlags:") and inside:
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+

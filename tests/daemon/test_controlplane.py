@@ -10,7 +10,6 @@ import pytest
 
 from grouptun.controlplane import Backoff, ControlPlane
 from grouptun.core.session import Session
-from grouptun.core import keys as keys_mod
 from grouptun.errors import EpochRejected, LoopUnavailable, ProviderError, ProviderRefused
 from grouptun.credmigrate import SaltProof
 from grouptun.statefile import EpochStateFile
@@ -34,8 +33,7 @@ class DirectPort:
     def install(self, material) -> None:
         self.recorded_at_install.append((material.epoch, self.statefile.highest(self.group_id)))
         if material.epoch in self.stalled:
-            keys_mod.wipe(material.shared_secret)
-            keys_mod.wipe(material.salt)
+            material.wipe_secrets()
             raise LoopUnavailable("event loop did not answer within 10 s")
         self.session.install_epoch(material, time.monotonic())
 

@@ -17,7 +17,8 @@ from grouptun.daemon import Daemon, Factories
 from grouptun.errors import KeystoreError
 from grouptun.udp import UdpTransport
 
-from .fakes import CREDENTIAL, FAST, FakeNetConfig, FakeProvider, FakeTun, ipv4_packet, legacy_keystore
+from .fakes import (CREDENTIAL, FAST, FakeNetConfig, FakeProvider, FakeTun, arena_holds, ipv4_packet,
+                    legacy_keystore, vm_locked)
 
 
 def make_config(provider: FakeProvider, name: str, root: Path, extra: str = "") -> cfgmod.Config:
@@ -147,7 +148,9 @@ def test_two_daemons_carry_a_packet_then_stop_cleanly(tmp_path, capsys, caplog):
         assert m.tun.closed  # interface removed
         assert not m.config.paths.control_socket.exists()
         assert m.credential == bytearray(len(CREDENTIAL))  # wiped
-        assert m.daemon.keys._ed_raw == bytearray(32) and m.daemon.keys.kem.mlkem_seed == bytearray(64)
+        with pytest.raises(ValueError):  # the private key slots were zeroed, given back and released
+            bytes(m.daemon.keys._ed_raw)
+        assert m.daemon.secrets.status()["slots_in_use"] == 0 and m.daemon.secrets.status()["regions"] == 0
         assert m.daemon.session.status(time.monotonic())["epochs"] == []  # keys wiped
 
 
@@ -317,3 +320,36 @@ def test_second_up_for_the_same_group_is_refused_before_the_tun(tmp_path):
     finally:
         control.request(first.config.paths.control_socket, "down")
         first.thread.join(10)
+
+
+def test_dropped_epoch_keys_are_zeroed_and_status_reports_locked_key_memory(tmp_path):
+    baseline = vm_locked()
+    provider = FakeProvider(["alice", "bob"])
+    m = Member(provider, "alice", tmp_path)
+    m.thread.start()
+    try:
+        st = m.wait_for(lambda st: epochs(st) == [1], "first epoch")
+        memory = st["secret_memory"]
+        assert memory["mechanism"] in ("memfd_secret", "mlock") and memory["unlocked_bytes"] == 0
+        assert memory["locked_bytes"] >= 16384 and memory["regions"] >= 1
+        assert vm_locked() - baseline == memory["locked_bytes"]  # what status says is what the kernel counts
+        assert f"locked in {memory['regions']} region(s) ({memory['mechanism']})" in format_status(st)
+        first = m.daemon.session._keyring.current
+        views = [first.keys.prk, first.keys.nonce_common, *first.keys._enc.values()]
+        secrets = [bytes(v) for v in views]
+        assert all(arena_holds(m.daemon.secrets, s) for s in secrets)
+        provider.open_epoch()
+        m.wait_for(lambda st: epochs(st) == [2, 1], "epoch 2")
+        provider.open_epoch()
+        st = m.wait_for(lambda st: epochs(st) == [3, 2], "epoch 3: epoch 1 dropped")
+        assert not any(arena_holds(m.daemon.secrets, s) for s in secrets)  # overwritten, nowhere in the arena
+        for view in views:
+            with pytest.raises(ValueError):  # released: a stale reference cannot read a recycled slot
+                bytes(view)
+        assert vm_locked() - baseline == st["secret_memory"]["locked_bytes"]
+    finally:
+        control.request(m.config.paths.control_socket, "down")
+        m.thread.join(10)
+    assert m.result == 0 and m.daemon.secrets.status()["regions"] == 0
+    assert vm_locked() == baseline  # every region unmapped at shutdown
+

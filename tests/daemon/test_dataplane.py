@@ -18,7 +18,8 @@ from grouptun.errors import LoopUnavailable
 from grouptun.statefile import EpochStateFile
 from grouptun.udp import UdpTransport
 
-from .fakes import FakeNetwork, FakeProvider, FakeTun, FakeUdp, QueueTun, ipv4_packet, ipv6_packet, proof
+from .fakes import (FakeNetwork, FakeProvider, FakeTun, FakeUdp, QueueTun, epoch_material, ipv4_packet,
+                    ipv6_packet, proof)
 
 
 class Clock:
@@ -224,12 +225,13 @@ def test_loopport_times_out_on_a_stalled_loop_and_wipes_the_abandoned_material()
     try:
         session = Session("alice")
         port = LoopPort(loop, session, timeout=0.05)
-        material = types.SimpleNamespace(shared_secret=bytearray(b"\x01" * 32), salt=bytearray(b"\x02" * 32))
+        material = epoch_material()
+        ss, salt = material.shared_secret, material.salt
         with pytest.raises(LoopUnavailable) as info:  # in the package's tree, not a bare TimeoutError
             port.install(material)
         assert not info.value.closed
         loop.run_until_complete(asyncio.sleep(0))  # the loop wakes up late
-        assert material.shared_secret == bytearray(32) and material.salt == bytearray(32)
+        assert ss == bytearray(32) and salt == bytearray(32) and not material.shared_secret
         assert session.status(0.0)["epochs"] == []
     finally:
         loop.close()
@@ -239,11 +241,12 @@ def test_loopport_on_a_closed_loop_says_closed_and_wipes_the_material():
     loop = asyncio.new_event_loop()
     loop.close()
     port = LoopPort(loop, Session("alice"), timeout=0.05)
-    material = types.SimpleNamespace(shared_secret=bytearray(b"\x01" * 32), salt=bytearray(b"\x02" * 32))
+    material = epoch_material()
+    ss, salt = material.shared_secret, material.salt
     with pytest.raises(LoopUnavailable) as info:  # was asyncio's RuntimeError
         port.install(material)
     assert info.value.closed
-    assert material.shared_secret == bytearray(32) and material.salt == bytearray(32)
+    assert ss == bytearray(32) and salt == bytearray(32) and not material.salt
     with pytest.raises(LoopUnavailable):
         port.take_requests()
 

@@ -83,6 +83,28 @@ def test_wipe_overwrites_every_seed(tmp_path):
         assert keys.kem.mlkem_seed == bytearray(64) and keys.kem.x25519_private == bytearray(32)
 
 
+def test_loaded_keys_live_in_the_locked_arena_and_a_refused_load_leaves_nothing_there(tmp_path):
+    from grouptun.secmem import SecretArena
+
+    keys = keystore.MemberKeys.generate()
+    path = tmp_path / "keys.enc"
+    keystore.save(path, keys, CRED, FAST)
+    arena = SecretArena()
+    try:
+        with pytest.raises(KeystoreError):
+            keystore.load(path, bytearray(b"wrong credential"), arena)
+        assert arena.status()["slots_in_use"] == 0  # the decryption buffer was zeroed and given back
+        again = keystore.load(path, CRED, arena)
+        assert arena.status()["slots_in_use"] == 3  # Ed25519 seed, ML-KEM seed, X25519 key; not the blob
+        assert again.kem_public == keys.kem_public and again.ed25519_public == keys.ed25519_public
+        assert arena.status()["locked_bytes"] > 0
+        again.wipe()
+        again.wipe()  # idempotent
+        assert arena.status()["slots_in_use"] == 0 and arena.status()["regions"] == 0
+    finally:
+        arena.close()
+
+
 def test_write_atomic_leaves_no_temp_and_replaces(tmp_path):
     path = tmp_path / "f"
     keystore.write_atomic(path, b"one", 0o600)

@@ -140,6 +140,32 @@ def test_build_epoch_seals_for_every_member_and_schedule_reproduces(suite):
         open_sealed(members["a"], capsule_info(group_id, 43, "a"), sealed.sealed[0][2])
 
 
+def test_build_epoch_holds_ss_and_salt_in_locked_memory_and_gives_every_buffer_back():
+    from grouptun.secmem import SecretArena
+
+    arena = SecretArena()
+    held = []  # high-water mark of buffers out, read from the arena while sealing
+
+    class Watched:
+        def alloc(self, size):
+            buffer = arena.alloc(size)
+            held.append(arena.status()["slots_in_use"])
+            return buffer
+
+        def free(self, buffer):
+            arena.free(buffer)
+
+    members = {name: _kem() for name in ("a", "b")}
+    rand = RecordingRandom()
+    sealed = build_epoch(b"\x11" * 16, 7, [Recipient(n, k.public_bytes()) for n, k in members.items()],
+                         Thresholds(1, 600, 2**27), [], T0, rand, Watched())
+    assert held and max(held) >= 2  # SS and salt (then PRK and nonce_common for key_check) were arena slots
+    assert arena.status()["slots_in_use"] == 0 and arena.status()["regions"] == 0  # all zeroed and unmapped
+    name, _index, capsule, _salt = sealed.sealed[0]
+    assert bytes(open_sealed(members[name], capsule_info(b"\x11" * 16, 7, name), capsule)) == rand.secrets[0]
+    arena.close()
+
+
 # --- the service over an in-memory store ----------------------------------------------------
 
 
