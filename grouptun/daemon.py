@@ -38,7 +38,7 @@ from typing import Callable
 
 from grouptun import config as config_mod
 from grouptun import credential as credential_mod
-from grouptun import keystore
+from grouptun import keystore, native
 from grouptun.backoff import Backoff
 from grouptun.config import Config
 from grouptun.control import ControlServer
@@ -82,10 +82,10 @@ def _default_client(config: Config, keys: keystore.MemberKeys):
                           config.group.member, keys.signing_key)
 
 
-def _default_session(member: str, keepalive: float):
+def _default_session(member: str, keepalive: float, run_key=None):
     from grouptun.core.session import Session
 
-    return Session(member, keepalive_interval=keepalive)
+    return Session(member, keepalive_interval=keepalive, run_key=run_key)
 
 
 def _default_loop() -> asyncio.AbstractEventLoop:
@@ -117,6 +117,7 @@ class Daemon:
         self._stop_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.applied_addresses: tuple[str, ...] = ()
+        self.cipher: native.Choice | None = None
 
     # --- setup pieces ---
     def _pinned(self) -> ProviderKeys:
@@ -161,6 +162,7 @@ class Daemon:
             "pid": os.getpid(), "uptime": time.time() - self.started_at,
             "addresses": list(self.applied_addresses), "mtu": getattr(self, "applied_mtu", None), "control": cp,
             "dataplane": dict(self.data.counters) if self.data else {},
+            "cipher": self.cipher.describe if self.cipher else None,
             "session": self.session.status(now) if self.session else {},
         }
 
@@ -217,7 +219,7 @@ class Daemon:
     # --- run ---
     def run(self) -> int:
         """Run until stopped; returns the exit code. Raises GrouptunError on setup failure."""
-        self.session = self.data = self.control = self.udp = None
+        self.session = self.data = self.control = self.udp = self.cipher = None
         with ExitStack() as stack:
             stack.callback(credential_mod.wipe, self.credential)
             self._catch_early_signals(stack)
@@ -236,7 +238,10 @@ class Daemon:
             asyncio.set_event_loop(self.loop)
             self._stop_event = asyncio.Event()
             self._setup_network(stack)
-            self.session = self.f.session(self.config.group.member, self.config.daemon.keepalive_interval)
+            self.cipher = native.choose(self.config.daemon.cipher)
+            log.info("run cipher: %s", self.cipher.describe)
+            self.session = self.f.session(self.config.group.member, self.config.daemon.keepalive_interval,
+                                          self.cipher.maker)
             stack.callback(self.session.close)
             self.data = DataPlane(self.session, self.tun, self.udp, clock=self.clock,
                                   offload=self.config.daemon.offload)
