@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from grouptun import config as cfgmod
-from grouptun import cli, control, keystore
+from grouptun import cli, control, keystore, native
 from grouptun.cmd_status import format_status
 from grouptun.daemon import Daemon, Factories
 from grouptun.errors import KeystoreError
@@ -122,6 +122,8 @@ def test_two_daemons_carry_a_packet_then_stop_cleanly(tmp_path, capsys, caplog):
         text = format_status(st)
         assert "member: bob (index 1)" in text and "epoch: 2" in text
         assert f"data path: {st['dataplane']['path']}" in text
+        assert st["cipher"] == native.choose("auto").describe and f"run cipher: {st['cipher']}" in text
+        assert f"run cipher: {st['cipher']}" in caplog.text  # the one line at start
         json.dumps(st)  # the answer is JSON-able as sent
         starts = [c for c in provider.calls if c[1] == "start"]
         assert {c[0] for c in starts} == {"alice", "bob"} and all(len(c[2]) == 32 for c in starts)
