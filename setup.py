@@ -17,6 +17,8 @@ HARDENING = ["-O2", "-Wall", "-Wextra", "-Werror", "-fstack-protector-strong", "
 class OptionalBuildExt(build_ext):
     """build_ext that leaves the extension out, with one line, instead of failing the install."""
 
+    skipped = False
+
     def run(self):
         try:
             super().run()
@@ -29,8 +31,14 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # noqa: BLE001 - as above
             self._skipped(exc)
 
-    @staticmethod
-    def _skipped(exc):
+    def copy_extensions_to_source(self):
+        if not self.skipped:  # an in-place build (pip install -e .) that did not build has nothing to copy
+            super().copy_extensions_to_source()
+
+    def _skipped(self, exc):
+        if self.skipped:
+            return
+        self.skipped = True
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         print(f"grouptun: native run cipher not built ({reason}); the reference path will run "
               "(needs gcc and libssl-dev)", file=sys.stderr)
