@@ -349,6 +349,22 @@ static PyObject *parse_failed(void)
     return NULL;
 }
 
+/* The layout arguments both methods take, as parsed. */
+typedef struct {
+    Py_ssize_t in_off, in_stride, out_off, out_stride, count, size, last;
+    PyObject *first, *step;
+} Args;
+
+static int convert(const Args *a, const char *off_name, const char *stride_name, Run *r, size_t *in_off,
+                   size_t *out_off)
+{
+    return to_size(a->in_off, off_name, in_off) && to_size(a->in_stride, stride_name, &r->in_stride)
+           && to_size(a->out_off, "out_offset", out_off) && to_size(a->out_stride, "out_stride", &r->out_stride)
+           && to_size(a->count, "count", &r->count) && to_size(a->size, "size", &r->size)
+           && to_size(a->last, "last_size", &r->last_size) && to_u64(a->first, UINT64_MAX, "first", &r->first)
+           && to_u64(a->step, UINT64_MAX, "step", &r->step);
+}
+
 static int take(RunKey *key)
 {
     if (key->busy) {
@@ -373,21 +389,18 @@ static PyObject *seal_run(RunKey *self, PyObject *args, PyObject *kw)
     static char *names[] = {"src", "src_offset", "src_stride", "out", "out_offset", "out_stride", "count",
                             "size", "last_size", "head", "first", "step", NULL};
     Py_buffer src = {0}, out = {0};
-    Py_ssize_t src_off, src_stride, out_off, out_stride, count, size, last;
-    PyObject *head_o, *first_o, *step_o, *result = NULL;
+    Args a;
+    PyObject *head_o, *result = NULL;
     uint64_t head = 0;
     size_t in_off = 0, o_off = 0, in_span, out_span;
     Run r = {0};
     int sealed;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*nnw*nnnnnOOO", names, &src, &src_off, &src_stride, &out,
-                                     &out_off, &out_stride, &count, &size, &last, &head_o, &first_o, &step_o))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*nnw*nnnnnOOO", names, &src, &a.in_off, &a.in_stride, &out,
+                                     &a.out_off, &a.out_stride, &a.count, &a.size, &a.last, &head_o, &a.first,
+                                     &a.step))
         return parse_failed();
-    if (!to_size(src_off, "src_offset", &in_off) || !to_size(src_stride, "src_stride", &r.in_stride)
-        || !to_size(out_off, "out_offset", &o_off) || !to_size(out_stride, "out_stride", &r.out_stride)
-        || !to_size(count, "count", &r.count) || !to_size(size, "size", &r.size)
-        || !to_size(last, "last_size", &r.last_size) || !to_u64(head_o, 0xFFFFFFFFu, "head", &head)
-        || !to_u64(first_o, UINT64_MAX, "first", &r.first) || !to_u64(step_o, UINT64_MAX, "step", &r.step))
+    if (!convert(&a, "src_offset", "src_stride", &r, &in_off, &o_off) || !to_u64(head_o, 0xFFFFFFFFu, "head", &head))
         goto done;
     r.head = (uint32_t)head;
     if (r.count && (r.size > MAX_PLAINTEXT || r.last_size > MAX_PLAINTEXT)) {
@@ -425,19 +438,15 @@ static PyObject *open_run(RunKey *self, PyObject *args, PyObject *kw)
     static char *names[] = {"data", "data_offset", "data_stride", "out", "out_offset", "out_stride", "count",
                             "size", "last_size", "first", "step", "ok", NULL};
     Py_buffer data = {0}, out = {0}, ok = {0};
-    Py_ssize_t data_off, data_stride, out_off, out_stride, count, size, last;
-    PyObject *first_o, *step_o, *result = NULL;
+    Args a;
+    PyObject *result = NULL;
     size_t in_off = 0, o_off = 0, in_span, out_span, good;
     Run r = {0};
 
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*nnw*nnnnnOOw*", names, &data, &data_off, &data_stride, &out,
-                                     &out_off, &out_stride, &count, &size, &last, &first_o, &step_o, &ok))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*nnw*nnnnnOOw*", names, &data, &a.in_off, &a.in_stride, &out,
+                                     &a.out_off, &a.out_stride, &a.count, &a.size, &a.last, &a.first, &a.step, &ok))
         return parse_failed();
-    if (!to_size(data_off, "data_offset", &in_off) || !to_size(data_stride, "data_stride", &r.in_stride)
-        || !to_size(out_off, "out_offset", &o_off) || !to_size(out_stride, "out_stride", &r.out_stride)
-        || !to_size(count, "count", &r.count) || !to_size(size, "size", &r.size)
-        || !to_size(last, "last_size", &r.last_size) || !to_u64(first_o, UINT64_MAX, "first", &r.first)
-        || !to_u64(step_o, UINT64_MAX, "step", &r.step))
+    if (!convert(&a, "data_offset", "data_stride", &r, &in_off, &o_off))
         goto done;
     if (r.count && (r.size > MAX_PLAINTEXT + OVERHEAD || r.last_size > MAX_PLAINTEXT + OVERHEAD)) {
         bad("a datagram is longer than 65536 + 28 bytes");
