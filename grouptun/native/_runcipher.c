@@ -530,8 +530,11 @@ static int RunKey_init(RunKey *self, PyObject *args, PyObject *kw)
 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "iy*Oy*", names, &suite, &enc, &mac_o, &iv))
         return -1;
+    if (self->busy) { /* __init__ again from another thread while a call runs on these contexts */
+        PyErr_SetString(PyExc_RuntimeError, "RunKey in use by another call");
+        goto done;
+    }
     RunKey_clear(self);
-    self->busy = 0;
     if (suite != SUITE_GCM && suite != SUITE_CTR_HMAC) {
         bad("suite must be 1 or 2");
         goto done;
