@@ -7,6 +7,10 @@ out of bounds must be a ValueError that writes nothing.
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
+
 import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
@@ -271,3 +275,50 @@ def test_uninitialised_key_refused():
     runner = native.RunKey.__new__(native.RunKey)
     with pytest.raises(RuntimeError, match="not initialised"):
         runner.seal_run(bytes(100), 0, 100, bytearray(128), 0, 128, 1, 100, 100, 0, 0, 1)
+
+
+@pytest.mark.parametrize("method", ["seal_run", "open_run"])
+def test_the_gil_is_released_during_a_run(method):
+    """Another thread runs while a run is sealed or opened.
+
+    With the switch interval raised, the waiting thread can take the GIL only if the call gives it up;
+    so ``ran`` can be set during the call only if the call released the GIL (never by a timing fluke).
+    """
+    count, size = 4000, 1400
+    runner = Keys(1, 4).native()
+    plain, sealed = bytearray(count * size), bytearray(count * (size + wire.OVERHEAD))
+    runner.seal_run(plain, 0, size, sealed, 0, size + wire.OVERHEAD, count, size, size, 0x11000000, 0, 1)
+    ok = bytearray(count)
+    calls = {"seal_run": lambda: runner.seal_run(plain, 0, size, sealed, 0, size + wire.OVERHEAD, count, size,
+                                                 size, 0x11000000, 0, 1),
+             "open_run": lambda: runner.open_run(sealed, 0, size + wire.OVERHEAD, plain, 0, size, count,
+                                                 size + wire.OVERHEAD, size + wire.OVERHEAD, 0, 1, ok)}
+    go, ran, stop = threading.Semaphore(0), [], False
+
+    def waiter():
+        while True:
+            go.acquire()  # waits without the GIL; afterwards needs it back to go on
+            if stop:
+                return
+            ran.append(1)
+
+    old = sys.getswitchinterval()
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    try:
+        sys.setswitchinterval(100.0)
+        seen = False
+        for _ in range(20):  # the waiter may not be scheduled within one call on a busy machine
+            del ran[:]
+            go.release()
+            calls[method]()
+            seen = bool(ran)
+            if seen:
+                break
+            time.sleep(0.01)  # let the waiter take the GIL and block on the lock again
+    finally:
+        sys.setswitchinterval(old)
+        stop = True
+        go.release()
+        thread.join(5)
+    assert seen
