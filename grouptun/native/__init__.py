@@ -28,11 +28,11 @@ try:
 except ModuleNotFoundError:  # not built: gcc or libssl-dev were missing at install
     RunKey = None
     OPENSSL_VERSION = ""
-    UNAVAILABLE: str | None = "native run cipher not built (install gcc and libssl-dev, then pip install again)"
+    UNAVAILABLE: str | None = "the native run cipher is not built (install gcc and libssl-dev, then pip install again)"
 except ImportError as exc:  # built, but not loadable here (e.g. libcrypto.so.3 missing)
     RunKey = None
     OPENSSL_VERSION = ""
-    UNAVAILABLE = f"native run cipher not loadable ({exc})"
+    UNAVAILABLE = f"the native run cipher is not loadable ({exc})"
 else:
     UNAVAILABLE = None
 
@@ -53,7 +53,7 @@ def choose(setting: str, key: str = "daemon.cipher") -> Choice:
     if setting not in SETTINGS:
         raise ConfigError(key, f"must be one of {', '.join(SETTINGS)}, not {setting!r}")
     if setting == "native" and RunKey is None:
-        raise ConfigError(key, f"'native' asked for, but the {UNAVAILABLE}")
+        raise ConfigError(key, f"'native' asked for, but {UNAVAILABLE}")
     if setting == "reference" or RunKey is None:
         why = "forced by the setting" if setting == "reference" else UNAVAILABLE
         return Choice(None, f"reference (numpy runs, one cryptography call per datagram; {why})")

@@ -64,7 +64,7 @@ def test_choose(monkeypatch):
     assert info.value.key == "daemon.cipher"
     # where the extension did not build or load: auto falls back, native is an error naming the setting
     monkeypatch.setattr(native, "RunKey", None)
-    monkeypatch.setattr(native, "UNAVAILABLE", "native run cipher not built (test)")
+    monkeypatch.setattr(native, "UNAVAILABLE", "the native run cipher is not built (test)")
     fallback = native.choose("auto")
     assert fallback.maker is None and "not built (test)" in fallback.describe
     with pytest.raises(ConfigError, match="not built") as info:
