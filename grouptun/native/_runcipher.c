@@ -285,13 +285,13 @@ static int disjoint(const void *a, size_t alen, const void *b, size_t blen)
 }
 
 /*
- * Checks a run against its buffers. in_item/out_item: the bytes datagram j takes in each, as
- * `size` plus in_extra / out_extra (negative: fewer). Fills r->in/out and the in/out spans.
+ * Checks a run against its buffers. Item j takes length_of(j) bytes of the input and that plus
+ * out_extra (negative: fewer) of the output. Fills r->in/out and the in/out spans.
  */
 static int check_run(Run *r, const Py_buffer *in, size_t in_off, const Py_buffer *out, size_t out_off,
-                     long in_extra, long out_extra, size_t *in_span, size_t *out_span)
+                     long out_extra, size_t *in_span, size_t *out_span)
 {
-    size_t in_end, out_end, in_size, in_last, out_size, out_last;
+    size_t in_end, out_end, out_size, out_last;
     r->in = (const unsigned char *)in->buf;
     r->out = (unsigned char *)out->buf;
     *in_span = *out_span = 0;
@@ -301,8 +301,6 @@ static int check_run(Run *r, const Py_buffer *in, size_t in_off, const Py_buffer
         return bad("last_size must not exceed size");
     if (r->count == 1)
         r->size = r->last_size;
-    in_size = r->size + (size_t)(in_extra > 0 ? in_extra : 0);
-    in_last = r->last_size + (size_t)(in_extra > 0 ? in_extra : 0);
     out_size = r->size + (size_t)(out_extra > 0 ? out_extra : 0);
     out_last = r->last_size + (size_t)(out_extra > 0 ? out_extra : 0);
     if (out_extra < 0) {
@@ -313,7 +311,7 @@ static int check_run(Run *r, const Py_buffer *in, size_t in_off, const Py_buffer
     }
     if (r->count > 1 && r->out_stride < out_size)
         return bad("out_stride is smaller than a datagram's output: outputs would overlap");
-    if (!extent(in_off, r->in_stride, r->count, in_size, in_last, &in_end) || in_end > (size_t)in->len)
+    if (!extent(in_off, r->in_stride, r->count, r->size, r->last_size, &in_end) || in_end > (size_t)in->len)
         return bad("the run reaches past the end of its input buffer");
     if (!extent(out_off, r->out_stride, r->count, out_size, out_last, &out_end) || out_end > (size_t)out->len)
         return bad("the run reaches past the end of its output buffer");
@@ -407,7 +405,7 @@ static PyObject *seal_run(RunKey *self, PyObject *args, PyObject *kw)
         bad("a plaintext is longer than 65536 bytes");
         goto done;
     }
-    if (!check_run(&r, &src, in_off, &out, o_off, 0, OVERHEAD, &in_span, &out_span) || !check_sequence(&r, 1)
+    if (!check_run(&r, &src, in_off, &out, o_off, OVERHEAD, &in_span, &out_span) || !check_sequence(&r, 1)
         || !take(self))
         goto done;
     Py_BEGIN_ALLOW_THREADS
@@ -456,7 +454,7 @@ static PyObject *open_run(RunKey *self, PyObject *args, PyObject *kw)
         bad("ok has fewer bytes than count");
         goto done;
     }
-    if (!check_run(&r, &data, in_off, &out, o_off, 0, -OVERHEAD, &in_span, &out_span) || !check_sequence(&r, 0))
+    if (!check_run(&r, &data, in_off, &out, o_off, -OVERHEAD, &in_span, &out_span) || !check_sequence(&r, 0))
         goto done;
     if (!disjoint(ok.buf, r.count, r.in, in_span) || !disjoint(ok.buf, r.count, r.out, out_span)) {
         bad("ok must not overlap the run's input or output");
