@@ -24,7 +24,6 @@ import os
 import sys
 
 from grouptun import native
-
 from grouptun.errors import VectorsError
 from grouptun.vectors import compute_document, mismatches
 

@@ -226,6 +226,8 @@ class Daemon:
             self.keys = keystore.load(self.config.keystore_path, self.credential)
             stack.callback(self.keys.wipe)
             pinned = self._pinned()
+            self.cipher = native.choose(self.config.daemon.cipher)  # "native" but not built: stop before the TUN
+            log.info("run cipher: %s", self.cipher.describe)
             server = ControlServer(self.config.paths.control_socket,
                                    {"status": self.status, "down": lambda: self.request_stop("down requested")})
             server.check_free()  # a second `up` for the group stops here, before touching the TUN
@@ -238,8 +240,6 @@ class Daemon:
             asyncio.set_event_loop(self.loop)
             self._stop_event = asyncio.Event()
             self._setup_network(stack)
-            self.cipher = native.choose(self.config.daemon.cipher)
-            log.info("run cipher: %s", self.cipher.describe)
             self.session = self.f.session(self.config.group.member, self.config.daemon.keepalive_interval,
                                           self.cipher.maker)
             stack.callback(self.session.close)

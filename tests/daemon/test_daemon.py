@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -14,7 +15,7 @@ from grouptun import config as cfgmod
 from grouptun import cli, control, keystore, native
 from grouptun.cmd_status import format_status
 from grouptun.daemon import Daemon, Factories
-from grouptun.errors import KeystoreError
+from grouptun.errors import ConfigError, KeystoreError
 from grouptun.udp import UdpTransport
 
 from .fakes import CREDENTIAL, FakeNetConfig, FakeProvider, FakeTun, ipv4_packet
@@ -286,3 +287,15 @@ def test_second_up_for_the_same_group_is_refused_before_the_tun(tmp_path):
     finally:
         control.request(first.config.paths.control_socket, "down")
         first.thread.join(10)
+
+
+def test_native_cipher_asked_for_but_not_built_stops_before_the_tun(tmp_path, monkeypatch):
+    provider = FakeProvider(["alice"])
+    config = make_config(provider, "alice", tmp_path)
+    config = dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, cipher="native"))
+    monkeypatch.setattr(native, "RunKey", None)
+    touched = []
+    daemon = Daemon(config, bytearray(CREDENTIAL), Factories(tun=lambda *args, **kw: touched.append(args)))
+    with pytest.raises(ConfigError) as info:
+        daemon.run()
+    assert info.value.key == "daemon.cipher" and touched == []
