@@ -76,6 +76,8 @@ def format_status(st: dict) -> str:
     path = (st.get("dataplane") or {}).get("path")
     if path:
         lines.append(f"  data path: {path}")
+    if st.get("cipher"):
+        lines.append(f"  run cipher: {st['cipher']}")
     session = st.get("session") or {}
     epochs = session.get("epochs") or []
     if not epochs:

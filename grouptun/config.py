@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from grouptun import native
 from grouptun.errors import ConfigError
 
 DEFAULT_LISTEN_PORT = 51820
@@ -71,6 +72,7 @@ class PathsConfig:
 
 
 OFFLOAD_MODES = ("auto", "off")
+CIPHER_MODES = native.SETTINGS
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class DaemonConfig:
     backoff_max: float = 60.0
     metrics_listen: str | None = None  # "127.0.0.1:9586"; loopback only
     offload: str = "auto"  # "auto": TUN TSO/GRO + UDP GSO/GRO where the kernel has them; "off": plain path
+    cipher: str = "auto"  # run cipher (grouptun.native): "auto", "native" (error if not built), "reference"
 
 
 @dataclass(frozen=True)
@@ -313,6 +316,7 @@ def _daemon(data: dict) -> DaemonConfig:
         backoff_max=_float(t, "daemon", "backoff_max", 60.0, 1.0, 3600.0),
         metrics_listen=metrics,
         offload=_offload(t),
+        cipher=_cipher(t),
     )
 
 
@@ -320,6 +324,13 @@ def _offload(t: dict) -> str:
     value = _str(t, "daemon", "offload", "auto").lower()
     if value not in OFFLOAD_MODES:
         raise ConfigError("daemon.offload", f"must be one of {', '.join(OFFLOAD_MODES)}")
+    return value
+
+
+def _cipher(t: dict) -> str:
+    value = _str(t, "daemon", "cipher", "auto").lower()
+    if value not in CIPHER_MODES:
+        raise ConfigError("daemon.cipher", f"must be one of {', '.join(CIPHER_MODES)}")
     return value
 
 

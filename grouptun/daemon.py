@@ -44,7 +44,7 @@ from typing import Callable
 
 from grouptun import config as config_mod
 from grouptun import credential as credential_mod
-from grouptun import credmigrate, keystore
+from grouptun import credmigrate, keystore, native
 from grouptun.backoff import Backoff
 from grouptun.config import Config
 from grouptun.control import ControlServer
@@ -89,10 +89,10 @@ def _default_client(config: Config, keys: keystore.MemberKeys):
                           config.group.member, keys.signing_key)
 
 
-def _default_session(member: str, keepalive: float):
+def _default_session(member: str, keepalive: float, run_key=None):
     from grouptun.core.session import Session
 
-    return Session(member, keepalive_interval=keepalive)
+    return Session(member, keepalive_interval=keepalive, run_key=run_key)
 
 
 def _default_loop() -> asyncio.AbstractEventLoop:
@@ -125,6 +125,7 @@ class Daemon:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.applied_addresses: tuple[str, ...] = ()
         self.secrets: SecretArena | None = None
+        self.cipher: native.Choice | None = None
 
     # --- setup pieces ---
     def _pinned(self) -> ProviderKeys:
@@ -169,6 +170,7 @@ class Daemon:
             "pid": os.getpid(), "uptime": time.time() - self.started_at,
             "addresses": list(self.applied_addresses), "mtu": getattr(self, "applied_mtu", None), "control": cp,
             "dataplane": dict(self.data.counters) if self.data else {},
+            "cipher": self.cipher.describe if self.cipher else None,
             "session": self.session.status(now) if self.session else {},
             "secret_memory": self.secrets.status() if self.secrets else {},
         }
@@ -226,7 +228,7 @@ class Daemon:
     # --- run ---
     def run(self) -> int:
         """Run until stopped; returns the exit code. Raises GrouptunError on setup failure."""
-        self.session = self.data = self.control = self.udp = None
+        self.session = self.data = self.control = self.udp = self.cipher = None
         with ExitStack() as stack:
             self.secrets = SecretArena()
             stack.callback(self.secrets.close)  # last: the keys and the session gave their slots back
@@ -238,6 +240,8 @@ class Daemon:
             stack.callback(self.proof.wipe)
             credential_mod.wipe(self.credential)  # the proof holds what the provider needs
             pinned = self._pinned()
+            self.cipher = native.choose(self.config.daemon.cipher)  # "native" but not built: stop before the TUN
+            log.info("run cipher: %s", self.cipher.describe)
             server = ControlServer(self.config.paths.control_socket,
                                    {"status": self.status, "down": lambda: self.request_stop("down requested")})
             server.check_free()  # a second `up` for the group stops here, before touching the TUN
@@ -250,7 +254,8 @@ class Daemon:
             asyncio.set_event_loop(self.loop)
             self._stop_event = asyncio.Event()
             self._setup_network(stack)
-            self.session = self.f.session(self.config.group.member, self.config.daemon.keepalive_interval)
+            self.session = self.f.session(self.config.group.member, self.config.daemon.keepalive_interval,
+                                          self.cipher.maker)
             stack.callback(self.session.close)
             self.data = DataPlane(self.session, self.tun, self.udp, clock=self.clock,
                                   offload=self.config.daemon.offload)

@@ -17,6 +17,7 @@ with the JSON path of the field at fault, e.g. ``vectors[3].n: ...``.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable
 
@@ -95,8 +96,19 @@ def _ordered(raw: dict, computed: dict, order: tuple[str, ...]) -> dict:
     return result
 
 
-def compute_protocol(where: str, raw: Any) -> dict:
-    """One protocol-v1 vector with every output computed."""
+def _seal(cipher: seal.PacketCipher, header: bytes, sequence: int, iv: bytes, payload: bytes) -> bytes:
+    """The packet through the selected path: the native run cipher (a run of one), or the reference cipher."""
+    if cipher.run is None:
+        return cipher.seal(header, iv, payload)
+    size = len(payload)
+    out = bytearray(size + wire.OVERHEAD)
+    head = int.from_bytes(header[:wire.OFFSET_SEQUENCE], "big")  # the native side writes it again, then s
+    cipher.run.seal_run(payload, 0, size, out, 0, len(out), 1, size, size, head, sequence, 1)
+    return bytes(out)
+
+
+def compute_protocol(where: str, raw: Any, run_key=None) -> dict:
+    """One protocol-v1 vector with every output computed; ``run_key``: the native RunKey type, or None."""
     v = _Vector(where, raw)
     suite = v.int("suite", 1, 2)
     shared_secret = v.hex("shared_secret", keys.SECRET_SIZE)
@@ -115,7 +127,7 @@ def compute_protocol(where: str, raw: Any) -> dict:
         s = sequence.stream_sequence(nonce_start, group_size, index, n)
         iv = seal.IvMaker(epoch_keys.nonce_common)(s)
         header = wire.encode(wire.Header(type_, wire.wire_epoch(epoch), s))
-        packet = seal.sender_cipher(epoch_keys, index).seal(header, iv, payload)
+        packet = _seal(seal.sender_cipher(epoch_keys, index, run_key), header, s, iv, payload)
         computed = {
             "data_id": keys.data_id(shared_secret).hex(),
             "prk": epoch_keys.prk.hex(),
@@ -176,8 +188,8 @@ KINDS: dict[str, Callable[[str, Any], dict]] = {"vectors": compute_protocol, "ca
 OUTPUTS = {"vectors": PROTOCOL_OUTPUTS, "capsules": CAPSULE_OUTPUTS}
 
 
-def compute_document(document: Any) -> dict:
-    """The whole document with every vector's outputs computed."""
+def compute_document(document: Any, run_key=None) -> dict:
+    """The whole document with every vector's outputs computed (packets through ``run_key``'s path)."""
     if not isinstance(document, dict):
         raise VectorsError(f"document: must be a JSON object, got {type(document).__name__}")
     if "version" not in document:
@@ -192,7 +204,8 @@ def compute_document(document: Any) -> dict:
         items = document[kind]
         if not isinstance(items, list):
             raise VectorsError(f"{kind}: must be a JSON array, got {type(items).__name__}")
-        result[kind] = [KINDS[kind](f"{kind}[{number}]", item) for number, item in enumerate(items)]
+        compute = functools.partial(compute_protocol, run_key=run_key) if kind == "vectors" else KINDS[kind]
+        result[kind] = [compute(f"{kind}[{number}]", item) for number, item in enumerate(items)]
     return result
 
 

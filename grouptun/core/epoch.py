@@ -112,7 +112,7 @@ class Receiver:
 class EpochState:
     """Everything the data path needs for one epoch. Call :meth:`wipe` when dropped."""
 
-    def __init__(self, material: EpochMaterial, now: float) -> None:
+    def __init__(self, material: EpochMaterial, now: float, run_key=None) -> None:
         try:
             validate(material)
             self.keys = EpochKeys(material.suite, material.group_id, material.epoch,
@@ -137,7 +137,8 @@ class EpochState:
         self.rekey_after_seconds = float(material.rekey_after_seconds)
         self.iv_maker = IvMaker(self.keys.nonce_common)
         self.iv = self.iv_maker.make
-        self.sender = sender_cipher(self.keys, material.own_index)
+        self._run_key = run_key  # the native RunKey type, or None (grouptun.native)
+        self.sender = sender_cipher(self.keys, material.own_index, run_key)
         self.allocator = SequenceAllocator(material.nonce_start, material.group_size,
                                            material.own_index, material.rekey_after_packets)
         self.receivers: dict[int, Receiver] = {}
@@ -152,8 +153,8 @@ class EpochState:
     def receiver(self, index: int) -> Receiver:
         found = self.receivers.get(index)
         if found is None:
-            found = self.receivers[index] = Receiver(sender_cipher(self.keys, index), self.by_index[index],
-                                                     self.local, self.own_keepalive)
+            found = self.receivers[index] = Receiver(sender_cipher(self.keys, index, self._run_key),
+                                                     self.by_index[index], self.local, self.own_keepalive)
         return found
 
     def key_check(self) -> bytes:

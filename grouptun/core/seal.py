@@ -14,6 +14,9 @@ constant time before anything is decrypted.
 
 A cipher object is made once per (epoch, sender) and reused for every
 packet: the AESGCM / CTR contexts and the keyed HMAC state are built once.
+Given a run-key maker (the native ``RunKey`` type, :mod:`grouptun.native`),
+it also holds ``run``: the same keys for whole runs in one call, used by
+:mod:`grouptun.core.vector`; ``run`` is None on the reference path.
 
 Why ``seal`` returns ``header + encrypt(...)`` rather than using
 ``encrypt_into`` (which cryptography 48 has): measured here, a fresh
@@ -74,11 +77,12 @@ class IvMaker:
 class Suite1Cipher:
     """aes-256-gcm for one sender key."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "run")
     suite = SUITE_AES_GCM
 
-    def __init__(self, enc_key: bytes | bytearray) -> None:
+    def __init__(self, enc_key: bytes | bytearray, run=None) -> None:
         self._aead = AESGCM(enc_key)
+        self.run = run
 
     @property
     def aead(self) -> AESGCM:
@@ -132,10 +136,11 @@ class Suite1Cipher:
 class Suite2Cipher:
     """aes-256-ctr-hmac-sha256 for one sender key."""
 
-    __slots__ = ("_ctr", "_mac")
+    __slots__ = ("_ctr", "_mac", "run")
     suite = SUITE_AES_CTR_HMAC
 
-    def __init__(self, enc_key: bytes | bytearray, mac_key: bytes | bytearray) -> None:
+    def __init__(self, enc_key: bytes | bytearray, mac_key: bytes | bytearray, run=None) -> None:
+        self.run = run
         # One CTR context per key, re-pointed with reset_nonce for each packet.
         self._ctr = Cipher(algorithms.AES(enc_key), modes.CTR(bytes(16))).encryptor()
         self._mac = hmac.HMAC(mac_key, _SHA256)
@@ -208,8 +213,10 @@ class Suite2Cipher:
 PacketCipher = Suite1Cipher | Suite2Cipher
 
 
-def sender_cipher(keys: EpochKeys, index: int) -> PacketCipher:
-    """The cipher object for sender ``index`` of an epoch."""
+def sender_cipher(keys: EpochKeys, index: int, run_key=None) -> PacketCipher:
+    """The cipher object for sender ``index`` of an epoch; ``run_key``: the native RunKey type, or None."""
+    mac_key = keys.mac_key(index) if keys.suite == SUITE_AES_CTR_HMAC else None
+    run = None if run_key is None else run_key(keys.suite, keys.enc_key(index), mac_key, keys.nonce_common[:IV_SIZE])
     if keys.suite == SUITE_AES_GCM:
-        return Suite1Cipher(keys.enc_key(index))
-    return Suite2Cipher(keys.enc_key(index), keys.mac_key(index))
+        return Suite1Cipher(keys.enc_key(index), run)
+    return Suite2Cipher(keys.enc_key(index), mac_key, run)

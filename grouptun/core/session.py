@@ -54,7 +54,8 @@ _KEEP_SENT_HISTORY = 8  # dropped epochs whose packets_sent we still report
 class Session:
     """One member's data path over every epoch it holds."""
 
-    def __init__(self, own_name: str, keepalive_interval: float = 10.0) -> None:
+    def __init__(self, own_name: str, keepalive_interval: float = 10.0, run_key=None) -> None:
+        """``run_key``: the native RunKey type for whole runs (:mod:`grouptun.native`), None: reference path."""
         if not own_name:
             raise ValueError("own_name must not be empty")
         if not keepalive_interval > 0:
@@ -67,6 +68,7 @@ class Session:
         self._requests: set[str] = set()
         self._last_fetch: float | None = None
         self._sent_history: dict[int, int] = {}
+        self._run_key = run_key
 
     # -- control path ---------------------------------------------------
     def install_epoch(self, material: EpochMaterial, now: float) -> None:
@@ -84,7 +86,7 @@ class Session:
             material.wipe_secrets()
             raise EpochRejected("epoch", f"epoch {material.epoch} is not newer than {current.epoch}")
         try:
-            state = EpochState(material, now)
+            state = EpochState(material, now, self._run_key)
         except (ValueError, TypeError) as exc:
             raise EpochRejected("material", str(exc)) from None
         try:

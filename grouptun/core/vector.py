@@ -24,8 +24,15 @@ Same rules as the batch path, in the same order (PROTOCOL.md 4-6):
   are accepted, and the session's state changes (epoch switch, roaming,
   counters) happen once, after the loop, only if something was accepted.
 
-Limits: suite 1 (AES-256-GCM) only, since suite 2's HMAC has no such
-shortcut (its runs go through the batch path); numpy is optional
+The per-datagram cipher loop has two forms, chosen by the cipher objects
+(``cipher.run``, :mod:`grouptun.native`): the native run cipher seals or
+opens the whole run, headers and IVs included, in one C call, for both
+suites; without it (the reference path) the loop here calls AES-GCM per
+datagram, for suite 1 only, since suite 2's HMAC has no such shortcut (its
+runs then go through the batch path). Admission, the window and the inner
+checks are the same Python for both.
+
+Limits: numpy is optional
 (``AVAILABLE``); buffers are bound at construction and must not be resized;
 not thread-safe, like the Session.
 """
@@ -103,7 +110,8 @@ class RunSealer:
         by the sealer).
         """
         count = len(lengths)
-        if not count or sealer.suite != SUITE_AES_GCM or count > len(self._iv_rows):
+        run = sealer.cipher.run  # the native run cipher (both suites), or None: the numpy loop below (suite 1)
+        if not count or (run is None and sealer.suite != SUITE_AES_GCM) or count > len(self._iv_rows):
             return None
         size, last = lengths[0], lengths[-1]
         datagram = size + OVERHEAD
@@ -116,6 +124,10 @@ class RunSealer:
         if got < count:
             last = size
         sealer.bytes += size * (got - 1) + last
+        if run is not None:
+            run.seal_run(self._src, offset, stride, self._out, 0, datagram, got, size, last,
+                         BYTE0_DATA << 24 | sealer.wire, first, sealer.step)
+            return got, (got - 1) * datagram + last + OVERHEAD
         self._headers_and_ivs(sealer, first, got, datagram)
         encrypt = sealer.cipher.aead.encrypt_into
         full = got - 1 if last < size else got
@@ -190,6 +202,7 @@ class RunOpener:
         self._expected_head = -1
         self._layout = _Layout()
         self._invalid_tag = _invalid_tag()
+        self._ok = bytearray(max_run)  # the native opener's per-datagram verdicts
 
     def open(self, session, length: int, stride: int, source, now: float) -> OpenedRun | None:
         """Open ``data[:length]`` (datagrams of ``stride`` bytes, the last may be shorter) from ``source``.
@@ -206,13 +219,14 @@ class RunOpener:
         if byte0 != BYTE0_DATA or flags:
             return None
         state = session.epoch_for_wire(wire, now)
-        if state is None or state.suite != SUITE_AES_GCM or first < state.nonce_start:
+        if state is None or first < state.nonce_start:
             return None
         n, index = divmod(first - state.nonce_start, state.group_size)
         if index == state.own_index or n + count - 1 > N_MAX:
             return None
         receiver = state.receivers.get(index) or state.receiver(index)
-        if n <= receiver.window.top:
+        run = receiver.cipher.run  # the native run cipher (both suites), or None: the numpy loop (suite 1)
+        if n <= receiver.window.top or (run is None and state.suite != SUITE_AES_GCM):
             return None
         # Every header must be the first one's with s stepping by N: one sender's consecutive packets.
         # (Compared as bytes: one memcmp instead of numpy reductions, which cost more than the data.)
@@ -225,8 +239,14 @@ class RunOpener:
         headers = np.ndarray((count,), _HEADER_BYTES, buffer=self._data_buf, strides=(stride,))
         if headers.tobytes() != expected.tobytes():
             return None
-        self._fill_ivs(state.iv_maker.parts(), s, count)
-        failed = self._decrypt(receiver.cipher.aead.decrypt_into, count, stride, last)
+        if run is not None:
+            ok = self._ok
+            good = run.open_run(self._data_buf, 0, stride, self._out_buf, 0, stride, count, stride, last,
+                                first, state.group_size, ok)
+            failed = [] if good == count else [j for j in range(count) if not ok[j]]
+        else:
+            self._fill_ivs(state.iv_maker.parts(), s, count)
+            failed = self._decrypt(receiver.cipher.aead.decrypt_into, count, stride, last)
         return self._accept(session, state, index, receiver, range(n, n + count), failed, count, stride, last,
                             source, now)
 

@@ -56,6 +56,7 @@ def test_good_config_loads_with_defaults(tmp_path):
     ("daemon", "keepalive_interval", 0, "daemon.keepalive_interval"),
     ("daemon", "metrics_listen", "0.0.0.0:9586", "daemon.metrics_listen"),
     ("daemon", "watch_timeout", True, "daemon.watch_timeout"),
+    ("daemon", "cipher", "fast", "daemon.cipher"),
 ])
 def test_each_bad_key_is_named(section, key, value, named):
     data = good()
@@ -108,7 +109,7 @@ def test_example_uses_only_known_keys():
     text = EXAMPLE.read_text()
     text = re.sub(r'mldsa65_public = "\.\.\."', f'mldsa65_public = "{base64.b64encode(bytes(1952)).decode()}"', text)
     cfg = config.parse(tomllib.loads(text))
-    assert cfg.group.interface == "gt-lan" and cfg.network.mtu == 1420
+    assert cfg.group.interface == "gt-lan" and cfg.network.mtu == 1420 and cfg.daemon.cipher == "auto"
 
 
 @pytest.mark.parametrize("text,expected", [

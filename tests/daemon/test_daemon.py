@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -11,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from grouptun import config as cfgmod
-from grouptun import cli, control, credmigrate, keystore
+from grouptun import cli, control, credmigrate, keystore, native
 from grouptun.cmd_status import format_status
 from grouptun.daemon import Daemon, Factories
-from grouptun.errors import KeystoreError
+from grouptun.errors import ConfigError, KeystoreError
 from grouptun.udp import UdpTransport
 
 from .fakes import (CREDENTIAL, FAST, FakeNetConfig, FakeProvider, FakeTun, arena_holds, ipv4_packet,
@@ -122,6 +123,8 @@ def test_two_daemons_carry_a_packet_then_stop_cleanly(tmp_path, capsys, caplog):
         text = format_status(st)
         assert "member: bob (index 1)" in text and "epoch: 2" in text
         assert f"data path: {st['dataplane']['path']}" in text
+        assert st["cipher"] == native.choose("auto").describe and f"run cipher: {st['cipher']}" in text
+        assert f"run cipher: {st['cipher']}" in caplog.text  # the one line at start
         json.dumps(st)  # the answer is JSON-able as sent
         starts = [c for c in provider.calls if c[1] == "start"]
         assert {c[0] for c in starts} == {"alice", "bob"} and all(len(c[2]) == 32 for c in starts)
@@ -353,3 +356,14 @@ def test_dropped_epoch_keys_are_zeroed_and_status_reports_locked_key_memory(tmp_
     assert m.result == 0 and m.daemon.secrets.status()["regions"] == 0
     assert vm_locked() == baseline  # every region unmapped at shutdown
 
+
+def test_native_cipher_asked_for_but_not_built_stops_before_the_tun(tmp_path, monkeypatch):
+    provider = FakeProvider(["alice"])
+    config = make_config(provider, "alice", tmp_path)
+    config = dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, cipher="native"))
+    monkeypatch.setattr(native, "RunKey", None)
+    touched = []
+    daemon = Daemon(config, bytearray(CREDENTIAL), Factories(tun=lambda *args, **kw: touched.append(args)))
+    with pytest.raises(ConfigError) as info:
+        daemon.run()
+    assert info.value.key == "daemon.cipher" and touched == []
