@@ -1,7 +1,8 @@
 """``grouptun up``: wires keystore, TUN, netlink, UDP, session, control path.
 
 Start order: open the keystore with the credential (wrong credential ->
-nothing else happens), pin the provider keys, open the statefile, create
+nothing else happens), lock the state directory (a second daemon on it
+stops here: StateDirLocked), pin the provider keys, open the statefile, create
 the TUN device and give it addresses/MTU/routes, bind UDP, start the data
 plane on a uvloop loop, the control socket, then the control thread (which
 asks for a fresh epoch: the challenge rule). systemd is told READY once the
@@ -11,7 +12,9 @@ provider is unreachable; STATUS says whether an epoch is held.
 Signals: SIGTERM/SIGINT (and ``grouptun down``) stop cleanly: STOPPING,
 readers removed, session keys wiped (``Session.close``), the TUN closed
 (which removes the interface and its routes), the socket file removed, the
-credential and private keys overwritten. SIGHUP re-reads the config: a bad
+credential and private keys overwritten. A daemon whose member was
+started elsewhere (PROTOCOL.md 4) stops sending at once and stops the same
+way, then raises InstanceSuperseded (its own exit status). SIGHUP re-reads the config: a bad
 new config is refused and the running one kept; settings that need a
 restart (group, provider, paths, listen address/port, interface) are
 logged and ignored; the rest (log level, MTU, routes, reported endpoints,
@@ -47,9 +50,10 @@ from grouptun.core.archive import Archive, ProviderKeys
 from grouptun.dataplane import DataPlane, LoopPort
 # Re-exported: ``grouptun join`` imports seen_endpoints from here.
 from grouptun.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
-from grouptun.errors import ConfigError, GrouptunError
+from grouptun.errors import ConfigError, GrouptunError, InstanceSuperseded
 from grouptun.opshooks import OpsHooks
 from grouptun.statefile import EpochStateFile
+from grouptun.statelock import StateDirLock
 
 log = logging.getLogger("grouptun.daemon")
 
@@ -117,6 +121,7 @@ class Daemon:
         self._stop_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.applied_addresses: tuple[str, ...] = ()
+        self.superseded: InstanceSuperseded | None = None
 
     # --- setup pieces ---
     def _pinned(self) -> ProviderKeys:
@@ -163,6 +168,19 @@ class Daemon:
             "dataplane": dict(self.data.counters) if self.data else {},
             "session": self.session.status(now) if self.session else {},
         }
+
+    def _on_superseded(self, exc: InstanceSuperseded) -> None:
+        """Control thread: the session stopped sending already; stop the daemon, exit with exc's status."""
+        self.superseded = exc
+
+        def stop() -> None:
+            self.ops.notifier.status(f"stopping: {exc}")
+            self.request_stop("the member was started elsewhere")
+
+        try:
+            self.loop.call_soon_threadsafe(stop)
+        except RuntimeError:  # the loop is closed: the daemon is stopping already; run() still raises exc
+            log.info("already stopping")
 
     def request_stop(self, why: str = "") -> dict:
         if why:
@@ -216,13 +234,15 @@ class Daemon:
 
     # --- run ---
     def run(self) -> int:
-        """Run until stopped; returns the exit code. Raises GrouptunError on setup failure."""
+        """Run until stopped; returns the exit code. Raises GrouptunError on setup failure,
+        and InstanceSuperseded (after a clean stop) when another daemon took our member over."""
         self.session = self.data = self.control = self.udp = None
         with ExitStack() as stack:
             stack.callback(credential_mod.wipe, self.credential)
             self._catch_early_signals(stack)
             self.keys = keystore.load(self.config.keystore_path, self.credential)
             stack.callback(self.keys.wipe)
+            stack.callback(StateDirLock(self.config.paths.state_dir).acquire().release)
             pinned = self._pinned()
             server = ControlServer(self.config.paths.control_socket,
                                    {"status": self.status, "down": lambda: self.request_stop("down requested")})
@@ -251,6 +271,8 @@ class Daemon:
             self.ops.notifier.stopping()
             log.info("shutting down %s", self.config.group.name)
         self.stopped.set()
+        if self.superseded is not None:
+            raise self.superseded
         return 0
 
     def _setup_network(self, stack: ExitStack) -> None:
@@ -276,7 +298,8 @@ class Daemon:
             endpoints=lambda: reported_endpoints(self.config, self.udp.port),
             can_reach=getattr(self.udp, "can_reach", lambda h: True), on_archive=self._apply_archive,
             watch_timeout=cfg.daemon.watch_timeout, report_interval=cfg.daemon.report_interval,
-            backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics)
+            backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics,
+            on_superseded=self._on_superseded)
         stop = threading.Event()
         thread = threading.Thread(target=self.control.run, args=(stop,), name="grouptun-control", daemon=True)
         thread.start()
