@@ -336,5 +336,7 @@ def test_superseded_and_locked_have_exit_statuses_of_their_own():
 
     codes = {}
     for cls in tree(errors.GrouptunError):
+        if cls.__module__ != "grouptun.errors":  # the provider's tree is its own CLI's
+            continue
         codes.setdefault(cls.exit_code, set()).add(cls.__name__)
     assert codes[76] == {"InstanceSuperseded"} and codes[75] == {"StateDirLocked"}
