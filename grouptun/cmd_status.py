@@ -71,6 +71,10 @@ def format_status(st: dict) -> str:
     if st.get("addresses"):
         lines.append(f"  addresses: {', '.join(st['addresses'])}")
     lines.append("  " + _provider_line(st.get("control") or {}, None))
+    cp = st.get("control") or {}
+    if cp.get("state_dir_full"):
+        retry = f" in {cp['retry_in']:.0f} s" if cp.get("retry_in") is not None else ""
+        lines.append(f"  state dir full: the next epoch cannot be recorded; retrying{retry} (free some space)")
     if st.get("secret_memory"):
         lines.append(_key_memory_line(st["secret_memory"]))
     path = (st.get("dataplane") or {}).get("path")

@@ -29,6 +29,20 @@ step. If the install then times out (the event loop stalled), the recorded
 epoch counts as held -- the statefile forbids it for good, so waiting for
 it would wedge the member -- and ``rekey:install-timeout`` is requested.
 
+One running instance per member (PROTOCOL.md 4): the daemon's instance
+is SHA-256 of its start challenge. An epoch is installed only if its
+archive's entry for our member names our instance, checked before its
+capsule is fetched; any archive accepted after the start (a new epoch or
+a re-signed one) that names another means the member was started
+elsewhere: the session stops sending at once (:meth:`SessionPort.
+stop_sending`), the refusal is logged at error, ``on_superseded`` is told
+(the daemon exits with InstanceSuperseded's status) and this thread ends.
+
+A statefile write the disk has no room for (StateDirFull) is retried with
+the same backoff as an unreachable provider, not reset by the provider's
+answers meanwhile (each retry fetches the sealed salt again: an Argon2id
+check at the provider); ``state.state_dir_full`` tells ``status``.
+
 The data plane never waits for this thread: provider calls are retried
 with jittered exponential backoff (``backoff_max``) while the installed
 epoch keeps carrying traffic. Limits: a "fetch" request (a packet of the
@@ -47,14 +61,15 @@ from typing import Callable, Protocol
 
 from grouptun.backoff import Backoff
 from grouptun.core import keys as keys_mod
-from grouptun.core.archive import CHALLENGE_SIZE, Archive, ProviderKeys
+from grouptun.core.archive import CHALLENGE_SIZE, Archive, ProviderKeys, instance_of
 from grouptun.core.capsule import KemPrivateKey
 from grouptun.core.session import MemberInfo
 from grouptun.core.wire import wire_epoch
 from grouptun.credmigrate import SaltProof
-from grouptun.epochaccept import (build_material, check_archive, lists_challenge, member_info, open_secrets,
-                                  verified_archive)
-from grouptun.errors import EpochRejected, GrouptunError, LoopUnavailable, ProviderError, ProviderRefused
+from grouptun.epochaccept import (build_material, check_archive, check_instance, lists_challenge, member_info,
+                                  open_secrets, verified_archive)
+from grouptun.errors import (EpochRejected, GrouptunError, InstanceSuperseded, LoopUnavailable, ProviderError,
+                             ProviderRefused, StateDirFull)
 
 log = logging.getLogger("grouptun.control")
 
@@ -69,6 +84,7 @@ class SessionPort(Protocol):
     def update_endpoints(self, members: list[MemberInfo]) -> int: ...
     def take_requests(self) -> set[str]: ...
     def packets_sent(self) -> dict[int, int]: ...
+    def stop_sending(self) -> None: ...
 
 
 REPORTED_EPOCHS = 4  # the provider looks at the current epoch only; older ones are context
@@ -92,6 +108,7 @@ class ControlState:
     epoch_installed_at: float | None = None  # wall clock
     refusals: dict = field(default_factory=dict)
     retry_in: float | None = None
+    state_dir_full: bool = False            # the last statefile write found no room (retrying)
 
 
 class ControlPlane:
@@ -104,7 +121,8 @@ class ControlPlane:
                  report_interval: float = 30.0, backoff: Backoff | None = None,
                  urandom: Callable[[int], bytes] = os.urandom, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, metrics=None, request_interval: float = 0.2,
-                 secrets: keys_mod.SecretMemory = keys_mod.HEAP) -> None:
+                 secrets: keys_mod.SecretMemory = keys_mod.HEAP,
+                 on_superseded: Callable[[InstanceSuperseded], None] | None = None) -> None:
         self.client, self.port, self.kem, self.proof = client, port, kem, proof
         self.secrets = secrets  # where opened SS and salt are held (the daemon's locked arena)
         self.pinned, self.group_id, self.member, self.statefile = pinned, group_id, member, statefile
@@ -124,6 +142,8 @@ class ControlPlane:
         self._requests_lock = threading.Lock()  # _pending, _in_flight, _next_report: both threads; never held
                                                 # across a provider or event-loop call
         self._waiting = False                # start answered "waiting for members"
+        self.instance: bytes | None = None   # instance_of(our start challenge), PROTOCOL.md 4
+        self.on_superseded = on_superseded
 
     # --- state for status ---
     def _set(self, **changes) -> None:
@@ -134,6 +154,9 @@ class ControlPlane:
     def _contact_ok(self) -> None:
         if not self.state.provider_ok:
             log.info("provider reachable")
+        if self.state.state_dir_full:  # the provider answers, but the retry is for the disk: keep backing off
+            self._set(provider_ok=True, last_contact=self._wall())
+            return
         self._set(provider_ok=True, last_contact=self._wall(), last_error=None, retry_in=None)
         self.backoff.reset()
 
@@ -151,8 +174,11 @@ class ControlPlane:
 
         An archive for the epoch already held (a membership detail changed,
         a report updated endpoints) or without any epoch (fewer than 2
-        members) is recorded but installs nothing.
+        members) is recorded but installs nothing. ``challenge`` (a start)
+        makes its instance ours.
         """
+        if challenge is not None:
+            self.instance = instance_of(challenge)
         if archive.epoch is None:
             if challenge is not None:
                 raise EpochRejected("challenge", "the group has no epoch yet (fewer than 2 members)")
@@ -163,6 +189,7 @@ class ControlPlane:
             return False
         highest = max(self.statefile.highest(self.group_id), self.held_epoch)
         check_archive(archive, self.group_id, self.member, highest, challenge)
+        check_instance(archive, self.member, self.instance)  # before the capsule: never install another's
         self._check_wire(archive.epoch.epoch)  # newer, but unusable next to the held one
         self._install(archive, starting=challenge is not None)
         return True
@@ -175,6 +202,9 @@ class ControlPlane:
         try:
             material = build_material(archive, self.member, ss, salt, self.can_reach, self.secrets)
             self.statefile.record(self.group_id, e)  # durably BEFORE first use (PROTOCOL.md 4)
+            if self.state.state_dir_full:
+                log.info("state dir has room again: epoch %d recorded", e)
+                self._set(state_dir_full=False, last_error=None, retry_in=None)
         except BaseException:
             self.secrets.free(ss)
             self.secrets.free(salt)
@@ -213,6 +243,8 @@ class ControlPlane:
         """A newer archive that opens no epoch: keep it, apply its endpoints and addresses."""
         if self.archive is not None and archive.version <= self.archive.version:
             return
+        if self.held_epoch >= 0:  # started: every archive from now on must still name our instance
+            check_instance(archive, self.member, self.instance)
         previous, self.archive = self.archive, archive
         if archive.epoch is None and (previous is None or previous.epoch is not None):
             log.info("the group has fewer than 2 members: no epoch until a second member joins")
@@ -257,6 +289,22 @@ class ControlPlane:
         self._refusals[exc.step] = self._refusals.get(exc.step, 0) + 1
         log.warning("%s", exc)
         self._set(last_error=str(exc))
+
+    def _superseded(self, exc: InstanceSuperseded) -> None:
+        """Another daemon owns our member: stop sending now, then say so and let the daemon exit."""
+        try:
+            self.port.stop_sending()
+        except LoopUnavailable as stalled:  # closed: already shutting down; stalled: exiting stops it anyway
+            log.warning("stopping the session: %s", stalled)
+        log.error("%s; this daemon stopped sending and exits (status %d)", exc, exc.exit_code)
+        self._set(phase="superseded", last_error=str(exc))
+        if self.on_superseded is not None:
+            self.on_superseded(exc)
+
+    def _state_dir_full(self, exc: StateDirFull) -> None:
+        if not self.state.state_dir_full:
+            log.error("%s; retrying with backoff (the held epoch keeps carrying traffic)", exc)
+        self._set(state_dir_full=True, last_error=str(exc))
 
     # --- start (PROTOCOL.md 4) ---
     def start_once(self, challenge: bytes) -> bool:
@@ -416,6 +464,11 @@ class ControlPlane:
                 else:
                     self.watch_once()
                 continue
+            except InstanceSuperseded as exc:
+                self._superseded(exc)
+                return
+            except StateDirFull as exc:
+                self._state_dir_full(exc)
             except EpochRejected as exc:
                 self._refused(exc)
             except ProviderRefused as exc:

@@ -2,8 +2,9 @@
 
 Start order: open the keystore with the credential (wrong credential ->
 nothing else happens; an old-form keystore stages its migration,
-:mod:`grouptun.credmigrate`), overwrite the credential, pin the provider
-keys, open the statefile, create the TUN device and give it
+:mod:`grouptun.credmigrate`), overwrite the credential, lock the state
+directory (a second daemon on it stops here: StateDirLocked), pin the
+provider keys, open the statefile, create the TUN device and give it
 addresses/MTU/routes, bind UDP, start the data plane on a uvloop loop, the control socket, then the control thread (which
 asks for a fresh epoch: the challenge rule). systemd is told READY once the
 interface and socket are up: the data plane then runs, even while the
@@ -17,7 +18,9 @@ and unmapped.
 Signals: SIGTERM/SIGINT (and ``grouptun down``) stop cleanly: STOPPING,
 readers removed, session keys wiped (``Session.close``), the TUN closed
 (which removes the interface and its routes), the socket file removed, the
-credential and private keys overwritten. SIGHUP re-reads the config: a bad
+credential and private keys overwritten. A daemon whose member was
+started elsewhere (PROTOCOL.md 4) stops sending at once and stops the same
+way, then raises InstanceSuperseded (its own exit status). SIGHUP re-reads the config: a bad
 new config is refused and the running one kept; settings that need a
 restart (group, provider, paths, listen address/port, interface) are
 logged and ignored; the rest (log level, MTU, routes, reported endpoints,
@@ -53,10 +56,11 @@ from grouptun.core.archive import Archive, ProviderKeys
 from grouptun.dataplane import DataPlane, LoopPort
 # Re-exported: ``grouptun join`` imports seen_endpoints from here.
 from grouptun.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
-from grouptun.errors import ConfigError, GrouptunError
+from grouptun.errors import ConfigError, GrouptunError, InstanceSuperseded
 from grouptun.opshooks import OpsHooks
 from grouptun.secmem import SecretArena
 from grouptun.statefile import EpochStateFile
+from grouptun.statelock import StateDirLock
 
 log = logging.getLogger("grouptun.daemon")
 
@@ -126,6 +130,7 @@ class Daemon:
         self.applied_addresses: tuple[str, ...] = ()
         self.secrets: SecretArena | None = None
         self.cipher: native.Choice | None = None
+        self.superseded: InstanceSuperseded | None = None
 
     # --- setup pieces ---
     def _pinned(self) -> ProviderKeys:
@@ -174,6 +179,19 @@ class Daemon:
             "session": self.session.status(now) if self.session else {},
             "secret_memory": self.secrets.status() if self.secrets else {},
         }
+
+    def _on_superseded(self, exc: InstanceSuperseded) -> None:
+        """Control thread: the session stopped sending already; stop the daemon, exit with exc's status."""
+        self.superseded = exc
+
+        def stop() -> None:
+            self.ops.notifier.status(f"stopping: {exc}")
+            self.request_stop("the member was started elsewhere")
+
+        try:
+            self.loop.call_soon_threadsafe(stop)
+        except RuntimeError:  # the loop is closed: the daemon is stopping already; run() still raises exc
+            log.info("already stopping")
 
     def request_stop(self, why: str = "") -> dict:
         if why:
@@ -227,7 +245,8 @@ class Daemon:
 
     # --- run ---
     def run(self) -> int:
-        """Run until stopped; returns the exit code. Raises GrouptunError on setup failure."""
+        """Run until stopped; returns the exit code. Raises GrouptunError on setup failure,
+        and InstanceSuperseded (after a clean stop) when another daemon took our member over."""
         self.session = self.data = self.control = self.udp = self.cipher = None
         with ExitStack() as stack:
             self.secrets = SecretArena()
@@ -239,6 +258,7 @@ class Daemon:
             self.proof = credmigrate.proof_for(self.config.keystore_path, self.credential, self.keys)
             stack.callback(self.proof.wipe)
             credential_mod.wipe(self.credential)  # the proof holds what the provider needs
+            stack.callback(StateDirLock(self.config.paths.state_dir).acquire().release)
             pinned = self._pinned()
             self.cipher = native.choose(self.config.daemon.cipher)  # "native" but not built: stop before the TUN
             log.info("run cipher: %s", self.cipher.describe)
@@ -270,6 +290,8 @@ class Daemon:
             self.ops.notifier.stopping()
             log.info("shutting down %s", self.config.group.name)
         self.stopped.set()
+        if self.superseded is not None:
+            raise self.superseded
         return 0
 
     def _setup_network(self, stack: ExitStack) -> None:
@@ -295,7 +317,8 @@ class Daemon:
             endpoints=lambda: reported_endpoints(self.config, self.udp.port),
             can_reach=getattr(self.udp, "can_reach", lambda h: True), on_archive=self._apply_archive,
             watch_timeout=cfg.daemon.watch_timeout, report_interval=cfg.daemon.report_interval,
-            backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics, secrets=self.secrets)
+            backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics, secrets=self.secrets,
+            on_superseded=self._on_superseded)
         stop = threading.Event()
         thread = threading.Thread(target=self.control.run, args=(stop,), name="grouptun-control", daemon=True)
         thread.start()

@@ -237,3 +237,7 @@ class LoopPort:
 
     def packets_sent(self) -> dict[int, int]:
         return self._call(self.session.packets_sent)
+
+    def stop_sending(self) -> None:
+        """Wipe every epoch of the session (it seals nothing afterwards): another daemon owns our member."""
+        self._call(self.session.close)

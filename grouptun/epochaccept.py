@@ -10,6 +10,8 @@ salt opens and key_check matches. The pure steps live in
   archive passes before any of it is read, on every path it arrives by;
 - :func:`check_archive`: the document steps plus our own two rules (the
   start challenge is listed, we are a member);
+- :func:`check_instance`: our member's entry names our instance (PROTOCOL.md
+  4), else InstanceSuperseded;
 - :func:`open_secrets`: capsule, data_id, salt, key_check, fetching the
   sealed salt only once data_id matched;
 - :func:`build_material`: what ``Session.install_epoch`` takes, with the
@@ -34,7 +36,7 @@ from grouptun.core import keys as keys_mod
 from grouptun.core.archive import Archive, ProviderKeys, verify_archive
 from grouptun.core.epoch import parse_networks
 from grouptun.core.session import EpochMaterial, MemberInfo
-from grouptun.errors import CapsuleError, EpochRejected
+from grouptun.errors import CapsuleError, EpochRejected, InstanceSuperseded
 
 log = logging.getLogger("grouptun.control")
 
@@ -93,6 +95,23 @@ def check_archive(archive: Archive, group_id: bytes, member: str, highest: int,
         raise EpochRejected("challenge", f"epoch {e.epoch} does not answer our start challenge")
     if archive.member(member) is None:
         raise EpochRejected("membership", f"{member!r} is not a member of epoch {e.epoch}")
+
+
+def check_instance(archive: Archive, member: str, instance: bytes | None) -> None:
+    """InstanceSuperseded unless ``member``'s entry names ``instance``, ours.
+
+    A daemon sends only in an epoch whose entry for its own member names its
+    own instance (PROTOCOL.md 4); any other value, null included, means the
+    provider accepted a later start of this member elsewhere. Without an
+    instance (no start made yet) nothing is ours: EpochRejected("instance").
+    An archive without our entry is the membership step's to refuse.
+    """
+    entry = archive.member(member)
+    if instance is None:
+        raise EpochRejected("instance", "no start made yet: no epoch is ours")
+    if entry is not None and (entry.instance is None or not hmac.compare_digest(entry.instance, instance)):
+        raise InstanceSuperseded(f"member {member!r} was started elsewhere: archive version {archive.version} "
+                                 "names another instance")
 
 
 def lists_challenge(archive: Archive, challenge: bytes) -> bool:

@@ -13,6 +13,9 @@
     ├── ConfigError                    bad configuration; names the key at fault
     ├── CredentialError                missing or wrong identification credential
     ├── KeystoreError                  private keys at rest missing, corrupt or unreadable
+    │   └── StateDirFull               the epoch statefile cannot be written: no space (ENOSPC/EDQUOT)
+    ├── StateDirLocked                 another daemon runs on this state directory (its lock is held)
+    ├── InstanceSuperseded             the member was started elsewhere: the provider names another instance
     ├── ProviderError                  the trust provider could not be reached or used
     │   └── ProviderRefused            it answered with a refusal (4xx) and a reason
     ├── SystemSetupError               TUN, netlink, sockets, privileges
@@ -86,6 +89,26 @@ class CredentialError(GrouptunError):
 
 class KeystoreError(GrouptunError):
     exit_code = 74  # EX_IOERR
+
+
+class StateDirFull(KeystoreError):
+    """The state directory has no room for the epoch statefile; the control path retries with backoff."""
+
+
+class StateDirLocked(GrouptunError):
+    """A second ``grouptun up`` on a state directory another daemon holds (PROTOCOL.md 4)."""
+
+    exit_code = 75  # EX_TEMPFAIL: it can start once the other daemon has stopped
+
+
+class InstanceSuperseded(GrouptunError):
+    """Another daemon started as this member (PROTOCOL.md 4): this one stopped sending and exits.
+
+    Restarting would only supersede the other one in turn (two copies would
+    take turns forever), so systemd's unit does not restart on this status.
+    """
+
+    exit_code = 76
 
 
 class ProviderError(GrouptunError):

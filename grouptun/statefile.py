@@ -11,27 +11,33 @@ construction. A corrupt or unreadable file stops the daemon
 (KeystoreError): guessing a highest epoch would break the no-reuse rule.
 Recording an epoch at or below the recorded one (or outside u32) is
 refused with ``EpochRejected("epoch")``, the acceptance step it breaks.
+A write the disk has no room for (ENOSPC, EDQUOT) raises StateDirFull:
+the control path backs off and ``grouptun status`` says "state dir full".
 Restoring this file from an older backup is what the start challenge rule
 protects against; resuming a VM snapshot is out of scope.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 from pathlib import Path
+from typing import Callable
 
-from grouptun.errors import EpochRejected, KeystoreError
+from grouptun.errors import EpochRejected, KeystoreError, StateDirFull
 from grouptun.keystore import write_atomic
 
 EPOCH_MAX = 2**32 - 1
+FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class EpochStateFile:
     """Monotonic per-group epoch record; thread-safe; works from a missing file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, write: Callable[[Path, bytes, int], None] = write_atomic) -> None:
         self.path = Path(path)
+        self._write = write
         self._lock = threading.Lock()
         self._data = self._read()
 
@@ -71,7 +77,9 @@ class EpochStateFile:
             new[key] = epoch
             payload = (json.dumps(new, sort_keys=True) + "\n").encode()
             try:
-                write_atomic(self.path, payload, 0o600)
+                self._write(self.path, payload, 0o600)
             except OSError as exc:
+                if exc.errno in FULL:
+                    raise StateDirFull(f"state dir full: cannot write epoch state {self.path}: {exc.strerror}") from exc
                 raise KeystoreError(f"cannot write epoch state {self.path}: {exc.strerror}") from exc
             self._data = new

@@ -14,7 +14,9 @@ Member API, version 1 (the OpenAPI document is served at ``/openapi.json``)::
                                                        204 after T seconds (0..60) unchanged
     POST /v1/groups/{group}/start {"challenge": hex(32 bytes)}
                                                     -> 200 envelope of a NEW epoch listing the challenge
-                                                       (starts within START_WINDOW share one epoch)
+                                                       and naming the member's instance (starts of
+                                                       different members within START_WINDOW share one
+                                                       epoch; two of one member never do)
                                                     -> 202 {"waiting": "members", "detail": ...} while the
                                                        group has < 2 members: the challenge is pending
                                                        (10 min) and the group's first epoch lists it

@@ -80,32 +80,50 @@ class Hub:
 
 
 class StartBatcher:
-    """Starts within START_WINDOW of the first one share one new epoch."""
+    """Starts within START_WINDOW of the first one share one new epoch -- of different members only.
+
+    A member already in the collecting batch with another challenge (a
+    second daemon of the same member, PROTOCOL.md 4) opens the next batch:
+    each start of a member gets an epoch of its own for its new instance.
+    A group's batches run one after another, in arrival order, so the
+    member's latest start is the one its last epoch names.
+    """
 
     def __init__(self, provider: Provider, hub: Hub) -> None:
         self.provider, self.hub = provider, hub
-        self.pending: dict[str, tuple[list[bytes], asyncio.Future]] = {}
+        self.pending: dict[str, tuple[dict[str, bytes], asyncio.Future]] = {}  # group -> collecting batch
+        self._last: dict[str, asyncio.Future] = {}  # group -> the batch that runs last
 
-    async def start(self, group: str, challenge: bytes) -> bytes:
+    async def start(self, group: str, member: str, challenge: bytes) -> bytes | None:
         batch = self.pending.get(group)
-        if batch is None or len(batch[0]) >= MAX_CHALLENGES_PER_EPOCH:
-            batch = ([], asyncio.get_running_loop().create_future())
-            self.pending[group] = batch
-            asyncio.get_running_loop().call_later(START_WINDOW, lambda: asyncio.ensure_future(self._run(group, batch)))
-        if challenge not in batch[0]:
-            batch[0].append(challenge)
+        if (batch is None or len(batch[0]) >= MAX_CHALLENGES_PER_EPOCH
+                or batch[0].get(member, challenge) != challenge):
+            batch = self._new_batch(group)
+        batch[0][member] = challenge
         return await asyncio.shield(batch[1])
 
-    async def _run(self, group: str, batch) -> None:
+    def _new_batch(self, group: str) -> tuple[dict[str, bytes], asyncio.Future]:
+        loop = asyncio.get_running_loop()
+        batch, after = ({}, loop.create_future()), self._last.get(group)
+        self.pending[group] = batch
+        self._last[group] = batch[1]
+        loop.call_later(START_WINDOW, lambda: asyncio.ensure_future(self._run(group, batch, after)))
+        return batch
+
+    async def _run(self, group: str, batch, after: asyncio.Future | None) -> None:
+        if after is not None:
+            await asyncio.wait([after])  # its outcome is its own waiters'
         if self.pending.get(group) is batch:
             del self.pending[group]
-        challenges, future = batch
+        starts, future = batch
         try:
-            opened = await run_in_threadpool(self.provider.start, group, tuple(challenges))
+            opened = await run_in_threadpool(self.provider.start, group, dict(starts))
             future.set_result(None if opened is None else opened.archive)
         except Exception as exc:  # noqa: BLE001 -- handed to every waiter
             future.set_exception(exc)
             future.add_done_callback(lambda f: f.exception())  # waiters may all be gone
+        if self._last.get(group) is future:
+            del self._last[group]
         self.hub.kick()
 
 

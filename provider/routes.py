@@ -184,7 +184,7 @@ def epochs_router(ctx: Context) -> APIRouter:
     async def start(body: StartRequest, who: Member = Depends(member)):
         if not ctx.limits.start.allow(f"{who.group}/{who.name}"):
             raise RateLimited("rate limit exceeded (start)")
-        raw = await ctx.starts.start(who.group, bytes.fromhex(body.challenge))
+        raw = await ctx.starts.start(who.group, who.name, bytes.fromhex(body.challenge))
         if raw is None:
             ctx.hub.kick()
             return JSONResponse(WAITING, status_code=202)

@@ -20,6 +20,13 @@ each for ``PENDING_START_TTL`` seconds, in memory) and every epoch opened
 later lists the pending challenges, so the first epoch of the group answers
 the daemons already waiting for it.
 
+One running instance per member (PROTOCOL.md 4): a start names its member,
+and the epoch that answers it sets that member's ``instance`` (SHA-256 of
+the challenge, ``members.instance``), which every archive signed afterwards
+carries. An epoch answers at most one challenge per member (the latest; a
+pending one is replaced by a later start of the same member), so two
+daemons of one member never hold the same epoch as their own.
+
 Archive versions: :func:`provider.archives.next_version`; pending starts:
 :mod:`provider.pending`. Clock, sleep and randomness are
 injected (tests use fakes).
@@ -32,12 +39,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import delete, insert, select, update
 
 from grouptun.core.keys import HEAP, SecretMemory
+from grouptun.core.archive import instance_of
 from provider import members as mem
 from provider.archives import addresses, build_archive, next_version, parse_own, resign
 from provider.epochs import (MAX_WAIT, Recipient, Thresholds, build_epoch, next_epoch_number)
@@ -220,7 +228,7 @@ class Provider:
 
     # --- epochs ----------------------------------------------------------------
 
-    def open_epoch(self, group: str, reason: str, actor: str, challenges: tuple[bytes, ...] = (),
+    def open_epoch(self, group: str, reason: str, actor: str, starts: Mapping[str, bytes] | None = None,
                    unless: Callable[[object, float], bool] | None = None) -> Opened | None:
         """Open the next epoch; NotEnoughMembers while the group has fewer than 2 members.
 
@@ -228,43 +236,49 @@ class Provider:
         transaction: True means "nothing to do" (returns None, nothing
         written). Deciding there, not on an earlier read, is what makes two
         concurrent requests for the same reason open one epoch, not two.
+        ``starts`` (member -> start challenge, one per member) are answered
+        by this epoch: it lists them and names their instances.
         """
+        starts = dict(starts or {})
         def mutate(conn, g, now):
             if unless is not None and unless(g, now):
                 raise _NothingToDo
             count = len(member_rows(conn, g.id))
             if count < MIN_GROUP_SIZE:
                 raise NotEnoughMembers(f"group {group!r} has {count} member(s); an epoch needs {MIN_GROUP_SIZE}")
-            add_audit(conn, now, actor, "rekey", group, reason=reason, challenges=len(challenges))
+            add_audit(conn, now, actor, "rekey", group, reason=reason, challenges=len(starts))
 
         try:
-            return self._change_and_open(group, reason, mutate, challenges)[1]
+            return self._change_and_open(group, reason, mutate, starts)[1]
         except _NothingToDo:
             return None
 
-    def start(self, group: str, challenges: tuple[bytes, ...]) -> Opened | None:
-        """Daemons' start requests: a new epoch listing ``challenges``, or None (recorded as pending).
+    def start(self, group: str, starts: Mapping[str, bytes]) -> Opened | None:
+        """Daemons' start requests (member -> challenge, one per member): a new epoch
+        listing them and naming their instances, or None (recorded as pending).
 
         None means the group has fewer than 2 members: the challenges wait
         (bounded, expiring) for the first epoch the group gets.
         """
-        self._pending.add(group, challenges)
+        self._pending.add(group, starts)
         try:
-            return self.open_epoch(group, "start", "members", challenges)
+            return self.open_epoch(group, "start", "members", starts)
         except NotEnoughMembers:
             return None
 
-    def pending_starts(self, group: str) -> tuple[bytes, ...]:
-        """Unexpired pending start challenges of ``group``, oldest first."""
+    def pending_starts(self, group: str) -> dict[str, bytes]:
+        """Unexpired pending starts of ``group`` (member -> challenge), oldest first."""
         return self._pending.get(group)
 
-    def _change_and_open(self, group: str, reason: str, mutate, challenges=()) -> tuple[object, Opened]:
+    def _change_and_open(self, group: str, reason: str, mutate,
+                         starts: Mapping[str, bytes] | None = None) -> tuple[object, Opened]:
         """Run ``mutate(conn, group_row, now)`` and open the next epoch, in one transaction.
 
-        The epoch also lists the group's pending start challenges (dropped
-        from the pending set once it committed).
+        The epoch also answers the group's pending starts (dropped from the
+        pending set once it committed); ``starts`` win over a pending start
+        of the same member.
         """
-        challenges = tuple(dict.fromkeys(tuple(challenges) + self.pending_starts(group)))
+        starts = {**self.pending_starts(group), **(starts or {})}
         for _attempt in range(int(MAX_WAIT * 4) + 8):
             now = self.clock()
             with self.store.write() as conn:
@@ -274,17 +288,17 @@ class Provider:
                     result = mutate(conn, g, now)
                     if wait > MAX_WAIT:  # wall clock went back (or a burst after restore): do not stall
                         add_audit(conn, now, "provider", "clock-behind", group, epoch=number)
-                    opened = self._open_locked(conn, g, number, reason, challenges, now)
+                    opened = self._open_locked(conn, g, number, reason, starts, now)
             if wait == 0.0 or wait > MAX_WAIT:  # committed
                 if opened.epoch is not None:
-                    self._pending.drop(group, challenges)
+                    self._pending.drop(group, starts)
                     if self.on_epoch is not None:
                         self.on_epoch(group)
                 return result, opened
             self.sleep(wait)
         raise Conflict("could not allocate an epoch number in time")
 
-    def _open_locked(self, conn, g, number: int, reason: str, challenges, now: float) -> Opened:
+    def _open_locked(self, conn, g, number: int, reason: str, starts: dict[str, bytes], now: float) -> Opened:
         rows = member_rows(conn, g.id)
         version = next_version(g.version, now)
         if len(rows) < MIN_GROUP_SIZE:  # no epoch (PROTOCOL.md 1); one member still gets a signed archive
@@ -295,9 +309,16 @@ class Provider:
                 version=version, archive=archive, current_epoch=None, epoch_opened_at=None))
             add_audit(conn, now, "provider", "no-epoch", g.name, reason=reason, group_size=len(rows), version=version)
             return Opened(version, archive, None, indices)
+        starts = {name: c for name, c in starts.items() if any(r.name == name for r in rows)}
+        if starts:  # this epoch answers them: each member's latest start owns it from now on
+            for name, challenge in starts.items():
+                conn.execute(update(members).where(members.c.group == g.id, members.c.name == name)
+                             .values(instance=instance_of(challenge)))
+            rows = member_rows(conn, g.id)
+        challenges = tuple(starts.values())
         thresholds = Thresholds(g.suite, g.rekey_after_seconds, g.rekey_after_packets, g.switch_delay, g.grace)
         sealed = build_epoch(g.group_id, number, [Recipient(r.name, r.kem_public) for r in rows], thresholds,
-                             tuple(challenges), now, self.rand, self.secrets)
+                             challenges, now, self.rand, self.secrets)
         info = sealed.info
         conn.execute(insert(epochs).values(
             group=g.id, epoch=number, suite=info.suite, nonce_start=info.nonce_start, group_size=info.group_size,

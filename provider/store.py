@@ -1,6 +1,6 @@
 """Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
-Schema version 1 (table ``meta``, key ``schema_version``)::
+Schema version 2 (table ``meta``, key ``schema_version``)::
 
     meta      key PK, value
     groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
@@ -10,13 +10,19 @@ Schema version 1 (table ``meta``, key ``schema_version``)::
               archive (signed envelope of ``version``)
     members   id PK, group FK, name, ed25519_public, kem_public,
               credential_hash (Argon2id, see members.py), addr4, addr6,
-              endpoints (JSON list), enrolled_at; UNIQUE(group, name)
+              endpoints (JSON list), enrolled_at, instance (SHA-256 of the
+              start challenge that owns the member, PROTOCOL.md 4; NULL
+              before its first start); UNIQUE(group, name)
     tokens    id PK, token_hash UNIQUE (SHA-256 of the secret), group FK,
               name, created_at, expires_at, used_at
     epochs    (group, epoch) PK, suite, nonce_start, group_size, data_id,
               key_check, opened_at, reason, challenges (JSON hex list)
     capsules  (group, epoch, member) PK, idx, capsule, sealed_salt
     audit     id PK, ts, actor, action, group_name, detail (JSON, never a secret)
+
+Migrations: :meth:`Store.check_schema` upgrades an older database in
+place, one step per version (``MIGRATIONS``), in one write transaction:
+1 -> 2 adds ``members.instance`` (NULL: the member's next start sets it).
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -45,14 +51,14 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, delete, event, func, insert, select, text)
+                        UniqueConstraint, create_engine, delete, event, func, insert, select, text, update)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 metadata = MetaData()
 
@@ -91,6 +97,7 @@ members = Table(
     Column("addr6", String(64)),
     Column("endpoints", Text, nullable=False, default="[]"),
     Column("enrolled_at", Float, nullable=False),
+    Column("instance", LargeBinary(32)),
     UniqueConstraint("group", "name"),
 )
 
@@ -138,6 +145,19 @@ audit = Table(
     Column("group_name", String(32)),
     Column("detail", Text, nullable=False, default="{}"),
 )
+
+
+def _add_column(conn: Connection, table: Table, name: str) -> None:
+    """ALTER TABLE ... ADD COLUMN for a nullable column of ``table`` (its type in this dialect)."""
+    quote = conn.dialect.identifier_preparer.quote
+    column_type = table.c[name].type.compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(name)} {column_type}")
+
+
+# from-version -> the step to the next version (run in the caller's write transaction)
+MIGRATIONS = {
+    1: lambda conn: _add_column(conn, members, "instance"),
+}
 
 
 def _sqlite_setup(engine: Engine, memory: bool) -> None:
@@ -196,8 +216,19 @@ class Store:
             raise StateDirError(f"database unreadable: {exc.orig}") from exc
         if value is None:
             raise SchemaError("database has no schema version (not initialised?)")
-        if int(value) != SCHEMA_VERSION:
+        if int(value) < SCHEMA_VERSION and int(value) in MIGRATIONS:
+            self._migrate()
+        elif int(value) != SCHEMA_VERSION:
             raise SchemaError(f"database schema version {value}, this provider knows {SCHEMA_VERSION}")
+
+    def _migrate(self) -> None:
+        """Upgrade to SCHEMA_VERSION one step at a time, in one write transaction (another process may race us)."""
+        with self.write() as conn:
+            version = int(conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one())
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](conn)
+                version += 1
+            conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(version)))
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

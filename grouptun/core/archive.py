@@ -23,7 +23,8 @@ document that is not already canonical is refused. The document::
                "challenges": [hex(32 bytes), ...], "opened_at": unix seconds},
      "members": [{"name": str, "index": int, "addresses": ["10.77.0.2/24", ...],
                   "endpoints": ["host:port" | "[v6]:port", ...],
-                  "ed25519_public": base64(32), "kem_public": base64(1216)}, ...],
+                  "ed25519_public": base64(32), "kem_public": base64(1216),
+                  "instance": hex(32) | null}, ...],
      "attributes": {"cidr": "10.77.0.0/24", "cidr6": "fd77::/64" | null, "mtu": 1420},
      "expires_at": unix seconds}
 
@@ -32,6 +33,11 @@ document that is not already canonical is refused. The document::
 the lone member sees its addresses and the member list; member indices are
 then only an order (0..N-1), no epoch's. A member that asked for a start
 meanwhile waits for the first epoch listing its challenge.
+
+A member's ``instance`` is SHA-256 of the start challenge that currently
+owns it (the latest start the provider accepted for it; null before its
+first): a daemon sends only in an epoch whose entry for its own member
+names its own instance (PROTOCOL.md 4, :func:`instance_of`).
 
 ``Archive.raw`` holds the whole envelope exactly as verified, so a member
 can store it and verify it again later. Limits: this module checks shapes
@@ -61,6 +67,7 @@ KEYS_HASH_LABEL = b"grouptun/1 provider-keys"
 ED25519_PUBLIC_SIZE = 32
 MLDSA65_PUBLIC_SIZE = 1952
 CHALLENGE_SIZE = 32
+INSTANCE_SIZE = 32
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024  # ~65535 members * ~1.7 KiB each, base64
 
 
@@ -122,12 +129,13 @@ class ArchiveMember:
     endpoints: tuple[str, ...]
     ed25519_public: bytes
     kem_public: bytes
+    instance: bytes | None = None  # instance_of(the start challenge owning this member); None before its first
 
     def to_json(self) -> dict:
         return {
             "name": self.name, "index": self.index, "addresses": list(self.addresses),
             "endpoints": list(self.endpoints), "ed25519_public": b64e(self.ed25519_public),
-            "kem_public": b64e(self.kem_public),
+            "kem_public": b64e(self.kem_public), "instance": None if self.instance is None else self.instance.hex(),
         }
 
 
@@ -181,6 +189,11 @@ class Archive:
 
     def member(self, name: str) -> ArchiveMember | None:
         return next((m for m in self.members if m.name == name), None)
+
+
+def instance_of(challenge: bytes) -> bytes:
+    """A daemon's instance: SHA-256 of its start challenge (PROTOCOL.md 4)."""
+    return hashlib.sha256(challenge).digest()
 
 
 def canonical(obj: object) -> bytes:
@@ -304,11 +317,15 @@ def _parse_member(obj: object) -> ArchiveMember:
     if not isinstance(obj, dict):
         raise EpochRejected("format", "member: not an object")
     w = "member."
+    if "instance" not in obj:
+        raise EpochRejected("format", "member.instance: missing")
+    instance = obj["instance"]
     return ArchiveMember(
         name=_get(obj, "name", str, w), index=_uint(obj, "index", w, 65536),
         addresses=_strs(obj, "addresses", w), endpoints=_strs(obj, "endpoints", w),
         ed25519_public=b64d(obj.get("ed25519_public"), "member.ed25519_public", ED25519_PUBLIC_SIZE),
         kem_public=b64d(obj.get("kem_public"), "member.kem_public", KEM_PUBLIC_SIZE),
+        instance=None if instance is None else _hexd(instance, "member.instance", INSTANCE_SIZE),
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import errno
 import hmac
 import json
 import os
@@ -30,13 +31,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from grouptun.core import capsule
-from grouptun.core.archive import Archive, ArchiveEpoch, ArchiveMember, ProviderKeys, sign_archive
+from grouptun.core.archive import Archive, ArchiveEpoch, ArchiveMember, ProviderKeys, instance_of, sign_archive
 from grouptun.core.keys import HEAP, EpochKeys, SecretMemory, data_id
 from grouptun.core.session import EpochMaterial, MemberInfo
 from grouptun import credkeys, keystore
 from grouptun.credmigrate import SaltProof
 from grouptun.errors import ProviderError, ProviderRefused
-from grouptun.keystore import MemberKeys
+from grouptun.keystore import MemberKeys, write_atomic
 
 CREDENTIAL = b"correct horse battery"
 AUTHENTICATOR = bytes(range(32))  # what a fake member shows when no keystore is involved
@@ -238,6 +239,23 @@ class FakeNetConfig:
         self.routes |= set(routes)
 
 
+class FullDisk:
+    """The statefile's write boundary (``EpochStateFile(write=...)``) on a disk that can fill up.
+
+    While ``full`` every write raises OSError(ENOSPC) and is counted in ``refused``; else it writes for real.
+    """
+
+    def __init__(self) -> None:
+        self.full = False
+        self.refused = 0
+
+    def write(self, path, data: bytes, mode: int) -> None:
+        if self.full:
+            self.refused += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_atomic(path, data, mode)
+
+
 class FakeProvider:
     """A group's provider in memory: opens epochs with real crypto and signs archives."""
 
@@ -262,7 +280,8 @@ class FakeProvider:
         self.calls: list[tuple] = []
         self.changed = threading.Condition()
         self.tamper: str | None = None  # "capsule" | "salt" | "signature" | "key_check"
-        self.pending: list[bytes] = []  # start challenges waiting for a second member
+        self.pending: dict[str, bytes] = {}  # member -> start challenge waiting for a second member
+        self.instances: dict[str, bytes | None] = dict.fromkeys(names)  # member -> instance (PROTOCOL.md 4)
         self.current: ArchiveEpoch | None = None
         self.watch_cap = 0.2  # the fake's long-poll returns after at most this long
         self.hold_watch = threading.Event()  # set: watches answer nothing until release_watch (or timeout)
@@ -275,7 +294,7 @@ class FakeProvider:
     def _members(self) -> tuple:
         names = sorted(self.members)
         return tuple(ArchiveMember(n, i, self.addresses[n], self.endpoints[n], self.members[n].ed25519_public,
-                                   self.members[n].kem_public) for i, n in enumerate(names))
+                                   self.members[n].kem_public, self.instances.get(n)) for i, n in enumerate(names))
 
     def publish(self) -> None:
         """Re-sign the archive: a new version, same epoch (or none below 2 members), current endpoints."""
@@ -298,9 +317,19 @@ class FakeProvider:
         else:
             self.publish()
 
-    def open_epoch(self, challenges=(), number: int | None = None) -> int:
+    def start_elsewhere(self, name: str) -> bytes:
+        """A second daemon of ``name`` starts (a copied config): its epoch names the new instance."""
+        challenge = os.urandom(32)
+        self.open_epoch(starts={name: challenge})
+        return challenge
+
+    def open_epoch(self, challenges=(), number: int | None = None, starts: dict[str, bytes] | None = None) -> int:
+        """A new epoch listing ``challenges`` and answering ``starts`` (member -> challenge) and pending starts."""
         with self.changed:
-            challenges, self.pending = tuple(challenges) + tuple(self.pending), []
+            starts, self.pending = {**self.pending, **(starts or {})}, {}
+            challenges = tuple(challenges) + tuple(starts.values())
+            for name, challenge in starts.items():
+                self.instances[name] = instance_of(challenge)
             self.epoch = self.epoch + 1 if number is None else number
             ss, salt = os.urandom(32), os.urandom(32)
             keys = EpochKeys(self.suite, self.group_id, self.epoch, ss, salt)
@@ -372,9 +401,9 @@ class FakeClient:
     def start(self, challenge: bytes) -> bytes | None:
         self._call("start", challenge)
         if len(self.p.members) < 2:  # the real provider's 202 "waiting for members"
-            self.p.pending.append(challenge)
+            self.p.pending[self.name] = challenge
             return None
-        self.p.open_epoch([challenge])
+        self.p.open_epoch(starts={self.name: challenge})
         return self.p.signed
 
     def archive(self) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -10,11 +11,13 @@ import pytest
 
 from grouptun.controlplane import Backoff, ControlPlane
 from grouptun.core.session import Session
-from grouptun.errors import EpochRejected, LoopUnavailable, ProviderError, ProviderRefused
+from grouptun.cmd_status import format_status
 from grouptun.credmigrate import SaltProof
+from grouptun.errors import (EpochRejected, InstanceSuperseded, LoopUnavailable, ProviderError, ProviderRefused,
+                             StateDirFull)
 from grouptun.statefile import EpochStateFile
 
-from .fakes import FakeProvider, proof
+from .fakes import FakeProvider, FullDisk, proof
 
 
 class DirectPort:
@@ -29,6 +32,7 @@ class DirectPort:
         self.recorded_at_install: list[tuple[int, int]] = []
         self.extra_requests: set[str] = set()
         self.stalled: set[int] = set()
+        self.stopped_sending = False
 
     def install(self, material) -> None:
         self.recorded_at_install.append((material.epoch, self.statefile.highest(self.group_id)))
@@ -47,6 +51,10 @@ class DirectPort:
 
     def update_endpoints(self, members) -> None:
         self.session.update_endpoints(members)
+
+    def stop_sending(self) -> None:
+        self.stopped_sending = True
+        self.session.close()
 
 
 class StopAfter(threading.Event):
@@ -584,3 +592,110 @@ def test_a_failed_rekey_call_stays_pending_and_is_sent_again(world):
     cp.client.rekey = real
     cp.service_requests()
     assert [c for c in provider.calls if c[1] == "rekey"] == [("alice", "rekey", "auth-failures")]
+
+
+# --- one running instance per member (PROTOCOL.md 4; issue 14, defect 2) ------------------------
+
+
+def test_a_start_of_our_member_elsewhere_stops_sending_and_ends_the_control_path(world, caplog):
+    """The second daemon of a copied config: the first installs nothing of it, stops sending, exits 76."""
+    provider, statefile, session, port, make = world
+    superseded = []
+    cp = make(on_superseded=superseded.append)
+    stop = threading.Event()
+    thread = threading.Thread(target=cp.run, args=(stop,))
+    with caplog.at_level(logging.INFO, logger="grouptun.control"):
+        thread.start()
+        try:
+            assert wait_until(lambda: held_epochs(session) == [1])
+            provider.client("bob").start(b"\x0b" * 32)  # another member's start: not ours to mind
+            assert wait_until(lambda: held_epochs(session) == [1, 2])
+            assert session.sending_epoch(time.monotonic() + 60) is not None
+            provider.start_elsewhere("alice")  # epoch 3 names alice's new instance
+            thread.join(20)
+            assert not thread.is_alive()  # the control path ended by itself: stop was never set
+        finally:
+            stop.set()
+            thread.join(10)
+    assert [type(e) for e in superseded] == [InstanceSuperseded] and superseded[0].exit_code == 76
+    assert port.stopped_sending and session.sending_epoch(time.monotonic() + 60) is None
+    assert held_epochs(session) == [] and statefile.highest(provider.group_id) == 2
+    assert not any(c[0] == "alice" and c[1] in ("capsule", "salt") and c[2] == 3 for c in provider.calls)
+    assert cp.state.phase == "superseded" and "started elsewhere" in cp.state.last_error
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "'alice' was started elsewhere" in errors[0]
+
+
+def test_a_re_signed_archive_naming_another_instance_also_stops_us(world):
+    """Not only new epochs: any archive accepted after the start must still name our instance."""
+    provider, statefile, session, port, make = world
+    cp = make()
+    assert cp.start_once(b"\x41" * 32)
+    provider.publish()
+    cp.watch_once()  # same epoch, same instance: recorded
+    assert not port.stopped_sending
+    provider.instances["alice"] = bytes(32)
+    provider.publish()
+    with pytest.raises(InstanceSuperseded):
+        cp.watch_once()
+    provider.instances["alice"] = None  # null is "not ours" too
+    provider.publish()
+    with pytest.raises(InstanceSuperseded):
+        cp.accept(provider.signed)
+
+
+def test_a_new_epoch_naming_another_instance_is_never_fetched_nor_recorded(world):
+    provider, statefile, session, port, make = world
+    cp = make()
+    assert cp.start_once(b"\x42" * 32)
+    provider.start_elsewhere("alice")
+    with pytest.raises(InstanceSuperseded):
+        cp.accept(provider.signed)
+    assert held_epochs(session) == [1] and statefile.highest(provider.group_id) == 1
+    assert ("alice", "capsule", 2) not in provider.calls
+    fresh = make()  # a control path that made no start has no instance: nothing is its to install
+    with pytest.raises(EpochRejected) as info:
+        fresh.accept(provider.signed)
+    assert info.value.step == "instance"
+
+
+# --- a full state dir at an epoch switch (issue 14, defect 6) ------------------------------------
+
+
+def test_a_full_state_dir_backs_off_like_an_unreachable_provider_and_status_says_so(tmp_path, caplog):
+    provider, disk = FakeProvider(["alice", "bob"]), FullDisk()
+    statefile = EpochStateFile(tmp_path / "epochs.json", write=disk.write)
+    session = Session("alice")
+    cp = ControlPlane(client=provider.client("alice"), port=DirectPort(session, statefile, provider.group_id),
+                      kem=provider.members["alice"].kem, proof=proof(), pinned=provider.keys,
+                      group_id=provider.group_id, member="alice", statefile=statefile, endpoints=lambda: [],
+                      watch_timeout=0.05, backoff=Backoff(1.0, 60.0, rng=lambda: 1.0))
+    assert cp.start_once(b"\x51" * 32)
+    disk.full = True
+    provider.open_epoch()  # the epoch switch finds the disk full
+    stop = StopAfter(6)
+    with caplog.at_level(logging.INFO, logger="grouptun.control"):
+        cp.run(stop)  # a fresh start: every attempt fetches the salt, then cannot record
+    assert stop.delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]  # grows as for an unreachable provider
+    assert disk.refused == 6 and [c[1] for c in provider.calls].count("salt") == 1 + 6
+    assert held_epochs(session) == [1] and statefile.highest(provider.group_id) == 1
+    assert cp.state.state_dir_full and "state dir full" in cp.state.last_error
+    assert sum(r.levelno == logging.ERROR and "state dir full" in r.getMessage() for r in caplog.records) == 1
+    text = format_status({"control": dataclasses.asdict(cp.state)})
+    assert "state dir full" in text and "retrying in 32 s" in text
+    disk.full = False
+    assert cp.start_once(b"\x52" * 32)  # room again: the next attempt records and installs
+    assert not cp.state.state_dir_full and "state dir full" not in format_status(
+        {"control": dataclasses.asdict(cp.state)})
+    cp._contact_ok()
+    assert cp.backoff.attempt == 0  # provider answers reset the backoff again
+
+
+def test_statefile_says_state_dir_full_only_for_a_full_disk(tmp_path):
+    disk = FullDisk()
+    sf = EpochStateFile(tmp_path / "epochs.json", write=disk.write)
+    sf.record(b"\x00" * 16, 1)
+    disk.full = True
+    with pytest.raises(StateDirFull, match="state dir full"):
+        sf.record(b"\x00" * 16, 2)
+    assert sf.highest(b"\x00" * 16) == 1 and EpochStateFile(tmp_path / "epochs.json").highest(b"\x00" * 16) == 1

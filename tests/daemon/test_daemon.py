@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from grouptun import config as cfgmod
 from grouptun import cli, control, credmigrate, keystore, native
 from grouptun.cmd_status import format_status
 from grouptun.daemon import Daemon, Factories
-from grouptun.errors import ConfigError, KeystoreError
+from grouptun.errors import ConfigError, InstanceSuperseded, KeystoreError, StateDirLocked
 from grouptun.udp import UdpTransport
 
 from .fakes import (CREDENTIAL, FAST, FakeNetConfig, FakeProvider, FakeTun, arena_holds, ipv4_packet,
@@ -305,24 +306,78 @@ def test_metrics_exporter_is_wired(tmp_path):
         m.thread.join(10)
 
 
-def test_second_up_for_the_same_group_is_refused_before_the_tun(tmp_path):
-    from grouptun.errors import SystemSetupError
-
+@pytest.mark.parametrize("socket", ["same", "copied config, another control socket"])
+def test_second_up_for_the_same_state_dir_is_refused_before_the_tun_and_the_provider(tmp_path, socket):
+    """PROTOCOL.md 4: the state dir lock stops a second daemon of the member before it starts (issue 14)."""
     provider = FakeProvider(["alice", "bob"])
     first = Member(provider, "alice", tmp_path)
     first.thread.start()
     try:
         first.wait_for(lambda st: epochs(st), "first epoch")
-        tuns = []
-        second = Daemon(first.config, bytearray(CREDENTIAL), Factories(
+        config = first.config
+        if socket != "same":
+            config = dataclasses.replace(config, paths=dataclasses.replace(
+                config.paths, control_socket=tmp_path / "copy.sock"))
+        tuns, calls = [], len(provider.calls)
+        second = Daemon(config, bytearray(CREDENTIAL), Factories(
             tun=lambda name: tuns.append(name) or FakeTun(name), netconfig=FakeNetConfig,
             client=lambda c, k: provider.client("alice")))
-        with pytest.raises(SystemSetupError, match="another daemon"):
+        with pytest.raises(StateDirLocked, match="in use by another grouptun daemon") as info:
             second.run()
-        assert tuns == [] and first.status()["member"] == "alice"
+        assert info.value.exit_code == 75 and str(os.getpid()) in str(info.value)
+        assert tuns == [] and not (tmp_path / "copy.sock").exists()
+        assert [c for c in provider.calls[calls:] if c[1] == "start"] == []  # the provider never heard of it
+        assert first.status()["member"] == "alice"
     finally:
         control.request(first.config.paths.control_socket, "down")
         first.thread.join(10)
+    assert first.error is None and first.result == 0
+    again = Daemon(first.config, bytearray(CREDENTIAL), first.daemon.f)  # the lock went with the first daemon
+    thread = threading.Thread(target=again.run, daemon=True)
+    thread.start()
+    try:
+        first.wait_for(lambda st: st["pid"] == os.getpid() and epochs(st), "a daemon after the first stopped")
+    finally:
+        control.request(first.config.paths.control_socket, "down")
+        thread.join(10)
+
+
+def test_a_clone_of_a_running_member_makes_the_first_daemon_stop_and_exit_76(tmp_path, caplog):
+    """A cloned VM (its own copy of the state dir): the provider's instance rule stops the older daemon."""
+    provider = FakeProvider(["alice", "bob"])
+    first = Member(provider, "alice", tmp_path)
+    first.thread.start()
+    clone = None
+    try:
+        first.wait_for(lambda st: epochs(st), "first epoch")
+        clone = Member(provider, "alice", tmp_path / "clone")
+        clone.thread.start()
+        first.thread.join(20)
+        assert not first.thread.is_alive(), "the superseded daemon did not stop"
+        assert isinstance(first.error, InstanceSuperseded) and first.error.exit_code == 76
+        assert first.tun.closed and not first.config.paths.control_socket.exists()
+        assert first.daemon.session.status(time.monotonic())["epochs"] == []  # keys wiped
+        st = clone.wait_for(lambda st: epochs(st), "the clone's epoch")
+        assert min(epochs(st)) > 1  # its own epoch, never the first daemon's
+    finally:
+        if clone is not None and clone.config.paths.control_socket.exists():
+            control.request(clone.config.paths.control_socket, "down")
+            clone.thread.join(10)
+    assert "was started elsewhere" in caplog.text
+
+
+def test_superseded_and_locked_have_exit_statuses_of_their_own():
+    from grouptun import errors
+
+    def tree(cls):
+        return [cls] + [sub for child in cls.__subclasses__() for sub in tree(child)]
+
+    codes = {}
+    for cls in tree(errors.GrouptunError):
+        if cls.__module__ != "grouptun.errors":  # the provider's tree is its own CLI's
+            continue
+        codes.setdefault(cls.exit_code, set()).add(cls.__name__)
+    assert codes[76] == {"InstanceSuperseded"} and codes[75] == {"StateDirLocked"}
 
 
 def test_dropped_epoch_keys_are_zeroed_and_status_reports_locked_key_memory(tmp_path):

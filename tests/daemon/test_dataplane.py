@@ -66,10 +66,10 @@ def pair(tmp_path):
         tun, udp = QueueTun(), FakeUdp(net, ("127.0.0.1", 51000 + i))
         out[name] = (session, tun, udp, DataPlane(session, tun, udp, clock=clock),
                      member_control(provider, name, session, tmp_path, clock))
-    challenge = b"\x01" * 32
-    provider.open_epoch([challenge])
+    starts = {"alice": b"\x01" * 32, "bob": b"\x11" * 32}
+    provider.open_epoch(starts=starts)
     for name in out:
-        assert out[name][4].accept(provider.signed, challenge)
+        assert out[name][4].accept(provider.signed, starts[name])
     return provider, clock, out
 
 
@@ -187,15 +187,15 @@ def test_real_loop_real_udp_sockets(tmp_path, host):
             dp = DataPlane(session, tun, udp, tick=0.05)
             dp.attach(loop)
             members[name] = (session, tun, udp, dp)
-        challenge = b"\x02" * 32
-        provider.open_epoch([challenge])
+        starts = {"alice": b"\x02" * 32, "bob": b"\x12" * 32}
+        provider.open_epoch(starts=starts)
 
         async def scenario():
             for name, (session, tun, udp, dp) in members.items():
                 cp = member_control(provider, name, session, tmp_path, time.monotonic,
                                     port=LoopPort(loop, session))
                 # the control path runs in a thread, as in the daemon
-                assert await loop.run_in_executor(None, cp.accept, provider.signed, challenge)
+                assert await loop.run_in_executor(None, cp.accept, provider.signed, starts[name])
             packet = ipv4_packet("10.77.0.2", "10.77.0.3", b"over the real loop")
             members["alice"][1].inject(packet)
             deadline = time.monotonic() + 10  # bounded; generous for a loaded shared VM

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grouptun.core.archive import (Archive, ArchiveEpoch, ArchiveMember, ProviderKeys, canonical, parse_document,
-                                   verify_archive)
+from grouptun.core.archive import (Archive, ArchiveEpoch, ArchiveMember, ProviderKeys, canonical, instance_of,
+                                   parse_document, verify_archive)
 from grouptun.core.jointoken import JoinToken, b64url, parse_join_token
 from grouptun.errors import ConfigError, EpochRejected
 from provider.keys import Signer
@@ -25,7 +25,8 @@ def _archive(**changes) -> Archive:
                          key_check=b"\x02" * 16, rekey_after_seconds=600.0, rekey_after_packets=2**27,
                          switch_delay=2.0, grace=30.0, challenges=(b"\x03" * 32,), opened_at=1795400000.123)
     members = (
-        ArchiveMember("alice", 1, ("10.77.0.1/24",), ("192.0.2.1:5000",), b"\x04" * 32, b"\x05" * 1216),
+        ArchiveMember("alice", 1, ("10.77.0.1/24",), ("192.0.2.1:5000",), b"\x04" * 32, b"\x05" * 1216,
+                      instance_of(b"\x03" * 32)),
         ArchiveMember("bob", 0, ("10.77.0.2/24", "fd77::2/64"), ("[2001:db8::1]:5000",), b"\x06" * 32,
                       b"\x07" * 1216),
     )
@@ -42,6 +43,33 @@ def test_sign_verify_round_trip_keeps_every_field():
     assert parsed == archive
     assert parsed.raw == signed
     assert parsed.member("bob").index == 0 and parsed.member("carol") is None
+
+
+def test_member_instance_is_signed_and_parsed():
+    """PROTOCOL.md 4: each member entry names its current instance; nobody can swap it unnoticed."""
+    signed = SIGNER.sign(_archive())
+    parsed = verify_archive(signed, SIGNER.public)
+    assert parsed.member("alice").instance == instance_of(b"\x03" * 32)
+    assert parsed.member("bob").instance is None  # never started
+    envelope = json.loads(signed)
+    own = instance_of(b"\x03" * 32).hex()
+    assert envelope["document"].count(own) == 1
+    for forged in (instance_of(b"\x0a" * 32).hex(), "null"):
+        tampered = dict(envelope, document=envelope["document"].replace(f'"{own}"', forged if forged == "null"
+                                                                        else f'"{forged}"'))
+        with pytest.raises(EpochRejected) as info:
+            verify_archive(json.dumps(tampered).encode(), SIGNER.public)
+        assert info.value.step == "signature"
+    document = json.loads(envelope["document"])
+    for bad in ("missing", "ab", own.upper(), 7):
+        entry = dict(document["members"][0])
+        if bad == "missing":
+            del entry["instance"]
+        else:
+            entry["instance"] = bad
+        with pytest.raises(EpochRejected, match="member.instance") as info:
+            parse_document(dict(document, members=[entry, document["members"][1]]))
+        assert info.value.step == "format"
 
 
 def test_document_is_rfc8785_canonical():

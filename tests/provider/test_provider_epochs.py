@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -14,12 +15,15 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from grouptun.core import keys
-from grouptun.core.archive import enroll_message, verify_archive
+from grouptun.core.archive import enroll_message, instance_of, verify_archive
 from grouptun.core.capsule import KemPrivateKey, capsule_info, open_sealed, salt_info
 from provider.epochs import (EPOCH_BURST, EPOCH_RATE, Recipient, Thresholds, build_epoch, next_epoch_number,
                              permutation)
 from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound
+from provider.archives import parse_own
+from provider.hub import StartBatcher
 from provider.keys import Signer
+from provider.pending import PendingStarts
 from provider.service import MAX_PENDING_STARTS, PENDING_START_TTL, Provider
 from provider.store import Store, audit_rows, members
 from provider_helpers import STORE_KINDS, fresh_store
@@ -348,7 +352,7 @@ def test_epochs_strictly_increase_and_db_holds_no_plain_secret(fx):
         fx.enroll(name, credential=b"credential-" + name.encode())
     numbers = [fx.archive().epoch.epoch]
     for challenge in range(5):
-        numbers.append(fx.provider.open_epoch("lan", "start", "members", (bytes([challenge]) * 32,)).epoch)
+        numbers.append(fx.provider.open_epoch("lan", "start", "members", {"alice": bytes([challenge]) * 32}).epoch)
     assert numbers == sorted(set(numbers))
     dump = dump_rows(fx.store).lower()
     assert fx.rand.secrets, "no secret drawn?"
@@ -418,28 +422,76 @@ def test_one_member_group_has_a_signed_archive_without_epoch(fx):
 def test_start_below_two_members_is_pending_and_the_first_epoch_lists_it(fx):
     fx.enroll("alice")
     challenge = os.urandom(32)
-    assert fx.provider.start("lan", (challenge,)) is None
-    assert fx.provider.pending_starts("lan") == (challenge,)
+    assert fx.provider.start("lan", {"alice": challenge}) is None
+    assert fx.provider.pending_starts("lan") == {"alice": challenge}
+    assert fx.archive().member("alice").instance is None  # no epoch answered it yet
     fx.enroll("bob")  # the group reaches 2 members: its first epoch answers the waiting start
     archive = fx.archive()
     assert archive.epoch is not None and challenge in archive.epoch.challenges
-    assert archive.epoch.group_size == 2
-    assert fx.provider.pending_starts("lan") == ()  # answered: not listed again
+    assert archive.epoch.group_size == 2 and archive.member("alice").instance == instance_of(challenge)
+    assert fx.provider.pending_starts("lan") == {}  # answered: not listed again
     fx.clock.t += 10
-    opened = fx.provider.start("lan", (b"\x07" * 32,))
+    opened = fx.provider.start("lan", {"bob": b"\x07" * 32})
     assert opened is not None and challenge not in fx.archive().epoch.challenges
+    assert fx.archive().member("alice").instance == instance_of(challenge)  # kept: alice did not start again
 
 
-def test_pending_starts_are_bounded_and_expire(fx):
+def test_pending_starts_keep_the_latest_per_member_are_bounded_and_expire(fx):
     fx.enroll("alice")
-    many = [i.to_bytes(32, "big") for i in range(MAX_PENDING_STARTS + 5)]
-    for challenge in many:
-        assert fx.provider.start("lan", (challenge,)) is None
-    assert fx.provider.pending_starts("lan") == tuple(many[5:])  # the oldest went first
-    fx.clock.t += PENDING_START_TTL + 1
-    assert fx.provider.pending_starts("lan") == ()
+    first, second = b"\x01" * 32, b"\x02" * 32
+    assert fx.provider.start("lan", {"alice": first}) is None
+    assert fx.provider.start("lan", {"alice": second}) is None  # alice started again (or elsewhere)
+    assert fx.provider.pending_starts("lan") == {"alice": second}
     fx.enroll("bob")
-    assert fx.archive().epoch.challenges == ()
+    archive = fx.archive()
+    assert archive.epoch.challenges == (second,) and archive.member("alice").instance == instance_of(second)
+    pending = PendingStarts(fx.clock)
+    many = {f"m{i}": i.to_bytes(32, "big") for i in range(MAX_PENDING_STARTS + 5)}
+    for name, challenge in many.items():
+        pending.add("lan", {name: challenge})
+    assert list(pending.get("lan")) == list(many)[5:]  # the oldest went first
+    fx.clock.t += PENDING_START_TTL + 1
+    assert pending.get("lan") == {}
+
+
+class _NoHub:
+    def kick(self) -> None:
+        pass
+
+
+def test_two_starts_of_one_member_in_one_batch_window_get_epochs_of_their_own(fx):
+    """PROTOCOL.md 4: a second daemon of alice (a copied config) never shares the first one's epoch."""
+    fx.enroll("alice")
+    fx.enroll("bob")
+    first, bobs, second = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+
+    async def three_starts_in_one_window():
+        batcher = StartBatcher(fx.provider, _NoHub())
+        return await asyncio.gather(batcher.start("lan", "alice", first), batcher.start("lan", "bob", bobs),
+                                    batcher.start("lan", "alice", second))
+
+    answer_first, answer_bob, answer_second = (parse_own(raw) for raw in asyncio.run(three_starts_in_one_window()))
+    assert answer_first.epoch.epoch == answer_bob.epoch.epoch  # different members still share a batch
+    assert answer_second.epoch.epoch > answer_first.epoch.epoch
+    assert set(answer_first.epoch.challenges) == {first, bobs} and answer_second.epoch.challenges == (second,)
+    assert answer_first.member("alice").instance == instance_of(first)
+    assert answer_first.member("bob").instance == instance_of(bobs)
+    latest = fx.archive()
+    assert latest.epoch.epoch == answer_second.epoch.epoch
+    assert latest.member("alice").instance == instance_of(second)  # the latest start owns alice
+    assert latest.member("bob").instance == instance_of(bobs)
+    fx.clock.t += 61
+    fx.provider.open_epoch("lan", "time", "provider")  # later epochs keep naming the owners
+    assert fx.archive().member("alice").instance == instance_of(second) and fx.archive().epoch.challenges == ()
+
+
+def test_an_epoch_answers_one_start_per_member(fx):
+    fx.enroll("alice")
+    fx.enroll("bob")
+    opened = fx.provider.start("lan", {"alice": b"\x04" * 32})
+    archive = parse_own(opened.archive)
+    assert archive.epoch.challenges == (b"\x04" * 32,) and archive.member("alice").instance == instance_of(b"\x04" * 32)
+    assert archive.member("bob").instance is None  # bob never started
 
 
 def test_removal_down_to_one_member_leaves_no_epoch(fx):

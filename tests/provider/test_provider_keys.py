@@ -11,7 +11,11 @@ import pytest
 
 from provider.errors import SchemaError, StateDirError
 from provider.keys import PASSPHRASE_CREDENTIAL, PASSPHRASE_ENV, Signer, passphrase, StatePaths, make_tls, read_config, tls_fingerprint
-from provider.store import Store
+from sqlalchemy import insert
+from sqlalchemy.exc import DBAPIError
+
+from provider.store import SCHEMA_VERSION, Store, groups, members
+from provider_helpers import STORE_KINDS, fresh_store
 
 
 def test_keys_saved_0600_and_reload_identically(tmp_path):
@@ -100,3 +104,28 @@ def test_missing_credential_falls_back_to_environment(tmp_path, monkeypatch):
     assert passphrase() == b"env"
     monkeypatch.delenv(PASSPHRASE_ENV)
     assert passphrase() is None
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_schema_1_database_is_migrated_in_place(kind):
+    """A database from before members.instance (schema 1) gets the column, NULL, and version 2."""
+    store = fresh_store(kind)
+    with store.write() as conn:
+        group_pk = conn.execute(insert(groups).values(
+            name="lan", group_id=bytes(16), cidr="10.77.0.0/24", suite=1, mtu=1420, rekey_after_seconds=600,
+            rekey_after_packets=1024, switch_delay=2, grace=30, created_at=0, epoch_hw=0, version=0)).inserted_primary_key[0]
+        conn.execute(insert(members).values(group=group_pk, name="alice", ed25519_public=bytes(32),
+                                            kem_public=bytes(1216), credential_hash="h", addr4="10.77.0.1/24",
+                                            enrolled_at=0))
+        conn.exec_driver_sql('ALTER TABLE members DROP COLUMN "instance"')
+        conn.exec_driver_sql("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with pytest.raises(DBAPIError):
+        with store.read() as conn:
+            conn.execute(members.select())  # schema 1 has no instance column
+    store.check_schema()
+    with store.read() as conn:
+        assert conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'").scalar() == str(SCHEMA_VERSION)
+        rows = list(conn.execute(members.select()))
+    assert [(r.name, r.instance) for r in rows] == [("alice", None)]
+    store.check_schema()  # already current: nothing to do
+    store.close()
