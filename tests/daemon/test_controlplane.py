@@ -585,3 +585,17 @@ def test_a_failed_rekey_call_stays_pending_and_is_sent_again(world):
     cp.client.rekey = real
     cp.service_requests()
     assert [c for c in provider.calls if c[1] == "rekey"] == [("alice", "rekey", "auth-failures")]
+
+
+def test_a_refused_call_reaches_the_status_line_and_the_recovery_clears_it(world, caplog):
+    provider, statefile, session, port, make = world
+    provider.refusing = ProviderRefused(401, "signature not valid")
+    troubles = []
+    cp = make(on_trouble=troubles.append)
+    with caplog.at_level(logging.WARNING, logger="grouptun.control"):
+        cp.run(StopAfter(2))
+    assert troubles == ["provider refused (401): signature not valid"] * 2
+    assert any(r.levelno >= logging.WARNING and "401" in r.getMessage() for r in caplog.records)
+    provider.refusing = None
+    assert cp.start_once(b"\x06" * 32)
+    assert troubles[-1] is None and held_epochs(session) == [1]
