@@ -13,6 +13,7 @@
     ├── ConfigError                    bad configuration; names the key at fault
     ├── CredentialError                missing or wrong identification credential
     ├── KeystoreError                  private keys at rest missing, corrupt or unreadable
+    │   └── KeystoreLocked             the credential does not open it (exits 77 like CredentialError)
     ├── ProviderError                  the trust provider could not be reached or used
     │   └── ProviderRefused            it answered with a refusal (4xx) and a reason
     ├── SystemSetupError               TUN, netlink, sockets, privileges
@@ -86,6 +87,14 @@ class CredentialError(GrouptunError):
 
 class KeystoreError(GrouptunError):
     exit_code = 74  # EX_IOERR
+
+
+class KeystoreLocked(KeystoreError):
+    """The keystore's tag does not verify under this credential: a wrong credential
+    (or a tampered file, which AES-GCM cannot tell apart). Neither heals by
+    restarting, so it exits like a credential error: the units' RestartPreventExitStatus."""
+
+    exit_code = 77  # EX_NOPERM
 
 
 class ProviderError(GrouptunError):

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from grouptun.core.capsule import KemPrivateKey
-from grouptun.errors import KeystoreError
+from grouptun.errors import KeystoreError, KeystoreLocked
 
 MAGIC = b"GTKS"
 VERSION = 1
@@ -132,7 +132,7 @@ def unseal(blob: bytes, credential: bytes | bytearray) -> MemberKeys:
     try:
         plain = bytearray(AESGCM(bytes(key)).decrypt(nonce, blob[_HEADER.size:], blob[:_HEADER.size]))
     except InvalidTag:
-        raise KeystoreError("keystore does not open: wrong credential or corrupted file") from None
+        raise KeystoreLocked("keystore does not open: wrong credential or corrupted file") from None
     finally:
         _wipe(key)
     try:
