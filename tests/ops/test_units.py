@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -111,6 +112,7 @@ def test_provider_contract():
     assert svc("User") == ["grouptun-provider"]
     assert svc("LimitCORE") == ["0"]
     assert svc("ExecStart") == ["/usr/local/bin/grouptun-provider serve --state /var/lib/grouptun-provider"]
+    assert svc("Type") == ["notify"] and svc("NotifyAccess") == ["main"]  # READY=1 from provider/serving.py
     assert svc("StateDirectory") == ["grouptun-provider"]
     assert "AF_NETLINK" not in svc("RestrictAddressFamilies")[0]
     # the user the unit runs as is the one sysusers creates
@@ -126,3 +128,36 @@ def test_syscall_filter_groups_exist():
                 proc = subprocess.run(["systemd-analyze", "syscall-filter", group],
                                       capture_output=True, text=True, timeout=30)
                 assert proc.returncode == 0, f"{unit_file.name}: {group}: {proc.stderr}"
+
+
+INSTALL_HOST = SYSTEMD_DIR.parent / "scripts" / "install-host"
+DIRECTORY_ROOTS = {"StateDirectory": "/var/lib", "RuntimeDirectory": "/run", "CacheDirectory": "/var/cache",
+                   "LogsDirectory": "/var/log", "ConfigurationDirectory": "/etc"}
+
+
+@pytest.mark.parametrize("unit_file", [DAEMON, PROVIDER])
+def test_configuration_stays_read_only(unit_file):
+    """systemd mounts a ConfigurationDirectory= writable even under ProtectSystem=strict: a
+    compromised daemon could rewrite every group's pinned provider URL, fingerprint and keys."""
+    u = parse_unit(unit_file)
+    assert values(u, "Service", "ProtectSystem") == ["strict"]
+    assert values(u, "Service", "ConfigurationDirectory") == []
+    writable = " ".join(values(u, "Service", "ReadWritePaths")).split()
+    assert not [p for p in writable if p.lstrip("-+").startswith("/etc")]
+
+
+@pytest.mark.parametrize("unit_file", [DAEMON, PROVIDER])
+def test_directory_modes_agree_with_install_host(unit_file):
+    """A *Directory= that install-host also creates gets the same mode, so systemd does not
+    warn at every start that the mode differs (defaults: 0755)."""
+    made = dict((path, mode) for mode, path in re.findall(r"^ensure_dir (\d{4}) (/\S+)", INSTALL_HOST.read_text(), re.M))
+    u = parse_unit(unit_file)
+    checked = 0
+    for key, root in DIRECTORY_ROOTS.items():
+        mode = (values(u, "Service", key + "Mode") or ["0755"])[0]
+        for name in " ".join(values(u, "Service", key)).split():
+            path = f"{root}/{name.replace('%i', 'x')}"
+            if path in made:
+                checked += 1
+                assert made[path] == mode, f"{key}={name}: unit mode {mode}, install-host {made[path]}"
+    assert checked or unit_file == DAEMON  # the provider's state dir is made by both
