@@ -161,3 +161,22 @@ def test_directory_modes_agree_with_install_host(unit_file):
                 checked += 1
                 assert made[path] == mode, f"{key}={name}: unit mode {mode}, install-host {made[path]}"
     assert checked or unit_file == DAEMON  # the provider's state dir is made by both
+
+
+def test_readme_status_lines_are_the_daemons(notify_socket):
+    """systemd/README.md shows the Status: lines the daemon really sends."""
+    import types
+
+    from grouptun.daemon import Daemon
+    from grouptun.sdnotify import Notifier
+
+    daemon = Daemon(None, bytearray())
+    daemon.ops = types.SimpleNamespace(notifier=Notifier.from_env({"NOTIFY_SOCKET": notify_socket.env_value}))
+    daemon.control = None
+    daemon._on_install(types.SimpleNamespace(epoch=7, group_size=4))
+    daemon._on_trouble("provider refused (401): signature not valid")
+    installed, refused = (m["STATUS"] for m in notify_socket.drain())
+    readme = (SYSTEMD_DIR / "README.md").read_text()
+    assert f'# Status: "{installed}"' in readme
+    assert f"`STATUS={installed}`" in readme
+    assert f"`STATUS={refused.split(':')[0]}: ... (retrying)`" in readme
