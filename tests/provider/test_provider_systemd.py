@@ -18,7 +18,7 @@ from grouptun.core.archive import verify_archive
 from grouptun.sdnotify import Notifier
 from provider.app import create_app
 from provider.cli import _provider, build_parser
-from provider.serving import ProviderServer
+from provider.serving import ProviderServer, RoutineShutdown
 
 
 class ListeningProbe(Notifier):
@@ -113,5 +113,18 @@ def test_stop_ends_parked_long_polls_and_logs_with_journal_priorities(tmp_path):
     assert second.returncode == 74
     assert "<3>grouptun-provider serve: another grouptun-provider serve is running" in "\n".join(lines)
     assert all(line.startswith("<") for line in lines), lines  # every line carries a priority
-    assert not [line for line in lines if "Cancel" in line or "Traceback" in line], lines
+    assert not [line for line in lines if "Traceback" in line or "Cancel" in line and line[:3] != "<6>"], lines
     assert any(line.startswith("<6>uvicorn.error: Shutting down") for line in lines), lines
+
+
+def test_only_a_shutdown_that_cancelled_nothing_is_routine():
+    import logging
+
+    def level(count: int) -> int:
+        record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1,
+                                   "Cancel %s running task(s), timeout graceful shutdown exceeded", (count,), None)
+        RoutineShutdown().filter(record)
+        return record.levelno
+
+    assert level(0) == logging.INFO
+    assert level(2) == logging.ERROR  # a request was cut off: stays an error
