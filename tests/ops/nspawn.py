@@ -67,10 +67,10 @@ def rootfs_path() -> Path:
     return CACHE / f"rootfs-{SUITE}-{key}"
 
 
-def ensure_rootfs(log=print) -> Path:
-    """The cached root, built first if absent (minutes; needs the mirror)."""
-    final = rootfs_path()
-    if (final / "usr/lib/systemd/systemd").exists():
+def _cached(final: Path, build, log) -> Path:
+    """``final``, made by ``build(tmp)`` in a temporary directory beside it and renamed into
+    place, so that an interrupted build never leaves a half-built cache entry."""
+    if final.is_dir():
         return final
     CACHE.mkdir(parents=True, exist_ok=True)
     for stale in CACHE.glob(f".build-{final.name}-*"):
@@ -78,10 +78,8 @@ def ensure_rootfs(log=print) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=CACHE))
     started = time.monotonic()
     try:
-        subprocess.run(["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
-                        SUITE, str(tmp), apt_mirror()],
-                       check=True, timeout=BUILD_TIMEOUT, stdout=subprocess.DEVNULL)
-        (tmp / "etc/hostname").write_text("gt-nspawn\n")
+        build(tmp)
+        os.chmod(tmp, 0o755)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -90,16 +88,23 @@ def ensure_rootfs(log=print) -> Path:
     return final
 
 
+def ensure_rootfs(log=print) -> Path:
+    """The cached root, built first if absent (a minute or more; needs the mirror)."""
+    def build(tmp: Path) -> None:
+        subprocess.run(["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
+                        SUITE, str(tmp), apt_mirror()],
+                       check=True, timeout=BUILD_TIMEOUT, stdout=subprocess.DEVNULL)
+        (tmp / "etc/hostname").write_text("gt-nspawn\n")
+
+    return _cached(rootfs_path(), build, log)
+
+
 def ensure_wheels(src: Path, log=print) -> Path:
     """Wheels of the package's dependencies (cp311, as Debian 12's python), built on this host,
     cached by the pyproject.toml they were built for; plus setuptools to build the package."""
     key = hashlib.sha256((src / "pyproject.toml").read_bytes()).hexdigest()[:12]
-    final = CACHE / f"wheels-{key}"
-    if final.is_dir():
-        return final
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=CACHE))
-    try:
+
+    def build(tmp: Path) -> None:
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
         subprocess.run([*pip, "wheel", "--wheel-dir", str(tmp), str(src)], check=True, timeout=900,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -107,12 +112,8 @@ def ensure_wheels(src: Path, log=print) -> Path:
                        check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for own in tmp.glob("grouptun-*.whl"):  # the tree under test is built in the container
             own.unlink()
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log(f"built {final}")
-    return final
+
+    return _cached(CACHE / f"wheels-{key}", build, log)
 
 
 class Container:
