@@ -116,6 +116,16 @@ def ensure_wheels(src: Path, log=print) -> Path:
     return _cached(CACHE / f"wheels-{key}", build, log)
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies (killed, timed out), which
+    systemd-nspawn answers by powering the container off; the mounts go with its namespace."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 class Container:
     """A booted container: ``run`` executes a command inside it (nsenter into its PID 1).
 
@@ -150,7 +160,8 @@ class Container:
         )
         with open(self.console, "wb") as out:
             self.proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_terminate_with_parent)
         deadline = time.monotonic() + timeout
         while self.leader is None and time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -159,10 +170,14 @@ class Container:
             time.sleep(0.2)
         if self.leader is None:
             raise RuntimeError(f"no container init within {timeout} s: {self.console_text()}")
-        left = max(5.0, deadline - time.monotonic())
-        state = self.run("systemctl is-system-running --wait", timeout=left, check=False).stdout.strip()
-        if state not in ("running", "degraded"):
-            raise RuntimeError(f"container boot: {state!r}; {self.console_text()}")
+        state = ""
+        while state not in ("running", "degraded"):  # "offline" while PID 1 cannot answer yet
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"container boot: {state!r}; {self.console_text()}")
+            state = self.run("systemctl is-system-running --wait", timeout=max(left, 1.0),
+                             check=False).stdout.strip()
+            time.sleep(0.2)
 
     def _find_leader(self) -> int | None:
         """The container's PID 1 on the host: a process named systemd below nspawn."""

@@ -65,6 +65,9 @@ def box():
         wheels = nspawn.ensure_wheels(REPO)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, RuntimeError) as exc:
         pytest.skip(f"cannot build the container's root or the wheels (no mirror or index?): {exc}")
+    for stale in Path("/var/tmp").glob("gt-nspawn-*"):  # left by a run that was SIGKILLed
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix="gt-nspawn-", dir="/var/tmp"))
     container = nspawn.Container(rootfs, work, f"gt-nspawn-{os.getpid()}")
     try:
@@ -137,7 +140,7 @@ def test_members_join_under_local_names_and_become_active_with_an_epoch(box):
                           StatusText=lambda s: re.fullmatch(r"epoch \d+, 2 members", s) is not None)
         assert status(box, group)["group"] == group
     # the provider's group name ("lan") is in the URLs: no refusal at all
-    assert "401" not in journal(box, "grouptun@a") + journal(box, "grouptun@b")
+    assert "provider refused" not in journal(box, "grouptun@a") + journal(box, "grouptun@b")
 
 
 def test_a_ping_crosses_the_tunnel(box):
