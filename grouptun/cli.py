@@ -17,6 +17,7 @@ import sys
 
 from grouptun import __version__
 from grouptun.errors import GrouptunError
+from grouptun.logsetup import fatal
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except GrouptunError as exc:
         if os.environ.get("GROUPTUN_DEBUG") == "1":
             raise
-        print(f"grouptun {args.command}: {exc}", file=sys.stderr)
+        fatal(f"grouptun {args.command}: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

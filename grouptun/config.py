@@ -53,6 +53,7 @@ class ProviderConfig:
     keys_hash: str                 # fingerprint of the provider keys, from the join token
     ed25519_public: bytes
     mldsa65_public: bytes
+    group: str = ""                # the provider's name of the group (in its URLs); "" = group.name
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,11 @@ class Config:
     paths: PathsConfig | None = None
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     source: Path | None = None
+
+    @property
+    def provider_group(self) -> str:
+        """The group's name at the provider: ``grouptun join --name`` may pick another local name."""
+        return self.provider.group or self.group.name
 
     @property
     def keystore_path(self) -> Path:
@@ -246,7 +252,7 @@ def _group(data: dict) -> GroupConfig:
 
 def _provider(data: dict) -> ProviderConfig:
     t = _table(data, "provider", True)
-    _no_unknown(t, "provider", {"url", "tls_fingerprint", "keys_hash", "ed25519_public", "mldsa65_public"})
+    _no_unknown(t, "provider", {"url", "tls_fingerprint", "keys_hash", "ed25519_public", "mldsa65_public", "group"})
     url = _str(t, "provider", "url")
     if not url.startswith("https://"):
         raise ConfigError("provider.url", "must start with https://")
@@ -259,6 +265,7 @@ def _provider(data: dict) -> ProviderConfig:
         keys_hash=_str(t, "provider", "keys_hash"),
         ed25519_public=_b64(t, "provider", "ed25519_public", 32),
         mldsa65_public=_b64(t, "provider", "mldsa65_public", 1952),
+        group=_str(t, "provider", "group", ""),
     )
 
 
@@ -378,7 +385,8 @@ def render(config: Config) -> str:
                    "interface": config.group.interface, "addresses": config.group.addresses}),
         ("provider", {"url": p.url, "tls_fingerprint": p.tls_fingerprint, "keys_hash": p.keys_hash,
                       "ed25519_public": base64.b64encode(p.ed25519_public).decode(),
-                      "mldsa65_public": base64.b64encode(p.mldsa65_public).decode()}),
+                      "mldsa65_public": base64.b64encode(p.mldsa65_public).decode(),
+                      **({"group": p.group} if p.group else {})}),
         ("network", {f.name: getattr(config.network, f.name) for f in fields(NetworkConfig)}),
         ("paths", {k: str(v) for k, v in vars(config.paths).items() if v is not None}),
         ("daemon", {f.name: getattr(config.daemon, f.name) for f in fields(DaemonConfig)

@@ -122,13 +122,15 @@ class ControlPlane:
                  urandom: Callable[[int], bytes] = os.urandom, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, metrics=None, request_interval: float = 0.2,
                  secrets: keys_mod.SecretMemory = keys_mod.HEAP,
-                 on_superseded: Callable[[InstanceSuperseded], None] | None = None) -> None:
+                 on_superseded: Callable[[InstanceSuperseded], None] | None = None,
+                 on_trouble: Callable[[str | None], None] = lambda problem: None) -> None:
         self.client, self.port, self.kem, self.proof = client, port, kem, proof
         self.secrets = secrets  # where opened SS and salt are held (the daemon's locked arena)
         self.pinned, self.group_id, self.member, self.statefile = pinned, group_id, member, statefile
         self.endpoints, self.can_reach, self.on_archive = endpoints, can_reach, on_archive
         self.watch_timeout, self.report_interval = watch_timeout, report_interval
         self.request_interval = request_interval
+        self.on_trouble = on_trouble  # a refusal (text) and the recovery (None): systemd's STATUS=
         self.backoff = backoff or Backoff()
         self._urandom, self._clock, self._wall = urandom, clock, wall
         self.state = ControlState()
@@ -154,6 +156,8 @@ class ControlPlane:
     def _contact_ok(self) -> None:
         if not self.state.provider_ok:
             log.info("provider reachable")
+        if self.state.last_error is not None:
+            self.on_trouble(None)
         if self.state.state_dir_full:  # the provider answers, but the retry is for the disk: keep backing off
             self._set(provider_ok=True, last_contact=self._wall())
             return
@@ -474,6 +478,7 @@ class ControlPlane:
             except ProviderRefused as exc:
                 log.error("%s", exc)
                 self._set(last_error=str(exc), provider_ok=True)
+                self.on_trouble(str(exc))
             except ProviderError as exc:
                 if self.state.provider_ok or self.state.last_error != str(exc):
                     log.warning("provider trouble: %s (the data plane keeps running)", exc)

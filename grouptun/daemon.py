@@ -89,7 +89,7 @@ def _default_netconfig(ifname: str):
 def _default_client(config: Config, keys: keystore.MemberKeys):
     from grouptun.provider_client import ProviderClient
 
-    return ProviderClient(config.provider.url, config.provider.tls_fingerprint, config.group.name,
+    return ProviderClient(config.provider.url, config.provider.tls_fingerprint, config.provider_group,
                           config.group.member, keys.signing_key)
 
 
@@ -164,6 +164,12 @@ class Daemon:
 
     def _on_install(self, material) -> None:
         self.ops.notifier.status(f"epoch {material.epoch}, {material.group_size} members")
+
+    def _on_trouble(self, problem: str | None) -> None:
+        """Control thread: a refusal must not look like a healthy wait in ``systemctl status``."""
+        epoch = self.control.held_epoch if self.control is not None else -1
+        held = f"epoch {epoch}" if epoch >= 0 else "no epoch"
+        self.ops.notifier.status(f"{held}; {problem} (retrying)" if problem else f"{held}; provider reachable")
 
     # --- control socket handlers (event loop thread) ---
     def status(self) -> dict:
@@ -318,7 +324,7 @@ class Daemon:
             can_reach=getattr(self.udp, "can_reach", lambda h: True), on_archive=self._apply_archive,
             watch_timeout=cfg.daemon.watch_timeout, report_interval=cfg.daemon.report_interval,
             backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics, secrets=self.secrets,
-            on_superseded=self._on_superseded)
+            on_superseded=self._on_superseded, on_trouble=self._on_trouble)
         stop = threading.Event()
         thread = threading.Thread(target=self.control.run, args=(stop,), name="grouptun-control", daemon=True)
         thread.start()

@@ -13,6 +13,7 @@
     ├── ConfigError                    bad configuration; names the key at fault
     ├── CredentialError                missing or wrong identification credential
     ├── KeystoreError                  private keys at rest missing, corrupt or unreadable
+    │   ├── KeystoreLocked             the credential does not open it (exits 77 like CredentialError)
     │   └── StateDirFull               the epoch statefile cannot be written: no space (ENOSPC/EDQUOT)
     ├── StateDirLocked                 another daemon runs on this state directory (its lock is held)
     ├── InstanceSuperseded             the member was started elsewhere: the provider names another instance
@@ -109,6 +110,14 @@ class InstanceSuperseded(GrouptunError):
     """
 
     exit_code = 76
+
+
+class KeystoreLocked(KeystoreError):
+    """The keystore's tag does not verify under this credential: a wrong credential
+    (or a tampered file, which AES-GCM cannot tell apart). Neither heals by
+    restarting, so it exits like a credential error: the units' RestartPreventExitStatus."""
+
+    exit_code = 77  # EX_NOPERM
 
 
 class ProviderError(GrouptunError):

@@ -45,7 +45,7 @@ from grouptun import credkeys
 from grouptun.core.capsule import KemPrivateKey
 from grouptun.credkeys import Cost as KdfCost
 from grouptun.core.keys import HEAP, SecretBuffer, SecretMemory
-from grouptun.errors import KeystoreError
+from grouptun.errors import KeystoreError, KeystoreLocked
 
 MAGIC = b"GTKS"
 VERSION = 2
@@ -181,7 +181,7 @@ def unseal(blob: bytes, credential: bytes | bytearray, secrets: SecretMemory = H
         except InvalidTag:
             if authenticator is not None:
                 _wipe(authenticator)
-            raise KeystoreError("keystore does not open: wrong credential or corrupted file") from None
+            raise KeystoreLocked("keystore does not open: wrong credential or corrupted file") from None
         finally:
             _wipe(key)
         view = memoryview(plain)  # slices of a view copy nothing

@@ -16,6 +16,12 @@ characters in the message or traceback are escaped (``\\n``), so a
 peer-supplied string cannot forge a second log entry and ``journalctl``
 keeps a traceback together with its event.
 
+Libraries: pyroute2 logs below ERROR are dropped (``QUIET_LIBRARIES``): it
+warns twice at import when ``/proc/net/psched`` is hidden (``ProcSubset=pid``;
+we use no tc), and at debug it dumps every netlink message. Our own debug
+logs stay. The CLI's last words before a non-zero exit go through
+:func:`fatal`, at priority err in the journal.
+
 Secrets: :class:`SecretGuard` sits on the handler and rewrites records
 before formatting. It replaces (1) any bytes-like argument longer than
 ``MAX_BYTES_ARG`` bytes, also inside a tuple/list/dict argument, and
@@ -40,6 +46,10 @@ from typing import Any, TextIO
 MAX_BYTES_ARG = 16
 
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+# Library loggers whose records below the level are dropped at our handler. A filter, not
+# only setLevel: pyroute2 resets its logger to NOTSET when it is first imported (after setup).
+QUIET_LIBRARIES = {"pyroute2": logging.ERROR}
 
 _BYTES_LITERAL = re.compile(r"""(?:bytearray\()?b(?P<q>['"])(?P<body>(?:\\.|(?!(?P=q)).)*)(?P=q)\)?""")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -124,6 +134,23 @@ class SecretGuard(logging.Filter):
         return True
 
 
+class QuietLibraries(logging.Filter):
+    """Drops records of the ``QUIET_LIBRARIES`` loggers (and their children) below their level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, level in QUIET_LIBRARIES.items():
+            if record.name == name or record.name.startswith(name + "."):
+                return record.levelno >= level
+        return True
+
+
+def quiet_libraries() -> None:
+    """Raise the library loggers' levels (again after a library's import reset them),
+    so their debug records are not even made."""
+    for name, level in QUIET_LIBRARIES.items():
+        logging.getLogger(name).setLevel(level)
+
+
 def _one_line(text: str) -> str:
     return _CONTROL.sub(lambda m: "\\n" if m.group(0) == "\n" else f"\\x{ord(m.group(0)):02x}", text)
 
@@ -195,6 +222,14 @@ def _install_record_factory() -> None:
     logging.setLogRecordFactory(factory)
 
 
+def fatal(line: str, stream: TextIO | None = None) -> None:
+    """Print the CLI's one-line reason for exiting; at priority err when stderr is the journal
+    (without the prefix journald files a bare stderr line at info, hidden by ``-p warning``)."""
+    stream = sys.stderr if stream is None else stream
+    prefix = f"<{_PRIORITY[logging.ERROR]}>" if stream_is_journal(stream) else ""
+    print(prefix + _one_line(line), file=stream, flush=True)
+
+
 def teardown_logging() -> None:
     """Undo :func:`setup_logging` (tests; a daemon never needs it)."""
     global _base_factory
@@ -219,6 +254,7 @@ def setup_logging(level: str | int = "INFO", journald: bool | None = None,
         journald = stream_is_journal(stream)
     handler = logging.StreamHandler(stream)
     handler.set_name("grouptun")
+    handler.addFilter(QuietLibraries())
     handler.addFilter(SecretGuard())
     handler.setFormatter(JournaldFormatter() if journald else TerminalFormatter())
     root = logging.getLogger()
@@ -226,6 +262,7 @@ def setup_logging(level: str | int = "INFO", journald: bool | None = None,
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    quiet_libraries()
     _install_record_factory()
     logging.captureWarnings(True)
     return handler

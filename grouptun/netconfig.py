@@ -45,6 +45,9 @@ _worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefi
 def _ipr_default():
     from pyroute2 import IPRoute
 
+    from grouptun.logsetup import quiet_libraries
+
+    quiet_libraries()  # importing pyroute2 reset its logger to NOTSET: no netlink dumps at debug
     return IPRoute()
 
 

@@ -69,7 +69,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from grouptun.sdnotify import Notifier
 from provider.errors import ProviderFault
 from provider.hub import Hub, StartBatcher, tick
 from provider.limits import Guard, RateLimiter
@@ -108,12 +107,9 @@ def _lifespan(ctx: Context):
         ctx.starts = StartBatcher(ctx.provider, hub)
         await hub.refresh()
         tasks = [asyncio.create_task(hub.run()), asyncio.create_task(tick(ctx.provider, hub))]
-        notifier = Notifier.from_env()  # systemd Type=notify; a no-op without NOTIFY_SOCKET
-        notifier.ready("serving")
-        try:
+        try:  # READY=1/STOPPING=1 come from provider.serving: the socket listens only after this
             yield
         finally:
-            notifier.stopping()
             for task in tasks:
                 task.cancel()
 
@@ -126,6 +122,12 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
     ctx = Context(provider, Limits.from_settings(settings))
     app = FastAPI(title="grouptun provider", version="1", lifespan=_lifespan(ctx),
                   description="Member API of the grouptun trust provider. See provider/app.py.")
+
+    def release_watchers() -> None:  # provider.serving, at shutdown
+        if ctx.hub is not None:
+            ctx.hub.release()
+
+    app.state.release_watchers = release_watchers
 
     # --- metrics hook ----------------------------------------------------------------
     # Optional Prometheus exporter owned by the ops engineer (provider/metrics.py), mounted

@@ -44,6 +44,7 @@ from sqlalchemy.exc import OperationalError
 from grouptun.core.archive import ProviderKeys
 from grouptun.core.jointoken import JoinToken, check_url
 from grouptun.errors import GrouptunError
+from grouptun.logsetup import fatal
 from provider.errors import InvalidInput, StateDirError
 from provider.keys import StatePaths, Signer, make_tls, read_config, tls_fingerprint
 
@@ -136,8 +137,10 @@ def _lock_state(paths: StatePaths):
 def cmd_serve(args) -> int:
     import uvicorn
 
+    from grouptun.logsetup import setup_logging
     from provider.app import Settings, create_app
     from provider.connlimits import HttpLimits, protocol_class
+    from provider.serving import ProviderServer
 
     paths = _paths(args)
     config = read_config(paths)
@@ -153,17 +156,18 @@ def cmd_serve(args) -> int:
         sock.bind((host, port))
     except OSError as exc:
         raise StateDirError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    setup_logging(args.log_level.upper())  # journald priorities for uvicorn's loggers too (log_config=None)
     asgi, app = create_app(provider, Settings(metrics=args.metrics, address_rate=args.address_rate,
                                               address_burst=args.address_rate * 2, member_rate=args.member_rate,
                                               member_burst=args.member_rate * 3, start_rate=args.start_rate,
                                               report_rate=args.report_rate))
     refused = app.state.metrics.connection_refused if args.metrics else (lambda reason: None)
     # h11, not httptools: h11 bounds an unfinished header (see provider/connlimits.py for the rest).
-    server = uvicorn.Server(uvicorn.Config(
+    server = ProviderServer(uvicorn.Config(
         asgi, ssl_keyfile=str(paths.tls_key), ssl_certfile=str(paths.tls_cert), loop="uvloop",
-        log_level=args.log_level, access_log=False, timeout_keep_alive=75, backlog=4096,
+        log_level=args.log_level, log_config=None, access_log=False, timeout_keep_alive=75, backlog=4096,
         timeout_graceful_shutdown=2, http=protocol_class(http_limits, refused),
-        h11_max_incomplete_event_size=http_limits.max_header_bytes))
+        h11_max_incomplete_event_size=http_limits.max_header_bytes), config["url"], app.state.release_watchers)
     # Signatures created before this process started are refused (the nonce cache is in memory),
     # so listen only from the next whole second on: fresh requests then never look stale.
     time.sleep(max(0.0, math.ceil(provider.started_at) - time.time() + 0.01))
@@ -308,10 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     except GrouptunError as exc:
         if os.environ.get("GROUPTUN_DEBUG") == "1":
             raise
-        print(f"grouptun-provider {args.command}: {exc}", file=sys.stderr)
+        fatal(f"grouptun-provider {args.command}: {exc}")
         return exc.exit_code
     except OperationalError as exc:  # locked or unreadable database
-        print(f"grouptun-provider {args.command}: database error: {exc.orig}", file=sys.stderr)
+        fatal(f"grouptun-provider {args.command}: database error: {exc.orig}")
         return StateDirError.exit_code
     except KeyboardInterrupt:
         return 130

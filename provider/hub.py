@@ -41,6 +41,13 @@ class Hub:
         self.provider = provider
         self.groups: dict[str, _GroupState] = {}
         self._kick = asyncio.Event()
+        self.released = False  # the server is stopping: long-polls answer "unchanged" at once
+
+    def release(self) -> None:
+        """End every parked long-poll now (server shutdown) and every later one at once."""
+        self.released = True
+        for state in self.groups.values():
+            state.event.set()
 
     def kick(self) -> None:
         self._kick.set()
@@ -73,7 +80,7 @@ class Hub:
             if state.version > version and state.archive is not None:
                 return state.archive
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.released:
                 return None
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(state.event.wait(), remaining)

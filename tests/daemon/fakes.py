@@ -277,6 +277,7 @@ class FakeProvider:
         self.capsules: dict[tuple[int, str], bytes] = {}
         self.salts: dict[tuple[int, str], bytes] = {}
         self.down = False
+        self.refusing: ProviderRefused | None = None  # set: every call is refused with it (a 4xx)
         self.calls: list[tuple] = []
         self.changed = threading.Condition()
         self.tamper: str | None = None  # "capsule" | "salt" | "signature" | "key_check"
@@ -397,6 +398,8 @@ class FakeClient:
         self.p.calls.append((self.name, what) + args)
         if self.p.down:
             raise ProviderError("provider unreachable: ConnectionError")
+        if self.p.refusing is not None:
+            raise self.p.refusing
 
     def start(self, challenge: bytes) -> bytes | None:
         self._call("start", challenge)

@@ -92,3 +92,33 @@ def test_status_and_down_without_daemon(tmp_path, capsys):
     assert cli.main(["status", "--run-dir", str(tmp_path)]) == 3
     assert cli.main(["down", "lan", "--run-dir", str(tmp_path)]) == 3
     assert "no grouptun daemon" in capsys.readouterr().err
+
+
+def test_join_under_another_local_name_keeps_the_provider_group_for_its_urls(tmp_path, fake_enroll):
+    from grouptun.daemon import _default_client
+
+    provider, calls, token = fake_enroll
+    assert cli.main(join_args(tmp_path, token, "--name", "home")) == 0
+    cfg = config.load(tmp_path / "etc" / "home.toml")
+    assert cfg.group.name == "home" and cfg.group.interface == "gt-home"
+    assert cfg.provider_group == "lan"  # the group's name at the provider (EnrollResult.group)
+    keys = keystore.load(cfg.keystore_path, bytearray(CREDENTIAL))
+    client = _default_client(cfg, keys)
+    assert client.group == "lan" and client._base.endswith("/v1/groups/lan")
+
+
+def test_up_with_a_wrong_credential_exits_77_which_the_units_do_not_retry(tmp_path, fake_enroll, capsys):
+    from grouptun import logsetup
+
+    provider, calls, token = fake_enroll
+    assert cli.main(join_args(tmp_path, token)) == 0
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(b"not the credential\n")
+    try:
+        code = cli.main(["up", "lan", "--config-dir", str(tmp_path / "etc"), "--credential-file", str(wrong)])
+    finally:
+        logsetup.teardown_logging()
+    assert code == 77 and "keystore does not open" in capsys.readouterr().err
+    unit = (config.Path(cli.__file__).parent.parent / "systemd" / "grouptun@.service").read_text()
+    prevent = next(line for line in unit.splitlines() if line.startswith("RestartPreventExitStatus="))
+    assert "77" in prevent.split("=", 1)[1].split()

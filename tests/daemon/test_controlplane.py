@@ -699,3 +699,17 @@ def test_statefile_says_state_dir_full_only_for_a_full_disk(tmp_path):
     with pytest.raises(StateDirFull, match="state dir full"):
         sf.record(b"\x00" * 16, 2)
     assert sf.highest(b"\x00" * 16) == 1 and EpochStateFile(tmp_path / "epochs.json").highest(b"\x00" * 16) == 1
+
+
+def test_a_refused_call_reaches_the_status_line_and_the_recovery_clears_it(world, caplog):
+    provider, statefile, session, port, make = world
+    provider.refusing = ProviderRefused(401, "signature not valid")
+    troubles = []
+    cp = make(on_trouble=troubles.append)
+    with caplog.at_level(logging.WARNING, logger="grouptun.control"):
+        cp.run(StopAfter(2))
+    assert troubles == ["provider refused (401): signature not valid"] * 2
+    assert any(r.levelno >= logging.WARNING and "401" in r.getMessage() for r in caplog.records)
+    provider.refusing = None
+    assert cp.start_once(b"\x06" * 32)
+    assert troubles[-1] is None and held_epochs(session) == [1]

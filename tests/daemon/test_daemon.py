@@ -16,7 +16,7 @@ from grouptun import config as cfgmod
 from grouptun import cli, control, credmigrate, keystore, native
 from grouptun.cmd_status import format_status
 from grouptun.daemon import Daemon, Factories
-from grouptun.errors import ConfigError, InstanceSuperseded, KeystoreError, StateDirLocked
+from grouptun.errors import ConfigError, InstanceSuperseded, KeystoreError, KeystoreLocked, StateDirLocked
 from grouptun.udp import UdpTransport
 
 from .fakes import (CREDENTIAL, FAST, FakeNetConfig, FakeProvider, FakeTun, arena_holds, ipv4_packet,
@@ -206,7 +206,7 @@ def test_up_with_a_wrong_credential_exits_as_before(tmp_path, legacy, monkeypatc
     wrong = tmp_path / "wrong"
     wrong.write_bytes(b"not the credential\n")
     code = cli.main(["up", "lan", "--config", str(m.config.source), "--credential-file", str(wrong)])
-    assert code == KeystoreError.exit_code and not provider.calls
+    assert code == KeystoreLocked.exit_code == 77 and not provider.calls
     assert not credmigrate.staged_path(m.config.keystore_path).exists()
 
 

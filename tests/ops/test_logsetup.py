@@ -141,16 +141,59 @@ def test_journal_stream_detection(tmp_path):
     f.close()
 
 
+def journal_of_child(tmp_path, code: str) -> str:
+    """What ``code`` writes to stderr in a child whose stderr is its JOURNAL_STREAM."""
+    prologue = "import os\nst = os.fstat(2); os.environ['JOURNAL_STREAM'] = f'{st.st_dev}:{st.st_ino}'\n"
+    err = tmp_path / "err"
+    with open(err, "w") as fh:
+        subprocess.run([sys.executable, "-c", prologue + code], stderr=fh, check=True, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    return err.read_text()
+
+
 def test_auto_detection_in_a_child_process(tmp_path):
     """A process whose stderr is the JOURNAL_STREAM picks journald format."""
     code = (
-        "import logging, os, sys\n"
-        "st = os.fstat(2); os.environ['JOURNAL_STREAM'] = f'{st.st_dev}:{st.st_ino}'\n"
+        "import logging\n"
         "from grouptun.logsetup import setup_logging\n"
         "setup_logging('INFO'); logging.getLogger('grouptun.c').warning('hi')\n"
     )
-    err = tmp_path / "err"
-    with open(err, "w") as fh:
-        subprocess.run([sys.executable, "-c", code], stderr=fh, check=True, timeout=30,
-                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert err.read_text() == "<4>grouptun.c: hi\n"
+    assert journal_of_child(tmp_path, code) == "<4>grouptun.c: hi\n"
+
+
+def test_pyroute2_is_quiet_below_error_but_our_debug_stays(tmp_path):
+    """Under ProcSubset=pid pyroute2 warns twice at import (/proc/net/psched) and at debug it
+    dumps every netlink message; neither reaches the journal, our debug logs do."""
+    code = (
+        "import builtins, logging\n"
+        "real_open = builtins.open\n"
+        "def hidden(path, *a, **k):\n"
+        "    if path == '/proc/net/psched': raise FileNotFoundError(2, 'No such file', path)\n"
+        "    return real_open(path, *a, **k)\n"
+        "builtins.open = hidden\n"
+        "from grouptun.logsetup import setup_logging\n"
+        "setup_logging('DEBUG')\n"
+        "from grouptun.netconfig import _ipr_default\n"
+        "_ipr_default().close()\n"
+        "logging.getLogger('pyroute2.netlink.nlsocket').debug('a netlink dump')\n"
+        "logging.getLogger('pyroute2').error('a real pyroute2 error')\n"
+        "logging.getLogger('grouptun.netconfig').debug('ours')\n"
+    )
+    got = [line for line in journal_of_child(tmp_path, code).splitlines() if not line.startswith("<7>asyncio:")]
+    assert got == ["<3>pyroute2: a real pyroute2 error", "<7>grouptun.netconfig: ours"]
+
+
+def test_fatal_lines_are_errors_in_the_journal(tmp_path):
+    from grouptun.logsetup import fatal
+
+    with open(tmp_path / "err", "w") as fh:
+        st = os.fstat(fh.fileno())
+        os.environ["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        try:
+            fatal("grouptun up: keystore does not open\nsecond line", fh)
+        finally:
+            del os.environ["JOURNAL_STREAM"]
+    plain = io.StringIO()
+    fatal("grouptun up: keystore does not open", plain)
+    assert (tmp_path / "err").read_text() == "<3>grouptun up: keystore does not open\\nsecond line\n"
+    assert plain.getvalue() == "grouptun up: keystore does not open\n"

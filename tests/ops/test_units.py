@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
 import pytest
 
 from grouptun import credential
-from ops.units import SYSTEMD_DIR, UNITS, exposure, parse_unit, stage_root, values, verify
+from ops.units import MAX_EXPOSURE, SYSTEMD_DIR, UNITS, exposure, parse_unit, stage_root, values, verify
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 
-MAX_EXPOSURE = 2.5
 DAEMON = SYSTEMD_DIR / "grouptun@.service"
 PROVIDER = SYSTEMD_DIR / "grouptun-provider.service"
 
@@ -70,7 +70,7 @@ def test_daemon_contract():
     svc = lambda key: values(u, "Service", key)  # noqa: E731
     assert svc("Type") == ["notify"]
     assert svc("ExecStart") == ["/usr/local/bin/grouptun up %i"]
-    assert svc("ExecReload") == ["/bin/kill -HUP $MAINPID"]
+    assert svc("ExecReload") == ["/bin/sh -c 'kill -HUP $$MAINPID'"]  # no procps needed (live: test_systemd_nspawn)
     assert svc("Restart") == ["on-failure"]
     assert svc("LimitCORE") == ["0"]  # the watchdog SIGABRT must not dump keys
     assert svc("WatchdogSec") and int(svc("WatchdogSec")[0]) >= 10
@@ -111,6 +111,7 @@ def test_provider_contract():
     assert svc("User") == ["grouptun-provider"]
     assert svc("LimitCORE") == ["0"]
     assert svc("ExecStart") == ["/usr/local/bin/grouptun-provider serve --state /var/lib/grouptun-provider"]
+    assert svc("Type") == ["notify"] and svc("NotifyAccess") == ["main"]  # READY=1 from provider/serving.py
     assert svc("StateDirectory") == ["grouptun-provider"]
     assert "AF_NETLINK" not in svc("RestrictAddressFamilies")[0]
     # the user the unit runs as is the one sysusers creates
@@ -132,3 +133,55 @@ def test_syscall_filter_groups_exist():
                 proc = subprocess.run(["systemd-analyze", "syscall-filter", group],
                                       capture_output=True, text=True, timeout=30)
                 assert proc.returncode == 0, f"{unit_file.name}: {group}: {proc.stderr}"
+
+
+INSTALL_HOST = SYSTEMD_DIR.parent / "scripts" / "install-host"
+DIRECTORY_ROOTS = {"StateDirectory": "/var/lib", "RuntimeDirectory": "/run", "CacheDirectory": "/var/cache",
+                   "LogsDirectory": "/var/log", "ConfigurationDirectory": "/etc"}
+
+
+@pytest.mark.parametrize("unit_file", [DAEMON, PROVIDER])
+def test_configuration_stays_read_only(unit_file):
+    """systemd mounts a ConfigurationDirectory= writable even under ProtectSystem=strict: a
+    compromised daemon could rewrite every group's pinned provider URL, fingerprint and keys."""
+    u = parse_unit(unit_file)
+    assert values(u, "Service", "ProtectSystem") == ["strict"]
+    assert values(u, "Service", "ConfigurationDirectory") == []
+    writable = " ".join(values(u, "Service", "ReadWritePaths")).split()
+    assert not [p for p in writable if p.lstrip("-+").startswith("/etc")]
+
+
+@pytest.mark.parametrize("unit_file", [DAEMON, PROVIDER])
+def test_directory_modes_agree_with_install_host(unit_file):
+    """A *Directory= that install-host also creates gets the same mode, so systemd does not
+    warn at every start that the mode differs (defaults: 0755)."""
+    made = dict((path, mode) for mode, path in re.findall(r"^ensure_dir (\d{4}) (/\S+)", INSTALL_HOST.read_text(), re.M))
+    u = parse_unit(unit_file)
+    checked = 0
+    for key, root in DIRECTORY_ROOTS.items():
+        mode = (values(u, "Service", key + "Mode") or ["0755"])[0]
+        for name in " ".join(values(u, "Service", key)).split():
+            path = f"{root}/{name.replace('%i', 'x')}"
+            if path in made:
+                checked += 1
+                assert made[path] == mode, f"{key}={name}: unit mode {mode}, install-host {made[path]}"
+    assert checked or unit_file == DAEMON  # the provider's state dir is made by both
+
+
+def test_readme_status_lines_are_the_daemons(notify_socket):
+    """systemd/README.md shows the Status: lines the daemon really sends."""
+    import types
+
+    from grouptun.daemon import Daemon
+    from grouptun.sdnotify import Notifier
+
+    daemon = Daemon(None, bytearray())
+    daemon.ops = types.SimpleNamespace(notifier=Notifier.from_env({"NOTIFY_SOCKET": notify_socket.env_value}))
+    daemon.control = None
+    daemon._on_install(types.SimpleNamespace(epoch=7, group_size=4))
+    daemon._on_trouble("provider refused (401): signature not valid")
+    installed, refused = (m["STATUS"] for m in notify_socket.drain())
+    readme = (SYSTEMD_DIR / "README.md").read_text()
+    assert f'# Status: "{installed}"' in readme
+    assert f"`STATUS={installed}`" in readme
+    assert f"`STATUS={refused.split(':')[0]}: ... (retrying)`" in readme
