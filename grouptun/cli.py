@@ -24,22 +24,28 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "join": ("grouptun.cmd_join", "enroll this host in a group with a join token"),
     "up": ("grouptun.cmd_up", "run the daemon for a group in the foreground"),
     "status": ("grouptun.cmd_status", "show interfaces, epochs, members and drops"),
+    "ping": ("grouptun.cmd_ping", "echo a member through the tunnel: round trip, endpoint, epoch"),
     "down": ("grouptun.cmd_down", "stop a running daemon"),
     "vectors": ("grouptun.cmd_vectors", "compute every output of a protocol test-vector file"),
 }
 
 
-def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only the ``chosen`` subcommand's module is imported and asked for its arguments."""
+def build_parser(chosen: str | None = None, every: bool = False) -> argparse.ArgumentParser:
+    """The parser; only the ``chosen`` subcommand's module (or ``every`` one) is asked for its arguments."""
     parser = argparse.ArgumentParser(prog="grouptun", description="grouptun group VPN")
     parser.add_argument("--version", action="version", version=f"grouptun {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
+        if every or name == chosen:
             importlib.import_module(module_name).add_arguments(sub_parser)
     return parser
+
+
+def full_parser() -> argparse.ArgumentParser:
+    """Every subcommand with its arguments: what shell completion and the man page are made from."""
+    return build_parser(every=True)
 
 
 def _chosen_subcommand(argv: list[str]) -> str | None:

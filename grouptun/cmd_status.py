@@ -1,8 +1,19 @@
-"""``grouptun status [GROUP] [--json]``: what ``wg show`` shows, for grouptun.
+"""``grouptun status [GROUP] [--brief | --dump | --json]``: what ``wg show`` shows, for grouptun.
 
 Asks each running daemon over its control socket (all sockets in the run
-directory when no group is named). ``--json`` prints the daemon's answer
-unchanged, for scripts; the text form is for people.
+directory when no group is named). The default text form is for people;
+``--brief`` prints one line per interface and one per member; ``--json``
+prints the daemon's answer unchanged, for scripts; ``--dump`` prints
+tab-separated fields in a fixed order, as ``wg show dump`` does::
+
+    interface line:  group  member  index  listen-port  epoch  rx-drops  tx-drops
+    one per member:  member  index  endpoint  addresses  last-seen  rx-bytes  tx-bytes  rx-packets  tx-packets
+
+``epoch`` is the epoch this host sends on (0: none yet); the drops are the
+sums of the receive and send reasons (``grouptun.core.counters``);
+``addresses`` are comma-separated; ``last-seen`` is in unix seconds, 0 for
+never; a missing endpoint or address is ``(none)``. Without GROUP every
+line starts with the interface name (``wg show all dump``).
 """
 
 from __future__ import annotations
@@ -10,14 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from grouptun.control import DEFAULT_RUN_DIR
+from grouptun.core.counters import RECEIVE_REASONS, SEND_REASONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("group", nargs="?", help="group name (default: every running group)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="the daemon's answer as JSON, for scripts")
+    form.add_argument("--dump", action="store_true", help="tab-separated fields, one line per member (wg show dump)")
+    form.add_argument("--brief", action="store_true", help="one line per interface and per member")
     parser.add_argument("--socket", type=Path, help="control socket (default: /run/grouptun/GROUP.sock)")
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
 
@@ -107,20 +123,87 @@ def format_status(st: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from grouptun.control import request, socket_path
+def current_epoch(st: dict) -> int | None:
+    """The epoch this host sends on, or None before the first one."""
+    sending = [e.get("epoch") for e in (st.get("session") or {}).get("epochs") or [] if e.get("sending")]
+    return sending[0] if sending else None
+
+
+def _own_index(st: dict):
+    own = [m.get("index") for m in (st.get("session") or {}).get("members") or [] if m.get("self")]
+    return own[0] if own else None
+
+
+def _others(st: dict) -> list[dict]:
+    return [m for m in (st.get("session") or {}).get("members") or [] if not m.get("self")]
+
+
+def _drop_sums(st: dict) -> tuple[int, int]:
+    drops = (st.get("session") or {}).get("drops") or {}
+    return sum(drops.get(r, 0) for r in RECEIVE_REASONS), sum(drops.get(r, 0) for r in SEND_REASONS)
+
+
+def _seen_unix(member: dict, now_wall: float) -> int:
+    age = member.get("last_seen_age")
+    return 0 if age is None else int(round(now_wall - age))
+
+
+def format_dump(st: dict, now_wall: float, prefix: str = "") -> str:
+    """The ``--dump`` lines of one daemon (columns in the module docstring)."""
+    rx_drops, tx_drops = _drop_sums(st)
+    own = _own_index(st)
+    rows = [[st.get("group"), st.get("member"), "(none)" if own is None else own, st.get("listen_port") or 0,
+             current_epoch(st) or 0, rx_drops, tx_drops]]
+    for m in _others(st):
+        rows.append([m.get("name"), m.get("index"), m.get("endpoint") or "(none)",
+                     ",".join(m.get("addresses") or []) or "(none)", _seen_unix(m, now_wall),
+                     m.get("rx_bytes", 0), m.get("tx_bytes", 0), m.get("rx_packets", 0), m.get("tx_packets", 0)])
+    return "\n".join(prefix + "\t".join(str(v) for v in row) for row in rows)
+
+
+def format_brief(st: dict) -> str:
+    """One line for the interface, one per member."""
+    rx_drops, tx_drops = _drop_sums(st)
+    epoch = current_epoch(st)
+    lines = [f"{st.get('interface')}: group {st.get('group')}, member {st.get('member')} (index {_own_index(st)}), "
+             f"epoch {epoch if epoch is not None else 'none yet'}, port {st.get('listen_port')}, "
+             f"drops {rx_drops} received {tx_drops} sent"]
+    rows = [(m.get("name") or "", str(m.get("index")), m.get("endpoint") or "(none)",
+             ",".join(m.get("addresses") or []) or "(none)",
+             _age(m.get("last_seen_age")) + (" ago" if m.get("last_seen_age") is not None else ""),
+             f"rx {_bytes(m.get('rx_bytes', 0))}", f"tx {_bytes(m.get('tx_bytes', 0))}") for m in _others(st)]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(7)]
+    for row in rows:
+        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def daemon_sockets(group: str | None, sock: Path | None, run_dir: Path) -> list[Path]:
+    """The control socket named by GROUP or --socket, else every socket in the run directory."""
+    from grouptun.control import socket_path
     from grouptun.errors import ControlError
 
-    if args.socket or args.group:
-        paths = [args.socket or socket_path(args.group, args.run_dir)]
-    else:
-        paths = sorted(Path(args.run_dir).glob("*.sock"))
-        if not paths:
-            raise ControlError(f"no grouptun daemon is running (no sockets in {args.run_dir})")
-    answers = [request(path, "status") for path in paths]
+    if sock or group:
+        return [sock or socket_path(group, run_dir)]
+    paths = sorted(Path(run_dir).glob("*.sock"))
+    if not paths:
+        raise ControlError(f"no grouptun daemon is running (no sockets in {run_dir})")
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    from grouptun.control import request
+
+    named = bool(args.group or args.socket)
+    answers = [request(path, "status") for path in daemon_sockets(args.group, args.socket, args.run_dir)]
     if args.json:
-        json.dump(answers[0] if args.group or args.socket else answers, sys.stdout, indent=2, sort_keys=True)
+        json.dump(answers[0] if named else answers, sys.stdout, indent=2, sort_keys=True)
         print()
+    elif args.dump:
+        now = time.time()
+        print("\n".join(format_dump(a, now, "" if named else f"{a.get('interface')}\t") for a in answers))
+    elif args.brief:
+        print("\n".join(format_brief(a) for a in answers))
     else:
         print("\n\n".join(format_status(a) for a in answers))
     return 0

@@ -83,7 +83,7 @@ class DaemonConfig:
     watch_timeout: float = 15.0    # long-poll length; rekey requests wait at most this long
     report_interval: float = 30.0
     backoff_max: float = 60.0
-    metrics_listen: str | None = None  # "127.0.0.1:9586"; loopback only
+    metrics_listen: str | None = None  # "127.0.0.1:19586"; loopback only
     offload: str = "auto"  # "auto": TUN TSO/GRO + UDP GSO/GRO where the kernel has them; "off": plain path
     cipher: str = "auto"  # run cipher (grouptun.native): "auto", "native" (error if not built), "reference"
 

@@ -46,14 +46,17 @@ from grouptun.errors import ConfigError, ProviderRefused, SystemSetupError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 9586
+# The port the docs and the example config suggest. Not 9586 (wireguard_exporter's, which an admin
+# running both would collide with), and outside 9100-9999, the Prometheus exporters' range, all of
+# it allocated; below Linux's ephemeral ports (32768-60999).
+DEFAULT_PORT = 19586
 CONFIG_KEY = "daemon.metrics_listen"
 # Provider calls are HTTPS round trips, some of them long-polls (watch).
 RTT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 def parse_listen(text: str, key: str = CONFIG_KEY) -> tuple[str, int]:
-    """``"127.0.0.1:9586"`` / ``"[::1]:9586"`` -> (host, port); loopback only."""
+    """``"127.0.0.1:19586"`` / ``"[::1]:19586"`` -> (host, port); loopback only."""
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
     else:

@@ -1,6 +1,7 @@
 """The provider's HTTPS API (FastAPI on uvicorn + uvloop): routes only.
 
-Member API, version 1 (the OpenAPI document is served at ``/openapi.json``)::
+Member API, version 1 (the OpenAPI document at ``/openapi.json``, with ``/docs`` and ``/redoc``,
+is served only with ``"api_docs": true`` in ``STATE/provider.json``; off by default)::
 
     POST /v1/enroll                                 join token secret + public keys + authenticator + proof
                                                     (Ed25519 signature over the other fields, see
@@ -31,7 +32,8 @@ Member API, version 1 (the OpenAPI document is served at ``/openapi.json``)::
     POST /v1/groups/{group}/report {"endpoints": ["host:port"], "packets_sent": {"<epoch>": n}}
                                                     -> 204
     POST /v1/groups/{group}/rekey {"reason": str}   -> 202 {"opened": bool} (false: coalesced)
-    GET  /healthz                                   -> 200 {"ok": true}
+    GET  /healthz                                   -> 200 {"ok": true} once the database answered a query
+                                                    (the schema version); 503 {"ok": false, "detail": reason}
 
 Refusals are 4xx with ``{"detail": reason}``: 400 a body that is not
 I-JSON (RFC 7493: NaN, Infinity, 1e999999, integers beyond 2**53 - 1,
@@ -69,15 +71,25 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from grouptun.errors import ConfigError
 from provider.errors import ProviderFault
 from provider.hub import Hub, StartBatcher, tick
 from provider.limits import Guard, RateLimiter
 from provider.routes import Context, Limits, archive_router, epochs_router, public_router, secrets_router
 from provider.service import Provider
 
-__all__ = ["MAX_BODY", "Settings", "create_app"]
+__all__ = ["MAX_BODY", "Settings", "create_app", "docs_from_config"]
 
 MAX_BODY = 64 * 1024
+DOCS_KEY = "api_docs"  # provider.json: serve /openapi.json, /docs and /redoc (false by default)
+
+
+def docs_from_config(config: dict) -> bool:
+    """``provider.json``'s ``api_docs`` (absent: false); ConfigError names the key when it is not a boolean."""
+    value = config.get(DOCS_KEY, False)
+    if not isinstance(value, bool):
+        raise ConfigError(DOCS_KEY, f"must be true or false, not {value!r} (provider.json)")
+    return value
 
 
 @dataclass
@@ -98,6 +110,7 @@ class Settings:
     report_burst: float = 5.0
     refusal_audit_rate: float = 10.0
     metrics: bool = False
+    docs: bool = False  # the interactive API documents tell a scanner every route and schema: opt in
 
 
 def _lifespan(ctx: Context):
@@ -120,8 +133,9 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
     """(ASGI app to serve -- the FastAPI app behind the size/address guard --, the FastAPI app)."""
     settings = settings or Settings()
     ctx = Context(provider, Limits.from_settings(settings))
+    docs = {} if settings.docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}
     app = FastAPI(title="grouptun provider", version="1", lifespan=_lifespan(ctx),
-                  description="Member API of the grouptun trust provider. See provider/app.py.")
+                  description="Member API of the grouptun trust provider. See provider/app.py.", **docs)
 
     def release_watchers() -> None:  # provider.serving, at shutdown
         if ctx.hub is not None:

@@ -23,7 +23,8 @@ applies hourly (``provider/retention.py``); ``hardware_rng`` (absent: off),
 a device such as ``/dev/hwrng`` mixed into the provider's randomness
 (``provider/hwrng.py``); the ``http_*`` connection limits ``serve`` applies
 (header size and fields, header and body deadlines, connections per address
-and in total: ``provider/connlimits.py``).
+and in total: ``provider/connlimits.py``); ``api_docs`` (false), true to
+serve ``/openapi.json``, ``/docs`` and ``/redoc``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def _provider(args):
 
 
 def cmd_init(args) -> int:
+    from provider.app import DOCS_KEY
     from provider.connlimits import HttpLimits
     from provider.retention import AuditRetention
     from provider.store import Store
@@ -100,7 +102,7 @@ def cmd_init(args) -> int:
     Store(str(paths.db)).create_schema()
     config = {"url": url, "created_at": time.time(), "provider_keys": signer.public.to_json(),
               **AuditRetention().to_config(),  # written out so an admin sees what to edit (provider/retention.py)
-              **HttpLimits().to_config()}
+              **HttpLimits().to_config(), DOCS_KEY: False}
     paths.config.write_text(json.dumps(config, indent=2) + "\n")
     print(f"state:            {paths.root}")
     print(f"url:              {url}")
@@ -138,13 +140,14 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from grouptun.logsetup import setup_logging
-    from provider.app import Settings, create_app
+    from provider.app import Settings, create_app, docs_from_config
     from provider.connlimits import HttpLimits, protocol_class
     from provider.serving import ProviderServer
 
     paths = _paths(args)
     config = read_config(paths)
     http_limits = HttpLimits.from_config(config)
+    docs = docs_from_config(config)
     lock = _lock_state(paths)  # noqa: F841 -- held for the life of the process
     provider = _provider(args)
     provider.signer  # noqa: B018 -- load keys now: a wrong passphrase fails before listening
@@ -160,7 +163,7 @@ def cmd_serve(args) -> int:
     asgi, app = create_app(provider, Settings(metrics=args.metrics, address_rate=args.address_rate,
                                               address_burst=args.address_rate * 2, member_rate=args.member_rate,
                                               member_burst=args.member_rate * 3, start_rate=args.start_rate,
-                                              report_rate=args.report_rate))
+                                              report_rate=args.report_rate, docs=docs))
     refused = app.state.metrics.connection_refused if args.metrics else (lambda reason: None)
     # h11, not httptools: h11 bounds an unfinished header (see provider/connlimits.py for the rest).
     server = ProviderServer(uvicorn.Config(

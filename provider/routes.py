@@ -10,16 +10,18 @@ routes parse their body as I-JSON first (``provider/ijson.py``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from grouptun.reqsign import NonceCache, SignatureRefused, verify_headers
-from provider.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unauthorized
+from provider.errors import Forbidden, InvalidInput, NotFound, RateLimited, SchemaError, StateDirError, Unauthorized
 from provider.ijson import IJsonRoute
 from provider.limits import RateLimiter
 from provider.schemas import (ARCHIVE_MEDIA, GROUP_PATH, SEALED_MEDIA, EnrollAnswer, EnrollRequest, RekeyAnswer,
@@ -29,6 +31,7 @@ from provider.service import Provider
 ARCHIVE_RESPONSES = {200: {"content": {ARCHIVE_MEDIA: {}}, "description": "signed archive envelope"},
                      404: {"description": "no such group, or no epoch yet"}}
 SEALED_RESPONSES = {200: {"content": {SEALED_MEDIA: {}}, "description": "1168 bytes"}}
+log = logging.getLogger("provider.routes")
 WAITING = {"waiting": "members", "detail": "the group has fewer than 2 members; the start challenge is "
            "pending and the group's first epoch will list it"}
 
@@ -107,8 +110,15 @@ def public_router(ctx: Context) -> APIRouter:
     """Unsigned routes: health and enrollment (the join token authenticates)."""
     router = APIRouter(route_class=IJsonRoute)
 
-    @router.get("/healthz")
-    async def healthz() -> dict:
+    @router.get("/healthz", responses={503: {"description": "the database did not answer"}})
+    async def healthz():
+        try:  # one indexed row: cheap, and it needs the database to answer and to be ours
+            await run_in_threadpool(ctx.provider.store.check_schema)
+        except (StateDirError, SQLAlchemyError) as exc:
+            log.warning("healthz: %s", exc)
+            # the schema's reason is safe to show; a driver's message may name hosts and paths
+            detail = exc.reason if isinstance(exc, SchemaError) else "database unavailable (see the provider's log)"
+            return JSONResponse({"ok": False, "detail": detail}, status_code=503)
         return {"ok": True}
 
     @router.post("/v1/enroll", response_model=EnrollAnswer)

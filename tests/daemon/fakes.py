@@ -531,6 +531,23 @@ class FakeTransport(requests.adapters.BaseAdapter):
         pass
 
 
+class FakeEcho:
+    """An ``EchoProbe`` (grouptun.cmd_ping) that answers from a script: each entry is a round trip
+    in seconds, or None for no reply. ``sent`` records (sequence, timeout) per request."""
+
+    def __init__(self, rtts) -> None:
+        self.rtts = list(rtts)
+        self.sent: list[tuple[int, float]] = []
+        self.closed = False
+
+    def echo(self, sequence: int, timeout: float) -> float | None:
+        self.sent.append((sequence, timeout))
+        return self.rtts.pop(0)
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def ipv4_packet(src: str, dst: str, payload: bytes = b"hello") -> bytes:
     """A minimal IPv4/UDP packet (checksums zero; the session checks addresses, not checksums)."""
     total = 20 + 8 + len(payload)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from grouptun import config as cfgmod
-from grouptun import cli, control, credmigrate, keystore, native
+from grouptun import cli, cmd_ping, control, credmigrate, keystore, native
 from grouptun.cmd_status import format_status
 from grouptun.daemon import Daemon, Factories
 from grouptun.errors import ConfigError, InstanceSuperseded, KeystoreError, KeystoreLocked, StateDirLocked
 from grouptun.udp import UdpTransport
 
-from .fakes import (CREDENTIAL, FAST, FakeNetConfig, FakeProvider, FakeTun, arena_holds, ipv4_packet,
+from .fakes import (CREDENTIAL, FAST, FakeEcho, FakeNetConfig, FakeProvider, FakeTun, arena_holds, ipv4_packet,
                     legacy_keystore, vm_locked)
 
 
@@ -137,6 +138,19 @@ def test_two_daemons_carry_a_packet_then_stop_cleanly(tmp_path, capsys, caplog):
         assert json.loads(capsys.readouterr().out)["member"] == "alice"
         assert cli.main(["status", "lan", "--socket", sock]) == 0
         assert "interface: gt-talice" in capsys.readouterr().out
+        assert cli.main(["status", "lan", "--socket", sock, "--dump"]) == 0
+        head, bob_line = capsys.readouterr().out.splitlines()
+        bob_st = next(m for m in alice.status()["session"]["members"] if m["name"] == "bob")
+        assert head.split("\t")[:5] == ["lan", "alice", "0", str(st["listen_port"]), "2"]
+        assert bob_line.split("\t")[:4] == ["bob", "1", bob_st["endpoint"], "10.77.0.3,fd77::3"]
+        assert abs(int(bob_line.split("\t")[4]) - time.time()) < 30  # seen just now, in unix seconds
+        assert cli.main(["status", "lan", "--socket", sock, "--brief"]) == 0
+        assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["bob", "1", bob_st["endpoint"]]
+        assert cli.main(["ping", "nobody", "--socket", sock]) == 2
+        assert "no member 'nobody' in group lan; members: bob" in capsys.readouterr().err
+        assert cmd_ping.pick_target(alice.status(), "bob", 4) == ("10.77.0.2", "10.77.0.3")
+        assert cmd_ping.ping_member(alice.status, FakeEcho([0.001]), "bob", "10.77.0.3", 1, 0, 1, sys.stdout) == 0
+        assert f"endpoint {bob_st['endpoint']} epoch 2" in capsys.readouterr().out
         assert cli.main(["down", "lan", "--socket", sock]) == 0
         alice.thread.join(10)
     finally:

@@ -14,7 +14,7 @@ import pytest
 from grouptun.lab import iperf3, ping
 from grouptun.lab.attack import run_attack
 from grouptun.lab.impair import impair
-from grouptun.lab.mesh import drop_counts
+from grouptun.lab.mesh import current_epoch, drop_counts, peer_endpoints
 
 MEMBERS = ("a", "b", "c")
 
@@ -26,6 +26,54 @@ IPV6_UNDERLAY = ("c",)     # c is reached over the IPv6 underlay, a and b over I
 def test_every_pair_pings_over_ipv4_and_ipv6(lab_mesh):
     lab, mesh = lab_mesh
     assert mesh.ping_all_pairs() == []
+
+
+def _grouptun_ping(mesh, src: str, *args: str):
+    return mesh.member_cli(src, "ping", *args, "--group", mesh.group, "--run-dir",
+                           str(mesh.members[src].run_dir), check=False, timeout=30.0)
+
+
+def test_grouptun_ping_reports_round_trip_endpoint_and_epoch(lab_mesh):
+    lab, mesh = lab_mesh
+    for dst, family in (("b", "-4"), ("c", "-6")):     # c's endpoint is on the IPv6 underlay
+        proc = _grouptun_ping(mesh, "a", dst, family, "-c", "3", "-i", "0.2")
+        status = mesh.status("a")
+        print(f"\n{proc.stdout}", end="")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        target = mesh.members[dst].overlay(6 if family == "-6" else 4)
+        replies = re.findall(rf"^reply from {dst} {re.escape(target)}: seq=(\d) time=([\d.]+) ms "
+                             rf"endpoint (\S+) epoch (\d+)$", proc.stdout, re.MULTILINE)
+        assert [r[0] for r in replies] == ["1", "2", "3"], proc.stdout
+        assert {r[2] for r in replies} == {peer_endpoints(status)[dst]}
+        assert {int(r[3]) for r in replies} == {current_epoch(status)}
+        assert all(0 < float(r[1]) < 1000 for r in replies)
+        assert f"{dst}: 3 sent, 3 received, rtt min/avg/max" in proc.stdout
+    # b stops answering echoes: no reply within -W, exit 1 (the tunnel itself is fine)
+    lab.sysctl("b", "net.ipv4.icmp_echo_ignore_all", 1)
+    try:
+        proc = _grouptun_ping(mesh, "a", "b", "-c", "2", "-i", "0.1", "-W", "0.3")
+    finally:
+        lab.sysctl("b", "net.ipv4.icmp_echo_ignore_all", 0)
+    assert proc.returncode == 1 and "b: 2 sent, 0 received" in proc.stdout, proc.stdout + proc.stderr
+    proc = _grouptun_ping(mesh, "a", "nobody")
+    assert proc.returncode == 2 and "no member 'nobody'" in proc.stderr
+
+
+def test_status_dump_and_brief_in_the_live_mesh(lab_mesh):
+    lab, mesh = lab_mesh
+    args = ("status", mesh.group, "--run-dir", str(mesh.members["a"].run_dir))
+    dump = mesh.member_cli("a", *args, "--dump", timeout=15.0).stdout
+    brief = mesh.member_cli("a", *args, "--brief", timeout=15.0).stdout
+    print(f"\n{dump}{brief}", end="")
+    status = mesh.status("a")
+    head, *peers = [line.split("\t") for line in dump.splitlines()]
+    assert head[:2] == [mesh.group, "a"] and int(head[4]) == current_epoch(status)
+    assert {p[0] for p in peers} == {"b", "c"} and all(len(p) == 9 for p in peers)
+    endpoints = peer_endpoints(status)
+    for p in peers:
+        assert p[2] == endpoints[p[0]] and p[3].split(",")[0] == mesh.members[p[0]].overlay(4)
+        assert int(p[4]) > 1_700_000_000 and int(p[5]) > 0 and int(p[6]) > 0  # seen, bytes both ways
+    assert [line.split()[0] for line in brief.splitlines()[1:]] == [p[0] for p in peers]
 
 
 def test_iperf3_tcp_completes(lab_mesh):

@@ -64,6 +64,10 @@ def test_root_install_layout_and_idempotence(tmp_path):
     assert got["usr/local/share/doc/grouptun/README.md"][0] == 0o644
     assert (tmp_path / "etc/grouptun/example.toml.sample").read_bytes() == (REPO / "grouptun/example.toml").read_bytes()
     assert "grouptun-provider:" in (tmp_path / "etc/passwd").read_text()
+    for prog in ("grouptun", "grouptun-provider"):
+        for path in (f"usr/local/share/bash-completion/completions/{prog}", f"usr/local/share/zsh/site-functions/_{prog}",
+                     f"usr/local/share/man/man8/{prog}.8"):
+            assert got[path][0] == 0o644, path
 
     second = run("--root", str(tmp_path), "--no-package")
     assert changes(second) == 0
@@ -80,6 +84,33 @@ def test_root_install_layout_and_idempotence(tmp_path):
     stage_root(tmp_path)
     proc = verify(tmp_path, "grouptun@lan.service", "grouptun-provider.service")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def _bash_completes(script: Path, words: list[str]) -> list[str]:
+    """What the installed bash completion offers for the last of ``words``."""
+    code = (f'source "{script}"; COMP_WORDS=({" ".join(words)}); COMP_CWORD={len(words) - 1}; '
+            f'COMP_LINE="{" ".join(words)}"; COMP_POINT=${{#COMP_LINE}}; _shtab_grouptun; printf "%s\\n" "${{COMPREPLY[@]}}"')
+    proc = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+def test_completion_and_man_pages_come_from_the_parsers(tmp_path):
+    run("--root", str(tmp_path), "--no-package")
+    share = tmp_path / "usr/local/share"
+    completion = share / "bash-completion/completions/grouptun"
+    assert _bash_completes(completion, ["grouptun", "pi"]) == ["ping"]
+    assert set(_bash_completes(completion, ["grouptun", ""])) >= {"join", "up", "status", "ping", "down"}
+    assert "--dump" in _bash_completes(completion, ["grouptun", "status", "--d"])
+    assert "_grouptun-provider" in (share / "zsh/site-functions/_grouptun-provider").read_text()
+    page = (share / "man/man8/grouptun.8").read_text()
+    assert page.startswith('.TH GROUPTUN "8"') and "grouptun ping" in page and "\\-\\-dump" in page
+    provider_page = (share / "man/man8/grouptun-provider.8").read_text()
+    assert "grouptun\\-provider serve" in provider_page
+    if shutil.which("man"):
+        proc = subprocess.run(["man", "-l", str(share / "man/man8/grouptun.8")], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "MANWIDTH": "100"})
+        assert proc.returncode == 0 and "COMMAND 'grouptun ping'" in proc.stdout, proc.stderr
 
 
 def test_bad_arguments_are_refused(tmp_path):

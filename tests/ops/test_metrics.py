@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import urllib.request
@@ -12,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from grouptun.errors import ConfigError, ProviderRefused
-from grouptun.metrics import DaemonMetrics, parse_listen
+from grouptun.metrics import DEFAULT_PORT, DaemonMetrics, parse_listen
+from ops.units import REPO
 
 STATUS = {
     "epochs": [{"epoch": 6, "age": 40.0, "sending": False, "packets_sent": 5},
@@ -43,6 +45,14 @@ def test_refuses_non_loopback_or_malformed(listen):
     with pytest.raises(ConfigError) as err:
         parse_listen(listen)
     assert err.value.key == "daemon.metrics_listen"
+
+
+def test_suggested_port_is_not_wireguard_exporters_and_every_doc_suggests_it():
+    assert DEFAULT_PORT != 9586  # wireguard_exporter's: an admin running both would collide
+    assert not 9100 <= DEFAULT_PORT <= 9999  # the Prometheus exporters' range, all of it allocated
+    docs = "".join((REPO / name).read_text() for name in ("grouptun/example.toml", "systemd/README.md", "README.md"))
+    suggested = re.findall(r'metrics_listen = "127\.0\.0\.1:(\d+)"', docs)
+    assert len(suggested) >= 3 and set(suggested) == {str(DEFAULT_PORT)}
 
 
 def test_accepts_loopback():

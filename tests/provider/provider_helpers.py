@@ -164,6 +164,7 @@ def tls_socket(port: int, source: str = "127.0.0.1", timeout: float = 10.0) -> s
 def provider_env(tmp_path_factory):
     env = init_provider(tmp_path_factory.mktemp("provider"))
     admin(env.state, "group", "create", "lan", "--cidr", "10.77.0.0/24", "--cidr6", "fd77::/64")
+    configure(env, api_docs=True)  # the fuzz test reads the served /openapi.json
     env.server.start()
     try:
         yield env

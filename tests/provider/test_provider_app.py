@@ -12,11 +12,14 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from grouptun.core.archive import enroll_message
 from grouptun.core.capsule import KemPrivateKey
 from grouptun.reqsign import sign_headers
-from provider.app import MAX_BODY, Settings, create_app
+from sqlalchemy import text
+
+from grouptun.errors import ConfigError
+from provider.app import MAX_BODY, Settings, create_app, docs_from_config
 from provider.keys import Signer
 from provider.limits import RateLimiter
 from provider.service import Provider
-from provider.store import Store
+from provider.store import SCHEMA_VERSION, Store
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 TestClient = pytest.importorskip("starlette.testclient").TestClient
@@ -68,6 +71,37 @@ def test_guard_refuses_big_and_malformed_bodies(world):
         r = client.post("/v1/enroll", content=b"{}", headers={"content-length": "abc"})
         assert r.status_code in (400, 422)
         assert client.get("/healthz").json() == {"ok": True}
+
+
+def test_healthz_answers_503_with_a_reason_when_the_database_does_not(world, caplog):
+    provider, _ = world
+    asgi, _ = create_app(provider)
+    with TestClient(asgi, client=("127.0.0.1", 4000)) as client:
+        assert client.get("/healthz").json() == {"ok": True}
+        with provider.store.write() as conn:
+            conn.execute(text("UPDATE meta SET value = '999' WHERE key = 'schema_version'"))
+        r = client.get("/healthz")
+        assert (r.status_code, r.json()) == (503, {"ok": False, "detail": (
+            f"database schema version 999, this provider knows {SCHEMA_VERSION}")})
+        with provider.store.write() as conn:
+            conn.execute(text("DROP TABLE meta"))
+        r = client.get("/healthz")
+        assert (r.status_code, r.json()) == (503, {"ok": False, "detail": "database unavailable (see the provider's log)"})
+    assert "no such table: meta" in caplog.text  # the driver's own words go to the log only
+
+
+def test_api_documents_are_served_only_when_enabled(world):
+    provider, _ = world
+    for docs, code in ((False, 404), (True, 200)):
+        asgi, _ = create_app(provider, Settings(docs=docs))
+        with TestClient(asgi, client=("127.0.0.1", 4000)) as client:
+            assert [client.get(path).status_code for path in ("/docs", "/redoc", "/openapi.json")] == [code] * 3
+            assert client.get("/healthz").status_code == 200
+    assert docs_from_config({}) is False and docs_from_config({"api_docs": True}) is True
+    for bad in ("yes", 1, None):
+        with pytest.raises(ConfigError) as err:
+            docs_from_config({"api_docs": bad})
+        assert err.value.key == "api_docs"
 
 
 def test_per_address_and_per_member_rate_limits(world):

@@ -15,7 +15,7 @@ from grouptun.core.capsule import capsule_info, open_sealed, salt_info
 from grouptun.errors import ProviderRefused
 from grouptun.provider_client import pinned_session
 from grouptun.reqsign import sign_headers
-from provider_helpers import TestMember, admin
+from provider_helpers import TestMember, admin, configure, init_provider
 
 
 @pytest.fixture(scope="module")
@@ -282,6 +282,14 @@ def test_audit_log_records_actions_without_secrets(provider_env, alice):
     assert alice.token.secret not in dump
     tail = admin(provider_env.state, "audit", "--follow", "--follow-for", "0.2", "--limit", "3").stdout
     assert len(tail.splitlines()) >= 3
+
+
+def test_api_docs_setting_is_written_by_init_and_validated_by_serve(tmp_path):
+    env = init_provider(tmp_path)
+    assert json.loads((env.state / "provider.json").read_text())["api_docs"] is False
+    configure(env, api_docs="yes")
+    proc = admin(env.state, "serve", "--listen", f"127.0.0.1:{env.port}", check=False)
+    assert proc.returncode == 78 and "config key 'api_docs': must be true or false" in proc.stderr, proc.stderr
 
 
 def test_cli_errors_have_messages_and_exit_codes(provider_env, tmp_path):
