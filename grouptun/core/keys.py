@@ -8,8 +8,10 @@
     key_check    = HKDF-Expand(PRK, "grouptun/1 check" || ctx, 16)
     enc_key[i]   = HKDF-Expand(PRK, "grouptun/1 key" || ctx || u32(i), 32)
     mac_key[i]   = HKDF-Expand(PRK, "grouptun/1 mac" || ctx || u32(i), 32)   (suite 2)
+    exporter_secret = HKDF-Expand(PRK, "grouptun/1 exporter" || ctx, 32)   (section 3.1)
 
-Key material we hold lives in ``bytearray`` objects written by
+The exporter's own formula and the typed products built on it are in
+:mod:`grouptun.core.exporter`. Key material we hold lives in ``bytearray`` objects written by
 ``derive_into`` so that :meth:`EpochKeys.wipe` can overwrite it. Limits:
 ``cryptography`` keeps its own copy of a key inside each cipher object (freed,
 and cleared by OpenSSL, when the object goes away), and the HMAC / hash
@@ -43,6 +45,8 @@ LABEL_DATA_ID = b"grouptun/1 data-id"
 LABEL_CHECK = b"grouptun/1 check"
 LABEL_KEY = b"grouptun/1 key"
 LABEL_MAC = b"grouptun/1 mac"
+LABEL_EXPORTER = b"grouptun/1 exporter"
+EXPORTER_SECRET_SIZE = 32
 
 _SHA256 = hashes.SHA256()
 
@@ -96,7 +100,8 @@ class EpochKeys:
     After ``wipe`` every method raises ValueError.
     """
 
-    __slots__ = ("suite", "group_id", "epoch", "_ctx", "_prk", "nonce_common", "_enc", "_mac")
+    __slots__ = ("suite", "group_id", "epoch", "_ctx", "_prk", "nonce_common", "_enc", "_mac",
+                 "_exporter")
 
     def __init__(self, suite: int, group_id: bytes, epoch: int,
                  shared_secret: bytes | bytearray, salt: bytes | bytearray) -> None:
@@ -108,6 +113,7 @@ class EpochKeys:
         self.nonce_common = bytearray(_sha256(self._prk)[:NONCE_COMMON_SIZE])
         self._enc: dict[int, bytearray] = {}
         self._mac: dict[int, bytearray] = {}
+        self._exporter: bytearray | None = None
 
     @property
     def prk(self) -> bytearray:
@@ -133,10 +139,18 @@ class EpochKeys:
             key = self._mac[index] = expand(self.prk, LABEL_MAC + self._ctx + _u32(index), KEY_SIZE)
         return key
 
+    def exporter_secret(self) -> bytearray:
+        """The root of the products handed to applications (PROTOCOL.md 3.1), never a packet key."""
+        if self._exporter is None:
+            self._exporter = expand(self.prk, LABEL_EXPORTER + self._ctx, EXPORTER_SECRET_SIZE)
+        return self._exporter
+
     def wipe(self) -> None:
-        """Overwrite PRK, nonce_common and every derived key."""
+        """Overwrite PRK, nonce_common, the exporter secret and every derived key."""
         wipe(self._prk)
         self._prk = None
+        wipe(self._exporter)
+        self._exporter = None
         wipe(self.nonce_common)
         for table in (self._enc, self._mac):
             for key in table.values():
