@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("grouptun.cmd_up", "run the daemon for a group in the foreground"),
     "status": ("grouptun.cmd_status", "show interfaces, epochs, members and drops"),
     "down": ("grouptun.cmd_down", "stop a running daemon"),
+    "export": ("grouptun.cmd_export", "a key, TLS PSK, password or key pair of the group's current epoch"),
     "vectors": ("grouptun.cmd_vectors", "compute every output of a protocol test-vector file"),
 }
 

@@ -45,10 +45,11 @@ from grouptun.config import Config
 from grouptun.control import ControlServer
 from grouptun.controlplane import ControlPlane
 from grouptun.core.archive import Archive, ProviderKeys
+from grouptun.core import exporter
 from grouptun.dataplane import DataPlane, LoopPort
 # Re-exported: ``grouptun join`` imports seen_endpoints from here.
 from grouptun.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
-from grouptun.errors import ConfigError, GrouptunError
+from grouptun.errors import ConfigError, ControlError, GrouptunError
 from grouptun.opshooks import OpsHooks
 from grouptun.statefile import EpochStateFile
 
@@ -165,6 +166,26 @@ class Daemon:
             "session": self.session.status(now) if self.session else {},
         }
 
+    def export(self, **raw) -> dict:
+        """A crypto-product (PROTOCOL.md 3.1) of the sending or the previous epoch; logged by label only."""
+        from grouptun import products
+
+        request = products.request_from_json(raw)
+        now = self.clock()
+        state = self.session.sending_epoch(now) if request.epoch == "current" else self.session.previous_epoch(now)
+        if state is None:
+            raise ControlError(f"no {request.epoch} epoch held" + (" (past its grace, or none before)"
+                                                                  if request.epoch == "previous" else " yet"))
+        product = exporter.derive_product(state.keys.exporter_secret(), request.type, request.name,
+                                          request.context, request.length, self.config.group.name, state.epoch)
+        try:
+            value = products.render(product, request.format)
+        finally:
+            product.wipe()
+        log.info("export %r (epoch %d, %s)", product.label, state.epoch, request.format)
+        return {"type": product.type, "label": product.label, "epoch": state.epoch, "identity": product.identity,
+                "entropy_bits": round(product.entropy_bits, 1), "value": value}
+
     def request_stop(self, why: str = "") -> dict:
         if why:
             log.info("stopping: %s", why)
@@ -229,7 +250,8 @@ class Daemon:
             credential_mod.wipe(self.credential)  # the proof holds what the provider needs
             pinned = self._pinned()
             server = ControlServer(self.config.paths.control_socket,
-                                   {"status": self.status, "down": lambda: self.request_stop("down requested")})
+                                   {"status": self.status, "export": self.export,
+                                    "down": lambda: self.request_stop("down requested")})
             server.check_free()  # a second `up` for the group stops here, before touching the TUN
             stack.callback(server.remove)  # last: `grouptun down` returns once everything is gone
             statefile = EpochStateFile(self.config.statefile_path)

@@ -156,17 +156,11 @@ def _exports(v: _Vector, epoch_keys: keys.EpochKeys) -> dict:
             length = item.int("length", 1, exporter.LENGTH_MAX)
             try:
                 computed["exported"].append(exporter.export(secret, label, context, length).hex())
-            except ValueError as exc:
-                raise item.fail(_field_named(exc, ("label", "context")), str(exc)) from None
+            except exporter.ArgumentError as exc:
+                raise item.fail(exc.argument, str(exc)) from None
     if "products" in v.raw:
         computed["produced"] = [_product(item, secret, epoch_keys.epoch) for item in _list(v, "products")]
     return computed
-
-
-def _field_named(exc: ValueError, fields: tuple[str, ...]) -> str:
-    """The field a core ValueError names first (its messages start with the argument)."""
-    word = str(exc).split(" ", 1)[0].rstrip(":")
-    return word if word in fields else "type"
 
 
 def _product(item: _Vector, secret: bytearray, epoch: int) -> dict:
@@ -174,8 +168,8 @@ def _product(item: _Vector, secret: bytearray, epoch: int) -> dict:
     length = item.int("length", 1, exporter.LENGTH_MAX) if "length" in item.raw else None
     try:
         product = exporter.derive_product(secret, type_, name, item.hex("context"), length, group, epoch)
-    except ValueError as exc:
-        raise item.fail(_field_named(exc, ("name", "length", "group", "context")), str(exc)) from None
+    except exporter.ArgumentError as exc:
+        raise item.fail(exc.argument, str(exc)) from None
     out = {"label": product.label, "secret": product.secret.hex(), "entropy_bits": round(product.entropy_bits, 3)}
     if product.identity:
         out["identity"] = product.identity

@@ -67,6 +67,14 @@ _FIXED_SIZES = {"tls-psk": PSK_SIZE, "ed25519": SEED_SIZE, "x25519": SEED_SIZE}
 _RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+class ArgumentError(ValueError):
+    """A request outside PROTOCOL.md 3.1's limits; ``argument`` names the argument at fault."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        self.argument = argument
+        super().__init__(message)
+
+
 def export(exporter_secret: bytes | bytearray, label: str | bytes, context: bytes | bytearray,
            length: int) -> bytearray:
     """``export(label, context, L)``; ValueError naming the argument that breaks 3.1's limits."""
@@ -74,9 +82,9 @@ def export(exporter_secret: bytes | bytearray, label: str | bytes, context: byte
     if not isinstance(context, (bytes, bytearray)):
         raise TypeError(f"context must be bytes, got {type(context).__name__}")
     if len(context) > CONTEXT_MAX:
-        raise ValueError(f"context is {len(context)} bytes, at most {CONTEXT_MAX}")
+        raise ArgumentError("context", f"context is {len(context)} bytes, at most {CONTEXT_MAX}")
     if type(length) is not int or not 1 <= length <= LENGTH_MAX:  # noqa: E721 - no bool
-        raise ValueError(f"length must be an integer in 1..{LENGTH_MAX}, got {length!r}")
+        raise ArgumentError("length", f"length must be an integer in 1..{LENGTH_MAX}, got {length!r}")
     info = (struct.pack(">B", len(label_bytes)) + label_bytes + struct.pack(">I", len(context))
             + bytes(context) + struct.pack(">H", length))
     return keys.expand(exporter_secret, info, length)
@@ -86,23 +94,23 @@ def check_label(label: str | bytes) -> bytes:
     """The label's bytes; ValueError unless 1..255 bytes of printable ASCII."""
     if isinstance(label, str):
         if not label.isascii():
-            raise ValueError("label must be printable ASCII")
+            raise ArgumentError("label", "label must be printable ASCII")
         label = label.encode("ascii")
     if not isinstance(label, bytes):
         raise TypeError(f"label must be str or bytes, got {type(label).__name__}")
     if not 1 <= len(label) <= LABEL_MAX:
-        raise ValueError(f"label must be 1..{LABEL_MAX} bytes, got {len(label)}")
+        raise ArgumentError("label", f"label must be 1..{LABEL_MAX} bytes, got {len(label)}")
     if any(not 0x20 <= byte <= 0x7E for byte in label):
-        raise ValueError("label must be printable ASCII (0x20..0x7e)")
+        raise ArgumentError("label", "label must be printable ASCII (0x20..0x7e)")
     return label
 
 
 def product_label(type_: str, name: str) -> str:
     """``"grouptun/1 " || type || " " || name``; ValueError for an unknown type or a bad name."""
     if type_ not in PRODUCT_TYPES:
-        raise ValueError(f"type {type_!r} unknown; known: {', '.join(PRODUCT_TYPES)}")
+        raise ArgumentError("type", f"type {type_!r} unknown; known: {', '.join(PRODUCT_TYPES)}")
     if not isinstance(name, str) or NAME_PATTERN.fullmatch(name) is None:
-        raise ValueError(f"name {name!r} must be 1..64 characters of A-Z a-z 0-9 . _ -")
+        raise ArgumentError("name", f"name {name!r} must be 1..64 characters of A-Z a-z 0-9 . _ -")
     return f"{PRODUCT_PREFIX}{type_} {name}"
 
 
@@ -110,7 +118,7 @@ def tls_psk_identity(group: str, name: str, epoch: int) -> str:
     """``"grouptun:" || group || ":" || name || ":" || decimal epoch``."""
     if not isinstance(group, str) or not group or not group.isascii() or ":" in group \
             or not group.isprintable():
-        raise ValueError(f"group {group!r} must be printable ASCII without ':'")
+        raise ArgumentError("group", f"group {group!r} must be printable ASCII without ':'")
     return f"grouptun:{group}:{name}:{epoch:d}"
 
 
@@ -119,13 +127,13 @@ def check_length(type_: str, length: int | None) -> int:
     fixed = _FIXED_SIZES.get(type_)
     if fixed is not None:
         if length not in (None, fixed):
-            raise ValueError(f"length: a {type_} product is always {fixed} bytes")
+            raise ArgumentError("length", f"length: a {type_} product is always {fixed} bytes")
         return fixed
     high, default = (PASSWORD_MAX, PASSWORD_DEFAULT) if type_ == "password" else (LENGTH_MAX, KEY_DEFAULT)
     if length is None:
         return default
     if type(length) is not int or not 1 <= length <= high:  # noqa: E721 - no bool
-        raise ValueError(f"length must be an integer in 1..{high} for {type_}, got {length!r}")
+        raise ArgumentError("length", f"length must be an integer in 1..{high} for {type_}, got {length!r}")
     return length
 
 
@@ -133,7 +141,7 @@ def password_from(stream: bytes | bytearray, length: int) -> str:
     """The first ``length`` accepted letters of ``stream`` (rejection sampling, see above)."""
     letters = [PASSWORD_ALPHABET[byte % len(PASSWORD_ALPHABET)] for byte in stream if byte < _ACCEPT_BELOW]
     if len(letters) < length:
-        raise ValueError(f"password: the exported stream gave {len(letters)} of {length} letters")
+        raise ArgumentError("password", f"password: the exported stream gave {len(letters)} of {length} letters")
     return "".join(letters[:length])
 
 

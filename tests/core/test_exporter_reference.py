@@ -17,6 +17,7 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -194,3 +195,43 @@ def regenerate() -> None:
 
 if __name__ == "__main__":
     sys.exit(regenerate())
+
+
+def _cli(capsys, tmp_path, document, *extra):
+    from grouptun import cli
+
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(document))
+    code = cli.main(["vectors", *extra, str(path)])
+    return (code, *capsys.readouterr())
+
+
+def test_check_flags_a_wrong_export_and_a_wrong_product(capsys, tmp_path):
+    document = _document()
+    document["vectors"][1]["exported"][0] = "00" * 32
+    document["vectors"][2]["produced"][0]["identity"] = "grouptun:x:y:1"
+    code, out, err = _cli(capsys, tmp_path, document, "--check")
+    assert code == 1 and json.loads(out) == _document()
+    assert "vectors[1].exported" in err and "vectors[2].produced" in err
+
+
+def test_outputs_absent_are_computed(capsys, tmp_path):
+    document = _document()
+    for v in document["vectors"]:
+        del v["exported"], v["produced"]
+    code, out, err = _cli(capsys, tmp_path, document)
+    assert (code, err) == (0, "") and out == FILE.read_text()
+
+
+@pytest.mark.parametrize("field, item, path", [
+    ("exports", {"label": "", "context": "", "length": 1}, "exports[0].label"),
+    ("exports", {"label": "a", "context": "0", "length": 1}, "exports[0].context"),
+    ("exports", {"label": "a", "context": "", "length": 8161}, "exports[0].length"),
+    ("products", {"type": "rsa", "name": "a", "group": "g", "context": ""}, "products[0].type"),
+    ("products", {"type": "key", "name": "a b", "group": "g", "context": ""}, "products[0].name"),
+    ("products", {"type": "tls-psk", "name": "a", "group": "g:h", "context": ""}, "products[0].group"),
+])
+def test_malformed_requests_name_the_field(capsys, tmp_path, field, item, path):
+    document = {"version": 1, "vectors": [dict(_document()["vectors"][0], **{field: [item]})]}
+    code, out, err = _cli(capsys, tmp_path, document)
+    assert code == 2 and err.startswith(f"grouptun vectors: vectors[0].{path}:") and out == ""

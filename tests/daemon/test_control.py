@@ -91,3 +91,30 @@ def test_stale_socket_is_replaced_and_removed_at_the_end(tmp_path):
 def test_client_without_daemon(tmp_path):
     with pytest.raises(ControlError, match="no daemon"):
         request(tmp_path / "none.sock", "status")
+
+
+def test_args_reach_the_handler_and_a_refusal_is_answered_without_a_traceback(tmp_path, caplog):
+    from grouptun.errors import UsageError
+
+    def export(**args):
+        if args.get("type") == "rsa":
+            raise UsageError("unknown type 'rsa'")
+        return args
+
+    path = tmp_path / "x.sock"
+    loop = asyncio.new_event_loop()
+    server = ControlServer(path, {"export": export})
+    loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert request(path, "export", args={"type": "key", "name": "a"}) == {"type": "key", "name": "a"}
+        with pytest.raises(ControlError, match="^unknown type 'rsa'$"):
+            request(path, "export", args={"type": "rsa"})
+        assert not [r for r in caplog.records if r.exc_info]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.run_until_complete(server.close())
+        server.remove()
+        loop.close()
