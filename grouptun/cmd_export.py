@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--type", default="key", help="tls-psk, key (default), password, ed25519 or x25519")
     parser.add_argument("--context", default="", help="text bound into the product (default: empty)")
     parser.add_argument("--length", type=int, help="key: bytes (default 32); password: letters (default 24)")
+    parser.add_argument("--count", type=int, help="a stream of N products (HMAC_DRBG; not for tls-psk), one a line")
     parser.add_argument("--format", help="hex, base64, pem, openssl-psk or text (default: the type's first)")
     parser.add_argument("--epoch", default="current", help="current (default) or previous")
     parser.add_argument("--json", action="store_true", help="print the whole answer as JSON")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from grouptun.products import check_request
 
     wanted = check_request(args.type, args.label, args.context.encode("utf-8", "surrogateescape"),
-                           args.length, args.format, args.epoch)
+                           args.length, args.format, args.epoch, args.count)
     answer = request(args.socket or socket_path(args.group, args.run_dir), "export", args=wanted.to_json())
     if args.json:
         json.dump(answer, sys.stdout, indent=2, sort_keys=True)

@@ -176,15 +176,21 @@ class Daemon:
         if state is None:
             raise ControlError(f"no {request.epoch} epoch held" + (" (past its grace, or none before)"
                                                                   if request.epoch == "previous" else " yet"))
-        product = exporter.derive_product(state.keys.exporter_secret(), request.type, request.name,
-                                          request.context, request.length, self.config.group.name, state.epoch)
+        secret = state.keys.exporter_secret()
+        made = exporter.derive_stream(secret, request.type, request.name, request.count, request.context,
+                                      request.length) if request.count else [
+            exporter.derive_product(secret, request.type, request.name, request.context, request.length,
+                                    self.config.group.name, state.epoch)]
         try:
-            value = products.render(product, request.format)
+            value = "\n".join(products.render(product, request.format) for product in made)
         finally:
-            product.wipe()
-        log.info("export %r (epoch %d, %s)", product.label, state.epoch, request.format)
-        return {"type": product.type, "label": product.label, "epoch": state.epoch, "identity": product.identity,
-                "entropy_bits": round(product.entropy_bits, 1), "value": value}
+            for product in made:
+                product.wipe()
+        first = made[0]
+        log.info("export %r (epoch %d, %s%s)", first.label, state.epoch, request.format,
+                 f", {len(made)} products" if request.count else "")
+        return {"type": first.type, "label": first.label, "epoch": state.epoch, "identity": first.identity,
+                "entropy_bits": round(first.entropy_bits, 1), "count": len(made), "value": value}
 
     def request_stop(self, why: str = "") -> dict:
         if why:

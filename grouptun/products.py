@@ -36,7 +36,7 @@ FORMATS: dict[str, tuple[str, ...]] = {
 }
 ALL_FORMATS = ("hex", "base64", "pem", "openssl-psk", "text")
 EPOCHS = ("current", "previous")
-_OPTIONS = {"name": "--label", "length": "--length", "context": "--context"}  # core argument -> CLI option
+_OPTIONS = {"name": "--label", "length": "--length", "context": "--context", "count": "--count"}  # core argument -> CLI option
 _PRIVATE = {"ed25519": ed25519.Ed25519PrivateKey, "x25519": x25519.X25519PrivateKey}
 
 
@@ -48,14 +48,15 @@ class ExportRequest:
     length: int | None
     format: str
     epoch: str
+    count: int | None = None     # a stream of products (core.exporter.derive_stream)
 
     def to_json(self) -> dict:
         return {"type": self.type, "name": self.name, "context": self.context.hex(),
-                "length": self.length, "format": self.format, "epoch": self.epoch}
+                "length": self.length, "format": self.format, "epoch": self.epoch, "count": self.count}
 
 
 def check_request(type_: str, name: str, context: bytes, length: int | None = None,
-                  format_: str | None = None, epoch: str = "current") -> ExportRequest:
+                  format_: str | None = None, epoch: str = "current", count: int | None = None) -> ExportRequest:
     """A valid request, or UsageError saying what is wrong (unknown type, bad label, ...)."""
     if type_ not in FORMATS:
         raise UsageError(f"unknown type {type_!r}; known: {', '.join(FORMATS)}")
@@ -70,20 +71,23 @@ def check_request(type_: str, name: str, context: bytes, length: int | None = No
         exporter.check_length(type_, length)
         if len(context) > exporter.CONTEXT_MAX:
             raise exporter.ArgumentError("context", f"context is {len(context)} bytes, at most {exporter.CONTEXT_MAX}")
+        if count is not None:
+            exporter.check_count(type_, count)
     except exporter.ArgumentError as exc:
         raise UsageError(f"bad {_OPTIONS.get(exc.argument, exc.argument)}: {exc}") from None
-    return ExportRequest(type_, name, bytes(context), length, chosen, epoch)
+    return ExportRequest(type_, name, bytes(context), length, chosen, epoch, count)
 
 
 def request_from_json(raw: dict) -> ExportRequest:
     """The daemon's side: a request as ``ExportRequest.to_json`` sent it, checked again."""
     try:
         context = bytes.fromhex(raw.get("context", ""))
-        length = raw.get("length")
-        if length is not None and type(length) is not int:  # noqa: E721 - no bool, no float
-            raise ValueError("length must be an integer")
+        length, count = raw.get("length"), raw.get("count")
+        for field, value in (("length", length), ("count", count)):
+            if value is not None and type(value) is not int:  # noqa: E721 - no bool, no float
+                raise ValueError(f"{field} must be an integer")
         return check_request(str(raw["type"]), str(raw["name"]), context, length,
-                             raw.get("format"), str(raw.get("epoch", "current")))
+                             raw.get("format"), str(raw.get("epoch", "current")), count)
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"malformed export request: {exc}") from None
 

@@ -167,10 +167,18 @@ def _product(item: _Vector, secret: bytearray, epoch: int) -> dict:
     type_, name, group = item.text("type"), item.text("name"), item.text("group")
     length = item.int("length", 1, exporter.LENGTH_MAX) if "length" in item.raw else None
     try:
+        if "count" in item.raw:
+            stream = exporter.derive_stream(secret, type_, name, item.int("count", 1, exporter.STREAM_MAX),
+                                            item.hex("context"), length)
+            return {"label": stream[0].label, "stream": [_product_fields(product) for product in stream]}
         product = exporter.derive_product(secret, type_, name, item.hex("context"), length, group, epoch)
     except exporter.ArgumentError as exc:
         raise item.fail(exc.argument, str(exc)) from None
-    out = {"label": product.label, "secret": product.secret.hex(), "entropy_bits": round(product.entropy_bits, 3)}
+    return {"label": product.label, **_product_fields(product)}
+
+
+def _product_fields(product: exporter.Product) -> dict:
+    out = {"secret": product.secret.hex(), "entropy_bits": round(product.entropy_bits, 3)}
     if product.identity:
         out["identity"] = product.identity
     if product.public:

@@ -137,3 +137,19 @@ def test_key_pairs_are_derived_from_the_exported_seed():
     assert other.secret != product.secret  # the type is in the label
     product.wipe()
     assert product.secret == bytes(32)
+
+
+def test_a_stream_gives_distinct_products_apart_from_the_single_product():
+    stream = exporter.derive_stream(SECRET, "key", "otk", 5, b"", 16)
+    secrets = {bytes(p.secret) for p in stream}
+    assert len(secrets) == 5 and all(len(s) == 16 for s in secrets)
+    assert bytes(exporter.derive_product(SECRET, "key", "otk", b"", 16).secret) not in secrets
+    assert stream[0].label == "grouptun/1 key otk stream"
+    again = exporter.derive_stream(SECRET, "key", "otk", 2, b"", 16)
+    assert [bytes(p.secret) for p in again] == [bytes(p.secret) for p in stream[:2]]  # a stream is a prefix
+
+
+@pytest.mark.parametrize("type_, count", [("tls-psk", 2), ("key", 0), ("key", 1001), ("key", True)])
+def test_bad_streams_name_the_count(type_, count):
+    with pytest.raises(ValueError, match="^count"):
+        exporter.derive_stream(SECRET, type_, "n", count)

@@ -115,3 +115,14 @@ def test_render_formats_of_a_key_pair():
                                None)
     assert key.public_key().public_bytes_raw() == product.public
     assert render(product, "base64").count("\n") == 1
+
+
+def test_a_stream_of_one_time_keys_is_the_same_on_both_members(pair, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    alice, bob = pair
+    outs = [export(capsys, m, "--label", "otk", "--length", "16", "--count", "4")[1] for m in (alice, bob)]
+    keys = outs[0].split()
+    assert outs[0] == outs[1] and len(keys) == 4 == len(set(keys)) and all(len(k) == 32 for k in keys)
+    assert "'grouptun/1 key otk stream' (epoch 2, hex, 4 products)" in caplog.text
+    code, _, err = export(capsys, alice, "--label", "web", "--type", "tls-psk", "--count", "2")
+    assert code == 2 and "bad --count" in err
