@@ -21,19 +21,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.core.test_vectors_reference import hkdf_expand  # the stdlib HKDF-Expand of the packet vectors
 from grouptun.vectors import PROTOCOL_ORDER, compute_document, compute_protocol
 
 FILE = Path(__file__).resolve().parents[1] / "vectors" / "exporter-v1.json"
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-
-
-def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
-    out, block, counter = b"", b"", 1
-    while len(out) < length:
-        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
-        out += block
-        counter += 1
-    return out[:length]
 
 
 def exporter_secret(v: dict) -> bytes:

@@ -12,7 +12,7 @@ from grouptun.errors import ControlError, UsageError
 from grouptun.products import check_request, render
 
 from .fakes import FakeProvider
-from .test_daemon import Member, epochs
+from .test_daemon import Member, start_pair
 
 
 def export(capsys, member, *args) -> tuple[int, str, str]:
@@ -26,10 +26,7 @@ def pair(tmp_path):
     provider = FakeProvider(["alice", "bob"])
     alice, bob = Member(provider, "alice", tmp_path), Member(provider, "bob", tmp_path)
     try:
-        alice.thread.start()
-        alice.wait_for(lambda st: epochs(st), "alice's first epoch")
-        bob.thread.start()
-        bob.wait_for(lambda st: 2 in epochs(st), "bob's epoch")
+        start_pair(alice, bob)
         alice.wait_for(lambda st: any(e["sending"] and e["epoch"] == 2 for e in st["session"]["epochs"]),
                        "alice sends on epoch 2")
         yield alice, bob
