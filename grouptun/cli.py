@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("grouptun.cmd_status", "show interfaces, epochs, members and drops"),
     "ping": ("grouptun.cmd_ping", "echo a member through the tunnel: round trip, endpoint, epoch"),
     "down": ("grouptun.cmd_down", "stop a running daemon"),
+    "export": ("grouptun.cmd_export", "a key, TLS PSK, password or key pair of the group's current epoch"),
     "vectors": ("grouptun.cmd_vectors", "compute every output of a protocol test-vector file"),
 }
 

@@ -4,8 +4,11 @@ A Unix stream socket, by default ``/run/grouptun/<group>.sock``, mode 0600
 (bound under umask 077 with a temporary name and renamed into place once
 listening: it is never wider, and never there without an answer), in a
 0755 directory. One request per connection: a JSON object on one line
-(``{"cmd": "status"}`` or ``{"cmd": "down"}``), one JSON line back:
-``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
+(``{"cmd": "status"}``, ``{"cmd": "down"}``, or ``{"cmd": "export", "args":
+{...}}``: ``args`` become the handler's keyword arguments), one JSON line
+back: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
+A handler's GrouptunError is a refusal of the request, answered with its
+message and not logged as a failure.
 
 The server runs on the daemon's event loop, so handlers read the session
 from its own thread. Peers are checked with SO_PEERCRED: only root or the
@@ -24,7 +27,7 @@ import struct
 from pathlib import Path
 from typing import Callable
 
-from grouptun.errors import ControlError, SystemSetupError
+from grouptun.errors import ControlError, GrouptunError, SystemSetupError
 
 log = logging.getLogger("grouptun.controlsock")
 
@@ -46,9 +49,9 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
 
 
 class ControlServer:
-    """Serves ``handlers[cmd]() -> JSON-able`` on a Unix socket."""
+    """Serves ``handlers[cmd](**args) -> JSON-able`` on a Unix socket."""
 
-    def __init__(self, path: Path, handlers: dict[str, Callable[[], object]]) -> None:
+    def __init__(self, path: Path, handlers: dict[str, Callable[..., object]]) -> None:
         self.path = Path(path)
         self.handlers = handlers
         self._server: asyncio.AbstractServer | None = None
@@ -120,8 +123,13 @@ class ControlServer:
         handler = self.handlers.get(cmd) if isinstance(cmd, str) else None
         if handler is None:
             return {"ok": False, "error": f"unknown command {cmd!r}; known: {', '.join(sorted(self.handlers))}"}
+        args = request.get("args", {})
+        if not isinstance(args, dict):
+            return {"ok": False, "error": "args must be a JSON object"}
         try:
-            return {"ok": True, "result": handler()}
+            return {"ok": True, "result": handler(**args)}
+        except GrouptunError as exc:
+            return {"ok": False, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - answered to the client and logged
             log.exception("control command %s failed", cmd)
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -163,8 +171,8 @@ def _is_alive(path: Path) -> bool:
         s.close()
 
 
-def request(path: Path, cmd: str, timeout: float = TIMEOUT) -> object:
-    """Send one command; returns ``result`` or raises ControlError."""
+def request(path: Path, cmd: str, timeout: float = TIMEOUT, args: dict | None = None) -> object:
+    """Send one command (with keyword ``args`` for its handler); returns ``result`` or raises ControlError."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -174,7 +182,8 @@ def request(path: Path, cmd: str, timeout: float = TIMEOUT) -> object:
             raise ControlError(f"no daemon is running on {path}") from exc
         except PermissionError as exc:
             raise ControlError(f"permission denied on {path} (run as root)") from exc
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        message = {"cmd": cmd} if args is None else {"cmd": cmd, "args": args}
+        s.sendall(json.dumps(message).encode() + b"\n")
         chunks = []
         while True:
             chunk = s.recv(65536)

@@ -53,10 +53,11 @@ from grouptun.config import Config
 from grouptun.control import ControlServer
 from grouptun.controlplane import ControlPlane
 from grouptun.core.archive import Archive, ProviderKeys
+from grouptun.core import exporter
 from grouptun.dataplane import DataPlane, LoopPort
 # Re-exported: ``grouptun join`` imports seen_endpoints from here.
 from grouptun.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
-from grouptun.errors import ConfigError, GrouptunError, InstanceSuperseded
+from grouptun.errors import ConfigError, ControlError, GrouptunError, InstanceSuperseded
 from grouptun.opshooks import OpsHooks
 from grouptun.secmem import SecretArena
 from grouptun.statefile import EpochStateFile
@@ -199,6 +200,32 @@ class Daemon:
         except RuntimeError:  # the loop is closed: the daemon is stopping already; run() still raises exc
             log.info("already stopping")
 
+    def export(self, **raw) -> dict:
+        """A crypto-product (PROTOCOL.md 3.1) of the sending or the previous epoch; logged by label only."""
+        from grouptun import products
+
+        request = products.request_from_json(raw)
+        now = self.clock()
+        state = self.session.sending_epoch(now) if request.epoch == "current" else self.session.previous_epoch(now)
+        if state is None:
+            raise ControlError(f"no {request.epoch} epoch held" + (" (past its grace, or none before)"
+                                                                  if request.epoch == "previous" else " yet"))
+        secret = state.keys.exporter_secret()
+        made = exporter.derive_stream(secret, request.type, request.name, request.count, request.context,
+                                      request.length) if request.count else [
+            exporter.derive_product(secret, request.type, request.name, request.context, request.length,
+                                    self.config.group.name, state.epoch)]
+        try:
+            value = "\n".join(products.render(product, request.format) for product in made)
+        finally:
+            for product in made:
+                product.wipe()
+        first = made[0]
+        log.info("export %r (epoch %d, %s%s)", first.label, state.epoch, request.format,
+                 f", {len(made)} products" if request.count else "")
+        return {"type": first.type, "label": first.label, "epoch": state.epoch, "identity": first.identity,
+                "entropy_bits": round(first.entropy_bits, 1), "count": len(made), "value": value}
+
     def request_stop(self, why: str = "") -> dict:
         if why:
             log.info("stopping: %s", why)
@@ -269,7 +296,8 @@ class Daemon:
             self.cipher = native.choose(self.config.daemon.cipher)  # "native" but not built: stop before the TUN
             log.info("run cipher: %s", self.cipher.describe)
             server = ControlServer(self.config.paths.control_socket,
-                                   {"status": self.status, "down": lambda: self.request_stop("down requested")})
+                                   {"status": self.status, "export": self.export,
+                                    "down": lambda: self.request_stop("down requested")})
             server.check_free()  # a second `up` for the group stops here, before touching the TUN
             stack.callback(server.remove)  # last: `grouptun down` returns once everything is gone
             statefile = EpochStateFile(self.config.statefile_path)

@@ -10,6 +10,7 @@
     │   ├── EpochRejected              a new epoch failed the acceptance order (section 2)
     │   └── CapsuleError               a capsule or sealed salt did not open
     ├── VectorsError                   malformed test-vector input (``grouptun vectors``)
+    ├── UsageError                     a request the command cannot serve as asked (``grouptun export``)
     ├── ConfigError                    bad configuration; names the key at fault
     ├── CredentialError                missing or wrong identification credential
     ├── KeystoreError                  private keys at rest missing, corrupt or unreadable
@@ -71,6 +72,12 @@ class VectorsError(GrouptunError):
     """Malformed input to ``grouptun vectors``; names the vector and field."""
 
     exit_code = 2
+
+
+class UsageError(GrouptunError):
+    """A command-line request that is wrong as asked: unknown type, bad label, format of another type."""
+
+    exit_code = 2  # what argparse exits with on a usage error
 
 
 class ConfigError(GrouptunError):

@@ -2,8 +2,11 @@
 
 Two document kinds, told apart by their list key:
 
-- ``{"version": 1, "vectors": [...]}`` (protocol-v1): one packet of one
-  sender per vector; every output is computed with the core modules.
+- ``{"version": 1, "vectors": [...]}`` (protocol-v1, and the project's
+  exporter-v1): one packet of one sender per vector; every output is
+  computed with the core modules. Optional inputs ``exports`` (raw exporter
+  requests) and ``products`` (typed products) give ``exported`` and
+  ``produced`` (PROTOCOL.md 3.1).
 - ``{"version": 1, "capsules": [...]}`` (capsules-v1): kem_public and both
   infos are rebuilt, the capsule and sealed salt opened, data_id computed.
 
@@ -22,7 +25,7 @@ import re
 from typing import Any, Callable
 
 from grouptun.core import capsule as caps
-from grouptun.core import keys, seal, sequence, wire
+from grouptun.core import exporter, keys, seal, sequence, wire
 from grouptun.errors import CapsuleError, VectorsError
 
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
@@ -32,7 +35,8 @@ PROTOCOL_INPUTS = ("suite", "shared_secret", "salt", "group_id", "epoch", "nonce
                    "group_size", "member_index", "n", "type", "payload")
 PROTOCOL_OUTPUTS = ("data_id", "prk", "key_check", "nonce_common", "enc_key", "mac_key",
                     "stream_sequence", "iv", "header", "packet")
-PROTOCOL_ORDER = PROTOCOL_INPUTS + PROTOCOL_OUTPUTS
+EXPORT_OUTPUTS = ("exported", "produced")
+PROTOCOL_ORDER = PROTOCOL_INPUTS + PROTOCOL_OUTPUTS + ("exports", "exported", "products", "produced")
 
 CAPSULE_INPUTS = ("uid", "group_id", "epoch", "kem_seed", "x25519_private", "capsule", "salt_capsule")
 CAPSULE_ORDER = ("uid", "group_id", "epoch", "kem_seed", "x25519_private", "kem_public",
@@ -140,9 +144,61 @@ def compute_protocol(where: str, raw: Any, run_key=None) -> dict:
             "header": header.hex(),
             "packet": packet.hex(),
         }
+        computed.update(_exports(v, epoch_keys))
     finally:
         epoch_keys.wipe()
     return _ordered(raw, computed, PROTOCOL_ORDER)
+
+
+def _list(v: _Vector, field: str) -> list[_Vector]:
+    items = v.raw[field]
+    if not isinstance(items, list):
+        raise v.fail(field, f"must be a JSON array, got {type(items).__name__}")
+    return [_Vector(f"{v.where}.{field}[{number}]", item) for number, item in enumerate(items)]
+
+
+def _exports(v: _Vector, epoch_keys: keys.EpochKeys) -> dict:
+    """``exported`` and ``produced`` for the ``exports`` and ``products`` the vector has."""
+    secret = epoch_keys.exporter_secret()
+    computed: dict = {}
+    if "exports" in v.raw:
+        computed["exported"] = []
+        for item in _list(v, "exports"):
+            label, context = item.text("label"), item.hex("context")
+            length = item.int("length", 1, exporter.LENGTH_MAX)
+            try:
+                computed["exported"].append(exporter.export(secret, label, context, length).hex())
+            except exporter.ArgumentError as exc:
+                raise item.fail(exc.argument, str(exc)) from None
+    if "products" in v.raw:
+        computed["produced"] = [_product(item, secret, epoch_keys.epoch) for item in _list(v, "products")]
+    return computed
+
+
+def _product(item: _Vector, secret: bytearray, epoch: int) -> dict:
+    type_, name, group = item.text("type"), item.text("name"), item.text("group")
+    length = item.int("length", 1, exporter.LENGTH_MAX) if "length" in item.raw else None
+    try:
+        if "count" in item.raw:
+            stream = exporter.derive_stream(secret, type_, name, item.int("count", 1, exporter.STREAM_MAX),
+                                            item.hex("context"), length)
+            return {"label": stream[0].label, "stream": [_product_fields(product) for product in stream]}
+        product = exporter.derive_product(secret, type_, name, item.hex("context"), length, group, epoch)
+    except exporter.ArgumentError as exc:
+        raise item.fail(exc.argument, str(exc)) from None
+    return {"label": product.label, **_product_fields(product)}
+
+
+def _product_fields(product: exporter.Product) -> dict:
+    out = {"secret": product.secret.hex(), "entropy_bits": round(product.entropy_bits, 3)}
+    if product.identity:
+        out["identity"] = product.identity
+    if product.public:
+        out["public"] = product.public.hex()
+    if product.password:
+        out["password"] = product.password
+    product.wipe()
+    return out
 
 
 def compute_capsule(where: str, raw: Any) -> dict:
@@ -214,7 +270,7 @@ def mismatches(given: dict, computed: dict) -> list[str]:
     found = []
     for kind in KINDS:
         for number, (old, new) in enumerate(zip(given.get(kind) or [], computed.get(kind) or [])):
-            for field in OUTPUTS[kind]:
-                if isinstance(old, dict) and field in old and old[field] != new[field]:
+            for field in OUTPUTS[kind] + (EXPORT_OUTPUTS if kind == "vectors" else ()):
+                if isinstance(old, dict) and field in old and old[field] != new.get(field):
                     found.append(f"{kind}[{number}].{field}")
     return found

@@ -185,7 +185,8 @@ def cmd_group(args) -> int:
     if args.action == "create":
         info = provider.create_group(
             args.name, args.cidr, args.cidr6, args.suite, parse_duration(args.rekey_after, "--rekey-after"),
-            args.rekey_packets)
+            args.rekey_packets, parse_duration(args.switch_delay, "--switch-delay"),
+            parse_duration(args.grace, "--grace"))
         print(json.dumps(info, indent=2))
     elif args.action == "list":
         for name in provider.list_groups():
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rekey-after", default="10m")
     g.add_argument("--rekey-packets", type=int, default=2**27)
     g.add_argument("--suite", default="aes-256-gcm", choices=["aes-256-gcm", "aes-256-ctr-hmac-sha256"])
+    g.add_argument("--switch-delay", default="2s", help="members send on a new epoch this long after it (0s..60s)")
+    g.add_argument("--grace", default="30s", help="the previous epoch is kept this long after the switch (1s..1h)")
     gsub.add_parser("list")
     for action in ("show", "rekey"):
         gsub.add_parser(action).add_argument("name")

@@ -120,6 +120,10 @@ class Provider:
             raise InvalidInput("--rekey-after must be between 10s and 7d")
         if not 1024 <= rekey_after_packets <= MAX_REKEY_PACKETS:
             raise InvalidInput(f"--rekey-packets must be between 1024 and {MAX_REKEY_PACKETS}")
+        if not 0.0 <= switch_delay <= 60.0:
+            raise InvalidInput("--switch-delay must be between 0s and 60s")
+        if not 1.0 <= grace <= 3600.0:
+            raise InvalidInput("--grace must be between 1s and 1h")
         now = self.clock()
         with self.store.write() as conn:
             if group_row(conn, name) is not None:
@@ -139,7 +143,8 @@ class Provider:
         suite = next(k for k, v in SUITES.items() if v == g.suite)
         return {"name": g.name, "group_id": g.group_id.hex(), "cidr": g.cidr, "cidr6": g.cidr6, "suite": suite,
                 "mtu": g.mtu, "rekey_after_seconds": g.rekey_after_seconds,
-                "rekey_after_packets": g.rekey_after_packets, "members": len(rows), "version": g.version,
+                "rekey_after_packets": g.rekey_after_packets, "switch_delay": g.switch_delay, "grace": g.grace,
+                "members": len(rows), "version": g.version,
                 "epoch": g.current_epoch, "epoch_opened_at": g.epoch_opened_at, "epoch_high_water": g.epoch_hw}
 
     def list_groups(self) -> list[str]:

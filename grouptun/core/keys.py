@@ -8,8 +8,10 @@
     key_check    = HKDF-Expand(PRK, "grouptun/1 check" || ctx, 16)
     enc_key[i]   = HKDF-Expand(PRK, "grouptun/1 key" || ctx || u32(i), 32)
     mac_key[i]   = HKDF-Expand(PRK, "grouptun/1 mac" || ctx || u32(i), 32)   (suite 2)
+    exporter_secret = HKDF-Expand(PRK, "grouptun/1 exporter" || ctx, 32)   (section 3.1)
 
-Key material we hold lives in buffers taken from a :class:`SecretMemory`
+The exporter's own formula and the typed products built on it are in
+:mod:`grouptun.core.exporter`. Key material we hold lives in buffers taken from a :class:`SecretMemory`
 that the caller passes in (the daemon's is locked, non-dumpable memory,
 :mod:`grouptun.secmem`; the default :data:`HEAP` hands out plain
 bytearrays, for pure tests), written in place by ``derive_into``, and given
@@ -47,6 +49,8 @@ LABEL_DATA_ID = b"grouptun/1 data-id"
 LABEL_CHECK = b"grouptun/1 check"
 LABEL_KEY = b"grouptun/1 key"
 LABEL_MAC = b"grouptun/1 mac"
+LABEL_EXPORTER = b"grouptun/1 exporter"
+EXPORTER_SECRET_SIZE = 32
 
 _SHA256 = hashes.SHA256()
 
@@ -134,7 +138,8 @@ class EpochKeys:
     released and raises on use).
     """
 
-    __slots__ = ("suite", "group_id", "epoch", "_ctx", "_prk", "nonce_common", "_enc", "_mac", "_secrets")
+    __slots__ = ("suite", "group_id", "epoch", "_ctx", "_prk", "nonce_common", "_enc", "_mac", "_secrets",
+                 "_exporter")
 
     def __init__(self, suite: int, group_id: bytes, epoch: int,
                  shared_secret: bytes | SecretBuffer, salt: bytes | SecretBuffer,
@@ -155,6 +160,7 @@ class EpochKeys:
             raise
         self.nonce_common[:] = _sha256(prk)[:NONCE_COMMON_SIZE]
         self._prk: SecretBuffer | None = prk
+        self._exporter: SecretBuffer | None = None
 
     @property
     def prk(self) -> SecretBuffer:
@@ -180,23 +186,33 @@ class EpochKeys:
             key = self._mac[index] = self._derive(LABEL_MAC + self._ctx + _u32(index))
         return key
 
-    def _derive(self, info: bytes) -> SecretBuffer:
+    def _derive(self, info: bytes, size: int = KEY_SIZE) -> SecretBuffer:
         prk = self.prk
-        key = self._secrets.alloc(KEY_SIZE)
+        key = self._secrets.alloc(size)
         try:
-            return expand(prk, info, KEY_SIZE, key)
+            return expand(prk, info, size, key)
         except BaseException:
             self._secrets.free(key)
             raise
 
+    def exporter_secret(self) -> SecretBuffer:
+        """The root of the products handed to applications (PROTOCOL.md 3.1), never a packet key."""
+        if self._exporter is None:
+            self._exporter = self._derive(LABEL_EXPORTER + self._ctx, EXPORTER_SECRET_SIZE)
+        return self._exporter
+
     def wipe(self) -> None:
-        """Overwrite PRK, nonce_common and every derived key, and give their buffers back (idempotent)."""
+        """Overwrite PRK, nonce_common, the exporter secret and every derived key, and give their buffers
+        back (idempotent)."""
         if self._prk is None:
             return
         free = self._secrets.free
         free(self._prk)
         self._prk = None
         free(self.nonce_common)
+        if self._exporter is not None:
+            free(self._exporter)
+            self._exporter = None
         for table in (self._enc, self._mac):
             for key in table.values():
                 free(key)

@@ -327,6 +327,15 @@ class Session:
             state = keyring.lookup(wire, now)
         return state
 
+    def previous_epoch(self, now: float) -> EpochState | None:
+        """The held epoch older than the sending one, while it is still held (its grace); else None.
+
+        For products of the previous epoch (PROTOCOL.md 3.1: a member holding two epochs can hand out both).
+        """
+        sending = self._keyring.sending(now)
+        older = [state for state in self._keyring.held() if sending is not None and state.epoch < sending.epoch]
+        return self.epoch_for_wire(older[0].wire, now) if older else None
+
     def count_unknown_epoch(self, wire: int, now: float) -> None:
         """Count a datagram of an epoch not held; request ``fetch`` if it names the next wire epoch.
 

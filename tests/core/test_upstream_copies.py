@@ -21,6 +21,8 @@ VECTORS_DIR = REPO / "tests" / "vectors"  # the same place as tests/conftest.py'
 UPSTREAM = REPO.parent.joinpath("shared", "design")
 SPEC = REPO / "grouptun" / "core" / "PROTOCOL.md"
 VECTOR_FILES = ("protocol-v1.json", "capsules-v1.json")
+# The project's own vector files: not published, so never compared (tests/vectors/README.md).
+PROJECT_FILES = ("exporter-v1.json", "hmac-drbg-cavp.json")
 
 
 def _recorded_sha256() -> str:
@@ -65,3 +67,17 @@ def test_no_published_vector_file_is_missing_here():
     published = UPSTREAM / "vectors"
     _need(published)
     assert {p.name for p in published.glob("*.json")} <= {p.name for p in VECTORS_DIR.glob("*.json")}
+
+
+def test_every_vector_file_here_is_a_published_copy_or_the_projects_own():
+    here = {p.name for p in VECTORS_DIR.glob("*.json")}
+    assert here == set(VECTOR_FILES) | set(PROJECT_FILES)
+    assert not set(VECTOR_FILES) & set(PROJECT_FILES)
+
+
+def test_no_project_file_shadows_a_published_one():
+    published = UPSTREAM / "vectors"
+    _need(published)
+    names = {p.name for p in published.glob("*.json")}
+    assert names <= set(VECTOR_FILES), f"newly published vector files: {sorted(names - set(VECTOR_FILES))}"
+    assert not names & set(PROJECT_FILES)

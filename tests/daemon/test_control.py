@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import stat
@@ -14,26 +15,33 @@ from grouptun.control import ControlServer, request
 from grouptun.errors import ControlError, SystemSetupError
 
 
-@pytest.fixture
-def served(tmp_path):
-    """A ControlServer on its own loop thread; yields (path, calls)."""
-    path = tmp_path / "run" / "lan.sock"
-    calls = []
+@contextlib.contextmanager
+def serving(path, handlers):
+    """A ControlServer for ``handlers`` on its own loop thread."""
     loop = asyncio.new_event_loop()
-    server = ControlServer(path, {"status": lambda: calls.append("status") or {"epoch": 3},
-                                  "down": lambda: calls.append("down") or {"stopping": True},
-                                  "boom": lambda: 1 / 0})
+    server = ControlServer(path, handlers)
     loop.run_until_complete(server.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield path, calls, server
+        yield server
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.run_until_complete(server.close())
         server.remove()
         loop.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A ControlServer on its own loop thread; yields (path, calls, server)."""
+    path = tmp_path / "run" / "lan.sock"
+    calls = []
+    with serving(path, {"status": lambda: calls.append("status") or {"epoch": 3},
+                        "down": lambda: calls.append("down") or {"stopping": True},
+                        "boom": lambda: 1 / 0}) as server:
+        yield path, calls, server
 
 
 def test_status_and_down_round_trip(served):
@@ -91,3 +99,19 @@ def test_stale_socket_is_replaced_and_removed_at_the_end(tmp_path):
 def test_client_without_daemon(tmp_path):
     with pytest.raises(ControlError, match="no daemon"):
         request(tmp_path / "none.sock", "status")
+
+
+def test_args_reach_the_handler_and_a_refusal_is_answered_without_a_traceback(tmp_path, caplog):
+    from grouptun.errors import UsageError
+
+    def export(**args):
+        if args.get("type") == "rsa":
+            raise UsageError("unknown type 'rsa'")
+        return args
+
+    path = tmp_path / "x.sock"
+    with serving(path, {"export": export}):
+        assert request(path, "export", args={"type": "key", "name": "a"}) == {"type": "key", "name": "a"}
+        with pytest.raises(ControlError, match="^unknown type 'rsa'$"):
+            request(path, "export", args={"type": "rsa"})
+        assert not [r for r in caplog.records if r.exc_info]

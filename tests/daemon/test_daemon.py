@@ -97,16 +97,20 @@ def epochs(st):
     return [e["epoch"] for e in st["session"]["epochs"]]
 
 
+def start_pair(alice: Member, bob: Member) -> None:
+    """alice starts (epoch 1), then bob, whose start opens epoch 2; alice's watch picks it up."""
+    alice.thread.start()
+    alice.wait_for(lambda st: epochs(st), "alice's first epoch")
+    bob.thread.start()
+    bob.wait_for(lambda st: 2 in epochs(st), "bob's epoch")
+
+
 def test_two_daemons_carry_a_packet_then_stop_cleanly(tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO, logger="grouptun.daemon")
     provider = FakeProvider(["alice", "bob"])
     alice, bob = Member(provider, "alice", tmp_path), Member(provider, "bob", tmp_path)
     try:
-        alice.thread.start()
-        alice.wait_for(lambda st: epochs(st), "alice's first epoch")
-        bob.thread.start()
-        # bob's start opens epoch 2; alice's watch picks it up
-        bob.wait_for(lambda st: 2 in epochs(st), "bob's epoch")
+        start_pair(alice, bob)
         alice.wait_for(lambda st: 2 in epochs(st), "alice follows to epoch 2")
 
         packet = ipv4_packet("10.77.0.2", "10.77.0.3", b"through two daemons")
