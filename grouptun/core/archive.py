@@ -242,7 +242,10 @@ def verify_archive(signed: bytes, pinned: ProviderKeys) -> Archive:
         raise EpochRejected("format", "archive envelope has the wrong keys")
     if not isinstance(envelope["document"], str):
         raise EpochRejected("format", "document is not a string")
-    document = envelope["document"].encode("utf-8")
+    try:
+        document = envelope["document"].encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON escape of a lone surrogate ("\ud800") has no UTF-8 form
+        raise EpochRejected("format", "document is not UTF-8 text") from exc
     sig_ed = b64d(envelope["ed25519"], "ed25519 signature")
     sig_ml = b64d(envelope["mldsa65"], "mldsa65 signature")
     _verify_signatures(document, sig_ed, sig_ml, pinned)

@@ -80,7 +80,9 @@ def test_mixed_keys_are_refused():
 @pytest.mark.parametrize("blob", [b"", b"[]", b"{", b'{"document": 1, "ed25519": "", "mldsa65": ""}',
                                   b'{"document": "{}", "ed25519": "!!", "mldsa65": ""}', b"\xff\xfe",
                                   # nesting beyond the JSON parser's stack (found by fuzzing)
-                                  pytest.param(b"[" * 5000, id="deep-nesting")])
+                                  pytest.param(b"[" * 5000, id="deep-nesting"),
+                                  pytest.param(b'{"document": "\\ud800", "ed25519": "", "mldsa65": ""}',
+                                               id="lone-surrogate")])
 def test_malformed_envelopes_are_refused_as_format(blob):
     with pytest.raises(EpochRejected) as info:
         verify_archive(blob, SIGNER.public)
