@@ -249,21 +249,27 @@ def verify_archive(signed: bytes, pinned: ProviderKeys) -> Archive:
         raise EpochRejected("format", "archive too large")
     try:
         envelope = json.loads(signed)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser's stack
         raise EpochRejected("format", "archive is not JSON") from exc
     if not isinstance(envelope, dict) or set(envelope) != {"document", "ed25519", "mldsa65"}:
         raise EpochRejected("format", "archive envelope has the wrong keys")
     if not isinstance(envelope["document"], str):
         raise EpochRejected("format", "document is not a string")
-    document = envelope["document"].encode("utf-8")
+    try:
+        document = envelope["document"].encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON escape of a lone surrogate ("\ud800") has no UTF-8 form
+        raise EpochRejected("format", "document is not UTF-8 text") from exc
     sig_ed = b64d(envelope["ed25519"], "ed25519 signature")
     sig_ml = b64d(envelope["mldsa65"], "mldsa65 signature")
     _verify_signatures(document, sig_ed, sig_ml, pinned)
     try:
         obj = json.loads(document)
-    except ValueError as exc:
-        raise EpochRejected("format", "document is not JSON") from exc
-    if canonical(obj) != document:
+        # JCS has no NaN, infinity or integer beyond 2^53 (CanonicalizationError, a ValueError):
+        # json.loads reads them, so a document holding one is not canonical either
+        is_canonical = canonical(obj) == document
+    except (ValueError, RecursionError) as exc:
+        raise EpochRejected("format", "document is not canonical JSON") from exc
+    if not is_canonical:
         raise EpochRejected("format", "document is not RFC 8785 canonical")
     return parse_document(obj, raw=bytes(signed))
 

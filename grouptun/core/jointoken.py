@@ -47,7 +47,10 @@ def _bad(problem: str) -> ConfigError:
 
 def check_url(url: str) -> str:
     """An https URL with a host and port; returns it without a trailing slash."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 host
+        raise _bad(f"provider URL {url!r} does not parse: {exc}") from exc
     if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
         raise _bad(f"provider URL must be https://HOST[:PORT], got {url!r}")
     try:
@@ -90,7 +93,7 @@ def parse_join_token(text: str) -> JoinToken:
         raise _bad(f"must start with {PREFIX!r}")
     try:
         body = json.loads(b64url_decode(text[len(PREFIX):]))
-    except (ValueError, binascii.Error) as exc:
+    except (ValueError, binascii.Error, RecursionError) as exc:  # RecursionError: JSON nested too deep
         raise _bad("not valid base64url JSON") from exc
     if not isinstance(body, dict) or set(body) != {"url", "tls", "keys", "secret"}:
         raise _bad("wrong fields")

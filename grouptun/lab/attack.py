@@ -57,9 +57,10 @@ class Capture:
     """``tcpdump -w`` on one interface of one namespace, stopped cleanly."""
 
     def __init__(self, lab: Lab, ns_host: str | None, ifname: str, path: Path,
-                 bpf: str = "udp", snaplen: int = 256, label: str = "tcpdump") -> None:
+                 bpf: str = "udp", snaplen: int = 256, label: str = "tcpdump", direction: str | None = None) -> None:
         self.path = path
-        argv = ["tcpdump", "-i", ifname, "--immediate-mode", "-U", "-n", "-s", str(snaplen), "-w", str(path), bpf]
+        argv = ["tcpdump", "-i", ifname, "--immediate-mode", "-U", "-n", "-s", str(snaplen), "-w", str(path),
+                *(["-Q", direction] if direction else []), bpf]
         if ns_host is None:            # the switch namespace is not a lab host
             self.proc = Proc(label, lab.switch_ns, argv, lab.workdir / f"{label}.log", lab.prefix)
             lab.procs.append(self.proc)

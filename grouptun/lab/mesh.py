@@ -177,6 +177,18 @@ class Mesh:
                                         addresses=tuple(m["addresses"]))
         return mesh
 
+    def start_group(self, names: tuple[str, ...], start=None, timeout: float = 40.0) -> None:
+        """Provider up, the group created, ``names`` joined and started (``start(name)``, default
+        :meth:`up`), each until it holds a sending epoch."""
+        self.start_provider()
+        self.create_group()
+        for name in names:
+            self.join(name)
+        for name in names:
+            (start or self.up)(name)
+        for name in names:
+            self.wait_ready(name, timeout=timeout)
+
     # -- members -------------------------------------------------------------
     def member_cli(self, name: str, *args: str, timeout: float = 60.0, check: bool = True):
         proc = self.lab.exec(name, [*GROUPTUN, *args], timeout=timeout, check=False)

@@ -44,20 +44,42 @@ class Datagram:
     length: int        # the UDP payload's real length
 
 
+class PcapStream:
+    """Records of a capture that is still being written (``tcpdump -U -w``): :meth:`feed` the bytes
+    as they come, get the records completed so far."""
+
+    def __init__(self, name: str = "capture") -> None:
+        self.name, self._buffer, self._format = name, bytearray(), None
+
+    def feed(self, data: bytes) -> list[tuple[float, int, bytes]]:
+        buffer = self._buffer
+        buffer += data
+        if self._format is None:
+            if len(buffer) < 24:
+                return []
+            if bytes(buffer[:4]) not in _MAGIC:
+                raise PcapError(f"{self.name}: not a classic pcap file (tcpdump -w writes one)")
+            endian, tick = _MAGIC[bytes(buffer[:4])]
+            self._format = endian, tick, struct.unpack_from(endian + "I", buffer, 20)[0] & 0x0FFFFFFF
+            del buffer[:24]
+        endian, tick, linktype = self._format
+        records, offset = [], 0
+        while offset + 16 <= len(buffer):
+            sec, frac, caplen, _origlen = struct.unpack_from(endian + "IIII", buffer, offset)
+            if offset + 16 + caplen > len(buffer):
+                break
+            records.append((sec + frac * tick, linktype, bytes(buffer[offset + 16:offset + 16 + caplen])))
+            offset += 16 + caplen
+        del buffer[:offset]
+        return records
+
+
 def read_pcap(path: str | Path) -> Iterator[tuple[float, int, bytes]]:
     """Yield (time, linktype, frame bytes) for every record."""
     data = Path(path).read_bytes()
     if len(data) < 24 or data[:4] not in _MAGIC:
         raise PcapError(f"{path}: not a classic pcap file (tcpdump -w writes one)")
-    endian, tick = _MAGIC[data[:4]]
-    linktype = struct.unpack_from(endian + "I", data, 20)[0] & 0x0FFFFFFF
-    offset = 24
-    while offset + 16 <= len(data):
-        sec, frac, caplen, _origlen = struct.unpack_from(endian + "IIII", data, offset)
-        offset += 16
-        frame = data[offset:offset + caplen]
-        offset += caplen
-        yield sec + frac * tick, linktype, frame
+    yield from PcapStream(str(path)).feed(data)
 
 
 def _ip_start(linktype: int, frame: bytes) -> int | None:
@@ -101,16 +123,36 @@ def _udp(frame: bytes, start: int) -> tuple[str, str, int] | None:
     return None
 
 
+def udp_datagram(ts: float, linktype: int, frame: bytes) -> Datagram | None:
+    """The UDP datagram (first fragment or whole) of one captured frame, or None."""
+    start = _ip_start(linktype, frame)
+    found = _udp(frame, start) if start is not None else None
+    if found is None or len(frame) < found[2] + 8:
+        return None
+    src, dst, udp = found
+    sport, dport, length = struct.unpack_from(">HHH", frame, udp)
+    return Datagram(ts, src, sport, dst, dport, frame[udp + 8:], max(length - 8, 0))
+
+
 def udp_datagrams(path: str | Path) -> Iterator[Datagram]:
     """Every UDP datagram (first fragment or whole) in the capture."""
-    for ts, linktype, frame in read_pcap(path):
-        start = _ip_start(linktype, frame)
-        found = _udp(frame, start) if start is not None else None
-        if found is None or len(frame) < found[2] + 8:
-            continue
-        src, dst, udp = found
-        sport, dport, length = struct.unpack_from(">HHH", frame, udp)
-        yield Datagram(ts, src, sport, dst, dport, frame[udp + 8:], max(length - 8, 0))
+    for record in read_pcap(path):
+        datagram = udp_datagram(*record)
+        if datagram is not None:
+            yield datagram
+
+
+def ip_destination(linktype: int, frame: bytes) -> tuple[int, bytes] | None:
+    """(IP version, packed destination address) of a captured frame, or None if it is no IP packet."""
+    start = _ip_start(linktype, frame)
+    if start is None or len(frame) < start + 1:
+        return None
+    version = frame[start] >> 4
+    if version == 4 and len(frame) >= start + 20:
+        return 4, frame[start + 16:start + 20]
+    if version == 6 and len(frame) >= start + 40:
+        return 6, frame[start + 24:start + 40]
+    return None
 
 
 @dataclass(frozen=True)

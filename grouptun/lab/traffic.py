@@ -1,4 +1,4 @@
-"""ping and iperf3 between lab hosts, with their output parsed.
+"""ping, iperf3 and counted UDP flows between lab hosts, with their output parsed.
 
 Every call runs under a timeout. iperf3 runs with ``--json`` and its
 report is reduced to the figures the tests and the demo use; the raw JSON
@@ -12,6 +12,12 @@ from __future__ import annotations
 
 import json
 import re
+import select
+import signal
+import socket
+import struct
+import sys
+import time
 from dataclasses import dataclass, field
 
 from grouptun.lab import netns
@@ -190,3 +196,62 @@ class IperfRun:
         text = self._client.output(max_bytes=5_000_000)
         start = text.find("{")
         return parse_iperf3(text[start:] if start >= 0 else text)
+
+
+# -- counted UDP flows (scripts/soak-hostile), run inside a member's namespace ---------------------
+
+_FLOW_HEADER = struct.Struct(">Q")  # sequence number per destination
+
+
+def flow_main(conf: dict) -> int:
+    """Send ``pps`` datagrams/s of ``payload`` bytes to each of ``peers`` (UDP ``port``) and count what
+    arrives from them, until SIGTERM or ``seconds``; prints one JSON line: sent per destination,
+    received (distinct) packets, bytes and duplicates per source, send errors (a TUN that is gone)."""
+    stop: list = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    socks = {4: socket.socket(socket.AF_INET, socket.SOCK_DGRAM), 6: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)}
+    socks[6].setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    socks[4].bind(("0.0.0.0", conf["port"]))
+    socks[6].bind(("::", conf["port"]))
+    for sock in socks.values():
+        sock.setblocking(False)
+    peers, padding = conf["peers"], b"\0" * max(0, conf["payload"] - _FLOW_HEADER.size)
+    sent = {p: 0 for p in peers}
+    seen: dict[str, set] = {}
+    received: dict[str, dict] = {}
+    errors, interval = 0, 1.0 / conf["pps"]
+    start = next_send = time.monotonic()
+    print("flowing", flush=True)
+    while not stop and time.monotonic() - start < conf["seconds"]:
+        ready, _, _ = select.select(list(socks.values()), [], [], max(0.0, next_send - time.monotonic()))
+        for sock in ready:
+            for _ in range(256):
+                try:
+                    data, addr = sock.recvfrom(65536)
+                except BlockingIOError:
+                    break
+                if len(data) < _FLOW_HEADER.size:
+                    continue
+                entry = received.setdefault(addr[0], {"packets": 0, "bytes": 0, "duplicates": 0})
+                sequences = seen.setdefault(addr[0], set())
+                sequence = _FLOW_HEADER.unpack_from(data)[0]
+                if sequence in sequences:
+                    entry["duplicates"] += 1
+                    continue
+                sequences.add(sequence)
+                entry["packets"] += 1
+                entry["bytes"] += len(data)
+        if time.monotonic() >= next_send:
+            next_send += interval
+            for peer in peers:
+                try:
+                    socks[6 if ":" in peer else 4].sendto(_FLOW_HEADER.pack(sent[peer]) + padding, (peer, conf["port"]))
+                    sent[peer] += 1
+                except OSError:
+                    errors += 1
+    print(json.dumps({"sent": sent, "received": received, "send_errors": errors}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(flow_main(json.loads(sys.argv[1])))

@@ -23,14 +23,7 @@ MEMBERS = ("a", "b", "c")
 def build_mesh(lab: Lab, group_options: tuple[str, ...] = (),
                ipv6_underlay: tuple[str, ...] = ()) -> Mesh:
     mesh = Mesh(lab, group_options=group_options, ipv6_underlay=ipv6_underlay)
-    mesh.start_provider()
-    mesh.create_group()
-    for name in MEMBERS:
-        mesh.join(name)
-    for name in MEMBERS:
-        mesh.up(name)
-    for name in MEMBERS:
-        mesh.wait_ready(name, timeout=40.0)
+    mesh.start_group(MEMBERS)
     for src, dst in itertools.permutations(MEMBERS, 2):     # endpoints learned, routes up
         if not wait_ping(lab, src, mesh.members[dst].overlay(4), timeout=15.0):
             raise LabError(f"no first ping {src} -> {dst}")

@@ -82,3 +82,25 @@ def test_not_a_pcap(tmp_path):
     path.write_bytes(b"\x0a\x0d\x0d\x0a" + b"\0" * 40)   # pcapng
     with pytest.raises(PcapError, match="classic pcap"):
         list(udp_datagrams(path))
+
+
+def test_a_capture_still_being_written_is_read_record_by_record(tmp_path):
+    from grouptun.lab.pcap import PcapStream, read_pcap
+
+    data = _pcap([_eth_ipv4("10.99.0.1", "10.99.0.2", b"one"), _eth_ipv6("fd99::1", "fd99::3", b"two")])
+    path = tmp_path / "c.pcap"
+    path.write_bytes(data)
+    stream, got = PcapStream(), []
+    for at in range(0, len(data), 7):  # bytes as tcpdump -U flushes them, cut anywhere
+        got += stream.feed(data[at:at + 7])
+    assert got == list(read_pcap(path)) and len(got) == 2
+    with pytest.raises(PcapError):
+        PcapStream().feed(b"\0" * 24)
+
+
+def test_ip_destination_of_ethernet_and_raw_frames():
+    from grouptun.lab.pcap import ip_destination
+
+    assert ip_destination(1, _eth_ipv4("10.99.0.1", "10.99.0.2", b"x")) == (4, IPv4Address("10.99.0.2").packed)
+    assert ip_destination(101, _eth_ipv6("fd99::1", "fd99::3", b"x")[14:]) == (6, IPv6Address("fd99::3").packed)
+    assert ip_destination(101, b"\x45\0") is None

@@ -254,3 +254,28 @@ def dump(store) -> str:
             for row in conn.execute(table.select()):
                 lines.append(f"{table.name} " + " ".join(v.hex() if isinstance(v, bytes) else repr(v) for v in row))
     return "\n".join(lines)
+
+
+def memory_provider(names=("alice", "bob"), signer=None):
+    """An in-memory provider (SQLite) with group "lan" (10.77.0.0/24) and ``names`` enrolled with the
+    credential b"credential"; returns (provider, {name: Ed25519 private key})."""
+    from grouptun.core.archive import enroll_message  # noqa: PLC0415
+    from provider.keys import Signer  # noqa: PLC0415
+    from provider.service import Provider  # noqa: PLC0415
+    from provider.store import Store  # noqa: PLC0415
+
+    store = Store(None)
+    store.create_schema()
+    signer = signer or Signer.generate()
+    provider = Provider(store, lambda: signer)
+    provider.create_group("lan", "10.77.0.0/24")
+    keys = {}
+    for name in names:
+        keys[name] = signing = ed25519.Ed25519PrivateKey.generate()
+        ed = signing.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        secret = provider.invite("lan", name, 3600)
+        kem = KemPrivateKey.from_random(os.urandom(96)).public_bytes()
+        provider.enroll(secret, name, ed, kem, b"credential", [],
+                        signing.sign(enroll_message(secret, name, ed, kem, b"credential", [])))
+    provider.started_at -= 2  # `serve` starts listening a second after this; signatures before it are refused
+    return provider, keys

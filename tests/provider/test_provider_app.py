@@ -6,11 +6,8 @@ import os
 import warnings
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from grouptun.core.archive import enroll_message
-from grouptun.core.capsule import KemPrivateKey
 from grouptun.reqsign import sign_headers
 from sqlalchemy import text
 
@@ -18,8 +15,8 @@ from grouptun.errors import ConfigError
 from provider.app import MAX_BODY, Settings, create_app, docs_from_config
 from provider.keys import Signer
 from provider.limits import RateLimiter
-from provider.service import Provider
-from provider.store import SCHEMA_VERSION, Store
+from provider.store import SCHEMA_VERSION
+from provider_helpers import memory_provider
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 TestClient = pytest.importorskip("starlette.testclient").TestClient
@@ -27,20 +24,8 @@ SIGNER = Signer.generate()
 
 
 def _world():
-    store = Store(None)
-    store.create_schema()
-    provider = Provider(store, lambda: SIGNER)
-    provider.create_group("lan", "10.77.0.0/24")
-    key = ed25519.Ed25519PrivateKey.generate()
-    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    for name, signing in (("alice", key), ("bob", ed25519.Ed25519PrivateKey.generate())):
-        ed = signing.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        secret = provider.invite("lan", name, 3600)
-        kem = KemPrivateKey.from_random(os.urandom(96)).public_bytes()
-        provider.enroll(secret, name, ed, kem, b"credential", [],
-                        signing.sign(enroll_message(secret, name, ed, kem, b"credential", [])))
-    provider.started_at -= 2  # `serve` starts listening a second after this; signatures before it are refused
-    return provider, key
+    provider, keys = memory_provider(signer=SIGNER)
+    return provider, keys["alice"]
 
 
 @pytest.fixture()

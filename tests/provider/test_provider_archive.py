@@ -106,7 +106,11 @@ def test_mixed_keys_are_refused():
 
 
 @pytest.mark.parametrize("blob", [b"", b"[]", b"{", b'{"document": 1, "ed25519": "", "mldsa65": ""}',
-                                  b'{"document": "{}", "ed25519": "!!", "mldsa65": ""}', b"\xff\xfe"])
+                                  b'{"document": "{}", "ed25519": "!!", "mldsa65": ""}', b"\xff\xfe",
+                                  # nesting beyond the JSON parser's stack (found by fuzzing)
+                                  pytest.param(b"[" * 5000, id="deep-nesting"),
+                                  pytest.param(b'{"document": "\\ud800", "ed25519": "", "mldsa65": ""}',
+                                               id="lone-surrogate")])
 def test_malformed_envelopes_are_refused_as_format(blob):
     with pytest.raises(EpochRejected) as info:
         verify_archive(blob, SIGNER.public)
@@ -119,7 +123,9 @@ def test_signed_but_malformed_document_is_refused():
 
     ed, ml = ed25519.Ed25519PrivateKey.generate(), mldsa.MLDSA65PrivateKey.generate()
     signer = Signer(ed, ml)
-    for document in (b'{"b": 1, "a": 2}', canonical({"format": "grouptun/1 archive"})):
+    # 1e999 / NaN / 2^60 parse but have no RFC 8785 form, "[" * 5000 nests too deep (found by fuzzing)
+    for document in (b'{"b": 1, "a": 2}', canonical({"format": "grouptun/1 archive"}), b'{"a": 1e999}',
+                     b'{"a": NaN}', b'{"a": 1152921504606846976}', b"[" * 5000):
         message = b"grouptun/1 archive" + document
         envelope = {"document": document.decode(), "ed25519": base64.b64encode(ed.sign(message)).decode(),
                     "mldsa65": base64.b64encode(ml.sign(message, b"grouptun/1 archive")).decode()}
@@ -159,7 +165,11 @@ def test_join_token_round_trips(host, port, tls, keys, secret):
 
 @pytest.mark.parametrize("text", ["", "gtjoin1-", "gtjoin1-!!!", "gtjoin2-e30", "gtjoin1-" + b64url(b"{}"),
                                   "gtjoin1-" + b64url(b'{"url":"http://x","tls":"","keys":"","secret":""}'),
-                                  "x" * 5000])
+                                  "x" * 5000,
+                                  # found by fuzzing: JSON nested too deep, an unclosed IPv6 host
+                                  pytest.param("gtjoin1-" + b64url(b"[" * 1400), id="deep-nesting"),
+                                  pytest.param("gtjoin1-" + b64url(b'{"url":"https://[::1","tls":"","keys":"",'
+                                                                   b'"secret":""}'), id="unclosed-ipv6-host")])
 def test_malformed_join_tokens_are_config_errors(text):
     with pytest.raises(ConfigError) as info:
         parse_join_token(text)
