@@ -16,17 +16,16 @@ from provider.app import MAX_BODY, Settings, create_app
 from provider.keys import Signer
 from provider.limits import RateLimiter
 from provider.service import Provider
-from provider.store import Store
+from provider_helpers import STORE_KINDS, fresh_store
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 TestClient = pytest.importorskip("starlette.testclient").TestClient
 SIGNER = Signer.generate()
 
 
-@pytest.fixture()
-def world():
-    store = Store(None)
-    store.create_schema()
+@pytest.fixture(params=STORE_KINDS)
+def world(request):
+    store = fresh_store(request.param, request)
     provider = Provider(store, lambda: SIGNER)
     provider.create_group("lan", "10.77.0.0/24")
     key = ed25519.Ed25519PrivateKey.generate()
