@@ -25,8 +25,8 @@ commit, so a kill -9 loses nothing acknowledged. Writers take ``BEGIN
 IMMEDIATE`` (one writer at a time, across processes: the admin CLI writes
 to the same file while the server runs) with a 10 s busy timeout.
 
-PostgreSQL (``Store(url="postgresql+psycopg://...")``, driver psycopg 3; run
-by ``tests/provider`` when ``GROUPTUN_TEST_PG_URL`` is set): the same tables
+PostgreSQL (``Store(url="postgresql+psycopg://...")``, driver psycopg 3; every
+``tests/provider`` store test runs on both backends): the same tables
 and queries. Writers are serialised the way SQLite's ``BEGIN IMMEDIATE``
 does it, with one transaction-scoped advisory lock (``WRITE_LOCK_KEY``)
 taken first in every write transaction (READ COMMITTED, so what a writer
