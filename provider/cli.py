@@ -2,7 +2,8 @@
 
 ::
 
-    grouptun-provider init  --state DIR --url https://HOST:PORT
+    grouptun-provider init  --state DIR --url https://HOST:PORT [--database-url URL]
+    grouptun-provider init  --state DIR --join --database-url URL   (a second state dir on the same database)
     grouptun-provider serve --state DIR [--listen HOST:PORT] [--metrics]
     grouptun-provider group create NAME --cidr CIDR [--cidr6 CIDR6] [--rekey-after 10m]
                                        [--rekey-packets N] [--suite aes-256-gcm|aes-256-ctr-hmac-sha256]
@@ -12,8 +13,13 @@
     grouptun-provider audit [--follow] [--limit N]
 
 ``--state`` defaults to ``$GROUPTUN_PROVIDER_STATE`` or
-``/var/lib/grouptun-provider``. Admin commands write the same SQLite file the
-server uses; the server sees their changes within ~0.2 s. Every
+``/var/lib/grouptun-provider``. The database is SQLite ``STATE/provider.db``
+unless ``--database-url``, ``$GROUPTUN_PROVIDER_DATABASE_URL`` or
+provider.json's ``database_url`` names a PostgreSQL one (provider/database.py;
+``init`` records the URL it used there, without its password). Admin commands
+write the same database the server uses; the server sees their changes within
+~0.2 s. One ``serve`` per state dir and per PostgreSQL database: the nonce
+cache, watch hub and start batcher are in its memory (issue 16 item 2). Every
 ``ProviderFault`` (provider/errors.py) and ``GrouptunError`` is printed as one
 line and exits with its ``exit_code``; ``GROUPTUN_DEBUG=1`` shows tracebacks.
 Settings in ``STATE/provider.json`` (``init`` writes the defaults; every
@@ -64,47 +70,110 @@ def _paths(args) -> StatePaths:
     return StatePaths(Path(args.state))
 
 
+def _database(args, config: dict):
+    from provider import database
+
+    return database.resolve(args.database_url, os.environ, config, _paths(args))
+
+
 def _provider(args):
     from grouptun.secmem import SecretArena
     from provider import hwrng
+    from provider.database import open_store
     from provider.retention import AuditRetention
     from provider.service import Provider
-    from provider.store import Store
 
     paths = _paths(args)
     config = read_config(paths)
     retention = AuditRetention.from_config(config)
     rand = hwrng.from_config(config)
-    store = Store(str(paths.db))
-    store.check_schema()
+    store = open_store(_database(args, config), config)
     # Epoch secrets in locked, non-dumpable memory; the arena zeroes and unmaps itself at exit.
     return Provider(store, lambda: Signer.load(paths), rand=rand, audit_retention=retention,
                     secrets=SecretArena())
 
 
 def cmd_init(args) -> int:
-    from provider.app import DOCS_KEY
-    from provider.connlimits import HttpLimits
-    from provider.retention import AuditRetention
-    from provider.store import Store
+    from provider.database import canonical_keys
 
     paths = _paths(args)
-    url = check_url(args.url)
     if paths.config.exists():
         raise StateDirError(f"{paths.root} is initialised already")
+    setting = _database(args, {})
+    if args.join:
+        return _join(args, paths, setting)
+    if args.url is None:
+        raise InvalidInput("init needs --url https://HOST:PORT (or --join to add a replica)")
+    url = check_url(args.url)
+    store = setting.store(must_exist=False)
+    if setting.url is not None:
+        try:  # before anything is written: an unreachable or used database leaves no state dir behind
+            store.check_empty()
+        except StateDirError as exc:
+            raise setting.fail(exc) from exc
     paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(paths.root, 0o700)
     signer = Signer.generate()
     signer.save(paths)
     fingerprint = make_tls(paths, url, datetime.datetime.now(datetime.timezone.utc))
-    fd = os.open(paths.db, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-    os.close(fd)
-    Store(str(paths.db)).create_schema()
+    if setting.url is None:
+        os.close(os.open(paths.db, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+    try:
+        store.create_schema({"provider_keys": canonical_keys(signer.public.to_json()),
+                             "tls_fingerprint": fingerprint, "url": url})
+    except StateDirError as exc:
+        raise setting.fail(exc) from exc
+    finally:
+        store.close()
+    _write_config(paths, url, signer, setting)
+    print(f"state:            {paths.root}")
+    print(f"database:         {setting.describe()}")
+    print(f"url:              {url}")
+    print(f"tls fingerprint:  {fingerprint}")
+    print(f"provider keys:    {signer.public.fingerprint()}")
+    return 0
+
+
+def _write_config(paths: StatePaths, url: str, signer: Signer, setting) -> None:
+    from provider.app import DOCS_KEY
+    from provider.connlimits import HttpLimits
+    from provider.retention import AuditRetention
+
     config = {"url": url, "created_at": time.time(), "provider_keys": signer.public.to_json(),
               **AuditRetention().to_config(),  # written out so an admin sees what to edit (provider/retention.py)
-              **HttpLimits().to_config(), DOCS_KEY: False}
+              **HttpLimits().to_config(), DOCS_KEY: False, **setting.to_config()}
     paths.config.write_text(json.dumps(config, indent=2) + "\n")
-    print(f"state:            {paths.root}")
+
+
+def _join(args, paths: StatePaths, setting) -> int:
+    """A second state dir on an existing PostgreSQL database, from a copy of keys/ and tls/; writes
+    only provider.json, and only once the copied keys and certificate are the database's."""
+    from provider.database import canonical_keys, open_store
+    from provider.store import add_audit
+
+    if setting.url is None:
+        raise InvalidInput("init --join needs the shared database: --database-url, "
+                           "GROUPTUN_PROVIDER_DATABASE_URL or provider.json's database_url")
+    signer = Signer.load(paths)  # the copied signing keys (mode 0600, passphrase as at init)
+    fingerprint = tls_fingerprint(paths)
+    if not paths.tls_key.exists():
+        raise StateDirError(f"{paths.tls_key} is missing: copy tls/ from the first provider")
+    store = open_store(setting, {})
+    try:
+        held = store.identity()
+        if held.get("provider_keys") != canonical_keys(signer.public.to_json()):
+            raise setting.fail(StateDirError(f"belongs to another provider: the keys in {paths.root / 'keys'} "
+                                             f"are not the database's"))
+        if held.get("tls_fingerprint") != fingerprint:
+            raise setting.fail(StateDirError(f"pins another TLS certificate than {paths.tls_cert}"))
+        url = check_url(args.url) if args.url else held["url"]
+        with store.write() as conn:
+            add_audit(conn, time.time(), "admin", "replica-join", None, state=str(paths.root), url=url)
+    finally:
+        store.close()
+    _write_config(paths, url, signer, setting)
+    print(f"state:            {paths.root} (joined)")
+    print(f"database:         {setting.describe()}")
     print(f"url:              {url}")
     print(f"tls fingerprint:  {fingerprint}")
     print(f"provider keys:    {signer.public.fingerprint()}")
@@ -150,6 +219,7 @@ def cmd_serve(args) -> int:
     docs = docs_from_config(config)
     lock = _lock_state(paths)  # noqa: F841 -- held for the life of the process
     provider = _provider(args)
+    db_lock = provider.store.hold_server_lock()  # noqa: F841 -- likewise, for a PostgreSQL database
     provider.signer  # noqa: B018 -- load keys now: a wrong passphrase fails before listening
     host, port = _listen(args.listen, config["url"])
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -257,10 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state", default=os.environ.get("GROUPTUN_PROVIDER_STATE", DEFAULT_STATE),
                         help="state directory (keys, TLS, database)")
+    common.add_argument("--database-url", default=None,
+                        help="PostgreSQL URL postgresql+psycopg://USER@HOST/DB (default: "
+                             "$GROUPTUN_PROVIDER_DATABASE_URL, provider.json database_url, else SQLite in --state)")
     sub = _Sub(parser.add_subparsers(dest="command", required=True), common)
 
     p = sub.add_parser("init", help="create provider keys, TLS certificate and database")
-    p.add_argument("--url", required=True, help="https://HOST:PORT members will use")
+    p.add_argument("--url", help="https://HOST:PORT members will use (with --join: default the database's)")
+    p.add_argument("--join", action="store_true",
+                   help="add this state dir (holding copies of keys/ and tls/) to an existing PostgreSQL database")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("serve", help="run the HTTPS API")

@@ -5,8 +5,12 @@
     GrouptunError (grouptun.errors)
     └── ProviderFault               base of everything provider/ raises on purpose
         ├── StateDirError           state dir missing, not initialised, already initialised,
-        │   │                       unreadable keys, wrong passphrase            (exit 74)
+        │   │                       unreadable keys, wrong passphrase, database
+        │   │                       unreachable or another provider's            (exit 74)
         │   └── SchemaError         database schema version unknown or newer     (exit 74)
+        ├── DatabaseUrlError        the database URL setting (--database-url, env,
+        │                           provider.json) unparseable, unknown driver,
+        │                           password file unreadable; names the setting  (exit 78)
         ├── InvalidInput            a bad name, CIDR, duration, field            (exit 64, HTTP 400)
         ├── NotFound                no such group / member / epoch / capsule     (exit 66, HTTP 404)
         ├── Conflict                exists already, address pool full, no epoch
@@ -47,6 +51,15 @@ class StateDirError(ProviderFault):
 
 class SchemaError(StateDirError):
     pass
+
+
+class DatabaseUrlError(ProviderFault):
+    exit_code = 78  # EX_CONFIG
+    http_status = 500
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        super().__init__(f"database URL from {setting}: {problem}")
 
 
 class InvalidInput(ProviderFault):

@@ -93,28 +93,43 @@ def _write_private(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def passphrase() -> bytes | None:
-    """The key passphrase: systemd credential first, then the environment; None when neither is set.
+def read_secret_file(path: Path, max_bytes: int) -> bytes:
+    """A small secret file's bytes, one trailing newline stripped.
 
-    Raises StateDirError when ``$CREDENTIALS_DIRECTORY`` names a credential
-    that cannot be read (a broken unit must not silently fall back).
+    FileNotFoundError passes through; StateDirError when it cannot be read or
+    is over ``max_bytes``.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StateDirError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(raw) > max_bytes:
+        raise StateDirError(f"{path} is over {max_bytes} bytes")
+    return raw[:-1] if raw.endswith(b"\n") else raw
+
+
+def read_credential(name: str, max_bytes: int) -> bytes | None:
+    """The systemd credential ``$CREDENTIALS_DIRECTORY/name`` (see read_secret_file); None if absent.
+
+    A credential that exists but cannot be read raises: a broken unit must not silently fall back.
     """
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if directory:
-        path = Path(directory) / PASSPHRASE_CREDENTIAL
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_PASSPHRASE_BYTES + 1)
-        except FileNotFoundError:
-            raw = None
-        except OSError as exc:
-            raise StateDirError(f"cannot read credential {path}: {exc.strerror or exc}") from exc
-        if raw is not None:
-            if len(raw) > MAX_PASSPHRASE_BYTES:
-                raise StateDirError(f"credential {path} is over {MAX_PASSPHRASE_BYTES} bytes")
-            raw = raw[:-1] if raw.endswith(b"\n") else raw
-            if raw:
-                return raw
+    if not directory:
+        return None
+    try:
+        return read_secret_file(Path(directory) / name, max_bytes)
+    except FileNotFoundError:
+        return None
+
+
+def passphrase() -> bytes | None:
+    """The key passphrase: systemd credential first, then the environment; None when neither is set."""
+    raw = read_credential(PASSPHRASE_CREDENTIAL, MAX_PASSPHRASE_BYTES)
+    if raw:
+        return raw
     value = os.environ.get(PASSPHRASE_ENV)
     return value.encode() if value else None
 

@@ -31,8 +31,8 @@ commit, so a kill -9 loses nothing acknowledged. Writers take ``BEGIN
 IMMEDIATE`` (one writer at a time, across processes: the admin CLI writes
 to the same file while the server runs) with a 10 s busy timeout.
 
-PostgreSQL (``Store(url="postgresql+psycopg://...")``, driver psycopg 3; run
-by ``tests/provider`` when ``GROUPTUN_TEST_PG_URL`` is set): the same tables
+PostgreSQL (``Store(url="postgresql+psycopg://...")``, driver psycopg 3; every
+``tests/provider`` store test runs on both backends): the same tables
 and queries. Writers are serialised the way SQLite's ``BEGIN IMMEDIATE``
 does it, with one transaction-scoped advisory lock (``WRITE_LOCK_KEY``)
 taken first in every write transaction (READ COMMITTED, so what a writer
@@ -40,7 +40,16 @@ reads after the lock is the latest commit); reads run in REPEATABLE READ
 (one snapshot, like a SQLite read transaction). Numbers that outgrow 32
 bits (archive versions are Unix milliseconds, epochs and nonce starts are
 u32) are BIGINT; VARCHAR lengths are enforced there (values are validated
-or cut to them first). The admin CLI and server still use SQLite only.
+or cut to them first). The admin CLI and server choose the database with
+``provider/database.py`` (a URL from a flag, the environment or provider.json).
+
+``meta`` also holds the provider's identity (``provider_keys``,
+``tls_fingerprint``, ``url``), written by ``create_schema``: a replica joining
+the database (``init --join``) and every command check that their state dir's
+keys are the database's. ``create_schema`` refuses a database that has any
+of these tables already, so a second ``init`` never overwrites a provider.
+``hold_server_lock`` keeps a second ``serve`` off the same PostgreSQL
+database (its nonce cache and watch hub are in memory: issue 16 item 2).
 """
 
 from __future__ import annotations
@@ -51,8 +60,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, delete, event, func, insert, select, text, update)
-from sqlalchemy.engine import Connection, Engine
+                        UniqueConstraint, create_engine, delete, event, func, insert, inspect, select, text, update)
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 
@@ -60,6 +69,8 @@ from provider.errors import SchemaError, StateDirError
 
 SCHEMA_VERSION = 2
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
+SERVER_LOCK_KEY = 0x67747673  # "gtvs": PostgreSQL session advisory lock held by the one `serve`
+IDENTITY_KEYS = ("provider_keys", "tls_fingerprint", "url")
 metadata = MetaData()
 
 meta = Table("meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False))
@@ -186,13 +197,15 @@ class Store:
     other processes with SQLite's lock or PostgreSQL's advisory lock.
     """
 
-    def __init__(self, path: str | None, *, url: str | None = None) -> None:
+    def __init__(self, path: str | None, *, url: str | URL | None = None) -> None:
         self._memory = path is None and url is None
         self._postgres = url is not None
         if url is not None:
-            if not url.startswith("postgresql"):
-                raise StateDirError(f"database url must be postgresql+psycopg://..., not {url.split(':')[0]!r}")
-            self.engine = create_engine(url, pool_size=20, max_overflow=8, pool_pre_ping=True)
+            url = make_url(url)
+            if url.get_backend_name() != "postgresql":
+                raise StateDirError(f"database url must be postgresql+psycopg://..., not {url.drivername!r}")
+            bounded = {} if "connect_timeout" in url.query else {"connect_timeout": 10}  # libpq waits forever
+            self.engine = create_engine(url, pool_size=20, max_overflow=8, pool_pre_ping=True, connect_args=bounded)
         elif path is None:
             self.engine = create_engine("sqlite://", poolclass=StaticPool,
                                         connect_args={"check_same_thread": False})
@@ -203,17 +216,57 @@ class Store:
             _sqlite_setup(self.engine, path is None)
         self._write_lock = threading.RLock() if self._memory else threading.Lock()
 
-    def create_schema(self) -> None:
+    def create_schema(self, identity: dict[str, str] | None = None) -> None:
+        """Tables and ``meta`` (schema version, ``identity``) in an empty database; refuses a non-empty one."""
         with self.write() as conn:
+            self._refuse_tables(conn)
             metadata.create_all(conn)
             conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            for key, value in (identity or {}).items():
+                conn.execute(insert(meta).values(key=key, value=value))
+
+    def check_empty(self) -> None:
+        """StateDirError unless the database is reachable and has none of the provider's tables."""
+        try:
+            with self.read() as conn:
+                self._refuse_tables(conn)
+        except OperationalError as exc:
+            raise StateDirError(f"database unreachable: {exc.orig}") from exc
+
+    @staticmethod
+    def _refuse_tables(conn: Connection) -> None:
+        present = sorted(set(inspect(conn).get_table_names()) & set(metadata.tables))
+        if "meta" in present:
+            raise StateDirError("holds a grouptun provider already (init --join adds a replica to it)")
+        if present:
+            raise StateDirError(f"is not empty: it has tables {', '.join(present)}")
+
+    def identity(self) -> dict[str, str]:
+        """The provider identity rows of ``meta`` (absent in databases created before they existed)."""
+        with self.read() as conn:
+            rows = conn.execute(select(meta.c.key, meta.c.value).where(meta.c.key.in_(IDENTITY_KEYS)))
+            return {row.key: row.value for row in rows}
+
+    def hold_server_lock(self) -> Connection | None:
+        """PostgreSQL: a session advisory lock on a connection of its own, held until it closes or the
+        process dies; StateDirError if another server holds it. SQLite: None (the state dir's lock does it)."""
+        if not self._postgres:
+            return None
+        conn = self.engine.connect()
+        if not conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": SERVER_LOCK_KEY}).scalar_one():
+            conn.close()
+            raise StateDirError("another grouptun-provider serve is running on this database "
+                                "(one server per database until replicas share their state: issue 16)")
+        conn.commit()  # end the implicit transaction; the session lock outlives it
+        return conn
 
     def check_schema(self) -> None:
         try:
             with self.read() as conn:
-                value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+                value = None if not inspect(conn).has_table("meta") else conn.execute(
+                    select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
         except OperationalError as exc:
-            raise StateDirError(f"database unreadable: {exc.orig}") from exc
+            raise StateDirError(f"database unreachable or unreadable: {exc.orig}") from exc
         if value is None:
             raise SchemaError("database has no schema version (not initialised?)")
         if int(value) < SCHEMA_VERSION and int(value) in MIGRATIONS:

@@ -7,6 +7,9 @@ its authenticator from a random credential as a keystore does (cheap Argon2id co
 ``RecordingSessions`` wraps the pinned session so a test sees every request body the client sent.
 ``configure`` edits ``provider.json`` before a start; ``tls_socket`` opens a raw TLS
 connection (from any 127/8 source address) for tests that speak HTTP by hand.
+Backends: ``STORE_KINDS`` parametrises the store fixtures (``fresh_store``) and ``provider_env``, so
+each of their tests runs on SQLite and on the session's own PostgreSQL server (``pg_server``,
+provider_pg.py), a fresh database per test (per module for ``provider_env``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import os
 import select
 import signal
 import socket
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -32,9 +34,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from grouptun import credkeys
 from grouptun.core.capsule import KemPrivateKey
 from grouptun.provider_client import EnrollResult, ProviderClient, parse_join_token, pinned_session
+from provider_pg import PgServer, find_bindir, remove_orphans
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "GROUPTUN_DEBUG": "0"}
+STORE_KINDS = ["sqlite", "postgresql"]
+_OWN_SETTINGS = ("GROUPTUN_PROVIDER_DATABASE_URL", "CREDENTIALS_DIRECTORY")  # a test sets these itself
+ENV = {**{k: v for k, v in os.environ.items() if k not in _OWN_SETTINGS}, "PYTHONPATH": str(REPO), "GROUPTUN_DEBUG": "0"}
 
 
 def free_port() -> int:
@@ -43,9 +48,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def admin(state: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def admin(state: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``grouptun-provider ARGS --state STATE``; ``env`` adds environment variables."""
     proc = subprocess.run([sys.executable, "-m", "provider.cli", *args, "--state", str(state)],
-                          env=ENV, cwd=REPO, capture_output=True, text=True, timeout=60)
+                          env={**ENV, **(env or {})}, cwd=REPO, capture_output=True, text=True, timeout=60)
     if check and proc.returncode != 0:
         raise AssertionError(f"grouptun-provider {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc
@@ -118,32 +124,54 @@ class ProviderEnv:
     url: str
     server: ServerProc
     config: dict = field(default_factory=dict)
+    database_url: str | None = None  # None: SQLite in the state dir
 
     def invite(self, member: str, group: str = "lan") -> str:
         return admin(self.state, "invite", group, member).stdout.strip()
 
-    def db(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self.state / 'provider.db'}?mode=ro", uri=True, timeout=10)
+    def store(self):
+        from provider.store import Store  # noqa: PLC0415 -- tests/provider is not a package
+
+        return Store(str(self.state / "provider.db")) if self.database_url is None else Store(None, url=self.database_url)
+
+    def rows(self, query: str, **params) -> list[tuple]:
+        """``query`` (SQL text, ``:name`` parameters) on the provider's database, whichever backend."""
+        from sqlalchemy import text  # noqa: PLC0415
+
+        store = self.store()
+        try:
+            with store.read() as conn:
+                return [tuple(row) for row in conn.execute(text(query), params)]
+        finally:
+            store.close()
+
+    def dump(self) -> str:
+        store = self.store()
+        try:
+            return dump(store)
+        finally:
+            store.close()
 
     def snapshot(self) -> tuple:
         """Everything a refused request must not change (the audit log may grow: refusals are audited)."""
-        with self.db() as conn:
-            return tuple(conn.execute(q).fetchall() for q in (
-                "SELECT name, version, epoch_hw, current_epoch FROM groups ORDER BY name",
-                "SELECT name, endpoints FROM members ORDER BY id",
-                "SELECT name, used_at FROM tokens ORDER BY id",
-                "SELECT \"group\", epoch FROM epochs ORDER BY epoch",
-                "SELECT epoch, member FROM capsules ORDER BY epoch, member",
-            ))
+        return tuple(self.rows(q) for q in (
+            "SELECT name, version, epoch_hw, current_epoch FROM groups ORDER BY name",
+            "SELECT name, endpoints FROM members ORDER BY id",
+            "SELECT name, used_at FROM tokens ORDER BY id",
+            "SELECT \"group\", epoch FROM epochs ORDER BY epoch",
+            "SELECT epoch, member FROM capsules ORDER BY epoch, member",
+        ))
 
 
-def init_provider(tmp: Path) -> ProviderEnv:
+def init_provider(tmp: Path, database_url: str | None = None) -> ProviderEnv:
+    """``init`` a state dir; with ``database_url`` on that PostgreSQL database (init records it in provider.json,
+    so every later admin command and ``serve`` find it without the flag)."""
     port = free_port()
     state = tmp / "state"
     url = f"https://127.0.0.1:{port}"
-    admin(state, "init", "--url", url)
+    admin(state, "init", "--url", url, *(("--database-url", database_url) if database_url else ()))
     config = json.loads((state / "provider.json").read_text())
-    return ProviderEnv(state, port, url, ServerProc(state, port), config)
+    return ProviderEnv(state, port, url, ServerProc(state, port), config, database_url)
 
 
 def configure(env: ProviderEnv, **keys) -> None:
@@ -160,9 +188,36 @@ def tls_socket(port: int, source: str = "127.0.0.1", timeout: float = 10.0) -> s
     return context.wrap_socket(raw)
 
 
-@pytest.fixture(scope="module")
-def provider_env(tmp_path_factory):
-    env = init_provider(tmp_path_factory.mktemp("provider"))
+@pytest.fixture(scope="session")
+def pg_server():
+    """The session's own PostgreSQL server (provider_pg.py); started on first use, stopped at the end."""
+    bindir = find_bindir()
+    if bindir is None:
+        if os.geteuid() == 0:  # root can install it: a missing server is a broken setup, not a reason to skip
+            pytest.fail("PostgreSQL server not installed: run scripts/test (it runs apt-get install postgresql)")
+        pytest.skip("PostgreSQL server binaries (initdb) not found, and installing them needs root: "
+                    "apt-get install postgresql (or run scripts/test as root)")
+    try:
+        import psycopg  # noqa: F401, PLC0415
+    except ImportError:
+        pytest.fail("psycopg 3 missing: pip install -e '.[test]' (scripts/test does)")
+    remove_orphans()
+    server = PgServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def database_url_for(kind: str, request) -> str | None:
+    """None for "sqlite" (the embedded default); a fresh database on ``pg_server`` for "postgresql"."""
+    return None if kind == "sqlite" else request.getfixturevalue("pg_server").new_database()
+
+
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def provider_env(request, tmp_path_factory):
+    env = init_provider(tmp_path_factory.mktemp("provider"), database_url_for(request.param, request))
     admin(env.state, "group", "create", "lan", "--cidr", "10.77.0.0/24", "--cidr6", "fd77::/64")
     configure(env, api_docs=True)  # the fuzz test reads the served /openapi.json
     env.server.start()
@@ -220,26 +275,15 @@ class RecordingSessions:
         return session
 
 
-# --- the store under test: SQLite in memory, and PostgreSQL when one is given -------------------------
-
-PG_URL_ENV = "GROUPTUN_TEST_PG_URL"
-PG_SKIP = (f"PostgreSQL store tests are opt-in: set {PG_URL_ENV}=postgresql+psycopg://USER@/DB?host=SOCKET_DIR "
-           "(a throwaway database: each test drops and recreates the provider's tables; needs psycopg 3)")
-STORE_KINDS = ["sqlite", "postgresql"]
+# --- the store under test: SQLite in memory, and a fresh database on the session's PostgreSQL ----------
 
 
-def fresh_store(kind: str):
-    """An empty, initialised store of ``kind``; skips the test for "postgresql" unless PG_URL_ENV is set."""
-    from provider.store import Store, metadata  # noqa: PLC0415 -- tests/provider is not a package
+def fresh_store(kind: str, request):
+    """An empty, initialised store of ``kind`` ("sqlite" in memory, or "postgresql" on ``pg_server``)."""
+    from provider.store import Store  # noqa: PLC0415 -- tests/provider is not a package
 
-    if kind == "sqlite":
-        store = Store(None)
-    else:
-        url = os.environ.get(PG_URL_ENV)
-        if not url:
-            pytest.skip(PG_SKIP)
-        store = Store(None, url=url)
-        metadata.drop_all(store.engine)
+    url = database_url_for(kind, request)
+    store = Store(None) if url is None else Store(None, url=url)
     store.create_schema()
     return store
 
@@ -256,7 +300,7 @@ def dump(store) -> str:
     return "\n".join(lines)
 
 
-def memory_provider(names=("alice", "bob"), signer=None):
+def memory_provider(names=("alice", "bob"), signer=None, store=None):
     """An in-memory provider (SQLite) with group "lan" (10.77.0.0/24) and ``names`` enrolled with the
     credential b"credential"; returns (provider, {name: Ed25519 private key})."""
     from grouptun.core.archive import enroll_message  # noqa: PLC0415
@@ -264,8 +308,9 @@ def memory_provider(names=("alice", "bob"), signer=None):
     from provider.service import Provider  # noqa: PLC0415
     from provider.store import Store  # noqa: PLC0415
 
-    store = Store(None)
-    store.create_schema()
+    if store is None:
+        store = Store(None)
+        store.create_schema()
     signer = signer or Signer.generate()
     provider = Provider(store, lambda: signer)
     provider.create_group("lan", "10.77.0.0/24")

@@ -9,7 +9,6 @@ hang.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 
@@ -17,7 +16,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from provider.store import Store, epochs
-from provider_helpers import PG_URL_ENV, STORE_KINDS, fresh_store
+from provider_helpers import STORE_KINDS, fresh_store
 from test_provider_epochs import Fixture
 
 BOUND = 20.0  # seconds: a deadlock guard, never reached when the code is right
@@ -72,7 +71,7 @@ def _epoch_count(fx: Fixture) -> int:
 
 @pytest.fixture(params=STORE_KINDS)
 def fx(request):
-    fixture = Fixture(fresh_store(request.param))
+    fixture = Fixture(fresh_store(request.param, request))
     fixture.enroll("alice")
     fixture.enroll("bob")
     yield fixture
@@ -108,10 +107,11 @@ def test_two_concurrent_time_rekeys_open_exactly_one_epoch(fx):
     assert _epoch_count(fx) == before + 1
 
 
-def test_postgres_writers_of_two_engines_take_turns():
+def test_postgres_writers_of_two_engines_take_turns(pg_server):
     """Two Stores (the server and an admin CLI process) serialise their writes on the advisory lock."""
-    first = fresh_store("postgresql")  # skipped unless GROUPTUN_TEST_PG_URL is set
-    second = Store(None, url=os.environ[PG_URL_ENV])
+    first = Store(None, url=pg_server.new_database())
+    first.create_schema()
+    second = Store(None, url=first.engine.url)
     holding, release, wrote = threading.Event(), threading.Event(), threading.Event()
 
     def hold() -> None:

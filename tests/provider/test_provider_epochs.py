@@ -177,7 +177,7 @@ class Fixture:
     def __init__(self, store: Store | None = None) -> None:
         self.clock = FakeClock()
         self.rand = RecordingRandom()
-        self.store = store or fresh_store("sqlite")
+        self.store = store or fresh_store("sqlite", None)
         self.provider = Provider(self.store, lambda: SIGNER, clock=self.clock, sleep=self.clock.sleep,
                                  rand=self.rand)
         self.provider.create_group("lan", "10.77.0.0/29", "fd77::/64", rekey_after_seconds=60,
@@ -205,8 +205,8 @@ class Fixture:
 
 @pytest.fixture(params=STORE_KINDS)
 def fx(request) -> Fixture:
-    """The service over each store kind (PostgreSQL only when GROUPTUN_TEST_PG_URL is set)."""
-    fixture = Fixture(fresh_store(request.param))
+    """The service over each store kind."""
+    fixture = Fixture(fresh_store(request.param, request))
     yield fixture
     fixture.store.close()
 

@@ -107,9 +107,9 @@ def test_missing_credential_falls_back_to_environment(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
-def test_schema_1_database_is_migrated_in_place(kind):
+def test_schema_1_database_is_migrated_in_place(kind, request):
     """A database from before members.instance (schema 1) gets the column, NULL, and version 2."""
-    store = fresh_store(kind)
+    store = fresh_store(kind, request)
     with store.write() as conn:
         group_pk = conn.execute(insert(groups).values(
             name="lan", group_id=bytes(16), cidr="10.77.0.0/24", suite=1, mtu=1420, rekey_after_seconds=600,

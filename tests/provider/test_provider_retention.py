@@ -17,7 +17,7 @@ from test_provider_epochs import T0, FakeClock
 
 @pytest.fixture(params=STORE_KINDS)
 def store(request):
-    store = fresh_store(request.param)
+    store = fresh_store(request.param, request)
     yield store
     store.close()
 

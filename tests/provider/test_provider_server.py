@@ -236,8 +236,7 @@ def test_removed_member_gets_nothing_of_the_new_epoch(provider_env, alice):
         with pytest.raises(ProviderRefused) as info:
             call(carol.client())
         assert info.value.status == 401
-    with provider_env.db() as conn:
-        holders = {row[0] for row in conn.execute("SELECT member FROM capsules WHERE epoch = ?", (new.epoch.epoch,))}
+    holders = {row[0] for row in provider_env.rows("SELECT member FROM capsules WHERE epoch = :e", e=new.epoch.epoch)}
     assert "carol" not in holders and "alice" in holders
     listing = admin(provider_env.state, "member", "list", "lan").stdout
     assert "carol" not in listing and "alice" in listing
@@ -253,9 +252,8 @@ def test_the_provider_never_receives_or_stores_the_credential_or_the_keyfile_key
     sent = dave.sessions.sent
     assert [url.rsplit("/", 1)[-1] for _m, url, _h, _b in sent] == ["enroll", "archive", "capsule", "salt"]
     assert all(b'"authenticator"' in body for _m, url, _h, body in sent if url.endswith(("enroll", "salt")))
-    with provider_env.db() as conn:
-        (stored,) = conn.execute("SELECT credential_hash FROM members WHERE name = 'dave'").fetchone()
-        dump = "\n".join(conn.iterdump()).encode()
+    ((stored,),) = provider_env.rows("SELECT credential_hash FROM members WHERE name = 'dave'")
+    dump = provider_env.dump().encode()
     assert credential_matches(dave.authenticator, stored) and not credential_matches(dave.credential, stored)
     for secret in (dave.credential, dave.keyfile_key):
         for form in _encodings(secret):
@@ -277,9 +275,7 @@ def test_audit_log_records_actions_without_secrets(provider_env, alice):
         assert f" {action} " in out, action
     assert alice.token.secret not in out
     assert alice.credential.hex() not in out
-    with provider_env.db() as conn:
-        dump = "\n".join(conn.iterdump())
-    assert alice.token.secret not in dump
+    assert alice.token.secret not in provider_env.dump()
     tail = admin(provider_env.state, "audit", "--follow", "--follow-for", "0.2", "--limit", "3").stdout
     assert len(tail.splitlines()) >= 3
 
