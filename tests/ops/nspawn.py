@@ -28,8 +28,10 @@ import time
 from pathlib import Path
 
 SUITE = "bookworm"
+# gcc, libssl-dev and python3-dev: install-host builds the native run cipher (grouptun/native), and
+# the container has no network to fetch them at install time.
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-pip", "python3-venv",
-            "iproute2", "iputils-ping")
+            "iproute2", "iputils-ping", "gcc", "libssl-dev", "python3-dev")
 CACHE = Path("/var/cache/grouptun-test")
 BUILD_TIMEOUT = 1500.0
 
@@ -206,7 +208,8 @@ class Container:
         proc = subprocess.run(["nsenter", "-t", str(self.leader), "-m", "-u", "-i", "-n", "-p", "-C", "-r", "-w",
                                "/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                                "LANG=C.UTF-8", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0", "sh", "-c", command],
-                              capture_output=True, text=True, timeout=timeout, input=input)
+                              capture_output=True, text=True, timeout=timeout, input=input,
+                              start_new_session=True)  # a `kill 0` in there must not reach this test's own group
         if check and proc.returncode != 0:
             raise AssertionError(f"in the container: {command!r} exited {proc.returncode}\n"
                                  f"stdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}")

@@ -185,12 +185,14 @@ def test_provider_restart_drains_the_members_long_polls(box):
 
 def test_watchdog_restarts_a_stopped_daemon_and_a_killed_one_comes_back(box):
     pid = show(box, "grouptun@a", "MainPID")["MainPID"]
+    assert pid != "0", "grouptun@a has no main process to stop"
     box.run(f"kill -STOP {pid}")
     _, took = wait_for(box, "grouptun@a", 45, ActiveState="active", MainPID=lambda p: p not in (pid, "0"))
     print(f"\nwatchdog restart after SIGSTOP: {took:.1f} s")
     assert took <= 40
     assert "watchdog timeout" in journal(box, "grouptun@a").lower()
     pid = show(box, "grouptun@a", "MainPID")["MainPID"]
+    assert pid != "0", "grouptun@a has no main process to kill"
     box.run(f"kill -KILL {pid}")
     _, took = wait_for(box, "grouptun@a", 15, ActiveState="active", MainPID=lambda p: p not in (pid, "0"))
     print(f"back after SIGKILL: {took:.1f} s")
