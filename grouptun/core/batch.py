@@ -184,7 +184,7 @@ def open_batch(session, data: memoryview, seg: int, source, now: float, out: mem
             window, open_into, misfit = receiver.window, receiver.cipher.open_into, receiver.misfit
             last_index, mark = index, touched.get((id(state), index))
         if not window.check(n):
-            drops[C.REPLAY] += 1
+            session.count_duplicate(state, receiver, index, data[off:end], sequence, source, now)
             continue
         try:
             plain_len = open_into(data[off:end], iv(sequence), out[off:])

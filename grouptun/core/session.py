@@ -13,6 +13,10 @@ header only, before any cryptography)::
     -> open (tag) -> mark window -> plaintext fits us (inner source and
     destination, or the keepalive's receiver index) -> switch/roam/last-seen
 
+A duplicate is dropped at the window; only while another source contends
+for its sender's endpoint is it authenticated, as evidence for the roaming
+rule (:meth:`Session.count_duplicate`, :mod:`grouptun.core.peers`).
+
 Requests for the control path (:meth:`Session.take_requests`):
 ``rekey:packets`` (a sender of the current epoch reached
 rekey_after_packets), ``rekey:time`` (rekey_after_seconds since install),
@@ -217,7 +221,7 @@ class Session:
         receiver = state.receivers.get(index) or state.receiver(index)
         window = receiver.window
         if not window.check(n):
-            self.drops[C.REPLAY] += 1
+            self.count_duplicate(state, receiver, index, datagram, sequence, source, now)
             return 0
         try:
             size = receiver.cipher.open_into(datagram, state.iv(sequence), out)
@@ -371,7 +375,7 @@ class Session:
 
         Call only after the tag verified, the window was marked and the plaintext fit us
         (:meth:`Receiver.misfit`): the current epoch starts
-        sending if it had not, rekey:packets at the threshold, the sender roams to ``source`` and
+        sending if it had not, rekey:packets at the threshold, the roaming rule hears ``source`` (core.peers) and
         its last_seen becomes ``now``. Returns the sender's Peer: the caller adds the rx counters
         of the inner packets it accepts.
         """
@@ -380,10 +384,26 @@ class Session:
         if n >= state.rekey_after_packets:
             self.request_rekey(state, "packets")
         peer = state.peers[index]  # index < group_size == len(state.peers), checked from the sequence
-        if peer.endpoint != source:
-            peer.endpoint = source  # roaming
-        peer.last_seen = now
+        peer.heard(source, now)  # last_seen, and the roaming rule (core.peers)
         return peer
+
+    def count_duplicate(self, state: EpochState, receiver, index: int, datagram: memoryview, sequence: int,
+                        source: Endpoint, now: float) -> None:
+        """Count a datagram the replay window refused. While another source contends for its sender's
+        endpoint, a duplicate from the current or previous endpoint is authenticated (nothing else
+        changes) and, if genuine and for us, tells the roaming rule that that path is alive
+        (:meth:`grouptun.core.peers.Peer.raced`)."""
+        self.drops[C.REPLAY] += 1
+        peer = state.peers[index]
+        if not peer.contested(source, now):
+            return
+        scratch = bytearray(len(datagram) + 15)
+        try:
+            size = receiver.cipher.open_into(datagram, state.iv(sequence), memoryview(scratch))
+        except AuthenticationError:
+            return  # a forged duplicate proves nothing; its n is marked already, so nothing else to do
+        if receiver.misfit(datagram[0], memoryview(scratch)[:size]) is None:
+            peer.raced(source, now)
 
     # -- helpers --------------------------------------------------------
     def next_sequence(self, state: EpochState) -> int | None:

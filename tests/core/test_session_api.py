@@ -8,6 +8,7 @@ from pathlib import Path
 
 from grouptun.core import batch, counters as C, vector
 from grouptun.core.session import FETCH_INTERVAL, Session
+from grouptun.core.peers import ROAM_HOLD
 from grouptun.core.wire import wire_epoch
 
 from .builders import endpoint, material
@@ -108,4 +109,6 @@ def test_record_authenticated_roams_starts_sending_and_asks_for_a_rekey():
     assert bob.sending_epoch(0.75) is new and new.send_started == 0.75
     assert bob.take_requests() == {"rekey:packets"}
     peer = bob.record_authenticated(new, alice_index, 0, endpoint("alice"), 0.8)
-    assert peer.endpoint == endpoint("alice") and bob.take_requests() == set()
+    assert peer.endpoint == roamed and bob.take_requests() == set()  # the new endpoint spoke 0.05 s ago: held
+    peer = bob.record_authenticated(new, alice_index, 1, endpoint("alice"), 0.75 + ROAM_HOLD)
+    assert peer.endpoint == endpoint("alice")  # silent for ROAM_HOLD: the next source takes over
