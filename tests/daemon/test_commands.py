@@ -119,6 +119,6 @@ def test_up_with_a_wrong_credential_exits_77_which_the_units_do_not_retry(tmp_pa
     finally:
         logsetup.teardown_logging()
     assert code == 77 and "keystore does not open" in capsys.readouterr().err
-    unit = (config.Path(cli.__file__).parent.parent / "systemd" / "grouptun@.service").read_text()
+    unit = (config.Path(__file__).resolve().parents[2] / "systemd" / "grouptun@.service").read_text()
     prevent = next(line for line in unit.splitlines() if line.startswith("RestartPreventExitStatus="))
     assert "77" in prevent.split("=", 1)[1].split()
