@@ -389,15 +389,21 @@ class FakeProvider:
 
 
 class FakeClient:
-    """ProviderClient's interface (contracts.md) against a FakeProvider."""
+    """ProviderClient's interface (contracts.md) against a FakeProvider (one provider under every URL)."""
 
-    def __init__(self, provider: FakeProvider, name: str) -> None:
+    def __init__(self, provider: FakeProvider, name: str, urls: tuple[str, ...] = ("https://fake:8443",)) -> None:
         self.p, self.name = provider, name
+        self.urls = tuple(urls)
+        self.answered_by: str | None = None
+
+    def use_urls(self, urls) -> None:
+        self.urls = tuple(urls)
 
     def _call(self, what, *args):
         self.p.calls.append((self.name, what) + args)
         if self.p.down:
             raise ProviderError("provider unreachable: ConnectionError")
+        self.answered_by = self.urls[0]
         if self.p.refusing is not None:
             raise self.p.refusing
 
