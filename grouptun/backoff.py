@@ -34,15 +34,17 @@ class ReplicaRotation:
     ``provider_urls``), tried in order. A failure of the current URL moves
     to the next one after a delay drawn uniformly from [0, d], d doubling
     with each failure in a row from ``base`` up to ``cap``: a fleet whose
-    replica died spreads over the next one instead of arriving at once. An
-    answer resets it and becomes :attr:`answered_by` (``grouptun status``).
+    replica died spreads over the next one instead of arriving at once. The
+    cap is small: once every URL failed, the caller's :class:`Backoff`
+    waits between rounds. An answer resets it and becomes
+    :attr:`answered_by` (``grouptun status``).
 
     Sans-IO: the caller sleeps and the randomness is ``rng``. Thread-safe:
     the watch and the request thread share one rotation; a failure reported
     for a URL the other thread has moved off already does not move it again.
     """
 
-    def __init__(self, urls, base: float = 0.25, cap: float = 4.0, rng: Callable[[], float] = random.random) -> None:
+    def __init__(self, urls, base: float = 0.25, cap: float = 1.0, rng: Callable[[], float] = random.random) -> None:
         self.base, self.cap, self._rng = base, cap, rng
         self._lock = threading.Lock()
         self._urls: tuple[str, ...] = ()

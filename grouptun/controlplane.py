@@ -295,13 +295,12 @@ class ControlPlane:
             return
         log.info("provider URLs from archive version %d: %s", archive.version, ", ".join(urls))
         self.client.use_urls(urls)
+        if self.urls_file is not None:
+            try:
+                self.urls_file.save(urls)
+            except OSError as exc:  # the list in memory still serves; the next start uses the config's
+                log.warning("cannot keep the provider URLs in %s: %s", self.urls_file.path, exc.strerror or exc)
         self._set(provider_urls=urls)
-        if self.urls_file is None:
-            return
-        try:
-            self.urls_file.save(urls)
-        except OSError as exc:  # the list in memory still serves; the next start uses the config's
-            log.warning("cannot keep the provider URLs in %s: %s", self.urls_file.path, exc.strerror or exc)
 
     def _notify_archive(self, archive: Archive) -> None:
         self._adopt_urls(archive)
