@@ -147,6 +147,7 @@ def parse_join_token(text: str) -> JoinToken:
     if not isinstance(body, dict) or set(body) - {"urls"} != {"url", "tls", "keys", "secret"}:
         raise _bad("wrong fields")
     urls = check_urls(body.pop("urls")) if "urls" in body else ()
+    urls = urls if len(urls) > 1 else ()  # a one-URL list says what url says (and prints without it)
     if not all(isinstance(v, str) for v in body.values()):
         raise _bad("fields must be strings")
     return JoinToken(check_url(body["url"]), body["tls"], body["keys"], body["secret"], urls)
