@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
-import time
 
 import pytest
 
@@ -23,7 +21,7 @@ from grouptun.controlplane import ControlPlane
 from grouptun.core.archive import verify_archive
 from grouptun.core.jointoken import JoinToken, b64url, parse_join_token
 from grouptun.core.session import Session
-from grouptun.daemon import Daemon, Factories
+from grouptun.daemon import Daemon
 from grouptun.errors import ConfigError, EpochRejected, ProviderError, ProviderRefused
 from grouptun.provider_client import CONNECT_TIMEOUT, ProviderClient
 from grouptun.providerurls import ProviderUrlsFile
