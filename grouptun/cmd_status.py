@@ -61,13 +61,17 @@ def _provider_line(cp: dict, now_wall: float | None) -> str:
     if not cp:
         return "provider: (no control path)"
     if cp.get("provider_ok"):
-        text = "reachable"
+        text = "reachable" + (f", answered by {cp['provider_url']}" if cp.get("provider_url") else "")
     else:
         text = "unreachable" if cp.get("last_contact") is None or cp.get("last_error") else "not yet contacted"
     if cp.get("last_error"):
         text += f"; last error: {cp['last_error']}"
     if cp.get("archive_version") is not None:
         text += f"; archive version {cp['archive_version']}"
+    if not cp.get("provider_ok") and cp.get("provider_url"):
+        text += f"; last answered by {cp['provider_url']}"
+    if len(cp.get("provider_urls") or ()) > 1:
+        text += f"; URLs {', '.join(cp['provider_urls'])}"
     return f"provider: {text}"
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from grouptun import native
+from grouptun.core.jointoken import check_urls
 from grouptun.errors import ConfigError
 
 DEFAULT_LISTEN_PORT = 51820
@@ -54,6 +55,12 @@ class ProviderConfig:
     ed25519_public: bytes
     mldsa65_public: bytes
     group: str = ""                # the provider's name of the group (in its URLs); "" = group.name
+    urls: tuple[str, ...] = ()     # every URL of the provider, in the order tried; () = just url
+
+    @property
+    def all_urls(self) -> tuple[str, ...]:
+        """The URLs the member asks, in order (before an archive's provider_urls replaces them)."""
+        return self.urls or (self.url,)
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class DaemonConfig:
     keepalive_interval: float = 10.0
     watch_timeout: float = 15.0    # long-poll length; rekey requests wait at most this long
     report_interval: float = 30.0
-    backoff_max: float = 60.0
+    backoff_max: float = 5.0     # low: members are back within it once a provider returns (issue 16)
     metrics_listen: str | None = None  # "127.0.0.1:19586"; loopback only
     offload: str = "auto"  # "auto": TUN TSO/GRO + UDP GSO/GRO where the kernel has them; "off": plain path
     cipher: str = "auto"  # run cipher (grouptun.native): "auto", "native" (error if not built), "reference"
@@ -252,10 +259,14 @@ def _group(data: dict) -> GroupConfig:
 
 def _provider(data: dict) -> ProviderConfig:
     t = _table(data, "provider", True)
-    _no_unknown(t, "provider", {"url", "tls_fingerprint", "keys_hash", "ed25519_public", "mldsa65_public", "group"})
+    _no_unknown(t, "provider", {"url", "tls_fingerprint", "keys_hash", "ed25519_public", "mldsa65_public", "group",
+                                "urls"})
     url = _str(t, "provider", "url")
     if not url.startswith("https://"):
         raise ConfigError("provider.url", "must start with https://")
+    urls = t.get("urls", [])
+    if urls != []:
+        urls = check_urls(urls, "provider.urls")
     fp = _str(t, "provider", "tls_fingerprint").lower().replace(":", "")
     if not _HEX64_RE.match(fp):
         raise ConfigError("provider.tls_fingerprint", "must be a SHA-256 in hex (64 digits)")
@@ -266,6 +277,7 @@ def _provider(data: dict) -> ProviderConfig:
         ed25519_public=_b64(t, "provider", "ed25519_public", 32),
         mldsa65_public=_b64(t, "provider", "mldsa65_public", 1952),
         group=_str(t, "provider", "group", ""),
+        urls=tuple(urls),
     )
 
 
@@ -320,7 +332,7 @@ def _daemon(data: dict) -> DaemonConfig:
         keepalive_interval=_float(t, "daemon", "keepalive_interval", 10.0, 1.0, 3600.0),
         watch_timeout=_float(t, "daemon", "watch_timeout", 15.0, 1.0, 300.0),
         report_interval=_float(t, "daemon", "report_interval", 30.0, 1.0, 3600.0),
-        backoff_max=_float(t, "daemon", "backoff_max", 60.0, 1.0, 3600.0),
+        backoff_max=_float(t, "daemon", "backoff_max", 5.0, 1.0, 3600.0),
         metrics_listen=metrics,
         offload=_offload(t),
         cipher=_cipher(t),
@@ -386,7 +398,7 @@ def render(config: Config) -> str:
         ("provider", {"url": p.url, "tls_fingerprint": p.tls_fingerprint, "keys_hash": p.keys_hash,
                       "ed25519_public": base64.b64encode(p.ed25519_public).decode(),
                       "mldsa65_public": base64.b64encode(p.mldsa65_public).decode(),
-                      **({"group": p.group} if p.group else {})}),
+                      **({"group": p.group} if p.group else {}), **({"urls": p.urls} if p.urls else {})}),
         ("network", {f.name: getattr(config.network, f.name) for f in fields(NetworkConfig)}),
         ("paths", {k: str(v) for k, v in vars(config.paths).items() if v is not None}),
         ("daemon", {f.name: getattr(config.daemon, f.name) for f in fields(DaemonConfig)

@@ -43,6 +43,11 @@ the same backoff as an unreachable provider, not reset by the provider's
 answers meanwhile (each retry fetches the sealed salt again: an Argon2id
 check at the provider); ``state.state_dir_full`` tells ``status``.
 
+Provider URLs: the client fails over between the provider's URLs itself
+(:mod:`grouptun.provider_client`); an accepted archive's ``provider_urls``
+replaces the client's list and is kept in ``urls_file`` for the next start.
+``state.provider_url`` is the URL that answered last.
+
 The data plane never waits for this thread: provider calls are retried
 with jittered exponential backoff (``backoff_max``) while the installed
 epoch keeps carrying traffic. Limits: a "fetch" request (a packet of the
@@ -109,6 +114,8 @@ class ControlState:
     refusals: dict = field(default_factory=dict)
     retry_in: float | None = None
     state_dir_full: bool = False            # the last statefile write found no room (retrying)
+    provider_url: str | None = None         # the provider URL (replica) that answered last
+    provider_urls: tuple = ()               # the URLs asked, in order (join token's, or the newest archive's)
 
 
 class ControlPlane:
@@ -123,8 +130,9 @@ class ControlPlane:
                  wall: Callable[[], float] = time.time, metrics=None, request_interval: float = 0.2,
                  secrets: keys_mod.SecretMemory = keys_mod.HEAP,
                  on_superseded: Callable[[InstanceSuperseded], None] | None = None,
-                 on_trouble: Callable[[str | None], None] = lambda problem: None) -> None:
+                 on_trouble: Callable[[str | None], None] = lambda problem: None, urls_file=None) -> None:
         self.client, self.port, self.kem, self.proof = client, port, kem, proof
+        self.urls_file = urls_file  # grouptun.providerurls.ProviderUrlsFile, or None: archive lists not kept
         self.secrets = secrets  # where opened SS and salt are held (the daemon's locked arena)
         self.pinned, self.group_id, self.member, self.statefile = pinned, group_id, member, statefile
         self.endpoints, self.can_reach, self.on_archive = endpoints, can_reach, on_archive
@@ -133,7 +141,7 @@ class ControlPlane:
         self.on_trouble = on_trouble  # a refusal (text) and the recovery (None): systemd's STATUS=
         self.backoff = backoff or Backoff()
         self._urandom, self._clock, self._wall = urandom, clock, wall
-        self.state = ControlState()
+        self.state = ControlState(provider_urls=tuple(client.urls))
         self.metrics = metrics  # optional grouptun.metrics.DaemonMetrics (cold-path counters)
         self.archive: Archive | None = None  # newest verified archive of our group (may have no epoch)
         self.held_epoch = -1                 # the epoch installed last (-1: none yet)
@@ -158,10 +166,11 @@ class ControlPlane:
             log.info("provider reachable")
         if self.state.last_error is not None:
             self.on_trouble(None)
+        answered = {"provider_ok": True, "last_contact": self._wall(), "provider_url": self.client.answered_by}
         if self.state.state_dir_full:  # the provider answers, but the retry is for the disk: keep backing off
-            self._set(provider_ok=True, last_contact=self._wall())
+            self._set(**answered)
             return
-        self._set(provider_ok=True, last_contact=self._wall(), last_error=None, retry_in=None)
+        self._set(**answered, last_error=None, retry_in=None)
         self.backoff.reset()
 
     # --- acceptance ---
@@ -279,7 +288,22 @@ class ControlPlane:
             self._request("rekey:wire-collision")
             raise EpochRejected("epoch", f"epoch {epoch} has the wire value of the held epoch {self.held_epoch}")
 
+    def _adopt_urls(self, archive: Archive) -> None:
+        """An accepted archive's provider_urls replace the client's list, here and after a restart."""
+        urls = archive.provider_urls
+        if not urls or urls == tuple(self.client.urls):
+            return
+        log.info("provider URLs from archive version %d: %s", archive.version, ", ".join(urls))
+        self.client.use_urls(urls)
+        if self.urls_file is not None:
+            try:
+                self.urls_file.save(urls)
+            except OSError as exc:  # the list in memory still serves; the next start uses the config's
+                log.warning("cannot keep the provider URLs in %s: %s", self.urls_file.path, exc.strerror or exc)
+        self._set(provider_urls=urls)
+
     def _notify_archive(self, archive: Archive) -> None:
+        self._adopt_urls(archive)
         if self.on_archive is None:
             return
         try:

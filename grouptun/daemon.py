@@ -59,6 +59,7 @@ from grouptun.dataplane import DataPlane, LoopPort
 from grouptun.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
 from grouptun.errors import ConfigError, ControlError, GrouptunError, InstanceSuperseded
 from grouptun.opshooks import OpsHooks
+from grouptun.providerurls import ProviderUrlsFile
 from grouptun.secmem import SecretArena
 from grouptun.statefile import EpochStateFile
 from grouptun.statelock import StateDirLock
@@ -90,7 +91,7 @@ def _default_netconfig(ifname: str):
 def _default_client(config: Config, keys: keystore.MemberKeys):
     from grouptun.provider_client import ProviderClient
 
-    return ProviderClient(config.provider.url, config.provider.tls_fingerprint, config.provider_group,
+    return ProviderClient(config.provider.all_urls, config.provider.tls_fingerprint, config.provider_group,
                           config.group.member, keys.signing_key)
 
 
@@ -341,9 +342,23 @@ class Daemon:
         self.udp = self.f.udp(cfg.network.listen_address, cfg.network.listen_port, **extra)
         stack.callback(self.udp.close)
 
+    def _client_config(self, urls_file: ProviderUrlsFile) -> Config:
+        """The config the client is made from: the provider URLs of the newest archive that listed
+        them (kept in the state dir) replace the config's."""
+        try:
+            kept = urls_file.load()
+        except ConfigError as exc:
+            log.warning("%s; using provider.urls of the config", exc)
+            kept = None
+        if kept is None:
+            return self.config
+        log.info("provider URLs (from the newest archive that listed them): %s", ", ".join(kept))
+        return dataclasses.replace(self.config, provider=dataclasses.replace(self.config.provider, urls=kept))
+
     def _start_control(self, stack: ExitStack, pinned: ProviderKeys, statefile: EpochStateFile) -> None:
         cfg = self.config
-        client = self.f.client(cfg, self.keys)
+        urls_file = ProviderUrlsFile(cfg.paths.state_dir)
+        client = self.f.client(self._client_config(urls_file), self.keys)
         port = LoopPort(self.loop, self.session, self.clock, on_install=self._on_install)
         self.control = ControlPlane(
             client=client, port=port, kem=self.keys.kem, proof=self.proof, pinned=pinned,
@@ -352,7 +367,7 @@ class Daemon:
             can_reach=getattr(self.udp, "can_reach", lambda h: True), on_archive=self._apply_archive,
             watch_timeout=cfg.daemon.watch_timeout, report_interval=cfg.daemon.report_interval,
             backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics, secrets=self.secrets,
-            on_superseded=self._on_superseded, on_trouble=self._on_trouble)
+            on_superseded=self._on_superseded, on_trouble=self._on_trouble, urls_file=urls_file)
         stop = threading.Event()
         thread = threading.Thread(target=self.control.run, args=(stop,), name="grouptun-control", daemon=True)
         thread.start()

@@ -9,8 +9,16 @@ The identification credential is never sent: enrollment and salt requests
 carry the authenticator derived from it (``grouptun.credkeys``), except the
 one salt request that migrates an old-form member (``grouptun.credmigrate``).
 
-Errors: ``ProviderError`` when the provider cannot be reached, times out,
-fails the pin, or answers 5xx or nonsense; ``ProviderRefused(status,
+Failover: the client knows every URL of the provider (replicas, or one
+provider under several addresses: the join token's list, replaced by the
+newest archive's ``provider_urls``). A call whose URL fails to connect
+(``CONNECT_TIMEOUT``), times out, fails the pin or answers 5xx is made
+again at the next URL, after the jittered delay of
+:class:`grouptun.backoff.ReplicaRotation`; each URL at most once per call,
+and the next call starts at the URL that answered last.
+
+Errors: ``ProviderError`` when no URL answered (each could not be reached,
+timed out, failed the pin, or answered 5xx or nonsense); ``ProviderRefused(status,
 reason)`` for a 4xx, with the provider's one-line reason. A signature
 refused as stale (the provider restarted, or clocks differ) is retried once.
 
@@ -22,25 +30,30 @@ from __future__ import annotations
 
 import base64
 import hmac
+import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 from urllib.parse import quote
 
 import requests
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from requests.adapters import HTTPAdapter
 
+from grouptun.backoff import ReplicaRotation
 from grouptun.core.archive import ProviderKeys, enroll_message, verify_archive
 from grouptun.core.capsule import CAPSULE_SIZE
-from grouptun.core.jointoken import JoinToken, check_url, parse_join_token
+from grouptun.core.jointoken import JoinToken, check_url, check_urls, parse_join_token
 from grouptun.errors import ProviderError, ProviderRefused
 from grouptun.reqsign import sign_headers
 
 __all__ = ["EnrollResult", "JoinToken", "ProviderClient", "parse_join_token", "pinned_session"]
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+CONNECT_TIMEOUT = 3.0  # a replica whose host is gone (no RST) costs this, not the call's whole timeout
+
+log = logging.getLogger("grouptun.provider")
 
 
 class _PinnedAdapter(HTTPAdapter):
@@ -74,7 +87,7 @@ def _reason(response: requests.Response) -> str:
 
 def _send(session: requests.Session, method: str, url: str, timeout: float, **kwargs) -> requests.Response:
     try:
-        response = session.request(method, url, timeout=timeout, **kwargs)
+        response = session.request(method, url, timeout=(min(CONNECT_TIMEOUT, timeout), timeout), **kwargs)
     except requests.exceptions.SSLError as exc:
         raise ProviderError(f"TLS to {url} failed (certificate does not match the pinned fingerprint?)") from exc
     except requests.RequestException as exc:
@@ -92,6 +105,27 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+def _enroll_at(token: JoinToken, payload: dict, new_session: Callable[[str], requests.Session]) -> requests.Response:
+    """POST the enrollment to the token's URLs in turn, until one answers (a refusal is an answer)."""
+    failures: list[tuple[str, ProviderError]] = []
+    with new_session(token.tls_fingerprint) as session:
+        for url in token.provider_urls:
+            try:
+                return _send(session, "POST", f"{url}/v1/enroll", 30.0, json=payload)
+            except ProviderRefused:
+                raise
+            except ProviderError as exc:
+                failures.append((url, exc))
+    raise _none_answered(failures)
+
+
+def _none_answered(failures: list[tuple[str, ProviderError]]) -> ProviderError:
+    """One URL: its own error; several: one line naming each URL and what it did."""
+    if len(failures) == 1:
+        return failures[0][1]
+    return ProviderError("no provider URL answered: " + "; ".join(f"{u}: {e}" for u, e in failures))
+
+
 @dataclass(frozen=True)
 class EnrollResult:
     group: str
@@ -103,20 +137,43 @@ class EnrollResult:
 
 
 class ProviderClient:
-    """Signed calls for one member of one group. Limits: no retries beyond one stale-signature retry."""
+    """Signed calls for one member of one group. Limits: retries only at the provider's other URLs
+    (and once for a stale signature); the caller backs off when none answered."""
 
-    def __init__(self, url: str, tls_fingerprint: str, group: str, member_name: str,
+    def __init__(self, url: str | Sequence[str], tls_fingerprint: str, group: str, member_name: str,
                  signing_key: ed25519.Ed25519PrivateKey, timeout: float = 10.0,
-                 session_factory: Callable[[str], requests.Session] | None = None) -> None:
-        self.url = check_url(url)
+                 session_factory: Callable[[str], requests.Session] | None = None,
+                 rotation: Callable[[tuple[str, ...]], ReplicaRotation] = ReplicaRotation,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        urls = (url,) if isinstance(url, str) else tuple(url)
+        self.replicas = rotation(tuple(check_url(u) for u in urls))
         self.tls_fingerprint = tls_fingerprint
         self.group = group
         self.member_name = member_name
         self.timeout = timeout
         self._key = signing_key
         self._new_session = session_factory or pinned_session
+        self._sleep = sleep
         self._local = threading.local()
-        self._base = f"{self.url}/v1/groups/{quote(group, safe='')}"
+        self._path = f"/v1/groups/{quote(group, safe='')}"
+
+    @property
+    def url(self) -> str:
+        """The URL the next call goes to."""
+        return self.replicas.current
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return self.replicas.urls
+
+    @property
+    def answered_by(self) -> str | None:
+        """The URL that answered last (None before any answer)."""
+        return self.replicas.answered_by
+
+    def use_urls(self, urls) -> None:
+        """Ask these URLs from now on (a newer archive's ``provider_urls``)."""
+        self.replicas.replace(check_urls(urls, "provider_urls"))
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -126,10 +183,33 @@ class ProviderClient:
 
     def _call(self, method: str, path: str, payload: dict | None = None, timeout: float | None = None,
               params: str = "") -> requests.Response:
+        """The call at the current URL, then at each other one in turn while they fail (see the module doc)."""
         body = b"" if payload is None else requests.models.complexjson.dumps(payload).encode()
-        url = self._base + path + (f"?{params}" if params else "")
+        target = self._path + path + (f"?{params}" if params else "")
+        failures: list[tuple[str, ProviderError]] = []
+        attempts = len(self.replicas.urls)
+        while True:
+            base = self.replicas.current
+            try:
+                response = self._call_at(base + target, method, body, payload is not None, timeout)
+            except ProviderRefused:
+                self.replicas.answered(base)  # a 4xx is the provider's decision: no other URL would differ
+                raise
+            except ProviderError as exc:
+                failures.append((base, exc))
+                delay = self.replicas.failed(base)
+                if len(failures) >= attempts:
+                    break
+                log.info("provider at %s: %s; trying %s in %.2f s", base, exc, self.replicas.current, delay)
+                self._sleep(delay)
+                continue
+            self.replicas.answered(base)
+            return response
+        raise _none_answered(failures)
+
+    def _call_at(self, url: str, method: str, body: bytes, is_json: bool, timeout: float | None) -> requests.Response:
         for attempt in (0, 1):
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            headers = {"Content-Type": "application/json"} if is_json else {}
             sign_headers(method, url, headers, body, self.member_name, self._key)
             try:
                 return _send(self._session(), method, url, timeout or self.timeout, data=body, headers=headers)
@@ -156,8 +236,7 @@ class ProviderClient:
         payload = {"secret": token.secret, "name": name, "ed25519_public": _b64(ed25519_public),
                    "kem_public": _b64(kem_public), "authenticator": _b64(authenticator), "endpoints": endpoints,
                    "proof": _b64(proof)}
-        with (session_factory or pinned_session)(token.tls_fingerprint) as session:
-            response = _send(session, "POST", f"{token.url}/v1/enroll", 30.0, json=payload)
+        response = _enroll_at(token, payload, session_factory or pinned_session)
         try:
             answer = response.json()
             keys = ProviderKeys.from_json(answer["provider_keys"])

@@ -2,8 +2,8 @@
 
 ::
 
-    grouptun-provider init  --state DIR --url https://HOST:PORT [--database-url URL]
-    grouptun-provider init  --state DIR --join --database-url URL   (a second state dir on the same database)
+    grouptun-provider init  --state DIR --url https://HOST:PORT [--database-url URL] [--public-url URL ...]
+    grouptun-provider init  --state DIR --join --database-url URL [--public-url URL ...]  (a second state dir)
     grouptun-provider serve --state DIR [--listen HOST:PORT] [--metrics]
     grouptun-provider group create NAME --cidr CIDR [--cidr6 CIDR6] [--rekey-after 10m]
                                        [--rekey-packets N] [--suite aes-256-gcm|aes-256-ctr-hmac-sha256]
@@ -30,7 +30,12 @@ a device such as ``/dev/hwrng`` mixed into the provider's randomness
 (``provider/hwrng.py``); the ``http_*`` connection limits ``serve`` applies
 (header size and fields, header and body deadlines, connections per address
 and in total: ``provider/connlimits.py``); ``api_docs`` (false), true to
-serve ``/openapi.json``, ``/docs`` and ``/redoc``.
+serve ``/openapi.json``, ``/docs`` and ``/redoc``; ``public_urls`` (absent),
+every URL members may use in the order they try it (replicas, or one
+provider under several addresses; ``init --public-url``, repeatable): join
+tokens carry it and every archive this state dir signs carries it as
+``provider_urls``, which replaces the members' lists (``provider/keys.py``).
+Every replica should carry the same list.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ from grouptun.core.jointoken import JoinToken, check_url
 from grouptun.errors import GrouptunError
 from grouptun.logsetup import fatal
 from provider.errors import InvalidInput, StateDirError
-from provider.keys import StatePaths, Signer, make_tls, read_config, tls_fingerprint
+from provider.keys import (PUBLIC_URLS, StatePaths, Signer, checked_public_urls, make_tls, public_urls, read_config,
+                           tls_fingerprint)
 
 DEFAULT_STATE = "/var/lib/grouptun-provider"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -87,9 +93,10 @@ def _provider(args):
     config = read_config(paths)
     retention = AuditRetention.from_config(config)
     rand = hwrng.from_config(config)
+    urls = public_urls(config)
     store = open_store(_database(args, config), config)
     # Epoch secrets in locked, non-dumpable memory; the arena zeroes and unmaps itself at exit.
-    return Provider(store, lambda: Signer.load(paths), rand=rand, audit_retention=retention,
+    return Provider(store, lambda: Signer.load(paths, urls), rand=rand, audit_retention=retention,
                     secrets=SecretArena())
 
 
@@ -99,6 +106,8 @@ def cmd_init(args) -> int:
     paths = _paths(args)
     if paths.config.exists():
         raise StateDirError(f"{paths.root} is initialised already")
+    if args.public_url:
+        checked_public_urls(args.public_url, "--public-url")  # before anything is written
     setting = _database(args, {})
     if args.join:
         return _join(args, paths, setting)
@@ -125,16 +134,19 @@ def cmd_init(args) -> int:
         raise setting.fail(exc) from exc
     finally:
         store.close()
-    _write_config(paths, url, signer, setting)
+    public = checked_public_urls(args.public_url, "--public-url") if args.public_url else ()
+    _write_config(paths, url, signer, setting, public)
     print(f"state:            {paths.root}")
     print(f"database:         {setting.describe()}")
     print(f"url:              {url}")
+    if public:
+        print(f"public urls:      {', '.join(public)}")
     print(f"tls fingerprint:  {fingerprint}")
     print(f"provider keys:    {signer.public.fingerprint()}")
     return 0
 
 
-def _write_config(paths: StatePaths, url: str, signer: Signer, setting) -> None:
+def _write_config(paths: StatePaths, url: str, signer: Signer, setting, public: tuple[str, ...]) -> None:
     from provider.app import DOCS_KEY
     from provider.connlimits import HttpLimits
     from provider.retention import AuditRetention
@@ -142,6 +154,8 @@ def _write_config(paths: StatePaths, url: str, signer: Signer, setting) -> None:
     config = {"url": url, "created_at": time.time(), "provider_keys": signer.public.to_json(),
               **AuditRetention().to_config(),  # written out so an admin sees what to edit (provider/retention.py)
               **HttpLimits().to_config(), DOCS_KEY: False, **setting.to_config()}
+    if public:
+        config[PUBLIC_URLS] = list(public)
     paths.config.write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -171,10 +185,13 @@ def _join(args, paths: StatePaths, setting) -> int:
             add_audit(conn, time.time(), "admin", "replica-join", None, state=str(paths.root), url=url)
     finally:
         store.close()
-    _write_config(paths, url, signer, setting)
+    public = checked_public_urls(args.public_url, "--public-url") if args.public_url else ()
+    _write_config(paths, url, signer, setting, public)
     print(f"state:            {paths.root} (joined)")
     print(f"database:         {setting.describe()}")
     print(f"url:              {url}")
+    if public:
+        print(f"public urls:      {', '.join(public)}")
     print(f"tls fingerprint:  {fingerprint}")
     print(f"provider keys:    {signer.public.fingerprint()}")
     return 0
@@ -275,7 +292,8 @@ def cmd_invite(args) -> int:
     provider = _provider(args)
     secret = provider.invite(args.group, args.member, parse_duration(args.ttl, "--ttl"))
     keys = ProviderKeys.from_json(config["provider_keys"])
-    print(JoinToken(config["url"], tls_fingerprint(paths), keys.fingerprint(), secret))
+    urls = public_urls(config)
+    print(JoinToken(urls[0] if urls else config["url"], tls_fingerprint(paths), keys.fingerprint(), secret, urls))
     return 0
 
 
@@ -334,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create provider keys, TLS certificate and database")
     p.add_argument("--url", help="https://HOST:PORT members will use (with --join: default the database's)")
+    p.add_argument("--public-url", action="append", default=[], metavar="URL",
+                   help="a URL members may use (repeatable, in the order they try them: the replicas, or this "
+                        "provider under several addresses); written to provider.json public_urls")
     p.add_argument("--join", action="store_true",
                    help="add this state dir (holding copies of keys/ and tls/) to an existing PostgreSQL database")
     p.set_defaults(func=cmd_init)

@@ -3,7 +3,9 @@
 Layout (created by ``grouptun-provider init``; directory mode 0700)::
 
     STATE/provider.json          url, created_at, provider_keys (public); audit_keep_days,
-                                 audit_keep_rows (audit retention, see retention.py; editable)
+                                 audit_keep_rows (audit retention, see retention.py; editable);
+                                 public_urls (optional: every URL members may use, in order;
+                                 join tokens and signed archives carry it, see public_urls())
     STATE/provider.db            the database (store.py), mode 0600
     STATE/keys/ed25519.pem       archive signing key, PKCS#8, mode 0600
     STATE/keys/mldsa65.pem       archive signing key, PKCS#8, mode 0600
@@ -47,7 +49,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa
 from cryptography.x509.oid import NameOID
 
+import dataclasses
+
 from grouptun.core.archive import ProviderKeys, sign_archive, Archive
+from grouptun.core.jointoken import check_urls
+from grouptun.errors import ConfigError
 from provider.errors import StateDirError
 
 PASSPHRASE_ENV = "GROUPTUN_PROVIDER_PASSPHRASE"
@@ -145,11 +151,34 @@ def _pem(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, _encryption())
 
 
-class Signer:
-    """The provider's two archive signing keys (private)."""
+PUBLIC_URLS = "public_urls"
+MAX_PUBLIC_URLS_CHARS = 600  # all URLs together: a join token stays below its 2048 characters
 
-    def __init__(self, ed: ed25519.Ed25519PrivateKey, ml: mldsa.MLDSA65PrivateKey) -> None:
-        self._ed, self._ml = ed, ml
+
+def checked_public_urls(urls, what: str) -> tuple[str, ...]:
+    """A public URL list (1..8 distinct https://HOST[:PORT]); ConfigError(``what``) names the setting."""
+    checked = check_urls(urls, what)
+    if sum(map(len, checked)) > MAX_PUBLIC_URLS_CHARS:
+        raise ConfigError(what, f"the URLs together must be at most {MAX_PUBLIC_URLS_CHARS} characters")
+    return checked
+
+
+def public_urls(config: dict) -> tuple[str, ...]:
+    """provider.json's ``public_urls``: every URL members may use (replicas, or one provider under
+    several addresses), in the order they try them; () when absent (tokens and archives then carry
+    only ``url``, and archives leave the members' lists alone)."""
+    if PUBLIC_URLS not in config:
+        return ()
+    return checked_public_urls(config[PUBLIC_URLS], f"provider.json {PUBLIC_URLS}")
+
+
+class Signer:
+    """The provider's two archive signing keys (private); every archive it signs carries ``urls``
+    (provider.json ``public_urls``) as its ``provider_urls`` when there are any."""
+
+    def __init__(self, ed: ed25519.Ed25519PrivateKey, ml: mldsa.MLDSA65PrivateKey,
+                 urls: tuple[str, ...] = ()) -> None:
+        self._ed, self._ml, self.urls = ed, ml, tuple(urls)
         raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
         self.public = ProviderKeys(ed.public_key().public_bytes(*raw), ml.public_key().public_bytes_raw())
 
@@ -158,6 +187,8 @@ class Signer:
         return cls(ed25519.Ed25519PrivateKey.generate(), mldsa.MLDSA65PrivateKey.generate())
 
     def sign(self, archive: Archive) -> bytes:
+        if self.urls:
+            archive = dataclasses.replace(archive, provider_urls=self.urls)
         return sign_archive(archive, self._ed, self._ml)
 
     def save(self, paths: StatePaths) -> None:
@@ -165,7 +196,7 @@ class Signer:
         _write_private(paths.mldsa65, _pem(self._ml))
 
     @classmethod
-    def load(cls, paths: StatePaths) -> "Signer":
+    def load(cls, paths: StatePaths, urls: tuple[str, ...] = ()) -> "Signer":
         password = passphrase()
         keys = []
         for path, kind in ((paths.ed25519, ed25519.Ed25519PrivateKey), (paths.mldsa65, mldsa.MLDSA65PrivateKey)):
@@ -180,7 +211,7 @@ class Signer:
             if not isinstance(key, kind):
                 raise StateDirError(f"{path} holds the wrong kind of key")
             keys.append(key)
-        return cls(*keys)
+        return cls(*keys, urls=urls)
 
 
 def _check_mode(path: Path) -> None:

@@ -26,7 +26,8 @@ document that is not already canonical is refused. The document::
                   "ed25519_public": base64(32), "kem_public": base64(1216),
                   "instance": hex(32) | null}, ...],
      "attributes": {"cidr": "10.77.0.0/24", "cidr6": "fd77::/64" | null, "mtu": 1420},
-     "expires_at": unix seconds}
+     "expires_at": unix seconds,
+     "provider_urls": ["https://host:port", ...]}      (optional, see below)
 
 ``epoch`` is null while the group has fewer than two members (PROTOCOL.md 1:
 2 <= N): the provider opens no epoch then, but still signs the document so
@@ -38,6 +39,11 @@ A member's ``instance`` is SHA-256 of the start challenge that currently
 owns it (the latest start the provider accepted for it; null before its
 first): a daemon sends only in an epoch whose entry for its own member
 names its own instance (PROTOCOL.md 4, :func:`instance_of`).
+
+``provider_urls`` (a grouptun extension, PROTOCOL.md 2) is the provider's
+list of URLs, in the order members try them (1..8 distinct https URLs, one
+certificate for all). Absent: the member keeps the list it has (the join
+token's, or an earlier archive's).
 
 ``Archive.raw`` holds the whole envelope exactly as verified, so a member
 can store it and verify it again later. Limits: this module checks shapes
@@ -59,6 +65,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
 from grouptun.core.capsule import GROUP_ID_SIZE, KEM_PUBLIC_SIZE
+from grouptun.core.jointoken import url_list_problem
 from grouptun.errors import EpochRejected
 
 FORMAT = "grouptun/1 archive"
@@ -177,15 +184,19 @@ class Archive:
     mtu: int
     expires_at: float
     raw: bytes = field(default=b"", compare=False, repr=False)
+    provider_urls: tuple[str, ...] = ()  # () = the document has no provider_urls (keep the member's list)
 
     def to_json(self) -> dict:
-        return {
+        document = {
             "format": FORMAT, "group_id": self.group_id.hex(), "name": self.name,
             "version": self.version, "epoch": None if self.epoch is None else self.epoch.to_json(),
             "members": [m.to_json() for m in self.members],
             "attributes": {"cidr": self.cidr, "cidr6": self.cidr6, "mtu": self.mtu},
             "expires_at": self.expires_at,
         }
+        if self.provider_urls:  # optional: an archive without it is byte-for-byte the older form
+            document["provider_urls"] = list(self.provider_urls)
+        return document
 
     def member(self, name: str) -> ArchiveMember | None:
         return next((m for m in self.members if m.name == name), None)
@@ -335,6 +346,16 @@ def _parse_member(obj: object) -> ArchiveMember:
     )
 
 
+def _provider_urls(obj: dict) -> tuple[str, ...]:
+    if "provider_urls" not in obj:
+        return ()
+    urls = obj["provider_urls"]
+    problem = url_list_problem(urls)
+    if problem is not None or any(u.endswith("/") for u in urls):
+        raise EpochRejected("format", f"provider_urls: {problem or 'a URL ends with /'}")
+    return tuple(urls)
+
+
 def parse_document(obj: object, raw: bytes = b"") -> Archive:
     """Parse an already verified document object into an :class:`Archive`."""
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
@@ -352,5 +373,5 @@ def parse_document(obj: object, raw: bytes = b"") -> Archive:
         members=tuple(_parse_member(m) for m in _get(obj, "members", list, "")),
         cidr=_get(attrs, "cidr", str, "attributes."), cidr6=cidr6,
         mtu=_uint(attrs, "mtu", "attributes.", 65536), expires_at=_num(obj, "expires_at", ""),
-        raw=raw,
+        raw=raw, provider_urls=_provider_urls(obj),
     )

@@ -93,6 +93,7 @@ class Mesh:
     provider_port: int = 8443
     group_options: tuple[str, ...] = ()      # extra `group create` flags, e.g. ("--rekey-after", "60")
     ipv6_underlay: tuple[str, ...] = ()      # members whose endpoint is their IPv6 underlay address
+    provider_init_args: tuple[str, ...] = ()  # extra `init` flags, e.g. ("--public-url", URL, ...)
     members: dict[str, Member] = field(default_factory=dict)
     provider_proc: Proc | None = None
 
@@ -115,22 +116,24 @@ class Mesh:
                            f"{(proc.stderr or proc.stdout).strip()[-600:]}")
         return proc.stdout
 
-    def start_provider(self, timeout: float = 30.0) -> None:
-        """init (first time only), then serve; returns once it accepts TLS connections."""
+    def start_provider(self, timeout: float = 30.0, port: int | None = None, label: str = "provider") -> None:
+        """init (first time only), then serve (on ``port``, default the URL's); returns once it accepts
+        TLS connections."""
         if not (self.provider_dir / ".lab-initialised").exists():
             self.provider_dir.mkdir(parents=True, exist_ok=True)
-            self.provider_cli("init", "--url", self.provider_url)
+            self.provider_cli("init", "--url", self.provider_url, *self.provider_init_args)
             (self.provider_dir / ".lab-initialised").touch()
+        port = port or self.provider_port
         self.provider_proc = self.lab.spawn(
-            self.provider_host, "provider",
-            [*PROVIDER, "serve", "--state", str(self.provider_dir)])
-        if not wait_until(lambda: self._provider_listening() or not self.provider_proc.alive(),
+            self.provider_host, label,
+            [*PROVIDER, "serve", "--state", str(self.provider_dir), "--listen", f"0.0.0.0:{port}"])
+        if not wait_until(lambda: self._provider_listening(port) or not self.provider_proc.alive(),
                           timeout=timeout, interval=0.2) or not self.provider_proc.alive():
-            raise LabError(f"provider did not start listening on :{self.provider_port} within "
+            raise LabError(f"provider did not start listening on :{port} within "
                            f"{timeout:.0f}s:\n{self.provider_proc.tail(30)}")
 
-    def _provider_listening(self) -> bool:
-        out = self.lab.exec(self.provider_host, ["ss", "-Hltn", f"sport = :{self.provider_port}"],
+    def _provider_listening(self, port: int | None = None) -> bool:
+        out = self.lab.exec(self.provider_host, ["ss", "-Hltn", f"sport = :{port or self.provider_port}"],
                             check=False).stdout
         return bool(out.strip())
 

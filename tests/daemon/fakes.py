@@ -289,6 +289,7 @@ class FakeProvider:
         self.release_watch = threading.Event()
         self.watching = 0  # watch calls now inside their long-poll
         self.rekeys_during_watch: list[str] = []  # rekey reasons that arrived while a long-poll was open
+        self.provider_urls: tuple[str, ...] = ()  # signed into every archive from now on (() = the key absent)
         if len(names) < 2:
             self.publish()
 
@@ -302,7 +303,7 @@ class FakeProvider:
         with self.changed:
             self.version += 1
             archive = Archive(self.group_id, "lan", self.version, self.current, self._members(), "10.77.0.0/24",
-                              "fd77::/64", 1420, time.time() + 3600)
+                              "fd77::/64", 1420, time.time() + 3600, provider_urls=self.provider_urls)
             self.signed = sign_archive(archive, self.ed, self.ml)
             self.changed.notify_all()
 
@@ -352,7 +353,7 @@ class FakeProvider:
             self.current = ep
             self.version += 1
             archive = Archive(self.group_id, "lan", self.version, ep, members, "10.77.0.0/24", "fd77::/64",
-                              1420, time.time() + 3600)
+                              1420, time.time() + 3600, provider_urls=self.provider_urls)
             signed = sign_archive(archive, self.ed, self.ml)
             if self.tamper == "signature":
                 other = ed25519.Ed25519PrivateKey.generate()
@@ -389,15 +390,21 @@ class FakeProvider:
 
 
 class FakeClient:
-    """ProviderClient's interface (contracts.md) against a FakeProvider."""
+    """ProviderClient's interface (contracts.md) against a FakeProvider (one provider under every URL)."""
 
-    def __init__(self, provider: FakeProvider, name: str) -> None:
+    def __init__(self, provider: FakeProvider, name: str, urls: tuple[str, ...] = ("https://fake:8443",)) -> None:
         self.p, self.name = provider, name
+        self.urls = tuple(urls)
+        self.answered_by: str | None = None
+
+    def use_urls(self, urls) -> None:
+        self.urls = tuple(urls)
 
     def _call(self, what, *args):
         self.p.calls.append((self.name, what) + args)
         if self.p.down:
             raise ProviderError("provider unreachable: ConnectionError")
+        self.answered_by = self.urls[0]
         if self.p.refusing is not None:
             raise self.p.refusing
 
@@ -471,12 +478,19 @@ class FakeTransport(requests.adapters.BaseAdapter):
     a stand-in for ``pinned_session``). Signed requests are taken to come
     from ``member`` (signatures are not checked: the fake checks contents).
     ``sent`` holds (method, url, headers, body bytes) of each request.
+    The one fake provider answers at every URL (``host:port``) except those
+    in ``dead`` (connection refused), ``hung`` (timeout) and ``failing``
+    (that 5xx status): replicas that die and come back.
     """
 
     def __init__(self, provider: FakeProvider, member: str = "") -> None:
         super().__init__()
         self.p, self.member = provider, member
         self.sent: list[tuple[str, str, dict, bytes]] = []
+        self.dead: set[str] = set()
+        self.hung: set[str] = set()
+        self.failing: dict[str, int] = {}
+        self.timeouts: list = []  # the timeout of each request sent
 
     def session(self, _fingerprint: str = "") -> requests.Session:
         session = requests.Session()
@@ -487,11 +501,23 @@ class FakeTransport(requests.adapters.BaseAdapter):
         body = request.body or b""
         body = body.encode() if isinstance(body, str) else bytes(body)
         self.sent.append((request.method, request.url, dict(request.headers), body))
+        self.timeouts.append(kwargs.get("timeout"))
         url = urlsplit(request.url)
+        if url.netloc in self.dead:
+            raise requests.ConnectionError(f"connection refused by {url.netloc}")
+        if url.netloc in self.hung:
+            raise requests.ConnectTimeout(f"{url.netloc} did not answer")
+        if url.netloc in self.failing:
+            status = self.failing[url.netloc]
+            return self._response(request, status, json.dumps({"detail": "replica unwell"}).encode())
         try:
             status, content = self._answer(request.method, url.path.split("/")[1:], parse_qs(url.query), body)
         except ProviderRefused as exc:
             status, content = exc.status, json.dumps({"detail": exc.reason}).encode()
+        return self._response(request, status, content)
+
+    @staticmethod
+    def _response(request, status: int, content: bytes) -> requests.Response:
         response = requests.Response()
         response.status_code, response._content, response.url, response.request = status, content, request.url, request
         return response

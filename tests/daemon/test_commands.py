@@ -104,7 +104,7 @@ def test_join_under_another_local_name_keeps_the_provider_group_for_its_urls(tmp
     assert cfg.provider_group == "lan"  # the group's name at the provider (EnrollResult.group)
     keys = keystore.load(cfg.keystore_path, bytearray(CREDENTIAL))
     client = _default_client(cfg, keys)
-    assert client.group == "lan" and client._base.endswith("/v1/groups/lan")
+    assert client.group == "lan" and client._path == "/v1/groups/lan"
 
 
 def test_up_with_a_wrong_credential_exits_77_which_the_units_do_not_retry(tmp_path, fake_enroll, capsys):

@@ -28,5 +28,7 @@ def test_one_input(data: bytes) -> None:
 def seeds() -> dict[str, bytes]:
     good = JoinToken("https://provider.example:8443", "ab" * 32, "cd" * 32, b64url(bytes(range(32))))
     v6 = JoinToken("https://[fd00::1]:8443", "01" * 32, "23" * 32, b64url(bytes(32)))
-    return {"good": str(good).encode(), "ipv6": str(v6).encode(), "prefix-only": PREFIX.encode(),
+    replicas = JoinToken("https://a.example:8443", "ab" * 32, "cd" * 32, b64url(bytes(32)),
+                         ("https://a.example:8443", "https://b.example:8443"))
+    return {"good": str(good).encode(), "ipv6": str(v6).encode(), "replicas": str(replicas).encode(), "prefix-only": PREFIX.encode(),
             "padded": (" " + str(good) + "\n").encode()}

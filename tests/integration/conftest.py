@@ -21,8 +21,9 @@ MEMBERS = ("a", "b", "c")
 
 
 def build_mesh(lab: Lab, group_options: tuple[str, ...] = (),
-               ipv6_underlay: tuple[str, ...] = ()) -> Mesh:
-    mesh = Mesh(lab, group_options=group_options, ipv6_underlay=ipv6_underlay)
+               ipv6_underlay: tuple[str, ...] = (), provider_init_args: tuple[str, ...] = ()) -> Mesh:
+    mesh = Mesh(lab, group_options=group_options, ipv6_underlay=ipv6_underlay,
+                provider_init_args=provider_init_args)
     mesh.start_group(MEMBERS)
     for src, dst in itertools.permutations(MEMBERS, 2):     # endpoints learned, routes up
         if not wait_ping(lab, src, mesh.members[dst].overlay(4), timeout=15.0):
@@ -35,6 +36,7 @@ def lab_mesh(request):
     tag = getattr(request.module, "LAB_TAG", "it")
     options = getattr(request.module, "GROUP_OPTIONS", ())   # extra `group create` flags
     ipv6_underlay = getattr(request.module, "IPV6_UNDERLAY", ())
+    init_args = getattr(request.module, "provider_init_args", lambda lab: ())  # extra `init` flags, from the lab
     failed_before = request.session.testsfailed
     # GT_LAB_KEEP_LOGS=1 keeps the workdir (logs, pcaps; on tmpfs) for a post-mortem
     lab = Lab(tag, hosts=("p", *MEMBERS, "e"), keep_workdir=os.environ.get("GT_LAB_KEEP_LOGS") == "1")
@@ -42,7 +44,7 @@ def lab_mesh(request):
     try:
         with lab:
             try:
-                mesh = build_mesh(lab, options, ipv6_underlay)
+                mesh = build_mesh(lab, options, ipv6_underlay, init_args(lab))
             except Exception:
                 print("\n--- lab logs (setup failed) ---\n" + lab.log_tails(25))
                 raise

@@ -251,7 +251,7 @@ class TestMember:
         return self.result
 
     def client(self, timeout: float = 10.0) -> ProviderClient:
-        return ProviderClient(self.token.url, self.token.tls_fingerprint, self.result.group, self.name, self.ed,
+        return ProviderClient(self.token.provider_urls, self.token.tls_fingerprint, self.result.group, self.name, self.ed,
                               timeout=timeout, session_factory=self.sessions)
 
 
