@@ -124,12 +124,17 @@ class ProviderClient:
             session = self._local.session = self._new_session(self.tls_fingerprint)
         return session
 
+    def call(self, method: str, path: str, payload: dict | None = None, raw: bytes | None = None) -> requests.Response:
+        """A signed request under the group's URL: a JSON ``payload`` or a ``raw`` octet-stream body."""
+        return self._call(method, path, payload, raw=raw)
+
     def _call(self, method: str, path: str, payload: dict | None = None, timeout: float | None = None,
-              params: str = "") -> requests.Response:
-        body = b"" if payload is None else requests.models.complexjson.dumps(payload).encode()
+              params: str = "", raw: bytes | None = None) -> requests.Response:
+        body = raw if raw is not None else b"" if payload is None else requests.models.complexjson.dumps(payload).encode()
         url = self._base + path + (f"?{params}" if params else "")
+        kind = "application/octet-stream" if raw is not None else "application/json" if payload is not None else None
         for attempt in (0, 1):
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            headers = {"Content-Type": kind} if kind else {}
             sign_headers(method, url, headers, body, self.member_name, self._key)
             try:
                 return _send(self._session(), method, url, timeout or self.timeout, data=body, headers=headers)
