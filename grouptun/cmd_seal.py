@@ -54,8 +54,13 @@ def parse_ttl(text: str) -> float:
 @dataclass
 class MemberSession:
     config: object  # grouptun.config.Config
-    keys: object    # grouptun.keystore.MemberKeys
+    keys: object    # grouptun.keystore.MemberKeys: signs the requests
     client: object  # grouptun.provider_client.ProviderClient
+    opener: object = None  # MemberKeys whose KEM key opens sealed data (default: ``keys``)
+
+    @property
+    def kem(self):
+        return (self.opener or self.keys).kem
 
     def archive(self):
         """The group's current archive, verified against the provider keys pinned at join."""
@@ -70,11 +75,15 @@ class MemberSession:
 
     def close(self) -> None:
         self.client.close()
-        self.keys.wipe()
+        for keys in (self.keys, self.opener):
+            if keys is not None:
+                keys.wipe()
 
 
-def open_member(args: argparse.Namespace, keys_file: Path | None = None) -> MemberSession:
-    """Config, unlocked keys (``keys_file`` or the config's key file) and a provider client."""
+def open_member(args: argparse.Namespace, old_keys: Path | None = None,
+                old_credential_file: Path | None = None) -> MemberSession:
+    """Config, unlocked keys and a provider client; with ``old_keys`` also that key file (self-escrow
+    after a re-enrollment), unlocked with ``old_credential_file`` or else the same credential."""
     from grouptun import config as config_mod
     from grouptun import credential, keystore
     from grouptun.errors import ConfigError
@@ -85,13 +94,17 @@ def open_member(args: argparse.Namespace, keys_file: Path | None = None) -> Memb
     if cfg.group.name != args.group:
         raise ConfigError("group.name", f"{path} is for group {cfg.group.name!r}, not {args.group!r}")
     cred = credential.obtain(cfg.group.name, args.credential_file, cfg.paths.credential_file)
+    opener = None
     try:
-        keys = keystore.load(keys_file or cfg.keystore_path, cred)
+        keys = keystore.load(cfg.keystore_path, cred)
+        if old_keys is not None:
+            old = credential.read_file(old_credential_file) if old_credential_file else cred
+            opener = keystore.load(old_keys, old)
     finally:
         credential.wipe(cred)
     client = ProviderClient(cfg.provider.url, cfg.provider.tls_fingerprint, cfg.provider_group, cfg.group.member,
                             keys.signing_key, timeout=60.0)
-    return MemberSession(cfg, keys, client)
+    return MemberSession(cfg, keys, client, opener)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -208,3 +208,30 @@ def test_limits_config_names_the_key_at_fault():
         SealedLimits.from_config({"sealed_max_blob_bytes": 0})
     with pytest.raises(ConfigError, match="sealed_group_quota_bytes"):
         SealedLimits.from_config({"sealed_group_quota_bytes": "8G"})
+
+
+def test_self_escrow_after_re_enrollment_opens_only_with_the_kept_key(world):
+    from grouptun.core.archive import enroll_message
+    from grouptun.core.capsule import KemPrivateKey
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    provider, kems, data, archive, _ = world
+    recipients = sealed.choose_recipients(archive, "alice", None, False, True)
+    entry = sealed.seal_file(InProcessSealed(data, "lan", "alice"), archive, io.BytesIO(b"escrow"), 6, recipients, 600)
+    provider.remove_member("lan", "alice")
+    signing, new_kem = ed25519.Ed25519PrivateKey.generate(), KemPrivateKey.from_random(os.urandom(96))
+    ed, pub, secret = signing.public_key().public_bytes_raw(), new_kem.public_bytes(), provider.invite("lan", "alice", 600)
+    provider.enroll(secret, "alice", ed, pub, b"credential", [], signing.sign(enroll_message(secret, "alice", ed, pub,
+                                                                                           b"credential", [])))
+    api = InProcessSealed(data, "lan", "alice")
+    with pytest.raises(SealedDataError, match="does not open with this member's key"):
+        sealed.unseal(api, archive.group_id, "alice", new_kem, entry["data_id"], io.BytesIO())
+    out = io.BytesIO()
+    sealed.unseal(api, archive.group_id, "alice", kems["alice"], entry["data_id"], out)  # the kept key file
+    assert out.getvalue() == b"escrow"
+
+
+def test_an_empty_file_seals_and_opens(world):
+    entry = seal(world, b"")
+    assert entry["size"] == sealed.header_size(entry["recipients"]) + sealeddata.TAG_SIZE
+    assert unseal(world, "carol", entry["data_id"]) == b""
