@@ -48,27 +48,25 @@ class ExportFiles:
         return self.dir or Path("/run/grouptun") / group / "export"
 
 
+def _lookup(value, by_id, by_name, key: str, what: str):
+    """The passwd/group entry of a name or a number; ConfigError naming ``key`` if there is none."""
+    number = isinstance(value, int) and not isinstance(value, bool)
+    try:
+        entry = by_id(value) if number else by_name(value) if isinstance(value, str) else None
+    except (KeyError, OverflowError):  # unknown, or a number beyond uid_t
+        entry = None
+    if entry is None:
+        raise ConfigError(key, f"no such {what} {value!r} (a {what} name or number)")
+    return entry
+
+
 def _owner(table: dict) -> tuple[int | None, int | None]:
     uid = gid = None
-    owner, group = table.get("owner"), table.get("group")
-    if owner is not None:
-        try:
-            entry = pwd.getpwuid(owner) if isinstance(owner, int) and not isinstance(owner, bool) else (
-                pwd.getpwnam(owner) if isinstance(owner, str) else None)
-        except KeyError:
-            entry = None
-        if entry is None:
-            raise ConfigError("export.owner", f"no such user {owner!r} (a user name or uid)")
+    if table.get("owner") is not None:
+        entry = _lookup(table["owner"], pwd.getpwuid, pwd.getpwnam, "export.owner", "user")
         uid, gid = entry.pw_uid, entry.pw_gid
-    if group is not None:
-        try:
-            entry = grp.getgrgid(group) if isinstance(group, int) and not isinstance(group, bool) else (
-                grp.getgrnam(group) if isinstance(group, str) else None)
-        except KeyError:
-            entry = None
-        if entry is None:
-            raise ConfigError("export.group", f"no such group {group!r} (a group name or gid)")
-        gid = entry.gr_gid
+    if table.get("group") is not None:
+        gid = _lookup(table["group"], grp.getgrgid, grp.getgrnam, "export.group", "group").gr_gid
     return uid, gid
 
 

@@ -20,6 +20,7 @@ provider client; tests use an in-process fake).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Protocol
@@ -29,6 +30,8 @@ from grouptun.core.archive import Archive
 from grouptun.core.capsule import KemPrivateKey
 from grouptun.core.keys import wipe
 from grouptun.errors import ProviderError, SealedDataError, UsageError
+
+log = logging.getLogger("grouptun.sealed")
 
 
 class SealedTransport(Protocol):
@@ -153,8 +156,9 @@ def seal_file(api: SealedTransport, archive: Archive, source: BinaryIO, size: in
 def _forget(api: SealedTransport, data_id: str) -> None:
     try:
         api.delete(data_id)
-    except ProviderError:  # the reservation expires on its own (provider/sealed.py UPLOAD_WINDOW)
-        pass
+    except ProviderError as exc:  # the reservation expires on its own (provider/sealed.py UPLOAD_WINDOW)
+        log.warning("sealed data %s: reservation not deleted (%s); the provider drops it within 10 minutes",
+                    data_id, exc)
 
 
 def unseal(api: SealedTransport, group_id: bytes, me: str, kem: KemPrivateKey, data_id: str,
