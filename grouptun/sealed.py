@@ -95,10 +95,6 @@ def choose_recipients(archive: Archive, me: str, to: list[str] | None, everyone:
     return out
 
 
-def header_size(names: list[str]) -> int:
-    return sd._FIXED.size + sum(1 + len(n.encode("utf-8")) + sd.capsule.CAPSULE_SIZE for n in names)
-
-
 def _blob_stream(source: BinaryIO, header: bytes, key: bytearray, size: int):
     """Header, then sealed chunks; SealedDataError if the file's length is not ``size`` (it changed)."""
     yield header
@@ -133,7 +129,7 @@ def seal_file(api: SealedTransport, archive: Archive, source: BinaryIO, size: in
     On any failure the reservation is deleted, so nothing half-written stays.
     """
     names = [r.name for r in recipients]
-    hsize = header_size(names)
+    hsize = sd.header_size(names)
     reserved = api.reserve(sd.blob_size(hsize, size), names, ttl)
     data_id = reserved["data_id"]
     key = bytearray(rand(sd.KEY_SIZE))

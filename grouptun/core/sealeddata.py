@@ -128,6 +128,11 @@ def unwrap_key(private: capsule.KemPrivateKey, header: Header, uid: str,
         raise SealedDataError("the data key does not open with this member's key (another key file?)") from exc
 
 
+def header_size(names: list[str] | tuple[str, ...]) -> int:
+    """The length of a header listing ``names`` (wrapped keys have a fixed size)."""
+    return _FIXED.size + sum(1 + len(n.encode("utf-8")) + capsule.CAPSULE_SIZE for n in names)
+
+
 def blob_size(header_size: int, plaintext_size: int, chunk_size: int = CHUNK_SIZE) -> int:
     chunks = max(1, -(-plaintext_size // chunk_size))
     return header_size + plaintext_size + chunks * TAG_SIZE

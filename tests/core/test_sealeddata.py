@@ -49,7 +49,8 @@ def test_round_trip_any_size_fed_in_any_pieces(size):
 def test_header_round_trips_and_names_its_recipients():
     h = header(names=("alice", "bob"))
     parsed, length = sd.parse_header(h.to_bytes() + b"rest")
-    assert parsed == h and length == len(h.to_bytes()) and parsed.names() == ("alice", "bob")
+    assert parsed == h and length == len(h.to_bytes()) == sd.header_size(["alice", "bob"])
+    assert parsed.names() == ("alice", "bob")
     assert bytes(sd.unwrap_key(BOB, parsed, "bob")) == KEY
 
 

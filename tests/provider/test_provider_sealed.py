@@ -233,5 +233,5 @@ def test_self_escrow_after_re_enrollment_opens_only_with_the_kept_key(world):
 
 def test_an_empty_file_seals_and_opens(world):
     entry = seal(world, b"")
-    assert entry["size"] == sealed.header_size(entry["recipients"]) + sealeddata.TAG_SIZE
+    assert entry["size"] == sealeddata.header_size(entry["recipients"]) + sealeddata.TAG_SIZE
     assert unseal(world, "carol", entry["data_id"]) == b""
