@@ -235,3 +235,29 @@ def test_an_empty_file_seals_and_opens(world):
     entry = seal(world, b"")
     assert entry["size"] == sealeddata.header_size(entry["recipients"]) + sealeddata.TAG_SIZE
     assert unseal(world, "carol", entry["data_id"]) == b""
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_a_database_from_before_sealed_data_gets_its_tables(kind, request):
+    from sqlalchemy import inspect
+
+    from provider.store import SCHEMA_VERSION
+
+    store = fresh_store(kind, request)
+    with store.write() as conn:
+        conn.exec_driver_sql("DROP TABLE sealed_parts")
+        conn.exec_driver_sql("DROP TABLE sealed")
+        conn.exec_driver_sql("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    store.check_schema()
+    with store.read() as conn:
+        assert {"sealed", "sealed_parts"} <= set(inspect(conn).get_table_names())
+        assert conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'").scalar() == str(SCHEMA_VERSION)
+    provider, kems, _ = sealed_world(store)
+    data = SealedData(store, SealedLimits())
+    archive = parse_own(store.archive("lan")[1])
+    entry = sealed.seal_file(InProcessSealed(data, "lan", "alice"), archive, io.BytesIO(b"after the migration"), 19,
+                             sealed.choose_recipients(archive, "alice", ["bob"], False, False), 60)
+    out = io.BytesIO()
+    sealed.unseal(InProcessSealed(data, "lan", "bob"), archive.group_id, "bob", kems["bob"], entry["data_id"], out)
+    assert out.getvalue() == b"after the migration"
+    store.close()
