@@ -10,6 +10,7 @@ import os
 import pytest
 
 from grouptun import sealed
+from grouptun.core import sealeddata
 from grouptun.core.archive import ProviderKeys, verify_archive
 from grouptun.errors import ProviderRefused
 from provider.sealed import PART_SIZE
@@ -87,3 +88,41 @@ def test_a_removed_member_is_refused(provider_env, members):
             call()
         assert refused.value.status == 401
     assert unseal(provider_env, members["sb"], entry["data_id"]) == b"before the removal"
+
+
+def test_a_part_request_cut_off_mid_body_stores_nothing(provider_env, members):
+    from grouptun.reqsign import sign_headers
+    from provider_helpers import tls_socket
+
+    member = members["sa"]
+    api = sealed.HttpSealed(member.client())
+    archive = archive_of(provider_env, member)
+
+    def signed_part(data_id: str) -> tuple[bytes, bytes]:
+        path = f"/v1/groups/lan/sealed/{data_id}/parts/0"
+        header = sealeddata.Header(archive.group_id, bytes.fromhex(data_id), 16, (("sb", bytes(1168)),)).to_bytes()
+        body = header + os.urandom(PART_SIZE - len(header))
+        headers = {"Content-Type": "application/octet-stream"}
+        sign_headers("PUT", provider_env.url + path, headers, body, member.name, member.ed)
+        return (f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode(), body
+
+    whole = api.reserve(PART_SIZE, ["sb"], 3600)["data_id"]  # the same request, sent whole, is stored
+    head, body = signed_part(whole)
+    with tls_socket(provider_env.port) as sock:
+        sock.sendall(head + body)
+        assert sock.recv(64).startswith(b"HTTP/1.1 204")
+    api.commit(whole)
+    api.delete(whole)
+    reserved = api.reserve(PART_SIZE, ["sb"], 3600)
+    head, body = signed_part(reserved["data_id"])
+    with tls_socket(provider_env.port) as sock:
+        sock.sendall(head + body[:PART_SIZE // 2])  # then the connection goes: a truncated upload
+    with pytest.raises(ProviderRefused) as incomplete:
+        api.commit(reserved["data_id"])
+    assert (incomplete.value.status, incomplete.value.reason) == (409, "upload incomplete: 0 of 1 parts stored")
+    assert provider_env.rows("SELECT count(*) FROM sealed_parts p JOIN sealed s ON s.id = p.blob "
+                             "WHERE s.data_id = :d", d=bytes.fromhex(reserved["data_id"])) == [(0,)]
+    api.delete(reserved["data_id"])
+    assert provider_env.rows("SELECT count(*) FROM sealed WHERE data_id = :d",
+                             d=bytes.fromhex(reserved["data_id"])) == [(0,)]
