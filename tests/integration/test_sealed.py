@@ -1,6 +1,6 @@
 """Sealed data between members in namespaces: a 200 MiB file sealed to all while member c is down, fetched by c
 when it is back and compared by hash; the provider's files hold no plaintext and no data key (the key recovered
-on a member); a tampered blob and a removed member are refused with clear errors.
+on a member); a tampered blob and a removed member are refused with clear errors; only the sender deletes.
 
 Peak RSS of `grouptun seal` and `grouptun unseal` (``/usr/bin/time -v``) is printed, not asserted.
 """
@@ -121,4 +121,11 @@ def test_a_file_sealed_to_all_reaches_the_member_that_was_down(lab_mesh, tmp_pat
     mesh.remove_member("b")
     proc = mesh.member_cli("b", "sealed", "list", mesh.group, *member_args(mesh, "b"), check=False)
     assert proc.returncode != 0 and "signature not valid" in proc.stderr, proc.stderr
+
+    proc = mesh.member_cli("c", "sealed", "delete", mesh.group, data_id, *member_args(mesh, "c"), check=False)
+    assert proc.returncode != 0 and "only the member that sealed it deletes" in proc.stderr, proc.stderr
+    mesh.member_cli("a", "sealed", "delete", mesh.group, data_id, *member_args(mesh, "a"))
+    assert data_id not in mesh.member_cli("c", "sealed", "list", mesh.group, *member_args(mesh, "c")).stdout
+    with sqlite3.connect(mesh.provider_dir / "provider.db") as db:
+        assert db.execute("SELECT count(*) FROM sealed_parts").fetchone() == (0,)
     shutil.rmtree(work)
