@@ -27,6 +27,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ping": ("grouptun.cmd_ping", "echo a member through the tunnel: round trip, endpoint, epoch"),
     "down": ("grouptun.cmd_down", "stop a running daemon"),
     "export": ("grouptun.cmd_export", "a key, TLS PSK, password or key pair of the group's current epoch"),
+    "seal": ("grouptun.cmd_seal", "encrypt a file for members; the provider keeps it for them (sealed data)"),
+    "unseal": ("grouptun.cmd_unseal", "fetch sealed data and open it with this member's key"),
+    "sealed": ("grouptun.cmd_sealed", "list or delete sealed data"),
     "vectors": ("grouptun.cmd_vectors", "compute every output of a protocol test-vector file"),
 }
 

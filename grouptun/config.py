@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from grouptun import native
+from grouptun import exportfiles, native
 from grouptun.core.jointoken import check_urls
 from grouptun.errors import ConfigError
 
@@ -102,6 +102,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     paths: PathsConfig | None = None
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    export: exportfiles.ExportFiles = field(default_factory=exportfiles.ExportFiles)  # [export]: grouptun/exportfiles.py
     source: Path | None = None
 
     @property
@@ -356,11 +357,12 @@ def _cipher(t: dict) -> str:
 def parse(data: dict, source: Path | None = None) -> Config:
     """Validate an already-decoded TOML document."""
     for key in data:
-        if key not in {"group", "provider", "network", "paths", "daemon"}:
+        if key not in {"group", "provider", "network", "paths", "daemon", "export"}:
             raise ConfigError(key, "unknown table")
     group = _group(data)
     return Config(group=group, provider=_provider(data), network=_network(data),
-                  paths=_paths(data, group.name), daemon=_daemon(data), source=source)
+                  paths=_paths(data, group.name), daemon=_daemon(data), export=exportfiles.parse(data),
+                  source=source)
 
 
 def load(path: str | Path) -> Config:
@@ -384,6 +386,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     text = str(value)
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -404,6 +408,8 @@ def render(config: Config) -> str:
         ("daemon", {f.name: getattr(config.daemon, f.name) for f in fields(DaemonConfig)
                     if getattr(config.daemon, f.name) is not None}),
     ]
+    if exportfiles.to_toml(config.export):
+        sections.append(("export", exportfiles.to_toml(config.export)))
     lines = ["# grouptun member configuration (written by `grouptun join`; see example.toml)"]
     for name, values in sections:
         lines.append(f"\n[{name}]")

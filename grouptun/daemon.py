@@ -211,6 +211,16 @@ class Daemon:
         if state is None:
             raise ControlError(f"no {request.epoch} epoch held" + (" (past its grace, or none before)"
                                                                   if request.epoch == "previous" else " yet"))
+        first, count, value = self._product_text(request, state)
+        log.info("export %r (epoch %d, %s%s)", first.label, state.epoch, request.format,
+                 f", {count} products" if request.count else "")
+        return {"type": first.type, "label": first.label, "epoch": state.epoch, "identity": first.identity,
+                "entropy_bits": round(first.entropy_bits, 1), "count": count, "value": value}
+
+    def _product_text(self, request, state) -> tuple:
+        """(first product, wiped; how many; their text) of ``request`` for the epoch ``state``."""
+        from grouptun import products
+
         secret = state.keys.exporter_secret()
         made = exporter.derive_stream(secret, request.type, request.name, request.count, request.context,
                                       request.length) if request.count else [
@@ -221,11 +231,24 @@ class Daemon:
         finally:
             for product in made:
                 product.wipe()
-        first = made[0]
-        log.info("export %r (epoch %d, %s%s)", first.label, state.epoch, request.format,
-                 f", {len(made)} products" if request.count else "")
-        return {"type": first.type, "label": first.label, "epoch": state.epoch, "identity": first.identity,
-                "entropy_bits": round(first.entropy_bits, 1), "count": len(made), "value": value}
+        return made[0], len(made), value
+
+    async def _keep_export_files(self) -> None:
+        """Event loop: the [export] files follow the epochs held (grouptun/exportfiles.py)."""
+        from grouptun.exportfiles import CHECK_INTERVAL, ExportWriter
+
+        writer = ExportWriter(self.config.export, self.config.group.name,
+                              lambda request, state: self._product_text(request, state)[2])
+        try:
+            while True:
+                now = self.clock()
+                try:
+                    writer.refresh(self.session.sending_epoch(now), self.session.previous_epoch(now))
+                except OSError as exc:  # a full or read-only /run must not stop the tunnel; retried next tick
+                    log.warning("export files in %s not written: %s", writer.dir, exc.strerror)
+                await asyncio.sleep(CHECK_INTERVAL)
+        finally:
+            writer.remove()
 
     def request_stop(self, why: str = "") -> dict:
         if why:
@@ -321,6 +344,10 @@ class Daemon:
             self.ops.start(self.config, self.loop, lambda: self.session.status(self.clock()), self.data.healthy)
             stack.callback(self.ops.stop, self.loop)
             self._start_control(stack, pinned, statefile)
+            if self.config.export.files:
+                task = self.loop.create_task(self._keep_export_files())
+                stack.callback(lambda: (task.cancel(), self.loop.run_until_complete(asyncio.gather(
+                    task, return_exceptions=True))))
             self.loop.run_until_complete(self._serve(stack))
             self.ops.notifier.stopping()
             log.info("shutting down %s", self.config.group.name)

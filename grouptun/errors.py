@@ -8,7 +8,8 @@
     │   ├── AuthenticationError        tag did not verify (core.seal)
     │   ├── SequenceExhausted          sender reached n_max; sending refused (core.sequence)
     │   ├── EpochRejected              a new epoch failed the acceptance order (section 2)
-    │   └── CapsuleError               a capsule or sealed salt did not open
+    │   ├── CapsuleError               a capsule or sealed salt did not open
+    │   └── SealedDataError            a sealed-data blob malformed, altered, truncated or not for us
     ├── VectorsError                   malformed test-vector input (``grouptun vectors``)
     ├── UsageError                     a request the command cannot serve as asked (``grouptun export``)
     ├── ConfigError                    bad configuration; names the key at fault
@@ -66,6 +67,10 @@ class EpochRejected(ProtocolError):
 
 class CapsuleError(ProtocolError):
     """A capsule or sealed salt that does not open with the member's key."""
+
+
+class SealedDataError(ProtocolError):
+    """A sealed-data blob (core.sealeddata) that is malformed, altered, truncated or not sealed to us."""
 
 
 class VectorsError(GrouptunError):

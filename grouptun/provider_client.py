@@ -181,17 +181,22 @@ class ProviderClient:
             session = self._local.session = self._new_session(self.tls_fingerprint)
         return session
 
+    def call(self, method: str, path: str, payload: dict | None = None, raw: bytes | None = None) -> requests.Response:
+        """A signed request under the group's URL: a JSON ``payload`` or a ``raw`` octet-stream body."""
+        return self._call(method, path, payload, raw=raw)
+
     def _call(self, method: str, path: str, payload: dict | None = None, timeout: float | None = None,
-              params: str = "") -> requests.Response:
+              params: str = "", raw: bytes | None = None) -> requests.Response:
         """The call at the current URL, then at each other one in turn while they fail (see the module doc)."""
-        body = b"" if payload is None else requests.models.complexjson.dumps(payload).encode()
+        body = raw if raw is not None else b"" if payload is None else requests.models.complexjson.dumps(payload).encode()
+        kind = "application/octet-stream" if raw is not None else "application/json" if payload is not None else None
         target = self._path + path + (f"?{params}" if params else "")
         failures: list[tuple[str, ProviderError]] = []
         attempts = len(self.replicas.urls)
         while True:
             base = self.replicas.current
             try:
-                response = self._call_at(base + target, method, body, payload is not None, timeout)
+                response = self._call_at(base + target, method, body, kind, timeout)
             except ProviderRefused:
                 self.replicas.answered(base)  # a 4xx is the provider's decision: no other URL would differ
                 raise
@@ -207,9 +212,9 @@ class ProviderClient:
             return response
         raise _none_answered(failures)
 
-    def _call_at(self, url: str, method: str, body: bytes, is_json: bool, timeout: float | None) -> requests.Response:
+    def _call_at(self, url: str, method: str, body: bytes, kind: str | None, timeout: float | None) -> requests.Response:
         for attempt in (0, 1):
-            headers = {"Content-Type": "application/json"} if is_json else {}
+            headers = {"Content-Type": kind} if kind else {}
             sign_headers(method, url, headers, body, self.member_name, self._key)
             try:
                 return _send(self._session(), method, url, timeout or self.timeout, data=body, headers=headers)

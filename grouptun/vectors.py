@@ -9,6 +9,8 @@ Two document kinds, told apart by their list key:
   ``produced`` (PROTOCOL.md 3.1).
 - ``{"version": 1, "capsules": [...]}`` (capsules-v1): kem_public and both
   infos are rebuilt, the capsule and sealed salt opened, data_id computed.
+- ``{"version": 1, "sealed": [...]}`` (the project's sealed-v1, PROTOCOL.md
+  3.2): the wrapped data key opened, the header and the chunked blob rebuilt.
 
 Each vector is returned with its fields in the canonical order of the
 published files (inputs and outputs interleaved as there); output fields
@@ -25,8 +27,9 @@ import re
 from typing import Any, Callable
 
 from grouptun.core import capsule as caps
+from grouptun.core import sealeddata
 from grouptun.core import exporter, keys, seal, sequence, wire
-from grouptun.errors import CapsuleError, VectorsError
+from grouptun.errors import CapsuleError, SealedDataError, VectorsError
 
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
 _U32_MAX = 2**32 - 1
@@ -43,6 +46,11 @@ CAPSULE_ORDER = ("uid", "group_id", "epoch", "kem_seed", "x25519_private", "kem_
                  "capsule_info", "capsule", "shared_secret", "data_id", "salt_info",
                  "salt_capsule", "salt")
 CAPSULE_OUTPUTS = tuple(name for name in CAPSULE_ORDER if name not in CAPSULE_INPUTS)
+
+SEALED_INPUTS = ("uid", "group_id", "data_id", "chunk_size", "kem_seed", "x25519_private", "wrapped", "plaintext")
+SEALED_ORDER = ("uid", "group_id", "data_id", "chunk_size", "kem_seed", "x25519_private", "kem_public",
+                "wrap_info", "wrapped", "data_key", "plaintext", "header", "blob")
+SEALED_OUTPUTS = tuple(name for name in SEALED_ORDER if name not in SEALED_INPUTS)
 
 
 def _short(value: Any) -> str:
@@ -240,8 +248,33 @@ def compute_capsule(where: str, raw: Any) -> dict:
     return _ordered(raw, computed, CAPSULE_ORDER)
 
 
-KINDS: dict[str, Callable[[str, Any], dict]] = {"vectors": compute_protocol, "capsules": compute_capsule}
-OUTPUTS = {"vectors": PROTOCOL_OUTPUTS, "capsules": CAPSULE_OUTPUTS}
+def compute_sealed(where: str, raw: Any) -> dict:
+    """One sealed-v1 vector: the wrapped key opened, then the header and blob sealed under it."""
+    v = _Vector(where, raw)
+    uid, group_id, data_id = v.text("uid"), v.hex("group_id", caps.GROUP_ID_SIZE), v.hex("data_id", 16)
+    chunk_size = v.int("chunk_size", sealeddata.CHUNK_MIN, sealeddata.CHUNK_MAX)
+    private = caps.KemPrivateKey(v.hex("kem_seed", caps.MLKEM_SEED_SIZE),
+                                 v.hex("x25519_private", caps.X25519_PRIVATE_SIZE))
+    wrapped, plaintext = v.hex("wrapped", caps.CAPSULE_SIZE), v.hex("plaintext")
+    try:
+        header = sealeddata.Header(group_id, data_id, chunk_size, ((uid, wrapped),))
+        key = sealeddata.unwrap_key(private, header, uid)
+    except SealedDataError as exc:
+        raise v.fail("wrapped", f"does not open: {exc}") from None
+    raw_header = header.to_bytes()
+    sealer = sealeddata.ChunkSealer(key, raw_header)
+    pieces = [plaintext[i:i + chunk_size] for i in range(0, len(plaintext), chunk_size)] or [b""]
+    chunks = [sealer.seal(p, final=i == len(pieces) - 1) for i, p in enumerate(pieces)]
+    computed = {"kem_public": private.public_bytes().hex(),
+                "wrap_info": sealeddata.wrap_info(group_id, data_id, uid).hex(), "data_key": key.hex(),
+                "header": raw_header.hex(), "blob": (raw_header + b"".join(chunks)).hex()}
+    keys.wipe(key)
+    return _ordered(raw, computed, SEALED_ORDER)
+
+
+KINDS: dict[str, Callable[[str, Any], dict]] = {"vectors": compute_protocol, "capsules": compute_capsule,
+                                                "sealed": compute_sealed}
+OUTPUTS = {"vectors": PROTOCOL_OUTPUTS, "capsules": CAPSULE_OUTPUTS, "sealed": SEALED_OUTPUTS}
 
 
 def compute_document(document: Any, run_key=None) -> dict:
@@ -254,7 +287,7 @@ def compute_document(document: Any, run_key=None) -> dict:
         raise VectorsError(f"version: must be 1, got {_short(document['version'])}")
     kinds = [kind for kind in KINDS if kind in document]
     if not kinds:
-        raise VectorsError("document: has neither a 'vectors' nor a 'capsules' list")
+        raise VectorsError("document: has neither a 'vectors', a 'capsules' nor a 'sealed' list")
     result = dict(document)
     for kind in kinds:
         items = document[kind]

@@ -32,6 +32,7 @@ is served only with ``"api_docs": true`` in ``STATE/provider.json``; off by defa
     POST /v1/groups/{group}/report {"endpoints": ["host:port"], "packets_sent": {"<epoch>": n}}
                                                     -> 204
     POST /v1/groups/{group}/rekey {"reason": str}   -> 202 {"opened": bool} (false: coalesced)
+    /v1/groups/{group}/sealed...                    sealed data: provider/sealed_routes.py
     GET  /healthz                                   -> 200 {"ok": true} once the database answered a query
                                                     (the schema version); 503 {"ok": false, "detail": reason}
 
@@ -76,6 +77,8 @@ from provider.errors import ProviderFault
 from provider.hub import Hub, StartBatcher, tick
 from provider.limits import Guard, RateLimiter
 from provider.routes import Context, Limits, archive_router, epochs_router, public_router, secrets_router
+from provider.sealed import SealedData, SealedLimits
+from provider.sealed_routes import part_body_limit, sealed_router
 from provider.service import Provider
 
 __all__ = ["MAX_BODY", "Settings", "create_app", "docs_from_config"]
@@ -109,6 +112,8 @@ class Settings:
     report_rate: float = 0.5  # an endpoint change re-signs the whole archive
     report_burst: float = 5.0
     refusal_audit_rate: float = 10.0
+    sealed_part_rate: float = 100.0  # part uploads/downloads per member: a 1 GiB blob is 256 parts
+    sealed: SealedLimits = SealedLimits()  # provider.json's sealed_* keys (provider/sealed.py)
     metrics: bool = False
     docs: bool = False  # the interactive API documents tell a scanner every route and schema: opt in
 
@@ -165,6 +170,9 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
                    "msg": str(e.get("msg"))} for e in exc.errors()[:16]]
         return Response(json.dumps({"detail": detail}).encode(), status_code=422, media_type="application/json")
 
-    for router in (public_router(ctx), archive_router(ctx), epochs_router(ctx), secrets_router(ctx)):
+    sealed = SealedData(provider.store, settings.sealed, provider.clock, provider.rand)
+    provider.audit_pruner.also.append(sealed.prune)  # TTL expiry rides on the retention job
+    for router in (public_router(ctx), archive_router(ctx), epochs_router(ctx), secrets_router(ctx),
+                   sealed_router(ctx, sealed, settings.sealed_part_rate)):
         app.include_router(router)
-    return Guard(app, MAX_BODY, RateLimiter(settings.address_rate, settings.address_burst)), app
+    return Guard(app, MAX_BODY, RateLimiter(settings.address_rate, settings.address_burst), part_body_limit), app

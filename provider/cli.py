@@ -150,10 +150,11 @@ def _write_config(paths: StatePaths, url: str, signer: Signer, setting, public: 
     from provider.app import DOCS_KEY
     from provider.connlimits import HttpLimits
     from provider.retention import AuditRetention
+    from provider.sealed import SealedLimits
 
     config = {"url": url, "created_at": time.time(), "provider_keys": signer.public.to_json(),
               **AuditRetention().to_config(),  # written out so an admin sees what to edit (provider/retention.py)
-              **HttpLimits().to_config(), DOCS_KEY: False, **setting.to_config()}
+              **HttpLimits().to_config(), **SealedLimits().to_config(), DOCS_KEY: False, **setting.to_config()}
     if public:
         config[PUBLIC_URLS] = list(public)
     paths.config.write_text(json.dumps(config, indent=2) + "\n")
@@ -228,12 +229,14 @@ def cmd_serve(args) -> int:
     from grouptun.logsetup import setup_logging
     from provider.app import Settings, create_app, docs_from_config
     from provider.connlimits import HttpLimits, protocol_class
+    from provider.sealed import SealedLimits
     from provider.serving import ProviderServer
 
     paths = _paths(args)
     config = read_config(paths)
     http_limits = HttpLimits.from_config(config)
     docs = docs_from_config(config)
+    sealed_limits = SealedLimits.from_config(config)
     lock = _lock_state(paths)  # noqa: F841 -- held for the life of the process
     provider = _provider(args)
     db_lock = provider.store.hold_server_lock()  # noqa: F841 -- likewise, for a PostgreSQL database
@@ -250,7 +253,7 @@ def cmd_serve(args) -> int:
     asgi, app = create_app(provider, Settings(metrics=args.metrics, address_rate=args.address_rate,
                                               address_burst=args.address_rate * 2, member_rate=args.member_rate,
                                               member_burst=args.member_rate * 3, start_rate=args.start_rate,
-                                              report_rate=args.report_rate, docs=docs))
+                                              report_rate=args.report_rate, docs=docs, sealed=sealed_limits))
     refused = app.state.metrics.connection_refused if args.metrics else (lambda reason: None)
     # h11, not httptools: h11 bounds an unfinished header (see provider/connlimits.py for the rest).
     server = ProviderServer(uvicorn.Config(

@@ -50,8 +50,11 @@ async def _answer(send, status: int, reason: str) -> None:
 
 
 class Guard:
-    def __init__(self, app, max_body: int, per_address: RateLimiter) -> None:
-        self.app, self.max_body, self.per_address = app, max_body, per_address
+    """``larger(scope)``: a route's own body limit (None: ``max_body``), e.g. sealed-data part uploads."""
+
+    def __init__(self, app, max_body: int, per_address: RateLimiter,
+                 larger: Callable[[dict], int | None] | None = None) -> None:
+        self.app, self.max_body, self.per_address, self.larger = app, max_body, per_address, larger
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -59,13 +62,14 @@ class Guard:
         client = (scope.get("client") or ("unknown", 0))[0]
         if not self.per_address.allow(client):
             return await _answer(send, 429, "rate limit exceeded (address)")
+        limit = (self.larger(scope) if self.larger else None) or self.max_body
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit() or len(declared) > 12:
                 return await _answer(send, 400, "malformed Content-Length")
-            if int(declared) > self.max_body:
-                return await _answer(send, 413, f"request body over {self.max_body} bytes")
+            if int(declared) > limit:
+                return await _answer(send, 413, f"request body over {limit} bytes")
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -73,8 +77,8 @@ class Guard:
                 return  # client went away
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                return await _answer(send, 413, f"request body over {self.max_body} bytes")
+            if size > limit:
+                return await _answer(send, 413, f"request body over {limit} bytes")
             chunks.append(chunk)
             if not message.get("more_body"):
                 break

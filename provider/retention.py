@@ -6,6 +6,9 @@ missing key means its default)::
     "audit_keep_days": 90        rows older than this many days go (1 .. 36500)
     "audit_keep_rows": 1000000   at most this many rows stay, the newest (1000 .. 10^9)
 
+Sealed data past its TTL (and abandoned uploads) is pruned on the same
+schedule: ``provider/sealed.py`` registers its job in :attr:`AuditPruner.also`.
+
 Schedule: the server's ticker calls :meth:`AuditPruner.maybe_prune`; it
 works at most once per ``PRUNE_INTERVAL`` (the first time at the first
 tick), finds the newest row that has to go, then deletes up to it in
@@ -76,6 +79,7 @@ class AuditPruner:
         self.interval, self.batch, self.max_batches = interval, batch, max_batches
         self._next_at: float | None = None  # None: at the first call
         self._lock = threading.Lock()  # one run at a time
+        self.also: list[Callable[[float], int]] = []  # more pruning on the same schedule (sealed-data expiry)
 
     def maybe_prune(self) -> int:
         """Prune if due; the number of rows deleted (0 when not due)."""
@@ -85,6 +89,8 @@ class AuditPruner:
                 return 0
             self._next_at = now + self.interval  # set first: a failing run is not retried every tick
             deleted, finished = self._run(now)
+            for job in self.also:
+                job(now)
             if not finished:
                 self._next_at = now  # more is due: go on at the next call
             return deleted

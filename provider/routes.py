@@ -79,8 +79,11 @@ class Context:
         if self.limits.audit.allow("all"):
             await run_in_threadpool(self.provider.refused, actor, action, group, reason)
 
-    def member_dependency(self):
-        """The FastAPI dependency that authenticates a member request (signature, nonce, rate)."""
+    def member_dependency(self, limiter: RateLimiter | None = None):
+        """The FastAPI dependency that authenticates a member request (signature, nonce, rate).
+
+        ``limiter``: the per-member budget to charge (default ``limits.member``)."""
+        budget = limiter or self.limits.member
 
         async def member(request: Request, group: str = GROUP_PATH) -> Member:
             body = await request.body()
@@ -99,7 +102,7 @@ class Context:
                 await self.refuse_audit(f"member:{verified.key_id}", request.url.path[:80], group,
                                         "replayed signature")
                 raise Unauthorized("replayed signature")
-            if not self.limits.member.allow(f"{group}/{verified.key_id}"):
+            if not budget.allow(f"{group}/{verified.key_id}"):
                 raise RateLimited("rate limit exceeded (member)")
             return Member(group, verified.key_id)
 

@@ -67,7 +67,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 SERVER_LOCK_KEY = 0x67747673  # "gtvs": PostgreSQL session advisory lock held by the one `serve`
 IDENTITY_KEYS = ("provider_keys", "tls_fingerprint", "url")
@@ -158,6 +158,36 @@ audit = Table(
 )
 
 
+# Sealed data (provider/sealed.py): one row per blob, its bytes in parts of at most sealed.PART_SIZE.
+# The database holds them, not the state dir: it is the one place every replica shares, and a
+# part is written in its own transaction only after the request signing it was verified.
+sealed = Table(
+    "sealed", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("group", Integer, ForeignKey("groups.id", ondelete="CASCADE"), nullable=False),
+    Column("data_id", LargeBinary(16), nullable=False, unique=True),
+    Column("sender", String(64), nullable=False),
+    Column("recipients", Text, nullable=False),   # JSON list of member names
+    Column("size", BigInteger, nullable=False),    # announced and, once complete, stored
+    Column("parts", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),  # the upload window while uploading, then the TTL
+    Column("ttl", Float, nullable=False),
+    Column("complete", Integer, nullable=False, default=0),
+)
+
+sealed_parts = Table(
+    "sealed_parts", metadata,
+    Column("blob", Integer, ForeignKey("sealed.id", ondelete="CASCADE"), primary_key=True),
+    Column("part", Integer, primary_key=True),
+    Column("bytes", LargeBinary, nullable=False),
+)
+
+
+def _create_sealed_tables(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[sealed, sealed_parts])
+
+
 def _add_column(conn: Connection, table: Table, name: str) -> None:
     """ALTER TABLE ... ADD COLUMN for a nullable column of ``table`` (its type in this dialect)."""
     quote = conn.dialect.identifier_preparer.quote
@@ -168,6 +198,7 @@ def _add_column(conn: Connection, table: Table, name: str) -> None:
 # from-version -> the step to the next version (run in the caller's write transaction)
 MIGRATIONS = {
     1: lambda conn: _add_column(conn, members, "instance"),
+    2: _create_sealed_tables,
 }
 
 

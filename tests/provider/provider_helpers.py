@@ -324,3 +324,67 @@ def memory_provider(names=("alice", "bob"), signer=None, store=None):
                         signing.sign(enroll_message(secret, name, ed, kem, b"credential", [])))
     provider.started_at -= 2  # `serve` starts listening a second after this; signatures before it are refused
     return provider, keys
+
+
+class InProcessSealed:
+    """A ``grouptun.sealed.SealedTransport`` straight into a ``provider.sealed.SealedData`` (no HTTP), as ``member``.
+
+    ``cut_part`` (index) sends that part one byte short, as a cut upload would arrive."""
+
+    def __init__(self, data, group: str, member: str, cut_part: int | None = None) -> None:
+        self.data, self.group, self.member, self.cut_part = data, group, member, cut_part
+
+    def reserve(self, size, recipients, ttl):
+        return self.data.reserve(self.group, self.member, size, recipients, ttl)
+
+    def put_part(self, data_id, part, data):
+        from provider.sealed import parse_data_id  # noqa: PLC0415
+
+        self.data.put_part(self.group, self.member, parse_data_id(data_id), part,
+                           data[:-1] if part == self.cut_part else data)
+
+    def commit(self, data_id):
+        from provider.sealed import parse_data_id  # noqa: PLC0415
+
+        return self.data.commit(self.group, self.member, parse_data_id(data_id))
+
+    def listing(self):
+        return self.data.listing(self.group, self.member)
+
+    def describe(self, data_id):
+        from provider.sealed import parse_data_id  # noqa: PLC0415
+
+        return self.data.describe(self.group, self.member, parse_data_id(data_id))
+
+    def get_part(self, data_id, part):
+        from provider.sealed import parse_data_id  # noqa: PLC0415
+
+        return self.data.get_part(self.group, self.member, parse_data_id(data_id), part)
+
+    def delete(self, data_id):
+        from provider.sealed import parse_data_id  # noqa: PLC0415
+
+        self.data.delete(self.group, self.member, parse_data_id(data_id))
+
+
+def sealed_world(store=None, names=("alice", "bob", "carol")):
+    """An in-memory provider whose members have real KEM keys: (provider, {name: KemPrivateKey}, {name: Ed25519 key})."""
+    from grouptun.core.archive import enroll_message  # noqa: PLC0415
+    from provider.keys import Signer  # noqa: PLC0415
+    from provider.service import Provider  # noqa: PLC0415
+    from provider.store import Store  # noqa: PLC0415
+
+    if store is None:
+        store = Store(None)
+        store.create_schema()
+    provider = Provider(store, Signer.generate)
+    provider.create_group("lan", "10.77.0.0/24")
+    kems, eds = {}, {}
+    for name in names:
+        eds[name] = signing = ed25519.Ed25519PrivateKey.generate()
+        kems[name] = kem = KemPrivateKey.from_random(os.urandom(96))
+        ed, pub = signing.public_key().public_bytes_raw(), kem.public_bytes()
+        secret = provider.invite("lan", name, 3600)
+        provider.enroll(secret, name, ed, pub, b"credential", [],
+                        signing.sign(enroll_message(secret, name, ed, pub, b"credential", [])))
+    return provider, kems, eds
