@@ -22,7 +22,11 @@ Schema version 2 (table ``meta``, key ``schema_version``)::
 
 Migrations: :meth:`Store.check_schema` upgrades an older database in
 place, one step per version (``MIGRATIONS``), in one write transaction:
-1 -> 2 adds ``members.instance`` (NULL: the member's next start sets it).
+1 -> 2 adds ``members.instance`` (NULL: the member's next start sets it);
+2 -> 3 adds ``members.attributes, expires_at``, ``tokens.max_uses, uses,
+revoked_at, attributes, member_ttl``, ``groups.owner_fields, expires_at``
+(all NULL: as before) and the table ``removed`` (id, group FK, name,
+ed25519_public, removed_at, reason): see ``provider/membership.py``.
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -67,7 +71,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 SERVER_LOCK_KEY = 0x67747673  # "gtvs": PostgreSQL session advisory lock held by the one `serve`
 IDENTITY_KEYS = ("provider_keys", "tls_fingerprint", "url")
@@ -94,6 +98,8 @@ groups = Table(
     Column("current_epoch", BigInteger),
     Column("epoch_opened_at", Float),
     Column("archive", LargeBinary),
+    Column("owner_fields", Text),    # v3: JSON object, the archive's group_metadata.owner (NULL: none)
+    Column("expires_at", Float),     # v3: the whole group's end (NULL: none)
 )
 
 members = Table(
@@ -109,6 +115,8 @@ members = Table(
     Column("endpoints", Text, nullable=False, default="[]"),
     Column("enrolled_at", Float, nullable=False),
     Column("instance", LargeBinary(32)),
+    Column("attributes", Text),     # v3: JSON object of signed key=value pairs (NULL: none)
+    Column("expires_at", Float),    # v3: a temporary member's deadline (NULL: permanent)
     UniqueConstraint("group", "name"),
 )
 
@@ -121,6 +129,11 @@ tokens = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("used_at", Float),
+    Column("max_uses", Integer),     # v3: a reusable key's bound (NULL: a one-time token, name fixed)
+    Column("uses", Integer),         # v3: enrollments made with it (NULL: 0)
+    Column("revoked_at", Float),     # v3
+    Column("attributes", Text),      # v3: JSON attributes every member it enrolls gets (NULL: none)
+    Column("member_ttl", Float),     # v3: members it enrolls expire this long after enrolling (NULL: never)
 )
 
 epochs = Table(
@@ -147,6 +160,16 @@ capsules = Table(
     Column("sealed_salt", LargeBinary, nullable=False),
 )
 
+removed = Table(  # v3: members removed or expired, so their signed requests get 410 with the reason
+    "removed", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("group", Integer, ForeignKey("groups.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("ed25519_public", LargeBinary(32), nullable=False),
+    Column("removed_at", Float, nullable=False),
+    Column("reason", String(200), nullable=False),
+)
+
 audit = Table(
     "audit", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -165,9 +188,25 @@ def _add_column(conn: Connection, table: Table, name: str) -> None:
     conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(name)} {column_type}")
 
 
+def _membership_columns(conn: Connection) -> None:
+    """v2 -> v3 (issue 17): attributes, deadlines, reusable keys, group metadata, the removed table.
+
+    Skips what is there already (a database whose older columns were dropped by hand in a test)."""
+    found = inspect(conn)
+    for table, names in ((members, ("attributes", "expires_at")),
+                         (tokens, ("max_uses", "uses", "revoked_at", "attributes", "member_ttl")),
+                         (groups, ("owner_fields", "expires_at"))):
+        present = {c["name"] for c in found.get_columns(table.name)}
+        for name in names:
+            if name not in present:
+                _add_column(conn, table, name)
+    removed.create(conn, checkfirst=True)
+
+
 # from-version -> the step to the next version (run in the caller's write transaction)
 MIGRATIONS = {
     1: lambda conn: _add_column(conn, members, "instance"),
+    2: _membership_columns,
 }
 
 

@@ -39,6 +39,13 @@ owns it (the latest start the provider accepted for it; null before its
 first): a daemon sends only in an epoch whose entry for its own member
 names its own instance (PROTOCOL.md 4, :func:`instance_of`).
 
+grouptun extensions (OPTIONAL keys; absent means none, so archives without
+them verify and parse as before): a member entry's ``"attributes": {key:
+value}`` (signed attributes, :mod:`grouptun.core.attributes` grammar) and
+``"expires_at"`` (a temporary member's deadline), and the document's
+``"group_metadata": {"provider_id": hex, "expires_at"?: num, "owner"?:
+{key: value}}`` (see PROTOCOL.md, grouptun extensions).
+
 ``Archive.raw`` holds the whole envelope exactly as verified, so a member
 can store it and verify it again later. Limits: this module checks shapes
 and signatures only; the semantic acceptance order (group id, epoch newer,
@@ -58,6 +65,7 @@ import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
+from grouptun.core.attributes import check as check_attributes
 from grouptun.core.capsule import GROUP_ID_SIZE, KEM_PUBLIC_SIZE
 from grouptun.errors import EpochRejected
 
@@ -130,12 +138,15 @@ class ArchiveMember:
     ed25519_public: bytes
     kem_public: bytes
     instance: bytes | None = None  # instance_of(the start challenge owning this member); None before its first
+    attributes: tuple[tuple[str, str], ...] = ()  # grouptun extension: signed key=value pairs, sorted by key
+    expires_at: float | None = None  # grouptun extension: a temporary member's deadline (unix seconds)
 
     def to_json(self) -> dict:
         return {
             "name": self.name, "index": self.index, "addresses": list(self.addresses),
             "endpoints": list(self.endpoints), "ed25519_public": b64e(self.ed25519_public),
             "kem_public": b64e(self.kem_public), "instance": None if self.instance is None else self.instance.hex(),
+            **membership_json(self.attributes, self.expires_at),
         }
 
 
@@ -166,6 +177,26 @@ class ArchiveEpoch:
 
 
 @dataclass(frozen=True)
+class GroupMetadata:
+    """The seed's PID and GMD (grouptun extension, key ``group_metadata``): who signed, until when, whose."""
+
+    provider_id: str                               # the provider keys' fingerprint (ProviderKeys.fingerprint)
+    expires_at: float | None = None                # the whole group's end (unix seconds); None: none set
+    owner: tuple[tuple[str, str], ...] = ()        # free-form owner fields, attribute grammar
+
+    def to_json(self) -> dict:
+        return {"provider_id": self.provider_id,
+                **({} if self.expires_at is None else {"expires_at": self.expires_at}),
+                **({"owner": dict(self.owner)} if self.owner else {})}
+
+
+def membership_json(attributes: tuple[tuple[str, str], ...], expires_at: float | None) -> dict:
+    """A member entry's optional keys: each present only when set (absent = none, as in older archives)."""
+    return {**({"attributes": dict(attributes)} if attributes else {}),
+            **({} if expires_at is None else {"expires_at": expires_at})}
+
+
+@dataclass(frozen=True)
 class Archive:
     group_id: bytes
     name: str
@@ -177,6 +208,7 @@ class Archive:
     mtu: int
     expires_at: float
     raw: bytes = field(default=b"", compare=False, repr=False)
+    metadata: GroupMetadata | None = None  # grouptun extension: absent in archives without it
 
     def to_json(self) -> dict:
         return {
@@ -185,6 +217,7 @@ class Archive:
             "members": [m.to_json() for m in self.members],
             "attributes": {"cidr": self.cidr, "cidr6": self.cidr6, "mtu": self.mtu},
             "expires_at": self.expires_at,
+            **({} if self.metadata is None else {"group_metadata": self.metadata.to_json()}),
         }
 
     def member(self, name: str) -> ArchiveMember | None:
@@ -332,7 +365,28 @@ def _parse_member(obj: object) -> ArchiveMember:
         ed25519_public=b64d(obj.get("ed25519_public"), "member.ed25519_public", ED25519_PUBLIC_SIZE),
         kem_public=b64d(obj.get("kem_public"), "member.kem_public", KEM_PUBLIC_SIZE),
         instance=None if instance is None else _hexd(instance, "member.instance", INSTANCE_SIZE),
+        attributes=_pairs(obj, "attributes", w),
+        expires_at=None if "expires_at" not in obj else _num(obj, "expires_at", w),
     )
+
+
+def _pairs(obj: dict, key: str, where: str) -> tuple[tuple[str, str], ...]:
+    """An optional attribute object (``grouptun.core.attributes`` grammar) as sorted pairs; absent: ()."""
+    if key not in obj:
+        return ()
+    try:
+        return tuple(check_attributes(obj[key], f"{where}{key}").items())
+    except ValueError as exc:
+        raise EpochRejected("format", str(exc)) from exc
+
+
+def _parse_metadata(obj: object) -> GroupMetadata:
+    if not isinstance(obj, dict):
+        raise EpochRejected("format", "group_metadata: not an object")
+    w = "group_metadata."
+    return GroupMetadata(provider_id=_get(obj, "provider_id", str, w),
+                         expires_at=None if "expires_at" not in obj else _num(obj, "expires_at", w),
+                         owner=_pairs(obj, "owner", w))
 
 
 def parse_document(obj: object, raw: bytes = b"") -> Archive:
@@ -352,5 +406,5 @@ def parse_document(obj: object, raw: bytes = b"") -> Archive:
         members=tuple(_parse_member(m) for m in _get(obj, "members", list, "")),
         cidr=_get(attrs, "cidr", str, "attributes."), cidr6=cidr6,
         mtu=_uint(attrs, "mtu", "attributes.", 65536), expires_at=_num(obj, "expires_at", ""),
-        raw=raw,
+        raw=raw, metadata=None if "group_metadata" not in obj else _parse_metadata(obj["group_metadata"]),
     )
