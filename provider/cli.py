@@ -50,8 +50,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
-from grouptun.core.archive import ProviderKeys
-from grouptun.core.jointoken import JoinToken, check_url
+from grouptun.core.jointoken import check_url
 from grouptun.errors import GrouptunError
 from grouptun.logsetup import fatal
 from provider.errors import InvalidInput, StateDirError

@@ -175,20 +175,9 @@ class Provider:
     # --- invitations and enrollment -----------------------------------------
 
     def invite(self, group: str, name: str, ttl: float) -> str:
-        """Store a one-time token for ``name``; returns the secret (only its hash is stored)."""
-        mem.check_member_name(name)
-        if not 60 <= ttl <= 86400 * 30:
-            raise InvalidInput("--ttl must be between 1m and 30d")
-        secret, digest = mem.new_token_secret()
-        now = self.clock()
-        with self.store.write() as conn:
-            g = _group(conn, group)
-            if conn.execute(select(members.c.id).where(members.c.group == g.id, members.c.name == name)).first():
-                raise Conflict(f"member {name!r} is already enrolled in {group!r}")
-            conn.execute(insert(tokens).values(token_hash=digest, group=g.id, name=name, created_at=now,
-                                               expires_at=now + ttl))
-            add_audit(conn, now, "admin", "invite", group, member=name, ttl=ttl)
-        return secret
+        """Store a one-time token for ``name``; returns the secret (only its hash is stored).
+        Reusable keys, attributes and deadlines: :func:`provider.membership.invite`."""
+        return membership.invite(self, group, name, ttl)[0]
 
     def enroll(self, secret: str, name: str, ed25519_public: bytes, kem_public: bytes, authenticator: bytes,
                endpoints: list[str], proof: bytes, address: str = "?") -> dict:

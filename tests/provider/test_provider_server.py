@@ -235,7 +235,8 @@ def test_removed_member_gets_nothing_of_the_new_epoch(provider_env, alice):
                  lambda c: c.salt(new.epoch.epoch, carol.authenticator)):
         with pytest.raises(ProviderRefused) as info:
             call(carol.client())
-        assert info.value.status == 401
+        # 410 with the reason (issue 17): only carol's own key gets it, and it gets nothing else
+        assert info.value.status == 410 and "removed" in info.value.reason
     holders = {row[0] for row in provider_env.rows("SELECT member FROM capsules WHERE epoch = :e", e=new.epoch.epoch)}
     assert "carol" not in holders and "alice" in holders
     listing = admin(provider_env.state, "member", "list", "lan").stdout
