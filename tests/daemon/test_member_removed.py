@@ -14,7 +14,8 @@ from grouptun.core.archive import Archive, sign_archive
 from grouptun.errors import MemberRemoved
 
 from .fakes import FakeProvider
-from .test_controlplane import held_epochs, world  # noqa: F401 -- the control path's fixture
+from .test_controlplane import held_epochs, wait_until
+from .test_controlplane import world  # noqa: F401 -- the control path's fixture
 from .test_daemon import Member, epochs
 
 
@@ -35,7 +36,7 @@ def test_a_member_removed_while_running_stops_sending_and_ends_with_67(world, ca
     with caplog.at_level(logging.INFO, logger="grouptun.control"):
         thread.start()
         try:
-            assert _wait(lambda: held_epochs(session) == [1])
+            assert wait_until(lambda: held_epochs(session) == [1])
             provider.remove_member("alice")  # epoch 2 without alice
             thread.join(20)
             assert not thread.is_alive()  # ended by itself
@@ -120,11 +121,3 @@ def _status_args(member, json=False, run_dir=None):
     return argparse.Namespace(group=None, socket=sock, run_dir=run_dir or (sock.parent if sock else None),
                               json=json, dump=False, brief=False)
 
-
-def _wait(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
