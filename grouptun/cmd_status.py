@@ -142,6 +142,8 @@ def _membership_lines(ms: dict) -> list[str]:
     group = ms.get("group") or {}
     if group.get("owner"):
         lines.append(f"  group owner: {render(group['owner'])}")
+    if group.get("owners"):
+        lines.append(f"  group owners: {', '.join(group['owners'])}")
     if group.get("expires_at") is not None:
         lines.append(f"  group until: {_when(group['expires_at'])}")
     return lines

@@ -195,7 +195,7 @@ class Daemon:
         meta = archive.metadata if archive is not None else None
         return {"attributes": dict(me.attributes) if me else {}, "expires_at": me.expires_at if me else None,
                 "group": None if meta is None else {"provider_id": meta.provider_id, "expires_at": meta.expires_at,
-                                                    "owner": dict(meta.owner)}}
+                                                    "owner": dict(meta.owner), "owners": list(meta.owners)}}
 
     def _on_superseded(self, exc: InstanceSuperseded | MemberRemoved) -> None:
         """Control thread: the session stopped sending already; stop the daemon, exit with exc's status.

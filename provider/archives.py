@@ -50,13 +50,18 @@ def build_archive(g, version: int, info, rows, indices: dict[str, int], now: flo
         cidr=g.cidr, cidr6=g.cidr6, mtu=g.mtu,
         expires_at=(info.opened_at if info is not None else now) + 2 * g.rekey_after_seconds,
         metadata=None if provider_id is None else GroupMetadata(provider_id, g.expires_at,
-                                                                stored_pairs(g.owner_fields)),
+                                                                stored_pairs(g.owner_fields), stored_names(g.owners)),
     )
 
 
 def stored_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
     """A stored JSON attribute object (validated when written) as sorted pairs; NULL: ()."""
     return () if not text else tuple(sorted(json.loads(text).items()))
+
+
+def stored_names(text: str | None) -> tuple[str, ...]:
+    """A stored JSON list of names (sorted, validated when written); NULL: ()."""
+    return () if not text else tuple(json.loads(text))
 
 
 def resign(conn, g, signer, now: float) -> None:

@@ -2,7 +2,7 @@
 
     grouptun-provider group create NAME --cidr CIDR --members a,b,c [--token-ttl 1h] [--attr k=v]...
                                        [--member-ttl 8h] [--owner k=v]... [--expires 30d] [--json]
-    grouptun-provider group set-meta NAME [--owner k=v]... [--expires 30d | --no-expiry] [--json]
+    grouptun-provider group set-meta NAME [--owner k=v]... [--owners a,b] [--expires 30d | --no-expiry] [--json]
     grouptun-provider invite GROUP MEMBER [--ttl 1h] [--attr k=v]... [--member-ttl 8h] [--json]
     grouptun-provider invite GROUP --reusable --uses 20 [--expires 24h] [--attr k=v]... [--member-ttl 8h] [--json]
     grouptun-provider tokens list GROUP [--json] | revoke GROUP ID [--json]
@@ -64,13 +64,13 @@ def _duration(text: str | None, what: str) -> float | None:
 def create_group(args, provider, options: dict) -> int:
     """``group create`` with ``--members``: AddGroup, one transaction, a token per member."""
     names = [n for n in (args.members or "").split(",") if n]
-    if not names:
+    if args.members is not None and not names:
         raise InvalidInput("--members needs at least one name (a,b,c)")
     expires = _duration(args.expires, "--expires")
     shown, issued = membership.create_group(
         provider, args.name, args.cidr, names, _duration(args.token_ttl, "--token-ttl"), parse_attrs(args.attr),
         _duration(args.member_ttl, "--member-ttl"), parse_attrs(args.owner, "--owner"),
-        None if expires is None else provider.clock() + expires, **options)
+        None if expires is None else provider.clock() + expires, _names(args.owners), **options)
     tokens = [{"member": t["member"], "id": t["id"], "token": _token_text(args, t["secret"])} for t in issued]
     shown["metadata"] = membership.group_metadata(provider, args.name)
     _print({"group": shown, "tokens": tokens}, args.json,
@@ -78,11 +78,15 @@ def create_group(args, provider, options: dict) -> int:
     return 0
 
 
+def _names(text: str | None) -> list[str]:
+    return [n for n in (text or "").split(",") if n]
+
+
 def set_meta(args, provider) -> int:
     expires = _duration(args.expires, "--expires")
     meta = membership.set_group_metadata(provider, args.name, parse_attrs(args.owner, "--owner") if args.owner
                                          else None, None if expires is None else provider.clock() + expires,
-                                         args.no_expiry)
+                                         args.no_expiry, None if args.owners is None else _names(args.owners))
     _print(meta, args.json, f"group {args.name}: owner {attrs.render(meta['owner']) or '-'}, "
                             f"expires {_when(meta['expires_at'])}, provider {meta['provider_id']}")
     return 0
@@ -161,12 +165,14 @@ def add_arguments(parsers: dict) -> None:
     g.add_argument("--member-ttl", help="with --members: each member expires this long after it joins")
     g.add_argument("--owner", action="append", metavar="K=V", help="free-form owner fields (signed, archive)")
     g.add_argument("--expires", help="the whole group ends this long from now (nobody enrolls after)")
+    g.add_argument("--owners", help="comma-separated names of the group's owners (signed in the archive)")
     g.add_argument("--json", action="store_true")
     m = parsers["group set-meta"]
     m.add_argument("name")
     m.add_argument("--owner", action="append", metavar="K=V", help="replace the owner fields")
     m.add_argument("--expires", help="the group ends this long from now")
     m.add_argument("--no-expiry", action="store_true", help="clear the group's expiry")
+    m.add_argument("--owners", help="replace the owners: comma-separated names ('' for none)")
     m.add_argument("--json", action="store_true")
     i = parsers["invite"]
     i.add_argument("--reusable", action="store_true", help="an enrollment key for many hosts (any member name)")

@@ -41,7 +41,7 @@ from sqlalchemy import delete, insert, select, update
 
 from grouptun.core import attributes as attrs
 from provider import members as mem
-from provider.archives import resign, stored_pairs
+from provider.archives import resign, stored_names, stored_pairs
 from provider.errors import Conflict, Forbidden, InvalidInput, NotFound
 from provider.store import add_audit, capsules, groups, members, removed, tokens
 
@@ -179,7 +179,7 @@ def revoke_token(provider, group: str, ident: str) -> dict:
 def create_group(provider, name: str, cidr: str, names: Iterable[str], token_ttl: float,
                  attributes: Mapping[str, str] | None = None, member_ttl: float | None = None,
                  owner: Mapping[str, str] | None = None, expires_at: float | None = None,
-                 **group_options) -> tuple[dict, list[dict]]:
+                 owners: Iterable[str] = (), **group_options) -> tuple[dict, list[dict]]:
     """AddGroup (seed 000, claim 1): the group and a one-time token per member, atomically.
 
     Returns (the group as ``show_group`` has it, [{"member", "secret", "id"}] in the order given).
@@ -192,13 +192,14 @@ def create_group(provider, name: str, cidr: str, names: Iterable[str], token_ttl
     if len(names) > MAX_ADD_GROUP_MEMBERS:
         raise InvalidInput(f"at most {MAX_ADD_GROUP_MEMBERS} members per request")
     owner_fields = _stored(check_attributes(owner or {}, "--owner"))
+    owner_names = check_owners(owners)
     if expires_at is not None and expires_at <= provider.clock():
         raise InvalidInput("--expires must be in the future")
     issued: list[dict] = []
 
     def with_tokens(conn, now) -> None:
         conn.execute(update(groups).where(groups.c.name == name).values(owner_fields=owner_fields,
-                                                                       expires_at=expires_at))
+                                                                       expires_at=expires_at, owners=owner_names))
         g = _group(conn, name)
         for n in names:
             secret, ident = _insert_token(conn, provider, g, n, token_ttl, None, attributes, member_ttl)
@@ -208,13 +209,27 @@ def create_group(provider, name: str, cidr: str, names: Iterable[str], token_ttl
     return shown, issued
 
 
+def check_owners(names: Iterable[str]) -> str | None:
+    """The owners (the roles in the archive: who manages the group) as stored: a sorted JSON list."""
+    names = list(names)
+    for n in names:
+        mem.check_member_name(n)
+    if len(set(names)) != len(names):
+        raise InvalidInput("--owners names an owner twice")
+    return json.dumps(sorted(names)) if names else None
+
+
 def set_group_metadata(provider, group: str, owner: Mapping[str, str] | None = None,
-                       expires_at: float | None = None, clear_expiry: bool = False) -> dict:
-    """Owner fields (replaced when given) and the group's expiry (set, or cleared); re-signs the archive."""
+                       expires_at: float | None = None, clear_expiry: bool = False,
+                       owners: Iterable[str] | None = None) -> dict:
+    """Owner fields and owners (each replaced when given) and the group's expiry (set, or cleared);
+    re-signs the archive. Who the owners are is signed; what they may do is the admin API's (issue 17 item 2)."""
     now = provider.clock()
     with provider.store.write() as conn:
         g = _group(conn, group)
         values = {}
+        if owners is not None:
+            values["owners"] = check_owners(owners)
         if owner is not None:
             values["owner_fields"] = _stored(check_attributes(owner, "--owner"))
         if clear_expiry:
@@ -224,7 +239,7 @@ def set_group_metadata(provider, group: str, owner: Mapping[str, str] | None = N
                 raise InvalidInput("--expires must be in the future")
             values["expires_at"] = expires_at
         if not values:
-            raise InvalidInput("nothing to set: give --owner, --expires or --no-expiry")
+            raise InvalidInput("nothing to set: give --owner, --owners, --expires or --no-expiry")
         conn.execute(update(groups).where(groups.c.id == g.id).values(**values))
         add_audit(conn, now, "admin", "group-set-meta", group, **values)
         _resign(conn, provider, group, now)
@@ -235,7 +250,7 @@ def group_metadata(provider, group: str) -> dict:
     with provider.store.read() as conn:
         g = _group(conn, group)
     return {"provider_id": provider.provider_id, "expires_at": g.expires_at,
-            "owner": dict(stored_pairs(g.owner_fields))}
+            "owner": dict(stored_pairs(g.owner_fields)), "owners": list(stored_names(g.owners))}
 
 
 def _refuse_expired_group(g, now: float) -> None:

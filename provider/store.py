@@ -24,7 +24,7 @@ Migrations: :meth:`Store.check_schema` upgrades an older database in
 place, one step per version (``MIGRATIONS``), in one write transaction:
 1 -> 2 adds ``members.instance`` (NULL: the member's next start sets it);
 2 -> 3 adds ``members.attributes, expires_at``, ``tokens.max_uses, uses,
-revoked_at, attributes, member_ttl``, ``groups.owner_fields, expires_at``
+revoked_at, attributes, member_ttl``, ``groups.owner_fields, expires_at, owners``
 (all NULL: as before) and the table ``removed`` (id, group FK, name,
 ed25519_public, removed_at, reason): see ``provider/membership.py``.
 
@@ -100,6 +100,7 @@ groups = Table(
     Column("archive", LargeBinary),
     Column("owner_fields", Text),    # v3: JSON object, the archive's group_metadata.owner (NULL: none)
     Column("expires_at", Float),     # v3: the whole group's end (NULL: none)
+    Column("owners", Text),          # v3: JSON sorted list of owner names, the archive's roles (NULL: none)
 )
 
 members = Table(
@@ -195,7 +196,7 @@ def _membership_columns(conn: Connection) -> None:
     found = inspect(conn)
     for table, names in ((members, ("attributes", "expires_at")),
                          (tokens, ("max_uses", "uses", "revoked_at", "attributes", "member_ttl")),
-                         (groups, ("owner_fields", "expires_at"))):
+                         (groups, ("owner_fields", "expires_at", "owners"))):
         present = {c["name"] for c in found.get_columns(table.name)}
         for name in names:
             if name not in present:

@@ -44,7 +44,7 @@ them verify and parse as before): a member entry's ``"attributes": {key:
 value}`` (signed attributes, :mod:`grouptun.core.attributes` grammar) and
 ``"expires_at"`` (a temporary member's deadline), and the document's
 ``"group_metadata": {"provider_id": hex, "expires_at"?: num, "owner"?:
-{key: value}}`` (see PROTOCOL.md, grouptun extensions).
+{key: value}, "owners"?: [name, ...]}`` (see PROTOCOL.md, grouptun extensions).
 
 ``Archive.raw`` holds the whole envelope exactly as verified, so a member
 can store it and verify it again later. Limits: this module checks shapes
@@ -183,11 +183,13 @@ class GroupMetadata:
     provider_id: str                               # the provider keys' fingerprint (ProviderKeys.fingerprint)
     expires_at: float | None = None                # the whole group's end (unix seconds); None: none set
     owner: tuple[tuple[str, str], ...] = ()        # free-form owner fields, attribute grammar
+    owners: tuple[str, ...] = ()                   # the roles: who owns (manages) the group, sorted names
 
     def to_json(self) -> dict:
         return {"provider_id": self.provider_id,
                 **({} if self.expires_at is None else {"expires_at": self.expires_at}),
-                **({"owner": dict(self.owner)} if self.owner else {})}
+                **({"owner": dict(self.owner)} if self.owner else {}),
+                **({"owners": list(self.owners)} if self.owners else {})}
 
 
 def membership_json(attributes: tuple[tuple[str, str], ...], expires_at: float | None) -> dict:
@@ -386,7 +388,17 @@ def _parse_metadata(obj: object) -> GroupMetadata:
     w = "group_metadata."
     return GroupMetadata(provider_id=_get(obj, "provider_id", str, w),
                          expires_at=None if "expires_at" not in obj else _num(obj, "expires_at", w),
-                         owner=_pairs(obj, "owner", w))
+                         owner=_pairs(obj, "owner", w), owners=_owners(obj, w))
+
+
+def _owners(obj: dict, where: str) -> tuple[str, ...]:
+    """Optional ``owners``: sorted, unique names of 1..64 characters; absent: ()."""
+    if "owners" not in obj:
+        return ()
+    names = _strs(obj, "owners", where)
+    if list(names) != sorted(set(names)) or not all(0 < len(n) <= 64 for n in names):
+        raise EpochRejected("format", f"{where}owners: not sorted unique names of 1..64 characters")
+    return names
 
 
 def parse_document(obj: object, raw: bytes = b"") -> Archive:

@@ -67,12 +67,12 @@ def _signed(**extra):
 
 def test_archive_carries_attributes_deadline_and_metadata_signed():
     archive, signed, keys = _signed(member={"attributes": (("role", "db"), ("site", "hel")), "expires_at": 1.8e9},
-                                    metadata=GroupMetadata("ab" * 32, 1.9e9, (("org", "acme"),)))
+                                    metadata=GroupMetadata("ab" * 32, 1.9e9, (("org", "acme"),), ("alice", "bob")))
     back = verify_archive(signed, keys)
     assert back == archive
     assert dict(back.member("alice").attributes) == {"role": "db", "site": "hel"}
     assert back.member("alice").expires_at == 1.8e9
-    assert back.metadata == GroupMetadata("ab" * 32, 1.9e9, (("org", "acme"),))
+    assert back.metadata == GroupMetadata("ab" * 32, 1.9e9, (("org", "acme"),), ("alice", "bob"))
 
 
 def test_archive_without_the_extensions_has_the_old_shape_and_parses_as_none():

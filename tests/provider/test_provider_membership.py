@@ -246,11 +246,18 @@ def test_bad_attributes_are_refused_and_change_nothing(world, name, changes, uns
 
 def test_group_metadata_is_signed_and_the_group_expiry_stops_enrollment(world):
     provider, _, clock = world
-    meta = membership.set_group_metadata(provider, "lan", {"org": "acme", "contact": "ops@acme"}, T0 + 100)
+    meta = membership.set_group_metadata(provider, "lan", {"org": "acme", "contact": "ops@acme"}, T0 + 100,
+                                         owners=["bob", "alice"])
     assert meta == {"provider_id": SIGNER.public.fingerprint(), "expires_at": T0 + 100,
-                    "owner": {"contact": "ops@acme", "org": "acme"}}
+                    "owner": {"contact": "ops@acme", "org": "acme"}, "owners": ["alice", "bob"]}
     archive = verify_archive(provider.store.archive("lan")[1], SIGNER.public)
     assert archive.metadata.expires_at == T0 + 100 and dict(archive.metadata.owner)["org"] == "acme"
+    assert archive.metadata.owners == ("alice", "bob")  # the roles, signed
+    before = _state(provider)
+    for bad in (["alice", "alice"], ["bad name"]):
+        with pytest.raises(InvalidInput):
+            membership.set_group_metadata(provider, "lan", owners=bad)
+    assert _state(provider) == before
     secret = provider.invite("lan", "carol", 3600)
     clock.t = T0 + 101
     with pytest.raises(Forbidden, match="expired"):
@@ -306,7 +313,8 @@ def test_schema_2_database_is_migrated_to_the_membership_columns(kind, request):
     with store.write() as conn:  # back to schema 2: without the v3 columns and table
         for table, column in (("members", "attributes"), ("members", "expires_at"), ("tokens", "max_uses"),
                               ("tokens", "uses"), ("tokens", "revoked_at"), ("tokens", "attributes"),
-                              ("tokens", "member_ttl"), ("groups", "owner_fields"), ("groups", "expires_at")):
+                              ("tokens", "member_ttl"), ("groups", "owner_fields"), ("groups", "expires_at"),
+                              ("groups", "owners")):
             conn.exec_driver_sql(f'ALTER TABLE {table} DROP COLUMN "{column}"')
         conn.exec_driver_sql("DROP TABLE removed")
         conn.exec_driver_sql("UPDATE meta SET value = '2' WHERE key = 'schema_version'")

@@ -21,9 +21,10 @@ def _json(state, *args):
 
 def test_add_group_invite_tokens_and_members_print_their_documented_shapes(state):
     made = _json(state, "group", "create", "ops", "--cidr", "10.90.0.0/24", "--members", "a,b",
-                 "--attr", "role=web", "--owner", "org=acme", "--expires", "30d")
+                 "--attr", "role=web", "--owner", "org=acme", "--expires", "30d", "--owners", "a")
     assert set(made) == {"group", "tokens"} and made["group"]["name"] == "ops"
-    assert set(made["group"]["metadata"]) == {"provider_id", "expires_at", "owner"}
+    assert set(made["group"]["metadata"]) == {"provider_id", "expires_at", "owner", "owners"}
+    assert made["group"]["metadata"]["owners"] == ["a"]
     assert made["group"]["metadata"]["owner"] == {"org": "acme"}
     assert [(t["member"], t["token"][:8]) for t in made["tokens"]] == [("a", "gtjoin1-"), ("b", "gtjoin1-")]
     key = _json(state, "invite", "ops", "--reusable", "--uses", "20", "--expires", "24h", "--attr", "role=ci",
@@ -38,8 +39,9 @@ def test_add_group_invite_tokens_and_members_print_their_documented_shapes(state
     assert _json(state, "tokens", "revoke", "ops", key["id"])["state"] == "revoked"
     assert _json(state, "tokens", "list", "ops")[-1]["state"] == "revoked"
     assert _json(state, "member", "list", "ops") == []
-    meta = _json(state, "group", "set-meta", "ops", "--no-expiry", "--owner", "org=other")
-    assert meta["expires_at"] is None and meta["owner"] == {"org": "other"}
+    meta = _json(state, "group", "set-meta", "ops", "--no-expiry", "--owner", "org=other", "--owners", "b,a")
+    assert meta["expires_at"] is None and meta["owner"] == {"org": "other"} and meta["owners"] == ["a", "b"]
+    assert _json(state, "group", "set-meta", "ops", "--owners", "")["owners"] == []
 
 
 @pytest.mark.parametrize("args, code, reason", [
