@@ -14,6 +14,12 @@ sums of the receive and send reasons (``grouptun.core.counters``);
 ``addresses`` are comma-separated; ``last-seen`` is in unix seconds, 0 for
 never; a missing endpoint or address is ``(none)``. Without GROUP every
 line starts with the interface name (``wg show all dump``).
+
+Issue 17: the default form also shows the member's signed attributes, its
+deadline and the group's metadata (``membership`` in ``--json``). A member
+the provider removed leaves a note beside its socket
+(``grouptun.removednote``): once its daemon has gone, ``status`` prints
+that note (``--json``: the note's object) and exits 67.
 """
 
 from __future__ import annotations

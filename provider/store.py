@@ -63,7 +63,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
+from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text,
                         UniqueConstraint, create_engine, delete, event, func, insert, inspect, select, text, update)
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError
@@ -169,6 +169,7 @@ removed = Table(  # v3: members removed or expired, so their signed requests get
     Column("ed25519_public", LargeBinary(32), nullable=False),
     Column("removed_at", Float, nullable=False),
     Column("reason", String(200), nullable=False),
+    Index("removed_by_name", "group", "name"),  # looked up for every request signed by an unknown name
 )
 
 audit = Table(
