@@ -22,7 +22,8 @@ from starlette.concurrency import run_in_threadpool
 
 from grouptun.reqsign import NonceCache, SignatureRefused, verify_headers
 from provider import membership
-from provider.errors import Forbidden, Gone, InvalidInput, NotFound, RateLimited, SchemaError, StateDirError, Unauthorized
+from provider.errors import (Forbidden, Gone, InvalidInput, NotFound, RateLimited, SchemaError, StateDirError,
+                             Unauthorized)
 from provider.ijson import IJsonRoute
 from provider.limits import RateLimiter
 from provider.schemas import (ARCHIVE_MEDIA, GROUP_PATH, SEALED_MEDIA, EnrollAnswer, EnrollRequest, RekeyAnswer,

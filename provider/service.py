@@ -309,7 +309,8 @@ class Provider:
         if len(rows) < MIN_GROUP_SIZE:  # no epoch (PROTOCOL.md 1); one member still gets a signed archive
             conn.execute(delete(capsules).where(capsules.c.group == g.id))
             indices = {r.name: k for k, r in enumerate(sorted(rows, key=lambda r: r.name))}
-            archive = self.signer.sign(build_archive(g, version, None, rows, indices, now, self.provider_id)) if rows else None
+            unsigned = build_archive(g, version, None, rows, indices, now, self.provider_id)
+            archive = self.signer.sign(unsigned) if rows else None
             conn.execute(update(groups).where(groups.c.id == g.id).values(
                 version=version, archive=archive, current_epoch=None, epoch_opened_at=None))
             add_audit(conn, now, "provider", "no-epoch", g.name, reason=reason, group_size=len(rows), version=version)
