@@ -261,7 +261,8 @@ def cmd_group(args) -> int:
                        rekey_after_packets=args.rekey_packets,
                        switch_delay=parse_duration(args.switch_delay, "--switch-delay"),
                        grace=parse_duration(args.grace, "--grace"))
-        if args.members or args.owner or args.owners or args.expires:  # AddGroup: the group and its tokens in one transaction
+        # AddGroup: the group and its members' tokens in one transaction (and the --json shape)
+        if args.members or args.owner or args.owners or args.expires or args.json:
             return cli_membership.create_group(args, provider, options)
         info = provider.create_group(args.name, args.cidr, **options)
         print(json.dumps(info, indent=2))
