@@ -11,7 +11,9 @@ token's hash; the archive verified), then writes
     <state-dir>/<name>/keys.enc     private keys, AES-GCM under the key-file key derived from the credential, 0600
     <config-dir>/<name>.toml        the member config (no secrets), 0644
 
-The token is single use: everything that can fail locally (names, paths,
+The token comes from the command line, or with ``--token-file F`` from a
+file or (``-``) stdin, so it stays out of ``ps`` and shell history. A
+one-time token is single use (a reusable key counts one use): everything that can fail locally (names, paths,
 existing files, the credential) is checked before it is spent.
 """
 
@@ -28,7 +30,9 @@ _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("token", help="join token (gtjoin1-...) from the group's admin")
+    parser.add_argument("token", nargs="?", help="join token (gtjoin1-...) from the group's admin "
+                                                 "(visible in ps and shell history: prefer --token-file)")
+    parser.add_argument("--token-file", help="read the join token from this file, or from stdin with '-'")
     parser.add_argument("--name", help="local name of the group: config file, socket, interface gt-NAME "
                                        "(default: the provider's group name)")
     parser.add_argument("--member", help="this host's member name (default: the short hostname)")
@@ -43,6 +47,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the control socket goes")
     parser.add_argument("--credential-file", type=Path, help="file holding the credential to set")
     parser.add_argument("--force", action="store_true", help="overwrite an existing config of that name")
+
+
+def token_text(args: argparse.Namespace) -> str:
+    """The join token: the argument, or --token-file's content (``-``: stdin); exactly one of them."""
+    import sys
+
+    from grouptun.errors import ConfigError
+
+    if (args.token is None) == (args.token_file is None):
+        raise ConfigError("--token-file", "give the join token either as the argument or with --token-file F|-")
+    if args.token is not None:
+        return args.token
+    try:
+        text = sys.stdin.read(64 * 1024) if args.token_file == "-" else Path(args.token_file).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("--token-file", f"cannot read {args.token_file}: {exc}") from exc
+    if not text.strip():
+        raise ConfigError("--token-file", f"{args.token_file} holds no token")
+    return text.strip()
 
 
 def default_member_name() -> str:
@@ -144,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     from grouptun.errors import ConfigError, ProviderError
     from grouptun.provider_client import parse_join_token
 
-    token = parse_join_token(args.token)
+    token = parse_join_token(token_text(args))
     member = _check_arguments(args)
     result, sealed = _enroll(args, token, member)
     archive = verify_archive(result.archive, result.provider_keys)

@@ -14,6 +14,12 @@ sums of the receive and send reasons (``grouptun.core.counters``);
 ``addresses`` are comma-separated; ``last-seen`` is in unix seconds, 0 for
 never; a missing endpoint or address is ``(none)``. Without GROUP every
 line starts with the interface name (``wg show all dump``).
+
+Issue 17: the default form also shows the member's signed attributes, its
+deadline and the group's metadata (``membership`` in ``--json``). A member
+the provider removed leaves a note beside its socket
+(``grouptun.removednote``): once its daemon has gone, ``status`` prints
+that note (``--json``: the note's object) and exits 67.
 """
 
 from __future__ import annotations
@@ -92,6 +98,9 @@ def format_status(st: dict) -> str:
         lines.append(f"  addresses: {', '.join(st['addresses'])}")
     lines.append("  " + _provider_line(st.get("control") or {}, None))
     cp = st.get("control") or {}
+    if cp.get("removed"):
+        lines.append(f"  REMOVED: {cp['removed']} (this daemon stopped sending and exits, status 67)")
+    lines.extend(_membership_lines(st.get("membership") or {}))
     if cp.get("state_dir_full"):
         retry = f" in {cp['retry_in']:.0f} s" if cp.get("retry_in") is not None else ""
         lines.append(f"  state dir full: the next epoch cannot be recorded; retrying{retry} (free some space)")
@@ -125,6 +134,36 @@ def format_status(st: dict) -> str:
     lines.append("")
     lines.append("drops: " + (", ".join(f"{k} {v}" for k, v in sorted({**drops, **dp}.items())) or "none"))
     return "\n".join(lines)
+
+
+def _when(ts) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def _membership_lines(ms: dict) -> list[str]:
+    """Signed attributes, the member's deadline and the group's metadata (grouptun extensions)."""
+    from grouptun.core.attributes import render
+
+    lines = []
+    if ms.get("attributes"):
+        lines.append(f"  attributes: {render(ms['attributes'])}")
+    if ms.get("expires_at") is not None:
+        lines.append(f"  member until: {_when(ms['expires_at'])}")
+    group = ms.get("group") or {}
+    if group.get("owner"):
+        lines.append(f"  group owner: {render(group['owner'])}")
+    if group.get("owners"):
+        lines.append(f"  group owners: {', '.join(group['owners'])}")
+    if group.get("expires_at") is not None:
+        lines.append(f"  group until: {_when(group['expires_at'])}")
+    return lines
+
+
+def format_removed(note: dict) -> str:
+    """What a removed member's note (grouptun.removednote) says, once its daemon has gone."""
+    return (f"group {note.get('group')}: member {note.get('member')} was REMOVED at "
+            f"{_when(note.get('removed_at', 0))}: {note.get('reason')}\n  (the daemon stopped, status 67; "
+            "ask the group's admin for a new invitation)")
 
 
 def current_epoch(st: dict) -> int | None:
@@ -195,11 +234,33 @@ def daemon_sockets(group: str | None, sock: Path | None, run_dir: Path) -> list[
     return paths
 
 
+def _removed_notes(group: str | None, sock: Path | None, run_dir: Path) -> list[dict]:
+    """Notes of removed members (grouptun.removednote): the named group's, else every one in ``run_dir``."""
+    from grouptun import removednote
+    from grouptun.control import socket_path
+
+    if sock or group:
+        sockets = [sock or socket_path(group, run_dir)]
+    else:
+        sockets = sorted(p.with_suffix(".sock") for p in Path(run_dir).glob("*" + removednote.SUFFIX))
+    return [n for n in (removednote.read(p) for p in sockets) if n is not None]
+
+
 def run(args: argparse.Namespace) -> int:
     from grouptun.control import request
+    from grouptun.errors import ControlError, MemberRemoved
 
     named = bool(args.group or args.socket)
-    answers = [request(path, "status") for path in daemon_sockets(args.group, args.socket, args.run_dir)]
+    try:
+        answers = [request(path, "status") for path in daemon_sockets(args.group, args.socket, args.run_dir)]
+    except ControlError:
+        notes = _removed_notes(args.group, args.socket, args.run_dir)
+        if not notes:
+            raise
+        # the removed member's daemon has gone: its note says why (--json: the note itself)
+        print(json.dumps(notes[0] if named else notes, indent=2, sort_keys=True) if args.json
+              else "\n".join(format_removed(n) for n in notes))
+        return MemberRemoved.exit_code
     if args.json:
         json.dump(answers[0] if named else answers, sys.stdout, indent=2, sort_keys=True)
         print()

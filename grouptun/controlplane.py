@@ -38,6 +38,14 @@ elsewhere: the session stops sending at once (:meth:`SessionPort.
 stop_sending`), the refusal is logged at error, ``on_superseded`` is told
 (the daemon exits with InstanceSuperseded's status) and this thread ends.
 
+A removed member (its admin removed it, or its membership's time ended:
+issue 17) learns it from a verified archive newer than the one it holds
+that no longer lists it, or from the provider's 410 to any request it
+signs (a daemon that was not watching at the time): it stops sending the
+same way, ``status`` shows phase "removed" and the reason
+(``ControlState.removed``), and the daemon exits with MemberRemoved's
+status (67).
+
 A statefile write the disk has no room for (StateDirFull) is retried with
 the same backoff as an unreachable provider, not reset by the provider's
 answers meanwhile (each retry fetches the sealed salt again: an Argon2id
@@ -73,8 +81,8 @@ from grouptun.core.wire import wire_epoch
 from grouptun.credmigrate import SaltProof
 from grouptun.epochaccept import (build_material, check_archive, check_instance, lists_challenge, member_info,
                                   open_secrets, verified_archive)
-from grouptun.errors import (EpochRejected, GrouptunError, InstanceSuperseded, LoopUnavailable, ProviderError,
-                             ProviderRefused, StateDirFull)
+from grouptun.errors import (EpochRejected, GrouptunError, InstanceSuperseded, LoopUnavailable, MemberRemoved,
+                             ProviderError, ProviderRefused, StateDirFull)
 
 log = logging.getLogger("grouptun.control")
 
@@ -116,6 +124,7 @@ class ControlState:
     state_dir_full: bool = False            # the last statefile write found no room (retrying)
     provider_url: str | None = None         # the provider URL (replica) that answered last
     provider_urls: tuple = ()               # the URLs asked, in order (join token's, or the newest archive's)
+    removed: str | None = None              # why the provider removed our member (then phase "removed")
 
 
 class ControlPlane:
@@ -129,7 +138,7 @@ class ControlPlane:
                  urandom: Callable[[int], bytes] = os.urandom, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, metrics=None, request_interval: float = 0.2,
                  secrets: keys_mod.SecretMemory = keys_mod.HEAP,
-                 on_superseded: Callable[[InstanceSuperseded], None] | None = None,
+                 on_superseded: Callable[[InstanceSuperseded | MemberRemoved], None] | None = None,
                  on_trouble: Callable[[str | None], None] = lambda problem: None, urls_file=None) -> None:
         self.client, self.port, self.kem, self.proof = client, port, kem, proof
         self.urls_file = urls_file  # grouptun.providerurls.ProviderUrlsFile, or None: archive lists not kept
@@ -192,6 +201,7 @@ class ControlPlane:
         """
         if challenge is not None:
             self.instance = instance_of(challenge)
+        self._check_still_member(archive)
         if archive.epoch is None:
             if challenge is not None:
                 raise EpochRejected("challenge", "the group has no epoch yet (fewer than 2 members)")
@@ -206,6 +216,18 @@ class ControlPlane:
         self._check_wire(archive.epoch.epoch)  # newer, but unusable next to the held one
         self._install(archive, starting=challenge is not None)
         return True
+
+    def _check_still_member(self, archive: Archive) -> None:
+        """MemberRemoved if ``archive`` (verified) is newer than one that listed us and does not list us.
+
+        Older versions (a replay, a provider restored from backup) prove
+        nothing: only a newer document signed by the pinned keys does.
+        """
+        held = self.archive
+        if (held is not None and held.member(self.member) is not None and archive.version > held.version
+                and archive.member(self.member) is None):
+            raise MemberRemoved(f"member {self.member!r} was removed from the group: archive version "
+                                f"{archive.version} no longer lists it")
 
     def _install(self, archive: Archive, starting: bool = False) -> None:
         e = archive.epoch.epoch
@@ -258,6 +280,7 @@ class ControlPlane:
             return
         if self.held_epoch >= 0:  # started: every archive from now on must still name our instance
             check_instance(archive, self.member, self.instance)
+        self._check_still_member(archive)
         previous, self.archive = self.archive, archive
         if archive.epoch is None and (previous is None or previous.epoch is not None):
             log.info("the group has fewer than 2 members: no epoch until a second member joins")
@@ -318,16 +341,24 @@ class ControlPlane:
         log.warning("%s", exc)
         self._set(last_error=str(exc))
 
-    def _superseded(self, exc: InstanceSuperseded) -> None:
-        """Another daemon owns our member: stop sending now, then say so and let the daemon exit."""
+    def _superseded(self, exc: InstanceSuperseded | MemberRemoved) -> None:
+        """Another daemon owns our member, or the provider removed it: stop sending now, say so, let the daemon exit."""
         try:
             self.port.stop_sending()
         except LoopUnavailable as stalled:  # closed: already shutting down; stalled: exiting stops it anyway
             log.warning("stopping the session: %s", stalled)
         log.error("%s; this daemon stopped sending and exits (status %d)", exc, exc.exit_code)
-        self._set(phase="superseded", last_error=str(exc))
+        if isinstance(exc, MemberRemoved):
+            self._set(phase="removed", last_error=str(exc), removed=str(exc))
+        else:
+            self._set(phase="superseded", last_error=str(exc))
         if self.on_superseded is not None:
             self.on_superseded(exc)
+
+    def _refused_by_provider(self, exc: ProviderRefused) -> None:
+        log.error("%s", exc)
+        self._set(last_error=str(exc), provider_ok=True)
+        self.on_trouble(str(exc))
 
     def _state_dir_full(self, exc: StateDirFull) -> None:
         if not self.state.state_dir_full:
@@ -492,17 +523,19 @@ class ControlPlane:
                 else:
                     self.watch_once()
                 continue
-            except InstanceSuperseded as exc:
+            except (InstanceSuperseded, MemberRemoved) as exc:
                 self._superseded(exc)
                 return
+            except ProviderRefused as exc:
+                if exc.status != 410:  # 410: the provider says our member was removed, and why
+                    self._refused_by_provider(exc)
+                else:
+                    self._superseded(MemberRemoved(f"member {self.member!r} was removed: {exc.reason}"))
+                    return
             except StateDirFull as exc:
                 self._state_dir_full(exc)
             except EpochRejected as exc:
                 self._refused(exc)
-            except ProviderRefused as exc:
-                log.error("%s", exc)
-                self._set(last_error=str(exc), provider_ok=True)
-                self.on_trouble(str(exc))
             except ProviderError as exc:
                 if self.state.provider_ok or self.state.last_error != str(exc):
                     log.warning("provider trouble: %s (the data plane keeps running)", exc)

@@ -47,7 +47,7 @@ from typing import Callable
 
 from grouptun import config as config_mod
 from grouptun import credential as credential_mod
-from grouptun import credmigrate, keystore, native
+from grouptun import credmigrate, keystore, native, removednote
 from grouptun.backoff import Backoff
 from grouptun.config import Config
 from grouptun.control import ControlServer
@@ -57,7 +57,7 @@ from grouptun.core import exporter
 from grouptun.dataplane import DataPlane, LoopPort
 # Re-exported: ``grouptun join`` imports seen_endpoints from here.
 from grouptun.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
-from grouptun.errors import ConfigError, ControlError, GrouptunError, InstanceSuperseded
+from grouptun.errors import ConfigError, ControlError, GrouptunError, InstanceSuperseded, MemberRemoved
 from grouptun.opshooks import OpsHooks
 from grouptun.providerurls import ProviderUrlsFile
 from grouptun.secmem import SecretArena
@@ -132,7 +132,7 @@ class Daemon:
         self.applied_addresses: tuple[str, ...] = ()
         self.secrets: SecretArena | None = None
         self.cipher: native.Choice | None = None
-        self.superseded: InstanceSuperseded | None = None
+        self.superseded: InstanceSuperseded | MemberRemoved | None = None
 
     # --- setup pieces ---
     def _pinned(self) -> ProviderKeys:
@@ -186,15 +186,32 @@ class Daemon:
             "cipher": self.cipher.describe if self.cipher else None,
             "session": self.session.status(now) if self.session else {},
             "secret_memory": self.secrets.status() if self.secrets else {},
+            "membership": self._membership(),
         }
 
-    def _on_superseded(self, exc: InstanceSuperseded) -> None:
-        """Control thread: the session stopped sending already; stop the daemon, exit with exc's status."""
+    def _membership(self) -> dict:
+        """Our signed attributes and deadline, and the group's metadata, from the newest archive (issue 17)."""
+        archive = self.control.archive if self.control else None
+        me = archive.member(self.config.group.member) if archive is not None else None
+        meta = archive.metadata if archive is not None else None
+        return {"attributes": dict(me.attributes) if me else {}, "expires_at": me.expires_at if me else None,
+                "group": None if meta is None else {"provider_id": meta.provider_id, "expires_at": meta.expires_at,
+                                                    "owner": dict(meta.owner), "owners": list(meta.owners)}}
+
+    def _on_superseded(self, exc: InstanceSuperseded | MemberRemoved) -> None:
+        """Control thread: the session stopped sending already; stop the daemon, exit with exc's status.
+
+        A removal also leaves a note beside the control socket (``grouptun.removednote``), so
+        ``grouptun status`` still says why once this daemon is gone."""
         self.superseded = exc
+        if isinstance(exc, MemberRemoved):
+            removednote.write(self.config.paths.control_socket, self.config.group.name,
+                              self.config.group.member, str(exc))
 
         def stop() -> None:
             self.ops.notifier.status(f"stopping: {exc}")
-            self.request_stop("the member was started elsewhere")
+            self.request_stop("the member was removed" if isinstance(exc, MemberRemoved)
+                              else "the member was started elsewhere")
 
         try:
             self.loop.call_soon_threadsafe(stop)
@@ -323,6 +340,7 @@ class Daemon:
                                    {"status": self.status, "export": self.export,
                                     "down": lambda: self.request_stop("down requested")})
             server.check_free()  # a second `up` for the group stops here, before touching the TUN
+            removednote.clear(self.config.paths.control_socket)  # a removal note of an earlier run
             stack.callback(server.remove)  # last: `grouptun down` returns once everything is gone
             statefile = EpochStateFile(self.config.statefile_path)
             self.ops = OpsHooks()

@@ -19,6 +19,7 @@
     │   └── StateDirFull               the epoch statefile cannot be written: no space (ENOSPC/EDQUOT)
     ├── StateDirLocked                 another daemon runs on this state directory (its lock is held)
     ├── InstanceSuperseded             the member was started elsewhere: the provider names another instance
+    ├── MemberRemoved                  the member was removed from the group (by its admin, or its time ended)
     ├── ProviderError                  the trust provider could not be reached or used
     │   └── ProviderRefused            it answered with a refusal (4xx) and a reason
     ├── SystemSetupError               TUN, netlink, sockets, privileges
@@ -122,6 +123,18 @@ class InstanceSuperseded(GrouptunError):
     """
 
     exit_code = 76
+
+
+class MemberRemoved(GrouptunError):
+    """The provider removed this member (its admin did, or its membership's time ended): this daemon stops.
+
+    Learnt from a verified archive, newer than the held one, that no longer
+    lists the member, or from the provider's 410 to a request the member
+    signed. Restarting cannot help (the member needs a new invitation), so
+    systemd's unit does not restart on this status (EX_NOUSER).
+    """
+
+    exit_code = 67
 
 
 class KeystoreLocked(KeystoreError):

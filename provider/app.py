@@ -41,8 +41,9 @@ I-JSON (RFC 7493: NaN, Infinity, 1e999999, integers beyond 2**53 - 1,
 duplicate names, lone surrogates, nesting over 16 levels, not UTF-8 --
 ``provider/ijson.py``), 415 a body that is not JSON, 422 a field out of
 its schema (``[{"type", "loc", "msg"}]``, never echoing the input), 401
-signature (missing, stale, replayed, not valid -- unknown and removed
-members answer exactly like a bad signature), 403 token/credential, 404,
+signature (missing, stale, replayed, not valid -- unknown members answer
+exactly like a bad signature), 410 a request correctly signed by a removed
+or expired member's own key (the reason says which; ``provider/membership.py``), 403 token/credential, 404,
 409, 413 body over 64 KiB, 429 rate limits (per address, per member; and
 per member for start, report, rekey and salt, which cost epochs, signatures
 or Argon2id work). Before any of this, the server's connection limits

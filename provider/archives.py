@@ -12,7 +12,7 @@ import json
 
 from sqlalchemy import update
 
-from grouptun.core.archive import Archive, ArchiveMember, parse_document
+from grouptun.core.archive import Archive, ArchiveMember, GroupMetadata, parse_document
 from provider.store import groups, member_rows
 
 
@@ -36,16 +36,32 @@ def parse_own(raw: bytes) -> Archive:
     return parse_document(json.loads(json.loads(raw)["document"]), raw=raw)
 
 
-def build_archive(g, version: int, info, rows, indices: dict[str, int], now: float) -> Archive:
-    """The unsigned archive of group row ``g``: the members in ``indices`` (by index), epoch ``info`` or None."""
+def build_archive(g, version: int, info, rows, indices: dict[str, int], now: float,
+                  provider_id: str | None = None) -> Archive:
+    """The unsigned archive of group row ``g``: the members in ``indices`` (by index), epoch ``info`` or None.
+
+    With ``provider_id`` it carries ``group_metadata`` (grouptun extension, ``provider/membership.py``)."""
     listed = sorted((r for r in rows if r.name in indices), key=lambda r: indices[r.name])
     return Archive(
         group_id=g.group_id, name=g.name, version=version, epoch=info,
         members=tuple(ArchiveMember(r.name, indices[r.name], tuple(addresses(r)), tuple(json.loads(r.endpoints)),
-                                    r.ed25519_public, r.kem_public, r.instance) for r in listed),
+                                    r.ed25519_public, r.kem_public, r.instance, stored_pairs(r.attributes),
+                                    r.expires_at) for r in listed),
         cidr=g.cidr, cidr6=g.cidr6, mtu=g.mtu,
         expires_at=(info.opened_at if info is not None else now) + 2 * g.rekey_after_seconds,
+        metadata=None if provider_id is None else GroupMetadata(provider_id, g.expires_at,
+                                                                stored_pairs(g.owner_fields), stored_names(g.owners)),
     )
+
+
+def stored_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
+    """A stored JSON attribute object (validated when written) as sorted pairs; NULL: ()."""
+    return () if not text else tuple(sorted(json.loads(text).items()))
+
+
+def stored_names(text: str | None) -> tuple[str, ...]:
+    """A stored JSON list of names (sorted, validated when written); NULL: ()."""
+    return () if not text else tuple(json.loads(text))
 
 
 def resign(conn, g, signer, now: float) -> None:
@@ -53,5 +69,6 @@ def resign(conn, g, signer, now: float) -> None:
     old = parse_own(g.archive)
     indices = {m.name: m.index for m in old.members}
     version = next_version(g.version, now)
-    archive = signer.sign(build_archive(g, version, old.epoch, member_rows(conn, g.id), indices, now))
+    archive = signer.sign(build_archive(g, version, old.epoch, member_rows(conn, g.id), indices, now,
+                                        signer.public.fingerprint()))
     conn.execute(update(groups).where(groups.c.id == g.id).values(version=version, archive=archive))

@@ -10,6 +10,8 @@
     grouptun-provider group list | show NAME | rekey NAME
     grouptun-provider invite GROUP MEMBER [--ttl 1h]
     grouptun-provider member list GROUP | remove GROUP MEMBER
+    (membership: AddGroup --members, reusable keys, tokens, temporary members, attributes,
+     group metadata, --json -- provider/cli_membership.py)
     grouptun-provider audit [--follow] [--limit N]
 
 ``--state`` defaults to ``$GROUPTUN_PROVIDER_STATE`` or
@@ -53,8 +55,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
-from grouptun.core.archive import ProviderKeys
-from grouptun.core.jointoken import JoinToken, check_url
+from grouptun.core.jointoken import check_url
 from grouptun.errors import GrouptunError
 from grouptun.logsetup import fatal
 from provider.errors import InvalidInput, StateDirError
@@ -271,18 +272,28 @@ def cmd_serve(args) -> int:
 
 
 def cmd_group(args) -> int:
+    from provider import cli_membership, membership
+
     provider = _provider(args)
     if args.action == "create":
-        info = provider.create_group(
-            args.name, args.cidr, args.cidr6, args.suite, parse_duration(args.rekey_after, "--rekey-after"),
-            args.rekey_packets, parse_duration(args.switch_delay, "--switch-delay"),
-            parse_duration(args.grace, "--grace"))
+        options = dict(cidr6=args.cidr6, suite=args.suite,
+                       rekey_after_seconds=parse_duration(args.rekey_after, "--rekey-after"),
+                       rekey_after_packets=args.rekey_packets,
+                       switch_delay=parse_duration(args.switch_delay, "--switch-delay"),
+                       grace=parse_duration(args.grace, "--grace"))
+        # AddGroup: the group and its members' tokens in one transaction (and the --json shape)
+        if args.members or args.owner or args.owners or args.expires or args.json:
+            return cli_membership.create_group(args, provider, options)
+        info = provider.create_group(args.name, args.cidr, **options)
         print(json.dumps(info, indent=2))
     elif args.action == "list":
         for name in provider.list_groups():
             print(name)
     elif args.action == "show":
-        print(json.dumps(provider.show_group(args.name), indent=2))
+        print(json.dumps({**provider.show_group(args.name), "metadata": membership.group_metadata(provider, args.name)},
+                         indent=2))
+    elif args.action == "set-meta":
+        return cli_membership.set_meta(args, provider)
     elif args.action == "rekey":
         opened = provider.open_epoch(args.name, "admin", "admin")
         print(f"group {args.name}: epoch {opened.epoch}, archive version {opened.version}")
@@ -290,26 +301,21 @@ def cmd_group(args) -> int:
 
 
 def cmd_invite(args) -> int:
-    paths = _paths(args)
-    config = read_config(paths)
-    provider = _provider(args)
-    secret = provider.invite(args.group, args.member, parse_duration(args.ttl, "--ttl"))
-    keys = ProviderKeys.from_json(config["provider_keys"])
-    urls = public_urls(config)
-    print(JoinToken(urls[0] if urls else config["url"], tls_fingerprint(paths), keys.fingerprint(), secret, urls))
-    return 0
+    from provider import cli_membership
+
+    return cli_membership.invite(args, _provider(args))
 
 
 def cmd_member(args) -> int:
-    provider = _provider(args)
-    if args.action == "list":
-        for m in provider.list_members(args.group):
-            print(f"{m['name']:<24} index={m['index']} addresses={','.join(m['addresses'])} "
-                  f"endpoints={','.join(m['endpoints']) or '-'}")
-    else:
-        opened = provider.remove_member(args.group, args.member)
-        print(f"removed {args.member}; group {args.group} now at epoch {opened.epoch}")
-    return 0
+    from provider import cli_membership
+
+    return cli_membership.member(args, _provider(args))
+
+
+def cmd_tokens(args) -> int:
+    from provider import cli_membership
+
+    return cli_membership.tokens(args, _provider(args))
 
 
 def cmd_audit(args) -> int:
@@ -372,9 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
-    p = sub.action.add_parser("group", help="create, list, show or rekey groups")
+    from provider import cli_membership
+
+    p = sub.action.add_parser("group", help="create, list, show, rekey groups or set their metadata")
     gsub = _Sub(p.add_subparsers(dest="action", required=True), common)
-    g = gsub.add_parser("create")
+    parsers = {"group set-meta": gsub.add_parser("set-meta")}
+    g = parsers["group create"] = gsub.add_parser("create")
     g.add_argument("name")
     g.add_argument("--cidr", required=True)
     g.add_argument("--cidr6")
@@ -388,19 +397,30 @@ def build_parser() -> argparse.ArgumentParser:
         gsub.add_parser(action).add_argument("name")
     p.set_defaults(func=cmd_group)
 
-    p = sub.add_parser("invite", help="print a one-time join token")
+    p = parsers["invite"] = sub.add_parser("invite", help="print a join token (one-time, or a reusable key)")
     p.add_argument("group")
-    p.add_argument("member")
+    p.add_argument("member", nargs="?", help="the member's name (none with --reusable)")
     p.add_argument("--ttl", default="1h")
     p.set_defaults(func=cmd_invite)
 
-    p = sub.action.add_parser("member", help="list or remove members")
+    p = sub.action.add_parser("member", help="list, show, remove, extend members or set their attributes")
     msub = _Sub(p.add_subparsers(dest="action", required=True), common)
-    msub.add_parser("list").add_argument("group")
-    m = msub.add_parser("remove")
+    parsers["member list"] = msub.add_parser("list")
+    parsers["member list"].add_argument("group")
+    for action in ("show", "extend", "set-attr"):
+        parsers[f"member {action}"] = msub.add_parser(action)
+    m = parsers["member remove"] = msub.add_parser("remove")
     m.add_argument("group")
     m.add_argument("member")
     p.set_defaults(func=cmd_member)
+
+    p = sub.action.add_parser("tokens", help="list or revoke join tokens and reusable keys")
+    tsub = _Sub(p.add_subparsers(dest="action", required=True), common)
+    parsers["tokens list"] = tsub.add_parser("list")
+    parsers["tokens list"].add_argument("group")
+    parsers["tokens revoke"] = tsub.add_parser("revoke")
+    p.set_defaults(func=cmd_tokens)
+    cli_membership.add_arguments(parsers)
 
     p = sub.add_parser("audit", help="print the audit log")
     p.add_argument("--follow", action="store_true")

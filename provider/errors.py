@@ -18,8 +18,11 @@
         │   └── NotEnoughMembers    fewer than 2 members: no epoch (PROTOCOL 1)  (exit 75, HTTP 409)
         ├── Unauthorized            request signature missing, stale, not valid,
         │                           replayed, unknown or removed member          (HTTP 401)
-        ├── Forbidden               join token unknown/used/expired, name does
-        │                           not match the invitation, wrong credential   (exit 77, HTTP 403)
+        ├── Forbidden               join token unknown/used/expired/revoked/
+        │                           exhausted, name does not match the
+        │                           invitation, group expired, wrong credential  (exit 77, HTTP 403)
+        ├── Gone                    a request signed by a removed or expired
+        │                           member's own key (membership.py)             (HTTP 410)
         ├── PayloadTooLarge         request body over the limit                  (HTTP 413)
         ├── UnsupportedMediaType    a request body that is not application/json  (HTTP 415)
         └── RateLimited             per member / per address budget spent        (exit 75, HTTP 429)
@@ -85,6 +88,13 @@ class Unauthorized(ProviderFault):
 class Forbidden(ProviderFault):
     exit_code = 77  # EX_NOPERM
     http_status = 403
+
+
+class Gone(ProviderFault):
+    """The signing member was removed (by the admin, or its time ended); the reason says which."""
+
+    exit_code = 69
+    http_status = 410
 
 
 class PayloadTooLarge(ProviderFault):

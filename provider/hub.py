@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from starlette.concurrency import run_in_threadpool
 
+from provider import membership
 from provider.errors import ProviderFault
 from provider.service import Provider
 
@@ -135,7 +136,8 @@ class StartBatcher:
 
 
 async def tick(provider: Provider, hub: Hub) -> None:
-    """Open epochs whose time threshold passed (members also ask; whoever is first wins); prune the audit log."""
+    """Open epochs whose time threshold passed (members also ask; whoever is first wins); remove expired
+    members; prune the audit log."""
     while True:
         await asyncio.sleep(TICK_INTERVAL)
         try:
@@ -146,6 +148,11 @@ async def tick(provider: Provider, hub: Hub) -> None:
             log.warning("time rekey: %s", exc.reason)
         except Exception:  # noqa: BLE001 -- the ticker must survive a locked DB
             log.exception("time rekey failed")
+        try:  # temporary members whose time ended: a new epoch without them (provider/membership.py)
+            if await run_in_threadpool(membership.expire_due, provider):
+                hub.kick()
+        except Exception:  # noqa: BLE001 -- as above; the next tick tries again
+            log.exception("member expiry failed")
         try:
             await run_in_threadpool(provider.audit_pruner.maybe_prune)  # bounded: provider/retention.py
         except Exception:  # noqa: BLE001 -- as above; the next due run tries again

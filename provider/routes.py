@@ -21,7 +21,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from grouptun.reqsign import NonceCache, SignatureRefused, verify_headers
-from provider.errors import Forbidden, InvalidInput, NotFound, RateLimited, SchemaError, StateDirError, Unauthorized
+from provider import membership
+from provider.errors import (Forbidden, Gone, InvalidInput, NotFound, RateLimited, SchemaError, StateDirError,
+                             Unauthorized)
 from provider.ijson import IJsonRoute
 from provider.limits import RateLimiter
 from provider.schemas import (ARCHIVE_MEDIA, GROUP_PATH, SEALED_MEDIA, EnrollAnswer, EnrollRequest, RekeyAnswer,
@@ -79,6 +81,15 @@ class Context:
         if self.limits.audit.allow("all"):
             await run_in_threadpool(self.provider.refused, actor, action, group, reason)
 
+    def _member_or_removed_key(self, group: str, key_id: str, gone: list[str]):
+        key = self.provider.member_key(group, key_id)
+        if key is None:
+            found = membership.removed_member(self.provider, group, key_id)
+            if found is not None:
+                key, reason = found
+                gone.append(reason)
+        return key
+
     def member_dependency(self, limiter: RateLimiter | None = None):
         """The FastAPI dependency that authenticates a member request (signature, nonce, rate).
 
@@ -91,13 +102,17 @@ class Context:
             query = request.scope.get("query_string") or b""
             url = "https://provider" + raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
             client = request.client.host if request.client else "unknown"
+            gone: list[str] = []  # the reason, when the key that verifies is a removed member's
             try:
                 verified = await run_in_threadpool(
                     verify_headers, request.method, url, request.headers, body,
-                    lambda key_id: self.provider.member_key(group, key_id), time.time(), self.provider.started_at)
+                    lambda key_id: self._member_or_removed_key(group, key_id, gone), time.time(),
+                    self.provider.started_at)
             except SignatureRefused as exc:
                 await self.refuse_audit(f"address:{client}", request.url.path[:80], group, exc.reason)
                 raise Unauthorized(exc.reason) from exc
+            if gone:  # only the removed member itself can sign this: telling it leaks nothing
+                raise Gone(gone[0])
             if not self.nonces.check_and_add(f"{group}/{verified.key_id}", verified.nonce, time.time()):
                 await self.refuse_audit(f"member:{verified.key_id}", request.url.path[:80], group,
                                         "replayed signature")

@@ -47,6 +47,7 @@ from sqlalchemy import delete, insert, select, update
 from grouptun.core.keys import HEAP, SecretMemory
 from grouptun.core.archive import instance_of
 from provider import members as mem
+from provider import membership
 from provider.archives import addresses, build_archive, next_version, parse_own, resign
 from provider.epochs import (MAX_WAIT, Recipient, Thresholds, build_epoch, next_epoch_number)
 from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound, ProviderFault
@@ -94,6 +95,11 @@ class Provider:
             self._signer = self._signer_factory()
         return self._signer
 
+    @property
+    def provider_id(self) -> str:
+        """The archive's ``group_metadata.provider_id``: the fingerprint members pin (seed 000's PID)."""
+        return self.signer.public.fingerprint()
+
     # --- audit ---------------------------------------------------------------
 
     def refused(self, actor: str, action: str, group: str | None, reason: str) -> None:
@@ -111,7 +117,9 @@ class Provider:
 
     def create_group(self, name: str, cidr: str, cidr6: str | None = None, suite: str = "aes-256-gcm",
                      rekey_after_seconds: float = 600.0, rekey_after_packets: int = MAX_REKEY_PACKETS,
-                     switch_delay: float = 2.0, grace: float = 30.0) -> dict:
+                     switch_delay: float = 2.0, grace: float = 30.0,
+                     then: Callable[[object, float], None] | None = None) -> dict:
+        """A new group; ``then(conn, now)`` runs in the same transaction (AddGroup's tokens, membership.py)."""
         mem.check_group_name(name)
         mem.check_networks(cidr, cidr6)
         if suite not in SUITES:
@@ -134,6 +142,8 @@ class Provider:
                 switch_delay=switch_delay, grace=grace, created_at=now, epoch_hw=0, version=0))
             add_audit(conn, now, "admin", "group-create", name, cidr=cidr, cidr6=cidr6, suite=suite,
                       rekey_after_seconds=rekey_after_seconds, rekey_after_packets=rekey_after_packets)
+            if then is not None:
+                then(conn, now)
         return self.show_group(name)
 
     def show_group(self, name: str) -> dict:
@@ -159,25 +169,15 @@ class Provider:
         with self.store.read() as conn:
             rows = member_rows(conn, _group(conn, group).id)
         return [{"name": r.name, "index": indices.get(r.name), "addresses": addresses(r),
-                 "endpoints": json.loads(r.endpoints), "enrolled_at": r.enrolled_at} for r in rows]
+                 "endpoints": json.loads(r.endpoints), "enrolled_at": r.enrolled_at, **membership.member_entry(r)}
+                for r in rows]
 
     # --- invitations and enrollment -----------------------------------------
 
     def invite(self, group: str, name: str, ttl: float) -> str:
-        """Store a one-time token for ``name``; returns the secret (only its hash is stored)."""
-        mem.check_member_name(name)
-        if not 60 <= ttl <= 86400 * 30:
-            raise InvalidInput("--ttl must be between 1m and 30d")
-        secret, digest = mem.new_token_secret()
-        now = self.clock()
-        with self.store.write() as conn:
-            g = _group(conn, group)
-            if conn.execute(select(members.c.id).where(members.c.group == g.id, members.c.name == name)).first():
-                raise Conflict(f"member {name!r} is already enrolled in {group!r}")
-            conn.execute(insert(tokens).values(token_hash=digest, group=g.id, name=name, created_at=now,
-                                               expires_at=now + ttl))
-            add_audit(conn, now, "admin", "invite", group, member=name, ttl=ttl)
-        return secret
+        """Store a one-time token for ``name``; returns the secret (only its hash is stored).
+        Reusable keys, attributes and deadlines: :func:`provider.membership.invite`."""
+        return membership.invite(self, group, name, ttl)[0]
 
     def enroll(self, secret: str, name: str, ed25519_public: bytes, kem_public: bytes, authenticator: bytes,
                endpoints: list[str], proof: bytes, address: str = "?") -> dict:
@@ -200,21 +200,19 @@ class Provider:
 
         def mutate(conn, g, now):
             tok = conn.execute(select(tokens).where(tokens.c.token_hash == digest)).first()
-            if tok is None or tok.used_at is not None or tok.expires_at <= now:
-                raise Forbidden("join token unknown, used or expired")
-            if tok.name != name:
-                raise Forbidden("name does not match the invitation")
+            attributes, expires_at = membership.redeem(conn, tok, g, name, now)  # refusals with their reason
             rows = member_rows(conn, g.id)
             if any(r.name == name for r in rows):
                 raise Conflict(f"member {name!r} is already enrolled")
             net4, net6 = mem.check_networks(g.cidr, g.cidr6)
             addr4 = mem.allocate(net4, {r.addr4 for r in rows})
             addr6 = mem.allocate(net6, {r.addr6 for r in rows if r.addr6}) if net6 else None
-            conn.execute(update(tokens).where(tokens.c.id == tok.id).values(used_at=now))
             conn.execute(insert(members).values(
                 group=g.id, name=name, ed25519_public=ed_public, kem_public=kem_public, credential_hash=cred_hash,
-                addr4=addr4, addr6=addr6, endpoints=json.dumps(endpoints), enrolled_at=now))
-            add_audit(conn, now, f"member:{name}", "enroll", g.name, addresses=[addr4, addr6])
+                addr4=addr4, addr6=addr6, endpoints=json.dumps(endpoints), enrolled_at=now, attributes=attributes,
+                expires_at=expires_at))
+            add_audit(conn, now, f"member:{name}", "enroll", g.name, addresses=[addr4, addr6],
+                      key=membership.key_id(digest), expires_at=expires_at)
             return [a for a in (addr4, addr6) if a]
 
         addresses, opened = self._change_and_open(group, "enroll", mutate)
@@ -223,10 +221,8 @@ class Provider:
 
     def remove_member(self, group: str, name: str) -> Opened:
         def mutate(conn, g, now):
-            found = conn.execute(delete(members).where(members.c.group == g.id, members.c.name == name)).rowcount
-            if not found:
+            if not membership.bury(conn, g, name, now, f"{name!r} was removed from {group!r} by the admin"):
                 raise NotFound(f"no member {name!r} in group {group!r}")
-            conn.execute(delete(capsules).where(capsules.c.group == g.id, capsules.c.member == name))
             add_audit(conn, now, "admin", "member-remove", group, member=name)
 
         return self._change_and_open(group, "remove", mutate)[1]
@@ -275,6 +271,10 @@ class Provider:
         """Unexpired pending starts of ``group`` (member -> challenge), oldest first."""
         return self._pending.get(group)
 
+    def change_and_open(self, group: str, reason: str, mutate) -> tuple[object, Opened]:
+        """``mutate(conn, group_row, now)`` and the next epoch in one transaction (membership.py's removals)."""
+        return self._change_and_open(group, reason, mutate)
+
     def _change_and_open(self, group: str, reason: str, mutate,
                          starts: Mapping[str, bytes] | None = None) -> tuple[object, Opened]:
         """Run ``mutate(conn, group_row, now)`` and open the next epoch, in one transaction.
@@ -309,7 +309,8 @@ class Provider:
         if len(rows) < MIN_GROUP_SIZE:  # no epoch (PROTOCOL.md 1); one member still gets a signed archive
             conn.execute(delete(capsules).where(capsules.c.group == g.id))
             indices = {r.name: k for k, r in enumerate(sorted(rows, key=lambda r: r.name))}
-            archive = self.signer.sign(build_archive(g, version, None, rows, indices, now)) if rows else None
+            unsigned = build_archive(g, version, None, rows, indices, now, self.provider_id)
+            archive = self.signer.sign(unsigned) if rows else None
             conn.execute(update(groups).where(groups.c.id == g.id).values(
                 version=version, archive=archive, current_epoch=None, epoch_opened_at=None))
             add_audit(conn, now, "provider", "no-epoch", g.name, reason=reason, group_size=len(rows), version=version)
@@ -333,7 +334,7 @@ class Provider:
                                          "capsule": cap, "sealed_salt": salt}
                                         for name, idx, cap, salt in sealed.sealed])
         prune_capsules(conn, g.id, g.current_epoch if g.current_epoch is not None else number)
-        archive = self.signer.sign(build_archive(g, version, info, rows, sealed.indices, now))
+        archive = self.signer.sign(build_archive(g, version, info, rows, sealed.indices, now, self.provider_id))
         conn.execute(update(groups).where(groups.c.id == g.id).values(
             epoch_hw=number, current_epoch=number, epoch_opened_at=now, version=version, archive=archive))
         add_audit(conn, now, "provider", "epoch", g.name, epoch=number, reason=reason, group_size=len(rows),

@@ -1,6 +1,6 @@
 """Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
-Schema version 2 (table ``meta``, key ``schema_version``)::
+Schema version 4 (table ``meta``, key ``schema_version``)::
 
     meta      key PK, value
     groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
@@ -22,7 +22,12 @@ Schema version 2 (table ``meta``, key ``schema_version``)::
 
 Migrations: :meth:`Store.check_schema` upgrades an older database in
 place, one step per version (``MIGRATIONS``), in one write transaction:
-1 -> 2 adds ``members.instance`` (NULL: the member's next start sets it).
+1 -> 2 adds ``members.instance`` (NULL: the member's next start sets it);
+2 -> 3 creates the sealed-data tables (``provider/sealed.py``);
+3 -> 4 adds ``members.attributes, expires_at``, ``tokens.max_uses, uses,
+revoked_at, attributes, member_ttl``, ``groups.owner_fields, expires_at, owners``
+(all NULL: as before) and the table ``removed`` (id, group FK, name,
+ed25519_public, removed_at, reason): see ``provider/membership.py``.
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -59,7 +64,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
+from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text,
                         UniqueConstraint, create_engine, delete, event, func, insert, inspect, select, text, update)
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError
@@ -67,7 +72,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 SERVER_LOCK_KEY = 0x67747673  # "gtvs": PostgreSQL session advisory lock held by the one `serve`
 IDENTITY_KEYS = ("provider_keys", "tls_fingerprint", "url")
@@ -94,6 +99,9 @@ groups = Table(
     Column("current_epoch", BigInteger),
     Column("epoch_opened_at", Float),
     Column("archive", LargeBinary),
+    Column("owner_fields", Text),    # v3: JSON object, the archive's group_metadata.owner (NULL: none)
+    Column("expires_at", Float),     # v3: the whole group's end (NULL: none)
+    Column("owners", Text),          # v3: JSON sorted list of owner names, the archive's roles (NULL: none)
 )
 
 members = Table(
@@ -109,6 +117,8 @@ members = Table(
     Column("endpoints", Text, nullable=False, default="[]"),
     Column("enrolled_at", Float, nullable=False),
     Column("instance", LargeBinary(32)),
+    Column("attributes", Text),     # v3: JSON object of signed key=value pairs (NULL: none)
+    Column("expires_at", Float),    # v3: a temporary member's deadline (NULL: permanent)
     UniqueConstraint("group", "name"),
 )
 
@@ -121,6 +131,11 @@ tokens = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("used_at", Float),
+    Column("max_uses", Integer),     # v3: a reusable key's bound (NULL: a one-time token, name fixed)
+    Column("uses", Integer),         # v3: enrollments made with it (NULL: 0)
+    Column("revoked_at", Float),     # v3
+    Column("attributes", Text),      # v3: JSON attributes every member it enrolls gets (NULL: none)
+    Column("member_ttl", Float),     # v3: members it enrolls expire this long after enrolling (NULL: never)
 )
 
 epochs = Table(
@@ -145,6 +160,17 @@ capsules = Table(
     Column("idx", Integer, nullable=False),
     Column("capsule", LargeBinary, nullable=False),
     Column("sealed_salt", LargeBinary, nullable=False),
+)
+
+removed = Table(  # v3: members removed or expired, so their signed requests get 410 with the reason
+    "removed", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("group", Integer, ForeignKey("groups.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("ed25519_public", LargeBinary(32), nullable=False),
+    Column("removed_at", Float, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Index("removed_by_name", "group", "name"),  # looked up for every request signed by an unknown name
 )
 
 audit = Table(
@@ -195,10 +221,26 @@ def _add_column(conn: Connection, table: Table, name: str) -> None:
     conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(name)} {column_type}")
 
 
+def _membership_columns(conn: Connection) -> None:
+    """v2 -> v3 (issue 17): attributes, deadlines, reusable keys, group metadata, the removed table.
+
+    Skips what is there already (a database whose older columns were dropped by hand in a test)."""
+    found = inspect(conn)
+    for table, names in ((members, ("attributes", "expires_at")),
+                         (tokens, ("max_uses", "uses", "revoked_at", "attributes", "member_ttl")),
+                         (groups, ("owner_fields", "expires_at", "owners"))):
+        present = {c["name"] for c in found.get_columns(table.name)}
+        for name in names:
+            if name not in present:
+                _add_column(conn, table, name)
+    removed.create(conn, checkfirst=True)
+
+
 # from-version -> the step to the next version (run in the caller's write transaction)
 MIGRATIONS = {
     1: lambda conn: _add_column(conn, members, "instance"),
     2: _create_sealed_tables,
+    3: _membership_columns,
 }
 
 

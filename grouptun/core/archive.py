@@ -45,6 +45,13 @@ list of URLs, in the order members try them (1..8 distinct https URLs, one
 certificate for all). Absent: the member keeps the list it has (the join
 token's, or an earlier archive's).
 
+grouptun extensions (OPTIONAL keys; absent means none, so archives without
+them verify and parse as before): a member entry's ``"attributes": {key:
+value}`` (signed attributes, :mod:`grouptun.core.attributes` grammar) and
+``"expires_at"`` (a temporary member's deadline), and the document's
+``"group_metadata": {"provider_id": hex, "expires_at"?: num, "owner"?:
+{key: value}, "owners"?: [name, ...]}`` (see PROTOCOL.md, grouptun extensions).
+
 ``Archive.raw`` holds the whole envelope exactly as verified, so a member
 can store it and verify it again later. Limits: this module checks shapes
 and signatures only; the semantic acceptance order (group id, epoch newer,
@@ -64,6 +71,7 @@ import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
+from grouptun.core.attributes import check as check_attributes
 from grouptun.core.capsule import GROUP_ID_SIZE, KEM_PUBLIC_SIZE
 from grouptun.core.jointoken import url_list_problem
 from grouptun.errors import EpochRejected
@@ -137,12 +145,15 @@ class ArchiveMember:
     ed25519_public: bytes
     kem_public: bytes
     instance: bytes | None = None  # instance_of(the start challenge owning this member); None before its first
+    attributes: tuple[tuple[str, str], ...] = ()  # grouptun extension: signed key=value pairs, sorted by key
+    expires_at: float | None = None  # grouptun extension: a temporary member's deadline (unix seconds)
 
     def to_json(self) -> dict:
         return {
             "name": self.name, "index": self.index, "addresses": list(self.addresses),
             "endpoints": list(self.endpoints), "ed25519_public": b64e(self.ed25519_public),
             "kem_public": b64e(self.kem_public), "instance": None if self.instance is None else self.instance.hex(),
+            **membership_json(self.attributes, self.expires_at),
         }
 
 
@@ -173,6 +184,28 @@ class ArchiveEpoch:
 
 
 @dataclass(frozen=True)
+class GroupMetadata:
+    """The seed's PID and GMD (grouptun extension, key ``group_metadata``): who signed, until when, whose."""
+
+    provider_id: str                               # the provider keys' fingerprint (ProviderKeys.fingerprint)
+    expires_at: float | None = None                # the whole group's end (unix seconds); None: none set
+    owner: tuple[tuple[str, str], ...] = ()        # free-form owner fields, attribute grammar
+    owners: tuple[str, ...] = ()                   # the roles: who owns (manages) the group, sorted names
+
+    def to_json(self) -> dict:
+        return {"provider_id": self.provider_id,
+                **({} if self.expires_at is None else {"expires_at": self.expires_at}),
+                **({"owner": dict(self.owner)} if self.owner else {}),
+                **({"owners": list(self.owners)} if self.owners else {})}
+
+
+def membership_json(attributes: tuple[tuple[str, str], ...], expires_at: float | None) -> dict:
+    """A member entry's optional keys: each present only when set (absent = none, as in older archives)."""
+    return {**({"attributes": dict(attributes)} if attributes else {}),
+            **({} if expires_at is None else {"expires_at": expires_at})}
+
+
+@dataclass(frozen=True)
 class Archive:
     group_id: bytes
     name: str
@@ -185,6 +218,7 @@ class Archive:
     expires_at: float
     raw: bytes = field(default=b"", compare=False, repr=False)
     provider_urls: tuple[str, ...] = ()  # () = the document has no provider_urls (keep the member's list)
+    metadata: GroupMetadata | None = None  # grouptun extension: absent in archives without it
 
     def to_json(self) -> dict:
         document = {
@@ -193,6 +227,7 @@ class Archive:
             "members": [m.to_json() for m in self.members],
             "attributes": {"cidr": self.cidr, "cidr6": self.cidr6, "mtu": self.mtu},
             "expires_at": self.expires_at,
+            **({} if self.metadata is None else {"group_metadata": self.metadata.to_json()}),
         }
         if self.provider_urls:  # optional: an archive without it is byte-for-byte the older form
             document["provider_urls"] = list(self.provider_urls)
@@ -343,6 +378,8 @@ def _parse_member(obj: object) -> ArchiveMember:
         ed25519_public=b64d(obj.get("ed25519_public"), "member.ed25519_public", ED25519_PUBLIC_SIZE),
         kem_public=b64d(obj.get("kem_public"), "member.kem_public", KEM_PUBLIC_SIZE),
         instance=None if instance is None else _hexd(instance, "member.instance", INSTANCE_SIZE),
+        attributes=_pairs(obj, "attributes", w),
+        expires_at=None if "expires_at" not in obj else _num(obj, "expires_at", w),
     )
 
 
@@ -354,6 +391,35 @@ def _provider_urls(obj: dict) -> tuple[str, ...]:
     if problem is not None or any(u.endswith("/") for u in urls):
         raise EpochRejected("format", f"provider_urls: {problem or 'a URL ends with /'}")
     return tuple(urls)
+
+
+def _pairs(obj: dict, key: str, where: str) -> tuple[tuple[str, str], ...]:
+    """An optional attribute object (``grouptun.core.attributes`` grammar) as sorted pairs; absent: ()."""
+    if key not in obj:
+        return ()
+    try:
+        return tuple(check_attributes(obj[key], f"{where}{key}").items())
+    except ValueError as exc:
+        raise EpochRejected("format", str(exc)) from exc
+
+
+def _parse_metadata(obj: object) -> GroupMetadata:
+    if not isinstance(obj, dict):
+        raise EpochRejected("format", "group_metadata: not an object")
+    w = "group_metadata."
+    return GroupMetadata(provider_id=_get(obj, "provider_id", str, w),
+                         expires_at=None if "expires_at" not in obj else _num(obj, "expires_at", w),
+                         owner=_pairs(obj, "owner", w), owners=_owners(obj, w))
+
+
+def _owners(obj: dict, where: str) -> tuple[str, ...]:
+    """Optional ``owners``: sorted, unique names of 1..64 characters; absent: ()."""
+    if "owners" not in obj:
+        return ()
+    names = _strs(obj, "owners", where)
+    if list(names) != sorted(set(names)) or not all(0 < len(n) <= 64 for n in names):
+        raise EpochRejected("format", f"{where}owners: not sorted unique names of 1..64 characters")
+    return names
 
 
 def parse_document(obj: object, raw: bytes = b"") -> Archive:
@@ -374,4 +440,5 @@ def parse_document(obj: object, raw: bytes = b"") -> Archive:
         cidr=_get(attrs, "cidr", str, "attributes."), cidr6=cidr6,
         mtu=_uint(attrs, "mtu", "attributes.", 65536), expires_at=_num(obj, "expires_at", ""),
         raw=raw, provider_urls=_provider_urls(obj),
+        metadata=None if "group_metadata" not in obj else _parse_metadata(obj["group_metadata"]),
     )

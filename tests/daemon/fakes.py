@@ -284,6 +284,8 @@ class FakeProvider:
         self.pending: dict[str, bytes] = {}  # member -> start challenge waiting for a second member
         self.instances: dict[str, bytes | None] = dict.fromkeys(names)  # member -> instance (PROTOCOL.md 4)
         self.current: ArchiveEpoch | None = None
+        self.attributes: dict[str, tuple] = {}  # member -> signed attribute pairs (issue 17)
+        self.removed: dict[str, str] = {}  # member -> reason: its requests get the provider's 410
         self.watch_cap = 0.2  # the fake's long-poll returns after at most this long
         self.hold_watch = threading.Event()  # set: watches answer nothing until release_watch (or timeout)
         self.release_watch = threading.Event()
@@ -296,7 +298,14 @@ class FakeProvider:
     def _members(self) -> tuple:
         names = sorted(self.members)
         return tuple(ArchiveMember(n, i, self.addresses[n], self.endpoints[n], self.members[n].ed25519_public,
-                                   self.members[n].kem_public, self.instances.get(n)) for i, n in enumerate(names))
+                                   self.members[n].kem_public, self.instances.get(n), self.attributes.get(n, ()))
+                     for i, n in enumerate(names))
+
+    def remove_member(self, name: str, reason: str = "'alice' was removed from 'lan' by the admin") -> None:
+        """The admin removes ``name`` (or its time ended): a new epoch without it; its requests get 410."""
+        del self.members[name]
+        self.removed[name] = reason
+        self.open_epoch() if len(self.members) >= 2 else self.publish()
 
     def publish(self) -> None:
         """Re-sign the archive: a new version, same epoch (or none below 2 members), current endpoints."""
@@ -407,6 +416,8 @@ class FakeClient:
         self.answered_by = self.urls[0]
         if self.p.refusing is not None:
             raise self.p.refusing
+        if self.name in self.p.removed:
+            raise ProviderRefused(410, self.p.removed[self.name])
 
     def start(self, challenge: bytes) -> bytes | None:
         self._call("start", challenge)

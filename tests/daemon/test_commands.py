@@ -122,3 +122,40 @@ def test_up_with_a_wrong_credential_exits_77_which_the_units_do_not_retry(tmp_pa
     unit = (config.Path(__file__).resolve().parents[2] / "systemd" / "grouptun@.service").read_text()
     prevent = next(line for line in unit.splitlines() if line.startswith("RestartPreventExitStatus="))
     assert "77" in prevent.split("=", 1)[1].split()
+
+
+# --- the join token from a file or stdin (issue 17: out of ps and shell history) ------------------------
+
+
+def _without_token(args):
+    return [a for a in args if not a.startswith("gtjoin1-")]
+
+
+def test_join_reads_the_token_from_a_file(tmp_path, fake_enroll):
+    provider, calls, token = fake_enroll
+    path = tmp_path / "token"
+    path.write_text(token + "\n")
+    assert cli.main(_without_token(join_args(tmp_path, token)) + ["--token-file", str(path)]) == 0
+    assert [c["name"] for c in calls] == ["carol"] and str(calls[0]["token"]) == token
+
+
+def test_join_reads_the_token_from_stdin(tmp_path, fake_enroll, monkeypatch):
+    import io
+
+    provider, calls, token = fake_enroll
+    monkeypatch.setattr("sys.stdin", io.StringIO(token + "\n"))
+    assert cli.main(_without_token(join_args(tmp_path, token)) + ["--token-file", "-"]) == 0
+    assert [c["name"] for c in calls] == ["carol"]
+
+
+@pytest.mark.parametrize("how", ["both", "neither", "empty", "missing"])
+def test_join_token_file_mistakes_name_the_option_and_spend_nothing(tmp_path, fake_enroll, capsys, how):
+    provider, calls, token = fake_enroll
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    args = {"both": join_args(tmp_path, token) + ["--token-file", str(empty)],
+            "neither": _without_token(join_args(tmp_path, token)),
+            "empty": _without_token(join_args(tmp_path, token)) + ["--token-file", str(empty)],
+            "missing": _without_token(join_args(tmp_path, token)) + ["--token-file", str(tmp_path / "nope")]}[how]
+    assert cli.main(args) == 78
+    assert "--token-file" in capsys.readouterr().err and calls == []

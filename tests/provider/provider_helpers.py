@@ -300,10 +300,10 @@ def dump(store) -> str:
     return "\n".join(lines)
 
 
-def memory_provider(names=("alice", "bob"), signer=None, store=None):
+def memory_provider(names=("alice", "bob"), signer=None, store=None, clock=None):
     """An in-memory provider (SQLite) with group "lan" (10.77.0.0/24) and ``names`` enrolled with the
-    credential b"credential"; returns (provider, {name: Ed25519 private key})."""
-    from grouptun.core.archive import enroll_message  # noqa: PLC0415
+    credential b"credential"; returns (provider, {name: Ed25519 private key}). ``clock``: a fake clock
+    (its ``sleep`` too, when it has one)."""
     from provider.keys import Signer  # noqa: PLC0415
     from provider.service import Provider  # noqa: PLC0415
     from provider.store import Store  # noqa: PLC0415
@@ -312,16 +312,12 @@ def memory_provider(names=("alice", "bob"), signer=None, store=None):
         store = Store(None)
         store.create_schema()
     signer = signer or Signer.generate()
-    provider = Provider(store, lambda: signer)
+    timing = {} if clock is None else {"clock": clock, "sleep": getattr(clock, "sleep", lambda s: None)}
+    provider = Provider(store, lambda: signer, **timing)
     provider.create_group("lan", "10.77.0.0/24")
     keys = {}
     for name in names:
-        keys[name] = signing = ed25519.Ed25519PrivateKey.generate()
-        ed = signing.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        secret = provider.invite("lan", name, 3600)
-        kem = KemPrivateKey.from_random(os.urandom(96)).public_bytes()
-        provider.enroll(secret, name, ed, kem, b"credential", [],
-                        signing.sign(enroll_message(secret, name, ed, kem, b"credential", [])))
+        keys[name] = enroll_with(provider, provider.invite("lan", name, 3600), name)
     provider.started_at -= 2  # `serve` starts listening a second after this; signatures before it are refused
     return provider, keys
 
@@ -388,3 +384,14 @@ def sealed_world(store=None, names=("alice", "bob", "carol")):
         provider.enroll(secret, name, ed, pub, b"credential", [],
                         signing.sign(enroll_message(secret, name, ed, pub, b"credential", [])))
     return provider, kems, eds
+def enroll_with(provider, secret: str, name: str, endpoints=()) -> ed25519.Ed25519PrivateKey:
+    """Enroll ``name`` with join token ``secret`` as a daemon would (fresh keys, credential b"credential");
+    its Ed25519 private key."""
+    from grouptun.core.archive import enroll_message  # noqa: PLC0415
+
+    signing = ed25519.Ed25519PrivateKey.generate()
+    ed = signing.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    kem = KemPrivateKey.from_random(os.urandom(96)).public_bytes()
+    provider.enroll(secret, name, ed, kem, b"credential", list(endpoints),
+                    signing.sign(enroll_message(secret, name, ed, kem, b"credential", list(endpoints))))
+    return signing

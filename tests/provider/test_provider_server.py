@@ -235,7 +235,8 @@ def test_removed_member_gets_nothing_of_the_new_epoch(provider_env, alice):
                  lambda c: c.salt(new.epoch.epoch, carol.authenticator)):
         with pytest.raises(ProviderRefused) as info:
             call(carol.client())
-        assert info.value.status == 401
+        # 410 with the reason (issue 17): only carol's own key gets it, and it gets nothing else
+        assert info.value.status == 410 and "removed" in info.value.reason
     holders = {row[0] for row in provider_env.rows("SELECT member FROM capsules WHERE epoch = :e", e=new.epoch.epoch)}
     assert "carol" not in holders and "alice" in holders
     listing = admin(provider_env.state, "member", "list", "lan").stdout
@@ -382,3 +383,24 @@ def test_start_in_a_one_member_group_waits_then_the_first_epoch_answers_it(provi
     assert challenge in archive.epoch.challenges
     ss, salt = _open_epoch(first, archive)  # the epoch is usable by the waiting member
     assert keys.data_id(ss) == archive.epoch.data_id
+
+
+def test_a_reusable_key_over_https_enrolls_until_exhausted_or_revoked(provider_env):
+    """Issue 17 item 3 over HTTP: 403 with the reason for an exhausted or revoked key, nothing changed."""
+    state = provider_env.state
+    admin(state, "group", "create", "fleet", "--cidr", "10.80.0.0/24")
+    key = json.loads(admin(state, "invite", "fleet", "--reusable", "--uses", "2", "--attr", "role=ci",
+                           "--json").stdout)
+    for name in ("fleet-1", "fleet-2"):
+        member = TestMember(name)
+        member.enroll(key["token"])
+    archive = verify_archive(member.result.archive, member.result.provider_keys)
+    assert dict(archive.member("fleet-1").attributes) == {"role": "ci"}
+    revoked = json.loads(admin(state, "invite", "fleet", "--reusable", "--uses", "5", "--json").stdout)
+    admin(state, "tokens", "revoke", "fleet", revoked["id"])
+    before = provider_env.snapshot()
+    for token, reason in ((key["token"], "exhausted"), (revoked["token"], "revoked")):
+        with pytest.raises(ProviderRefused) as info:
+            TestMember("fleet-3").enroll(token)
+        assert info.value.status == 403 and reason in info.value.reason
+    assert provider_env.snapshot() == before
