@@ -86,7 +86,7 @@ def test_a_removed_member_is_refused(provider_env, members):
     for call in (lambda: api.get_part(entry["data_id"], 0), lambda: api.describe(entry["data_id"]), api.listing):
         with pytest.raises(ProviderRefused) as refused:
             call()
-        assert refused.value.status == 401
+        assert refused.value.status == 410 and "removed" in str(refused.value)  # the provider tells a removed member (issue 17)
     assert unseal(provider_env, members["sb"], entry["data_id"]) == b"before the removal"
 
 
