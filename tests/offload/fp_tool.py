@@ -57,7 +57,7 @@ def member(name: str, offload: str, seconds: float) -> int:
     udp = UdpTransport("::", PORT, offload=offload)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    data = DataPlane(session, tun, udp, offload=offload)
+    data = DataPlane(session, tun, udp)
     data.attach(loop)
     print("ready", data.path, flush=True)
     done = loop.create_future()
@@ -65,7 +65,7 @@ def member(name: str, offload: str, seconds: float) -> int:
     loop.call_later(seconds, lambda: done.done() or done.set_result(None))
     loop.run_until_complete(done)
     data.detach()
-    print(json.dumps({"counters": data.counters, "drops": {k: v for k, v in session.drops.items() if v}}),
+    print(json.dumps({"counters": data.status(), "drops": {k: v for k, v in session.drops.items() if v}}),
           flush=True)
     tun.close()
     udp.close()
