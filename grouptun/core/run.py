@@ -136,23 +136,17 @@ def open_run(session, data: memoryview, seg: int, source, now: float, out: memor
         seg = total
     count = -(-total // seg) if total else 1
     last = total - (count - 1) * seg
-    first = admit(session, data[:seg if count > 1 else total], now)
-    if count >= VECTOR_MIN and first is not None and first[1] == BYTE0_DATA and last >= OVERHEAD + MIN_INNER \
-            and _one_stream(data, seg, count, first[0], first[2], first[3]):
-        spans = [(first, 0, count)]
-    else:
-        spans = _spans(session, data, seg, count, first, now)
-    if len(spans) == 1 and spans[0][2] == count:
-        state, byte0, n, index = spans[0][0]
-        return _open_span(session, data, seg, count, last, out, state, byte0, n, index, 0, count, source, now, True)
+    first = admit(session, data[:seg] if count > 1 else data, now)
+    if first is not None and (count == 1 or count >= VECTOR_MIN and first[1] == BYTE0_DATA
+                              and last >= OVERHEAD + MIN_INNER and _one_stream(data, seg, count, *first)):
+        return _open_span(session, data, seg, count, last, out, first, 0, count, source, now, True)
     views = []
-    for (state, byte0, n, index), j, k in spans:
-        opened = _open_span(session, data, seg, count, last, out, state, byte0, n, index, j, k, source, now, False)
-        views += opened.views
+    for admitted, j, k in _spans(session, data, seg, count, first, now):
+        views += _open_span(session, data, seg, count, last, out, admitted, j, k, source, now, False).views
     return Opened(count, seg, seg - OVERHEAD, last - OVERHEAD, views)
 
 
-def _one_stream(data, seg: int, count: int, state, n: int, index: int) -> bool:
+def _one_stream(data, seg: int, count: int, state, byte0: int, n: int, index: int) -> bool:
     """Whether every header is the first's with s stepping by N: one sender's consecutive data packets,
     so that each passes :func:`admit` as the first did (compared as bytes: one memcmp)."""
     if n + count - 1 > N_MAX:
@@ -182,8 +176,9 @@ def _spans(session, data, seg: int, count: int, first, now: float) -> list:
     return spans
 
 
-def _open_span(session, data, seg, count, last, out, state, byte0, n, index, j, k, source, now, whole) -> Opened:
+def _open_span(session, data, seg, count, last, out, admitted, j, k, source, now, whole) -> Opened:
     """Window, tag, mark and inner check for datagrams j..j+k-1 (admitted: n, n+1, ... of one sender)."""
+    state, byte0, n, index = admitted
     receiver = state.receivers.get(index) or state.receiver(index)
     window = receiver.window
     if n > window.top:
@@ -232,18 +227,21 @@ def _open_span(session, data, seg, count, last, out, state, byte0, n, index, j, 
 def _authenticate(run, data, seg, count, last, out, j, n, index, state, fresh, ok) -> int:
     """Open the fresh datagrams of a span, one run call per stretch of consecutive ones; ok[i] = 1 for
     each that authenticated; how many did."""
-    good, i, step = 0, 0, state.group_size
-    fresh = list(fresh)
+    step, first_s = state.group_size, state.nonce_start + n * state.group_size + index
+    if isinstance(fresh, range):  # all of them: one call
+        at = j * seg
+        return run.open_run(data, at, seg, out, at, seg, len(fresh), seg, last if j + len(fresh) == count else seg,
+                            first_s, step, ok)
+    good, i = 0, 0
     while i < len(fresh):
         start = end = fresh[i]
         while i + 1 < len(fresh) and fresh[i + 1] == end + 1:
             i, end = i + 1, end + 1
         i += 1
         at, k = (j + start) * seg, end - start + 1
-        tail = last if j + end == count - 1 else seg
         verdicts = bytearray(k)
-        good += run.open_run(data, at, seg, out, at, seg, k, seg, tail, state.nonce_start + (n + start) * step + index,
-                             step, verdicts)
+        good += run.open_run(data, at, seg, out, at, seg, k, seg, last if j + end == count - 1 else seg,
+                             first_s + start * step, step, verdicts)
         ok[start:start + k] = verdicts
     return good
 
@@ -253,6 +251,8 @@ def _all_fit(receiver, out, seg: int, count: int, size: int, last_size: int) -> 
     are checked with it; the others must equal the first in version, header length, total length,
     source and destination (so, being of its size, they fit as it does)."""
     misfit = receiver.misfit
+    if count == 1:
+        return misfit(BYTE0_DATA, out[:last_size]) is None
     if misfit(BYTE0_DATA, out[:size]) is not None \
             or misfit(BYTE0_DATA, out[(count - 1) * seg:(count - 1) * seg + last_size]) is not None:
         return False

@@ -18,13 +18,9 @@ Its ``run`` (set by :func:`sender_cipher`) seals and opens whole runs for
 :mod:`grouptun.core.run`: the native ``RunKey`` (:mod:`grouptun.native`), or
 :class:`ReferenceRun`, the same calls on this object.
 
-Why ``seal`` returns ``header + encrypt(...)`` rather than using
-``encrypt_into`` (which cryptography 48 has): measured here, a fresh
-zero-filled bytearray per packet costs more (~0.6 µs at 1400 B) than the
-one copy of the concatenation, because ``encrypt`` allocates its output
-uninitialised. ``seal_into`` (``encrypt_into`` / ``update_into`` straight
-after the header) is for a caller that reuses one buffer across packets,
-e.g. a batched sendmmsg path; there it is the faster one.
+``seal`` / ``open`` (whole bytes) are the plain reference forms;
+``seal_at`` / ``open_into`` write into buffers the caller reuses (what
+:class:`ReferenceRun` calls per datagram).
 
 Limits: one object must not be used from two threads at once (the CTR
 context is reused); a packet is < 2^32 AES blocks (UDP makes it < 2^12).
@@ -66,10 +62,6 @@ class IvMaker:
 
     __call__ = make
 
-    def parts(self) -> tuple[int, int]:
-        """``(first 4 bytes, next 8 bytes)`` of head(12, nonce_common) as integers: IV(s) = hi || (lo XOR s)."""
-        return self._hi, self._lo
-
     def wipe(self) -> None:
         self._hi = self._lo = 0
 
@@ -92,15 +84,6 @@ class Suite1Cipher:
     def seal(self, header: bytes, iv: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
         """``header || ciphertext || tag``."""
         return header + self._aead.encrypt(iv, plaintext, header)
-
-    def seal_into(self, out: bytearray | memoryview, header: bytes, iv: bytes,
-                  plaintext: bytes | bytearray | memoryview) -> int:
-        """Write the packet at the start of ``out`` (a reused buffer); returns its length."""
-        end = HEADER_SIZE + len(plaintext) + TAG_SIZE
-        view = memoryview(out)
-        view[:HEADER_SIZE] = header
-        self._aead.encrypt_into(iv, plaintext, header, view[HEADER_SIZE:end])
-        return end
 
     def seal_at(self, view: memoryview, off: int, iv: bytes, plaintext: bytes | bytearray | memoryview) -> int:
         """Batch form: the header is already at ``view[off:off + 12]``; returns the packet length."""
@@ -160,19 +143,6 @@ class Suite2Cipher:
     def seal(self, header: bytes, iv: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
         ciphertext = self._encrypt(iv, plaintext)
         return header + ciphertext + self._tag(header, ciphertext)
-
-    def seal_into(self, out: bytearray | memoryview, header: bytes, iv: bytes,
-                  plaintext: bytes | bytearray | memoryview) -> int:
-        size = len(plaintext)
-        end = HEADER_SIZE + size + TAG_SIZE
-        view = memoryview(out)
-        view[:HEADER_SIZE] = header
-        if size:
-            self._ctr.reset_nonce(iv + _CTR_TAIL)
-            # update_into wants len + 15 bytes of room: the tag's 16 bytes give it.
-            self._ctr.update_into(plaintext, view[HEADER_SIZE:end])
-        view[HEADER_SIZE + size:end] = self._tag(header, view[HEADER_SIZE:HEADER_SIZE + size])
-        return end
 
     def seal_at(self, view: memoryview, off: int, iv: bytes, plaintext: bytes | bytearray | memoryview) -> int:
         """Batch form: the header is already at ``view[off:off + 12]``; returns the packet length."""

@@ -148,11 +148,11 @@ class Session:
         return bytes(packets[0]) if packets else None
 
     def seal_run(self, src, offset: int, stride: int, count: int, size: int, last: int, out,
-                 now: float) -> tuple[int, tuple[Endpoint, ...]] | None:
+                 now: float) -> tuple[int, list[Endpoint]] | None:
         """Seal the run of IP packets ``src[offset + j*stride:]`` (``size`` bytes each, the last ``last``),
         all to the destination of the first, into ``out`` (datagram j at ``j * (size + 28)``):
         ``(datagrams sealed, endpoints to send them to)``, or None if dropped (counted per packet)."""
-        routed = self.route(memoryview(src)[offset:offset + (size if count > 1 else last)], now)
+        routed = self.route(src[offset:offset + (size if count > 1 else last)], now)
         if isinstance(routed, str):
             self.drops[routed] += count
             return None
@@ -161,11 +161,13 @@ class Session:
         if not got:
             return None
         sent = size * (got - 1) + (last if got == count else size)
+        endpoints = []
         for peer in peers:
             peer.tx_packets += got
             peer.tx_bytes += sent
             peer.last_sent = now
-        return got, tuple(peer.endpoint for peer in peers)
+            endpoints.append(peer.endpoint)
+        return got, endpoints
 
     def open_run(self, data: memoryview, seg: int, source: Endpoint, now: float, out: memoryview) -> run.Opened:
         """Open a run of datagrams from ``source`` (see :func:`grouptun.core.run.open_run`)."""

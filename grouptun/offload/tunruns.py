@@ -109,7 +109,10 @@ class VnetRuns:
                     continue
                 fields = unpack_fields(slot)
                 if not i:  # the first of a drain leaves at once: a lone packet does not wait (idle RTT)
-                    yield from self._alone(slot, n, fields)
+                    if fields[0] or fields[1] != GSO_NONE:
+                        yield from self._alone(slot, n, fields)
+                    else:
+                        yield PlainRun(slot, VNET_HDR_LEN, n, 1, n - VNET_HDR_LEN, n - VNET_HDR_LEN)
                     continue
                 if fields[1] == GSO_NONE:
                     yield from self._train_run()  # what was read before this one leaves first
@@ -131,8 +134,10 @@ class VnetRuns:
                     yield from self._train_run()
                 if budget <= 0:
                     break
-            yield from self._train_run()
-            yield from self._singles_runs()
+            if train.count:
+                yield from self._train_run()
+            if singles.lengths:
+                yield from self._singles_runs()
         finally:  # also when the loop gave up mid-drain (a bug): what was read and not sealed is dropped
             self.counters["tun_rx_malformed"] += len(train) + len(singles)
             train.clear()
@@ -204,6 +209,8 @@ class VnetRuns:
         return len(packets)
 
     def flush(self) -> int:
+        if self._fresh:  # nothing went to the coalescer since the last flush
+            return 0
         self._fresh = True
         return sum(self._put((item,)) for item in self.coalescer.flush())
 
@@ -222,6 +229,7 @@ class VnetRuns:
         if out[proto_at:proto_at + (count - 1) * stride + 1:stride] != _UDP_ROW * count:
             return False
         self.flush()  # what came before leaves first
+        self._fresh = False
         view, last = memoryview(out), (count - 1) * stride
         for at in range(0, last + 1, stride):
             self._put((ZERO_HDR, view[at:at + (opened.size if at != last else opened.last)]))

@@ -95,6 +95,7 @@ def seal_run(sender: Session, packets: list[bytes], now: float = 1.0, stride: in
     if sealed is None:
         return b"", size + 28, ()
     got, endpoints = sealed
+    endpoints = tuple(endpoints)
     return bytes(out[:(got - 1) * (size + 28) + (len(packets[-1]) if got == len(packets) else size) + 28]), \
         size + 28, endpoints
 
