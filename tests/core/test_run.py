@@ -172,13 +172,17 @@ def _inner(v6_: bool, size: int, tag: int) -> bytes:
     return ipv4(v4(1), v4(2), bytes((tag + k) % 251 for k in range(size - 20)))
 
 
+def _sealed_to_bob(group, v6_: bool, size: int, count: int):
+    """bob, and a run alice sealed for him: (bob, packets, its datagrams as a bytearray, datagram size)."""
+    sessions, _ = group()
+    packets = [_inner(v6_, size, k) for k in range(count)]
+    data, seg, _ = seal_run(sessions["alice"], packets)
+    return sessions["bob"], packets, bytearray(data), seg
+
+
 @pytest.mark.parametrize("count", [6, 20])
 def test_forged_datagram_in_the_middle_of_a_run(group, count):
-    sessions, _ = group()
-    a, b = sessions["alice"], sessions["bob"]
-    packets = [_inner(False, 300, k) for k in range(count)]
-    data, seg, _ = seal_run(a, packets)
-    forged = bytearray(data)
+    b, packets, forged, seg = _sealed_to_bob(group, False, 300, count)
     genuine = bytes(forged[2 * seg:3 * seg])
     forged[2 * seg + 100] ^= 0x10
     assert open_run(b, bytes(forged), seg, endpoint("alice")) == packets[:2] + packets[3:]
@@ -193,10 +197,7 @@ def test_forged_datagram_in_the_middle_of_a_run(group, count):
 
 @pytest.mark.parametrize("count", [4, 16])
 def test_all_forged_run_moves_nothing_but_the_auth_counter(group, count):
-    sessions, _ = group()
-    a, b = sessions["alice"], sessions["bob"]
-    packets = [_inner(True, 200, k) for k in range(count)]
-    data, seg, _ = seal_run(a, packets)
+    b, packets, data, seg = _sealed_to_bob(group, True, 200, count)
     forged = bytearray(data)
     for at in range(seg - 3, len(forged), seg):
         forged[at] ^= 0xFF
@@ -204,7 +205,7 @@ def test_all_forged_run_moves_nothing_but_the_auth_counter(group, count):
     peer = b.peer("alice")
     assert b.drops[C.AUTH] == count and peer.endpoint == endpoint("alice") and peer.last_seen is None
     assert b._keyring.current.receivers[0].window.top == -1
-    assert open_run(b, data, seg, endpoint("alice"), 2.0) == packets
+    assert open_run(b, bytes(data), seg, endpoint("alice"), 2.0) == packets
 
 
 @pytest.mark.parametrize("count, size, last", [(9, 100, 100), (3, 100, 50), (14, 1400, 1400), (2, 60, 20),
