@@ -47,7 +47,9 @@ def member(name: str, offload: str, seconds: float) -> int:
     material = EpochMaterial(group_id=bytes(16), epoch=3, suite=1, nonce_start=99, group_size=2,
                              own_index=0 if name == "alice" else 1, members=members,
                              shared_secret=bytearray(b"k" * 32), salt=bytearray(b"l" * 32))
-    session = Session(name)
+    from grouptun import native
+
+    session = Session(name, run_key=native.choose(os.environ.get(native.ENV, "auto")).maker)  # both paths
     session.install_epoch(material, time.monotonic())
     tun = TunDevice(TUN, offload=offload)
     for cmd in (["ip", "addr", "add", OVER4[name] + "/24", "dev", TUN],
