@@ -182,7 +182,7 @@ class Daemon:
             "interface": self.config.group.interface, "listen_port": self.udp.port if self.udp else None,
             "pid": os.getpid(), "uptime": time.time() - self.started_at,
             "addresses": list(self.applied_addresses), "mtu": getattr(self, "applied_mtu", None), "control": cp,
-            "dataplane": dict(self.data.counters) if self.data else {},
+            "dataplane": self.data.status() if self.data else {},
             "cipher": self.cipher.describe if self.cipher else None,
             "session": self.session.status(now) if self.session else {},
             "secret_memory": self.secrets.status() if self.secrets else {},
@@ -353,8 +353,7 @@ class Daemon:
             self.session = self.f.session(self.config.group.member, self.config.daemon.keepalive_interval,
                                           self.cipher.maker)
             stack.callback(self.session.close)
-            self.data = DataPlane(self.session, self.tun, self.udp, clock=self.clock,
-                                  offload=self.config.daemon.offload)
+            self.data = DataPlane(self.session, self.tun, self.udp, clock=self.clock)
             self.data.attach(self.loop)
             stack.callback(self.data.detach)
             self.loop.run_until_complete(server.start())

@@ -1,5 +1,8 @@
 """The TUN device: plain IP packets, non-blocking; with offloads when the kernel has them.
 
+It is the :class:`grouptun.devices.TunDevice` of the data path: ``read_runs``, ``write`` and
+``flush`` hide the offloads (:mod:`grouptun.offload.tunruns`).
+
 ``offload="off"``: python-pytun, ``IFF_TUN | IFF_NO_PI``; each ``read``
 returns one whole IP packet and ``write`` takes one.
 
@@ -7,10 +10,9 @@ returns one whole IP packet and ``write`` takes one.
 Linux >= 6.2) via :func:`grouptun.offload.linux.open_tun`. Every read and
 write then starts with a 10-byte virtio-net header, reads may be TCP/UDP
 "super-packets" of up to 64 KiB that the data plane segments, and writes
-may be coalesced GRO packets. ``vnet_hdr`` says which mode is active; the
-data plane uses :meth:`read_into` / :meth:`write_raw` in that mode (``read``
-and ``write`` are for the plain mode only). If the kernel refuses the
-vnet header the device is opened plain (``vnet_hdr`` False).
+may be coalesced GRO packets. ``vnet_hdr`` says which mode is active. If
+the kernel refuses the vnet header the device is opened plain (``vnet_hdr``
+False).
 
 The device disappears when it is closed (it is never made persistent),
 which is how a clean shutdown removes the interface. Reads and writes go
@@ -44,6 +46,12 @@ class TunDevice:
             self._open_vnet(name)
         if self._raw is None:
             self._open_plain(name)
+        from grouptun.offload.tunruns import PlainRuns, VnetRuns
+
+        self._runs = VnetRuns(self.read_into, self.write_parts) if self.vnet_hdr else \
+            PlainRuns(self.read, self.write_parts_one)
+        self.counters = self._runs.counters
+        self.read_runs, self.write, self.flush = self._runs.read_runs, self._runs.write, self._runs.flush
 
     def _open_vnet(self, name: str) -> None:
         from grouptun.offload import linux
@@ -91,13 +99,9 @@ class TunDevice:
         except BlockingIOError:
             return None
 
-    def write(self, packet: bytes | bytearray | memoryview) -> bool:
+    def write_parts_one(self, packet: bytes | bytearray | memoryview) -> bool:
         """Hand one packet to the kernel; False when it could not take it now. Plain mode only."""
-        return self.write_raw(packet)
-
-    def write_raw(self, data: bytes | bytearray | memoryview) -> bool:
-        """Write ``data`` as it is (in vnet mode: virtio-net header || packet)."""
-        return self.write_parts((data,))
+        return self.write_parts((packet,))
 
     def write_parts(self, parts) -> bool:
         """Write the concatenation of ``parts`` as one packet (one writev: nothing is copied in Python),

@@ -6,16 +6,16 @@ This module hides that: the session only ever sees ``("a.b.c.d", port)``
 or a compressed IPv6 string, and sends to either form. An IPv4 listen
 address gives an IPv4-only socket.
 
-Offloads (``offload="auto"``, the default): ``UDP_SEGMENT`` (GSO, Linux >=
-4.18) sends up to 64 equal-sized datagrams in one ``sendmsg``
-(:meth:`UdpTransport.send_batch`), and ``UDP_GRO`` (Linux >= 5.0) hands
-consecutive datagrams of one sender back as one buffer plus their size
-(:meth:`UdpTransport.recv_batch`). Each is probed on the socket and stays
-off where the kernel refuses it; ``gso``/``gro`` say what is on. With GRO
-on, ``recvfrom`` must not be used (it cannot tell where datagrams end): the
-data plane uses ``recv_batch`` whenever ``gro`` is True. A GSO send the
-device refuses (EIO: no checksum offload; EINVAL: segment above the path
-MTU) is re-sent datagram by datagram and GSO turned off for the socket.
+It is the :class:`grouptun.devices.UdpTransport` of the data path: ``send_run``
+and ``recv_runs`` hide the offloads (``offload="auto"``, the default):
+``UDP_SEGMENT`` (GSO, Linux >= 4.18) sends up to 64 equal-sized datagrams in
+one ``sendmsg``, and ``UDP_GRO`` (Linux >= 5.0) hands consecutive datagrams of
+one sender back as one buffer plus their size. Each is probed on the socket
+and stays off where the kernel refuses it; ``gso``/``gro`` say what is on.
+With GRO on, ``recvfrom`` must not be used (it cannot tell where datagrams
+end). A GSO send the device refuses (EIO: no checksum offload; EINVAL:
+segment above the path MTU) is re-sent datagram by datagram and GSO turned
+off for the socket.
 
 Limits: a send the kernel cannot take right now (EAGAIN, ENOBUFS) or to an
 unreachable peer is reported as False, never raised, so one bad peer cannot
@@ -41,6 +41,10 @@ _GSO_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
 _GRO_SPACE = socket.CMSG_SPACE(_GRO_SIZE.size)
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: "flags & MSG_TRUNC" on the enum costs a Python-level call
+SEND_MAX = 65507  # bytes of datagrams per GSO send: the UDP payload limit under a 65535-byte IP packet
+MAX_SEGMENTS = 64  # kernel limit per UDP_SEGMENT send
+RECV_ROOM = 65536  # one UDP (GRO) receive
+RECV_RUNS = 4  # back-to-back receives of one sender gathered into one run at most
 _SOFT_SEND_ERRORS = {errno.EAGAIN, errno.ENOBUFS, errno.ENETUNREACH, errno.EHOSTUNREACH,
                      errno.ECONNREFUSED, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EINVAL,
                      errno.EPERM, errno.EMSGSIZE}
@@ -87,6 +91,7 @@ class UdpTransport:
         self.truncated = 0
         self._seen: dict[str, str] = {}
         self._targets: dict[Endpoint, tuple] = {}
+        self._runs = bytearray(RECV_RUNS * RECV_ROOM)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -143,11 +148,24 @@ class UdpTransport:
             return n, seg, self._source(addr)
         return None
 
-    def send_batch(self, data: memoryview, seg: int, endpoint: Endpoint) -> int:
+    def describe(self) -> str:
+        return f"udp gso={'on' if self.gso else 'off'} gro={'on' if self.gro else 'off'}"
+
+    def recv_runs(self, budget: int):
+        """Runs of datagrams of one source (:func:`gather_runs` over :meth:`recv_batch`)."""
+        return gather_runs(self.recv_batch, self._runs, budget)
+
+    def send_run(self, data: memoryview, seg: int, endpoint: Endpoint) -> int:
         """Send ``data`` as datagrams of ``seg`` bytes (the last may be shorter); returns how many went out.
 
-        One ``sendmsg`` with UDP_SEGMENT when ``gso`` is on, else one ``sendto`` each.
+        One ``sendmsg`` with UDP_SEGMENT per up to 64 datagrams when ``gso`` is on, else one ``sendto`` each.
         """
+        if len(data) == seg:
+            return int(self.sendto(data, endpoint))
+        chunk = max(1, min(MAX_SEGMENTS, SEND_MAX // seg)) * seg
+        return sum(self._send_chunk(data[at:at + chunk], seg, endpoint) for at in range(0, len(data), chunk))
+
+    def _send_chunk(self, data: memoryview, seg: int, endpoint: Endpoint) -> int:
         total = len(data)
         count = -(-total // seg) if seg else 0
         target = self._targets.get(endpoint)
@@ -201,3 +219,34 @@ class UdpTransport:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def gather_runs(recv_batch, buf: bytearray, budget: int):
+    """Runs of datagrams from ``recv_batch(view)`` (``(length, datagram size, source)`` or None when
+    nothing waits), received into ``buf``: back-to-back GRO receives of one sender with full-size
+    datagrams only are one run, so that its fixed cost is paid once for all of them. The first receive
+    of a drain, if it is one datagram, is given at once (idle round trip)."""
+    view = memoryview(buf)
+    held = seg = 0
+    source = None
+    for i in range(MAX_SEGMENTS):
+        if budget <= 0:
+            break
+        got = recv_batch(view[held:held + RECV_ROOM])
+        if got is None:
+            break
+        n, size, sender = got
+        budget -= n
+        if not i and n <= size or not n:  # a lone datagram first; an empty one has no size to step by
+            yield view[held:held + n], n, sender
+            continue
+        if held and (size != seg or sender != source):
+            yield view[:held], seg, source
+            buf[:n] = bytes(view[held:held + n])  # rare: another sender or size interleaved
+            held = 0
+        held, seg, source = held + n, size, sender
+        if n % seg or held + RECV_ROOM > len(buf):
+            yield view[:held], seg, source
+            held = 0
+    if held:
+        yield view[:held], seg, source

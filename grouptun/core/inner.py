@@ -6,7 +6,7 @@ and whose destination fits the receiver (PROTOCOL.md 6): one of the
 receiver's own overlay addresses, a broadcast address of its networks, or
 a multicast address. The document routes no prefixes through members, so
 those are all. :func:`misfit` is that rule, the only copy of it: every
-receive path calls it (the run path of :mod:`grouptun.core.vector` first
+receive path calls it (the run path of :mod:`grouptun.core.run` first
 compares a run's packets with one that passed it).
 "Exactly one" is checked through the length fields: IPv4 total length
 (bytes 2-3) equals the plaintext length and IHL >= 5; IPv6 payload length

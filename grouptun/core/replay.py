@@ -62,17 +62,6 @@ class ReplayWindow:
             self.top = n
         ring[(n >> 3) & _RING_MASK] |= 1 << (n & 7)
 
-    def mark_ascending(self, numbers: list[int]) -> None:
-        """mark() for each of ``numbers``, all above the top and strictly ascending (one run of a batch)."""
-        if not numbers:
-            return
-        top = numbers[-1]
-        self.mark(top)  # moves the top once, clearing what it passes
-        ring = self._ring
-        for n in numbers[:-1]:
-            if top - n < WINDOW:  # older ones fell out of the window, as with mark() one by one
-                ring[(n >> 3) & _RING_MASK] |= 1 << (n & 7)
-
     def mark_range(self, first: int, count: int) -> None:
         """mark() for each of first .. first+count-1, all above the top (a whole run that authenticated):
         whole bytes at a time instead of a bit per number."""
@@ -101,10 +90,3 @@ class ReplayWindow:
         else:  # wraps around the ring end
             ring[start:] = _FULL[:RING_BYTES - start]
             ring[:end + 1] = _FULL[:end + 1]
-
-    def check_and_mark(self, n: int) -> bool:
-        """check + mark in one call, for callers that authenticated already."""
-        if not self.check(n):
-            return False
-        self.mark(n)
-        return True

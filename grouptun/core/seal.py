@@ -14,17 +14,13 @@ constant time before anything is decrypted.
 
 A cipher object is made once per (epoch, sender) and reused for every
 packet: the AESGCM / CTR contexts and the keyed HMAC state are built once.
-Given a run-key maker (the native ``RunKey`` type, :mod:`grouptun.native`),
-it also holds ``run``: the same keys for whole runs in one call, used by
-:mod:`grouptun.core.vector`; ``run`` is None on the reference path.
+Its ``run`` (set by :func:`sender_cipher`) seals and opens whole runs for
+:mod:`grouptun.core.run`: the native ``RunKey`` (:mod:`grouptun.native`), or
+:class:`ReferenceRun`, the same calls on this object.
 
-Why ``seal`` returns ``header + encrypt(...)`` rather than using
-``encrypt_into`` (which cryptography 48 has): measured here, a fresh
-zero-filled bytearray per packet costs more (~0.6 µs at 1400 B) than the
-one copy of the concatenation, because ``encrypt`` allocates its output
-uninitialised. ``seal_into`` (``encrypt_into`` / ``update_into`` straight
-after the header) is for a caller that reuses one buffer across packets,
-e.g. a batched sendmmsg path; there it is the faster one.
+``seal`` / ``open`` (whole bytes) are the plain reference forms;
+``seal_at`` / ``open_into`` write into buffers the caller reuses (what
+:class:`ReferenceRun` calls per datagram).
 
 Limits: one object must not be used from two threads at once (the CTR
 context is reused); a packet is < 2^32 AES blocks (UDP makes it < 2^12).
@@ -66,10 +62,6 @@ class IvMaker:
 
     __call__ = make
 
-    def parts(self) -> tuple[int, int]:
-        """``(first 4 bytes, next 8 bytes)`` of head(12, nonce_common) as integers: IV(s) = hi || (lo XOR s)."""
-        return self._hi, self._lo
-
     def wipe(self) -> None:
         self._hi = self._lo = 0
 
@@ -80,9 +72,9 @@ class Suite1Cipher:
     __slots__ = ("_aead", "run")
     suite = SUITE_AES_GCM
 
-    def __init__(self, enc_key: bytes | bytearray, run=None) -> None:
+    def __init__(self, enc_key: bytes | bytearray) -> None:
         self._aead = AESGCM(enc_key)
-        self.run = run
+        self.run = None
 
     @property
     def aead(self) -> AESGCM:
@@ -92,15 +84,6 @@ class Suite1Cipher:
     def seal(self, header: bytes, iv: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
         """``header || ciphertext || tag``."""
         return header + self._aead.encrypt(iv, plaintext, header)
-
-    def seal_into(self, out: bytearray | memoryview, header: bytes, iv: bytes,
-                  plaintext: bytes | bytearray | memoryview) -> int:
-        """Write the packet at the start of ``out`` (a reused buffer); returns its length."""
-        end = HEADER_SIZE + len(plaintext) + TAG_SIZE
-        view = memoryview(out)
-        view[:HEADER_SIZE] = header
-        self._aead.encrypt_into(iv, plaintext, header, view[HEADER_SIZE:end])
-        return end
 
     def seal_at(self, view: memoryview, off: int, iv: bytes, plaintext: bytes | bytearray | memoryview) -> int:
         """Batch form: the header is already at ``view[off:off + 12]``; returns the packet length."""
@@ -139,8 +122,8 @@ class Suite2Cipher:
     __slots__ = ("_ctr", "_mac", "run")
     suite = SUITE_AES_CTR_HMAC
 
-    def __init__(self, enc_key: bytes | bytearray, mac_key: bytes | bytearray, run=None) -> None:
-        self.run = run
+    def __init__(self, enc_key: bytes | bytearray, mac_key: bytes | bytearray) -> None:
+        self.run = None
         # One CTR context per key, re-pointed with reset_nonce for each packet.
         self._ctr = Cipher(algorithms.AES(enc_key), modes.CTR(bytes(16))).encryptor()
         self._mac = hmac.HMAC(mac_key, _SHA256)
@@ -160,19 +143,6 @@ class Suite2Cipher:
     def seal(self, header: bytes, iv: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
         ciphertext = self._encrypt(iv, plaintext)
         return header + ciphertext + self._tag(header, ciphertext)
-
-    def seal_into(self, out: bytearray | memoryview, header: bytes, iv: bytes,
-                  plaintext: bytes | bytearray | memoryview) -> int:
-        size = len(plaintext)
-        end = HEADER_SIZE + size + TAG_SIZE
-        view = memoryview(out)
-        view[:HEADER_SIZE] = header
-        if size:
-            self._ctr.reset_nonce(iv + _CTR_TAIL)
-            # update_into wants len + 15 bytes of room: the tag's 16 bytes give it.
-            self._ctr.update_into(plaintext, view[HEADER_SIZE:end])
-        view[HEADER_SIZE + size:end] = self._tag(header, view[HEADER_SIZE:HEADER_SIZE + size])
-        return end
 
     def seal_at(self, view: memoryview, off: int, iv: bytes, plaintext: bytes | bytearray | memoryview) -> int:
         """Batch form: the header is already at ``view[off:off + 12]``; returns the packet length."""
@@ -213,10 +183,61 @@ class Suite2Cipher:
 PacketCipher = Suite1Cipher | Suite2Cipher
 
 
+class ReferenceRun:
+    """The reference implementation of the native ``RunKey`` calls: same signatures, same bytes.
+
+    One ``cryptography`` call per datagram (both suites); headers written with :data:`wire.HEADER`
+    and IVs by :class:`IvMaker`. tests/native checks that the C code gives what this gives. The
+    caller (:mod:`grouptun.core.run`) has bounded every offset and length already.
+    """
+
+    __slots__ = ("_cipher", "_iv")
+
+    def __init__(self, cipher: PacketCipher, iv_maker: IvMaker) -> None:
+        self._cipher, self._iv = cipher, iv_maker.make
+
+    def seal_run(self, src, src_offset: int, src_stride: int, out, out_offset: int, out_stride: int, count: int,
+                 size: int, last_size: int, head: int, first: int, step: int) -> None:
+        src, out = memoryview(src), memoryview(out)
+        seal_at, iv = self._cipher.seal_at, self._iv
+        last = count - 1
+        for j in range(count):
+            at, s, base = out_offset + j * out_stride, first + j * step, src_offset + j * src_stride
+            _HEAD.pack_into(out, at, head, s)
+            seal_at(out, at, iv(s), src[base:base + (size if j != last else last_size)])
+
+    def open_run(self, data, data_offset: int, data_stride: int, out, out_offset: int, out_stride: int,
+                 count: int, size: int, last_size: int, first: int, step: int, ok) -> int:
+        data, out = memoryview(data), memoryview(out)
+        open_into, iv = self._cipher.open_into, self._iv
+        good, last = 0, count - 1
+        for j in range(count):
+            at, dst = data_offset + j * data_stride, out_offset + j * out_stride
+            length = size if j != last else last_size
+            try:
+                open_into(data[at:at + length], iv(first + j * step), out[dst:])
+                ok[j] = 1
+                good += 1
+            except AuthenticationError:
+                ok[j] = 0
+                out[dst:dst + length - OVERHEAD] = bytes(length - OVERHEAD)
+        return good
+
+
+_HEAD = struct.Struct(">IQ")  # u32(byte0, flags, epoch) || u64(s): the header as the run calls take it
+
+
 def sender_cipher(keys: EpochKeys, index: int, run_key=None) -> PacketCipher:
-    """The cipher object for sender ``index`` of an epoch; ``run_key``: the native RunKey type, or None."""
+    """The cipher object for sender ``index`` of an epoch; ``run_key``: the native RunKey type, or None.
+
+    Its ``run`` seals and opens whole runs: the native RunKey, or :class:`ReferenceRun` on the same keys.
+    """
     mac_key = keys.mac_key(index) if keys.suite == SUITE_AES_CTR_HMAC else None
-    run = None if run_key is None else run_key(keys.suite, keys.enc_key(index), mac_key, keys.nonce_common[:IV_SIZE])
     if keys.suite == SUITE_AES_GCM:
-        return Suite1Cipher(keys.enc_key(index), run)
-    return Suite2Cipher(keys.enc_key(index), mac_key, run)
+        cipher: PacketCipher = Suite1Cipher(keys.enc_key(index))
+    else:
+        cipher = Suite2Cipher(keys.enc_key(index), mac_key)
+    iv = keys.nonce_common[:IV_SIZE]
+    cipher.run = ReferenceRun(cipher, IvMaker(iv)) if run_key is None else run_key(keys.suite, keys.enc_key(index),
+                                                                                 mac_key, iv)
+    return cipher

@@ -25,12 +25,11 @@ rekey_after_packets), ``rekey:time`` (rekey_after_seconds since install),
 at most one per FETCH_INTERVAL seconds). Each rekey reason is raised once
 per epoch.
 
-Two forms of the same steps: ``on_tun_packet`` / ``on_datagram`` return
+One path: ``seal_run`` / ``open_run`` (:mod:`grouptun.core.run`) seal and
+open runs in buffers the shell owns; a lone packet is a run of one.
+``on_tun_packet`` / ``on_datagram`` are that for one packet, returning
 ``bytes`` (one sealed broadcast datagram object is shared by all its
-(endpoint, datagram) pairs); the batched shell uses ``route`` +
-``seal_into``, ``open_into`` and ``open_batch``, which write into buffers
-the shell owns, so a lone packet and a batch go through one route, one
-sequence rule and one acceptance order.
+(endpoint, datagram) pairs).
 Not thread-safe: one Session is driven by one thread or event loop.
 """
 
@@ -38,16 +37,14 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from grouptun.core import batch
+from grouptun.core import run
 from grouptun.core import counters as C
 from grouptun.core.epoch import AUTH_FAILURES_REKEY, EpochMaterial, EpochState
-from grouptun.core.inner import MIN_INNER, packed_addresses
+from grouptun.core.inner import packed_addresses
 from grouptun.core.keyring import Keyring
 from grouptun.core.peers import EVERYONE, Endpoint, MemberInfo, Peer, PeerTable
-from grouptun.core.sequence import N_MAX
-from grouptun.core.wire import (BYTE0_DATA, BYTE0_KEEPALIVE, HEADER, KEEPALIVE_SIZE, OVERHEAD, keepalive_body,
-                                wire_epoch)
-from grouptun.errors import AuthenticationError, EpochRejected, SequenceExhausted
+from grouptun.core.wire import BYTE0_DATA, BYTE0_KEEPALIVE, KEEPALIVE_SIZE, OVERHEAD, keepalive_body, wire_epoch
+from grouptun.errors import AuthenticationError, EpochRejected
 
 __all__ = ["Endpoint", "EpochMaterial", "MemberInfo", "Session", "FETCH_INTERVAL"]
 
@@ -138,155 +135,70 @@ class Session:
         self._forget(self._keyring.held())
         self._keyring.close()
 
-    # -- data path --------------------------------------------------------
+    # -- data path (runs: grouptun.core.run) -----------------------------------
     def on_tun_packet(self, packet: bytes | bytearray | memoryview, now: float) -> list[tuple[Endpoint, bytes]]:
-        """Seal one IP packet from the TUN for its member(s); [] if dropped."""
+        """Seal one IP packet from the TUN (a run of one) for its member(s); [] if dropped."""
         out = bytearray(len(packet) + OVERHEAD + 15)  # 15: suite 2's CTR works in whole blocks
-        sealed = self.seal_into(packet, now, memoryview(out))
+        sealed = self.seal_run(packet, 0, len(packet), 1, len(packet), len(packet), out, now)
         if sealed is None:
             return []
-        length, endpoints = sealed
-        datagram = bytes(out[:length])
-        return [(endpoint, datagram) for endpoint in endpoints]
+        datagram = bytes(out[:len(packet) + OVERHEAD])
+        return [(endpoint, datagram) for endpoint in sealed[1]]
 
     def on_datagram(self, datagram: bytes | bytearray | memoryview, source: Endpoint, now: float) -> bytes | None:
-        """The inner IP packet of an authentic, fresh datagram, or None (dropped and counted)."""
-        out = bytearray(len(datagram) + 15)
-        size = self.open_into(memoryview(datagram), source, now, memoryview(out))
-        return bytes(out[:size]) if size else None
+        """The inner IP packet of an authentic, fresh datagram (a run of one), or None (dropped and counted)."""
+        out = memoryview(bytearray(len(datagram) + 15))
+        packets = run.open_run(self, memoryview(datagram), len(datagram), source, now, out).packets(out)
+        return bytes(packets[0]) if packets else None
 
-    def route(self, packet: bytes | bytearray | memoryview, now: float) -> tuple[EpochState, tuple] | None:
-        """The sending epoch and the destination peers (with an endpoint) of an IP packet from the TUN;
-        None if it is dropped (counted by reason)."""
-        drops = self.drops
+    def seal_run(self, src, offset: int, stride: int, count: int, size: int, last: int, out,
+                 now: float) -> tuple[int, list[Endpoint]] | None:
+        """Seal the run of IP packets ``src[offset + j*stride:]`` (``size`` bytes each, the last ``last``),
+        all to the destination of the first, into ``out`` (datagram j at ``j * (size + 28)``):
+        ``(datagrams sealed, endpoints to send them to)``, or None if dropped (counted per packet)."""
+        routed = self.route(src[offset:offset + (size if count > 1 else last)], now)
+        if isinstance(routed, str):
+            self.drops[routed] += count
+            return None
+        state, peers = routed
+        got = run.seal(self, state, BYTE0_DATA, src, offset, stride, count, size, last, out)
+        if not got:
+            return None
+        sent = size * (got - 1) + (last if got == count else size)
+        endpoints = []
+        for peer in peers:
+            peer.tx_packets += got
+            peer.tx_bytes += sent
+            peer.last_sent = now
+            endpoints.append(peer.endpoint)
+        return got, endpoints
+
+    def open_run(self, data: memoryview, seg: int, source: Endpoint, now: float, out: memoryview) -> run.Opened:
+        """Open a run of datagrams from ``source`` (see :func:`grouptun.core.run.open_run`)."""
+        return run.open_run(self, data, seg, source, now, out)
+
+    def route(self, packet: bytes | bytearray | memoryview, now: float) -> tuple[EpochState, tuple] | str:
+        """The sending epoch and the destination peers (with an endpoint) of an IP packet from the TUN,
+        or the drop reason (a counter name)."""
         addresses = packed_addresses(packet)
         if addresses is None:
-            drops[C.TX_INVALID] += 1
-            return None
+            return C.TX_INVALID
         state = self._keyring.sending(now)
         if state is None:
-            drops[C.TX_NO_EPOCH] += 1
-            return None
+            return C.TX_NO_EPOCH
         if addresses[0] not in state.own_sources:
-            drops[C.TX_SOURCE] += 1
-            return None
+            return C.TX_SOURCE
         target = state.routes.unicast.get(addresses[1])
         if target is None:
             target = state.routes.lookup(addresses[1])
         if target is None:
-            drops[C.TX_NO_ROUTE] += 1
-            return None
+            return C.TX_NO_ROUTE
         if target == EVERYONE:
             peers = tuple(peer for peer in state.others if peer.endpoint is not None)
         else:
             peer = state.peers[target]
             peers = (peer,) if peer.endpoint is not None else ()
-        if not peers:
-            drops[C.TX_NO_ENDPOINT] += 1
-            return None
-        return state, peers
-
-    def seal_into(self, packet: bytes | bytearray | memoryview, now: float,
-                  out: memoryview) -> tuple[int, tuple[Endpoint, ...]] | None:
-        """Seal one IP packet from the TUN into ``out`` (``len(packet) + 28`` bytes, 15 more for suite 2):
-        ``(datagram length, endpoints to send it to)``, or None if dropped (counted)."""
-        routed = self.route(packet, now)
-        if routed is None:
-            return None
-        state, peers = routed
-        sequence = self.next_sequence(state)
-        if sequence is None:
-            return None
-        HEADER.pack_into(out, 0, BYTE0_DATA, 0, state.wire, sequence)
-        length = state.sender.seal_at(out, 0, state.iv(sequence), packet)
-        size = len(packet)
-        for peer in peers:
-            peer.tx_packets += 1
-            peer.tx_bytes += size
-            peer.last_sent = now
-        return length, tuple(peer.endpoint for peer in peers)
-
-    def open_into(self, datagram: memoryview, source: Endpoint, now: float, out: memoryview) -> int:
-        """Open one datagram into ``out`` (``len(datagram)`` bytes, 15 more for suite 2): the length of
-        its inner packet, or 0 if there is none (dropped and counted, or a keepalive).
-
-        The header checks (:meth:`_admit`), then the replay window, then the tag, then whether the
-        plaintext is for us (:meth:`Receiver.misfit`); state beyond the window changes only after
-        all of them passed.
-        """
-        admitted = self._admit(datagram, now)
-        if admitted is None:
-            return 0
-        state, byte0, sequence, n, index = admitted
-        receiver = state.receivers.get(index) or state.receiver(index)
-        window = receiver.window
-        if not window.check(n):
-            self.count_duplicate(state, receiver, index, datagram, sequence, source, now)
-            return 0
-        try:
-            size = receiver.cipher.open_into(datagram, state.iv(sequence), out)
-        except AuthenticationError:
-            self.count_auth_failure(state)
-            return 0
-        window.mark(n)
-        reason = receiver.misfit(byte0, out[:size])
-        if reason is not None:
-            self.drops[reason] += 1
-            return 0
-        peer = self.record_authenticated(state, index, n, source, now)  # authentic, fresh, for us
-        if byte0 == BYTE0_KEEPALIVE:
-            return 0
-        peer.rx_packets += 1
-        peer.rx_bytes += size
-        return size
-
-    def _admit(self, datagram: bytes | bytearray | memoryview, now: float) -> tuple | None:
-        """The header checks of PROTOCOL.md 6, before any cryptography.
-
-        ``(epoch state, byte0, s, n, sender index)``, or None (dropped and counted).
-        """
-        drops = self.drops
-        size = len(datagram)
-        if size < OVERHEAD:
-            drops[C.SHORT] += 1
-            return None
-        byte0, flags, wire, sequence = HEADER.unpack_from(datagram, 0)
-        if byte0 != BYTE0_DATA and byte0 != BYTE0_KEEPALIVE:
-            drops[C.VERSION_TYPE] += 1
-            return None
-        if flags:
-            drops[C.FLAGS] += 1
-            return None
-        keyring = self._keyring  # epoch_for_wire, inlined: this runs for every datagram
-        state = keyring.by_wire.get(wire)
-        if state is not None and state is keyring.previous:
-            state = keyring.lookup(wire, now)
-        if state is None:
-            self.count_unknown_epoch(wire, now)
-            return None
-        offset = sequence - state.nonce_start
-        if offset < 0:
-            drops[C.SEQUENCE] += 1
-            return None
-        n, index = divmod(offset, state.group_size)
-        if n > N_MAX:
-            drops[C.SEQUENCE] += 1
-            return None
-        if index == state.own_index:
-            drops[C.OWN_INDEX] += 1
-            return None
-        if (size < OVERHEAD + MIN_INNER) if byte0 == BYTE0_DATA else (size != KEEPALIVE_SIZE):
-            drops[C.LENGTH] += 1
-            return None
-        return state, byte0, sequence, n, index
-
-    def sealer(self, packet: bytes | bytearray | memoryview, now: float):
-        """Batch send: route ``packet`` once; a :class:`grouptun.core.batch.Sealer` or None (dropped, counted)."""
-        return batch.route(self, packet, now)
-
-    def open_batch(self, data: memoryview, seg: int, source: Endpoint, now: float, out: memoryview) -> list:
-        """Batch receive (see :func:`grouptun.core.batch.open_batch`): views of the accepted inner packets."""
-        return batch.open_batch(self, data, seg, source, now, out)
+        return (state, peers) if peers else C.TX_NO_ENDPOINT
 
     def on_timer(self, now: float) -> list[tuple[Endpoint, bytes]]:
         """Switch/forget epochs, raise rekey:time, and send due keepalives."""
@@ -304,14 +216,15 @@ class Session:
                                                          and now - peer.last_sent < interval):
                 continue
             # One seal per receiver: the plaintext names it (PROTOCOL.md 5).
-            datagram = self._seal(state, BYTE0_KEEPALIVE, keepalive_body(index))
-            if datagram is None:
+            body, datagram = keepalive_body(index), bytearray(KEEPALIVE_SIZE + 15)
+            if not run.seal(self, state, BYTE0_KEEPALIVE, body, 0, len(body), 1, len(body), len(body), datagram):
                 break
+            datagram = bytes(datagram[:KEEPALIVE_SIZE])
             peer.last_sent = now
             out.append((peer.endpoint, datagram))
         return out
 
-    # -- shared with the batch and run paths (core.batch, core.vector) ---
+    # -- shared with the run path (core.run) -----------------------------
     def sending_epoch(self, now: float) -> EpochState | None:
         """The epoch new packets are sealed under at ``now``; None before the first install.
 
@@ -406,26 +319,6 @@ class Session:
             peer.raced(source, now)
 
     # -- helpers --------------------------------------------------------
-    def next_sequence(self, state: EpochState) -> int | None:
-        """The next s of ``state`` for one packet; None at n_max (dropped and counted, rekey requested)."""
-        allocator = state.allocator
-        try:
-            sequence = allocator.next()
-        except SequenceExhausted:
-            self.drops[C.TX_EXHAUSTED] += 1
-            self.request_rekey(state, "exhausted")
-            return None
-        if allocator.rekey_due:
-            self.request_rekey(state, "packets")
-        return sequence
-
-    def _seal(self, state: EpochState, byte0: int, payload: bytes | bytearray | memoryview) -> bytes | None:
-        sequence = self.next_sequence(state)
-        if sequence is None:
-            return None
-        header = HEADER.pack(byte0, 0, state.wire, sequence)
-        return state.sender.seal(header, state.iv(sequence), payload)
-
     def _forget(self, dropped: list[EpochState]) -> None:
         if not dropped:
             return

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sys
 from dataclasses import dataclass, field
@@ -220,8 +221,27 @@ class Mesh:
                         "--listen-port", str(self.listen_port), "--credential-file", str(cred),
                         "--config-dir", str(m.config_dir), "--state-dir", str(m.state_dir),
                         "--run-dir", str(m.run_dir))
+        self._force_cipher(m)
         m.addresses = self._configured_addresses(m)
         return m
+
+    @staticmethod
+    def _force_cipher(m: Member) -> None:
+        """With GROUPTUN_CIPHER set (``native`` or ``reference``), the member's daemon runs on that run
+        cipher (``[daemon] cipher``), so the root tests can be run on each path."""
+        from grouptun import config as gconfig
+        from grouptun import native
+
+        setting = os.environ.get(native.ENV)
+        if not setting:
+            return
+        text = m.config.read_text()
+        changed = re.sub(r'(?m)^cipher = "[a-z]*"$', f'cipher = "{setting}"', text, count=1)
+        if changed == text and f'cipher = "{setting}"' not in text:
+            raise LabError(f"[{m.name}] no [daemon] cipher line in {m.config} to set to {setting!r}")
+        m.config.write_text(changed)
+        if gconfig.load(m.config).daemon.cipher != setting:
+            raise LabError(f"[{m.name}] {native.ENV}={setting!r} did not reach {m.config}")
 
     def _configured_addresses(self, m: Member) -> tuple[str, ...]:
         from grouptun import config as gconfig   # the daemon's own parser: same view as `up`

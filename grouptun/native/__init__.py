@@ -2,7 +2,7 @@
 
 ``pip install`` builds ``_runcipher.c`` against the system libcrypto when gcc and libssl-dev are
 there; otherwise it is left out and everything runs on the reference path: the numpy run code of
-:mod:`grouptun.core.vector` with one ``cryptography`` call per datagram. Both give the same bytes
+:class:`grouptun.core.seal.ReferenceRun`, one ``cryptography`` call per datagram. Both give the same bytes
 (tests/native). Which one runs is chosen once, by :func:`choose`, from a setting:
 
 - ``"auto"`` (default): native if it loaded, else reference;

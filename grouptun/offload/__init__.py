@@ -20,7 +20,7 @@ Linux shell (``linux``): TUN open with ``IFF_VNET_HDR``/``IFF_MULTI_QUEUE``
 and ``TUNSETOFFLOAD``, UDP sockets with ``UDP_SEGMENT`` (GSO) send and
 ``UDP_GRO`` receive, and feature probing with clean fallbacks.
 
-The daemon's batched data path (``datapath.BatchPath``, used by
-``grouptun.dataplane.DataPlane`` when the devices offer offloads) ties these
-to the core's batch API (``grouptun.core.batch``).
+``tunruns`` puts these behind the TUN device's contract
+(:class:`grouptun.devices.TunDevice`): runs of plain packets out, runs of
+opened packets in.
 """

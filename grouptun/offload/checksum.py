@@ -50,15 +50,6 @@ def fold_add(*sums: int) -> int:
     return folded
 
 
-def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
-    """Folded sum of the TCP/UDP pseudo-header (IPv4 or IPv6: same sum).
-
-    The IPv4 form (zero, proto, u16 length) and the IPv6 form (u32 length,
-    zero, next header) sum to the same value for lengths below 2**16.
-    """
-    return ones_sum(src + dst, proto + length)
-
-
 try:  # optional: one vectorised pass for a whole batch of equal-sized segments
     import numpy as _np
 except ImportError:  # pragma: no cover - exercised where numpy is absent

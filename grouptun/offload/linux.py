@@ -56,9 +56,6 @@ SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
 UDP_MAX_SEGMENTS = 64  # kernel limit per GSO send (include/linux/udp.h; 128 on newest kernels)
-_GSO_CMSG = struct.Struct("=H")
-_GRO_CMSG = struct.Struct("=i")
-GRO_ANCILLARY = socket.CMSG_SPACE(_GRO_CMSG.size)
 
 
 def offload_names(flags: int) -> str:
@@ -163,58 +160,3 @@ def enable_udp_gro(sock: socket.socket) -> bool:
         return True
     except OSError:
         return False
-
-
-def udp_socket(family: int, address: tuple, *, gro: bool = True, reuseport: bool = False,
-               nonblocking: bool = True, bufsize: int = 4 << 20) -> tuple[socket.socket, bool, bool]:
-    """A bound UDP socket; returns (socket, gso available, gro enabled)."""
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            sock.setsockopt(socket.SOL_SOCKET, opt, bufsize)
-        sock.bind(address)
-        sock.setblocking(not nonblocking)
-        gso = udp_gso_supported(sock)
-        gro_on = enable_udp_gro(sock) if gro else False
-    except OSError as e:
-        sock.close()
-        raise SystemSetupError(f"UDP socket on {address}: {e.strerror}") from e
-    log.info("udp %s: gso=%s gro=%s", address, "on" if gso else "off", "on" if gro_on else "off")
-    return sock, gso, gro_on
-
-
-def send_gso(sock: socket.socket, data: bytes | bytearray | memoryview, segment_size: int, address) -> int:
-    """Send ``data`` as datagrams of ``segment_size`` (the last may be shorter) in one call.
-
-    A single datagram (len <= segment_size) is sent without the control message.
-    """
-    if len(data) <= segment_size:
-        return sock.sendto(data, address)
-    return sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, _GSO_CMSG.pack(segment_size))], 0, address)
-
-
-def recv_gro(sock: socket.socket, buf: bytearray | memoryview) -> tuple[int, int, object]:
-    """Receive into ``buf``: (bytes, segment size, source). Without GRO the segment size is the length."""
-    n, ancdata, flags, source = sock.recvmsg_into([buf], GRO_ANCILLARY)
-    seg = n
-    for level, kind, data in ancdata:
-        if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_CMSG.size:
-            seg = _GRO_CMSG.unpack_from(data)[0]
-    if flags & socket.MSG_TRUNC:
-        raise SystemSetupError(f"UDP receive buffer of {len(buf)} bytes too small (truncated)")
-    return n, seg, source
-
-
-def probe() -> dict[str, object]:
-    """What this kernel offers, for the start-up log: TUN features and UDP GSO/GRO."""
-    feats = tun_features() if os.path.exists("/dev/net/tun") else 0
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        gso = udp_gso_supported(sock)
-        gro = enable_udp_gro(sock)
-    finally:
-        sock.close()
-    return {"kernel": os.uname().release, "tun_vnet_hdr": bool(feats & IFF_VNET_HDR),
-            "tun_multi_queue": bool(feats & IFF_MULTI_QUEUE), "udp_gso": gso, "udp_gro": gro}

@@ -6,7 +6,7 @@ packet per read. Sealing each alone costs a routing decision, a sequence
 allocation and a handful of Python steps per packet; gathered here at a
 fixed stride during one drain, consecutive packets of one flow (same
 addresses, same length but maybe a shorter last) become one run for
-:class:`grouptun.core.vector.RunSealer`, exactly like the segments of a
+:func:`grouptun.core.run.seal`, exactly like the segments of a
 super-packet.
 
 Checksums: with ``TUN_F_CSUM`` the kernel leaves a TCP/UDP checksum partial

@@ -80,3 +80,27 @@ class FakeNet:
 
 def assert_json_able(value) -> None:
     json.dumps(value)
+
+
+def seal_run(sender: Session, packets: list[bytes], now: float = 1.0, stride: int | None = None):
+    """``packets`` (one destination; one size but a shorter last) sealed as one run through
+    ``Session.seal_run``: ``(datagrams back to back, datagram stride, endpoints)``; (b"", stride, ()) if dropped."""
+    size = len(packets[0])
+    stride = stride or size
+    source = bytearray(stride * len(packets) + 64)
+    for j, packet in enumerate(packets):
+        source[j * stride:j * stride + len(packet)] = packet
+    out = bytearray(len(packets) * (size + 28) + 64)
+    sealed = sender.seal_run(source, 0, stride, len(packets), size, len(packets[-1]), out, now)
+    if sealed is None:
+        return b"", size + 28, ()
+    got, endpoints = sealed
+    endpoints = tuple(endpoints)
+    return bytes(out[:(got - 1) * (size + 28) + (len(packets[-1]) if got == len(packets) else size) + 28]), \
+        size + 28, endpoints
+
+
+def open_run(receiver: Session, data: bytes, seg: int, source, now: float = 1.0) -> list[bytes]:
+    """The inner packets ``Session.open_run`` accepts of ``data`` (datagrams of ``seg`` bytes, a shorter last)."""
+    out = memoryview(bytearray(len(data) + 64))
+    return [bytes(p) for p in receiver.open_run(memoryview(bytearray(data)), seg, source, now, out).packets(out)]

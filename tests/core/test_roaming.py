@@ -1,7 +1,7 @@
 """The roaming rule (core.peers) against a racer: an outsider that resends copies of a member's
 datagrams from its own address, faster than the originals arrive (RFC 9000 section 9.3.3).
 
-Both receive forms are checked: one datagram (``on_datagram``) and a batch (``open_batch``).
+Both receive forms are checked: one datagram (``on_datagram``) and a run (``open_run``).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ def _one(session, datagram, source, now):
 def _batch(session, datagram, source, now):
     data = memoryview(bytes(datagram))
     out = memoryview(bytearray(len(data) + 15))
-    return bool(session.open_batch(data, len(data), source, now, out))
+    return bool(session.open_run(data, len(data), source, now, out).packets(out))
 
 
-FORMS = pytest.mark.parametrize("receive", [_one, _batch], ids=["datagram", "batch"])
+FORMS = pytest.mark.parametrize("receive", [_one, _batch], ids=["datagram", "run"])
 
 
 def _from_alice(sessions, now):

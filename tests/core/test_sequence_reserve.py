@@ -1,4 +1,4 @@
-"""SequenceAllocator.reserve and ReplayWindow.mark_ascending: the run forms equal their one-at-a-time forms."""
+"""SequenceAllocator.reserve and ReplayWindow.mark_range: the run forms equal their one-at-a-time forms."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_reserve_raises_rekey_due_exactly_when_next_would():
     assert alloc.rekey_due and alloc.sent == 10
 
 
-# --- mark_ascending ------------------------------------------------------------------------------
+# --- mark_range ------------------------------------------------------------------------------
 
 def observable(window: ReplayWindow, low: int, high: int) -> tuple:
     return window.top, tuple(window.check(n) for n in range(max(0, low), high))
@@ -103,17 +103,11 @@ gaps = st.one_of(st.integers(1, 8), st.integers(1, 600), st.integers(WINDOW - 16
                  st.sampled_from([8 * RING_BYTES - 1, 8 * RING_BYTES, 8 * RING_BYTES + 7, 3 * WINDOW]))
 
 
-@settings(max_examples=60, deadline=None, database=None)
-@given(prior=st.lists(st.integers(0, 3 * WINDOW), max_size=40), start=gaps, steps=st.lists(gaps, max_size=40),
-       later=st.lists(st.integers(-WINDOW - 20, 2 * WINDOW), max_size=12))
-def test_mark_ascending_equals_mark_one_by_one(prior, start, steps, later):
-    def run(window: ReplayWindow) -> list[int]:
-        numbers = [max(window.top, -1) + start]
-        for step in steps:
-            numbers.append(numbers[-1] + step)
-        window.mark_ascending(list(numbers))
-        return numbers
-    assert_run_form_equals_one_by_one(prior, later, run)
+def check_and_mark(window: ReplayWindow, n: int) -> bool:
+    if not window.check(n):
+        return False
+    window.mark(n)
+    return True
 
 
 def assert_run_form_equals_one_by_one(prior: list[int], later: list[int], mark_run) -> None:
@@ -122,26 +116,14 @@ def assert_run_form_equals_one_by_one(prior: list[int], later: list[int], mark_r
     ring may show)."""
     a, b = ReplayWindow(), ReplayWindow()
     for n in prior:
-        assert a.check_and_mark(n) == b.check_and_mark(n)
+        assert check_and_mark(a, n) == check_and_mark(b, n)
     for n in mark_run(a):
         b.mark(n)
     assert_same_window(a, b)
     for delta in later:
         n = max(0, a.top + delta)
-        assert a.check_and_mark(n) == b.check_and_mark(n)
+        assert check_and_mark(a, n) == check_and_mark(b, n)
     assert_same_window(a, b)
-
-
-def test_mark_ascending_edges():
-    a, b = ReplayWindow(), ReplayWindow()
-    a.mark_ascending([])
-    assert a.top == -1 and a.check(0)
-    numbers = [0, 7, 8, WINDOW - 1, WINDOW, WINDOW + 1, 8 * RING_BYTES - 1, 8 * RING_BYTES + 3]
-    a.mark_ascending(numbers)
-    for n in numbers:
-        b.mark(n)
-    assert_same_window(a, b)
-    assert not a.check(8 * RING_BYTES + 3) and not a.check(8 * RING_BYTES - 1) and a.check(8 * RING_BYTES)
 
 
 @settings(max_examples=80, deadline=None, database=None)

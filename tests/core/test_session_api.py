@@ -1,12 +1,12 @@
-"""The Session's API for the batch and run paths (core.batch, core.vector): each call on its own,
-and a check that those modules use it instead of reaching into the Session's private state."""
+"""The Session's API for the run path (core.run): each call on its own,
+and a check that that module uses it instead of reaching into the Session's private state."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-from grouptun.core import batch, counters as C, vector
+from grouptun.core import counters as C, run
 from grouptun.core.session import FETCH_INTERVAL, Session
 from grouptun.core.peers import ROAM_HOLD
 from grouptun.core.wire import wire_epoch
@@ -27,9 +27,8 @@ def _private_session_uses(path: Path) -> list[str]:
     return sorted(found)
 
 
-def test_batch_and_vector_use_no_private_session_state():
-    assert _private_session_uses(Path(batch.__file__)) == []
-    assert _private_session_uses(Path(vector.__file__)) == []
+def test_the_run_path_uses_no_private_session_state():
+    assert _private_session_uses(Path(run.__file__)) == []
 
 
 def test_the_checker_would_catch_a_private_use(tmp_path):

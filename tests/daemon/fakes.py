@@ -1,7 +1,10 @@
 """In-memory fakes at the daemon's boundaries: TUN, UDP, netlink, provider.
 
-The batched data path's devices: :class:`VnetTun` (a TUN with the virtio-net
-header) and :class:`GsoUdp` (a socket with UDP GSO/GRO).
+The data path's devices (:mod:`grouptun.devices` Protocols): :class:`FakeTun`
+and :class:`QueueTun` (TUNs without offloads: runs of one), :class:`VnetTun`
+(a TUN with the virtio-net header, running the real offload code of
+:mod:`grouptun.offload.tunruns` over queues), :class:`FakeUdp` (a socket
+without GRO) and :class:`GsoUdp` (with GSO/GRO: each send is one receive).
 
 The fake provider does real cryptography (HPKE capsules, signed archives,
 key_check) so the control path's acceptance order runs for real; only
@@ -38,6 +41,8 @@ from grouptun import credkeys, keystore
 from grouptun.credmigrate import SaltProof
 from grouptun.errors import ProviderError, ProviderRefused
 from grouptun.keystore import MemberKeys, write_atomic
+from grouptun.offload.tunruns import PlainRuns, VnetRuns
+from grouptun.udp import MAX_SEGMENTS, SEND_MAX, gather_runs
 
 CREDENTIAL = b"correct horse battery"
 AUTHENTICATOR = bytes(range(32))  # what a fake member shows when no keystore is involved
@@ -70,9 +75,14 @@ class FakeTun:
         self._mine.setblocking(False)
         self._kernel.setblocking(False)
         self.closed = False
+        runs = PlainRuns(self.read, self.write_one)
+        self.counters, self.read_runs, self.write, self.flush = runs.counters, runs.read_runs, runs.write, runs.flush
 
     def fileno(self) -> int:
         return self._mine.fileno()
+
+    def describe(self) -> str:
+        return "fake"
 
     def read(self) -> bytes | None:
         try:
@@ -80,7 +90,7 @@ class FakeTun:
         except BlockingIOError:
             return None
 
-    def write(self, packet) -> bool:
+    def write_one(self, packet) -> bool:
         self._mine.send(packet)
         return True
 
@@ -108,14 +118,19 @@ class QueueTun:
     def __init__(self) -> None:
         self.inbox: collections.deque = collections.deque()
         self.written: list[bytes] = []
+        runs = PlainRuns(self.read, self.write_one)
+        self.counters, self.read_runs, self.write, self.flush = runs.counters, runs.read_runs, runs.write, runs.flush
 
     def fileno(self) -> int:
         return -1
 
+    def describe(self) -> str:
+        return "queue"
+
     def read(self):
         return self.inbox.popleft() if self.inbox else None
 
-    def write(self, packet) -> bool:
+    def write_one(self, packet) -> bool:
         self.written.append(bytes(packet))
         return True
 
@@ -133,12 +148,29 @@ class FakeUdp:
         self.net, self.endpoint, self.port = net, endpoint, endpoint[1]
         self.inbox: collections.deque = collections.deque()
         net.sockets[endpoint] = self
+        self._runs = bytearray(4 * 65536)
 
     def fileno(self) -> int:
         return -1
 
+    def describe(self) -> str:
+        return "fake udp"
+
     def recvfrom(self):
         return self.inbox.popleft() if self.inbox else None
+
+    def _recv_one(self, buf):
+        if not self.inbox:
+            return None
+        data, source = self.inbox.popleft()
+        buf[:len(data)] = data
+        return len(data), len(data), source
+
+    def recv_runs(self, budget: int):
+        return gather_runs(self._recv_one, self._runs, budget)
+
+    def send_run(self, data, seg, endpoint) -> int:
+        return sum(self.sendto(data[at:at + seg], endpoint) for at in range(0, len(data), seg))
 
     def sendto(self, data, endpoint) -> bool:
         peer = self.net.sockets.get(tuple(endpoint))
@@ -164,6 +196,9 @@ class VnetTun:
     def __init__(self) -> None:
         self.queue: list[bytes] = []
         self.written: list[bytes] = []
+        runs = VnetRuns(self.read_into, self.write_parts)
+        self.runs = runs
+        self.counters, self.read_runs, self.write, self.flush = runs.counters, runs.read_runs, runs.write, runs.flush
 
     def fileno(self) -> int:
         return -1
@@ -196,18 +231,23 @@ class GsoUdp:
         self.inbox: list = []
         self.sends = 0
         net[me] = self
+        self._runs = bytearray(4 * 65536)
 
     def fileno(self) -> int:
         return -1
 
-    def send_batch(self, data, seg, endpoint) -> int:
-        self.sends += 1
-        self.net[endpoint].inbox.append((bytes(data), seg, self.me))
+    def describe(self) -> str:
+        return "fake gso/gro"
+
+    def send_run(self, data, seg, endpoint) -> int:
+        chunk = max(1, min(MAX_SEGMENTS, SEND_MAX // seg)) * seg  # as the kernel takes them
+        for at in range(0, len(data), chunk):
+            self.sends += 1
+            self.net[endpoint].inbox.append((bytes(data[at:at + chunk]), seg, self.me))
         return -(-len(data) // seg)
 
-    def sendto(self, data, endpoint) -> bool:
-        self.net[endpoint].inbox.append((bytes(data), len(data), self.me))
-        return True
+    def recv_runs(self, budget: int):
+        return gather_runs(self.recv_batch, self._runs, budget)
 
     def recv_batch(self, buf):
         if not self.inbox:

@@ -16,6 +16,7 @@ from grouptun.core.session import MemberInfo
 from grouptun.dataplane import DataPlane, LoopPort
 from grouptun.errors import LoopUnavailable
 from grouptun.statefile import EpochStateFile
+from grouptun.offload.tunruns import READS
 from grouptun.udp import UdpTransport
 
 from .fakes import (FakeNetwork, FakeProvider, FakeTun, FakeUdp, QueueTun, epoch_material, ipv4_packet,
@@ -109,17 +110,16 @@ def test_garbage_and_spoofed_source_are_dropped_and_counted(pair):
 def test_drain_is_bounded_per_wakeup(pair):
     provider, clock, out = pair
     alice_tun, alice_dp = out["alice"][1], out["alice"][3]
-    alice_dp.batch = 5
-    for k in range(12):
+    for k in range(READS + 6):
         alice_tun.inbox.append(ipv4_packet("10.77.0.2", "10.77.0.3", bytes([k])))
     alice_dp.on_tun_readable()
-    assert alice_dp.counters["tun_rx"] == 5
+    assert alice_dp.counters["tun_rx"] == READS
     alice_dp.on_tun_readable()
     alice_dp.on_tun_readable()
-    assert alice_dp.counters["tun_rx"] == 12
-    out["bob"][3].batch = 100
+    assert alice_dp.counters["tun_rx"] == READS + 6
     out["bob"][3].on_udp_readable()
-    assert len(out["bob"][1].written) == 12
+    out["bob"][3].on_udp_readable()
+    assert len(out["bob"][1].written) == READS + 6
 
 
 def test_epoch_switch_does_not_drop_traffic(pair):
@@ -147,10 +147,10 @@ def test_session_bug_is_counted_not_fatal(pair):
     provider, clock, out = pair
     session, tun, udp, dp, _ = out["alice"]
 
-    def broken(packet, now):
+    def broken(*run):
         raise RuntimeError("bug")
 
-    session.on_tun_packet = broken
+    session.seal_run = broken
     tun.inbox.extend([b"x", b"y"])
     dp.on_tun_readable()
     assert dp.counters["internal_errors"] == 2 and dp.counters["tun_rx"] == 2
@@ -162,11 +162,11 @@ def test_device_errors_on_the_plain_path_are_counted_not_raised(pair):
     provider, clock, out = pair
     session, tun, udp, dp, _ = out["alice"]
 
-    def failing():
+    def failing(budget):
         raise OSError(5, "Input/output error")
 
-    tun.read = failing
-    udp.recvfrom = failing
+    tun.read_runs = failing
+    udp.recv_runs = failing
     dp.on_tun_readable()
     dp.on_udp_readable()
     assert dp.counters["internal_errors"] == 2 and dp.counters["tun_rx"] == dp.counters["udp_rx"] == 0

@@ -1,8 +1,8 @@
 """The daemon's receive paths against issue 14's datagrams, with the shared fakes.
 
-Paths: ``plain`` (one recvfrom, one on_datagram), ``batched`` (virtio-net TUN, socket without GRO:
-open_batch per datagram) and ``gro`` (GRO receives: a lone datagram through open_into, short runs
-through open_batch, runs of OPEN_RUN_MIN and more through core.vector's RunOpener).
+Devices: ``plain`` (TUN and socket without offloads: runs of one), ``batched`` (virtio-net TUN,
+socket without GRO) and ``gro`` (GRO receives: runs of one sender, short and long; long ones are
+judged by their headers at once, core.run.VECTOR_MIN).
 
 - defect 4: an empty datagram is counted as ``short`` and the rest of the drain goes on;
 - defect 1: alice's datagrams for carol, copied by an outsider to bob, reach no TUN, are counted
@@ -14,12 +14,11 @@ from __future__ import annotations
 import pytest
 
 from grouptun.core import counters as C
-from grouptun.core import vector, wire
+from grouptun.core.run import VECTOR_MIN
 from grouptun.core.session import Session
 from grouptun.dataplane import DataPlane
-from grouptun.offload.datapath import OPEN_RUN_MIN
 from grouptun.offload.vnet import VNET_HDR_LEN
-from tests.core.builders import endpoint, material
+from tests.core.builders import endpoint, material, seal_run
 
 from .fakes import FakeNetwork, FakeUdp, GsoUdp, QueueTun, VnetTun, ipv4_packet
 
@@ -44,19 +43,15 @@ def bob_on(path: str):
     else:
         tun, udp = VnetTun(), GsoUdp({}, endpoint("bob"))
     plane = DataPlane(bob, tun, udp, clock=lambda: 5.0)
-    assert (plane.fast is None) == (path == "plain")
     return bob, tun, udp, plane
 
 
 def sealed(sender: Session, to: str, count: int, tag: int = 0) -> tuple[bytes, int, list[bytes]]:
     """``count`` equal-size UDP packets from ``sender`` to member ``to``: (GRO buffer, stride, packets)."""
     packets = [ipv4_packet(ADDRESS[sender.own_name], ADDRESS[to], bytes([tag + k]) * 64) for k in range(count)]
-    sealer = sender.sealer(packets[0], 1.0)
-    stride = len(packets[0]) + wire.OVERHEAD
-    out = memoryview(bytearray(count * stride + 16))
-    for k, packet in enumerate(packets):
-        assert sealer.seal_into(packet, out, k * stride) == stride
-    return bytes(out[:count * stride]), stride, packets
+    data, stride, endpoints = seal_run(sender, packets)
+    assert endpoints
+    return data, stride, packets
 
 
 def receive(udp, data: bytes, stride: int, source) -> None:
@@ -92,7 +87,7 @@ def test_empty_datagram_is_short_and_the_drain_goes_on(path, where):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("count", [1, 5, OPEN_RUN_MIN + 4])
+@pytest.mark.parametrize("count", [1, 5, VECTOR_MIN + 4])
 def test_copied_datagrams_reach_no_tun_and_redirect_nothing(path, count):
     alice = session("alice")
     bob, tun, udp, plane = bob_on(path)
@@ -103,8 +98,8 @@ def test_copied_datagrams_reach_no_tun_and_redirect_nothing(path, count):
     assert on_tun(tun) == [] and plane.counters["internal_errors"] == 0
     assert bob.drops[C.NOT_FOR_ME] == count and bob.drops.total() == count
     assert (peer.endpoint, peer.last_seen, peer.rx_packets) == (endpoint("alice"), None, 0)
-    if path == "gro" and count >= OPEN_RUN_MIN and vector.AVAILABLE:
-        assert plane.counters["rx_runs"] == 1  # the numpy run path judged them
+    if path == "gro":
+        assert plane.counters["rx_runs"] == 1  # one run, however long
     # bob's own packets from alice still arrive, and only they move her endpoint
     genuine, stride, packets = sealed(alice, "bob", count, tag=50)
     receive(udp, genuine, stride, ("127.0.0.1", 41999))

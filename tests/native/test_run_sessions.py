@@ -1,10 +1,10 @@
 """Sessions on the native run cipher against sessions on the reference path, byte for byte and state for state.
 
-Two identically built senders seal the same run (native: one RunSealer call; reference: the numpy
-RunSealer for suite 1, datagram by datagram for suite 2, which it refuses); two identically built
-receivers open the same runs, forged, truncated, replayed or clean (each through its RunOpener,
-falling back to open_batch where that refuses). Everything the receive path may change must end
-equal: accepted packets, drop counters, replay window, peer state, requests.
+Two identically built senders seal the same run through ``Session.seal_run`` (native: one RunKey call;
+reference: seal.ReferenceRun, one cryptography call per datagram); two identically built receivers open
+the same runs, forged, truncated, replayed or clean, through ``Session.open_run``. Everything the
+receive path may change must end equal: accepted packets, drop counters, replay window, peer state,
+requests.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from grouptun import native
-from grouptun.core import vector, wire
+from grouptun.core import wire
 from grouptun.core.replay import WINDOW
 from grouptun.core.session import Session
+from tests.core import builders
 from tests.core.builders import endpoint, ipv4, ipv6, material, v4, v6
 
-pytestmark = pytest.mark.skipif(native.RunKey is None or not vector.AVAILABLE,
-                                reason=native.UNAVAILABLE or "numpy missing")
+pytestmark = pytest.mark.skipif(native.RunKey is None, reason=native.UNAVAILABLE or "")
 
 OVER = wire.OVERHEAD
 BUF = 48 * 1500 + 4096
@@ -40,19 +40,9 @@ def inner(v6_: bool, size: int, tag: int) -> bytes:
 
 
 def seal_run(session: Session, packets: list[bytes], stride: int) -> tuple[bytes, object]:
-    """The datagrams of ``packets`` (at ``stride`` in the source), through the run path where it takes them."""
-    source = bytearray(stride * len(packets) + 64)
-    for j, p in enumerate(packets):
-        source[j * stride:j * stride + len(p)] = p
-    out = bytearray(BUF)
-    sealer = session.sealer(packets[0], 1.0)
-    result = vector.RunSealer(source, out).seal(sealer, stride, [len(p) for p in packets])
-    if result is None:  # the reference takes no suite 2 runs: datagram by datagram, as the send path does
-        view, at = memoryview(out), 0
-        for p in packets:
-            at += sealer.seal_into(p, view, at)
-        result = (len(packets), at)
-    return bytes(out[:result[1]]), result
+    """The datagrams of ``packets`` (at ``stride`` in the source) sealed as one run: (bytes, (count, endpoints))."""
+    data, _, endpoints = builders.seal_run(session, packets, 1.0, stride)
+    return data, (len(packets) if endpoints else 0, endpoints)
 
 
 def allocator_state(session: Session) -> tuple:
@@ -87,28 +77,19 @@ def snapshot(session: Session) -> tuple:
 
 
 class Receivers:
-    """bob on the native path and bob on the reference path, each with its own RunOpener and buffers."""
+    """bob on the native path and bob on the reference path."""
 
     def __init__(self, suite: int) -> None:
         self.sides = []
         for run_key in (native.RunKey, None):
-            data, out = bytearray(BUF), bytearray(BUF + 64)
-            self.sides.append((build("bob", suite, run_key), vector.RunOpener(data, out), data, out))
-        self.runs_taken: list[bool] = []
+            self.sides.append(build("bob", suite, run_key))
 
     def feed(self, run: bytes, stride: int, now: float, source=ALICE) -> list[bytes]:
         results = []
-        for session, opener, data, out in self.sides:
-            data[:len(run)] = run
-            opened = opener.open(session, len(run), stride, source, now)
-            if opened is None:
-                plains = session.open_batch(memoryview(data)[:len(run)], stride, source, now, memoryview(out))
-            else:
-                plains = opened.all_views(memoryview(out))
-            results.append([bytes(p) for p in plains])
-            self.runs_taken.append(opened is not None)
+        for session in self.sides:
+            results.append(builders.open_run(session, run, stride, source, now))
         assert results[0] == results[1]
-        assert snapshot(self.sides[0][0]) == snapshot(self.sides[1][0])
+        assert snapshot(self.sides[0]) == snapshot(self.sides[1])
         return results[0]
 
 
@@ -147,7 +128,7 @@ def test_native_receiver_equals_reference(suite, v6_, size, count, kind, data):
         receivers.feed(as_run(datagrams[:cut], stride), stride, 1.0)
     got = receivers.feed(as_run(datagrams, stride), stride, 2.0)
     if kind == "clean":
-        assert got == packets and receivers.runs_taken[0]  # the native side took it as one run
+        assert got == packets
     if kind == "replay":
         assert got == []
 

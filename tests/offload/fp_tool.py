@@ -47,7 +47,9 @@ def member(name: str, offload: str, seconds: float) -> int:
     material = EpochMaterial(group_id=bytes(16), epoch=3, suite=1, nonce_start=99, group_size=2,
                              own_index=0 if name == "alice" else 1, members=members,
                              shared_secret=bytearray(b"k" * 32), salt=bytearray(b"l" * 32))
-    session = Session(name)
+    from grouptun import native
+
+    session = Session(name, run_key=native.choose(os.environ.get(native.ENV, "auto")).maker)  # both paths
     session.install_epoch(material, time.monotonic())
     tun = TunDevice(TUN, offload=offload)
     for cmd in (["ip", "addr", "add", OVER4[name] + "/24", "dev", TUN],
@@ -57,7 +59,7 @@ def member(name: str, offload: str, seconds: float) -> int:
     udp = UdpTransport("::", PORT, offload=offload)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    data = DataPlane(session, tun, udp, offload=offload)
+    data = DataPlane(session, tun, udp)
     data.attach(loop)
     print("ready", data.path, flush=True)
     done = loop.create_future()
@@ -65,7 +67,7 @@ def member(name: str, offload: str, seconds: float) -> int:
     loop.call_later(seconds, lambda: done.done() or done.set_result(None))
     loop.run_until_complete(done)
     data.detach()
-    print(json.dumps({"counters": data.counters, "drops": {k: v for k, v in session.drops.items() if v}}),
+    print(json.dumps({"counters": data.status(), "drops": {k: v for k, v in session.drops.items() if v}}),
           flush=True)
     tun.close()
     udp.close()

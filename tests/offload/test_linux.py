@@ -13,60 +13,6 @@ from offload_pktgen import ref_ip4_ok, ref_l4_ok
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_probe_reports_features():
-    p = linux.probe()
-    assert set(p) == {"kernel", "tun_vnet_hdr", "tun_multi_queue", "udp_gso", "udp_gro"}
-
-
-def _pair(gro: bool):
-    rx, _, gro_on = linux.udp_socket(socket.AF_INET, ("127.0.0.1", 0), gro=gro, nonblocking=False)
-    tx, gso, _ = linux.udp_socket(socket.AF_INET, ("127.0.0.1", 0), gro=False, nonblocking=False)
-    rx.settimeout(2)
-    return rx, tx, gso, gro_on
-
-
-def test_udp_gso_send_arrives_as_k_datagrams_without_gro():
-    rx, tx, gso, _ = _pair(gro=False)
-    try:
-        if not gso:
-            pytest.skip("kernel without UDP_SEGMENT")
-        data = b"".join(bytes([i]) * 1000 for i in range(5)) + b"\xee" * 300
-        assert linux.send_gso(tx, data, 1000, rx.getsockname()) == len(data)
-        buf = bytearray(65536)
-        got = []
-        for _ in range(6):
-            n, seg, _src = linux.recv_gro(rx, buf)
-            assert seg == n
-            got.append(bytes(buf[:n]))
-        assert got == [bytes([i]) * 1000 for i in range(5)] + [b"\xee" * 300]
-    finally:
-        rx.close()
-        tx.close()
-
-
-def test_udp_gso_send_arrives_as_one_gro_batch():
-    rx, tx, gso, gro_on = _pair(gro=True)
-    try:
-        if not (gso and gro_on):
-            pytest.skip("kernel without UDP_SEGMENT/UDP_GRO")
-        data = os.urandom(7 * 1448 + 11)
-        linux.send_gso(tx, data, 1448, rx.getsockname())
-        buf = bytearray(65536)
-        received, sizes = b"", set()
-        while len(received) < len(data):
-            n, seg, _src = linux.recv_gro(rx, buf)
-            received += bytes(buf[:n])
-            sizes.add(seg)
-        assert received == data
-        assert sizes == {1448}  # one batch (or several) cut at the sender's segment size
-        assert linux.send_gso(tx, b"small", 1448, rx.getsockname()) == 5
-        n, seg, _ = linux.recv_gro(rx, buf)
-        assert bytes(buf[:n]) == b"small" and seg == 5
-    finally:
-        rx.close()
-        tx.close()
-
-
 def test_bad_tun_name_is_refused():
     from grouptun.errors import SystemSetupError
     with pytest.raises(SystemSetupError):

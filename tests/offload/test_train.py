@@ -35,13 +35,14 @@ def drain(frames: list[bytes], trains: bool):
     """Alice reads ``frames`` in one drain; (datagrams on the wire in order, packets Bob's TUN got, counters)."""
     peers = pair()
     _, tun, _, plane = peers["alice"]
-    plane.fast.send.trains = trains
+    if not trains:  # the reference: every super-packet segmented alone
+        tun.runs.train.take = lambda *_: False
     tun.queue = list(frames)
     plane.on_tun_readable()
     bob_udp, bob_plane = peers["bob"][2], peers["bob"][3]
     datagrams = [d[k:k + seg] for d, seg, _ in bob_udp.inbox for k in range(0, len(d), seg)]
     bob_plane.on_udp_readable()
-    return datagrams, packets_of(peers["bob"][1].written), plane.counters
+    return datagrams, packets_of(peers["bob"][1].written), plane.status()
 
 
 def expected_packets(frames: list[bytes]) -> list[bytes]:
@@ -154,21 +155,20 @@ def test_take_refuses_what_may_not_join_and_stops_at_the_last_slot():
 def test_a_bug_mid_drain_leaves_no_train_behind():
     peers = pair()
     _, tun, _, plane = peers["alice"]
-    send = plane.fast.send
+    runs = tun.runs
     tun.queue = [tcp(4, 9, 1200, 0, 1), tcp(4, 9, 1200, 10800, 2), tcp(4, 9, 1200, 21600, 3)]
-    original = send._send_train
-    send._send_train = lambda now: (_ for _ in ()).throw(RuntimeError("boom"))
+    runs._train_run = lambda: (_ for _ in ()).throw(RuntimeError("boom"))
     plane.on_tun_readable()  # the data plane counts the bug and abandons the drain
-    send._send_train = original
-    assert plane.counters["internal_errors"] == 1 and len(send.train) == 0
-    assert plane.counters["tun_rx_malformed"] == 2  # read, never sealed
+    del runs._train_run
+    assert plane.counters["internal_errors"] == 1 and len(runs.train) == 0
+    assert plane.status()["tun_rx_malformed"] == 2  # read, never sealed
     tun.queue = [tcp(4, 9, 1200, 32400, 4), tcp(4, 9, 1200, 43200, 5)]
     plane.on_tun_readable()
     assert plane.counters["internal_errors"] == 1 and plane.counters["tx_runs"] >= 1
 
 
 def test_a_drain_stops_after_its_byte_budget_and_the_next_one_goes_on():
-    from grouptun.offload.sendpath import DRAIN_BYTES
+    from grouptun.dataplane import DRAIN_BYTES
     frames = [tcp(4, 40, 1300, 1000 + k * 52000, k) for k in range(20)]
     per_read = len(frames[0])
     peers = pair()

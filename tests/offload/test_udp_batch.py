@@ -48,7 +48,7 @@ def test_gso_batch_arrives_as_the_same_datagrams(rx_offload, listen):
             assert not rx.gro
         datagrams = [bytes([k]) * 1200 for k in range(7)] + [b"\xee" * 333]
         data = memoryview(b"".join(datagrams))
-        assert tx.send_batch(data, 1200, ("127.0.0.1", rx.port)) == 8
+        assert tx.send_run(data, 1200, ("127.0.0.1", rx.port)) == 8
         calls: list = []
         assert receive_all(rx, 8, calls) == datagrams
         if rx.gro and tx.gso:  # loopback hands the GSO batch to a GRO socket whole
@@ -90,7 +90,7 @@ def test_gso_refused_by_the_device_falls_back_once_and_sends_each():
     tx._sock = RefusingGso(tx._sock)
     try:
         datagrams = [bytes([k]) * 100 for k in range(4)]
-        assert tx.send_batch(memoryview(b"".join(datagrams)), 100, ("127.0.0.1", rx.port)) == 4
+        assert tx.send_run(memoryview(b"".join(datagrams)), 100, ("127.0.0.1", rx.port)) == 4
         assert tx.gso is False and tx.gso_fallbacks == 1
         assert receive_all(rx, 4) == datagrams
     finally:
