@@ -24,7 +24,8 @@ document that is not already canonical is refused. The document::
      "members": [{"name": str, "index": int, "addresses": ["10.77.0.2/24", ...],
                   "endpoints": ["host:port" | "[v6]:port", ...],
                   "ed25519_public": base64(32), "kem_public": base64(1216),
-                  "instance": hex(32) | null}, ...],
+                  "instance": hex(32) | null,
+                  "routes": ["192.168.5.0/24", ...]  (optional, grouptun extension)}, ...],
      "attributes": {"cidr": "10.77.0.0/24", "cidr6": "fd77::/64" | null, "mtu": 1420},
      "expires_at": unix seconds}
 
@@ -39,6 +40,10 @@ owns it (the latest start the provider accepted for it; null before its
 first): a daemon sends only in an epoch whose entry for its own member
 names its own instance (PROTOCOL.md 4, :func:`instance_of`).
 
+A member's ``routes`` (a grouptun extension, absent = none) are the subnet
+prefixes the provider approved behind it: at most :data:`MAX_ROUTES`,
+each a network in strict form (no host bits set).
+
 ``Archive.raw`` holds the whole envelope exactly as verified, so a member
 can store it and verify it again later. Limits: this module checks shapes
 and signatures only; the semantic acceptance order (group id, epoch newer,
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 from dataclasses import dataclass, field
 
@@ -68,6 +74,7 @@ ED25519_PUBLIC_SIZE = 32
 MLDSA65_PUBLIC_SIZE = 1952
 CHALLENGE_SIZE = 32
 INSTANCE_SIZE = 32
+MAX_ROUTES = 64  # approved subnet routes per member (grouptun extension)
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024  # ~65535 members * ~1.7 KiB each, base64
 
 
@@ -130,13 +137,17 @@ class ArchiveMember:
     ed25519_public: bytes
     kem_public: bytes
     instance: bytes | None = None  # instance_of(the start challenge owning this member); None before its first
+    routes: tuple[str, ...] = ()  # approved subnet prefixes behind it (grouptun extension; absent = none)
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "name": self.name, "index": self.index, "addresses": list(self.addresses),
             "endpoints": list(self.endpoints), "ed25519_public": b64e(self.ed25519_public),
             "kem_public": b64e(self.kem_public), "instance": None if self.instance is None else self.instance.hex(),
         }
+        if self.routes:  # absent when none: documents without routes stay byte-identical to before
+            out["routes"] = list(self.routes)
+        return out
 
 
 @dataclass(frozen=True)
@@ -332,7 +343,20 @@ def _parse_member(obj: object) -> ArchiveMember:
         ed25519_public=b64d(obj.get("ed25519_public"), "member.ed25519_public", ED25519_PUBLIC_SIZE),
         kem_public=b64d(obj.get("kem_public"), "member.kem_public", KEM_PUBLIC_SIZE),
         instance=None if instance is None else _hexd(instance, "member.instance", INSTANCE_SIZE),
+        routes=_routes(obj, w) if "routes" in obj else (),
     )
+
+
+def _routes(obj: dict, where: str) -> tuple[str, ...]:
+    routes = _strs(obj, "routes", where)
+    if len(routes) > MAX_ROUTES:
+        raise EpochRejected("format", f"{where}routes: more than {MAX_ROUTES}")
+    for text in routes:
+        try:
+            ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            raise EpochRejected("format", f"{where}routes: {text!r} is not a network") from exc
+    return routes
 
 
 def parse_document(obj: object, raw: bytes = b"") -> Archive:

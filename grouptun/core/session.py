@@ -163,7 +163,7 @@ class Session:
         if state is None:
             drops[C.TX_NO_EPOCH] += 1
             return None
-        if addresses[0] not in state.own_sources:
+        if addresses[0] not in state.own_sources and not state.own_prefixes.holds(addresses[0]):
             drops[C.TX_SOURCE] += 1
             return None
         target = state.routes.unicast.get(addresses[1])
