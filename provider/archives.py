@@ -9,10 +9,12 @@ reads archives this provider signed and stored itself).
 from __future__ import annotations
 
 import json
+from typing import Mapping
 
 from sqlalchemy import update
 
 from grouptun.core.archive import Archive, ArchiveMember, parse_document
+from provider.routes_approved import approved_routes
 from provider.store import groups, member_rows
 
 
@@ -36,13 +38,17 @@ def parse_own(raw: bytes) -> Archive:
     return parse_document(json.loads(json.loads(raw)["document"]), raw=raw)
 
 
-def build_archive(g, version: int, info, rows, indices: dict[str, int], now: float) -> Archive:
-    """The unsigned archive of group row ``g``: the members in ``indices`` (by index), epoch ``info`` or None."""
+def build_archive(g, version: int, info, rows, indices: dict[str, int], now: float,
+                  routes: Mapping[str, tuple[str, ...]] | None = None) -> Archive:
+    """The unsigned archive of group row ``g``: the members in ``indices`` (by index), epoch ``info`` or None;
+    ``routes``: member name -> its approved subnet routes (provider/routes_approved.py)."""
     listed = sorted((r for r in rows if r.name in indices), key=lambda r: indices[r.name])
+    routes = routes or {}
     return Archive(
         group_id=g.group_id, name=g.name, version=version, epoch=info,
         members=tuple(ArchiveMember(r.name, indices[r.name], tuple(addresses(r)), tuple(json.loads(r.endpoints)),
-                                    r.ed25519_public, r.kem_public, r.instance) for r in listed),
+                                    r.ed25519_public, r.kem_public, r.instance, routes.get(r.name, ()))
+                      for r in listed),
         cidr=g.cidr, cidr6=g.cidr6, mtu=g.mtu,
         expires_at=(info.opened_at if info is not None else now) + 2 * g.rekey_after_seconds,
     )
@@ -53,5 +59,6 @@ def resign(conn, g, signer, now: float) -> None:
     old = parse_own(g.archive)
     indices = {m.name: m.index for m in old.members}
     version = next_version(g.version, now)
-    archive = signer.sign(build_archive(g, version, old.epoch, member_rows(conn, g.id), indices, now))
+    archive = signer.sign(build_archive(g, version, old.epoch, member_rows(conn, g.id), indices, now,
+                                        approved_routes(conn, g.id)))
     conn.execute(update(groups).where(groups.c.id == g.id).values(version=version, archive=archive))

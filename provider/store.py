@@ -1,6 +1,6 @@
 """Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
-Schema version 2 (table ``meta``, key ``schema_version``)::
+Schema version 3 (table ``meta``, key ``schema_version``)::
 
     meta      key PK, value
     groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
@@ -19,10 +19,13 @@ Schema version 2 (table ``meta``, key ``schema_version``)::
               key_check, opened_at, reason, challenges (JSON hex list)
     capsules  (group, epoch, member) PK, idx, capsule, sealed_salt
     audit     id PK, ts, actor, action, group_name, detail (JSON, never a secret)
+    subnet_routes  (member FK, prefix) PK, approved_at: the LAN prefixes an
+              admin approved behind a member (provider/routes_approved.py)
 
 Migrations: :meth:`Store.check_schema` upgrades an older database in
 place, one step per version (``MIGRATIONS``), in one write transaction:
-1 -> 2 adds ``members.instance`` (NULL: the member's next start sets it).
+1 -> 2 adds ``members.instance`` (NULL: the member's next start sets it);
+one step adds the ``subnet_routes`` table (empty: no routes approved).
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -67,7 +70,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 SERVER_LOCK_KEY = 0x67747673  # "gtvs": PostgreSQL session advisory lock held by the one `serve`
 IDENTITY_KEYS = ("provider_keys", "tls_fingerprint", "url")
@@ -165,9 +168,23 @@ def _add_column(conn: Connection, table: Table, name: str) -> None:
     conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(name)} {column_type}")
 
 
+subnet_routes = Table(
+    "subnet_routes", metadata,
+    Column("member", Integer, ForeignKey("members.id", ondelete="CASCADE"), primary_key=True),
+    Column("prefix", String(64), primary_key=True),
+    Column("approved_at", Float, nullable=False),
+)
+
+
+def _add_subnet_routes(conn: Connection) -> None:
+    """The subnet_routes table (its own step: other migrations of other branches stay independent)."""
+    subnet_routes.create(conn, checkfirst=True)
+
+
 # from-version -> the step to the next version (run in the caller's write transaction)
 MIGRATIONS = {
     1: lambda conn: _add_column(conn, members, "instance"),
+    2: _add_subnet_routes,
 }
 
 
