@@ -129,6 +129,7 @@ class Daemon:
         self._stop_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.applied_addresses: tuple[str, ...] = ()
+        self.applied_subnet_routes: set[str] = set()  # other members' approved prefixes routed via the TUN
         self.secrets: SecretArena | None = None
         self.cipher: native.Choice | None = None
         self.superseded: InstanceSuperseded | None = None
@@ -156,12 +157,26 @@ class Daemon:
             self.net.set_addresses(list(me.addresses))
             self.applied_addresses = tuple(me.addresses)
         self.net.add_routes(routes)
+        self._apply_subnet_routes(archive)
         mtu = min(self.config.network.mtu, archive.mtu) if archive.mtu >= 1280 else self.config.network.mtu
         if mtu != self.applied_mtu:
             log.info("interface %s MTU %d (config %d, group %d)", self.config.group.interface, mtu,
                      self.config.network.mtu, archive.mtu)
             self.net.set_mtu(mtu)
             self.applied_mtu = mtu
+
+    def _apply_subnet_routes(self, archive: Archive) -> None:
+        """Kernel routes through the interface for the prefixes approved behind OTHER members (ours lie
+        behind us, on our LAN); prefixes no longer approved are taken away again."""
+        wanted = {prefix for m in archive.members if m.name != self.config.group.member for prefix in m.routes}
+        gone, new = self.applied_subnet_routes - wanted, wanted - self.applied_subnet_routes
+        if gone:
+            self.net.remove_routes(sorted(gone))
+        if new:
+            self.net.add_routes(sorted(new))
+        if gone or new:
+            log.info("subnet routes via %s: %s", self.config.group.interface, ", ".join(sorted(wanted)) or "none")
+        self.applied_subnet_routes = wanted
 
     def _on_install(self, material) -> None:
         self.ops.notifier.status(f"epoch {material.epoch}, {material.group_size} members")

@@ -142,6 +142,21 @@ class NetConfig:
 
         self._run("add routes", apply)
 
+    def remove_routes(self, prefixes: Iterable[str]) -> None:
+        """Take each prefix's route through the interface away; already gone is fine."""
+        from pyroute2 import NetlinkError
+
+        def apply(ipr, idx):
+            for text in prefixes:
+                net = ipaddress.ip_network(text, strict=False)
+                try:
+                    ipr.route("del", dst=str(net), oif=idx)
+                except NetlinkError as exc:
+                    if exc.code not in (errno.ESRCH, errno.ENOENT):
+                        raise
+
+        self._run("remove routes", apply)
+
     @staticmethod
     def _addresses(ipr, idx) -> list:
         out = []

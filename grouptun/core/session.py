@@ -427,6 +427,8 @@ class Session:
             for member in current.by_index:
                 entry = {"name": member.name, "index": member.index,
                          "addresses": [str(a) for a in member.addresses], "self": member.name == self.own_name}
+                if member.prefixes:  # approved subnet routes behind it
+                    entry["routes"] = [str(p) for p in member.prefixes]
                 peer = self._peers.get(member.name)
                 if peer is not None:
                     entry.update(peer.status(now))

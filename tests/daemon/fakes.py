@@ -238,6 +238,9 @@ class FakeNetConfig:
     def add_routes(self, routes) -> None:
         self.routes |= set(routes)
 
+    def remove_routes(self, routes) -> None:
+        self.routes -= set(routes)
+
 
 class FullDisk:
     """The statefile's write boundary (``EpochStateFile(write=...)``) on a disk that can fill up.
@@ -284,6 +287,7 @@ class FakeProvider:
         self.pending: dict[str, bytes] = {}  # member -> start challenge waiting for a second member
         self.instances: dict[str, bytes | None] = dict.fromkeys(names)  # member -> instance (PROTOCOL.md 4)
         self.current: ArchiveEpoch | None = None
+        self.routes: dict[str, tuple[str, ...]] = {}  # member -> approved subnet routes (archive "routes")
         self.watch_cap = 0.2  # the fake's long-poll returns after at most this long
         self.hold_watch = threading.Event()  # set: watches answer nothing until release_watch (or timeout)
         self.release_watch = threading.Event()
@@ -295,7 +299,8 @@ class FakeProvider:
     def _members(self) -> tuple:
         names = sorted(self.members)
         return tuple(ArchiveMember(n, i, self.addresses[n], self.endpoints[n], self.members[n].ed25519_public,
-                                   self.members[n].kem_public, self.instances.get(n)) for i, n in enumerate(names))
+                                   self.members[n].kem_public, self.instances.get(n), self.routes.get(n, ()))
+                     for i, n in enumerate(names))
 
     def publish(self) -> None:
         """Re-sign the archive: a new version, same epoch (or none below 2 members), current endpoints."""
