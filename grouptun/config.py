@@ -34,6 +34,9 @@ IFNAME_MAX = 15
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
+DOMAIN_RE = re.compile(rf"^(?=.{{1,190}}$){_LABEL}(?:\.{_LABEL})*$")  # room for a 63-byte member label
+RESOLVED_MODES = ("auto", "off")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -89,6 +92,18 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class NamesConfig:
+    """Member names over DNS (grouptun/names.py): answered on the tunnel addresses."""
+
+    enabled: bool = True
+    domain: str = ""        # names are MEMBER.DOMAIN; "" = "<[group] name>.grouptun"
+    port: int = 53
+    rate: float = 200.0     # queries per second answered (all clients together); more are dropped
+    burst: int = 100
+    resolved: str = "auto"  # "auto": register address and domain for the interface with systemd-resolved
+
+
+@dataclass(frozen=True)
 class Config:
     group: GroupConfig
     provider: ProviderConfig
@@ -96,6 +111,11 @@ class Config:
     paths: PathsConfig | None = None
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     source: Path | None = None
+    names: NamesConfig = field(default_factory=NamesConfig)
+
+    @property
+    def names_domain(self) -> str:
+        return self.names.domain or f"{self.group.name.lower()}.grouptun"
 
     @property
     def provider_group(self) -> str:
@@ -341,14 +361,32 @@ def _cipher(t: dict) -> str:
     return value
 
 
+def _names(data: dict) -> NamesConfig:
+    t = _table(data, "names", False)
+    _no_unknown(t, "names", {f.name for f in fields(NamesConfig)})
+    enabled = t.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("names.enabled", "must be true or false")
+    domain = t.get("domain", "")
+    if not isinstance(domain, str) or (domain and not DOMAIN_RE.match(domain.lower().rstrip("."))):
+        raise ConfigError("names.domain", f"must be a DNS domain like lan.grouptun, got {domain!r}")
+    resolved = _str(t, "names", "resolved", "auto").lower()
+    if resolved not in RESOLVED_MODES:
+        raise ConfigError("names.resolved", f"must be one of {', '.join(RESOLVED_MODES)}")
+    return NamesConfig(
+        enabled=enabled, domain=domain.lower().rstrip("."), port=_int(t, "names", "port", 53, 1, 65535),
+        rate=_float(t, "names", "rate", 200.0, 1.0, 100000.0), burst=_int(t, "names", "burst", 100, 1, 100000),
+        resolved=resolved)
+
+
 def parse(data: dict, source: Path | None = None) -> Config:
     """Validate an already-decoded TOML document."""
     for key in data:
-        if key not in {"group", "provider", "network", "paths", "daemon"}:
+        if key not in {"group", "provider", "network", "paths", "daemon", "names"}:
             raise ConfigError(key, "unknown table")
     group = _group(data)
     return Config(group=group, provider=_provider(data), network=_network(data),
-                  paths=_paths(data, group.name), daemon=_daemon(data), source=source)
+                  paths=_paths(data, group.name), daemon=_daemon(data), source=source, names=_names(data))
 
 
 def load(path: str | Path) -> Config:
@@ -391,6 +429,7 @@ def render(config: Config) -> str:
         ("paths", {k: str(v) for k, v in vars(config.paths).items() if v is not None}),
         ("daemon", {f.name: getattr(config.daemon, f.name) for f in fields(DaemonConfig)
                     if getattr(config.daemon, f.name) is not None}),
+        ("names", {f.name: getattr(config.names, f.name) for f in fields(NamesConfig)}),
     ]
     lines = ["# grouptun member configuration (written by `grouptun join`; see example.toml)"]
     for name, values in sections:

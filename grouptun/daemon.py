@@ -87,6 +87,13 @@ def _default_netconfig(ifname: str):
     return NetConfig(ifname)
 
 
+def _default_link_dns():
+    """systemd-resolved's per-link DNS where it runs, else None (grouptun/names_server.py)."""
+    from grouptun.names_server import ResolvectlLink
+
+    return ResolvectlLink() if ResolvectlLink.available() else None
+
+
 def _default_client(config: Config, keys: keystore.MemberKeys):
     from grouptun.provider_client import ProviderClient
 
@@ -115,6 +122,7 @@ class Factories:
     session: Callable = _default_session
     loop: Callable = _default_loop
     backoff: Callable = Backoff
+    link_dns: Callable = _default_link_dns
 
 
 class Daemon:
@@ -129,6 +137,7 @@ class Daemon:
         self._stop_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.applied_addresses: tuple[str, ...] = ()
+        self.names = None  # grouptun.names_server.NameService while it runs
         self.applied_subnet_routes: set[str] = set()  # other members' approved prefixes routed via the TUN
         self.secrets: SecretArena | None = None
         self.cipher: native.Choice | None = None
@@ -152,10 +161,14 @@ class Daemon:
         if me is None:
             return
         routes = [archive.cidr] + ([archive.cidr6] if archive.cidr6 else []) + list(self.config.network.routes)
+        if self.names is not None:
+            self.names.apply(archive)
         if tuple(me.addresses) != self.applied_addresses:
             log.info("interface %s addresses: %s", self.config.group.interface, ", ".join(me.addresses))
             self.net.set_addresses(list(me.addresses))
             self.applied_addresses = tuple(me.addresses)
+            if self.names is not None:  # answer on the new addresses
+                asyncio.run_coroutine_threadsafe(self.names.rebind(list(me.addresses)), self.loop)
         self.net.add_routes(routes)
         self._apply_subnet_routes(archive)
         mtu = min(self.config.network.mtu, archive.mtu) if archive.mtu >= 1280 else self.config.network.mtu
@@ -200,6 +213,7 @@ class Daemon:
             "cipher": self.cipher.describe if self.cipher else None,
             "session": self.session.status(now) if self.session else {},
             "secret_memory": self.secrets.status() if self.secrets else {},
+            "names": self.names.status() if self.names else None,
         }
 
     def _on_superseded(self, exc: InstanceSuperseded) -> None:
@@ -334,6 +348,7 @@ class Daemon:
             stack.callback(lambda: self.loop.run_until_complete(server.close()))
             self.ops.start(self.config, self.loop, lambda: self.session.status(self.clock()), self.data.healthy)
             stack.callback(self.ops.stop, self.loop)
+            self._start_names(stack)
             self._start_control(stack, pinned, statefile)
             self.loop.run_until_complete(self._serve(stack))
             self.ops.notifier.stopping()
@@ -355,6 +370,20 @@ class Daemon:
         self.applied_mtu = cfg.network.mtu
         self.udp = self.f.udp(cfg.network.listen_address, cfg.network.listen_port, **extra)
         stack.callback(self.udp.close)
+
+    def _start_names(self, stack: ExitStack) -> None:
+        """DNS for the group's names on our tunnel addresses ([names]; grouptun/names_server.py)."""
+        cfg = self.config
+        if not cfg.names.enabled:
+            return
+        from grouptun.names import QueryBudget
+        from grouptun.names_server import NameService
+
+        link = self.f.link_dns() if cfg.names.resolved == "auto" else None
+        self.names = NameService(cfg.group.interface, cfg.names_domain, cfg.names.port,
+                                 QueryBudget(cfg.names.rate, cfg.names.burst), self.clock, link)
+        self.loop.run_until_complete(self.names.start(list(self.applied_addresses)))
+        stack.callback(lambda: self.loop.run_until_complete(self.names.close()))
 
     def _start_control(self, stack: ExitStack, pinned: ProviderKeys, statefile: EpochStateFile) -> None:
         cfg = self.config

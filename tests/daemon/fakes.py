@@ -242,6 +242,22 @@ class FakeNetConfig:
         self.routes -= set(routes)
 
 
+class FakeLinkDns:
+    """The host resolver's per-link DNS (grouptun.names_server.LinkDns): records what was asked."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.fail = fail
+
+    def register(self, ifname: str, servers: list[str], domain: str) -> None:
+        self.calls.append(("register", ifname, tuple(servers), domain))
+        if self.fail:
+            raise OSError("resolvectl: Failed to set DNS configuration: Link not found")
+
+    def revert(self, ifname: str) -> None:
+        self.calls.append(("revert", ifname))
+
+
 class FullDisk:
     """The statefile's write boundary (``EpochStateFile(write=...)``) on a disk that can fill up.
 
