@@ -66,6 +66,7 @@ class NetworkConfig:
     endpoints: tuple[str, ...] = ()  # reported to the provider; empty = what the provider sees
     mtu: int = DEFAULT_MTU
     routes: tuple[str, ...] = ()   # extra prefixes routed into the tunnel
+    advertise_routes: tuple[str, ...] = ()  # LAN prefixes behind us, asked of the provider's admin
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,7 @@ def _provider(data: dict) -> ProviderConfig:
 
 def _network(data: dict) -> NetworkConfig:
     t = _table(data, "network", False)
-    _no_unknown(t, "network", {"listen_address", "listen_port", "endpoints", "mtu", "routes"})
+    _no_unknown(t, "network", {"listen_address", "listen_port", "endpoints", "mtu", "routes", "advertise_routes"})
     listen = _str(t, "network", "listen_address", "::")
     try:
         ipaddress.ip_address(listen)
@@ -303,7 +304,19 @@ def _network(data: dict) -> NetworkConfig:
         endpoints=_endpoints(t, "network", "endpoints"),
         mtu=_int(t, "network", "mtu", DEFAULT_MTU, MIN_MTU, MAX_MTU),
         routes=_prefixes(t, "network", "routes", interface=False),
+        advertise_routes=_networks(t, "network", "advertise_routes"),
     )
+
+
+def _networks(table: dict, prefix: str, key: str) -> tuple[str, ...]:
+    """Networks in strict form (no host bits), as the provider takes them."""
+    values = _str_list(table, prefix, key)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}.{key}", f"bad network {value!r}: {exc}") from exc
+    return values
 
 
 def _paths(data: dict, group: str) -> PathsConfig:

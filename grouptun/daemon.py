@@ -52,6 +52,7 @@ from grouptun.backoff import Backoff
 from grouptun.config import Config
 from grouptun.control import ControlServer
 from grouptun.controlplane import ControlPlane
+from grouptun.advertise import start_advertising
 from grouptun.core.archive import Archive, ProviderKeys
 from grouptun.core import exporter
 from grouptun.dataplane import DataPlane, LoopPort
@@ -400,6 +401,7 @@ class Daemon:
         stop = threading.Event()
         thread = threading.Thread(target=self.control.run, args=(stop,), name="grouptun-control", daemon=True)
         thread.start()
+        start_advertising(client, cfg.network.advertise_routes, stop)
 
         def halt() -> None:
             stop.set()

@@ -75,6 +75,7 @@ from grouptun.errors import ConfigError
 from provider.errors import ProviderFault
 from provider.hub import Hub, StartBatcher, tick
 from provider.limits import Guard, RateLimiter
+from provider.route_requests import route_requests_router
 from provider.routes import Context, Limits, archive_router, epochs_router, public_router, secrets_router
 from provider.service import Provider
 
@@ -165,6 +166,7 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
                    "msg": str(e.get("msg"))} for e in exc.errors()[:16]]
         return Response(json.dumps({"detail": detail}).encode(), status_code=422, media_type="application/json")
 
-    for router in (public_router(ctx), archive_router(ctx), epochs_router(ctx), secrets_router(ctx)):
+    for router in (public_router(ctx), archive_router(ctx), epochs_router(ctx), secrets_router(ctx),
+                   route_requests_router(ctx)):
         app.include_router(router)
     return Guard(app, MAX_BODY, RateLimiter(settings.address_rate, settings.address_burst)), app

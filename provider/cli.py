@@ -299,7 +299,7 @@ def cmd_route(args) -> int:
         if args.json:
             print(json.dumps(routes, indent=2))
         for r in routes if not args.json else ():
-            print(f"{r['member']:<24} {r['prefix']}")
+            print(f"{r['member']:<24} {r['prefix']:<24} {r['state']}")
         return 0
     change = provider.approve_route if args.action == "approve" else provider.remove_route
     prefix, opened = change(args.group, args.member, args.prefix)
@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = _Sub(p.add_subparsers(dest="action", required=True), common)
     r = rsub.add_parser("list")
     r.add_argument("group")
-    r.add_argument("--json", action="store_true", help="a JSON list of {member, prefix, approved_at}")
+    r.add_argument("--json", action="store_true",
+                   help="a JSON list of {member, prefix, state (approved|requested), approved_at}")
     for action, what in (("approve", "route PREFIX (a LAN behind MEMBER) to MEMBER; opens a new epoch"),
                          ("remove", "stop routing PREFIX to MEMBER; opens a new epoch")):
         r = rsub.add_parser(action, help=what)

@@ -1,5 +1,9 @@
 """Subnet routes: the LAN prefixes an admin approved behind a member (a grouptun extension).
 
+A member may ask for prefixes first (``[network] advertise_routes``, sent
+by its daemon: :func:`request`); they are listed as ``requested`` and change
+nothing until the admin approves them.
+
 ``grouptun-provider route approve GROUP MEMBER PREFIX`` stores the prefix
 (table ``store.subnet_routes``) and opens a new epoch whose archive lists it
 in the member's entry (``routes``, PROTOCOL.md 2, grouptun extension), so
@@ -19,13 +23,13 @@ from __future__ import annotations
 
 import ipaddress
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 
 from grouptun.core.archive import MAX_ROUTES
 from provider.errors import Conflict, InvalidInput, NotFound
 from provider.store import add_audit, members, subnet_routes
 
-__all__ = ["approve", "approved_routes", "check_prefix", "list_routes", "remove"]
+__all__ = ["approve", "approved_routes", "check_prefix", "list_routes", "remove", "request"]
 
 
 def check_prefix(text: str, cidr: str, cidr6: str | None) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -47,7 +51,7 @@ def approved_routes(conn, group_pk: int) -> dict[str, tuple[str, ...]]:
     """member name -> its approved prefixes (sorted), for members that have any."""
     rows = conn.execute(select(members.c.name, subnet_routes.c.prefix)
                         .join(subnet_routes, subnet_routes.c.member == members.c.id)
-                        .where(members.c.group == group_pk))
+                        .where(members.c.group == group_pk, subnet_routes.c.approved_at.is_not(None)))
     out: dict[str, list[str]] = {}
     for name, prefix in rows:
         out.setdefault(name, []).append(prefix)
@@ -55,11 +59,13 @@ def approved_routes(conn, group_pk: int) -> dict[str, tuple[str, ...]]:
 
 
 def list_routes(conn, g) -> list[dict]:
-    """Every approved route of group row ``g``: [{"member", "prefix", "approved_at"}], by member and prefix."""
+    """Every route of group row ``g``: [{"member", "prefix", "state", "approved_at"}], by member and prefix;
+    state "approved", or "requested" (asked for by the member, approved_at None)."""
     rows = conn.execute(select(members.c.name, subnet_routes.c.prefix, subnet_routes.c.approved_at)
                         .join(subnet_routes, subnet_routes.c.member == members.c.id)
                         .where(members.c.group == g.id))
-    listed = [{"member": name, "prefix": prefix, "approved_at": at} for name, prefix, at in rows]
+    listed = [{"member": name, "prefix": prefix, "state": "requested" if at is None else "approved",
+               "approved_at": at} for name, prefix, at in rows]
     return sorted(listed, key=lambda r: (r["member"], _order(r["prefix"])))
 
 
@@ -76,9 +82,30 @@ def approve(conn, g, member: str, text: str, now: float) -> str:
                 raise Conflict(f"{network} overlaps {other}, approved behind {owner}")
     if len(held.get(member, ())) >= MAX_ROUTES:
         raise Conflict(f"{member} has {MAX_ROUTES} approved routes already")
-    conn.execute(insert(subnet_routes).values(member=member_pk, prefix=str(network), approved_at=now))
+    asked = conn.execute(update(subnet_routes).where(subnet_routes.c.member == member_pk,
+                                                     subnet_routes.c.prefix == str(network))
+                         .values(approved_at=now)).rowcount
+    if not asked:
+        conn.execute(insert(subnet_routes).values(member=member_pk, prefix=str(network), approved_at=now))
     add_audit(conn, now, "admin", "route-approve", g.name, member=member, prefix=str(network))
     return str(network)
+
+
+def request(conn, g, member: str, texts: list[str], now: float) -> list[str]:
+    """The member's own list of prefixes it routes: replaces its requests not approved yet (approved
+    ones stay until the admin removes them). InvalidInput for a bad prefix, nothing changed; the list."""
+    if len(texts) > MAX_ROUTES:
+        raise InvalidInput(f"prefixes: at most {MAX_ROUTES}")
+    wanted = sorted({str(check_prefix(text, g.cidr, g.cidr6)) for text in texts}, key=_order)
+    member_pk = _member_pk(conn, g, member)
+    conn.execute(delete(subnet_routes).where(subnet_routes.c.member == member_pk,
+                                             subnet_routes.c.approved_at.is_(None)))
+    held = set(approved_routes(conn, g.id).get(member, ()))
+    new = [prefix for prefix in wanted if prefix not in held]
+    if new:
+        conn.execute(insert(subnet_routes), [{"member": member_pk, "prefix": p, "approved_at": None} for p in new])
+    add_audit(conn, now, f"member:{member}", "route-request", g.name, prefixes=wanted)
+    return wanted
 
 
 def remove(conn, g, member: str, text: str, now: float) -> str:

@@ -243,6 +243,11 @@ class Provider:
         return self._change_and_open(
             group, "route", lambda conn, g, now: routes_approved.remove(conn, g, member, prefix, now))
 
+    def request_routes(self, group: str, member: str, prefixes: list[str]) -> list[str]:
+        """A member's own prefixes, listed as requested for the admin; no epoch (nothing is routed yet)."""
+        with self.store.write() as conn:
+            return routes_approved.request(conn, _group(conn, group), member, prefixes, self.clock())
+
     def list_routes(self, group: str) -> list[dict]:
         with self.store.read() as conn:
             return routes_approved.list_routes(conn, _group(conn, group))

@@ -19,8 +19,9 @@ Schema version 3 (table ``meta``, key ``schema_version``)::
               key_check, opened_at, reason, challenges (JSON hex list)
     capsules  (group, epoch, member) PK, idx, capsule, sealed_salt
     audit     id PK, ts, actor, action, group_name, detail (JSON, never a secret)
-    subnet_routes  (member FK, prefix) PK, approved_at: the LAN prefixes an
-              admin approved behind a member (provider/routes_approved.py)
+    subnet_routes  (member FK, prefix) PK, approved_at: the LAN prefixes a
+              member asked for (approved_at NULL) or an admin approved behind
+              it (provider/routes_approved.py)
 
 Migrations: :meth:`Store.check_schema` upgrades an older database in
 place, one step per version (``MIGRATIONS``), in one write transaction:
@@ -172,7 +173,7 @@ subnet_routes = Table(
     "subnet_routes", metadata,
     Column("member", Integer, ForeignKey("members.id", ondelete="CASCADE"), primary_key=True),
     Column("prefix", String(64), primary_key=True),
-    Column("approved_at", Float, nullable=False),
+    Column("approved_at", Float),  # NULL: asked for by the member, not approved (yet)
 )
 
 

@@ -475,6 +475,9 @@ class FakeClient:
     def report(self, endpoints, packets_sent) -> None:
         self._call("report", tuple(endpoints), dict(packets_sent))
 
+    def request_routes(self, prefixes) -> None:
+        self._call("request_routes", tuple(prefixes))
+
     def rekey(self, reason: str) -> None:
         self._call("rekey", reason)
         if self.p.watching:

@@ -1,12 +1,13 @@
 """Subnet routes through two whole daemons (fake TUN/netlink/provider, real loopback UDP).
 
-The provider approves 192.168.5.0/24 behind bob and opens an epoch: without a restart alice routes
+bob advertises 192.168.5.0/24 ([network] advertise_routes); the provider approves it and opens an epoch: without a restart alice routes
 the prefix via her interface and her packets for it reach bob's TUN; bob installs no route for his
 own prefix; taking the approval away takes alice's kernel route away on the next archive.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from grouptun import control
@@ -30,11 +31,17 @@ def _carried(sender: Member, receiver: Member, packet: bytes, tries: int = 100) 
 def test_approved_route_applies_on_the_next_archive_and_goes_away_again(tmp_path):
     provider = FakeProvider(["alice", "bob"])
     alice, bob = Member(provider, "alice", tmp_path), Member(provider, "bob", tmp_path)
+    bob.config = bob.daemon.config = dataclasses.replace(  # bob advertises the LAN he routes for
+        bob.config, network=dataclasses.replace(bob.config.network, advertise_routes=(LAN,)))
     to_lan = ipv4_packet("10.77.0.2", "192.168.5.7", b"to the LAN behind bob")
     try:
         start_pair(alice, bob)
         alice.wait_for(lambda st: 2 in epochs(st), "alice follows to epoch 2")
         assert LAN not in alice.net.routes
+        deadline = time.monotonic() + 10
+        while ("bob", "request_routes", (LAN,)) not in provider.calls and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ("bob", "request_routes", (LAN,)) in provider.calls  # asked for; nothing routed until approved
         assert not _carried(alice, bob, to_lan, tries=4)  # not approved: no route, dropped at alice
         assert alice.status()["session"]["drops"]["tx_no_route"] >= 1
 

@@ -11,9 +11,10 @@ import json
 import pytest
 from sqlalchemy import text
 
+from grouptun.errors import ProviderRefused
 from provider.errors import Conflict, InvalidInput, NotFound
 from provider.store import SCHEMA_VERSION
-from provider_helpers import STORE_KINDS, admin, fresh_store, init_provider
+from provider_helpers import STORE_KINDS, TestMember, admin, fresh_store, init_provider
 from test_provider_epochs import Fixture
 
 
@@ -94,3 +95,30 @@ def test_cli_route_approve_list_remove_json(tmp_path):
     bad = admin(env.state, "route", "approve", "lan", "bob", "192.168.5.1/24", check=False)
     assert bad.returncode == InvalidInput.exit_code and "192.168.5.1/24" in bad.stderr
     assert json.loads(admin(env.state, "route", "list", "lan", "--json").stdout) == []
+
+
+def test_member_request_is_listed_until_the_admin_approves_it(fx):
+    version = fx.archive().version
+    assert fx.provider.request_routes("lan", "bob", ["192.168.5.0/24", "fd99:5::/64"]) == [
+        "192.168.5.0/24", "fd99:5::/64"]
+    assert fx.archive().version == version and fx.archive().member("bob").routes == ()  # nothing routed yet
+    assert [(r["prefix"], r["state"]) for r in fx.provider.list_routes("lan")] == [
+        ("192.168.5.0/24", "requested"), ("fd99:5::/64", "requested")]
+    fx.provider.approve_route("lan", "bob", "192.168.5.0/24")
+    assert fx.archive().member("bob").routes == ("192.168.5.0/24",)
+    fx.provider.request_routes("lan", "bob", ["192.168.5.0/24"])  # a restart sends it again: stays approved
+    assert [(r["prefix"], r["state"]) for r in fx.provider.list_routes("lan")] == [("192.168.5.0/24", "approved")]
+    with pytest.raises(InvalidInput):
+        fx.provider.request_routes("lan", "bob", ["10.77.0.0/29"])  # the overlay network
+    with pytest.raises(NotFound):
+        fx.provider.request_routes("lan", "mallory", ["192.168.9.0/24"])
+
+
+def test_member_requests_routes_over_https(provider_env):
+    member = TestMember("gw")
+    member.enroll(provider_env.invite("gw"), endpoints=("127.0.0.1:40009",))
+    member.client().request_routes(["192.168.50.0/24"])
+    listed = json.loads(admin(provider_env.state, "route", "list", "lan", "--json").stdout)
+    assert [(r["member"], r["prefix"], r["state"]) for r in listed] == [("gw", "192.168.50.0/24", "requested")]
+    with pytest.raises(ProviderRefused, match="192.168.50.1/24"):
+        member.client().request_routes(["192.168.50.1/24"])
