@@ -6,7 +6,8 @@
 - A "LAN host" namespace (``gt-nr-l``, 10.66.5.7) sits behind member b. Member a cannot reach it
   until the provider approves 10.66.5.0/24 behind b; then a pings it and talks TCP to it through
   b, without restarting anything; a packet from b's LAN with a source outside the approved
-  prefix goes nowhere and is counted.
+  prefix goes nowhere and is counted (b refuses to seal it); and when b is an insider whose
+  daemon seals it anyway, a drops it and counts it (``inner``).
 The LAN namespace has the lab's prefix, so the lab's teardown removes it, also on failure.
 """
 
@@ -20,7 +21,7 @@ import time
 import pytest
 
 from grouptun.lab import netns, ping
-from grouptun.lab.mesh import drop_counts
+from grouptun.lab.mesh import REPO, drop_counts
 from grouptun.lab.topology import Host
 from grouptun.lab.wait import wait_until
 
@@ -175,3 +176,48 @@ def test_lan_host_behind_b_is_reached_once_the_route_is_approved(lab_mesh):
                       timeout=30.0, interval=0.5)
     assert not ping(lab, "a", LAN_HOST, count=2, interval=0.2).ok
     echo.stop(timeout=3.0)
+
+
+# b as a misbehaving insider: its own daemon, with its own send-side source check widened to
+# 10.66.0.0/16, so it seals packets from outside its approved prefix; a's receive rule must drop them.
+INSIDER = f"""
+import ipaddress, sys
+sys.path.insert(0, {str(REPO)!r})
+from grouptun.core import epoch
+from grouptun.core.inner import PrefixMap
+installed = epoch.EpochState.__init__
+def claims_more(self, *args, **kwargs):
+    installed(self, *args, **kwargs)
+    self.own_prefixes = PrefixMap([(ipaddress.ip_network("10.66.0.0/16"), True)])
+epoch.EpochState.__init__ = claims_more
+from grouptun.cli import main
+sys.exit(main())
+"""
+
+
+def test_source_outside_the_approved_prefix_from_an_insider_is_dropped_and_counted_at_a(lab_mesh):
+    lab, mesh = lab_mesh
+    if "l" not in lab.hosts:
+        _lan_behind_b(lab)
+    mesh.provider_cli("route", "approve", mesh.group, "b", LAN)
+    b = mesh.members["b"]
+    mesh.down("b")
+    b.proc = lab.spawn("b", "member-b-insider", [sys.executable, "-c", INSIDER, "up", mesh.group, "--config",
+                                                 str(b.config), "--credential-file", str(b.credential_file)])
+    try:
+        mesh.wait_ready("b")
+        a_overlay = mesh.members["a"].overlay(4)
+        assert wait_until(lambda: ping(lab, "l", a_overlay, count=1).ok, timeout=30.0, interval=0.5)
+        before_a, before_b = drop_counts(mesh.status("a")), drop_counts(mesh.status("b"))
+        spoofed = ping(lab, "l", a_overlay, count=3, interval=0.1, extra=("-I", OUTSIDE))
+        after_a, after_b = drop_counts(mesh.status("a")), drop_counts(mesh.status("b"))
+        print(f"\ninsider b: a inner drops {before_a.get('inner', 0)} -> {after_a.get('inner', 0)}")
+        assert spoofed.received == 0
+        assert after_a.get("inner", 0) - before_a.get("inner", 0) >= 3  # sealed by b, refused by a
+        assert after_b.get("tx_source", 0) == before_b.get("tx_source", 0)  # the insider did seal them
+        assert ping(lab, "l", a_overlay, count=2, interval=0.1).ok  # inside the prefix: still fine
+    finally:
+        mesh.down("b")
+        mesh.up("b")
+        mesh.wait_ready("b")
+        mesh.provider_cli("route", "remove", mesh.group, "b", LAN)
