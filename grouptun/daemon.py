@@ -5,8 +5,10 @@ nothing else happens; an old-form keystore stages its migration,
 :mod:`grouptun.credmigrate`), overwrite the credential, lock the state
 directory (a second daemon on it stops here: StateDirLocked), pin the
 provider keys, open the statefile, create the TUN device and give it
-addresses/MTU/routes, bind UDP, start the data plane on a uvloop loop, the control socket, then the control thread (which
-asks for a fresh epoch: the challenge rule). systemd is told READY once the
+addresses/MTU/routes, bind UDP, start the data plane on a uvloop loop, the control socket, the
+member names' DNS server on the tunnel addresses (:mod:`grouptun.names_server`), then the control
+thread (which asks for a fresh epoch: the challenge rule) and, with ``[network] advertise_routes``,
+the request for those subnet routes (:mod:`grouptun.advertise`). systemd is told READY once the
 interface and socket are up: the data plane then runs, even while the
 provider is unreachable; STATUS says whether an epoch is held.
 
@@ -29,7 +31,9 @@ timings) apply at once.
 Every external piece is built through :class:`Factories`, so tests run the
 whole daemon with a fake TUN, fake netlink and fake provider client. The
 endpoints reported to the provider come from :mod:`grouptun.endpoints`,
-systemd notifications and metrics from :mod:`grouptun.opshooks`.
+systemd notifications and metrics from :mod:`grouptun.opshooks`. Each
+archive (control thread) also updates the names' zone and the kernel routes
+for the subnet routes approved behind other members.
 """
 
 from __future__ import annotations
@@ -48,11 +52,11 @@ from typing import Callable
 from grouptun import config as config_mod
 from grouptun import credential as credential_mod
 from grouptun import credmigrate, keystore, native
+from grouptun.advertise import start_advertising
 from grouptun.backoff import Backoff
 from grouptun.config import Config
 from grouptun.control import ControlServer
 from grouptun.controlplane import ControlPlane
-from grouptun.advertise import start_advertising
 from grouptun.core.archive import Archive, ProviderKeys
 from grouptun.core import exporter
 from grouptun.dataplane import DataPlane, LoopPort
@@ -66,8 +70,8 @@ from grouptun.statelock import StateDirLock
 
 log = logging.getLogger("grouptun.daemon")
 
-RESTART_ONLY = ("group", "provider", "paths")
-RESTART_ONLY_NETWORK = ("listen_address", "listen_port")
+RESTART_ONLY = ("group", "provider", "paths", "names")
+RESTART_ONLY_NETWORK = ("listen_address", "listen_port", "advertise_routes")  # advertised once, at start
 
 
 def _default_tun(name: str, offload: str = "auto"):

@@ -1,7 +1,7 @@
 """Subnet routes through two whole daemons (fake TUN/netlink/provider, real loopback UDP).
 
-bob advertises 192.168.5.0/24 ([network] advertise_routes); the provider approves it and opens an epoch: without a restart alice routes
-the prefix via her interface and her packets for it reach bob's TUN; bob installs no route for his
+bob advertises 192.168.5.0/24 ([network] advertise_routes); the provider approves it and opens
+an epoch: without a restart alice routes the prefix via her interface and her packets for it reach bob's TUN; bob installs no route for his
 own prefix; taking the approval away takes alice's kernel route away on the next archive.
 """
 
@@ -11,6 +11,7 @@ import dataclasses
 import time
 
 from grouptun import control
+from grouptun.cmd_status import format_status
 
 from .fakes import FakeProvider, ipv4_packet
 from .test_daemon import Member, epochs, start_pair
@@ -55,6 +56,7 @@ def test_approved_route_applies_on_the_next_archive_and_goes_away_again(tmp_path
         assert LAN in alice.net.routes and LAN not in bob.net.routes
         bob_entry = next(m for m in alice.status()["session"]["members"] if m["name"] == "bob")
         assert bob_entry["routes"] == [LAN]
+        assert f"subnet routes: {LAN}" in format_status(alice.status())
         assert _carried(alice, bob, to_lan)
         assert _carried(bob, alice, ipv4_packet("192.168.5.7", "10.77.0.2", b"the LAN host answers"))
 

@@ -58,6 +58,7 @@ def test_dig_resolves_member_names_on_the_tunnel_address(lab_mesh, need_dig):
     assert "status: REFUSED" in dig(lab, "a", server, "example.com", "A")
     assert "flags: qr aa" in dig(lab, "a", server, "b.lan.grouptun", "A")
     assert mesh.status("a")["names"]["domain"] == "lan.grouptun"
+    assert f"names: *.lan.grouptun on {server}" in mesh.status_text("a")
 
 
 FLOOD = r"""
