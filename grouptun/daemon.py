@@ -221,6 +221,13 @@ class Daemon:
             "names": self.names.status() if self.names else None,
         }
 
+    def _metrics_snapshot(self) -> dict:
+        """Event-loop thread: the session's status and the names' counters (grouptun/metrics.py)."""
+        snapshot = self.session.status(self.clock())
+        if self.names is not None:
+            snapshot["names"] = self.names.counters.snapshot()
+        return snapshot
+
     def _on_superseded(self, exc: InstanceSuperseded) -> None:
         """Control thread: the session stopped sending already; stop the daemon, exit with exc's status."""
         self.superseded = exc
@@ -351,7 +358,7 @@ class Daemon:
             stack.callback(self.data.detach)
             self.loop.run_until_complete(server.start())
             stack.callback(lambda: self.loop.run_until_complete(server.close()))
-            self.ops.start(self.config, self.loop, lambda: self.session.status(self.clock()), self.data.healthy)
+            self.ops.start(self.config, self.loop, self._metrics_snapshot, self.data.healthy)
             stack.callback(self.ops.stop, self.loop)
             self._start_names(stack)
             self._start_control(stack, pinned, statefile)
