@@ -208,3 +208,21 @@ def test_failed_registration_leaves_names_answering():
         await service.close()
         assert [c[0] for c in link.calls] == ["register"]  # nothing registered: nothing to revert
     asyncio.run(scenario())
+
+
+def test_rebind_moves_the_server_to_new_addresses_and_registers_them():
+    async def scenario():
+        link = FakeLinkDns()
+        port = _free_port()
+        service = NameService("gt-lan", "lan.grouptun", port, QueryBudget(100, 10), lambda: 0.0, link)
+        await service.start(["127.0.0.1/8"])
+        service.apply(ARCHIVE)
+        await service.rebind(["127.0.0.2/8"])  # the archive gave us another address
+        assert service.bound == ["127.0.0.2"]
+        loop = asyncio.get_running_loop()
+        query = dns.message.make_query("alice.lan.grouptun", "AAAA")
+        reply = await loop.run_in_executor(None, lambda: dns.query.udp(query, "127.0.0.2", 2, port))
+        assert records(reply) == ["fd77::2"]
+        assert [c[0] for c in link.calls] == ["register", "register"] and link.calls[1][2] == (f"127.0.0.2:{port}",)
+        await service.close()
+    asyncio.run(scenario())
