@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", action="append", default=[], metavar="HOST:PORT",
                         help="where other members reach this host (repeatable; default: the address the "
                              "provider sees, with --listen-port)")
+    parser.add_argument("--advertise-route", action="append", default=[], metavar="PREFIX",
+                        help="a LAN prefix behind this host to route for (repeatable; [network] advertise_routes): "
+                             "asked of the provider at every start, routed once its admin approves")
     parser.add_argument("--listen-port", type=int, default=DEFAULT_LISTEN_PORT)
     parser.add_argument("--listen-address", default="::", help="UDP listen address (:: = dual-stack)")
     parser.add_argument("--config-dir", type=Path, default=Path("/etc/grouptun"))
@@ -106,6 +109,11 @@ def _check_arguments(args: argparse.Namespace) -> str:
         ipaddress.ip_address(args.listen_address)
     except ValueError as exc:
         raise ConfigError("--listen-address", f"not an IP address: {args.listen_address!r}") from exc
+    for prefix in args.advertise_route:
+        try:
+            ipaddress.ip_network(prefix, strict=True)
+        except ValueError as exc:
+            raise ConfigError("--advertise-route", f"{prefix!r}: {exc}") from exc
     for ep in args.endpoint:
         try:
             cfg.parse_endpoint(ep)
@@ -152,7 +160,7 @@ def _member_config(args: argparse.Namespace, token, result, archive, name: str):
                                     group=result.group,
                                     urls=archive.provider_urls or (token.urls if len(token.urls) > 1 else ())),
         network=cfg.NetworkConfig(listen_address=args.listen_address, listen_port=args.listen_port,
-                                  endpoints=tuple(args.endpoint)),
+                                  endpoints=tuple(args.endpoint), advertise_routes=tuple(args.advertise_route)),
         paths=cfg.PathsConfig(state_dir=state_dir.resolve(),
                               control_socket=(args.run_dir / f"{name}.sock").resolve()),
     )

@@ -111,6 +111,11 @@ def format_status(st: dict) -> str:
         lines.append(f"  data path: {path}")
     if st.get("cipher"):
         lines.append(f"  run cipher: {st['cipher']}")
+    names = st.get("names")
+    if names:
+        where = ", ".join(names.get("listening") or []) or "no address (see the log)"
+        lines.append(f"  names: *.{names.get('domain')} on {where} port {names.get('port')}"
+                     + (", registered with systemd-resolved" if names.get("resolved") else ""))
     session = st.get("session") or {}
     epochs = session.get("epochs") or []
     if not epochs:
@@ -125,6 +130,8 @@ def format_status(st: dict) -> str:
         lines.append("")
         lines.append(f"member: {m.get('name')} (index {m.get('index')})")
         lines.append(f"  addresses: {', '.join(m.get('addresses') or []) or '(none)'}")
+        if m.get("routes"):
+            lines.append(f"  subnet routes: {', '.join(m['routes'])}")
         lines.append(f"  endpoint: {m.get('endpoint') or '(unknown)'}")
         lines.append(f"  last seen: {_age(m.get('last_seen_age'))}" + (" ago" if m.get('last_seen_age') is not None else ""))
         lines.append(f"  transfer: {_bytes(m.get('rx_bytes', 0))} received ({m.get('rx_packets', 0)} packets), "

@@ -35,6 +35,9 @@ IFNAME_MAX = 15
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
+DOMAIN_RE = re.compile(rf"^(?=.{{1,190}}$){_LABEL}(?:\.{_LABEL})*$")  # room for a 63-byte member label
+RESOLVED_MODES = ("auto", "off")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -70,6 +73,7 @@ class NetworkConfig:
     endpoints: tuple[str, ...] = ()  # reported to the provider; empty = what the provider sees
     mtu: int = DEFAULT_MTU
     routes: tuple[str, ...] = ()   # extra prefixes routed into the tunnel
+    advertise_routes: tuple[str, ...] = ()  # LAN prefixes behind us, asked of the provider's admin
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,18 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class NamesConfig:
+    """Member names over DNS (grouptun/names.py): answered on the tunnel addresses."""
+
+    enabled: bool = True
+    domain: str = ""        # names are MEMBER.DOMAIN; "" = "<[group] name>.grouptun"
+    port: int = 53
+    rate: float = 200.0     # queries per second answered (all clients together); more are dropped
+    burst: int = 100
+    resolved: str = "auto"  # "auto": register address and domain for the interface with systemd-resolved
+
+
+@dataclass(frozen=True)
 class Config:
     group: GroupConfig
     provider: ProviderConfig
@@ -104,6 +120,11 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     export: exportfiles.ExportFiles = field(default_factory=exportfiles.ExportFiles)  # [export]: grouptun/exportfiles.py
     source: Path | None = None
+    names: NamesConfig = field(default_factory=NamesConfig)
+
+    @property
+    def names_domain(self) -> str:
+        return self.names.domain or f"{self.group.name.lower()}.grouptun"
 
     @property
     def provider_group(self) -> str:
@@ -284,7 +305,7 @@ def _provider(data: dict) -> ProviderConfig:
 
 def _network(data: dict) -> NetworkConfig:
     t = _table(data, "network", False)
-    _no_unknown(t, "network", {"listen_address", "listen_port", "endpoints", "mtu", "routes"})
+    _no_unknown(t, "network", {"listen_address", "listen_port", "endpoints", "mtu", "routes", "advertise_routes"})
     listen = _str(t, "network", "listen_address", "::")
     try:
         ipaddress.ip_address(listen)
@@ -296,7 +317,19 @@ def _network(data: dict) -> NetworkConfig:
         endpoints=_endpoints(t, "network", "endpoints"),
         mtu=_int(t, "network", "mtu", DEFAULT_MTU, MIN_MTU, MAX_MTU),
         routes=_prefixes(t, "network", "routes", interface=False),
+        advertise_routes=_networks(t, "network", "advertise_routes"),
     )
+
+
+def _networks(table: dict, prefix: str, key: str) -> tuple[str, ...]:
+    """Networks in strict form (no host bits), as the provider takes them."""
+    values = _str_list(table, prefix, key)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}.{key}", f"bad network {value!r}: {exc}") from exc
+    return values
 
 
 def _paths(data: dict, group: str) -> PathsConfig:
@@ -354,15 +387,33 @@ def _cipher(t: dict) -> str:
     return value
 
 
+def _names(data: dict) -> NamesConfig:
+    t = _table(data, "names", False)
+    _no_unknown(t, "names", {f.name for f in fields(NamesConfig)})
+    enabled = t.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("names.enabled", "must be true or false")
+    domain = t.get("domain", "")
+    if not isinstance(domain, str) or (domain and not DOMAIN_RE.match(domain.lower().rstrip("."))):
+        raise ConfigError("names.domain", f"must be a DNS domain like lan.grouptun, got {domain!r}")
+    resolved = _str(t, "names", "resolved", "auto").lower()
+    if resolved not in RESOLVED_MODES:
+        raise ConfigError("names.resolved", f"must be one of {', '.join(RESOLVED_MODES)}")
+    return NamesConfig(
+        enabled=enabled, domain=domain.lower().rstrip("."), port=_int(t, "names", "port", 53, 1, 65535),
+        rate=_float(t, "names", "rate", 200.0, 1.0, 100000.0), burst=_int(t, "names", "burst", 100, 1, 100000),
+        resolved=resolved)
+
+
 def parse(data: dict, source: Path | None = None) -> Config:
     """Validate an already-decoded TOML document."""
     for key in data:
-        if key not in {"group", "provider", "network", "paths", "daemon", "export"}:
+        if key not in {"group", "provider", "network", "paths", "daemon", "export", "names"}:
             raise ConfigError(key, "unknown table")
     group = _group(data)
     return Config(group=group, provider=_provider(data), network=_network(data),
                   paths=_paths(data, group.name), daemon=_daemon(data), export=exportfiles.parse(data),
-                  source=source)
+                  source=source, names=_names(data))
 
 
 def load(path: str | Path) -> Config:
@@ -407,6 +458,7 @@ def render(config: Config) -> str:
         ("paths", {k: str(v) for k, v in vars(config.paths).items() if v is not None}),
         ("daemon", {f.name: getattr(config.daemon, f.name) for f in fields(DaemonConfig)
                     if getattr(config.daemon, f.name) is not None}),
+        ("names", {f.name: getattr(config.names, f.name) for f in fields(NamesConfig)}),
     ]
     if exportfiles.to_toml(config.export):
         sections.append(("export", exportfiles.to_toml(config.export)))

@@ -5,8 +5,10 @@ nothing else happens; an old-form keystore stages its migration,
 :mod:`grouptun.credmigrate`), overwrite the credential, lock the state
 directory (a second daemon on it stops here: StateDirLocked), pin the
 provider keys, open the statefile, create the TUN device and give it
-addresses/MTU/routes, bind UDP, start the data plane on a uvloop loop, the control socket, then the control thread (which
-asks for a fresh epoch: the challenge rule). systemd is told READY once the
+addresses/MTU/routes, bind UDP, start the data plane on a uvloop loop, the control socket, the
+member names' DNS server on the tunnel addresses (:mod:`grouptun.names_server`), then the control
+thread (which asks for a fresh epoch: the challenge rule) and, with ``[network] advertise_routes``,
+the request for those subnet routes (:mod:`grouptun.advertise`). systemd is told READY once the
 interface and socket are up: the data plane then runs, even while the
 provider is unreachable; STATUS says whether an epoch is held.
 
@@ -29,7 +31,9 @@ timings) apply at once.
 Every external piece is built through :class:`Factories`, so tests run the
 whole daemon with a fake TUN, fake netlink and fake provider client. The
 endpoints reported to the provider come from :mod:`grouptun.endpoints`,
-systemd notifications and metrics from :mod:`grouptun.opshooks`.
+systemd notifications and metrics from :mod:`grouptun.opshooks`. Each
+archive (control thread) also updates the names' zone and the kernel routes
+for the subnet routes approved behind other members.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from typing import Callable
 from grouptun import config as config_mod
 from grouptun import credential as credential_mod
 from grouptun import credmigrate, keystore, native, removednote
+from grouptun.advertise import start_advertising
 from grouptun.backoff import Backoff
 from grouptun.config import Config
 from grouptun.control import ControlServer
@@ -66,8 +71,8 @@ from grouptun.statelock import StateDirLock
 
 log = logging.getLogger("grouptun.daemon")
 
-RESTART_ONLY = ("group", "provider", "paths")
-RESTART_ONLY_NETWORK = ("listen_address", "listen_port")
+RESTART_ONLY = ("group", "provider", "paths", "names")
+RESTART_ONLY_NETWORK = ("listen_address", "listen_port", "advertise_routes")  # advertised once, at start
 
 
 def _default_tun(name: str, offload: str = "auto"):
@@ -86,6 +91,13 @@ def _default_netconfig(ifname: str):
     from grouptun.netconfig import NetConfig
 
     return NetConfig(ifname)
+
+
+def _default_link_dns():
+    """systemd-resolved's per-link DNS where it runs, else None (grouptun/names_server.py)."""
+    from grouptun.names_server import ResolvectlLink
+
+    return ResolvectlLink() if ResolvectlLink.available() else None
 
 
 def _default_client(config: Config, keys: keystore.MemberKeys):
@@ -116,6 +128,7 @@ class Factories:
     session: Callable = _default_session
     loop: Callable = _default_loop
     backoff: Callable = Backoff
+    link_dns: Callable = _default_link_dns
 
 
 class Daemon:
@@ -130,6 +143,8 @@ class Daemon:
         self._stop_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.applied_addresses: tuple[str, ...] = ()
+        self.names = None  # grouptun.names_server.NameService while it runs
+        self.applied_subnet_routes: set[str] = set()  # other members' approved prefixes routed via the TUN
         self.secrets: SecretArena | None = None
         self.cipher: native.Choice | None = None
         self.superseded: InstanceSuperseded | MemberRemoved | None = None
@@ -152,17 +167,35 @@ class Daemon:
         if me is None:
             return
         routes = [archive.cidr] + ([archive.cidr6] if archive.cidr6 else []) + list(self.config.network.routes)
+        if self.names is not None:
+            self.names.apply(archive)
         if tuple(me.addresses) != self.applied_addresses:
             log.info("interface %s addresses: %s", self.config.group.interface, ", ".join(me.addresses))
             self.net.set_addresses(list(me.addresses))
             self.applied_addresses = tuple(me.addresses)
+            if self.names is not None:  # answer on the new addresses
+                asyncio.run_coroutine_threadsafe(self.names.rebind(list(me.addresses)), self.loop)
         self.net.add_routes(routes)
+        self._apply_subnet_routes(archive)
         mtu = min(self.config.network.mtu, archive.mtu) if archive.mtu >= 1280 else self.config.network.mtu
         if mtu != self.applied_mtu:
             log.info("interface %s MTU %d (config %d, group %d)", self.config.group.interface, mtu,
                      self.config.network.mtu, archive.mtu)
             self.net.set_mtu(mtu)
             self.applied_mtu = mtu
+
+    def _apply_subnet_routes(self, archive: Archive) -> None:
+        """Kernel routes through the interface for the prefixes approved behind OTHER members (ours lie
+        behind us, on our LAN); prefixes no longer approved are taken away again."""
+        wanted = {prefix for m in archive.members if m.name != self.config.group.member for prefix in m.routes}
+        gone, new = self.applied_subnet_routes - wanted, wanted - self.applied_subnet_routes
+        if gone:
+            self.net.remove_routes(sorted(gone))
+        if new:
+            self.net.add_routes(sorted(new))
+        if gone or new:
+            log.info("subnet routes via %s: %s", self.config.group.interface, ", ".join(sorted(wanted)) or "none")
+        self.applied_subnet_routes = wanted
 
     def _on_install(self, material) -> None:
         self.ops.notifier.status(f"epoch {material.epoch}, {material.group_size} members")
@@ -187,6 +220,7 @@ class Daemon:
             "session": self.session.status(now) if self.session else {},
             "secret_memory": self.secrets.status() if self.secrets else {},
             "membership": self._membership(),
+            "names": self.names.status() if self.names else None,
         }
 
     def _membership(self) -> dict:
@@ -197,6 +231,13 @@ class Daemon:
         return {"attributes": dict(me.attributes) if me else {}, "expires_at": me.expires_at if me else None,
                 "group": None if meta is None else {"provider_id": meta.provider_id, "expires_at": meta.expires_at,
                                                     "owner": dict(meta.owner), "owners": list(meta.owners)}}
+
+    def _metrics_snapshot(self) -> dict:
+        """Event-loop thread: the session's status and the names' counters (grouptun/metrics.py)."""
+        snapshot = self.session.status(self.clock())
+        if self.names is not None:
+            snapshot["names"] = self.names.counters.snapshot()
+        return snapshot
 
     def _on_superseded(self, exc: InstanceSuperseded | MemberRemoved) -> None:
         """Control thread: the session stopped sending already; stop the daemon, exit with exc's status.
@@ -358,8 +399,9 @@ class Daemon:
             stack.callback(self.data.detach)
             self.loop.run_until_complete(server.start())
             stack.callback(lambda: self.loop.run_until_complete(server.close()))
-            self.ops.start(self.config, self.loop, lambda: self.session.status(self.clock()), self.data.healthy)
+            self.ops.start(self.config, self.loop, self._metrics_snapshot, self.data.healthy)
             stack.callback(self.ops.stop, self.loop)
+            self._start_names(stack)
             self._start_control(stack, pinned, statefile)
             if self.config.export.files:
                 task = self.loop.create_task(self._keep_export_files())
@@ -399,6 +441,20 @@ class Daemon:
         log.info("provider URLs (from the newest archive that listed them): %s", ", ".join(kept))
         return dataclasses.replace(self.config, provider=dataclasses.replace(self.config.provider, urls=kept))
 
+    def _start_names(self, stack: ExitStack) -> None:
+        """DNS for the group's names on our tunnel addresses ([names]; grouptun/names_server.py)."""
+        cfg = self.config
+        if not cfg.names.enabled:
+            return
+        from grouptun.names import QueryBudget
+        from grouptun.names_server import NameService
+
+        link = self.f.link_dns() if cfg.names.resolved == "auto" else None
+        self.names = NameService(cfg.group.interface, cfg.names_domain, cfg.names.port,
+                                 QueryBudget(cfg.names.rate, cfg.names.burst), self.clock, link)
+        self.loop.run_until_complete(self.names.start(list(self.applied_addresses)))
+        stack.callback(lambda: self.loop.run_until_complete(self.names.close()))
+
     def _start_control(self, stack: ExitStack, pinned: ProviderKeys, statefile: EpochStateFile) -> None:
         cfg = self.config
         urls_file = ProviderUrlsFile(cfg.paths.state_dir)
@@ -415,6 +471,7 @@ class Daemon:
         stop = threading.Event()
         thread = threading.Thread(target=self.control.run, args=(stop,), name="grouptun-control", daemon=True)
         thread.start()
+        start_advertising(client, cfg.network.advertise_routes, stop)
 
         def halt() -> None:
             stop.set()

@@ -64,7 +64,8 @@ def member_info(m, can_reach: Callable[[str], bool]) -> MemberInfo:
     """The session's view of archive member ``m``: its first reachable endpoint (or None)."""
     endpoint = next((ep for ep in (resolve_endpoint(t, can_reach) for t in m.endpoints) if ep), None)
     addrs = tuple(ipaddress.ip_interface(a).ip for a in m.addresses)
-    return MemberInfo(name=m.name, index=m.index, addresses=addrs, endpoint=endpoint)
+    prefixes = tuple(ipaddress.ip_network(p) for p in m.routes)  # checked strict by the archive parser
+    return MemberInfo(name=m.name, index=m.index, addresses=addrs, endpoint=endpoint, prefixes=prefixes)
 
 
 def verified_archive(signed: bytes, pinned: ProviderKeys, group_id: bytes, now: float) -> Archive:

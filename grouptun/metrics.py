@@ -21,7 +21,8 @@ Snapshot keys read (missing keys simply yield no series)::
     {"epochs":  [{"epoch": 7, "age": 12.5, "sending": true, "packets_sent": 9}, ...],
      "members": [{"name": "b", "index": 1, "rx_bytes": 0, "tx_bytes": 0,
                   "rx_packets": 0, "tx_packets": 0, "last_seen_age": 0.4 | None}, ...],
-     "drops":   {"replay": 0, "auth": 0, ...}}
+     "drops":   {"replay": 0, "auth": 0, ...},
+     "names":   {"answered": 0, "rate_limited": 0, ...}}   (optional: grouptun.names_server)
 
 (the shape of ``grouptun.core.session.Session.status``; tests/ops checks
 the collector against a real Session).
@@ -53,6 +54,7 @@ DEFAULT_PORT = 19586
 CONFIG_KEY = "daemon.metrics_listen"
 # Provider calls are HTTPS round trips, some of them long-polls (watch).
 RTT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+NAME_OUTCOMES = ("answered", "nxdomain", "refused", "notimp", "formerr", "dropped", "rate_limited", "truncated")
 
 
 def parse_listen(text: str, key: str = CONFIG_KEY) -> tuple[str, int]:
@@ -122,6 +124,8 @@ class SessionCollector(Collector):
             yield from self._epochs(status.get("epochs") or [])
             yield from self._members(status.get("members") or [])
             yield from self._drops(status.get("drops") or {})
+            if isinstance(status.get("names"), dict):
+                yield self._names(status["names"])
 
     def _epochs(self, epochs: list) -> Iterator[Metric]:
         held = GaugeMetricFamily("grouptun_epochs_held", "Epochs whose keys are installed", labels=["group"])
@@ -175,6 +179,15 @@ class SessionCollector(Collector):
             if _num(count) is not None:
                 family.add_metric([self.group, str(reason)], _num(count))
         yield family
+
+
+    def _names(self, names: dict) -> Metric:
+        family = CounterMetricFamily("grouptun_dns_queries", "Queries to the member names' DNS server, by outcome",
+                                     labels=["group", "outcome"])
+        for outcome in NAME_OUTCOMES:
+            if _num(names.get(outcome)) is not None:
+                family.add_metric([self.group, outcome], _num(names[outcome]))
+        return family
 
 
 class DaemonMetrics:

@@ -129,18 +129,25 @@ class NetConfig:
 
     def add_routes(self, prefixes: Iterable[str]) -> None:
         """Route each prefix through the interface; already present is fine."""
+        self._routes("add routes", "add", prefixes, (errno.EEXIST,))
+
+    def remove_routes(self, prefixes: Iterable[str]) -> None:
+        """Take each prefix's route through the interface away (subnet routes); already gone is fine."""
+        self._routes("remove routes", "del", prefixes, (errno.ESRCH, errno.ENOENT))
+
+    def _routes(self, step: str, command: str, prefixes: Iterable[str], fine: tuple[int, ...]) -> None:
         from pyroute2 import NetlinkError
 
         def apply(ipr, idx):
             for text in prefixes:
                 net = ipaddress.ip_network(text, strict=False)
                 try:
-                    ipr.route("add", dst=str(net), oif=idx)
+                    ipr.route(command, dst=str(net), oif=idx)
                 except NetlinkError as exc:
-                    if exc.code != errno.EEXIST:
+                    if exc.code not in fine:
                         raise
 
-        self._run("add routes", apply)
+        self._run(step, apply)
 
     @staticmethod
     def _addresses(ipr, idx) -> list:

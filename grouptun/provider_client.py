@@ -300,6 +300,10 @@ class ProviderClient:
         self._call("POST", "/report", {"endpoints": list(endpoints),
                                        "packets_sent": {str(int(e)): int(n) for e, n in packets_sent.items()}})
 
+    def request_routes(self, prefixes: list[str]) -> None:
+        """Ask the provider's admin to approve ``prefixes`` behind us (provider/route_requests.py)."""
+        self._call("POST", "/routes", {"prefixes": [str(p) for p in prefixes]})
+
     def rekey(self, reason: str) -> None:
         self._call("POST", "/rekey", {"reason": reason[:64]})
 

@@ -77,6 +77,7 @@ from grouptun.errors import ConfigError
 from provider.errors import ProviderFault
 from provider.hub import Hub, StartBatcher, tick
 from provider.limits import Guard, RateLimiter
+from provider.route_requests import route_requests_router
 from provider.routes import Context, Limits, archive_router, epochs_router, public_router, secrets_router
 from provider.sealed import SealedData, SealedLimits
 from provider.sealed_routes import part_body_limit, sealed_router
@@ -174,6 +175,6 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
     sealed = SealedData(provider.store, settings.sealed, provider.clock, provider.rand)
     provider.audit_pruner.also.append(sealed.prune)  # TTL expiry rides on the retention job
     for router in (public_router(ctx), archive_router(ctx), epochs_router(ctx), secrets_router(ctx),
-                   sealed_router(ctx, sealed, settings.sealed_part_rate)):
+                   sealed_router(ctx, sealed, settings.sealed_part_rate), route_requests_router(ctx)):
         app.include_router(router)
     return Guard(app, MAX_BODY, RateLimiter(settings.address_rate, settings.address_burst), part_body_limit), app

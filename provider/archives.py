@@ -9,10 +9,12 @@ reads archives this provider signed and stored itself).
 from __future__ import annotations
 
 import json
+from typing import Mapping
 
 from sqlalchemy import update
 
 from grouptun.core.archive import Archive, ArchiveMember, GroupMetadata, parse_document
+from provider.routes_approved import approved_routes
 from provider.store import groups, member_rows
 
 
@@ -37,16 +39,18 @@ def parse_own(raw: bytes) -> Archive:
 
 
 def build_archive(g, version: int, info, rows, indices: dict[str, int], now: float,
-                  provider_id: str | None = None) -> Archive:
+                  provider_id: str | None = None, routes: Mapping[str, tuple[str, ...]] | None = None) -> Archive:
     """The unsigned archive of group row ``g``: the members in ``indices`` (by index), epoch ``info`` or None.
 
-    With ``provider_id`` it carries ``group_metadata`` (grouptun extension, ``provider/membership.py``)."""
+    With ``provider_id`` it carries ``group_metadata`` (grouptun extension, ``provider/membership.py``);
+    ``routes``: member name -> its approved subnet routes (provider/routes_approved.py)."""
     listed = sorted((r for r in rows if r.name in indices), key=lambda r: indices[r.name])
+    routes = routes or {}
     return Archive(
         group_id=g.group_id, name=g.name, version=version, epoch=info,
         members=tuple(ArchiveMember(r.name, indices[r.name], tuple(addresses(r)), tuple(json.loads(r.endpoints)),
                                     r.ed25519_public, r.kem_public, r.instance, stored_pairs(r.attributes),
-                                    r.expires_at) for r in listed),
+                                    r.expires_at, routes.get(r.name, ())) for r in listed),
         cidr=g.cidr, cidr6=g.cidr6, mtu=g.mtu,
         expires_at=(info.opened_at if info is not None else now) + 2 * g.rekey_after_seconds,
         metadata=None if provider_id is None else GroupMetadata(provider_id, g.expires_at,
@@ -70,5 +74,5 @@ def resign(conn, g, signer, now: float) -> None:
     indices = {m.name: m.index for m in old.members}
     version = next_version(g.version, now)
     archive = signer.sign(build_archive(g, version, old.epoch, member_rows(conn, g.id), indices, now,
-                                        signer.public.fingerprint()))
+                                        signer.public.fingerprint(), approved_routes(conn, g.id)))
     conn.execute(update(groups).where(groups.c.id == g.id).values(version=version, archive=archive))

@@ -318,6 +318,28 @@ def cmd_tokens(args) -> int:
     return cli_membership.tokens(args, _provider(args))
 
 
+def cmd_route(args) -> int:
+    """Subnet routes (provider/routes_approved.py): approve and remove open a new epoch."""
+    provider = _provider(args)
+    if args.action == "list":
+        routes = provider.list_routes(args.group)
+        if args.json:
+            print(json.dumps(routes, indent=2))
+        for r in routes if not args.json else ():
+            print(f"{r['member']:<24} {r['prefix']:<24} {r['state']}")
+        return 0
+    change = provider.approve_route if args.action == "approve" else provider.remove_route
+    prefix, opened = change(args.group, args.member, args.prefix)
+    done = {"group": args.group, "member": args.member, "prefix": prefix, "action": args.action,
+            "epoch": opened.epoch, "version": opened.version}
+    if args.json:
+        print(json.dumps(done, indent=2))
+    else:
+        verb = "approved" if args.action == "approve" else "removed"
+        print(f"{verb} {prefix} behind {args.member}; group {args.group} now at epoch {opened.epoch}")
+    return 0
+
+
 def cmd_audit(args) -> int:
     from provider.store import audit_rows
 
@@ -421,6 +443,20 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["tokens revoke"] = tsub.add_parser("revoke")
     p.set_defaults(func=cmd_tokens)
     cli_membership.add_arguments(parsers)
+    p = sub.action.add_parser("route", help="approve, list or remove subnet routes behind members")
+    rsub = _Sub(p.add_subparsers(dest="action", required=True), common)
+    r = rsub.add_parser("list")
+    r.add_argument("group")
+    r.add_argument("--json", action="store_true",
+                   help="a JSON list of {member, prefix, state (approved|requested), approved_at}")
+    for action, what in (("approve", "route PREFIX (a LAN behind MEMBER) to MEMBER; opens a new epoch"),
+                         ("remove", "stop routing PREFIX to MEMBER; opens a new epoch")):
+        r = rsub.add_parser(action, help=what)
+        r.add_argument("group")
+        r.add_argument("member")
+        r.add_argument("prefix", help="an IP network, e.g. 192.168.5.0/24 (no host bits)")
+        r.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_route)
 
     p = sub.add_parser("audit", help="print the audit log")
     p.add_argument("--follow", action="store_true")

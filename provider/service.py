@@ -47,7 +47,7 @@ from sqlalchemy import delete, insert, select, update
 from grouptun.core.keys import HEAP, SecretMemory
 from grouptun.core.archive import instance_of
 from provider import members as mem
-from provider import membership
+from provider import membership, routes_approved
 from provider.archives import addresses, build_archive, next_version, parse_own, resign
 from provider.epochs import (MAX_WAIT, Recipient, Thresholds, build_epoch, next_epoch_number)
 from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound, ProviderFault
@@ -227,6 +227,26 @@ class Provider:
 
         return self._change_and_open(group, "remove", mutate)[1]
 
+    # --- subnet routes (provider/routes_approved.py) ---------------------------
+
+    def approve_route(self, group: str, member: str, prefix: str) -> tuple[str, Opened]:
+        """Approve ``prefix`` behind ``member`` and open the epoch whose archive lists it."""
+        return self._change_and_open(
+            group, "route", lambda conn, g, now: routes_approved.approve(conn, g, member, prefix, now))
+
+    def remove_route(self, group: str, member: str, prefix: str) -> tuple[str, Opened]:
+        return self._change_and_open(
+            group, "route", lambda conn, g, now: routes_approved.remove(conn, g, member, prefix, now))
+
+    def request_routes(self, group: str, member: str, prefixes: list[str]) -> list[str]:
+        """A member's own prefixes, listed as requested for the admin; no epoch (nothing is routed yet)."""
+        with self.store.write() as conn:
+            return routes_approved.request(conn, _group(conn, group), member, prefixes, self.clock())
+
+    def list_routes(self, group: str) -> list[dict]:
+        with self.store.read() as conn:
+            return routes_approved.list_routes(conn, _group(conn, group))
+
     # --- epochs ----------------------------------------------------------------
 
     def open_epoch(self, group: str, reason: str, actor: str, starts: Mapping[str, bytes] | None = None,
@@ -334,7 +354,8 @@ class Provider:
                                          "capsule": cap, "sealed_salt": salt}
                                         for name, idx, cap, salt in sealed.sealed])
         prune_capsules(conn, g.id, g.current_epoch if g.current_epoch is not None else number)
-        archive = self.signer.sign(build_archive(g, version, info, rows, sealed.indices, now, self.provider_id))
+        archive = self.signer.sign(build_archive(g, version, info, rows, sealed.indices, now, self.provider_id,
+                                                 routes_approved.approved_routes(conn, g.id)))
         conn.execute(update(groups).where(groups.c.id == g.id).values(
             epoch_hw=number, current_epoch=number, epoch_opened_at=now, version=version, archive=archive))
         add_audit(conn, now, "provider", "epoch", g.name, epoch=number, reason=reason, group_size=len(rows),

@@ -1,6 +1,6 @@
 """Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
-Schema version 4 (table ``meta``, key ``schema_version``)::
+Schema version 5 (table ``meta``, key ``schema_version``)::
 
     meta      key PK, value
     groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
@@ -19,6 +19,9 @@ Schema version 4 (table ``meta``, key ``schema_version``)::
               key_check, opened_at, reason, challenges (JSON hex list)
     capsules  (group, epoch, member) PK, idx, capsule, sealed_salt
     audit     id PK, ts, actor, action, group_name, detail (JSON, never a secret)
+    subnet_routes  (member FK, prefix) PK, approved_at: the LAN prefixes a
+              member asked for (approved_at NULL) or an admin approved behind
+              it (provider/routes_approved.py)
 
 Migrations: :meth:`Store.check_schema` upgrades an older database in
 place, one step per version (``MIGRATIONS``), in one write transaction:
@@ -28,6 +31,7 @@ place, one step per version (``MIGRATIONS``), in one write transaction:
 revoked_at, attributes, member_ttl``, ``groups.owner_fields, expires_at, owners``
 (all NULL: as before) and the table ``removed`` (id, group FK, name,
 ed25519_public, removed_at, reason): see ``provider/membership.py``.
+4 -> 5 adds the ``subnet_routes`` table (empty: no routes approved).
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -72,7 +76,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 SERVER_LOCK_KEY = 0x67747673  # "gtvs": PostgreSQL session advisory lock held by the one `serve`
 IDENTITY_KEYS = ("provider_keys", "tls_fingerprint", "url")
@@ -236,11 +240,25 @@ def _membership_columns(conn: Connection) -> None:
     removed.create(conn, checkfirst=True)
 
 
+subnet_routes = Table(
+    "subnet_routes", metadata,
+    Column("member", Integer, ForeignKey("members.id", ondelete="CASCADE"), primary_key=True),
+    Column("prefix", String(64), primary_key=True),
+    Column("approved_at", Float),  # NULL: asked for by the member, not approved (yet)
+)
+
+
+def _add_subnet_routes(conn: Connection) -> None:
+    """The subnet_routes table (its own step: other migrations of other branches stay independent)."""
+    subnet_routes.create(conn, checkfirst=True)
+
+
 # from-version -> the step to the next version (run in the caller's write transaction)
 MIGRATIONS = {
     1: lambda conn: _add_column(conn, members, "instance"),
     2: _create_sealed_tables,
     3: _membership_columns,
+    4: _add_subnet_routes,
 }
 
 

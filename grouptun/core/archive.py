@@ -24,7 +24,8 @@ document that is not already canonical is refused. The document::
      "members": [{"name": str, "index": int, "addresses": ["10.77.0.2/24", ...],
                   "endpoints": ["host:port" | "[v6]:port", ...],
                   "ed25519_public": base64(32), "kem_public": base64(1216),
-                  "instance": hex(32) | null}, ...],
+                  "instance": hex(32) | null,
+                  "routes": ["192.168.5.0/24", ...]  (optional, grouptun extension)}, ...],
      "attributes": {"cidr": "10.77.0.0/24", "cidr6": "fd77::/64" | null, "mtu": 1420},
      "expires_at": unix seconds,
      "provider_urls": ["https://host:port", ...]}      (optional, see below)
@@ -52,6 +53,10 @@ value}`` (signed attributes, :mod:`grouptun.core.attributes` grammar) and
 ``"group_metadata": {"provider_id": hex, "expires_at"?: num, "owner"?:
 {key: value}, "owners"?: [name, ...]}`` (see PROTOCOL.md, grouptun extensions).
 
+A member's ``routes`` (a grouptun extension, absent = none) are the subnet
+prefixes the provider approved behind it: at most :data:`MAX_ROUTES`,
+each a network in strict form (no host bits set).
+
 ``Archive.raw`` holds the whole envelope exactly as verified, so a member
 can store it and verify it again later. Limits: this module checks shapes
 and signatures only; the semantic acceptance order (group id, epoch newer,
@@ -64,6 +69,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 from dataclasses import dataclass, field
 
@@ -83,6 +89,7 @@ ED25519_PUBLIC_SIZE = 32
 MLDSA65_PUBLIC_SIZE = 1952
 CHALLENGE_SIZE = 32
 INSTANCE_SIZE = 32
+MAX_ROUTES = 64  # approved subnet routes per member (grouptun extension)
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024  # ~65535 members * ~1.7 KiB each, base64
 
 
@@ -147,14 +154,18 @@ class ArchiveMember:
     instance: bytes | None = None  # instance_of(the start challenge owning this member); None before its first
     attributes: tuple[tuple[str, str], ...] = ()  # grouptun extension: signed key=value pairs, sorted by key
     expires_at: float | None = None  # grouptun extension: a temporary member's deadline (unix seconds)
+    routes: tuple[str, ...] = ()  # approved subnet prefixes behind it (grouptun extension; absent = none)
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "name": self.name, "index": self.index, "addresses": list(self.addresses),
             "endpoints": list(self.endpoints), "ed25519_public": b64e(self.ed25519_public),
             "kem_public": b64e(self.kem_public), "instance": None if self.instance is None else self.instance.hex(),
             **membership_json(self.attributes, self.expires_at),
         }
+        if self.routes:  # absent when none: documents without routes stay byte-identical to before
+            out["routes"] = list(self.routes)
+        return out
 
 
 @dataclass(frozen=True)
@@ -380,6 +391,7 @@ def _parse_member(obj: object) -> ArchiveMember:
         instance=None if instance is None else _hexd(instance, "member.instance", INSTANCE_SIZE),
         attributes=_pairs(obj, "attributes", w),
         expires_at=None if "expires_at" not in obj else _num(obj, "expires_at", w),
+        routes=_routes(obj, w) if "routes" in obj else (),
     )
 
 
@@ -420,6 +432,18 @@ def _owners(obj: dict, where: str) -> tuple[str, ...]:
     if list(names) != sorted(set(names)) or not all(0 < len(n) <= 64 for n in names):
         raise EpochRejected("format", f"{where}owners: not sorted unique names of 1..64 characters")
     return names
+
+
+def _routes(obj: dict, where: str) -> tuple[str, ...]:
+    routes = _strs(obj, "routes", where)
+    if len(routes) > MAX_ROUTES:
+        raise EpochRejected("format", f"{where}routes: more than {MAX_ROUTES}")
+    for text in routes:
+        try:
+            ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            raise EpochRejected("format", f"{where}routes: {text!r} is not a network") from exc
+    return routes
 
 
 def parse_document(obj: object, raw: bytes = b"") -> Archive:

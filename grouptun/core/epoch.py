@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from grouptun.core import counters as C
-from grouptun.core.inner import misfit
+from grouptun.core.inner import NO_PREFIXES, PrefixMap, misfit
 from grouptun.core.keys import GROUP_ID_SIZE, HEAP, SUITES, EpochKeys, SecretBuffer, SecretMemory
 from grouptun.core.peers import MemberInfo, Network, Routes
 from grouptun.core.replay import ReplayWindow
@@ -77,6 +77,11 @@ def validate(material: EpochMaterial) -> None:
             if address in seen:
                 raise ValueError(f"overlay address {address} is listed twice")
             seen.add(address)
+    routed = [(prefix, member.name) for member in material.members for prefix in member.prefixes]
+    for k, (prefix, name) in enumerate(routed):
+        for other, owner in routed[k + 1:]:
+            if prefix.version == other.version and prefix.overlaps(other):
+                raise ValueError(f"subnet route {prefix} of {name} overlaps {other} of {owner}")
     if not 1 <= material.rekey_after_packets <= REKEY_AFTER_PACKETS_MAX:
         raise ValueError(f"rekey_after_packets outside 1..{REKEY_AFTER_PACKETS_MAX}")
     for name in ("switch_delay", "grace", "rekey_after_seconds"):
@@ -87,15 +92,18 @@ def validate(material: EpochMaterial) -> None:
 class Receiver:
     """State for packets from one sender in one epoch."""
 
-    __slots__ = ("cipher", "window", "sources", "member", "local", "keepalive")
+    __slots__ = ("cipher", "window", "sources", "source_prefixes", "member", "local", "local_prefixes",
+                 "keepalive")
 
     def __init__(self, cipher: PacketCipher, member: MemberInfo, local: frozenset[bytes],
-                 keepalive: bytes) -> None:
+                 keepalive: bytes, local_prefixes: PrefixMap = NO_PREFIXES) -> None:
         self.cipher = cipher
         self.window = ReplayWindow()
         self.sources = member.packed_addresses()
+        self.source_prefixes = member.prefix_map()  # the sender's approved subnet routes
         self.member = member
         self.local = local  # inner destinations that are ours (own and broadcast addresses)
+        self.local_prefixes = local_prefixes  # our own approved subnet routes (we forward into them)
         self.keepalive = keepalive  # the plaintext of a keepalive sent to us
 
     def misfit(self, byte0: int, plaintext: bytes | bytearray | memoryview) -> str | None:
@@ -106,7 +114,7 @@ class Receiver:
         """
         if byte0 == BYTE0_KEEPALIVE:
             return None if plaintext == self.keepalive else C.NOT_FOR_ME
-        return misfit(plaintext, self.sources, self.local)
+        return misfit(plaintext, self.sources, self.local, self.source_prefixes, self.local_prefixes)
 
 
 class EpochState:
@@ -128,6 +136,7 @@ class EpochState:
         self.by_index: tuple[MemberInfo, ...] = tuple(sorted(material.members, key=lambda m: m.index))
         self.own = self.by_index[material.own_index]
         self.own_sources = self.own.packed_addresses()
+        self.own_prefixes = self.own.prefix_map()  # inner sources/destinations we route for (subnet routes)
         self.routes = Routes(material.members, material.own_index, material.networks)
         self.local = self.own_sources | self.routes.broadcast
         self.own_keepalive = keepalive_body(material.own_index)
@@ -154,7 +163,8 @@ class EpochState:
         found = self.receivers.get(index)
         if found is None:
             found = self.receivers[index] = Receiver(sender_cipher(self.keys, index, self._run_key),
-                                                     self.by_index[index], self.local, self.own_keepalive)
+                                                     self.by_index[index], self.local, self.own_keepalive,
+                                                     self.own_prefixes)
         return found
 
     def key_check(self) -> bytes:

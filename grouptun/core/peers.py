@@ -3,7 +3,9 @@
 :class:`Routes` is built once per epoch from its member table: packed
 overlay address -> member index, plus the broadcast addresses (IPv4
 limited broadcast and the broadcast address of each IPv4 overlay network
-handed in). Multicast (224.0.0.0/4, ff00::/8) and broadcast go to every
+handed in), plus each member's approved subnet routes (a grouptun
+extension: a destination inside one goes to that member, longest prefix
+first; an overlay address always wins). Multicast (224.0.0.0/4, ff00::/8) and broadcast go to every
 other member: :data:`EVERYONE`.
 
 :class:`PeerTable` keeps per-member state keyed by member NAME, so it
@@ -40,7 +42,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
 
-from grouptun.core.inner import is_multicast
+from grouptun.core.inner import PrefixMap, is_multicast
 
 Endpoint = tuple[str, int]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -60,24 +62,31 @@ class MemberInfo:
     index: int                      # member index in THIS epoch
     addresses: tuple[Address, ...]  # overlay addresses
     endpoint: Endpoint | None       # from the signed archive (None = unknown until it talks)
+    prefixes: tuple[Network, ...] = ()  # approved subnet routes behind it (archive "routes")
 
     def packed_addresses(self) -> frozenset[bytes]:
         return frozenset(address.packed for address in self.addresses)
+
+    def prefix_map(self) -> PrefixMap:
+        return PrefixMap((prefix, True) for prefix in self.prefixes)
 
 
 class Routes:
     """Destination address -> member index, or EVERYONE, or None (no route)."""
 
-    __slots__ = ("unicast", "broadcast")
+    __slots__ = ("unicast", "broadcast", "prefixes")
 
     def __init__(self, members: Iterable[MemberInfo], own_index: int,
                  networks: Iterable[Network] = ()) -> None:
         self.unicast: dict[bytes, int] = {}  # read directly by the send path
+        routed = []
         for member in members:
             if member.index == own_index:
                 continue
             for address in member.addresses:
                 self.unicast[address.packed] = member.index
+            routed.extend((prefix, member.index) for prefix in member.prefixes)
+        self.prefixes = PrefixMap(routed)
         broadcast = {_LIMITED_BROADCAST}
         for network in networks:
             if network.version == 4 and network.prefixlen < 31:
@@ -90,7 +99,7 @@ class Routes:
             return index
         if destination in self.broadcast or is_multicast(destination):
             return EVERYONE
-        return None
+        return self.prefixes.lookup(destination)  # type: ignore[return-value]
 
 
 class Peer:

@@ -186,7 +186,7 @@ class Session:
         state = self._keyring.sending(now)
         if state is None:
             return C.TX_NO_EPOCH
-        if addresses[0] not in state.own_sources:
+        if addresses[0] not in state.own_sources and not state.own_prefixes.holds(addresses[0]):
             return C.TX_SOURCE
         target = state.routes.unicast.get(addresses[1])
         if target is None:
@@ -340,6 +340,8 @@ class Session:
             for member in current.by_index:
                 entry = {"name": member.name, "index": member.index,
                          "addresses": [str(a) for a in member.addresses], "self": member.name == self.own_name}
+                if member.prefixes:  # approved subnet routes behind it
+                    entry["routes"] = [str(p) for p in member.prefixes]
                 peer = self._peers.get(member.name)
                 if peer is not None:
                     entry.update(peer.status(now))

@@ -31,15 +31,19 @@ def endpoint(name: str) -> tuple[str, int]:
     return ("127.0.0.1", 40000 + NAMES.index(name))
 
 
-def members(names=NAMES, order=None) -> tuple[MemberInfo, ...]:
-    """Member i (position in NAMES) gets addresses .i+1; ``order`` permutes indices."""
+def members(names=NAMES, order=None, routes=None) -> tuple[MemberInfo, ...]:
+    """Member i (position in NAMES) gets addresses .i+1; ``order`` permutes indices;
+    ``routes``: name -> prefix texts approved behind that member (subnet routes)."""
     order = order or list(range(len(names)))
+    routes = routes or {}
     return tuple(MemberInfo(name, order[pos], (v4(NAMES.index(name) + 1), v6(NAMES.index(name) + 1)),
-                            endpoint(name)) for pos, name in enumerate(names))
+                            endpoint(name), tuple(ipaddress.ip_network(p) for p in routes.get(name, ())))
+                 for pos, name in enumerate(names))
 
 
-def material(own: str, epoch: int = 1, suite: int = 1, names=NAMES, order=None, **extra) -> EpochMaterial:
-    table = members(names, order)
+def material(own: str, epoch: int = 1, suite: int = 1, names=NAMES, order=None, routes=None,
+             **extra) -> EpochMaterial:
+    table = members(names, order, routes)
     own_index = next(m.index for m in table if m.name == own)
     fields = dict(group_id=GROUP_ID, epoch=epoch, suite=suite, nonce_start=0x9ABCDEF0 ^ epoch,
                   group_size=len(table), own_index=own_index, members=table,

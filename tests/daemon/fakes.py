@@ -278,6 +278,25 @@ class FakeNetConfig:
     def add_routes(self, routes) -> None:
         self.routes |= set(routes)
 
+    def remove_routes(self, routes) -> None:
+        self.routes -= set(routes)
+
+
+class FakeLinkDns:
+    """The host resolver's per-link DNS (grouptun.names_server.LinkDns): records what was asked."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.fail = fail
+
+    def register(self, ifname: str, servers: list[str], domain: str) -> None:
+        self.calls.append(("register", ifname, tuple(servers), domain))
+        if self.fail:
+            raise OSError("resolvectl: Failed to set DNS configuration: Link not found")
+
+    def revert(self, ifname: str) -> None:
+        self.calls.append(("revert", ifname))
+
 
 class FullDisk:
     """The statefile's write boundary (``EpochStateFile(write=...)``) on a disk that can fill up.
@@ -326,6 +345,7 @@ class FakeProvider:
         self.current: ArchiveEpoch | None = None
         self.attributes: dict[str, tuple] = {}  # member -> signed attribute pairs (issue 17)
         self.removed: dict[str, str] = {}  # member -> reason: its requests get the provider's 410
+        self.routes: dict[str, tuple[str, ...]] = {}  # member -> approved subnet routes (archive "routes")
         self.watch_cap = 0.2  # the fake's long-poll returns after at most this long
         self.hold_watch = threading.Event()  # set: watches answer nothing until release_watch (or timeout)
         self.release_watch = threading.Event()
@@ -338,7 +358,8 @@ class FakeProvider:
     def _members(self) -> tuple:
         names = sorted(self.members)
         return tuple(ArchiveMember(n, i, self.addresses[n], self.endpoints[n], self.members[n].ed25519_public,
-                                   self.members[n].kem_public, self.instances.get(n), self.attributes.get(n, ()))
+                                   self.members[n].kem_public, self.instances.get(n), self.attributes.get(n, ()),
+                                   routes=self.routes.get(n, ()))
                      for i, n in enumerate(names))
 
     def remove_member(self, name: str, reason: str = "'alice' was removed from 'lan' by the admin") -> None:
@@ -511,6 +532,9 @@ class FakeClient:
 
     def report(self, endpoints, packets_sent) -> None:
         self._call("report", tuple(endpoints), dict(packets_sent))
+
+    def request_routes(self, prefixes) -> None:
+        self._call("request_routes", tuple(prefixes))
 
     def rekey(self, reason: str) -> None:
         self._call("rekey", reason)

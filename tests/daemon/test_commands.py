@@ -74,6 +74,13 @@ def test_join_refuses_an_existing_name_before_spending_the_token(tmp_path, fake_
     assert len(calls) == 1 and "already configured" in capsys.readouterr().err
 
 
+def test_join_writes_the_advertised_routes(tmp_path, fake_enroll):
+    provider, calls, token = fake_enroll
+    assert cli.main(join_args(tmp_path, token, "--advertise-route", "192.168.5.0/24",
+                              "--advertise-route", "fd99:5::/64")) == 0
+    assert config.load(tmp_path / "etc" / "lan.toml").network.advertise_routes == ("192.168.5.0/24", "fd99:5::/64")
+
+
 def test_join_default_endpoint_is_our_address_towards_the_provider(tmp_path, fake_enroll):
     provider, calls, token = fake_enroll
     assert cli.main(join_args(tmp_path, token, "--listen-port", "51999")) == 0
@@ -81,7 +88,8 @@ def test_join_default_endpoint_is_our_address_towards_the_provider(tmp_path, fak
 
 
 @pytest.mark.parametrize("extra,code", [(["--endpoint", "nope"], 78), (["--listen-port", "0"], 78),
-                                        (["--name", "bad name"], 78), (["--listen-address", "nope"], 78)])
+                                        (["--name", "bad name"], 78), (["--listen-address", "nope"], 78),
+                                        (["--advertise-route", "192.168.5.1/24"], 78)])
 def test_join_bad_arguments_spend_nothing(tmp_path, fake_enroll, extra, code):
     provider, calls, token = fake_enroll
     assert cli.main(join_args(tmp_path, token, *extra)) == code

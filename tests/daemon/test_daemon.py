@@ -20,8 +20,8 @@ from grouptun.daemon import Daemon, Factories
 from grouptun.errors import ConfigError, InstanceSuperseded, KeystoreError, KeystoreLocked, StateDirLocked
 from grouptun.udp import UdpTransport
 
-from .fakes import (CREDENTIAL, FAST, FakeEcho, FakeNetConfig, FakeProvider, FakeTun, arena_holds, ipv4_packet,
-                    legacy_keystore, vm_locked)
+from .fakes import (CREDENTIAL, FAST, FakeEcho, FakeLinkDns, FakeNetConfig, FakeProvider, FakeTun, arena_holds,
+                    ipv4_packet, legacy_keystore, vm_locked)
 
 
 def make_config(provider: FakeProvider, name: str, root: Path, extra: str = "") -> cfgmod.Config:
@@ -66,7 +66,7 @@ class Member:
 
         self.credential = bytearray(CREDENTIAL)
         self.daemon = Daemon(self.config, self.credential, Factories(
-            tun=tun, udp=udp, netconfig=net, client=lambda c, k: provider.client(name)))
+            tun=tun, udp=udp, netconfig=net, client=lambda c, k: provider.client(name), link_dns=FakeLinkDns))
         self.result = None
         self.error = None
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -72,7 +72,8 @@ net = NetConfig(name)
 net.configure(["10.77.0.2/24"], 1420, [])
 async def on_loop():          # what SIGHUP reload does: netlink from the running loop's thread
     net.set_mtu(1400)
-    net.add_routes(["10.88.0.0/16"])
+    net.add_routes(["10.88.0.0/16", "10.89.0.0/16"])
+    net.remove_routes(["10.89.0.0/16", "10.90.0.0/16"])  # a subnet route taken away; one never there
     return net.state()
 print(json.dumps(loop.run_until_complete(on_loop())))
 tun.close()
@@ -84,7 +85,7 @@ def test_netconfig_works_from_a_running_uvloop():
     proc, _ = run_in_fresh_namespace(LOOP_SCRIPT, "dmn", 30)
     assert proc.returncode == 0, proc.stderr
     state = json.loads(proc.stdout)
-    assert state["mtu"] == 1400 and "10.88.0.0/16" in state["routes"]
+    assert state["mtu"] == 1400 and "10.88.0.0/16" in state["routes"] and "10.89.0.0/16" not in state["routes"]
 
 
 PING6_SCRIPT = r"""

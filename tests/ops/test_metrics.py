@@ -220,3 +220,19 @@ def test_collector_reads_a_real_session_status():
     assert got[("grouptun_epoch_packets_sent_total", (("epoch", "3"), g))] == 0
     assert got[("grouptun_member_transmit_bytes_total", (g, ("member", "beta")))] == 0
     assert got[("grouptun_drops_total", (g, ("reason", "replay")))] == 0
+
+
+def test_names_counters_are_exported_by_outcome():
+    from prometheus_client import generate_latest
+
+    from grouptun.names import NameCounters
+
+    counters = NameCounters(answered=5, rate_limited=7, formerr=1)
+    m = DaemonMetrics("lan", lambda: {"epochs": [], "members": [], "drops": {}, "names": counters.snapshot()})
+    got = samples(generate_latest(m.registry).decode())
+    g = ("group", "lan")
+    assert got[("grouptun_dns_queries_total", (g, ("outcome", "answered")))] == 5
+    assert got[("grouptun_dns_queries_total", (g, ("outcome", "rate_limited")))] == 7
+    assert got[("grouptun_dns_queries_total", (g, ("outcome", "nxdomain")))] == 0
+    without = samples(generate_latest(DaemonMetrics("lan", lambda: {"drops": {}}).registry).decode())
+    assert not any(name == "grouptun_dns_queries_total" for name, _ in without)

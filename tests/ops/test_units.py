@@ -74,8 +74,8 @@ def test_daemon_contract():
     assert svc("Restart") == ["on-failure"]
     assert svc("LimitCORE") == ["0"]  # the watchdog SIGABRT must not dump keys
     assert svc("WatchdogSec") and int(svc("WatchdogSec")[0]) >= 10
-    assert svc("CapabilityBoundingSet") == ["CAP_NET_ADMIN"]
-    assert svc("AmbientCapabilities") == ["CAP_NET_ADMIN"]
+    assert svc("CapabilityBoundingSet") == ["CAP_NET_ADMIN CAP_NET_BIND_SERVICE"]  # DNS on port 53
+    assert svc("AmbientCapabilities") == ["CAP_NET_ADMIN CAP_NET_BIND_SERVICE"]
     assert svc("DevicePolicy") == ["closed"]
     assert svc("DeviceAllow") == ["/dev/net/tun rw"]
     assert svc("PrivateDevices") == []  # would hide /dev/net/tun

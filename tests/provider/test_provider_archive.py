@@ -184,3 +184,22 @@ def test_join_token_field_checks():
                        ("provider_keys_hash", "b" * 63), ("secret", b64url(b"short"))]:
         with pytest.raises(ConfigError):
             JoinToken(**{**good, field: bad})
+
+
+def test_member_routes_are_optional_signed_and_checked():
+    """grouptun extension: a member entry's approved subnet routes; absent means none."""
+    plain = _archive()
+    assert "routes" not in json.loads(json.loads(SIGNER.sign(plain))["document"])["members"][0]
+    bob = plain.members[1]
+    routed = _archive(members=(plain.members[0], ArchiveMember(
+        bob.name, bob.index, bob.addresses, bob.endpoints, bob.ed25519_public, bob.kem_public,
+        routes=("192.168.5.0/24", "fd99:5::/64"))))
+    parsed = verify_archive(SIGNER.sign(routed), SIGNER.public)
+    assert parsed.member("bob").routes == ("192.168.5.0/24", "fd99:5::/64")
+    assert parsed.member("alice").routes == ()
+    document = json.loads(json.loads(SIGNER.sign(routed))["document"])
+    for bad in (["192.168.5.1/24"], ["not a prefix"], "192.168.5.0/24", [7], ["10.0.0.0/8"] * 65):
+        entry = dict(document["members"][1], routes=bad)
+        with pytest.raises(EpochRejected, match="member.routes") as info:
+            parse_document(dict(document, members=[document["members"][0], entry]))
+        assert info.value.step == "format"

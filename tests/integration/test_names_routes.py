@@ -1,0 +1,224 @@
+"""Member names and subnet routes in a live mesh (lab tag ``nr``: provider p, members a b c).
+
+- ``dig`` inside the namespaces asks a member's DNS server on its tunnel address for
+  ``b.lan.grouptun`` (A and AAAA, UDP and TCP); other names get NXDOMAIN or REFUSED; malformed
+  queries get FORMERR and a short flood is rate-limited and counted while pings still pass.
+- A "LAN host" namespace (``gt-nr-l``, 10.66.5.7) sits behind member b. Member a cannot reach it
+  until the provider approves 10.66.5.0/24 behind b; then a pings it and talks TCP to it through
+  b, without restarting anything; a packet from b's LAN with a source outside the approved
+  prefix goes nowhere and is counted (b refuses to seal it); and when b is an insider whose
+  daemon seals it anyway, a drops it and counts it (``inner``).
+The LAN namespace has the lab's prefix, so the lab's teardown removes it, also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from grouptun.lab import netns, ping
+from grouptun.lab.mesh import REPO, drop_counts
+from grouptun.lab.topology import Host
+from grouptun.lab.wait import wait_until
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+LAB_TAG = "nr"
+LAN, LAN_GATEWAY, LAN_HOST, OUTSIDE = "10.66.5.0/24", "10.66.5.1", "10.66.5.7", "10.66.6.9"
+ECHO_PORT = 7007
+
+
+def dig(lab, host: str, server: str, name: str, *options: str) -> str:
+    proc = lab.exec(host, ["dig", f"@{server}", name, *options, "+time=2", "+tries=1"], timeout=15, check=False)
+    return proc.stdout
+
+
+def short(lab, host: str, server: str, name: str, rdtype: str, *options: str) -> list[str]:
+    return dig(lab, host, server, name, rdtype, "+short", *options).split()
+
+
+@pytest.fixture(scope="module")
+def need_dig():
+    if subprocess.run(["sh", "-c", "command -v dig"], capture_output=True).returncode != 0:
+        pytest.skip("dig is not installed (scripts/test installs bind9-dnsutils)")
+
+
+def test_dig_resolves_member_names_on_the_tunnel_address(lab_mesh, need_dig):
+    lab, mesh = lab_mesh
+    b = mesh.members["b"]
+    for asker, server in (("a", mesh.members["a"].overlay(4)), ("c", b.overlay(4)), ("a", b.overlay(6))):
+        assert short(lab, asker, server, "b.lan.grouptun", "A") == [b.overlay(4)]
+        assert short(lab, asker, server, "B.Lan.Grouptun", "AAAA") == [b.overlay(6)]
+    server = mesh.members["a"].overlay(4)
+    assert short(lab, "a", server, "c.lan.grouptun", "A", "+tcp") == [mesh.members["c"].overlay(4)]
+    assert "status: NXDOMAIN" in dig(lab, "a", server, "nobody.lan.grouptun", "A")
+    assert "status: REFUSED" in dig(lab, "a", server, "example.com", "A")
+    assert "flags: qr aa" in dig(lab, "a", server, "b.lan.grouptun", "A")
+    assert mesh.status("a")["names"]["domain"] == "lan.grouptun"
+    assert f"names: *.lan.grouptun on {server}" in mesh.status_text("a")
+
+
+FLOOD = r"""
+import socket, sys, time
+import dns.message
+server, seconds, limit = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setblocking(False)
+good = dns.message.make_query("b.lan.grouptun", "A").to_wire()
+bad = [good[:-3], b"\x12\x34" + b"\x00" * 30, good[:2] + b"\x01\x00\x00\x05" + good[6:]]
+sent, deadline = 0, time.monotonic() + seconds
+for junk in bad * 10:
+    sock.sendto(junk, (server, 53))
+while sent < limit and time.monotonic() < deadline:
+    try:
+        sock.sendto(good, (server, 53))
+        sent += 1
+    except BlockingIOError:
+        time.sleep(0.001)
+print(sent)
+"""
+
+
+def test_malformed_queries_and_a_flood_are_counted_and_the_tunnel_keeps_working(lab_mesh, need_dig):
+    lab, mesh = lab_mesh
+    b = mesh.members["b"]
+    before = mesh.status("b")["names"]
+    flood = lab.spawn("a", "dns-flood", [sys.executable, "-c", FLOOD, b.overlay(4), "3", "200000"])
+    pings = ping(lab, "c", b.overlay(4), count=10, interval=0.2)  # during the flood
+    assert wait_until(lambda: not flood.alive(), timeout=20.0)
+    after = mesh.status("b")["names"]
+    print(f"\nflood: {flood.tail(1).strip()} queries sent; b names {after}; ping c->b {pings.received}/{pings.sent}")
+    assert pings.ok, pings.output
+    assert after["formerr"] - before["formerr"] >= 10
+    assert after["rate_limited"] - before["rate_limited"] > 0
+    assert short(lab, "c", b.overlay(4), "a.lan.grouptun", "A") == [mesh.members["a"].overlay(4)]
+
+
+def _lan_behind_b(lab) -> Host:
+    """Namespace gt-nr-l with 10.66.5.7, linked by a veth to b (10.66.5.1), default route via b."""
+    ns, inside, outside = f"{lab.prefix}l", f"{lab.prefix}l0", f"{lab.prefix}bl"
+    b_ns = lab.host("b").ns
+    netns.run(["ip", "netns", "add", ns])
+    host = Host("l", ns, inside, outside, LAN_HOST, "")
+    lab.hosts["l"] = host
+    for argv in (["ip", "-n", ns, "link", "set", "lo", "up"],
+                 ["ip", "-n", b_ns, "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", ns],
+                 ["ip", "-n", b_ns, "addr", "add", f"{LAN_GATEWAY}/24", "dev", outside],
+                 ["ip", "-n", b_ns, "link", "set", outside, "up"],
+                 ["ip", "-n", ns, "addr", "add", f"{LAN_HOST}/24", "dev", inside],
+                 ["ip", "-n", ns, "addr", "add", f"{OUTSIDE}/32", "dev", inside],
+                 ["ip", "-n", ns, "link", "set", inside, "up"],
+                 ["ip", "-n", ns, "route", "add", "default", "via", LAN_GATEWAY]):
+        netns.run(argv)
+    lab.sysctl("b", "net.ipv4.ip_forward", 1)
+    return host
+
+
+ECHO = r"""
+import socket, sys
+server = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+server.settimeout(120)
+for _ in range(20):
+    conn, peer = server.accept()
+    with conn:
+        conn.settimeout(5)
+        conn.sendall(f"{peer[0]} ".encode() + conn.recv(100))
+"""
+
+TCP_CLIENT = r"""
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:
+    s.sendall(b"hello lan")
+    print(s.recv(200).decode())
+"""
+
+
+def _tcp(lab, host: str, address: str) -> subprocess.CompletedProcess:
+    return lab.exec(host, [sys.executable, "-c", TCP_CLIENT, address, str(ECHO_PORT)], timeout=20, check=False)
+
+
+def test_lan_host_behind_b_is_reached_once_the_route_is_approved(lab_mesh):
+    lab, mesh = lab_mesh
+    _lan_behind_b(lab)
+    echo = lab.spawn("l", "lan-echo", [sys.executable, "-c", ECHO, str(ECHO_PORT)])
+    assert ping(lab, "b", LAN_HOST, count=1).ok  # the LAN itself works
+    assert not ping(lab, "a", LAN_HOST, count=2, interval=0.2).ok  # not approved: no route at a
+    assert _tcp(lab, "a", LAN_HOST).returncode != 0
+
+    out = json.loads(mesh.provider_cli("route", "approve", mesh.group, "b", LAN, "--json"))
+    assert out["prefix"] == LAN and out["epoch"] is not None
+    listed = json.loads(mesh.provider_cli("route", "list", mesh.group, "--json"))
+    assert [(r["member"], r["prefix"]) for r in listed] == [("b", LAN)]
+
+    def routed() -> bool:
+        routes = lab.exec("a", ["ip", "route", "show", LAN], check=False).stdout
+        return LAN in routes and ping(lab, "a", LAN_HOST, count=1).ok
+    assert wait_until(routed, timeout=30.0, interval=0.5), "a never reached the LAN host after the approval"
+    assert ping(lab, "a", LAN_HOST, count=5, interval=0.1).ok
+    answer = _tcp(lab, "a", LAN_HOST)
+    assert answer.returncode == 0 and answer.stdout.split() == [mesh.members["a"].overlay(4), "hello", "lan"]
+    b_entry = next(m for m in mesh.status("a")["session"]["members"] if m["name"] == "b")
+    assert b_entry["routes"] == [LAN]
+    assert lab.exec("b", ["ip", "route", "show", LAN], check=False).stdout.split()[1:3] != ["dev", "gt-lan"]
+
+    # a packet from b's LAN whose source is outside the approved prefix: b refuses to seal it
+    before_b, before_a = drop_counts(mesh.status("b")), drop_counts(mesh.status("a"))
+    spoofed = ping(lab, "l", mesh.members["a"].overlay(4), count=3, interval=0.1, extra=("-I", OUTSIDE))
+    assert spoofed.received == 0
+    after_b, after_a = drop_counts(mesh.status("b")), drop_counts(mesh.status("a"))
+    assert after_b.get("tx_source", 0) - before_b.get("tx_source", 0) >= 3
+    assert after_a.get("inner", 0) == before_a.get("inner", 0)  # nothing of it reached a
+
+    mesh.provider_cli("route", "remove", mesh.group, "b", LAN)
+    assert wait_until(lambda: LAN not in lab.exec("a", ["ip", "route", "show", LAN], check=False).stdout,
+                      timeout=30.0, interval=0.5)
+    assert not ping(lab, "a", LAN_HOST, count=2, interval=0.2).ok
+    echo.stop(timeout=3.0)
+
+
+# b as a misbehaving insider: its own daemon, with its own send-side source check widened to
+# 10.66.0.0/16, so it seals packets from outside its approved prefix; a's receive rule must drop them.
+INSIDER = f"""
+import ipaddress, sys
+sys.path.insert(0, {str(REPO)!r})
+from grouptun.core import epoch
+from grouptun.core.inner import PrefixMap
+installed = epoch.EpochState.__init__
+def claims_more(self, *args, **kwargs):
+    installed(self, *args, **kwargs)
+    self.own_prefixes = PrefixMap([(ipaddress.ip_network("10.66.0.0/16"), True)])
+epoch.EpochState.__init__ = claims_more
+from grouptun.cli import main
+sys.exit(main())
+"""
+
+
+def test_source_outside_the_approved_prefix_from_an_insider_is_dropped_and_counted_at_a(lab_mesh):
+    lab, mesh = lab_mesh
+    if "l" not in lab.hosts:
+        _lan_behind_b(lab)
+    mesh.provider_cli("route", "approve", mesh.group, "b", LAN)
+    b = mesh.members["b"]
+    mesh.down("b")
+    b.proc = lab.spawn("b", "member-b-insider", [sys.executable, "-c", INSIDER, "up", mesh.group, "--config",
+                                                 str(b.config), "--credential-file", str(b.credential_file)])
+    try:
+        mesh.wait_ready("b")
+        a_overlay = mesh.members["a"].overlay(4)
+        assert wait_until(lambda: ping(lab, "l", a_overlay, count=1).ok, timeout=30.0, interval=0.5)
+        before_a, before_b = drop_counts(mesh.status("a")), drop_counts(mesh.status("b"))
+        spoofed = ping(lab, "l", a_overlay, count=3, interval=0.1, extra=("-I", OUTSIDE))
+        after_a, after_b = drop_counts(mesh.status("a")), drop_counts(mesh.status("b"))
+        print(f"\ninsider b: a inner drops {before_a.get('inner', 0)} -> {after_a.get('inner', 0)}")
+        assert spoofed.received == 0
+        assert after_a.get("inner", 0) - before_a.get("inner", 0) >= 3  # sealed by b, refused by a
+        assert after_b.get("tx_source", 0) == before_b.get("tx_source", 0)  # the insider did seal them
+        assert ping(lab, "l", a_overlay, count=2, interval=0.1).ok  # inside the prefix: still fine
+    finally:
+        mesh.down("b")
+        mesh.up("b")
+        mesh.wait_ready("b")
+        mesh.provider_cli("route", "remove", mesh.group, "b", LAN)
