@@ -23,7 +23,6 @@ from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers,
 from provider.archives import parse_own
 from provider.hub import StartBatcher
 from provider.keys import Signer
-from provider.pending import PendingStarts
 from provider.service import MAX_PENDING_STARTS, PENDING_START_TTL, Provider
 from provider.store import Store, audit_rows, members
 from provider_helpers import STORE_KINDS, fresh_store
@@ -445,13 +444,14 @@ def test_pending_starts_keep_the_latest_per_member_are_bounded_and_expire(fx):
     fx.enroll("bob")
     archive = fx.archive()
     assert archive.epoch.challenges == (second,) and archive.member("alice").instance == instance_of(second)
-    pending = PendingStarts(fx.clock)
+    fx.provider.remove_member("lan", "bob")  # back to one member: starts wait again
     many = {f"m{i}": i.to_bytes(32, "big") for i in range(MAX_PENDING_STARTS + 5)}
     for name, challenge in many.items():
-        pending.add("lan", {name: challenge})
-    assert list(pending.get("lan")) == list(many)[5:]  # the oldest went first
+        fx.clock.t += 0.001
+        assert fx.provider.start("lan", {name: challenge}) is None
+    assert list(fx.provider.pending_starts("lan")) == list(many)[5:]  # the oldest are left out
     fx.clock.t += PENDING_START_TTL + 1
-    assert pending.get("lan") == {}
+    assert fx.provider.pending_starts("lan") == {}
 
 
 class _NoHub:
