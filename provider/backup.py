@@ -22,8 +22,15 @@ kept running would hold the later state in its caches):
    held newer epochs than the backup's move on to one above theirs (their
    archives versions are Unix milliseconds: the new one is newer too).
 
+When the database being replaced can still be read, ``live_state`` takes
+from it first what members hold now: each group's epoch high-water mark
+(exact, on top of the time-based floor) and each member's instance (the
+daemon started after the backup keeps owning its member: an archive naming
+the backup's older instance would make it exit as "started elsewhere").
+When it cannot (the database is lost), those daemons must be started again.
+
 What a restore cannot bring back: members enrolled after the backup (they
-enroll again with a new invitation) and changes made after it.
+enroll again with a new invitation) and other changes made after it.
 """
 
 from __future__ import annotations
@@ -38,12 +45,13 @@ import subprocess
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from provider.database import DatabaseSetting, canonical_keys
-from provider.errors import InvalidInput, StateDirError
+from provider.errors import InvalidInput, ProviderFault, StateDirError
 from provider.keys import StatePaths
-from provider.store import SCHEMA_VERSION, SERVER_APPLICATION
+from provider.store import SCHEMA_VERSION, SERVER_APPLICATION, groups, members
 
 TOOL_TIMEOUT = 3600
 
@@ -71,19 +79,48 @@ def backup(setting: DatabaseSetting, target: Path) -> None:
     os.chmod(target, 0o600)  # sealed capsules and hashes only, but nobody else's business
 
 
-def restore(setting: DatabaseSetting, paths: StatePaths, config: dict, source: Path) -> None:
-    """Steps 1 and 2 of the module docstring (the caller runs ``Provider.after_restore``)."""
+def restore(setting: DatabaseSetting, paths: StatePaths, config: dict,
+            source: Path) -> dict[str, tuple[int, dict[str, bytes]]]:
+    """Steps 1 and 2 of the module docstring; returns ``live_state`` of the replaced database (the caller
+    runs ``Provider.after_restore`` with it)."""
     if not source.is_file():
         raise InvalidInput(f"{source} is not a file")
     if setting.url is None:
         with serve_lock(paths):
             _check_meta(_sqlite_meta(source), config, source)
+            live = live_state(setting, config)
             _sqlite_copy(source, setting.sqlite_path)
-        return
+        return live
     _check_meta(_pg_meta(setting, source), config, source)
     _refuse_running_replicas(setting)
+    live = live_state(setting, config)
     _pg_tool(setting, "pg_restore", "--clean", "--if-exists", "--single-transaction", "--no-owner",
              "--no-privileges", "--exit-on-error", str(source))
+    return live
+
+
+def live_state(setting: DatabaseSetting, config: dict) -> dict[str, tuple[int, dict[str, bytes]]]:
+    """What the database about to be replaced holds, if it can be read: group -> (epoch high-water mark,
+    member -> instance); empty when it cannot (lost or broken: that is why one restores)."""
+    from provider.database import open_store  # noqa: PLC0415 -- database imports nothing of ours back
+
+    try:
+        store = open_store(setting, config)
+    except ProviderFault:
+        return {}
+    try:
+        with store.read() as conn:
+            marks = {r.id: (r.name, r.epoch_hw) for r in conn.execute(select(groups.c.id, groups.c.name,
+                                                                              groups.c.epoch_hw))}
+            held = {name: (hw, {}) for name, hw in marks.values()}
+            for row in conn.execute(select(members.c.group, members.c.name, members.c.instance)
+                                    .where(members.c.instance.is_not(None))):
+                held[marks[row.group][0]][1][row.name] = row.instance
+        return held
+    except SQLAlchemyError:
+        return {}
+    finally:
+        store.close()
 
 
 def _sqlite_copy(source: Path, target: Path) -> None:

@@ -333,10 +333,10 @@ def cmd_restore(args) -> int:
     paths = _paths(args)
     config = read_config(paths)
     setting = _database(args, config)
-    backup.restore(setting, paths, config, Path(args.file))
+    live = backup.restore(setting, paths, config, Path(args.file))
     provider = _provider(args)  # migrates an older backup's schema
     try:
-        opened = provider.after_restore(args.file)
+        opened = provider.after_restore(args.file, live)
     finally:
         provider.store.close()
     print(f"restored {setting.describe()} from {args.file}")

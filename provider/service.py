@@ -367,16 +367,23 @@ class Provider:
                   version=version, challenges=len(challenges))
         return Opened(version, archive, number, sealed.indices)
 
-    def after_restore(self, backup: str) -> dict[str, int | None]:
+    def after_restore(self, backup: str, live: Mapping[str, tuple[int, Mapping[str, bytes]]]) -> dict[str, int | None]:
         """Once a backup is back: raise every group's epoch floor above every number ever issued, then give
-        each group a new epoch (above the epochs its members may hold from after the backup). Group -> epoch."""
+        each group a new epoch (above the epochs its members may hold from after the backup). Group -> epoch.
+
+        ``live`` (provider/backup.py ``live_state``: what the replaced database held, group -> (high-water
+        mark, member -> instance)) raises the floor further and gives members their latest instances back."""
         now = self.clock()
         with self.store.write() as conn:
             for g in list(conn.execute(select(groups))):
-                floor = restore_floor(g.created_at, now)
+                held_hw, instances = live.get(g.name, (0, {}))
+                floor = max(restore_floor(g.created_at, now), held_hw)
                 if floor > g.epoch_hw:
                     conn.execute(update(groups).where(groups.c.id == g.id).values(epoch_hw=floor))
-            add_audit(conn, now, "admin", "restore", None, backup=backup[:200])
+                for name, instance in instances.items():
+                    conn.execute(update(members).where(members.c.group == g.id, members.c.name == name)
+                                 .values(instance=instance))
+            add_audit(conn, now, "admin", "restore", None, backup=backup[:200], live_groups=len(live))
         opened = {}
         for name in self.list_groups():
             try:

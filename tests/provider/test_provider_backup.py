@@ -3,8 +3,8 @@
 The round trip: a backup taken while serving, epochs and a member added
 after it, then a restore: every epoch number after it is above every one
 issued before (none reissued), and a member holding a newer epoch and
-archive version than the backup's gets the restore's new epoch on its
-long-poll. Bad input (a running server, a garbage file, another provider's
+archive version than the backup's, and a newer instance, gets the restore's
+new epoch (naming its instance) on its long-poll. Bad input (a running server, a garbage file, another provider's
 backup, a newer schema's) is refused with one line and changes nothing.
 """
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from grouptun.core.archive import ProviderKeys, verify_archive
+from grouptun.core.archive import ProviderKeys, instance_of, verify_archive
 from provider import backup as backup_module
 from provider.database import resolve
 from provider.keys import StatePaths
-from provider.store import SCHEMA_VERSION
+from provider.store import SCHEMA_VERSION, metadata
 from provider_helpers import STORE_KINDS, TestMember, admin, database_url_for, init_provider
 
 
@@ -45,7 +45,21 @@ def _issued(env) -> list[int]:
     return [json.loads(r[0])["epoch"] for r in env.rows("SELECT detail FROM audit WHERE action = 'epoch' ORDER BY id")]
 
 
-def test_restore_never_reissues_an_epoch_and_members_holding_newer_ones_move_on(env, tmp_path):
+def _lose_database(env) -> None:
+    """The disaster a restore is for: the provider's database is gone (its tables, or SQLite's file)."""
+    if env.database_url is None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{env.state / 'provider.db'}{suffix}").unlink(missing_ok=True)
+        return
+    store = env.store()
+    with store.write() as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.exec_driver_sql(f'DROP TABLE "{table.name}" CASCADE')
+    store.close()
+
+
+@pytest.mark.parametrize("lost", [False, True], ids=["replaced", "lost"])
+def test_restore_never_reissues_an_epoch_and_members_holding_newer_ones_move_on(env, tmp_path, lost):
     alice, bob = TestMember("alice"), TestMember("bob")
     alice.enroll(env.invite("alice"))
     bob.enroll(env.invite("bob"))
@@ -54,6 +68,8 @@ def test_restore_never_reissues_an_epoch_and_members_holding_newer_ones_move_on(
     assert "written" in admin(env.state, "backup", str(snapshot)).stdout  # online: the server keeps serving
     for _ in range(3):
         admin(env.state, "group", "rekey", "lan")
+    restarted = os.urandom(32)  # alice's daemon starts again after the backup: a new instance
+    _verify(env, alice.client().start(restarted))
     carol = TestMember("carol")
     carol.enroll(env.invite("carol"))
     held = _verify(env, alice.client().archive())  # newer epoch and version than the backup's
@@ -64,6 +80,8 @@ def test_restore_never_reissues_an_epoch_and_members_holding_newer_ones_move_on(
     assert proc.returncode == 74 and "serve" in proc.stderr, proc.stderr  # a running server: refused
     assert env.dump() == before
     env.server.stop()
+    if lost:  # nothing left to learn the high-water mark or instances from: the time-based floor alone
+        _lose_database(env)
     out = admin(env.state, "restore", str(snapshot)).stdout
     restored_epoch = int(re.search(r"group lan: new epoch (\d+)", out).group(1))
     assert restored_epoch > max(issued) and restored_epoch % 2**16 not in {e % 2**16 for e in issued[-2:]}
@@ -72,6 +90,8 @@ def test_restore_never_reissues_an_epoch_and_members_holding_newer_ones_move_on(
     env.server.start()
     got = _verify(env, alice.client(timeout=20).watch(held.version, timeout=10))
     assert got.epoch.epoch == restored_epoch and got.version > held.version
+    if not lost:  # still hers: not "started elsewhere" (from a lost database it cannot be known)
+        assert got.member("alice").instance == instance_of(restarted)
     assert len(alice.client().capsule(restored_epoch)) > 0
     later = _verify(env, bob.client().start(os.urandom(32)))
     assert later.epoch.epoch > restored_epoch

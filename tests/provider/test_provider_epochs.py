@@ -531,3 +531,22 @@ def test_enrollment_proof_covers_the_kem_key_and_token(fx):
     with pytest.raises(Forbidden, match="proof"):
         fx.provider.enroll(other, "alice", ed, mine, b"credential!", [], proof)
     assert fx.provider.enroll(secret, "alice", ed, mine, b"credential!", [], proof)["member_name"] == "alice"
+
+
+def test_after_restore_a_long_running_process_never_reissues_an_epoch(fx):
+    """A process started before the restore (its own floor is old) still goes on above every number ever issued:
+    restore raises the persisted floor (time-based, epochs.restore_floor), with no help from the replaced database."""
+    fx.enroll("alice")
+    fx.enroll("bob")
+    with fx.store.read() as conn:
+        backed_up = conn.exec_driver_sql("SELECT epoch_hw FROM groups").scalar()
+    issued = []
+    for _ in range(20):  # epochs after the backup, as fast as numbering allows
+        fx.clock.t += 0.3
+        issued.append(fx.provider.open_epoch("lan", "admin", "admin").epoch)
+    with fx.store.write() as conn:  # the backup comes back: its high-water mark is the old one
+        conn.exec_driver_sql(f"UPDATE groups SET epoch_hw = {backed_up}, current_epoch = {backed_up}")
+    opened = fx.provider.after_restore("backup-file", {})
+    assert opened["lan"] > max(issued)
+    assert fx.archive().epoch.epoch == opened["lan"]
+    assert [r.detail for r in fx.audit() if r.action == "restore"] == ['{"backup": "backup-file", "live_groups": 0}']
