@@ -170,6 +170,8 @@ def _refuse_running_replicas(setting: DatabaseSetting) -> None:
             running = conn.execute(text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND application_name LIKE :app AND pid <> pg_backend_pid()"), {"app": SERVER_APPLICATION + "%"}).scalar_one()
+    except SQLAlchemyError as exc:
+        raise setting.fail(StateDirError(f"database unreachable: {getattr(exc, 'orig', exc)}")) from exc
     finally:
         store.close()
     if running:

@@ -158,3 +158,16 @@ def test_a_sqlite_backup_is_one_self_contained_file(tmp_path):
     assert not Path(f"{path}-wal").exists() and oct(path.stat().st_mode & 0o777) == "0o600"
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT name FROM groups").fetchall() == [("lan",)]
+
+
+def test_backup_and_restore_name_an_unreachable_database_and_write_nothing(tmp_path):
+    env = init_provider(tmp_path / "p")
+    snapshot = tmp_path / "good.backup"
+    admin(env.state, "backup", str(snapshot))
+    before = env.dump()
+    nowhere = f"postgresql+psycopg://gt@/nodb?host={tmp_path / 'no-socket-here'}"
+    for args in (("backup", str(tmp_path / "new.backup")), ("restore", str(snapshot))):
+        proc = admin(env.state, *args, "--database-url", nowhere, check=False)
+        assert proc.returncode == 74 and "(from --database-url)" in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "new.backup").exists() and env.dump() == before
