@@ -6,8 +6,10 @@ the timers with SIGKILL half-way. Then: every acknowledged write is in the
 database, no epoch number was issued twice (every archive any member got,
 and the audit log's epochs in commit order, strictly increasing), another
 replica runs the timers, a watcher on one replica hears of an archive made
-on another (and of an admin command's change) within 1 s, and a signature
-accepted by one replica is refused as replayed by another.
+on another (and of an admin command's change) within 1 s, a signature
+accepted by one replica is refused as replayed by another, starts reaching
+two replicas at once share one epoch, and a member's rekey budget is one
+for all replicas.
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ def test_three_replicas_survive_a_kill_during_a_storm_and_share_every_state(clus
     _watcher_hears_a_change_on_another_replica(cluster, alive, members[0], members[1])
     _replay_on_another_replica_is_refused(cluster, alive, members[0])
     _rekey_budget_is_shared(cluster, alive)
+    _starts_on_two_replicas_share_one_epoch(cluster, alive, members[2], members[3])
 
     last = cluster.rows("SELECT max(opened_at) FROM epochs")[0][0]
     deadline = time.monotonic() + 25
@@ -262,7 +265,28 @@ def _replay_on_another_replica_is_refused(cluster: Cluster, alive, member: TestM
         with pinned_session(fingerprint) as session:
             answers.append(session.get(replica.url + path, headers=headers, timeout=10))
     assert answers[0].status_code == 200
-    assert (answers[1].status_code, answers[1].json()["detail"]) == (401, "replayed signature")
+    assert answers[1].status_code == 401, answers[1].status_code  # not 200: the nonce is every replica's
+    assert answers[1].json()["detail"] == "replayed signature"
+
+
+def _starts_on_two_replicas_share_one_epoch(cluster: Cluster, alive, first: TestMember, second: TestMember):
+    """Starts of two members at once, on two replicas: one epoch lists both (the batch window spans replicas)."""
+    ledger, gate, answers = Ledger(cluster.keys), threading.Barrier(2), {}
+
+    def start(member: TestMember, replica: ServerProc):
+        challenge = os.urandom(32)
+        client = member.client(timeout=20, url=replica.url)
+        client.archive()  # connected: the starts leave together
+        gate.wait(timeout=10)
+        answers[member.name] = (challenge, ledger.archive(client.start(challenge)))
+
+    threads = [threading.Thread(target=start, args=pair) for pair in ((first, alive[0]), (second, alive[1]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    (c1, a1), (c2, a2) = answers[first.name], answers[second.name]
+    assert a1.epoch.epoch == a2.epoch.epoch and {c1, c2} <= set(a1.epoch.challenges)
 
 
 def _rekey_budget_is_shared(cluster: Cluster, alive):
