@@ -16,7 +16,7 @@ kept running would hold the later state in its caches):
    this provider knows (an older one is migrated afterwards).
 2. It replaces the database: SQLite with the backup API in one step,
    PostgreSQL with ``pg_restore --clean --if-exists --single-transaction``.
-3. ``Provider.after_restore``: every group's epoch counter floor goes above
+3. ``after_restore``: every group's epoch counter floor goes above
    every number ever issued (time-based, ``epochs.restore_floor``) and each
    group of 2 or more members gets a new epoch at once, so members that
    held newer epochs than the backup's move on to one above theirs (their
@@ -45,13 +45,15 @@ import subprocess
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from provider.database import DatabaseSetting, canonical_keys
-from provider.errors import InvalidInput, ProviderFault, StateDirError
+from provider.epochs import restore_floor
+from provider.errors import InvalidInput, NotEnoughMembers, ProviderFault, StateDirError
 from provider.keys import StatePaths
-from provider.store import SCHEMA_VERSION, SERVER_APPLICATION, groups, members
+from provider.service import Provider
+from provider.store import SCHEMA_VERSION, SERVER_APPLICATION, add_audit, groups, members
 
 TOOL_TIMEOUT = 3600
 
@@ -82,7 +84,7 @@ def backup(setting: DatabaseSetting, target: Path) -> None:
 def restore(setting: DatabaseSetting, paths: StatePaths, config: dict,
             source: Path) -> dict[str, tuple[int, dict[str, bytes]]]:
     """Steps 1 and 2 of the module docstring; returns ``live_state`` of the replaced database (the caller
-    runs ``Provider.after_restore`` with it)."""
+    runs ``after_restore`` with it)."""
     if not source.is_file():
         raise InvalidInput(f"{source} is not a file")
     if setting.url is None:
@@ -97,6 +99,33 @@ def restore(setting: DatabaseSetting, paths: StatePaths, config: dict,
     _pg_tool(setting, "pg_restore", "--clean", "--if-exists", "--single-transaction", "--no-owner",
              "--no-privileges", "--exit-on-error", str(source))
     return live
+
+
+def after_restore(provider: Provider, backup: str,
+                  live: dict[str, tuple[int, dict[str, bytes]]]) -> dict[str, int | None]:
+    """Once a backup is back: raise every group's epoch floor above every number ever issued, then give
+    each group a new epoch (above the epochs its members may hold from after the backup). Group -> epoch.
+
+    ``live`` (``live_state``: what the replaced database held, group -> (high-water mark, member ->
+    instance)) raises the floor further and gives members their latest instances back."""
+    now = provider.clock()
+    with provider.store.write() as conn:
+        for g in list(conn.execute(select(groups))):
+            held_hw, instances = live.get(g.name, (0, {}))
+            floor = max(restore_floor(g.created_at, now), held_hw)
+            if floor > g.epoch_hw:
+                conn.execute(update(groups).where(groups.c.id == g.id).values(epoch_hw=floor))
+            for name, instance in instances.items():
+                conn.execute(update(members).where(members.c.group == g.id, members.c.name == name)
+                             .values(instance=instance))
+        add_audit(conn, now, "admin", "restore", None, backup=backup[:200], live_groups=len(live))
+    opened = {}
+    for name in provider.list_groups():
+        try:
+            opened[name] = provider.open_epoch(name, "restore", "admin").epoch
+        except NotEnoughMembers:
+            opened[name] = None
+    return opened
 
 
 def live_state(setting: DatabaseSetting, config: dict) -> dict[str, tuple[int, dict[str, bytes]]]:

@@ -336,7 +336,7 @@ def cmd_restore(args) -> int:
     live = backup.restore(setting, paths, config, Path(args.file))
     provider = _provider(args)  # migrates an older backup's schema
     try:
-        opened = provider.after_restore(args.file, live)
+        opened = backup.after_restore(provider, args.file, live)
     finally:
         provider.store.close()
     print(f"restored {setting.describe()} from {args.file}")

@@ -12,7 +12,7 @@ Watchers wait on one asyncio Event per group (no thread per watcher).
 Replicas: start batches are per process, but every start is in the
 database before its batch runs, so one replica's epoch lists the starts
 that reached the others within the window (``Provider.start``). The timers
-run on one replica at a time (``store.TimerLeadership``).
+run on one replica at a time (``TimerLeadership``).
 """
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from provider.errors import ProviderFault
 from provider.service import Provider
-from provider.store import CHANGE_CHANNEL, SERVER_APPLICATION, Store, TimerLeadership
+from provider.store import CHANGE_CHANNEL, SERVER_APPLICATION, TIMER_LOCK_KEY, Store
 
 log = logging.getLogger("grouptun.provider")
 
@@ -152,6 +155,47 @@ class ChangeListener:
                 self._stopped.wait(LISTEN_RECONNECT)
 
 
+class TimerLeadership:
+    """Whether this process runs the timers (thresholds, retention): on PostgreSQL the replica holding a
+    session advisory lock (``TIMER_LOCK_KEY``) on a connection of its own; when that replica dies its
+    connection goes, and the next replica to ask takes over. SQLite: always (one server per state dir)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._conn: Connection | None = None
+
+    def held(self) -> bool:
+        if not self.store.postgres:
+            return True
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("SELECT 1"))
+                self._conn.commit()
+                return True
+            except DBAPIError:
+                self.release()
+        conn = self.store.engine.connect()
+        try:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": TIMER_LOCK_KEY}).scalar_one()
+            conn.commit()  # end the implicit transaction; the session lock outlives it
+        except DBAPIError:
+            conn.invalidate()
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        """Drop the lock with its connection (invalidated: a pooled connection would keep the lock)."""
+        if self._conn is not None:
+            self._conn.invalidate()
+            self._conn.close()
+            self._conn = None
+
+
 class StartBatcher:
     """Starts within START_WINDOW of the first one share one new epoch -- of different members only.
 
@@ -173,6 +217,9 @@ class StartBatcher:
                 or batch[0].get(member, challenge) != challenge):
             batch = self._new_batch(group)
         batch[0][member] = challenge
+        # In the database at once, not when the batch runs: an epoch another replica opens within the
+        # window lists it (Provider.start records it again then, for callers without a batcher).
+        await run_in_threadpool(self.provider.record_starts, group, {member: challenge})
         return await asyncio.shield(batch[1])
 
     def _new_batch(self, group: str) -> tuple[dict[str, bytes], asyncio.Future]:

@@ -52,13 +52,13 @@ from grouptun.core.keys import HEAP, SecretMemory
 from grouptun.core.archive import instance_of
 from provider import members as mem
 from provider.archives import addresses, build_archive, next_version, parse_own, resign
-from provider.epochs import (MAX_WAIT, Recipient, Thresholds, build_epoch, next_epoch_number, restore_floor)
+from provider.epochs import (MAX_WAIT, Recipient, Thresholds, build_epoch, next_epoch_number)
 from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound, ProviderFault
 from provider.keys import Signer
-from provider.pending import MAX_PENDING_STARTS, PENDING_START_TTL
+from provider.pending import MAX_PENDING_STARTS, PENDING_START_TTL, drop_starts, pending_start_rows, record_start
 from provider.retention import AuditPruner, AuditRetention
-from provider.store import (Store, add_audit, capsules, drop_starts, epochs, group_row, groups, member_rows, members,
-                            pending_start_rows, prune_capsules, record_start, tokens)
+from provider.store import (Store, add_audit, capsules, epochs, group_row, groups, member_rows, members, prune_capsules,
+                            tokens)
 
 SUITES = {"aes-256-gcm": 1, "aes-256-ctr-hmac-sha256": 2}
 MAX_REKEY_PACKETS = 2**27
@@ -237,7 +237,7 @@ class Provider:
     # --- epochs ----------------------------------------------------------------
 
     def open_epoch(self, group: str, reason: str, actor: str, starts: Mapping[str, bytes] | None = None,
-                   unless: Callable[[object, float], bool] | None = None) -> Opened | None:
+                   unless: Callable[[object, object, float], bool] | None = None) -> Opened | None:
         """Open the next epoch; NotEnoughMembers while the group has fewer than 2 members.
 
         ``unless(conn, group_row, now)`` is asked inside the epoch's write
@@ -271,11 +271,7 @@ class Provider:
         the group has fewer than 2 members: the challenges wait (bounded,
         expiring) for the first epoch the group gets.
         """
-        now = self.clock()
-        with self.store.light() as conn:
-            g = _group(conn, group)
-            for member, challenge in starts.items():
-                record_start(conn, g.id, member, challenge, now + PENDING_START_TTL)
+        self.record_starts(group, starts)
         answered: list[Opened] = []
 
         def listed_by_current(conn, g, _now) -> bool:
@@ -294,6 +290,15 @@ class Provider:
         except NotEnoughMembers:
             return None
         return opened if opened is not None else answered[0]
+
+    def record_starts(self, group: str, starts: Mapping[str, bytes]) -> None:
+        """Record start challenges as pending (each replaces its member's earlier one): every replica's
+        next epoch of the group lists them."""
+        now = self.clock()
+        with self.store.light() as conn:
+            g = _group(conn, group)
+            for member, challenge in starts.items():
+                record_start(conn, g.id, member, challenge, now + PENDING_START_TTL)
 
     def pending_starts(self, group: str) -> dict[str, bytes]:
         """Unexpired pending starts of ``group`` (member -> challenge), oldest first."""
@@ -366,31 +371,6 @@ class Provider:
         add_audit(conn, now, "provider", "epoch", g.name, epoch=number, reason=reason, group_size=len(rows),
                   version=version, challenges=len(challenges))
         return Opened(version, archive, number, sealed.indices)
-
-    def after_restore(self, backup: str, live: Mapping[str, tuple[int, Mapping[str, bytes]]]) -> dict[str, int | None]:
-        """Once a backup is back: raise every group's epoch floor above every number ever issued, then give
-        each group a new epoch (above the epochs its members may hold from after the backup). Group -> epoch.
-
-        ``live`` (provider/backup.py ``live_state``: what the replaced database held, group -> (high-water
-        mark, member -> instance)) raises the floor further and gives members their latest instances back."""
-        now = self.clock()
-        with self.store.write() as conn:
-            for g in list(conn.execute(select(groups))):
-                held_hw, instances = live.get(g.name, (0, {}))
-                floor = max(restore_floor(g.created_at, now), held_hw)
-                if floor > g.epoch_hw:
-                    conn.execute(update(groups).where(groups.c.id == g.id).values(epoch_hw=floor))
-                for name, instance in instances.items():
-                    conn.execute(update(members).where(members.c.group == g.id, members.c.name == name)
-                                 .values(instance=instance))
-            add_audit(conn, now, "admin", "restore", None, backup=backup[:200], live_groups=len(live))
-        opened = {}
-        for name in self.list_groups():
-            try:
-                opened[name] = self.open_epoch(name, "restore", "admin").epoch
-            except NotEnoughMembers:
-                opened[name] = None
-        return opened
 
     def due_for_time_rekey(self) -> list[str]:
         now = self.clock()

@@ -59,9 +59,9 @@ Replicas (issue 16): any number of ``serve`` processes share one PostgreSQL
 database. Every serialised write ends with ``NOTIFY`` on ``CHANGE_CHANNEL``
 (delivered at commit; the hubs of all replicas listen); ``light()`` is a short
 transaction without the writers' lock, for rows that only ever conflict on
-their own key (nonces, pending starts, rate buckets). ``TimerLeadership``:
-one replica at a time runs the timers, holding a session advisory lock
-that dies with its connection.
+their own key (nonces, pending starts, rate buckets). One replica at a time
+runs the timers, holding the session advisory lock ``TIMER_LOCK_KEY``
+(``hub.TimerLeadership``).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ from typing import Iterator
 from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
                         UniqueConstraint, create_engine, delete, event, func, insert, inspect, select, text, update)
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
@@ -369,47 +369,6 @@ class Store:
         return (0, None) if row is None else (row.version, row.archive)
 
 
-class TimerLeadership:
-    """Whether this process runs the timers (thresholds, retention): on PostgreSQL the replica holding a
-    session advisory lock (``TIMER_LOCK_KEY``) on a connection of its own; when that replica dies its
-    connection goes, and the next replica to ask takes over. SQLite: always (one server per state dir)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._conn: Connection | None = None
-
-    def held(self) -> bool:
-        if not self.store.postgres:
-            return True
-        if self._conn is not None:
-            try:
-                self._conn.execute(text("SELECT 1"))
-                self._conn.commit()
-                return True
-            except DBAPIError:
-                self.release()
-        conn = self.store.engine.connect()
-        try:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": TIMER_LOCK_KEY}).scalar_one()
-            conn.commit()  # end the implicit transaction; the session lock outlives it
-        except DBAPIError:
-            conn.invalidate()
-            conn.close()
-            raise
-        if not got:
-            conn.close()
-            return False
-        self._conn = conn
-        return True
-
-    def release(self) -> None:
-        """Drop the lock with its connection (invalidated: a pooled connection would keep the lock)."""
-        if self._conn is not None:
-            self._conn.invalidate()
-            self._conn.close()
-            self._conn = None
-
-
 def add_audit(conn: Connection, now: float, actor: str, action: str, group: str | None, **detail) -> None:
     """One audit row. Callers pass only non-secret detail (names, numbers, reasons)."""
     conn.execute(insert(audit).values(ts=now, actor=actor[:80], action=action[:40],
@@ -454,24 +413,3 @@ def upsert(conn: Connection, table: Table, values: dict, key: list[str], replace
                                                     set_={c: statement.excluded[c] for c in replace})
     # RETURNING, not rowcount: on PostgreSQL (psycopg 3) it reads -1 for an INSERT .. ON CONFLICT here
     return conn.execute(statement.returning(table.c[key[0]])).first() is not None
-
-
-def record_start(conn: Connection, group_pk: int, member: str, challenge: bytes, expires_at: float) -> None:
-    """A daemon's start challenge, pending until an epoch lists it; replaces the member's earlier one."""
-    upsert(conn, starts, {"group": group_pk, "member": member, "challenge": challenge, "expires_at": expires_at},
-           ["group", "member"], ["challenge", "expires_at"])
-
-
-def pending_start_rows(conn: Connection, group_pk: int, now: float, limit: int) -> dict[str, bytes]:
-    """The newest ``limit`` unexpired pending starts of the group (member -> challenge), oldest first."""
-    rows = conn.execute(select(starts.c.member, starts.c.challenge).where(
-        starts.c.group == group_pk, starts.c.expires_at > now).order_by(starts.c.expires_at.desc()).limit(limit))
-    return dict(reversed([(r.member, r.challenge) for r in rows]))
-
-
-def drop_starts(conn: Connection, group_pk: int, listed: dict[str, bytes], now: float) -> None:
-    """Forget the starts an epoch listed (unless replaced meanwhile) and the expired ones."""
-    for member, challenge in listed.items():
-        conn.execute(delete(starts).where(starts.c.group == group_pk, starts.c.member == member,
-                                          starts.c.challenge == challenge))
-    conn.execute(delete(starts).where(starts.c.group == group_pk, starts.c.expires_at <= now))

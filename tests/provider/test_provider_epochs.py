@@ -21,6 +21,7 @@ from provider.epochs import (EPOCH_BURST, EPOCH_RATE, Recipient, Thresholds, bui
                              permutation)
 from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound
 from provider.archives import parse_own
+from provider.backup import after_restore
 from provider.hub import StartBatcher
 from provider.keys import Signer
 from provider.service import MAX_PENDING_STARTS, PENDING_START_TTL, Provider
@@ -546,7 +547,7 @@ def test_after_restore_a_long_running_process_never_reissues_an_epoch(fx):
         issued.append(fx.provider.open_epoch("lan", "admin", "admin").epoch)
     with fx.store.write() as conn:  # the backup comes back: its high-water mark is the old one
         conn.exec_driver_sql(f"UPDATE groups SET epoch_hw = {backed_up}, current_epoch = {backed_up}")
-    opened = fx.provider.after_restore("backup-file", {})
+    opened = after_restore(fx.provider, "backup-file", {})
     assert opened["lan"] > max(issued)
     assert fx.archive().epoch.epoch == opened["lan"]
     assert [r.detail for r in fx.audit() if r.action == "restore"] == ['{"backup": "backup-file", "live_groups": 0}']
