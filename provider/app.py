@@ -76,7 +76,7 @@ from fastapi.responses import JSONResponse, Response
 from grouptun.errors import ConfigError
 from provider.errors import ProviderFault
 from provider.hub import Hub, StartBatcher, tick
-from provider.limits import Guard, RateLimiter
+from provider.limits import Guard, RateLimiter, nonces_for
 from provider.route_requests import route_requests_router
 from provider.routes import Context, Limits, archive_router, epochs_router, public_router, secrets_router
 from provider.sealed import SealedData, SealedLimits
@@ -139,7 +139,7 @@ def _lifespan(ctx: Context):
 def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Guard, FastAPI]:
     """(ASGI app to serve -- the FastAPI app behind the size/address guard --, the FastAPI app)."""
     settings = settings or Settings()
-    ctx = Context(provider, Limits.from_settings(settings))
+    ctx = Context(provider, Limits.from_settings(settings, provider.store), nonces_for(provider.store))
     docs = {} if settings.docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}
     app = FastAPI(title="grouptun provider", version="1", lifespan=_lifespan(ctx),
                   description="Member API of the grouptun trust provider. See provider/app.py.", **docs)

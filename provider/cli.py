@@ -13,6 +13,7 @@
     (membership: AddGroup --members, reusable keys, tokens, temporary members, attributes,
      group metadata, --json -- provider/cli_membership.py)
     grouptun-provider audit [--follow] [--limit N]
+    grouptun-provider backup FILE | restore FILE        (provider/backup.py)
 
 ``--state`` defaults to ``$GROUPTUN_PROVIDER_STATE`` or
 ``/var/lib/grouptun-provider``. The database is SQLite ``STATE/provider.db``
@@ -20,8 +21,12 @@ unless ``--database-url``, ``$GROUPTUN_PROVIDER_DATABASE_URL`` or
 provider.json's ``database_url`` names a PostgreSQL one (provider/database.py;
 ``init`` records the URL it used there, without its password). Admin commands
 write the same database the server uses; the server sees their changes within
-~0.2 s. One ``serve`` per state dir and per PostgreSQL database: the nonce
-cache, watch hub and start batcher are in its memory (issue 16 item 2). Every
+~0.2 s. On SQLite one ``serve`` per state dir (its nonce cache is in its
+memory); on PostgreSQL any number of replicas (``init --join`` state dirs
+sharing the keys and TLS certificate) serve one database at once: nonces,
+pending starts and the audit log are in the database, every write NOTIFYs
+the others' watch hubs (provider/hub.py), and one replica at a time runs the
+timers. Every
 ``ProviderFault`` (provider/errors.py) and ``GrouptunError`` is printed as one
 line and exits with its ``exit_code``; ``GROUPTUN_DEBUG=1`` shows tracebacks.
 Settings in ``STATE/provider.json`` (``init`` writes the defaults; every
@@ -83,7 +88,7 @@ def _database(args, config: dict):
     return database.resolve(args.database_url, os.environ, config, _paths(args))
 
 
-def _provider(args):
+def _provider(args, application: str | None = None):
     from grouptun.secmem import SecretArena
     from provider import hwrng
     from provider.database import open_store
@@ -95,7 +100,7 @@ def _provider(args):
     retention = AuditRetention.from_config(config)
     rand = hwrng.from_config(config)
     urls = public_urls(config)
-    store = open_store(_database(args, config), config)
+    store = open_store(_database(args, config), config, application)
     # Epoch secrets in locked, non-dumpable memory; the arena zeroes and unmaps itself at exit.
     return Provider(store, lambda: Signer.load(paths, urls), rand=rand, audit_retention=retention,
                     secrets=SecretArena())
@@ -212,16 +217,13 @@ def _listen(text: str | None, url: str) -> tuple[str, int]:
 
 
 def _lock_state(paths: StatePaths):
-    """One server per state dir: the nonce cache that stops replays lives in its memory."""
-    import fcntl
+    """One server per state dir (held while serving): on SQLite its memory holds the nonce cache that stops
+    replays, and ``restore`` needs the lock free."""
+    from provider.backup import serve_lock
 
-    handle = open(paths.root / "serve.lock", "w")  # noqa: SIM115 -- kept open while serving
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.close()
-        raise StateDirError(f"another grouptun-provider serve is running on {paths.root}") from exc
-    return handle
+    lock = serve_lock(paths)
+    lock.__enter__()
+    return lock
 
 
 def cmd_serve(args) -> int:
@@ -239,8 +241,9 @@ def cmd_serve(args) -> int:
     docs = docs_from_config(config)
     sealed_limits = SealedLimits.from_config(config)
     lock = _lock_state(paths)  # noqa: F841 -- held for the life of the process
-    provider = _provider(args)
-    db_lock = provider.store.hold_server_lock()  # noqa: F841 -- likewise, for a PostgreSQL database
+    from provider.store import SERVER_APPLICATION
+
+    provider = _provider(args, f"{SERVER_APPLICATION} {os.getpid()}")  # named: restore refuses while they are
     provider.signer  # noqa: B018 -- load keys now: a wrong passphrase fails before listening
     host, port = _listen(args.listen, config["url"])
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -361,6 +364,36 @@ def cmd_audit(args) -> int:
             rows = audit_rows(conn, last)
 
 
+def cmd_backup(args) -> int:
+    from provider import backup
+    from provider.database import open_store
+
+    config = read_config(_paths(args))
+    setting = _database(args, config)
+    open_store(setting, config).close()  # reachable, ours, of our schema: or the error names the setting
+    backup.backup(setting, Path(args.file))
+    print(f"backup of {setting.describe()} written to {args.file}")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from provider import backup
+
+    paths = _paths(args)
+    config = read_config(paths)
+    setting = _database(args, config)
+    live = backup.restore(setting, paths, config, Path(args.file))
+    provider = _provider(args)  # migrates an older backup's schema
+    try:
+        opened = backup.after_restore(provider, args.file, live)
+    finally:
+        provider.store.close()
+    print(f"restored {setting.describe()} from {args.file}")
+    for group, epoch in opened.items():
+        print(f"group {group}: " + ("no epoch (fewer than 2 members)" if epoch is None else f"new epoch {epoch}"))
+    return 0
+
+
 class _Sub:
     """Adds the common options (``--state``) to every leaf parser, so they go after the command."""
 
@@ -463,6 +496,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow-for", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--limit", type=int, default=0)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("backup", help="write a consistent snapshot of the database to FILE (while serving)")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", help="replace the database by backup FILE (every server stopped); "
+                                       "epoch numbers go on above every one ever issued")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_restore)
     return parser
 
 

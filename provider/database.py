@@ -78,14 +78,14 @@ class DatabaseSetting:
         """``exc`` again, its reason prefixed with which database and which setting, password redacted."""
         return type(exc)(f"{self.describe()}: {self.redact(' '.join(exc.reason.split()))}")  # one line
 
-    def store(self, *, must_exist: bool = True) -> Store:
+    def store(self, *, must_exist: bool = True, application: str | None = None) -> Store:
         if self.url is None:
             if must_exist and not self.sqlite_path.exists():
                 raise StateDirError(f"{self.sqlite_path} does not exist; a provider on PostgreSQL needs "
                                     f"{URL_FLAG}, {URL_ENV} or provider.json's {URL_KEY}")
             return Store(str(self.sqlite_path))
         try:
-            return Store(None, url=self.url)
+            return Store(None, url=self.url, application=application)
         except ImportError as exc:
             raise DatabaseUrlError(self.source, "PostgreSQL needs psycopg 3: pip install 'grouptun[postgres]'") from exc
 
@@ -152,9 +152,10 @@ def _password(source: str, password_file) -> str | None:
         raise DatabaseUrlError(source, "the database password is not UTF-8") from exc
 
 
-def open_store(setting: DatabaseSetting, config: dict) -> Store:
-    """The store, reachable, of this provider's schema version and of this state dir's provider keys."""
-    store = setting.store()
+def open_store(setting: DatabaseSetting, config: dict, application: str | None = None) -> Store:
+    """The store, reachable, of this provider's schema version and of this state dir's provider keys
+    (``application``: the name its PostgreSQL connections show)."""
+    store = setting.store(application=application)
     try:
         store.check_schema()
         held = store.identity().get("provider_keys")

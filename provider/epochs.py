@@ -17,7 +17,13 @@ wire value, and members would refuse it. Such a number is skipped.
 most ``floor(issue time) + EPOCH_BURST``; a process (server or admin CLI)
 started after a restore starts above ``floor(its start) + EPOCH_BURST``, so
 above every number issued before it started, whatever the restored
-``epoch_hw`` says. Costs: at most 4 epochs per second sustained (bursts of
+``epoch_hw`` says. ``restore`` (provider/backup.py) also raises every
+group's ``epoch_hw`` to :func:`restore_floor` (``floor(now) + EPOCH_BURST``),
+so replicas that kept running across the restore go on above every number
+issued before it too: the floor is time-based, not reported by members (a
+member that is offline could not report, the clock always can). The wire
+value of the group's current epoch is skipped as well as ``epoch_hw``'s
+(after a restore they differ). Costs: at most 4 epochs per second sustained (bursts of
 16), the first epoch of a process waits <= 0.25 s, and u32 numbers last
 2^32 / 4 s = 34 years per group. Assumption: the wall clock does not step
 back; if it does, we wait at most ``MAX_WAIT`` and then go on from
@@ -53,11 +59,18 @@ def clock_floor(created_at: float, t: float) -> int:
     return int(max(0.0, t - created_at) * EPOCH_RATE)
 
 
-def next_epoch_number(hw: int, created_at: float, now: float, process_started_at: float) -> tuple[int, float]:
+def restore_floor(created_at: float, now: float) -> int:
+    """At least every epoch number issued before ``now`` (each was at most floor(its time) + EPOCH_BURST)."""
+    return clock_floor(created_at, now) + EPOCH_BURST
+
+
+def next_epoch_number(hw: int, created_at: float, now: float, process_started_at: float,
+                      current: int | None = None) -> tuple[int, float]:
     """(number, seconds to wait before it may be issued). Conflict when u32 is exhausted."""
     floor_now = clock_floor(created_at, now)
     number = max(hw + 1, floor_now, clock_floor(created_at, process_started_at) + EPOCH_BURST + 1)
-    if hw > 0 and number % WIRE_EPOCHS == hw % WIRE_EPOCHS:
+    held = {e % WIRE_EPOCHS for e in (hw, current) if e}
+    while number % WIRE_EPOCHS in held:
         number += 1  # never the previous epoch's wire value (PROTOCOL.md 5)
     if number > EPOCH_MAX:
         raise Conflict("epoch counter of this group is exhausted (u32); create a new group")

@@ -1,9 +1,18 @@
 """Watch hub, start batching and the time-threshold ticker (the provider's background work).
 
-Change notification: a poller reads every group's version from the DB
-every ``POLL_INTERVAL`` (so admin CLI changes reach watchers within ~0.2 s)
-and at once after this process's own writes; watchers wait on one asyncio
-Event per group (no thread per watcher).
+Change notification: a poller reads every group's version from the DB at
+once after this process's own writes and after every change another
+process made: on PostgreSQL a thread LISTENs on ``CHANGE_CHANNEL`` (every
+write of any replica or admin command NOTIFYs at commit), with a poll every
+``PG_POLL_INTERVAL`` as a fallback while that connection is down; on SQLite
+(one server, admin commands on the same file) a poll every
+``POLL_INTERVAL``. Either way a change reaches watchers within ~0.2 s.
+Watchers wait on one asyncio Event per group (no thread per watcher).
+
+Replicas: start batches are per process, but every start is in the
+database before its batch runs, so one replica's epoch lists the starts
+that reached the others within the window (``Provider.start``). The timers
+run on one replica at a time (``TimerLeadership``).
 """
 
 from __future__ import annotations
@@ -11,18 +20,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from provider import membership
 from provider.errors import ProviderFault
 from provider.service import Provider
+from provider.store import CHANGE_CHANNEL, SERVER_APPLICATION, TIMER_LOCK_KEY, Store
 
 log = logging.getLogger("grouptun.provider")
 
 POLL_INTERVAL = 0.2
+PG_POLL_INTERVAL = 5.0  # LISTEN/NOTIFY tells us at once; this only covers a lost listening connection
+LISTEN_RECONNECT = 1.0
 START_WINDOW = 0.2
 TICK_INTERVAL = 1.0
 MAX_CHALLENGES_PER_EPOCH = 256
@@ -63,14 +80,25 @@ class Hub:
                 state.event = asyncio.Event()
 
     async def run(self) -> None:
-        while True:
-            self._kick.clear()
-            try:
-                await self.refresh()
-            except Exception:  # noqa: BLE001 -- keep notifying; the DB may be briefly locked
-                log.exception("change poll failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), POLL_INTERVAL)
+        store = self.provider.store
+        listener, interval = None, POLL_INTERVAL
+        if store.postgres:
+            loop = asyncio.get_running_loop()
+            listener = ChangeListener(store, lambda: loop.call_soon_threadsafe(self._kick.set))
+            listener.start()
+            interval = PG_POLL_INTERVAL
+        try:
+            while True:
+                self._kick.clear()
+                try:
+                    await self.refresh()
+                except Exception:  # noqa: BLE001 -- keep notifying; the DB may be briefly locked
+                    log.exception("change poll failed")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), interval)
+        finally:
+            if listener is not None:
+                listener.stop()
 
     async def wait_change(self, group: str, version: int, timeout: float) -> bytes | None:
         deadline = time.monotonic() + timeout
@@ -85,6 +113,88 @@ class Hub:
                 return None
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(state.event.wait(), remaining)
+
+
+class ChangeListener:
+    """A thread LISTENing on ``CHANGE_CHANNEL`` on a psycopg connection of its own; ``kick()`` per notification
+    (and once per (re)connection: changes made while it was not listening). Reconnects every
+    ``LISTEN_RECONNECT`` seconds while the database is away; ``stop()`` ends it within about that time."""
+
+    def __init__(self, store: Store, kick: Callable[[], None]) -> None:
+        _args, self._params = store.engine.dialect.create_connect_args(store.engine.url)
+        self._name = store.application or SERVER_APPLICATION
+        self._kick = kick
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="provider-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _notify(self) -> None:
+        try:
+            self._kick()
+        except RuntimeError:  # the event loop closed under us: the server is stopping
+            self._stopped.set()
+
+    def _run(self) -> None:
+        import psycopg  # noqa: PLC0415 -- PostgreSQL only
+
+        while not self._stopped.is_set():
+            try:
+                with psycopg.connect(**{"connect_timeout": 10, **self._params}, autocommit=True,
+                                     application_name=self._name) as conn:
+                    conn.execute(f"LISTEN {CHANGE_CHANNEL}")
+                    self._notify()
+                    while not self._stopped.is_set():
+                        if any(True for _ in conn.notifies(timeout=LISTEN_RECONNECT, stop_after=256)):
+                            self._notify()
+            except psycopg.Error as exc:
+                log.warning("change listener: %s (reconnecting; polling meanwhile)", exc)
+                self._stopped.wait(LISTEN_RECONNECT)
+
+
+class TimerLeadership:
+    """Whether this process runs the timers (thresholds, retention): on PostgreSQL the replica holding a
+    session advisory lock (``TIMER_LOCK_KEY``) on a connection of its own; when that replica dies its
+    connection goes, and the next replica to ask takes over. SQLite: always (one server per state dir)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._conn: Connection | None = None
+
+    def held(self) -> bool:
+        if not self.store.postgres:
+            return True
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("SELECT 1"))
+                self._conn.commit()
+                return True
+            except DBAPIError:
+                self.release()
+        conn = self.store.engine.connect()
+        try:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": TIMER_LOCK_KEY}).scalar_one()
+            conn.commit()  # end the implicit transaction; the session lock outlives it
+        except DBAPIError:
+            conn.invalidate()
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        """Drop the lock with its connection (invalidated: a pooled connection would keep the lock)."""
+        if self._conn is not None:
+            self._conn.invalidate()
+            self._conn.close()
+            self._conn = None
 
 
 class StartBatcher:
@@ -108,6 +218,9 @@ class StartBatcher:
                 or batch[0].get(member, challenge) != challenge):
             batch = self._new_batch(group)
         batch[0][member] = challenge
+        # In the database at once, not when the batch runs: an epoch another replica opens within the
+        # window lists it (Provider.start records it again then, for callers without a batcher).
+        await run_in_threadpool(self.provider.record_starts, group, {member: challenge})
         return await asyncio.shield(batch[1])
 
     def _new_batch(self, group: str) -> tuple[dict[str, bytes], asyncio.Future]:
@@ -137,23 +250,40 @@ class StartBatcher:
 
 async def tick(provider: Provider, hub: Hub) -> None:
     """Open epochs whose time threshold passed (members also ask; whoever is first wins); remove expired
-    members; prune the audit log."""
-    while True:
-        await asyncio.sleep(TICK_INTERVAL)
-        try:
-            for group in await run_in_threadpool(provider.due_for_time_rekey):
-                if await run_in_threadpool(provider.time_rekey, group):  # False: a member's rekey came first
-                    hub.kick()
-        except ProviderFault as exc:
-            log.warning("time rekey: %s", exc.reason)
-        except Exception:  # noqa: BLE001 -- the ticker must survive a locked DB
-            log.exception("time rekey failed")
-        try:  # temporary members whose time ended: a new epoch without them (provider/membership.py)
-            if await run_in_threadpool(membership.expire_due, provider):
+    members; prune the audit log.
+
+    Only on the replica that holds the timers (``TimerLeadership``); the others ask again every tick,
+    so when that one dies another takes over within a tick."""
+    leadership = TimerLeadership(provider.store)
+    try:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            try:
+                leading = await run_in_threadpool(leadership.held)
+            except Exception:  # noqa: BLE001 -- the database may be away; ask again next tick
+                log.exception("timer leadership")
+                continue
+            if leading:
+                await _run_timers(provider, hub)
+    finally:
+        leadership.release()
+
+
+async def _run_timers(provider: Provider, hub: Hub) -> None:
+    try:
+        for group in await run_in_threadpool(provider.due_for_time_rekey):
+            if await run_in_threadpool(provider.time_rekey, group):  # False: a member's rekey came first
                 hub.kick()
-        except Exception:  # noqa: BLE001 -- as above; the next tick tries again
-            log.exception("member expiry failed")
-        try:
-            await run_in_threadpool(provider.audit_pruner.maybe_prune)  # bounded: provider/retention.py
-        except Exception:  # noqa: BLE001 -- as above; the next due run tries again
-            log.exception("audit pruning failed")
+    except ProviderFault as exc:
+        log.warning("time rekey: %s", exc.reason)
+    except Exception:  # noqa: BLE001 -- the ticker must survive a locked DB
+        log.exception("time rekey failed")
+    try:  # temporary members whose time ended: a new epoch without them (provider/membership.py)
+        if await run_in_threadpool(membership.expire_due, provider):
+            hub.kick()
+    except Exception:  # noqa: BLE001 -- as above; the next tick tries again
+        log.exception("member expiry failed")
+    try:
+        await run_in_threadpool(provider.audit_pruner.maybe_prune)  # bounded: provider/retention.py
+    except Exception:  # noqa: BLE001 -- as above; the next due run tries again
+        log.exception("audit pruning failed")

@@ -1,5 +1,16 @@
 """Token-bucket rate limits and the request-size guard (pure ASGI middleware).
 
+``MemoryNonces`` / ``SharedNonces``: the replayed-signature check (a nonce is
+accepted once per scope while its signature is fresh): in this process's
+memory with one server (SQLite), in the ``nonces`` table with replicas
+(PostgreSQL: a unique key, so two replicas never both accept one nonce).
+
+``LocalBuckets`` / ``SharedBuckets``: the routes' per-member budgets for what
+costs epochs, signatures or Argon2id work (start, rekey, report, salt, wrong
+credentials), behind one async interface: a ``RateLimiter`` of this process
+(SQLite: one server), or rows of the ``buckets`` table every replica
+updates under a row lock (PostgreSQL: N replicas do not grant N budgets).
+
 ``RateLimiter``: one bucket per key (member, address), at most ``max_keys``
 buckets (least recently used dropped, which forgets debt -- bounded memory
 matters more). Not thread-safe: call it from the event loop only.
@@ -12,10 +23,53 @@ app, so no route ever reads more than ``max_body`` bytes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import OrderedDict
 from typing import Callable
+
+from sqlalchemy import delete, select, update
+from starlette.concurrency import run_in_threadpool
+
+from grouptun.reqsign import MAX_AGE, MAX_SKEW, NonceCache
+from provider.store import Store, buckets, nonces, upsert
+
+NONCE_PRUNE_EVERY = 1000  # SharedNonces deletes expired rows once per this many requests
+
+
+class MemoryNonces:
+    """One server's nonces, in memory (call from the event loop only)."""
+
+    def __init__(self) -> None:
+        self.cache = NonceCache()
+
+    async def fresh(self, scope: str, nonce: str, now: float) -> bool:
+        return self.cache.check_and_add(scope, nonce, now)
+
+
+class SharedNonces:
+    """Every replica's nonces: one row per (scope, nonce) until its signature is stale."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._calls = itertools.count(1)
+
+    async def fresh(self, scope: str, nonce: str, now: float) -> bool:
+        return await run_in_threadpool(self.check_and_add, scope, nonce, now)
+
+    def check_and_add(self, scope: str, nonce: str, now: float) -> bool:
+        """True if new (and now recorded, committed); False for a replay."""
+        with self.store.light() as conn:
+            added = upsert(conn, nonces, {"scope": scope[:100], "nonce": nonce[:64],
+                                          "expires_at": now + MAX_AGE + MAX_SKEW}, ["scope", "nonce"])
+            if next(self._calls) % NONCE_PRUNE_EVERY == 0:
+                conn.execute(delete(nonces).where(nonces.c.expires_at < now))
+        return added
+
+
+def nonces_for(store: Store) -> MemoryNonces | SharedNonces:
+    return SharedNonces(store) if store.postgres else MemoryNonces()
 
 
 class RateLimiter:
@@ -39,6 +93,50 @@ class RateLimiter:
         if len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
         return allowed
+
+
+class LocalBuckets:
+    """A ``RateLimiter`` behind the routes' async interface (event loop only)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.limiter = RateLimiter(rate, burst)
+
+    async def allow(self, key: str, cost: float = 1.0) -> bool:
+        return self.limiter.allow(key, cost)
+
+    async def peek(self, key: str, cost: float = 1.0) -> bool:
+        return self.limiter.peek(key, cost)
+
+
+class SharedBuckets:
+    """Token buckets in the ``buckets`` table (key ``NAME:KEY``), refilled by the wall clock every replica shares."""
+
+    def __init__(self, store: Store, name: str, rate: float, burst: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.name, self.rate, self.burst, self.clock = store, name, rate, burst, clock
+
+    async def allow(self, key: str, cost: float = 1.0) -> bool:
+        return await run_in_threadpool(self.take, key, cost, True)
+
+    async def peek(self, key: str, cost: float = 1.0) -> bool:
+        return await run_in_threadpool(self.take, key, cost, False)
+
+    def take(self, key: str, cost: float, consume: bool) -> bool:
+        """Whether ``cost`` tokens are there; with ``consume`` they are taken (committed) when they are."""
+        now, key = self.clock(), f"{self.name}:{key}"[:120]
+        with self.store.light() as conn:
+            upsert(conn, buckets, {"key": key, "tokens": self.burst, "updated_at": now}, ["key"])
+            row = conn.execute(select(buckets).where(buckets.c.key == key).with_for_update()).one()
+            tokens = min(self.burst, row.tokens + max(0.0, now - row.updated_at) * self.rate)
+            allowed = tokens >= cost
+            if consume:
+                conn.execute(update(buckets).where(buckets.c.key == key).values(
+                    tokens=tokens - cost if allowed else tokens, updated_at=max(now, row.updated_at)))
+        return allowed
+
+
+def buckets_for(store: Store, name: str, rate: float, burst: float) -> LocalBuckets | SharedBuckets:
+    return SharedBuckets(store, name, rate, burst) if store.postgres else LocalBuckets(rate, burst)
 
 
 async def _answer(send, status: int, reason: str) -> None:

@@ -1,58 +1,45 @@
-"""Pending start challenges: daemons waiting for their group's first epoch.
+"""Pending start challenges: daemons waiting for an epoch that lists their challenge.
 
 A group with fewer than 2 members has no epoch (PROTOCOL.md 1), so a
-daemon's start challenge cannot be answered yet; it waits here until an
-epoch lists it. One challenge per member: a later start of the same member
-replaces the earlier one (its daemon was started again, or elsewhere:
-PROTOCOL.md 4, one running instance per member; two challenges of one
-member are never answered by one epoch). Limits: in memory only (a
-provider restart forgets them; the daemon starts again when it sees an
-epoch without its challenge), at most ``MAX_PENDING_STARTS`` members per
-group (the oldest goes first), each for ``PENDING_START_TTL`` seconds.
-Thread-safe; works from its empty state.
+daemon's start challenge cannot be answered yet; it waits until an epoch
+lists it. Every start is recorded this way first (table ``starts``,
+provider/store.py), so an epoch opened by any replica lists the starts that
+reached the others. One challenge per member: a later start of the same
+member replaces the earlier one (its daemon was started again, or
+elsewhere: PROTOCOL.md 4, one running instance per member; two challenges
+of one member are never answered by one epoch). Limits: an epoch lists at
+most ``MAX_PENDING_STARTS`` of them (the newest), each for
+``PENDING_START_TTL`` seconds; a daemon whose challenge was left out
+starts again when it sees an epoch without it.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Callable, Mapping
+from sqlalchemy import delete, select
+from sqlalchemy.engine import Connection
 
-MAX_PENDING_STARTS = 256  # per group; the oldest goes first (its daemon starts again when it sees an epoch)
+from provider.store import starts, upsert
+
+MAX_PENDING_STARTS = 256  # per group and epoch; the newest are listed (the others' daemons start again)
 PENDING_START_TTL = 600.0
 
 
-class PendingStarts:
-    """Per group: member -> (challenge, expiry), oldest first (dicts keep insertion order)."""
+def record_start(conn: Connection, group_pk: int, member: str, challenge: bytes, expires_at: float) -> None:
+    """A daemon's start challenge, pending until an epoch lists it; replaces the member's earlier one."""
+    upsert(conn, starts, {"group": group_pk, "member": member, "challenge": challenge, "expires_at": expires_at},
+           ["group", "member"], ["challenge", "expires_at"])
 
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._pending: dict[str, dict[str, tuple[bytes, float]]] = {}
 
-    def add(self, group: str, starts: Mapping[str, bytes]) -> None:
-        """Record ``starts`` (member -> challenge); each replaces that member's earlier one."""
-        now = self._clock()
-        with self._lock:
-            pending = self._pending.setdefault(group, {})
-            for member, (_challenge, expires) in list(pending.items()):
-                if expires <= now:
-                    del pending[member]
-            for member, challenge in starts.items():
-                pending.pop(member, None)  # re-added: moves to the young end
-                pending[member] = (challenge, now + PENDING_START_TTL)
-            while len(pending) > MAX_PENDING_STARTS:
-                del pending[next(iter(pending))]
+def pending_start_rows(conn: Connection, group_pk: int, now: float, limit: int) -> dict[str, bytes]:
+    """The newest ``limit`` unexpired pending starts of the group (member -> challenge), oldest first."""
+    rows = conn.execute(select(starts.c.member, starts.c.challenge).where(
+        starts.c.group == group_pk, starts.c.expires_at > now).order_by(starts.c.expires_at.desc()).limit(limit))
+    return dict(reversed([(r.member, r.challenge) for r in rows]))
 
-    def get(self, group: str) -> dict[str, bytes]:
-        """Unexpired pending starts of ``group`` (member -> challenge), oldest first."""
-        now = self._clock()
-        with self._lock:
-            return {m: c for m, (c, expires) in self._pending.get(group, {}).items() if expires > now}
 
-    def drop(self, group: str, listed: Mapping[str, bytes]) -> None:
-        """Forget the starts in ``listed`` (an epoch that lists them committed), unless replaced meanwhile."""
-        with self._lock:
-            pending = self._pending.get(group, {})
-            for member, challenge in listed.items():
-                if member in pending and pending[member][0] == challenge:
-                    del pending[member]
+def drop_starts(conn: Connection, group_pk: int, listed: dict[str, bytes], now: float) -> None:
+    """Forget the starts an epoch listed (unless replaced meanwhile) and the expired ones."""
+    for member, challenge in listed.items():
+        conn.execute(delete(starts).where(starts.c.group == group_pk, starts.c.member == member,
+                                          starts.c.challenge == challenge))
+    conn.execute(delete(starts).where(starts.c.group == group_pk, starts.c.expires_at <= now))

@@ -20,12 +20,12 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from grouptun.reqsign import NonceCache, SignatureRefused, verify_headers
+from grouptun.reqsign import SignatureRefused, verify_headers
 from provider import membership
 from provider.errors import (Forbidden, Gone, InvalidInput, NotFound, RateLimited, SchemaError, StateDirError,
                              Unauthorized)
 from provider.ijson import IJsonRoute
-from provider.limits import RateLimiter
+from provider.limits import LocalBuckets, MemoryNonces, RateLimiter, SharedBuckets, SharedNonces, buckets_for
 from provider.schemas import (ARCHIVE_MEDIA, GROUP_PATH, SEALED_MEDIA, EnrollAnswer, EnrollRequest, RekeyAnswer,
                               RekeyRequest, ReportRequest, SaltRequest, StartRequest, b64)
 from provider.service import Provider
@@ -46,22 +46,27 @@ class Member:
 
 @dataclass
 class Limits:
-    """Per-key token buckets, one per kind of request (rates from ``app.Settings``)."""
+    """Per-key token buckets, one per kind of request (rates from ``app.Settings``). The costly kinds are
+    shared by all replicas on PostgreSQL (``limits.SharedBuckets``); the request rate per member and the
+    refusal-audit budget protect each process and stay its own."""
 
     member: RateLimiter
-    salt: RateLimiter
-    wrong_credential: RateLimiter
-    rekey: RateLimiter
-    start: RateLimiter
-    report: RateLimiter
+    salt: LocalBuckets | SharedBuckets
+    wrong_credential: LocalBuckets | SharedBuckets
+    rekey: LocalBuckets | SharedBuckets
+    start: LocalBuckets | SharedBuckets
+    report: LocalBuckets | SharedBuckets
     audit: RateLimiter
 
     @classmethod
-    def from_settings(cls, s) -> "Limits":
-        return cls(RateLimiter(s.member_rate, s.member_burst), RateLimiter(s.salt_rate, s.salt_burst),
-                   RateLimiter(s.wrong_credential_rate, s.wrong_credential_burst),
-                   RateLimiter(s.rekey_rate, s.rekey_burst), RateLimiter(s.start_rate, s.start_burst),
-                   RateLimiter(s.report_rate, s.report_burst),
+    def from_settings(cls, s, store) -> "Limits":
+        def shared(name: str, rate: float, burst: float):
+            return buckets_for(store, name, rate, burst)
+
+        return cls(RateLimiter(s.member_rate, s.member_burst), shared("salt", s.salt_rate, s.salt_burst),
+                   shared("wrong-credential", s.wrong_credential_rate, s.wrong_credential_burst),
+                   shared("rekey", s.rekey_rate, s.rekey_burst), shared("start", s.start_rate, s.start_burst),
+                   shared("report", s.report_rate, s.report_burst),
                    RateLimiter(s.refusal_audit_rate, s.refusal_audit_rate * 2))
 
 
@@ -69,7 +74,7 @@ class Limits:
 class Context:
     provider: Provider
     limits: Limits
-    nonces: NonceCache = field(default_factory=NonceCache)
+    nonces: MemoryNonces | SharedNonces = field(default_factory=MemoryNonces)
     hub: object = None      # provider.hub.Hub, set by the lifespan
     starts: object = None   # provider.hub.StartBatcher, set by the lifespan
     metrics: object = None  # provider.metrics exporter when mounted
@@ -113,7 +118,7 @@ class Context:
                 raise Unauthorized(exc.reason) from exc
             if gone:  # only the removed member itself can sign this: telling it leaks nothing
                 raise Gone(gone[0])
-            if not self.nonces.check_and_add(f"{group}/{verified.key_id}", verified.nonce, time.time()):
+            if not await self.nonces.fresh(f"{group}/{verified.key_id}", verified.nonce, time.time()):
                 await self.refuse_audit(f"member:{verified.key_id}", request.url.path[:80], group,
                                         "replayed signature")
                 raise Unauthorized("replayed signature")
@@ -186,9 +191,9 @@ def secrets_router(ctx: Context) -> APIRouter:
     @router.post("/v1/groups/{group}/epochs/{epoch}/salt", response_class=Response, responses=SEALED_RESPONSES)
     async def salt(body: SaltRequest, epoch: int = PathParam(ge=0, le=2**32 - 1), who: Member = Depends(member)):
         key = f"{who.group}/{who.name}"
-        if not ctx.limits.salt.allow(key):
+        if not await ctx.limits.salt.allow(key):
             raise RateLimited("rate limit exceeded (salt)")
-        if not ctx.limits.wrong_credential.peek(key):
+        if not await ctx.limits.wrong_credential.peek(key):
             raise RateLimited("too many wrong credentials; wait")
         presented = (b64(body.authenticator, "authenticator") if body.authenticator is not None
                      else b64(body.credential, "credential"))
@@ -196,7 +201,7 @@ def secrets_router(ctx: Context) -> APIRouter:
         try:
             raw = await run_in_threadpool(ctx.provider.salt, who.group, who.name, epoch, presented, registering)
         except Forbidden:
-            ctx.limits.wrong_credential.allow(key)
+            await ctx.limits.wrong_credential.allow(key)
             raise
         return Response(raw, media_type=SEALED_MEDIA)
 
@@ -210,7 +215,7 @@ def epochs_router(ctx: Context) -> APIRouter:
     @router.post("/v1/groups/{group}/start", response_class=Response,
                  responses={**ARCHIVE_RESPONSES, 202: {"description": "waiting for a second member"}})
     async def start(body: StartRequest, who: Member = Depends(member)):
-        if not ctx.limits.start.allow(f"{who.group}/{who.name}"):
+        if not await ctx.limits.start.allow(f"{who.group}/{who.name}"):
             raise RateLimited("rate limit exceeded (start)")
         raw = await ctx.starts.start(who.group, who.name, bytes.fromhex(body.challenge))
         if raw is None:
@@ -220,7 +225,7 @@ def epochs_router(ctx: Context) -> APIRouter:
 
     @router.post("/v1/groups/{group}/report", status_code=204, response_class=Response)
     async def report(body: ReportRequest, who: Member = Depends(member)):
-        if not ctx.limits.report.allow(f"{who.group}/{who.name}"):
+        if not await ctx.limits.report.allow(f"{who.group}/{who.name}"):
             raise RateLimited("rate limit exceeded (report)")
         packets = {}
         for key, value in body.packets_sent.items():
@@ -233,7 +238,7 @@ def epochs_router(ctx: Context) -> APIRouter:
 
     @router.post("/v1/groups/{group}/rekey", status_code=202, response_model=RekeyAnswer)
     async def rekey(body: RekeyRequest, who: Member = Depends(member)):
-        if not ctx.limits.rekey.allow(f"{who.group}/{who.name}"):
+        if not await ctx.limits.rekey.allow(f"{who.group}/{who.name}"):
             raise RateLimited("rate limit exceeded (rekey)")
         opened = await run_in_threadpool(ctx.provider.member_rekey, who.group, who.name, body.reason)
         ctx.hub.kick()

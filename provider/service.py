@@ -14,11 +14,15 @@ challenges -- call :meth:`Provider.open_epoch`. Numbering: ``epochs.py``.
 Groups with fewer than 2 members (PROTOCOL.md 1: 2 <= N) have no epoch:
 a membership change that leaves one member signs an archive without one
 (``Archive.epoch is None``), and rekeys of such a group are refused
-(``NotEnoughMembers``). A daemon's start request meanwhile is recorded as
-pending (:meth:`Provider.start`; at most ``MAX_PENDING_STARTS`` per group,
-each for ``PENDING_START_TTL`` seconds, in memory) and every epoch opened
-later lists the pending challenges, so the first epoch of the group answers
-the daemons already waiting for it.
+(``NotEnoughMembers``). A daemon's start request is recorded as pending
+in the database (:meth:`Provider.start`, table ``starts``: at most
+``MAX_PENDING_STARTS`` per group, each for ``PENDING_START_TTL`` seconds)
+and every epoch opened later lists the pending challenges, so the first
+epoch of the group answers the daemons already waiting for it -- and, with
+several replicas, an epoch opened by one replica answers the starts that
+reached the others meanwhile: their batches then find their challenges
+listed by the current epoch and answer with its archive (one epoch for
+starts within the window, whichever replica they reached).
 
 One running instance per member (PROTOCOL.md 4): a start names its member,
 and the epoch that answers it sets that member's ``instance`` (SHA-256 of
@@ -52,7 +56,7 @@ from provider.archives import addresses, build_archive, next_version, parse_own,
 from provider.epochs import (MAX_WAIT, Recipient, Thresholds, build_epoch, next_epoch_number)
 from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound, ProviderFault
 from provider.keys import Signer
-from provider.pending import MAX_PENDING_STARTS, PENDING_START_TTL, PendingStarts
+from provider.pending import MAX_PENDING_STARTS, PENDING_START_TTL, drop_starts, pending_start_rows, record_start
 from provider.retention import AuditPruner, AuditRetention
 from provider.store import (Store, add_audit, capsules, epochs, group_row, groups, member_rows, members, prune_capsules,
                             tokens)
@@ -86,7 +90,6 @@ class Provider:
         self.started_at = clock()
         self.on_epoch: Callable[[str], None] | None = None  # called after an epoch committed (metrics)
         self._argon_slots = threading.BoundedSemaphore(2)
-        self._pending = PendingStarts(clock)
         self.audit_pruner = AuditPruner(store, audit_retention or AuditRetention(), clock)  # the ticker runs it
 
     @property
@@ -250,10 +253,10 @@ class Provider:
     # --- epochs ----------------------------------------------------------------
 
     def open_epoch(self, group: str, reason: str, actor: str, starts: Mapping[str, bytes] | None = None,
-                   unless: Callable[[object, float], bool] | None = None) -> Opened | None:
+                   unless: Callable[[object, object, float], bool] | None = None) -> Opened | None:
         """Open the next epoch; NotEnoughMembers while the group has fewer than 2 members.
 
-        ``unless(group_row, now)`` is asked inside the epoch's write
+        ``unless(conn, group_row, now)`` is asked inside the epoch's write
         transaction: True means "nothing to do" (returns None, nothing
         written). Deciding there, not on an earlier read, is what makes two
         concurrent requests for the same reason open one epoch, not two.
@@ -262,7 +265,7 @@ class Provider:
         """
         starts = dict(starts or {})
         def mutate(conn, g, now):
-            if unless is not None and unless(g, now):
+            if unless is not None and unless(conn, g, now):
                 raise _NothingToDo
             count = len(member_rows(conn, g.id))
             if count < MIN_GROUP_SIZE:
@@ -275,21 +278,48 @@ class Provider:
             return None
 
     def start(self, group: str, starts: Mapping[str, bytes]) -> Opened | None:
-        """Daemons' start requests (member -> challenge, one per member): a new epoch
+        """Daemons' start requests (member -> challenge, one per member): the archive of an epoch
         listing them and naming their instances, or None (recorded as pending).
 
-        None means the group has fewer than 2 members: the challenges wait
-        (bounded, expiring) for the first epoch the group gets.
+        The epoch is a new one, unless another replica's epoch listed every
+        one of ``starts`` meanwhile (they were recorded first, so it saw
+        them): then that epoch, still the current one, answers. None means
+        the group has fewer than 2 members: the challenges wait (bounded,
+        expiring) for the first epoch the group gets.
         """
-        self._pending.add(group, starts)
+        self.record_starts(group, starts)
+        answered: list[Opened] = []
+
+        def listed_by_current(conn, g, _now) -> bool:
+            if g.current_epoch is None:
+                return False
+            row = conn.execute(select(epochs.c.challenges).where(
+                epochs.c.group == g.id, epochs.c.epoch == g.current_epoch)).scalar()
+            listed = set(json.loads(row or "[]"))
+            if not all(c.hex() in listed for c in starts.values()):
+                return False
+            answered.append(Opened(g.version, g.archive, g.current_epoch, {}))
+            return True
+
         try:
-            return self.open_epoch(group, "start", "members", starts)
+            opened = self.open_epoch(group, "start", "members", starts, unless=listed_by_current)
         except NotEnoughMembers:
             return None
+        return opened if opened is not None else answered[0]
+
+    def record_starts(self, group: str, starts: Mapping[str, bytes]) -> None:
+        """Record start challenges as pending (each replaces its member's earlier one): every replica's
+        next epoch of the group lists them."""
+        now = self.clock()
+        with self.store.light() as conn:
+            g = _group(conn, group)
+            for member, challenge in starts.items():
+                record_start(conn, g.id, member, challenge, now + PENDING_START_TTL)
 
     def pending_starts(self, group: str) -> dict[str, bytes]:
         """Unexpired pending starts of ``group`` (member -> challenge), oldest first."""
-        return self._pending.get(group)
+        with self.store.read() as conn:
+            return pending_start_rows(conn, _group(conn, group).id, self.clock(), MAX_PENDING_STARTS)
 
     def change_and_open(self, group: str, reason: str, mutate) -> tuple[object, Opened]:
         """``mutate(conn, group_row, now)`` and the next epoch in one transaction (membership.py's removals)."""
@@ -299,24 +329,25 @@ class Provider:
                          starts: Mapping[str, bytes] | None = None) -> tuple[object, Opened]:
         """Run ``mutate(conn, group_row, now)`` and open the next epoch, in one transaction.
 
-        The epoch also answers the group's pending starts (dropped from the
-        pending set once it committed); ``starts`` win over a pending start
-        of the same member.
+        The epoch also answers the group's pending starts (read and dropped
+        in its transaction, so every replica's are seen); ``starts`` win over
+        a pending start of the same member.
         """
-        starts = {**self.pending_starts(group), **(starts or {})}
+        starts = dict(starts or {})
         for _attempt in range(int(MAX_WAIT * 4) + 8):
             now = self.clock()
             with self.store.write() as conn:
                 g = _group(conn, group)
-                number, wait = next_epoch_number(g.epoch_hw, g.created_at, now, self.started_at)
+                number, wait = next_epoch_number(g.epoch_hw, g.created_at, now, self.started_at,
+                                                 g.current_epoch)
                 if wait == 0.0 or wait > MAX_WAIT:
                     result = mutate(conn, g, now)
                     if wait > MAX_WAIT:  # wall clock went back (or a burst after restore): do not stall
                         add_audit(conn, now, "provider", "clock-behind", group, epoch=number)
-                    opened = self._open_locked(conn, g, number, reason, starts, now)
+                    listed = {**pending_start_rows(conn, g.id, now, MAX_PENDING_STARTS), **starts}
+                    opened = self._open_locked(conn, g, number, reason, listed, now)
             if wait == 0.0 or wait > MAX_WAIT:  # committed
                 if opened.epoch is not None:
-                    self._pending.drop(group, starts)
                     if self.on_epoch is not None:
                         self.on_epoch(group)
                 return result, opened
@@ -354,6 +385,7 @@ class Provider:
                                          "capsule": cap, "sealed_salt": salt}
                                         for name, idx, cap, salt in sealed.sealed])
         prune_capsules(conn, g.id, g.current_epoch if g.current_epoch is not None else number)
+        drop_starts(conn, g.id, starts, now)
         archive = self.signer.sign(build_archive(g, version, info, rows, sealed.indices, now, self.provider_id,
                                                  routes_approved.approved_routes(conn, g.id)))
         conn.execute(update(groups).where(groups.c.id == g.id).values(
@@ -470,11 +502,11 @@ class _NothingToDo(Exception):
     """Internal: ``open_epoch``'s ``unless`` said no; rolls the transaction back."""
 
 
-def _brand_new(g, now: float) -> bool:
+def _brand_new(_conn, g, now: float) -> bool:
     return g.epoch_opened_at is not None and now - g.epoch_opened_at < MEMBER_REKEY_MIN_AGE
 
 
-def _not_due(g, now: float) -> bool:
+def _not_due(_conn, g, now: float) -> bool:
     return g.epoch_opened_at is not None and now < g.epoch_opened_at + g.rekey_after_seconds
 
 

@@ -1,6 +1,6 @@
 """Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
-Schema version 5 (table ``meta``, key ``schema_version``)::
+Schema version 6 (table ``meta``, key ``schema_version``)::
 
     meta      key PK, value
     groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
@@ -22,6 +22,12 @@ Schema version 5 (table ``meta``, key ``schema_version``)::
     subnet_routes  (member FK, prefix) PK, approved_at: the LAN prefixes a
               member asked for (approved_at NULL) or an admin approved behind
               it (provider/routes_approved.py)
+    nonces    (scope, nonce) PK, expires_at: request-signature nonces seen by any
+              replica (PostgreSQL; SQLite's one server keeps them in memory)
+    starts    (group, member) PK, challenge, expires_at: daemons' start challenges
+              not yet listed by an epoch, seen by every replica (provider/hub.py)
+    buckets   key PK, tokens, updated_at: rate-limit token buckets every replica
+              shares (PostgreSQL; costs bounded per member, not per replica)
 
 Migrations: :meth:`Store.check_schema` upgrades an older database in
 place, one step per version (``MIGRATIONS``), in one write transaction:
@@ -32,6 +38,7 @@ revoked_at, attributes, member_ttl``, ``groups.owner_fields, expires_at, owners`
 (all NULL: as before) and the table ``removed`` (id, group FK, name,
 ed25519_public, removed_at, reason): see ``provider/membership.py``.
 4 -> 5 adds the ``subnet_routes`` table (empty: no routes approved).
+5 -> 6 adds the tables ``nonces``, ``starts`` and ``buckets`` (replicas share them).
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -57,8 +64,13 @@ or cut to them first). The admin CLI and server choose the database with
 the database (``init --join``) and every command check that their state dir's
 keys are the database's. ``create_schema`` refuses a database that has any
 of these tables already, so a second ``init`` never overwrites a provider.
-``hold_server_lock`` keeps a second ``serve`` off the same PostgreSQL
-database (its nonce cache and watch hub are in memory: issue 16 item 2).
+Replicas (issue 16): any number of ``serve`` processes share one PostgreSQL
+database. Every serialised write ends with ``NOTIFY`` on ``CHANGE_CHANNEL``
+(delivered at commit; the hubs of all replicas listen); ``light()`` is a short
+transaction without the writers' lock, for rows that only ever conflict on
+their own key (nonces, pending starts, rate buckets). One replica at a time
+runs the timers, holding the session advisory lock ``TIMER_LOCK_KEY``
+(``hub.TimerLeadership``).
 """
 
 from __future__ import annotations
@@ -76,9 +88,11 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
-SERVER_LOCK_KEY = 0x67747673  # "gtvs": PostgreSQL session advisory lock held by the one `serve`
+TIMER_LOCK_KEY = 0x67747473  # "gtts": PostgreSQL session advisory lock of the replica running the timers
+CHANGE_CHANNEL = "grouptun_changed"  # NOTIFY after every serialised write (provider/hub.py listens)
+SERVER_APPLICATION = "grouptun-provider serve"  # application_name of a replica's connections (+ " PID"; restore looks)
 IDENTITY_KEYS = ("provider_keys", "tls_fingerprint", "url")
 metadata = MetaData()
 
@@ -218,6 +232,29 @@ def _create_sealed_tables(conn: Connection) -> None:
     metadata.create_all(conn, tables=[sealed, sealed_parts])
 
 
+nonces = Table(
+    "nonces", metadata,
+    Column("scope", String(100), primary_key=True),
+    Column("nonce", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+starts = Table(
+    "starts", metadata,
+    Column("group", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("member", String(64), primary_key=True),
+    Column("challenge", LargeBinary(32), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+buckets = Table(
+    "buckets", metadata,
+    Column("key", String(120), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
 def _add_column(conn: Connection, table: Table, name: str) -> None:
     """ALTER TABLE ... ADD COLUMN for a nullable column of ``table`` (its type in this dialect)."""
     quote = conn.dialect.identifier_preparer.quote
@@ -259,6 +296,7 @@ MIGRATIONS = {
     2: _create_sealed_tables,
     3: _membership_columns,
     4: _add_subnet_routes,
+    5: lambda conn: metadata.create_all(conn, tables=[nonces, starts, buckets]),
 }
 
 
@@ -288,15 +326,18 @@ class Store:
     other processes with SQLite's lock or PostgreSQL's advisory lock.
     """
 
-    def __init__(self, path: str | None, *, url: str | URL | None = None) -> None:
+    def __init__(self, path: str | None, *, url: str | URL | None = None, application: str | None = None) -> None:
+        self.application = application
         self._memory = path is None and url is None
         self._postgres = url is not None
         if url is not None:
             url = make_url(url)
             if url.get_backend_name() != "postgresql":
                 raise StateDirError(f"database url must be postgresql+psycopg://..., not {url.drivername!r}")
-            bounded = {} if "connect_timeout" in url.query else {"connect_timeout": 10}  # libpq waits forever
-            self.engine = create_engine(url, pool_size=20, max_overflow=8, pool_pre_ping=True, connect_args=bounded)
+            args = {} if "connect_timeout" in url.query else {"connect_timeout": 10}  # libpq waits forever
+            if application is not None:  # restore refuses to run while replicas are connected
+                args["application_name"] = application
+            self.engine = create_engine(url, pool_size=20, max_overflow=8, pool_pre_ping=True, connect_args=args)
         elif path is None:
             self.engine = create_engine("sqlite://", poolclass=StaticPool,
                                         connect_args={"check_same_thread": False})
@@ -337,19 +378,6 @@ class Store:
         with self.read() as conn:
             rows = conn.execute(select(meta.c.key, meta.c.value).where(meta.c.key.in_(IDENTITY_KEYS)))
             return {row.key: row.value for row in rows}
-
-    def hold_server_lock(self) -> Connection | None:
-        """PostgreSQL: a session advisory lock on a connection of its own, held until it closes or the
-        process dies; StateDirError if another server holds it. SQLite: None (the state dir's lock does it)."""
-        if not self._postgres:
-            return None
-        conn = self.engine.connect()
-        if not conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": SERVER_LOCK_KEY}).scalar_one():
-            conn.close()
-            raise StateDirError("another grouptun-provider serve is running on this database "
-                                "(one server per database until replicas share their state: issue 16)")
-        conn.commit()  # end the implicit transaction; the session lock outlives it
-        return conn
 
     def check_schema(self) -> None:
         try:
@@ -397,9 +425,25 @@ class Store:
                     with conn.begin():
                         if self._postgres:  # BEGIN IMMEDIATE's equivalent: one writer at a time
                             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
+                            conn.exec_driver_sql(f"NOTIFY {CHANGE_CHANNEL}")  # sent at commit, to every replica
                         yield conn
                 finally:
                     conn.info.pop("write", None)
+
+    @contextmanager
+    def light(self) -> Iterator[Connection]:
+        """A short write transaction without the writers' lock (PostgreSQL) for rows that conflict only on
+        their own key; SQLite has one writer anyway, so there it is ``write()``."""
+        if not self._postgres:
+            with self.write() as conn:
+                yield conn
+            return
+        with self.engine.begin() as conn:
+            yield conn
+
+    @property
+    def postgres(self) -> bool:
+        return self._postgres
 
     def close(self) -> None:
         self.engine.dispose()
@@ -443,3 +487,20 @@ def prune_capsules(conn: Connection, group_pk: int, keep_from_epoch: int) -> Non
 
 def count(conn: Connection, table: Table, *where) -> int:
     return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+
+
+def upsert(conn: Connection, table: Table, values: dict, key: list[str], replace: list[str] | None = None) -> bool:
+    """INSERT ``values``; on a conflict on ``key`` update the ``replace`` columns, or (None) do nothing.
+    Whether a row was written (False: the key existed and nothing was replaced)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    statement = dialect_insert(table).values(**values)
+    if replace is None:
+        statement = statement.on_conflict_do_nothing(index_elements=key)
+    else:
+        statement = statement.on_conflict_do_update(index_elements=key,
+                                                    set_={c: statement.excluded[c] for c in replace})
+    # RETURNING, not rowcount: on PostgreSQL (psycopg 3) it reads -1 for an INSERT .. ON CONFLICT here
+    return conn.execute(statement.returning(table.c[key[0]])).first() is not None

@@ -14,6 +14,7 @@ provider_pg.py), a fresh database per test (per module for ``provider_env``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -60,6 +61,10 @@ def admin(state: Path, *args: str, check: bool = True, env: dict | None = None) 
 class ServerProc:
     def __init__(self, state: Path, port: int, extra: tuple[str, ...] = ()) -> None:
         self.state, self.port, self.proc, self.extra = state, port, None, extra  # extra: more `serve` options
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> "ServerProc":
         self.proc = subprocess.Popen(
@@ -174,6 +179,19 @@ def init_provider(tmp: Path, database_url: str | None = None) -> ProviderEnv:
     return ProviderEnv(state, port, url, ServerProc(state, port), config, database_url)
 
 
+def join_replica(first: Path, state: Path, database_url: str) -> ServerProc:
+    """A replica's state dir on ``first``'s PostgreSQL database: copies of keys/ and tls/, ``init --join`` with
+    its own URL; its (not yet started) server."""
+    import shutil  # noqa: PLC0415
+
+    state.mkdir(mode=0o700, parents=True)
+    for part in ("keys", "tls"):
+        shutil.copytree(first / part, state / part)
+    port = free_port()
+    admin(state, "init", "--join", "--database-url", database_url, "--url", f"https://127.0.0.1:{port}")
+    return ServerProc(state, port)
+
+
 def configure(env: ProviderEnv, **keys) -> None:
     """Set keys of the (stopped) provider's ``provider.json``."""
     path = env.state / "provider.json"
@@ -244,15 +262,18 @@ class TestMember:
     def ed_public(self) -> bytes:
         return self.ed.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
-    def enroll(self, token_text: str, endpoints=("127.0.0.1:40000",)) -> EnrollResult:
+    def enroll(self, token_text: str, endpoints=("127.0.0.1:40000",), url: str | None = None) -> EnrollResult:
+        """Enroll with the token, at ``url`` (a replica's) instead of the token's when given."""
         self.token = parse_join_token(token_text)
-        self.result = ProviderClient.enroll(self.token, self.name, self.ed, self.kem.public_bytes(),
+        token = self.token if url is None else dataclasses.replace(self.token, url=url)
+        self.result = ProviderClient.enroll(token, self.name, self.ed, self.kem.public_bytes(),
                                             self.authenticator, list(endpoints), self.sessions)
         return self.result
 
-    def client(self, timeout: float = 10.0) -> ProviderClient:
-        return ProviderClient(self.token.provider_urls, self.token.tls_fingerprint, self.result.group, self.name, self.ed,
-                              timeout=timeout, session_factory=self.sessions)
+    def client(self, timeout: float = 10.0, url: str | None = None) -> ProviderClient:
+        """A client of the token's provider URLs, or of ``url`` alone (another replica)."""
+        return ProviderClient((url,) if url else self.token.provider_urls, self.token.tls_fingerprint,
+                              self.result.group, self.name, self.ed, timeout=timeout, session_factory=self.sessions)
 
 
 class RecordingSessions:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from provider.database import PASSWORD_CREDENTIAL, URL_ENV, DatabaseSetting, resolve
 from provider.errors import DatabaseUrlError
 from provider.keys import StatePaths
-from provider_helpers import STORE_KINDS, ServerProc, admin, database_url_for, free_port, init_provider
+from provider_helpers import STORE_KINDS, admin, database_url_for, free_port, init_provider
 from provider_pg import PASSWORD, PASSWORD_ROLE
 
 CONFIG_SOURCE = "provider.json key 'database_url'"
@@ -173,7 +173,7 @@ def test_a_newer_schema_is_refused_naming_the_setting_and_nothing_is_written(new
         assert env.dump() == before
 
 
-# --- init on PostgreSQL, init --join, one server per database ------------------------------------------
+# --- init on PostgreSQL, init --join (replicas serving together: test_provider_replicas.py) ------------------------------------------
 
 
 def _copy_keys_and_tls(source: Path, target: Path) -> None:
@@ -239,19 +239,3 @@ def test_password_from_a_systemd_credential_reaches_a_real_server(pg_server, tmp
     wrong = url.replace(f"//{PASSWORD_ROLE}@", f"//{PASSWORD_ROLE}:not-the-pw@")
     proc = admin(state, "group", "list", "--database-url", wrong, check=False)
     assert "not-the-pw" not in _one_line_error(proc, 74, "password authentication failed", "(from --database-url)")
-
-
-def test_one_server_per_database_while_state_lives_in_its_memory(pg_server, tmp_path):
-    url = pg_server.new_database()
-    first = init_provider(tmp_path / "a", url)
-    second = tmp_path / "b"
-    _copy_keys_and_tls(first.state, second)
-    admin(second, "init", "--join", "--database-url", url)
-    first.server.start()
-    try:
-        proc = admin(second, "serve", "--listen", f"127.0.0.1:{free_port()}", check=False)
-        _one_line_error(proc, 74, "another grouptun-provider serve is running on this database")
-    finally:
-        first.server.stop()
-    replica = ServerProc(second, free_port()).start()  # the lock went with the first server
-    replica.stop()

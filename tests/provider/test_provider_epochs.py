@@ -21,9 +21,9 @@ from provider.epochs import (EPOCH_BURST, EPOCH_RATE, Recipient, Thresholds, bui
                              permutation)
 from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound
 from provider.archives import parse_own
+from provider.backup import after_restore
 from provider.hub import StartBatcher
 from provider.keys import Signer
-from provider.pending import PendingStarts
 from provider.service import MAX_PENDING_STARTS, PENDING_START_TTL, Provider
 from provider.store import Store, audit_rows, members
 from provider_helpers import STORE_KINDS, fresh_store
@@ -445,13 +445,14 @@ def test_pending_starts_keep_the_latest_per_member_are_bounded_and_expire(fx):
     fx.enroll("bob")
     archive = fx.archive()
     assert archive.epoch.challenges == (second,) and archive.member("alice").instance == instance_of(second)
-    pending = PendingStarts(fx.clock)
+    fx.provider.remove_member("lan", "bob")  # back to one member: starts wait again
     many = {f"m{i}": i.to_bytes(32, "big") for i in range(MAX_PENDING_STARTS + 5)}
     for name, challenge in many.items():
-        pending.add("lan", {name: challenge})
-    assert list(pending.get("lan")) == list(many)[5:]  # the oldest went first
+        fx.clock.t += 0.001
+        assert fx.provider.start("lan", {name: challenge}) is None
+    assert list(fx.provider.pending_starts("lan")) == list(many)[5:]  # the oldest are left out
     fx.clock.t += PENDING_START_TTL + 1
-    assert pending.get("lan") == {}
+    assert fx.provider.pending_starts("lan") == {}
 
 
 class _NoHub:
@@ -531,3 +532,22 @@ def test_enrollment_proof_covers_the_kem_key_and_token(fx):
     with pytest.raises(Forbidden, match="proof"):
         fx.provider.enroll(other, "alice", ed, mine, b"credential!", [], proof)
     assert fx.provider.enroll(secret, "alice", ed, mine, b"credential!", [], proof)["member_name"] == "alice"
+
+
+def test_after_restore_a_long_running_process_never_reissues_an_epoch(fx):
+    """A process started before the restore (its own floor is old) still goes on above every number ever issued:
+    restore raises the persisted floor (time-based, epochs.restore_floor), with no help from the replaced database."""
+    fx.enroll("alice")
+    fx.enroll("bob")
+    with fx.store.read() as conn:
+        backed_up = conn.exec_driver_sql("SELECT epoch_hw FROM groups").scalar()
+    issued = []
+    for _ in range(20):  # epochs after the backup, as fast as numbering allows
+        fx.clock.t += 0.3
+        issued.append(fx.provider.open_epoch("lan", "admin", "admin").epoch)
+    with fx.store.write() as conn:  # the backup comes back: its high-water mark is the old one
+        conn.exec_driver_sql(f"UPDATE groups SET epoch_hw = {backed_up}, current_epoch = {backed_up}")
+    opened = after_restore(fx.provider, "backup-file", {})
+    assert opened["lan"] > max(issued)
+    assert fx.archive().epoch.epoch == opened["lan"]
+    assert [r.detail for r in fx.audit() if r.action == "restore"] == ['{"backup": "backup-file", "live_groups": 0}']

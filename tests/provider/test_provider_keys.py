@@ -129,3 +129,21 @@ def test_schema_1_database_is_migrated_in_place(kind, request):
     assert [(r.name, r.instance) for r in rows] == [("alice", None)]
     store.check_schema()  # already current: nothing to do
     store.close()
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_schema_2_database_gets_the_replicas_shared_tables(kind, request):
+    """Schema 2 (before replicas shared state) gains nonces, starts and buckets, empty, in place."""
+    from sqlalchemy import inspect  # noqa: PLC0415
+
+    store = fresh_store(kind, request)
+    with store.write() as conn:
+        for table in ("buckets", "starts", "nonces"):
+            conn.exec_driver_sql(f'DROP TABLE "{table}"')
+        conn.exec_driver_sql("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    store.check_schema()
+    with store.read() as conn:
+        assert {"nonces", "starts", "buckets"} <= set(inspect(conn).get_table_names())
+        assert conn.exec_driver_sql("SELECT count(*) FROM starts").scalar() == 0
+        assert conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'").scalar() == str(SCHEMA_VERSION)
+    store.close()
