@@ -12,7 +12,8 @@ import json
 
 from sqlalchemy import update
 
-from grouptun.core.archive import Archive, ArchiveMember, GroupMetadata, parse_document
+from grouptun.core import policy as policy_mod
+from grouptun.core.archive import Archive, ArchiveMember, ArchivePolicy, GroupMetadata, parse_document
 from provider.store import groups, member_rows
 
 
@@ -40,7 +41,8 @@ def build_archive(g, version: int, info, rows, indices: dict[str, int], now: flo
                   provider_id: str | None = None) -> Archive:
     """The unsigned archive of group row ``g``: the members in ``indices`` (by index), epoch ``info`` or None.
 
-    With ``provider_id`` it carries ``group_metadata`` (grouptun extension, ``provider/membership.py``)."""
+    With ``provider_id`` it carries ``group_metadata`` (grouptun extension, ``provider/membership.py``);
+    with a stored policy, ``policy`` (``provider/policy.py``)."""
     listed = sorted((r for r in rows if r.name in indices), key=lambda r: indices[r.name])
     return Archive(
         group_id=g.group_id, name=g.name, version=version, epoch=info,
@@ -51,7 +53,15 @@ def build_archive(g, version: int, info, rows, indices: dict[str, int], now: flo
         expires_at=(info.opened_at if info is not None else now) + 2 * g.rekey_after_seconds,
         metadata=None if provider_id is None else GroupMetadata(provider_id, g.expires_at,
                                                                 stored_pairs(g.owner_fields), stored_names(g.owners)),
+        policy=stored_policy(g),
     )
+
+
+def stored_policy(g) -> ArchivePolicy | None:
+    """Group row ``g``'s policy (canonical text, validated when written) for the archive; NULL: None."""
+    if not g.policy:
+        return None
+    return ArchivePolicy(g.policy_version, policy_mod.parse(g.policy))
 
 
 def stored_pairs(text: str | None) -> tuple[tuple[str, str], ...]:

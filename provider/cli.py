@@ -12,6 +12,7 @@
     grouptun-provider member list GROUP | remove GROUP MEMBER
     (membership: AddGroup --members, reusable keys, tokens, temporary members, attributes,
      group metadata, --json -- provider/cli_membership.py)
+    grouptun-provider policy set GROUP FILE|- | show GROUP | clear GROUP [--json]   (provider/cli_policy.py)
     grouptun-provider audit [--follow] [--limit N]
 
 ``--state`` defaults to ``$GROUPTUN_PROVIDER_STATE`` or
@@ -298,6 +299,12 @@ def cmd_tokens(args) -> int:
     return cli_membership.tokens(args, _provider(args))
 
 
+def cmd_policy(args) -> int:
+    from provider import cli_policy
+
+    return cli_policy.run(args, _provider(args))
+
+
 def cmd_audit(args) -> int:
     from provider.store import audit_rows
 
@@ -398,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["tokens revoke"] = tsub.add_parser("revoke")
     p.set_defaults(func=cmd_tokens)
     cli_membership.add_arguments(parsers)
+    from provider import cli_policy
+
+    cli_policy.add_parser(sub)
 
     p = sub.add_parser("audit", help="print the audit log")
     p.add_argument("--follow", action="store_true")

@@ -26,7 +26,10 @@ place, one step per version (``MIGRATIONS``), in one write transaction:
 2 -> 3 adds ``members.attributes, expires_at``, ``tokens.max_uses, uses,
 revoked_at, attributes, member_ttl``, ``groups.owner_fields, expires_at, owners``
 (all NULL: as before) and the table ``removed`` (id, group FK, name,
-ed25519_public, removed_at, reason): see ``provider/membership.py``.
+ed25519_public, removed_at, reason): see ``provider/membership.py``;
+3 -> 4 adds ``groups.policy`` (the access policy's canonical text, NULL:
+none, everything allowed) and ``groups.policy_version``: see
+``provider/policy.py``.
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -71,7 +74,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 SERVER_LOCK_KEY = 0x67747673  # "gtvs": PostgreSQL session advisory lock held by the one `serve`
 IDENTITY_KEYS = ("provider_keys", "tls_fingerprint", "url")
@@ -101,6 +104,8 @@ groups = Table(
     Column("owner_fields", Text),    # v3: JSON object, the archive's group_metadata.owner (NULL: none)
     Column("expires_at", Float),     # v3: the whole group's end (NULL: none)
     Column("owners", Text),          # v3: JSON sorted list of owner names, the archive's roles (NULL: none)
+    Column("policy", Text),          # v4: canonical access policy text (NULL: none, everything allowed)
+    Column("policy_version", BigInteger),  # v4: the last policy version issued (kept when cleared)
 )
 
 members = Table(
@@ -205,10 +210,19 @@ def _membership_columns(conn: Connection) -> None:
     removed.create(conn, checkfirst=True)
 
 
+def _policy_columns(conn: Connection) -> None:
+    """v3 -> v4 (issue 17 item 6): the group's access policy and its version (NULL: none)."""
+    present = {c["name"] for c in inspect(conn).get_columns(groups.name)}
+    for name in ("policy", "policy_version"):
+        if name not in present:
+            _add_column(conn, groups, name)
+
+
 # from-version -> the step to the next version (run in the caller's write transaction)
 MIGRATIONS = {
     1: lambda conn: _add_column(conn, members, "instance"),
     2: _membership_columns,
+    3: _policy_columns,
 }
 
 
