@@ -102,3 +102,21 @@ def test_admin_cli_set_from_stdin_show_json_clear_and_a_refusal(tmp_path):
     assert bad.returncode == 64 and "line 1 ('role=web -> * tcp/x allow')" in bad.stderr
     assert json.loads(admin(env.state, "policy", "clear", "lan", "--json").stdout)["version"] is None
     assert "no policy" in admin(env.state, "policy", "show", "lan").stdout
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_a_schema_3_database_is_migrated_to_the_policy_columns(kind, request):
+    from provider.store import SCHEMA_VERSION  # noqa: PLC0415
+
+    store = fresh_store(kind, request)
+    provider, _ = memory_provider(("alice",), signer=SIGNER, store=store)
+    with store.write() as conn:  # back to schema 3: without the policy columns
+        for column in ("policy", "policy_version"):
+            conn.exec_driver_sql(f'ALTER TABLE groups DROP COLUMN "{column}"')
+        conn.exec_driver_sql("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    store.check_schema()
+    with store.read() as conn:
+        assert conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'").scalar() == str(SCHEMA_VERSION)
+    assert policy.show_policy(provider, "lan")["version"] is None and _archive(provider).policy is None
+    assert policy.set_policy(provider, "lan", "* -> * any allow\ndefault deny")["version"] == 1
+    store.close()
