@@ -249,8 +249,10 @@ class Counters:
 class CompiledPolicy:
     """``policy`` over one epoch's member table: our index and the attributes of every index."""
 
-    def __init__(self, policy: Policy, own_index: int, attributes_by_index: Mapping[int, Mapping[str, str]]) -> None:
+    def __init__(self, policy: Policy, own_index: int, attributes_by_index: Mapping[int, Mapping[str, str]],
+                 generation: int = 0) -> None:
         self.policy, self.own_index = policy, own_index
+        self.generation = generation  # conntrack entries allowed under another generation are judged again
         self._attributes = {i: dict(a) for i, a in attributes_by_index.items()}
         self._per_peer: dict[tuple[int, bool], tuple] = {}  # (peer, outgoing) -> the rules its selectors pass
 
@@ -309,10 +311,16 @@ class PolicyEnforcer:
             tables = dict(sorted(tables.items())[-self.keep_epochs:])
         if policy is not None and (policy != self.policy or version != self.version):
             self.counters = Counters(version or 0, [0] * (len(policy.rules) + 1))
-        compiled = {} if policy is None else {e: CompiledPolicy(policy, own, attrs) for e, (own, attrs) in tables.items()}
-        self._tables, self.policy, self.version = tables, policy, None if policy is None else version
         self.generation += 1
-        self._compiled = compiled  # one assignment: the data path sees the old set or the new one
+        compiled = {} if policy is None else {e: CompiledPolicy(policy, own, attrs, self.generation)
+                                              for e, (own, attrs) in tables.items()}
+        self._tables, self.version = tables, None if policy is None else version
+        # The data path reads policy, then _compiled: setting a policy swaps the tables in first, so a packet
+        # racing it is judged by the old or the new one (clearing one may fail one packet closed, never open).
+        if policy is None:
+            self.policy, self._compiled = None, compiled
+        else:
+            self._compiled, self.policy = compiled, policy
 
     def inbound(self, epoch: int, sender_index: int, packet, now: float) -> int | None:
         return None if self.policy is None else self._check(epoch, sender_index, packet, now, False)
@@ -331,15 +339,15 @@ class PolicyEnforcer:
             entry = self.conntrack.lookup(key, now)
             if entry is not None:
                 opened = entry.opened_locally  # judge the flow as it was opened: its first packet's direction
-                if entry.generation == self.generation or compiled.action(
+                if entry.generation == compiled.generation or compiled.action(
                         compiled.decide(peer, opened, flow.protocol, key[4] if opened else key[2])) == "allow":
-                    self.conntrack.refresh(key, entry, now, self.generation)
+                    self.conntrack.refresh(key, entry, now, compiled.generation)
                     return None
                 self.conntrack.forget(key)
         number = compiled.decide(peer, outgoing, flow.protocol, flow.destination_port)
         if compiled.action(number) == "allow":
             if key is not None:
-                self.conntrack.add(key, now, self.generation, outgoing)
+                self.conntrack.add(key, now, compiled.generation, outgoing)
             return None
         counters.denied[number] += 1
         return number
