@@ -27,6 +27,13 @@ RULES = st.builds(lambda s, d, proto, ports, action: P.Rule(s, d, proto, ports i
 POLICIES = st.builds(lambda rules, default, declared: P.Policy(tuple(rules), default, tuple(sorted(declared))),
                      st.lists(RULES, max_size=8), st.sampled_from(P.ACTIONS), st.sets(KEYS, max_size=2))
 ATTRS = st.dictionaries(KEYS, VALUES, max_size=3)
+# For matching: few ports, protocols and values, so that several rules often match one packet
+CLOSE_RULES = st.builds(P.Rule, st.dictionaries(KEYS, st.sampled_from(["web", "db"]), max_size=1).map(
+    lambda d: tuple(d.items())), st.just(()), st.sampled_from(["any", "tcp", "udp", "icmp"]),
+    st.sampled_from([None, (22, 22), (22, 5432)]), st.sampled_from(P.ACTIONS)).map(
+    lambda r: r if r.protocol in P.PORTED else P.Rule(r.source, r.destination, r.protocol, None, r.action))
+CLOSE_POLICIES = st.builds(lambda rules, default: P.Policy(tuple(rules), default),
+                           st.lists(CLOSE_RULES, max_size=8), st.sampled_from(P.ACTIONS))
 WEB, DB = v4(2).packed, v4(1).packed
 
 
@@ -55,6 +62,14 @@ def test_a_printed_policy_parses_back_to_itself(policy):
 def test_a_parsed_rule_prints_back_to_itself(rule):
     assert P.parse_rule(str(rule)) == rule
     assert str(P.parse_rule(str(rule))) == str(rule)
+
+
+@given(POLICIES, st.lists(st.sampled_from(["\n", ";", " ;\n", "  # note\n", "\n\n", "\t;"]), min_size=1),
+       st.sampled_from([" ", "  ", "\t"]))
+def test_any_spelling_of_a_policy_prints_as_its_canonical_form(policy, separators, space):
+    statements = str(policy).split("\n")
+    text = "".join(space.join(line.split(" ")) + separators[i % len(separators)] for i, line in enumerate(statements))
+    assert str(P.parse(text)) == str(policy)
 
 
 def test_the_issue_example_with_semicolons_comments_and_spacing():
@@ -137,8 +152,8 @@ def _first_match(policy, source, destination, protocol, port):
     return 0
 
 
-@given(POLICIES, ATTRS, ATTRS, st.sampled_from([1, 6, 17, 58, 47]), st.one_of(st.none(), st.integers(0, 65535)),
-       st.booleans())
+@given(st.one_of(POLICIES, CLOSE_POLICIES), ATTRS, ATTRS, st.sampled_from([1, 6, 17, 58, 47]),
+       st.one_of(st.none(), st.sampled_from([22, 53, 5432]), st.integers(0, 65535)), st.booleans())
 def test_the_first_matching_rule_decides_else_the_default(policy, mine, theirs, protocol, port, outgoing):
     compiled = P.CompiledPolicy(policy, 0, {0: mine, 1: theirs})
     source, destination = (mine, theirs) if outgoing else (theirs, mine)
@@ -182,6 +197,16 @@ def test_a_reply_to_an_allowed_flow_passes_both_ways_and_nothing_else_does():
     assert web.outbound(7, 0, tcp(WEB, DB, 40000, 5432), 0.0) is None
     assert web.inbound(7, 0, tcp(DB, WEB, 5432, 40000), 1.0) is None
     assert web.inbound(7, 0, tcp(DB, WEB, 5432, 40002), 1.0) == 0
+
+
+def test_an_allowed_ping_gets_its_reply_and_ipv6_flows_are_tracked_too():
+    db = _enforcer("role=web -> role=db icmp allow\nrole=web -> role=db udp/53 allow\ndefault deny")
+    assert db.inbound(7, 1, icmp(WEB, DB), 0.0) is None
+    assert db.outbound(7, 1, icmp(DB, WEB), 0.5) is None
+    query = ipv6(v6(2), v6(1), struct.pack(">HH", 5000, 53) + bytes(4))
+    answer = ipv6(v6(1), v6(2), struct.pack(">HH", 53, 5000) + bytes(4))
+    assert db.outbound(7, 1, answer, 0.5) == 0
+    assert db.inbound(7, 1, query, 1.0) is None and db.outbound(7, 1, answer, 1.5) is None
 
 
 def test_flow_state_goes_idle_after_its_timeout():
