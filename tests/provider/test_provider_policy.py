@@ -8,12 +8,14 @@ import json
 
 import pytest
 
+from grouptun.core.archive import ProviderKeys, verify_archive
+
 from provider import membership, policy
 from provider.archives import parse_own
 from provider.errors import InvalidInput, NotFound
 from provider.keys import Signer
 from provider.store import audit_rows
-from provider_helpers import STORE_KINDS, admin, dump, fresh_store, init_provider, memory_provider
+from provider_helpers import STORE_KINDS, TestMember, admin, dump, fresh_store, init_provider, memory_provider
 
 SIGNER = Signer.generate()
 WEB_DB = "role=web -> role=db tcp/5432 allow\ndefault deny\n"
@@ -120,3 +122,23 @@ def test_a_schema_3_database_is_migrated_to_the_policy_columns(kind, request):
     assert policy.show_policy(provider, "lan")["version"] is None and _archive(provider).policy is None
     assert policy.set_policy(provider, "lan", "* -> * any allow\ndefault deny")["version"] == 1
     store.close()
+
+
+def test_a_policy_set_by_the_admin_cli_reaches_a_watching_member_in_the_same_epoch(provider_env):
+    members = [TestMember(n) for n in ("pa", "pb")]
+    for m in members:
+        m.enroll(provider_env.invite(m.name))
+    admin(provider_env.state, "member", "set-attr", "lan", "pa", "role=web")
+    pinned = ProviderKeys.from_json(provider_env.config["provider_keys"])
+    client = members[1].client()
+    before = verify_archive(client.archive(), pinned)
+    assert before.policy is None
+    admin(provider_env.state, "policy", "set", "lan", "-", input_text="role=web -> * tcp/443 allow; default deny")
+    raw = client.watch(before.version, timeout=5)  # issue 17: members see a policy change within 5 s
+    assert raw is not None, "the watch did not deliver the new policy within its 5 s long-poll"
+    after = verify_archive(raw, pinned)
+    assert after.policy is not None and str(after.policy.policy) == "role=web -> * tcp/443 allow\ndefault deny"
+    assert after.epoch.epoch == before.epoch.epoch
+    bad = admin(provider_env.state, "policy", "set", "lan", "-", check=False, input_text="role=wbe -> * any allow")
+    assert bad.returncode == 64 and "no 'default allow' or 'default deny'" in bad.stderr
+    assert verify_archive(client.archive(), pinned).version == after.version
