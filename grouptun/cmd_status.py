@@ -166,7 +166,8 @@ def _policy_lines(pol: dict) -> list[str]:
     if pol.get("default_denied"):
         denied.append(f"default {pol['default_denied']}")
     ct = pol.get("conntrack") or {}
-    return [f"  policy: version {pol['version']}, {len(pol.get('rules') or [])} rules, default {pol.get('default')}; "
+    rules = len(pol.get("rules") or [])
+    return [f"  policy: version {pol['version']}, {rules} rules, default {pol.get('default')}; "
             f"{ct.get('entries', 0)}/{ct.get('max', 0)} flows tracked",
             f"  policy denied: {', '.join(denied) or 'none'}"]
 

@@ -147,7 +147,8 @@ def _first_match(policy, source, destination, protocol, port):
             continue
         if rule.ports is not None and (port is None or not rule.ports[0] <= port <= rule.ports[1]):
             continue
-        if all(source.get(k) == v for k, v in rule.source) and all(destination.get(k) == v for k, v in rule.destination):
+        if all(source.get(k) == v for k, v in rule.source) and all(
+                destination.get(k) == v for k, v in rule.destination):
             return number
     return 0
 

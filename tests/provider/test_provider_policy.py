@@ -66,7 +66,8 @@ def test_set_publishes_a_new_archive_in_the_same_epoch_show_and_clear(provider):
     ("role=web -> role=db tcp/5432 allow", "no 'default allow' or 'default deny'"),
     ("# ok\nrole=web -> role=db tcp/5432 allow\nteam=x -> role=db any allow\ndefault deny",
      "line 3 ('team=x -> role=db any allow'): unknown attribute key 'team'"),
-    ("role=web -> rol=db any allow; default allow", "line 1 ('role=web -> rol=db any allow'): unknown attribute key 'rol'"),
+    ("role=web -> rol=db any allow; default allow",
+     "line 1 ('role=web -> rol=db any allow'): unknown attribute key 'rol'"),
 ])
 def test_a_bad_policy_is_a_400_naming_the_rule_and_changes_nothing(provider, text, fault):
     policy.set_policy(provider, "lan", WEB_DB)
@@ -78,7 +79,8 @@ def test_a_bad_policy_is_a_400_naming_the_rule_and_changes_nothing(provider, tex
 
 
 def test_keys_declared_or_given_by_a_pending_token_are_known(provider):
-    assert policy.set_policy(provider, "lan", "declare team\nteam=x -> * any allow\ndefault deny")["declared"] == ["team"]
+    declared = policy.set_policy(provider, "lan", "declare team\nteam=x -> * any allow\ndefault deny")
+    assert declared["declared"] == ["team"]
     membership.invite(provider, "lan", "carol", 3600, attributes={"site": "ber"})
     assert policy.set_policy(provider, "lan", "site=ber -> * any allow\ndefault deny")["version"] == 2
 
@@ -118,7 +120,8 @@ def test_a_schema_3_database_is_migrated_to_the_policy_columns(kind, request):
         conn.exec_driver_sql("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     store.check_schema()
     with store.read() as conn:
-        assert conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'").scalar() == str(SCHEMA_VERSION)
+        version = conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'").scalar()
+    assert version == str(SCHEMA_VERSION)
     assert policy.show_policy(provider, "lan")["version"] is None and _archive(provider).policy is None
     assert policy.set_policy(provider, "lan", "* -> * any allow\ndefault deny")["version"] == 1
     store.close()
