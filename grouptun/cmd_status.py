@@ -19,7 +19,9 @@ Issue 17: the default form also shows the member's signed attributes, its
 deadline and the group's metadata (``membership`` in ``--json``). A member
 the provider removed leaves a note beside its socket
 (``grouptun.removednote``): once its daemon has gone, ``status`` prints
-that note (``--json``: the note's object) and exits 67.
+that note (``--json``: the note's object) and exits 67. The access policy
+line shows the active policy version and, per rule, the packets it denied
+(``policy`` in ``--json``: ``grouptun.core.policy.PolicyEnforcer.status``).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def format_status(st: dict) -> str:
     if cp.get("removed"):
         lines.append(f"  REMOVED: {cp['removed']} (this daemon stopped sending and exits, status 67)")
     lines.extend(_membership_lines(st.get("membership") or {}))
+    lines.extend(_policy_lines(st.get("policy") or {}))
     if cp.get("state_dir_full"):
         retry = f" in {cp['retry_in']:.0f} s" if cp.get("retry_in") is not None else ""
         lines.append(f"  state dir full: the next epoch cannot be recorded; retrying{retry} (free some space)")
@@ -164,6 +167,20 @@ def _membership_lines(ms: dict) -> list[str]:
     if group.get("expires_at") is not None:
         lines.append(f"  group until: {_when(group['expires_at'])}")
     return lines
+
+
+def _policy_lines(pol: dict) -> list[str]:
+    """The active policy version and the deny count of every rule that denied something, and the default's."""
+    if pol.get("version") is None:
+        return ["  policy: none (everything allowed)"]
+    denied = [f"rule {r['rule']} ({r['text']}) {r['denied']}" for r in pol.get("rules") or [] if r.get("denied")]
+    if pol.get("default_denied"):
+        denied.append(f"default {pol['default_denied']}")
+    ct = pol.get("conntrack") or {}
+    rules = len(pol.get("rules") or [])
+    return [f"  policy: version {pol['version']}, {rules} rules, default {pol.get('default')}; "
+            f"{ct.get('entries', 0)}/{ct.get('max', 0)} flows tracked",
+            f"  policy denied: {', '.join(denied) or 'none'}"]
 
 
 def format_removed(note: dict) -> str:

@@ -56,6 +56,12 @@ Provider URLs: the client fails over between the provider's URLs itself
 replaces the client's list and is kept in ``urls_file`` for the next start.
 ``state.provider_url`` is the URL that answered last.
 
+Access policy (issue 17 item 6): every archive accepted (installed or
+recorded) hands its policy and its epoch's member table to ``policy``, the
+daemon's :class:`~grouptun.core.policy.PolicyEnforcer` (an epoch being
+installed gets its table before the session sees the epoch), so a policy
+or attribute change applies on the next watch, without a new epoch.
+
 The data plane never waits for this thread: provider calls are retried
 with jittered exponential backoff (``backoff_max``) while the installed
 epoch keeps carrying traffic. Limits: a "fetch" request (a packet of the
@@ -79,8 +85,9 @@ from grouptun.core.capsule import KemPrivateKey
 from grouptun.core.session import MemberInfo
 from grouptun.core.wire import wire_epoch
 from grouptun.credmigrate import SaltProof
-from grouptun.epochaccept import (build_material, check_archive, check_instance, lists_challenge, member_info,
-                                  open_secrets, verified_archive)
+from grouptun.core.policy import PolicyEnforcer
+from grouptun.epochaccept import (apply_policy, build_material, check_archive, check_instance, lists_challenge,
+                                  member_info, open_secrets, verified_archive)
 from grouptun.errors import (EpochRejected, GrouptunError, InstanceSuperseded, LoopUnavailable, MemberRemoved,
                              ProviderError, ProviderRefused, StateDirFull)
 
@@ -139,7 +146,8 @@ class ControlPlane:
                  wall: Callable[[], float] = time.time, metrics=None, request_interval: float = 0.2,
                  secrets: keys_mod.SecretMemory = keys_mod.HEAP,
                  on_superseded: Callable[[InstanceSuperseded | MemberRemoved], None] | None = None,
-                 on_trouble: Callable[[str | None], None] = lambda problem: None, urls_file=None) -> None:
+                 on_trouble: Callable[[str | None], None] = lambda problem: None, urls_file=None,
+                 policy: PolicyEnforcer | None = None) -> None:
         self.client, self.port, self.kem, self.proof = client, port, kem, proof
         self.urls_file = urls_file  # grouptun.providerurls.ProviderUrlsFile, or None: archive lists not kept
         self.secrets = secrets  # where opened SS and salt are held (the daemon's locked arena)
@@ -163,6 +171,7 @@ class ControlPlane:
         self._waiting = False                # start answered "waiting for members"
         self.instance: bytes | None = None   # instance_of(our start challenge), PROTOCOL.md 4
         self.on_superseded = on_superseded
+        self.policy = policy if policy is not None else PolicyEnforcer()
 
     # --- state for status ---
     def _set(self, **changes) -> None:
@@ -244,6 +253,7 @@ class ControlPlane:
             self.secrets.free(ss)
             self.secrets.free(salt)
             raise
+        apply_policy(self.policy, archive, self.member, e)  # ready before the first packet of epoch e
         try:
             self.port.install(material)
         except LoopUnavailable as exc:
@@ -282,6 +292,8 @@ class ControlPlane:
             check_instance(archive, self.member, self.instance)
         self._check_still_member(archive)
         previous, self.archive = self.archive, archive
+        held = archive.epoch is not None and archive.epoch.epoch == self.held_epoch
+        apply_policy(self.policy, archive, self.member, archive.epoch.epoch if held else None)
         if archive.epoch is None and (previous is None or previous.epoch is not None):
             log.info("the group has fewer than 2 members: no epoch until a second member joins")
         self._set(archive_version=archive.version)

@@ -59,6 +59,7 @@ from grouptun.control import ControlServer
 from grouptun.controlplane import ControlPlane
 from grouptun.core.archive import Archive, ProviderKeys
 from grouptun.core import exporter
+from grouptun.core.policy import PolicyEnforcer
 from grouptun.dataplane import DataPlane, LoopPort
 # Re-exported: ``grouptun join`` imports seen_endpoints from here.
 from grouptun.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
@@ -148,6 +149,8 @@ class Daemon:
         self.secrets: SecretArena | None = None
         self.cipher: native.Choice | None = None
         self.superseded: InstanceSuperseded | MemberRemoved | None = None
+        # The access policy of the held epochs (issue 17 item 6); the data path asks it per packet
+        self.policy = PolicyEnforcer()
 
     # --- setup pieces ---
     def _pinned(self) -> ProviderKeys:
@@ -221,6 +224,7 @@ class Daemon:
             "secret_memory": self.secrets.status() if self.secrets else {},
             "membership": self._membership(),
             "names": self.names.status() if self.names else None,
+            "policy": self.policy.status(),
         }
 
     def _membership(self) -> dict:
@@ -467,7 +471,8 @@ class Daemon:
             can_reach=getattr(self.udp, "can_reach", lambda h: True), on_archive=self._apply_archive,
             watch_timeout=cfg.daemon.watch_timeout, report_interval=cfg.daemon.report_interval,
             backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics, secrets=self.secrets,
-            on_superseded=self._on_superseded, on_trouble=self._on_trouble, urls_file=urls_file)
+            on_superseded=self._on_superseded, on_trouble=self._on_trouble, urls_file=urls_file,
+            policy=self.policy)
         stop = threading.Event()
         thread = threading.Thread(target=self.control.run, args=(stop,), name="grouptun-control", daemon=True)
         thread.start()

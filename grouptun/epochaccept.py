@@ -15,7 +15,9 @@ salt opens and key_check matches. The pure steps live in
 - :func:`open_secrets`: capsule, data_id, salt, key_check, fetching the
   sealed salt only once data_id matched;
 - :func:`build_material`: what ``Session.install_epoch`` takes, with the
-  members' endpoints resolved to addresses our socket can reach.
+  members' endpoints resolved to addresses our socket can reach;
+- :func:`apply_policy`: the archive's access policy compiled over its
+  epoch's member table, handed to the daemon's ``PolicyEnforcer``.
 
 Limits: name resolution in :func:`resolve_endpoint` blocks (getaddrinfo);
 it runs on the control thread, never on the event loop.
@@ -35,6 +37,7 @@ from grouptun.core import capsule as capsule_mod
 from grouptun.core import keys as keys_mod
 from grouptun.core.archive import Archive, ProviderKeys, verify_archive
 from grouptun.core.epoch import parse_networks
+from grouptun.core.policy import PolicyEnforcer
 from grouptun.core.session import EpochMaterial, MemberInfo
 from grouptun.errors import CapsuleError, EpochRejected, InstanceSuperseded
 
@@ -173,3 +176,13 @@ def build_material(archive: Archive, member: str, ss: keys_mod.SecretBuffer, sal
         rekey_after_packets=e.rekey_after_packets, rekey_after_seconds=e.rekey_after_seconds,
         networks=parse_networks(nets), secrets=secrets,
     )
+
+
+def apply_policy(enforcer: PolicyEnforcer, archive: Archive, member: str, epoch: int | None) -> None:
+    """Give ``enforcer`` the archive's policy (None: everything allowed) and, for ``epoch`` (the epoch
+    being installed or held; None: no table), our index and every index's signed attributes."""
+    own = archive.member(member)
+    held = archive.policy
+    table = {m.index: dict(m.attributes) for m in archive.members}
+    enforcer.update(epoch if own is not None else None, None if held is None else held.policy,
+                    None if held is None else held.version, None if own is None else own.index, table)

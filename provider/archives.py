@@ -13,7 +13,8 @@ from typing import Mapping
 
 from sqlalchemy import update
 
-from grouptun.core.archive import Archive, ArchiveMember, GroupMetadata, parse_document
+from grouptun.core import policy as policy_mod
+from grouptun.core.archive import Archive, ArchiveMember, ArchivePolicy, GroupMetadata, parse_document
 from provider.routes_approved import approved_routes
 from provider.store import groups, member_rows
 
@@ -43,7 +44,8 @@ def build_archive(g, version: int, info, rows, indices: dict[str, int], now: flo
     """The unsigned archive of group row ``g``: the members in ``indices`` (by index), epoch ``info`` or None.
 
     With ``provider_id`` it carries ``group_metadata`` (grouptun extension, ``provider/membership.py``);
-    ``routes``: member name -> its approved subnet routes (provider/routes_approved.py)."""
+    ``routes``: member name -> its approved subnet routes (provider/routes_approved.py);
+    with a stored policy, ``policy`` (``provider/policy.py``)."""
     listed = sorted((r for r in rows if r.name in indices), key=lambda r: indices[r.name])
     routes = routes or {}
     return Archive(
@@ -55,7 +57,15 @@ def build_archive(g, version: int, info, rows, indices: dict[str, int], now: flo
         expires_at=(info.opened_at if info is not None else now) + 2 * g.rekey_after_seconds,
         metadata=None if provider_id is None else GroupMetadata(provider_id, g.expires_at,
                                                                 stored_pairs(g.owner_fields), stored_names(g.owners)),
+        policy=stored_policy(g),
     )
+
+
+def stored_policy(g) -> ArchivePolicy | None:
+    """Group row ``g``'s policy (canonical text, validated when written) for the archive; NULL: None."""
+    if not g.policy:
+        return None
+    return ArchivePolicy(g.policy_version, policy_mod.parse(g.policy))
 
 
 def stored_pairs(text: str | None) -> tuple[tuple[str, str], ...]:

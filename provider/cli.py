@@ -12,6 +12,7 @@
     grouptun-provider member list GROUP | remove GROUP MEMBER
     (membership: AddGroup --members, reusable keys, tokens, temporary members, attributes,
      group metadata, --json -- provider/cli_membership.py)
+    grouptun-provider policy set GROUP FILE|- | show GROUP | clear GROUP [--json]   (provider/cli_policy.py)
     grouptun-provider audit [--follow] [--limit N]
     grouptun-provider backup FILE | restore FILE        (provider/backup.py)
 
@@ -343,6 +344,12 @@ def cmd_route(args) -> int:
     return 0
 
 
+def cmd_policy(args) -> int:
+    from provider import cli_policy
+
+    return cli_policy.run(args, _provider(args))
+
+
 def cmd_audit(args) -> int:
     from provider.store import audit_rows
 
@@ -490,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("prefix", help="an IP network, e.g. 192.168.5.0/24 (no host bits)")
         r.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_route)
+    from provider import cli_policy
+
+    cli_policy.add_parser(sub)
 
     p = sub.add_parser("audit", help="print the audit log")
     p.add_argument("--follow", action="store_true")

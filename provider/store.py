@@ -1,6 +1,6 @@
 """Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
-Schema version 6 (table ``meta``, key ``schema_version``)::
+Schema version 7 (table ``meta``, key ``schema_version``)::
 
     meta      key PK, value
     groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
@@ -39,6 +39,9 @@ revoked_at, attributes, member_ttl``, ``groups.owner_fields, expires_at, owners`
 ed25519_public, removed_at, reason): see ``provider/membership.py``.
 4 -> 5 adds the ``subnet_routes`` table (empty: no routes approved).
 5 -> 6 adds the tables ``nonces``, ``starts`` and ``buckets`` (replicas share them).
+6 -> 7 adds ``groups.policy`` (the access policy's canonical text, NULL:
+none, everything allowed) and ``groups.policy_version``: see
+``provider/policy.py``.
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -88,7 +91,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 TIMER_LOCK_KEY = 0x67747473  # "gtts": PostgreSQL session advisory lock of the replica running the timers
 CHANGE_CHANNEL = "grouptun_changed"  # NOTIFY after every serialised write (provider/hub.py listens)
@@ -120,6 +123,8 @@ groups = Table(
     Column("owner_fields", Text),    # v3: JSON object, the archive's group_metadata.owner (NULL: none)
     Column("expires_at", Float),     # v3: the whole group's end (NULL: none)
     Column("owners", Text),          # v3: JSON sorted list of owner names, the archive's roles (NULL: none)
+    Column("policy", Text),          # v4: canonical access policy text (NULL: none, everything allowed)
+    Column("policy_version", BigInteger),  # v4: the last policy version issued (kept when cleared)
 )
 
 members = Table(
@@ -290,6 +295,14 @@ def _add_subnet_routes(conn: Connection) -> None:
     subnet_routes.create(conn, checkfirst=True)
 
 
+def _policy_columns(conn: Connection) -> None:
+    """Issue 17 item 6: the group's access policy and its version (NULL: none)."""
+    present = {c["name"] for c in inspect(conn).get_columns(groups.name)}
+    for name in ("policy", "policy_version"):
+        if name not in present:
+            _add_column(conn, groups, name)
+
+
 # from-version -> the step to the next version (run in the caller's write transaction)
 MIGRATIONS = {
     1: lambda conn: _add_column(conn, members, "instance"),
@@ -297,6 +310,7 @@ MIGRATIONS = {
     3: _membership_columns,
     4: _add_subnet_routes,
     5: lambda conn: metadata.create_all(conn, tables=[nonces, starts, buckets]),
+    6: _policy_columns,
 }
 
 

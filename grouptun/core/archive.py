@@ -51,7 +51,10 @@ them verify and parse as before): a member entry's ``"attributes": {key:
 value}`` (signed attributes, :mod:`grouptun.core.attributes` grammar) and
 ``"expires_at"`` (a temporary member's deadline), and the document's
 ``"group_metadata": {"provider_id": hex, "expires_at"?: num, "owner"?:
-{key: value}, "owners"?: [name, ...]}`` (see PROTOCOL.md, grouptun extensions).
+{key: value}, "owners"?: [name, ...]}`` and ``"policy": {"version": int, "rules":
+[statement, ...]}`` (the access policy, :mod:`grouptun.core.policy`, its
+canonical statements one per item; absent: everything allowed) (see
+PROTOCOL.md, grouptun extensions).
 
 A member's ``routes`` (a grouptun extension, absent = none) are the subnet
 prefixes the provider approved behind it: at most :data:`MAX_ROUTES`,
@@ -77,6 +80,7 @@ import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
+from grouptun.core import policy as policy_mod
 from grouptun.core.attributes import check as check_attributes
 from grouptun.core.capsule import GROUP_ID_SIZE, KEM_PUBLIC_SIZE
 from grouptun.core.jointoken import url_list_problem
@@ -210,6 +214,17 @@ class GroupMetadata:
                 **({"owners": list(self.owners)} if self.owners else {})}
 
 
+@dataclass(frozen=True)
+class ArchivePolicy:
+    """The access policy (grouptun extension, key ``policy``) and its version (increasing per group)."""
+
+    version: int
+    policy: policy_mod.Policy
+
+    def to_json(self) -> dict:
+        return {"version": self.version, "rules": str(self.policy).split("\n")}
+
+
 def membership_json(attributes: tuple[tuple[str, str], ...], expires_at: float | None) -> dict:
     """A member entry's optional keys: each present only when set (absent = none, as in older archives)."""
     return {**({"attributes": dict(attributes)} if attributes else {}),
@@ -230,6 +245,7 @@ class Archive:
     raw: bytes = field(default=b"", compare=False, repr=False)
     provider_urls: tuple[str, ...] = ()  # () = the document has no provider_urls (keep the member's list)
     metadata: GroupMetadata | None = None  # grouptun extension: absent in archives without it
+    policy: ArchivePolicy | None = None    # grouptun extension: absent means everything is allowed
 
     def to_json(self) -> dict:
         document = {
@@ -239,6 +255,7 @@ class Archive:
             "attributes": {"cidr": self.cidr, "cidr6": self.cidr6, "mtu": self.mtu},
             "expires_at": self.expires_at,
             **({} if self.metadata is None else {"group_metadata": self.metadata.to_json()}),
+            **({} if self.policy is None else {"policy": self.policy.to_json()}),
         }
         if self.provider_urls:  # optional: an archive without it is byte-for-byte the older form
             document["provider_urls"] = list(self.provider_urls)
@@ -446,6 +463,20 @@ def _routes(obj: dict, where: str) -> tuple[str, ...]:
     return routes
 
 
+def _parse_policy(obj: object) -> ArchivePolicy:
+    """The ``policy`` object: a version and the canonical statements of a policy that parses."""
+    if not isinstance(obj, dict) or set(obj) != {"version", "rules"}:
+        raise EpochRejected("format", "policy: not an object of version and rules")
+    version, rules = _uint(obj, "version", "policy.", 2**63), _strs(obj, "rules", "policy.")
+    try:
+        parsed = policy_mod.parse("\n".join(rules))
+    except policy_mod.PolicyError as exc:
+        raise EpochRejected("format", f"policy: {exc}") from exc
+    if str(parsed).split("\n") != list(rules):
+        raise EpochRejected("format", "policy.rules: not the canonical statements")
+    return ArchivePolicy(version, parsed)
+
+
 def parse_document(obj: object, raw: bytes = b"") -> Archive:
     """Parse an already verified document object into an :class:`Archive`."""
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
@@ -465,4 +496,5 @@ def parse_document(obj: object, raw: bytes = b"") -> Archive:
         mtu=_uint(attrs, "mtu", "attributes.", 65536), expires_at=_num(obj, "expires_at", ""),
         raw=raw, provider_urls=_provider_urls(obj),
         metadata=None if "group_metadata" not in obj else _parse_metadata(obj["group_metadata"]),
+        policy=None if "policy" not in obj else _parse_policy(obj["policy"]),
     )

@@ -344,6 +344,7 @@ class FakeProvider:
         self.instances: dict[str, bytes | None] = dict.fromkeys(names)  # member -> instance (PROTOCOL.md 4)
         self.current: ArchiveEpoch | None = None
         self.attributes: dict[str, tuple] = {}  # member -> signed attribute pairs (issue 17)
+        self.policy = None  # grouptun.core.archive.ArchivePolicy in every archive signed from now on (issue 17)
         self.removed: dict[str, str] = {}  # member -> reason: its requests get the provider's 410
         self.routes: dict[str, tuple[str, ...]] = {}  # member -> approved subnet routes (archive "routes")
         self.watch_cap = 0.2  # the fake's long-poll returns after at most this long
@@ -373,7 +374,7 @@ class FakeProvider:
         with self.changed:
             self.version += 1
             archive = Archive(self.group_id, "lan", self.version, self.current, self._members(), "10.77.0.0/24",
-                              "fd77::/64", 1420, time.time() + 3600, provider_urls=self.provider_urls)
+                              "fd77::/64", 1420, time.time() + 3600, provider_urls=self.provider_urls, policy=self.policy)
             self.signed = sign_archive(archive, self.ed, self.ml)
             self.changed.notify_all()
 
@@ -423,7 +424,7 @@ class FakeProvider:
             self.current = ep
             self.version += 1
             archive = Archive(self.group_id, "lan", self.version, ep, members, "10.77.0.0/24", "fd77::/64",
-                              1420, time.time() + 3600, provider_urls=self.provider_urls)
+                              1420, time.time() + 3600, provider_urls=self.provider_urls, policy=self.policy)
             signed = sign_archive(archive, self.ed, self.ml)
             if self.tamper == "signature":
                 other = ed25519.Ed25519PrivateKey.generate()

@@ -49,10 +49,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def admin(state: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``grouptun-provider ARGS --state STATE``; ``env`` adds environment variables."""
+def admin(state: Path, *args: str, check: bool = True, env: dict | None = None,
+          input_text: str | None = None) -> subprocess.CompletedProcess:
+    """``grouptun-provider ARGS --state STATE``; ``env`` adds environment variables, ``input_text`` is stdin."""
     proc = subprocess.run([sys.executable, "-m", "provider.cli", *args, "--state", str(state)],
-                          env={**ENV, **(env or {})}, cwd=REPO, capture_output=True, text=True, timeout=60)
+                          env={**ENV, **(env or {})}, cwd=REPO, capture_output=True, text=True, timeout=60,
+                          input=input_text)
     if check and proc.returncode != 0:
         raise AssertionError(f"grouptun-provider {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc
