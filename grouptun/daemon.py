@@ -108,10 +108,10 @@ def _default_client(config: Config, keys: keystore.MemberKeys):
                           config.group.member, keys.signing_key)
 
 
-def _default_session(member: str, keepalive: float, run_key=None):
+def _default_session(member: str, keepalive: float, run_key=None, policy=None):
     from grouptun.core.session import Session
 
-    return Session(member, keepalive_interval=keepalive, run_key=run_key)
+    return Session(member, keepalive_interval=keepalive, run_key=run_key, policy=policy)
 
 
 def _default_loop() -> asyncio.AbstractEventLoop:
@@ -396,7 +396,7 @@ class Daemon:
             self._stop_event = asyncio.Event()
             self._setup_network(stack)
             self.session = self.f.session(self.config.group.member, self.config.daemon.keepalive_interval,
-                                          self.cipher.maker)
+                                          self.cipher.maker, self.policy)
             stack.callback(self.session.close)
             self.data = DataPlane(self.session, self.tun, self.udp, clock=self.clock)
             self.data.attach(self.loop)

@@ -105,11 +105,9 @@ class DataPlane:
                     self._bug("session.seal_run", exc)
                     continue
                 if sealed is not None:
-                    got, endpoints = sealed
+                    length, endpoints = sealed
                     c["tx_runs"] += 1
-                    seg = run.size + OVERHEAD
-                    self._send(smv[:(got - 1) * seg + (run.last if got == run.count else run.size) + OVERHEAD], seg,
-                               endpoints)
+                    self._send(smv[:length], run.size + OVERHEAD, endpoints)
         except Exception as exc:  # noqa: BLE001 - a refused read or a device bug: the drain ends, counted
             self._bug("TUN drain", exc)
         self.last_progress = now

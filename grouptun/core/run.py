@@ -14,7 +14,8 @@ Each rule is written once, here, in terms of :mod:`grouptun.core.wire`:
   n <= n_max, not our own index, body length fitting the type; before any cryptography;
 - the receive order (:func:`open_run`): admission, replay window, tag, mark, plaintext fits us
   (``Receiver.misfit``, which calls :func:`grouptun.core.inner.misfit`), then the state changes of
-  an authentic packet (:meth:`Session.record_authenticated`), once per sender and run; what the
+  an authentic packet (:meth:`Session.record_authenticated`), once per sender and run, and last the
+  access policy's inbound check (``Session.policy``; a denied packet is counted there); what the
   window refuses goes to :meth:`Session.count_duplicate` (the roaming rule's evidence).
 
 The cipher work is one call per run on ``cipher.run``: the native ``RunKey`` (C, GIL released) or
@@ -202,7 +203,10 @@ def _open_span(session, data, seg, count, last, out, admitted, j, k, source, now
         for i in range(k):
             if ok[i]:
                 window.mark(n + i)
-    if whole and _all_fit(receiver, out, seg, count, size, last_size):
+    policy = session.policy
+    if policy is not None and policy.policy is None:
+        policy = None  # no access policy in the archive: nothing to ask per packet
+    if whole and policy is None and _all_fit(receiver, out, seg, count, size, last_size):
         views, accepted, highest, total = None, k, n + k - 1, size * (k - 1) + last_size
     else:
         views, highest, misfit, drops = [], -1, receiver.misfit, session.drops
@@ -215,8 +219,8 @@ def _open_span(session, data, seg, count, last, out, admitted, j, k, source, now
             if reason is not None:
                 drops[reason] += 1
                 continue
-            highest = n + i
-            if byte0 == BYTE0_DATA:
+            highest = n + i  # authentic and for us: it moves endpoints and timers even if the policy denies it
+            if byte0 == BYTE0_DATA and (policy is None or policy.inbound(state.epoch, index, plain, now) is None):
                 views.append(plain)
         accepted, total = len(views), sum(map(len, views))
     if highest >= 0:  # only what authenticated and was for us moves endpoints, timers and counters

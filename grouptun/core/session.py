@@ -55,8 +55,9 @@ _KEEP_SENT_HISTORY = 8  # dropped epochs whose packets_sent we still report
 class Session:
     """One member's data path over every epoch it holds."""
 
-    def __init__(self, own_name: str, keepalive_interval: float = 10.0, run_key=None) -> None:
-        """``run_key``: the native RunKey type for whole runs (:mod:`grouptun.native`), None: reference path."""
+    def __init__(self, own_name: str, keepalive_interval: float = 10.0, run_key=None, policy=None) -> None:
+        """``run_key``: the native RunKey type for whole runs (:mod:`grouptun.native`), None: reference path.
+        ``policy``: the daemon's :class:`grouptun.core.policy.PolicyEnforcer` (None: no access policy)."""
         if not own_name:
             raise ValueError("own_name must not be empty")
         if not keepalive_interval > 0:
@@ -70,6 +71,7 @@ class Session:
         self._last_fetch: float | None = None
         self._sent_history: dict[int, int] = {}
         self._run_key = run_key
+        self.policy = policy
 
     # -- control path ---------------------------------------------------
     def install_epoch(self, material: EpochMaterial, now: float) -> None:
@@ -142,7 +144,7 @@ class Session:
         sealed = self.seal_run(packet, 0, len(packet), 1, len(packet), len(packet), out, now)
         if sealed is None:
             return []
-        datagram = bytes(out[:len(packet) + OVERHEAD])
+        datagram = bytes(out[:sealed[0]])
         return [(endpoint, datagram) for endpoint in sealed[1]]
 
     def on_datagram(self, datagram: bytes | bytearray | memoryview, source: Endpoint, now: float) -> bytes | None:
@@ -155,12 +157,20 @@ class Session:
                  now: float) -> tuple[int, list[Endpoint]] | None:
         """Seal the run of IP packets ``src[offset + j*stride:]`` (``size`` bytes each, the last ``last``),
         all to the destination of the first, into ``out`` (datagram j at ``j * (size + 28)``):
-        ``(datagrams sealed, endpoints to send them to)``, or None if dropped (counted per packet)."""
+        ``(bytes of datagrams written, endpoints to send them to)``, or None if dropped (counted per packet).
+
+        With an access policy, packets it denies are left out (counted by the policy); the others are
+        sealed back to back as a shorter run."""
         routed = self.route(src[offset:offset + (size if count > 1 else last)], now)
         if isinstance(routed, str):
             self.drops[routed] += count
             return None
-        state, peers = routed
+        state, peers, target = routed
+        if self.policy is not None and self.policy.policy is not None and target != EVERYONE:
+            kept = self._allowed_only(state, target, src, offset, stride, count, size, last, now)
+            if kept is None:
+                return None
+            src, offset, stride, count, last = kept
         got = run.seal(self, state, BYTE0_DATA, src, offset, stride, count, size, last, out)
         if not got:
             return None
@@ -171,15 +181,33 @@ class Session:
             peer.tx_bytes += sent
             peer.last_sent = now
             endpoints.append(peer.endpoint)
-        return got, endpoints
+        return sent + got * OVERHEAD, endpoints
+
+    def _allowed_only(self, state, target: int, src, offset: int, stride: int, count: int, size: int, last: int,
+                      now: float) -> tuple | None:
+        """The run without the packets the access policy denies towards member ``target``: the same
+        arguments, or a compacted copy, or None when it denies them all. (Broadcast and multicast are
+        one ciphertext for every member, so only each receiver's inbound check applies to them.)"""
+        outbound, epoch = self.policy.outbound, state.epoch
+        lengths = [size] * (count - 1) + [last]
+        kept = [j for j in range(count)
+                if outbound(epoch, target, src[offset + j * stride:offset + j * stride + lengths[j]], now) is None]
+        if len(kept) == count:
+            return src, offset, stride, count, last
+        if not kept:
+            return None
+        copy = bytearray(size * len(kept))
+        for at, j in enumerate(kept):
+            copy[at * size:at * size + lengths[j]] = src[offset + j * stride:offset + j * stride + lengths[j]]
+        return copy, 0, size, len(kept), lengths[kept[-1]]
 
     def open_run(self, data: memoryview, seg: int, source: Endpoint, now: float, out: memoryview) -> run.Opened:
         """Open a run of datagrams from ``source`` (see :func:`grouptun.core.run.open_run`)."""
         return run.open_run(self, data, seg, source, now, out)
 
-    def route(self, packet: bytes | bytearray | memoryview, now: float) -> tuple[EpochState, tuple] | str:
-        """The sending epoch and the destination peers (with an endpoint) of an IP packet from the TUN,
-        or the drop reason (a counter name)."""
+    def route(self, packet: bytes | bytearray | memoryview, now: float) -> tuple[EpochState, tuple, int] | str:
+        """The sending epoch, the destination peers (with an endpoint) and the target (a member index or
+        EVERYONE) of an IP packet from the TUN, or the drop reason (a counter name)."""
         addresses = packed_addresses(packet)
         if addresses is None:
             return C.TX_INVALID
@@ -198,7 +226,7 @@ class Session:
         else:
             peer = state.peers[target]
             peers = (peer,) if peer.endpoint is not None else ()
-        return (state, peers) if peers else C.TX_NO_ENDPOINT
+        return (state, peers, target) if peers else C.TX_NO_ENDPOINT
 
     def on_timer(self, now: float) -> list[tuple[Endpoint, bytes]]:
         """Switch/forget epochs, raise rekey:time, and send due keepalives."""

@@ -98,10 +98,8 @@ def seal_run(sender: Session, packets: list[bytes], now: float = 1.0, stride: in
     sealed = sender.seal_run(source, 0, stride, len(packets), size, len(packets[-1]), out, now)
     if sealed is None:
         return b"", size + 28, ()
-    got, endpoints = sealed
-    endpoints = tuple(endpoints)
-    return bytes(out[:(got - 1) * (size + 28) + (len(packets[-1]) if got == len(packets) else size) + 28]), \
-        size + 28, endpoints
+    length, endpoints = sealed
+    return bytes(out[:length]), size + 28, tuple(endpoints)
 
 
 def open_run(receiver: Session, data: bytes, seg: int, source, now: float = 1.0) -> list[bytes]:
