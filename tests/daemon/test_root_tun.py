@@ -116,7 +116,7 @@ while time.monotonic() < deadline and ping.poll() is None:   # bounded in time
         while total >> 16:
             total = (total & 0xFFFF) + (total >> 16)
         body[2:4] = struct.pack(">H", ~total & 0xFFFF)
-        tun.write(bytes(pkt[:8]) + dst + src + bytes(body))
+        tun.write_parts_one(bytes(pkt[:8]) + dst + src + bytes(body))
         replied += 1
 out, _ = ping.communicate(timeout=10)
 tun.close()

@@ -77,6 +77,11 @@ def test_members_joined_and_started_through_the_second_url(lab_mesh):
     mesh.up("c")
     mesh.wait_ready("c", timeout=10.0)
     print(f"\n[c restarted with {urls(lab)[DEAD]} dead: sending again after {time.monotonic() - t0:.1f} s]")
+    # c's start opened an epoch of its own; the others hear of it through their watches (not instantly)
+    epoch = newest_held(mesh, "c")
+    got = wait_all(mesh, lambda n: newest_held(mesh, n) >= epoch, bound=10.0)
+    print(f"[epoch {epoch} of c's start held after {', '.join(f'{n} {s:.1f} s' for n, s in sorted(got.items()))}]")
+    assert set(got) == set(MEMBERS), {n: control(mesh, n) for n in MEMBERS}
     assert mesh.ping_all_pairs(count=1) == []
 
 
