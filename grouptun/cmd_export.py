@@ -10,7 +10,10 @@ is still held (the grace period after a switch). ``--context`` is text
 (type, label, epoch, identity, entropy in bits, value).
 
 The request is checked here before the daemon is asked: an unknown type, a
-bad label or a format the type does not have exits 2 with one line.
+bad label or a format the type does not have exits 2 with one line. A label
+whose export rule (the signed archive's ``export_rules``,
+:mod:`grouptun.core.exportrules`) this member's signed attributes do not
+satisfy is refused by the daemon: exit 77 with the rule named.
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@ listening: it is never wider, and never there without an answer), in a
 0755 directory. One request per connection: a JSON object on one line
 (``{"cmd": "status"}``, ``{"cmd": "down"}``, or ``{"cmd": "export", "args":
 {...}}``: ``args`` become the handler's keyword arguments), one JSON line
-back: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
-A handler's GrouptunError is a refusal of the request, answered with its
-message and not logged as a failure.
+back: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "...",
+"exit_code"?: int}``. A handler's GrouptunError is a refusal of the
+request, answered with its message and its exit status (the client exits
+with it, e.g. 77 for an export an export rule refuses) and not logged as a
+failure.
 
 The server runs on the daemon's event loop, so handlers read the session
 from its own thread. Peers are checked with SO_PEERCRED: only root or the
@@ -129,7 +131,7 @@ class ControlServer:
         try:
             return {"ok": True, "result": handler(**args)}
         except GrouptunError as exc:
-            return {"ok": False, "error": str(exc)}
+            return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
         except Exception as exc:  # noqa: BLE001 - answered to the client and logged
             log.exception("control command %s failed", cmd)
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -203,5 +205,7 @@ def request(path: Path, cmd: str, timeout: float = TIMEOUT, args: dict | None = 
     except ValueError as exc:
         raise ControlError(f"daemon on {path} sent a malformed answer") from exc
     if not isinstance(answer, dict) or not answer.get("ok"):
-        raise ControlError(str(answer.get("error") if isinstance(answer, dict) else "bad answer"))
+        code = answer.get("exit_code") if isinstance(answer, dict) else None
+        raise ControlError(str(answer.get("error") if isinstance(answer, dict) else "bad answer"),
+                           code if type(code) is int and 1 <= code <= 125 else None)  # noqa: E721 - no bool
     return answer.get("result")

@@ -63,7 +63,8 @@ from grouptun.core.policy import PolicyEnforcer
 from grouptun.dataplane import DataPlane, LoopPort
 # Re-exported: ``grouptun join`` imports seen_endpoints from here.
 from grouptun.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
-from grouptun.errors import ConfigError, ControlError, GrouptunError, InstanceSuperseded, MemberRemoved
+from grouptun.errors import (ConfigError, ControlError, ExportRefused, GrouptunError, InstanceSuperseded,
+                             MemberRemoved)
 from grouptun.opshooks import OpsHooks
 from grouptun.providerurls import ProviderUrlsFile
 from grouptun.secmem import SecretArena
@@ -268,16 +269,35 @@ class Daemon:
         from grouptun import products
 
         request = products.request_from_json(raw)
+        refused = self._export_refusal(request.name)
+        if refused is not None and self.control is not None and self.control.archive is not None:  # a signed rule
+            log.warning("export %r refused: %s", request.name, refused)
+            raise ExportRefused(f"export refused: {refused}")
         now = self.clock()
         state = self.session.sending_epoch(now) if request.epoch == "current" else self.session.previous_epoch(now)
         if state is None:
             raise ControlError(f"no {request.epoch} epoch held" + (" (past its grace, or none before)"
                                                                   if request.epoch == "previous" else " yet"))
+        if refused is not None:  # no archive yet, its rules unknown: closed until one arrives
+            raise ControlError(f"export refused: {refused}")
         first, count, value = self._product_text(request, state)
         log.info("export %r (epoch %d, %s%s)", first.label, state.epoch, request.format,
                  f", {count} products" if request.count else "")
         return {"type": first.type, "label": first.label, "epoch": state.epoch, "identity": first.identity,
                 "entropy_bits": round(first.entropy_bits, 1), "count": count, "value": value}
+
+    def _export_refusal(self, name: str) -> str | None:
+        """Why the newest archive's export rules refuse product ``name`` to us; None: allowed.
+
+        Kept by this (honest) daemon only: any member holding the epoch secret can derive any label."""
+        archive = self.control.archive if self.control else None
+        if archive is None:
+            return "no signed archive held yet (its export rules are unknown)"
+        me = archive.member(self.config.group.member)
+        rules = archive.export_rules
+        if rules is None:
+            return None
+        return rules.refusal(name, dict(me.attributes) if me is not None else {})
 
     def _product_text(self, request, state) -> tuple:
         """(first product, wiped; how many; their text) of ``request`` for the epoch ``state``."""
@@ -305,7 +325,9 @@ class Daemon:
             while True:
                 now = self.clock()
                 try:
-                    writer.refresh(self.session.sending_epoch(now), self.session.previous_epoch(now))
+                    refused = {r.name: why for r in self.config.export.files
+                               if (why := self._export_refusal(r.name)) is not None}
+                    writer.refresh(self.session.sending_epoch(now), self.session.previous_epoch(now), refused)
                 except OSError as exc:  # a full or read-only /run must not stop the tunnel; retried next tick
                     log.warning("export files in %s not written: %s", writer.dir, exc.strerror)
                 await asyncio.sleep(CHECK_INTERVAL)

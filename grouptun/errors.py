@@ -24,6 +24,7 @@
     │   └── ProviderRefused            it answered with a refusal (4xx) and a reason
     ├── SystemSetupError               TUN, netlink, sockets, privileges
     ├── ControlError                   the control socket (daemon not running, refused)
+    │   └── ExportRefused              an export rule limits the label to other members' attributes
     ├── LoopUnavailable                the event loop did not run a control-thread call (stalled/closed)
     └── OffloadError                   a TUN super-packet or virtio-net header that cannot be segmented
 
@@ -164,6 +165,17 @@ class SystemSetupError(GrouptunError):
 
 class ControlError(GrouptunError):
     exit_code = 3
+
+    def __init__(self, message: str = "", exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:  # the daemon's own error's status, carried over the control socket
+            self.exit_code = exit_code
+
+
+class ExportRefused(ControlError):
+    """``grouptun export`` of a label whose export rule this member's signed attributes do not satisfy."""
+
+    exit_code = 77  # EX_NOPERM
 
 
 class OffloadError(GrouptunError):

@@ -19,6 +19,11 @@ the daemon checks every ``CHECK_INTERVAL`` seconds. Each write is logged by
 label and epoch, never by value. Every entry is checked at load like a
 ``grouptun export`` request: an unknown type, a bad label, a format the type
 lacks is a ConfigError naming ``export.files[N]``.
+
+Export rules (``grouptun.core.exportrules``): an entry whose label the
+group's signed export rules limit to attributes this member lacks is not
+written, and its files are removed; that is logged once by label, with the
+rule, and the entry is written again once a newer archive allows it.
 """
 
 from __future__ import annotations
@@ -133,16 +138,23 @@ class ExportWriter:
     def __init__(self, config: ExportFiles, group: str, render: Callable[[object, object], str],
                  chown: Callable[[str, int, int], None] = os.chown) -> None:
         self.config, self.dir, self.render, self.chown = config, config.directory(group), render, chown
-        self.written: tuple[int | None, int | None] | None = None
+        self.written: tuple | None = None    # (current epoch, previous epoch, refused labels) last written
 
-    def refresh(self, current, previous) -> bool:
-        """Rewrite if the (current, previous) epochs changed; EpochState or None each. True if written."""
-        epochs = (None if current is None else current.epoch, None if previous is None else previous.epoch)
-        if epochs == self.written or current is None:
+    def refresh(self, current, previous, refused: dict[str, str] | None = None) -> bool:
+        """Rewrite if the (current, previous) epochs or the ``refused`` labels (label -> why) changed;
+        EpochState or None each. True if written."""
+        refused = refused or {}
+        wanted = (None if current is None else current.epoch, None if previous is None else previous.epoch,
+                  frozenset(refused))
+        if wanted == self.written or current is None:
             return False
         self._prepare_dir()
         for request in self.config.files:
             base = f"{request.type}-{request.name}"
+            if request.name in refused:
+                self._drop(base)
+                log.warning("export file %s (label %r) not written: %s", base, request.name, refused[request.name])
+                continue
             self._write(base + ".current", self.render(request, current))
             if previous is not None:
                 self._write(base + ".previous", self.render(request, previous))
@@ -150,7 +162,7 @@ class ExportWriter:
                 (self.dir / (base + ".previous")).unlink(missing_ok=True)
             log.info("export file %s (label %r): epoch %d%s", base, request.name, current.epoch,
                      "" if previous is None else f", previous {previous.epoch}")
-        self.written = epochs
+        self.written = wanted
         return True
 
     def _prepare_dir(self) -> None:
@@ -178,8 +190,11 @@ class ExportWriter:
             temporary.unlink(missing_ok=True)
             raise
 
+    def _drop(self, base: str) -> None:
+        for suffix in (".current", ".previous"):
+            (self.dir / f"{base}{suffix}").unlink(missing_ok=True)
+
     def remove(self) -> None:
         """At shutdown: the products of epochs nobody holds any more should not stay on disk."""
         for request in self.config.files:
-            for suffix in (".current", ".previous"):
-                (self.dir / f"{request.type}-{request.name}{suffix}").unlink(missing_ok=True)
+            self._drop(f"{request.type}-{request.name}")

@@ -14,6 +14,7 @@ from typing import Mapping
 from sqlalchemy import update
 
 from grouptun.core import policy as policy_mod
+from grouptun.core import exportrules as exportrules_mod
 from grouptun.core.archive import Archive, ArchiveMember, ArchivePolicy, GroupMetadata, parse_document
 from provider.routes_approved import approved_routes
 from provider.store import groups, member_rows
@@ -45,7 +46,8 @@ def build_archive(g, version: int, info, rows, indices: dict[str, int], now: flo
 
     With ``provider_id`` it carries ``group_metadata`` (grouptun extension, ``provider/membership.py``);
     ``routes``: member name -> its approved subnet routes (provider/routes_approved.py);
-    with a stored policy, ``policy`` (``provider/policy.py``)."""
+    with a stored policy, ``policy`` (``provider/policy.py``); with export rules, ``export_rules``
+    (``provider/exportrules.py``)."""
     listed = sorted((r for r in rows if r.name in indices), key=lambda r: indices[r.name])
     routes = routes or {}
     return Archive(
@@ -57,8 +59,14 @@ def build_archive(g, version: int, info, rows, indices: dict[str, int], now: flo
         expires_at=(info.opened_at if info is not None else now) + 2 * g.rekey_after_seconds,
         metadata=None if provider_id is None else GroupMetadata(provider_id, g.expires_at,
                                                                 stored_pairs(g.owner_fields), stored_names(g.owners)),
-        policy=stored_policy(g),
+        policy=stored_policy(g), export_rules=stored_export_rules(g),
     )
+
+
+def stored_export_rules(g) -> exportrules_mod.ExportRules | None:
+    """Group row ``g``'s export rules (JSON, validated when written) for the archive; NULL or none: None."""
+    rules = exportrules_mod.from_json(json.loads(g.export_rules)) if g.export_rules else None
+    return rules if rules is not None and rules.rules else None
 
 
 def stored_policy(g) -> ArchivePolicy | None:

@@ -13,6 +13,8 @@
     (membership: AddGroup --members, reusable keys, tokens, temporary members, attributes,
      group metadata, --json -- provider/cli_membership.py)
     grouptun-provider policy set GROUP FILE|- | show GROUP | clear GROUP [--json]   (provider/cli_policy.py)
+    grouptun-provider export-rule set GROUP LABEL SELECTOR | list GROUP | remove GROUP LABEL [--json]
+                                                              (provider/cli_exportrules.py)
     grouptun-provider audit [--follow] [--limit N]
     grouptun-provider backup FILE | restore FILE        (provider/backup.py)
 
@@ -350,6 +352,12 @@ def cmd_policy(args) -> int:
     return cli_policy.run(args, _provider(args))
 
 
+def cmd_export_rule(args) -> int:
+    from provider import cli_exportrules
+
+    return cli_exportrules.run(args, _provider(args))
+
+
 def cmd_audit(args) -> int:
     from provider.store import audit_rows
 
@@ -500,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     from provider import cli_policy
 
     cli_policy.add_parser(sub)
+    from provider import cli_exportrules
+
+    cli_exportrules.add_parser(sub)
 
     p = sub.add_parser("audit", help="print the audit log")
     p.add_argument("--follow", action="store_true")

@@ -1,6 +1,6 @@
 """Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
-Schema version 7 (table ``meta``, key ``schema_version``)::
+Schema version 8 (table ``meta``, key ``schema_version``)::
 
     meta      key PK, value
     groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
@@ -42,6 +42,8 @@ ed25519_public, removed_at, reason): see ``provider/membership.py``.
 6 -> 7 adds ``groups.policy`` (the access policy's canonical text, NULL:
 none, everything allowed) and ``groups.policy_version``: see
 ``provider/policy.py``.
+7 -> 8 adds ``groups.export_rules`` (JSON object label -> selector, NULL:
+no limits): see ``provider/exportrules.py``.
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -91,7 +93,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 TIMER_LOCK_KEY = 0x67747473  # "gtts": PostgreSQL session advisory lock of the replica running the timers
 CHANGE_CHANNEL = "grouptun_changed"  # NOTIFY after every serialised write (provider/hub.py listens)
@@ -125,6 +127,7 @@ groups = Table(
     Column("owners", Text),          # v3: JSON sorted list of owner names, the archive's roles (NULL: none)
     Column("policy", Text),          # v4: canonical access policy text (NULL: none, everything allowed)
     Column("policy_version", BigInteger),  # v4: the last policy version issued (kept when cleared)
+    Column("export_rules", Text),    # JSON {label: canonical selector} (NULL: no limits), provider/exportrules.py
 )
 
 members = Table(
@@ -303,6 +306,12 @@ def _policy_columns(conn: Connection) -> None:
             _add_column(conn, groups, name)
 
 
+def _export_rules_column(conn: Connection) -> None:
+    """Issue 20 item 2: the group's export rules (NULL: no limits)."""
+    if "export_rules" not in {c["name"] for c in inspect(conn).get_columns(groups.name)}:
+        _add_column(conn, groups, "export_rules")
+
+
 # from-version -> the step to the next version (run in the caller's write transaction)
 MIGRATIONS = {
     1: lambda conn: _add_column(conn, members, "instance"),
@@ -311,6 +320,7 @@ MIGRATIONS = {
     4: _add_subnet_routes,
     5: lambda conn: metadata.create_all(conn, tables=[nonces, starts, buckets]),
     6: _policy_columns,
+    7: _export_rules_column,
 }
 
 

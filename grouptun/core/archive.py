@@ -53,8 +53,10 @@ value}`` (signed attributes, :mod:`grouptun.core.attributes` grammar) and
 ``"group_metadata": {"provider_id": hex, "expires_at"?: num, "owner"?:
 {key: value}, "owners"?: [name, ...]}`` and ``"policy": {"version": int, "rules":
 [statement, ...]}`` (the access policy, :mod:`grouptun.core.policy`, its
-canonical statements one per item; absent: everything allowed) (see
-PROTOCOL.md, grouptun extensions).
+canonical statements one per item; absent: everything allowed) and
+``"export_rules": {label: selector}`` (crypto-product names limited to members
+with given attributes, :mod:`grouptun.core.exportrules`; absent: no limits)
+(see PROTOCOL.md, grouptun extensions).
 
 A member's ``routes`` (a grouptun extension, absent = none) are the subnet
 prefixes the provider approved behind it: at most :data:`MAX_ROUTES`,
@@ -80,6 +82,7 @@ import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
+from grouptun.core import exportrules as exportrules_mod
 from grouptun.core import policy as policy_mod
 from grouptun.core.attributes import check as check_attributes
 from grouptun.core.capsule import GROUP_ID_SIZE, KEM_PUBLIC_SIZE
@@ -246,6 +249,7 @@ class Archive:
     provider_urls: tuple[str, ...] = ()  # () = the document has no provider_urls (keep the member's list)
     metadata: GroupMetadata | None = None  # grouptun extension: absent in archives without it
     policy: ArchivePolicy | None = None    # grouptun extension: absent means everything is allowed
+    export_rules: exportrules_mod.ExportRules | None = None  # grouptun extension: absent means no limits
 
     def to_json(self) -> dict:
         document = {
@@ -256,6 +260,7 @@ class Archive:
             "expires_at": self.expires_at,
             **({} if self.metadata is None else {"group_metadata": self.metadata.to_json()}),
             **({} if self.policy is None else {"policy": self.policy.to_json()}),
+            **({"export_rules": self.export_rules.to_json()} if self.export_rules and self.export_rules.rules else {}),
         }
         if self.provider_urls:  # optional: an archive without it is byte-for-byte the older form
             document["provider_urls"] = list(self.provider_urls)
@@ -497,4 +502,12 @@ def parse_document(obj: object, raw: bytes = b"") -> Archive:
         raw=raw, provider_urls=_provider_urls(obj),
         metadata=None if "group_metadata" not in obj else _parse_metadata(obj["group_metadata"]),
         policy=None if "policy" not in obj else _parse_policy(obj["policy"]),
+        export_rules=None if "export_rules" not in obj else _parse_export_rules(obj["export_rules"]),
     )
+
+
+def _parse_export_rules(obj: object) -> exportrules_mod.ExportRules:
+    try:
+        return exportrules_mod.from_json(obj)
+    except ValueError as exc:
+        raise EpochRejected("format", str(exc)) from exc

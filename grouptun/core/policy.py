@@ -81,7 +81,7 @@ class Rule:
         if self.ports is not None:
             low, high = self.ports
             service += f"/{low}" if low == high else f"/{low}-{high}"
-        return f"{_selector_text(self.source)} -> {_selector_text(self.destination)} {service} {self.action}"
+        return f"{selector_text(self.source)} -> {selector_text(self.destination)} {service} {self.action}"
 
     def keys(self) -> set[str]:
         return {k for k, _ in self.source + self.destination}
@@ -102,8 +102,21 @@ class Policy:
         return set().union(*(r.keys() for r in self.rules))
 
 
-def _selector_text(selector: Selector) -> str:
+def selector_text(selector: Selector) -> str:
+    """The canonical form of a selector ("*", or its pairs sorted by key)."""
     return ",".join(f"{k}={v}" for k, v in selector) if selector else "*"
+
+
+def parse_selector(text: str) -> Selector:
+    """``"*"`` or ``"k=v,k2=v2"`` (attribute grammar); ValueError naming the pair at fault."""
+    if text == "":
+        raise ValueError("'' is not key=value (an empty selector: '*' means any member)")
+    return () if text == "*" else tuple(attributes.parse(text).items())
+
+
+def holds(selector: Selector, attributes_of: Mapping[str, str]) -> bool:
+    """Whether every pair of ``selector`` holds for a member with ``attributes_of`` ("*": always)."""
+    return all(attributes_of.get(k) == v for k, v in selector)
 
 
 def parse(text: str) -> Policy:
@@ -165,10 +178,8 @@ def parse_rule(statement: str, number: int = 1) -> Rule:
 
 
 def _selector(number: int, statement: str, text: str) -> Selector:
-    if text == "*":
-        return ()
     try:
-        return tuple(attributes.parse(text).items())
+        return parse_selector(text)
     except ValueError as exc:
         raise PolicyError(number, statement, f"selector {text!r}: {exc}") from exc
 
@@ -263,8 +274,7 @@ class CompiledPolicy:
             own, other = self._attributes.get(self.own_index, {}), self._attributes.get(peer, {})
             source, destination = (own, other) if outgoing else (other, own)
             found = tuple((n, PROTOCOLS[r.protocol], r.ports) for n, r in enumerate(self.policy.rules, 1)
-                          if all(source.get(k) == v for k, v in r.source)
-                          and all(destination.get(k) == v for k, v in r.destination))
+                          if holds(r.source, source) and holds(r.destination, destination))
             self._per_peer[(peer, outgoing)] = found
         return found
 

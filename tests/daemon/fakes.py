@@ -345,6 +345,7 @@ class FakeProvider:
         self.current: ArchiveEpoch | None = None
         self.attributes: dict[str, tuple] = {}  # member -> signed attribute pairs (issue 17)
         self.policy = None  # grouptun.core.archive.ArchivePolicy in every archive signed from now on (issue 17)
+        self.export_rules = None  # grouptun.core.exportrules.ExportRules, likewise (issue 20)
         self.removed: dict[str, str] = {}  # member -> reason: its requests get the provider's 410
         self.routes: dict[str, tuple[str, ...]] = {}  # member -> approved subnet routes (archive "routes")
         self.watch_cap = 0.2  # the fake's long-poll returns after at most this long
@@ -374,7 +375,8 @@ class FakeProvider:
         with self.changed:
             self.version += 1
             archive = Archive(self.group_id, "lan", self.version, self.current, self._members(), "10.77.0.0/24",
-                              "fd77::/64", 1420, time.time() + 3600, provider_urls=self.provider_urls, policy=self.policy)
+                              "fd77::/64", 1420, time.time() + 3600, provider_urls=self.provider_urls, policy=self.policy,
+                              export_rules=self.export_rules)
             self.signed = sign_archive(archive, self.ed, self.ml)
             self.changed.notify_all()
 
@@ -424,7 +426,8 @@ class FakeProvider:
             self.current = ep
             self.version += 1
             archive = Archive(self.group_id, "lan", self.version, ep, members, "10.77.0.0/24", "fd77::/64",
-                              1420, time.time() + 3600, provider_urls=self.provider_urls, policy=self.policy)
+                              1420, time.time() + 3600, provider_urls=self.provider_urls, policy=self.policy,
+                              export_rules=self.export_rules)
             signed = sign_archive(archive, self.ed, self.ml)
             if self.tamper == "signature":
                 other = ed25519.Ed25519PrivateKey.generate()

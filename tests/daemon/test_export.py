@@ -123,3 +123,43 @@ def test_a_stream_of_one_time_keys_is_the_same_on_both_members(pair, capsys, cap
     assert "'grouptun/1 key otk stream' (epoch 2, hex, 4 products)" in caplog.text
     code, _, err = export(capsys, alice, "--label", "web", "--type", "tls-psk", "--count", "2")
     assert code == 2 and "bad --count" in err
+
+
+def _publish(provider, members, rules) -> None:
+    """Sign ``rules`` (a JSON object, None: no key) into a new archive and wait until ``members`` hold it."""
+    from grouptun.core.exportrules import from_json
+
+    provider.export_rules = None if rules is None else from_json(rules)
+    provider.publish()
+    version = provider.version
+    for member in members:
+        member.wait_for(lambda st: st["control"]["archive_version"] == version, f"archive {version}")
+
+
+def test_an_export_rule_refuses_a_member_without_the_attributes(pair, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    alice, bob = pair
+    alice.provider.attributes = {"alice": (("role", "db"), ("site", "hel")), "bob": (("role", "web"),)}
+    _publish(alice.provider, pair, {"db-admin": "role=db"})
+    code, allowed, err = export(capsys, alice, "--label", "db-admin", "--type", "password")
+    assert (code, err) == (0, "") and len(allowed.strip()) == 24
+    for extra in ([], ["--epoch", "previous"], ["--count", "2"], ["--type", "tls-psk"]):
+        code, out, err = export(capsys, bob, "--label", "db-admin", *extra)
+        assert code == 77 and out == "", extra
+        assert ("export refused: label 'db-admin' is limited to members with role=db (export rule); "
+                "this member's signed attributes: role=web") in err
+    assert export(capsys, bob, "--label", "web")[0] == 0  # a label without a rule stays open to every member
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals and all("'db-admin'" in m for m in refusals)
+    assert allowed.strip() not in caplog.text
+    _publish(alice.provider, pair, None)  # the rule removed: open again, no new epoch needed
+    code, out, _ = export(capsys, bob, "--label", "db-admin", "--type", "password")
+    assert code == 0 and out == allowed
+
+
+def test_a_refused_export_over_the_control_socket_carries_its_exit_status(pair):
+    alice, bob = pair
+    _publish(alice.provider, pair, {"web": "role=web"})  # nobody has role=web
+    with pytest.raises(ControlError) as info:
+        control.request(bob.config.paths.control_socket, "export", args=check_request("key", "web", b"").to_json())
+    assert info.value.exit_code == 77 and "signed attributes: none" in str(info.value)

@@ -122,3 +122,44 @@ def test_the_documented_example_parses():
     assert [(r.type, r.name, r.format) for r in parsed.files] == [("tls-psk", "web", "openssl-psk"),
                                                                   ("key", "backup", "base64")]
     assert parsed.uid == 0 and parsed.dir == exportfiles.Path("/run/grouptun/lan/export")
+
+
+def test_a_refused_label_is_not_written_its_files_go_and_it_comes_back_when_allowed(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="grouptun.export")
+    w = writer(tmp_path)
+    current = tmp_path / "export/key-web.current"
+    w.refresh(Held(2), Held(1))
+    assert current.exists()
+    assert w.refresh(Held(2), Held(1), {"web": "label 'web' is limited to members with role=db"}) is True
+    assert os.listdir(current.parent) == []  # both files gone, not left from before the rule
+    assert "export file key-web (label 'web') not written: label 'web' is limited to members with role=db" \
+        in caplog.text
+    assert w.refresh(Held(2), Held(1), {"web": "same"}) is False  # unchanged: not logged again
+    assert w.refresh(Held(2), Held(1)) is True and current.read_text() == "value-of-2\n"
+
+
+def test_the_daemon_skips_export_files_its_attributes_do_not_allow(tmp_path, caplog):
+    from grouptun.core.exportrules import from_json
+
+    caplog.set_level(logging.INFO)
+    provider = FakeProvider(["alice", "bob"])
+    provider.export_rules = from_json({"db": "role=db"})
+    alice, bob = Member(provider, "alice", tmp_path), Member(provider, "bob", tmp_path)
+    files = exportfiles.ExportFiles(tmp_path / "alice-export", None, None,
+                                    (check_request("key", "db", b""), check_request("key", "web", b"")))
+    alice.daemon.config = alice.config = dataclasses.replace(alice.config, export=files)
+    limited, open_ = tmp_path / "alice-export/key-db.current", tmp_path / "alice-export/key-web.current"
+    try:
+        start_pair(alice, bob)
+        alice.wait_for(lambda st: open_.exists(), "alice's open export file")
+        assert not limited.exists()
+        assert "export file key-db (label 'db') not written: label 'db' is limited to members with role=db" \
+            in caplog.text
+        provider.attributes = {"alice": (("role", "db"),)}
+        provider.publish()  # the attribute given: the same epoch, the file appears
+        alice.wait_for(lambda st: limited.exists(), "alice's limited export file once she has role=db")
+    finally:
+        for m in (alice, bob):
+            if m.thread.is_alive():
+                control.request(m.config.paths.control_socket, "down")
+                m.thread.join(10)
