@@ -97,17 +97,17 @@ class DataPlane:
         now = self.clock()
         c, seal_run, smv = self.counters, self.session.seal_run, self.smv
         try:
-            for run in self.tun.read_runs(DRAIN_BYTES):
-                c["tun_rx"] += run.count
+            for buf, offset, stride, count, size, last in self.tun.read_runs(DRAIN_BYTES):  # PlainRun
+                c["tun_rx"] += count
                 try:
-                    sealed = seal_run(run.buf, run.offset, run.stride, run.count, run.size, run.last, smv, now)
+                    sealed = seal_run(buf, offset, stride, count, size, last, smv, now)
                 except Exception as exc:  # noqa: BLE001 - a session bug must not kill the data plane
                     self._bug("session.seal_run", exc)
                     continue
                 if sealed is not None:
                     length, endpoints = sealed
                     c["tx_runs"] += 1
-                    self._send(smv[:length], run.size + OVERHEAD, endpoints)
+                    self._send(smv[:length], size + OVERHEAD, endpoints)
         except Exception as exc:  # noqa: BLE001 - a refused read or a device bug: the drain ends, counted
             self._bug("TUN drain", exc)
         self.last_progress = now

@@ -7,7 +7,7 @@ one UDP GRO receive holds are all runs; so is a keepalive.
 
 Each rule is written once, here, in terms of :mod:`grouptun.core.wire`:
 
-- send accounting (:func:`reserve`): the s values of a run are taken from the epoch's allocator in
+- send accounting (:func:`seal`): the s values of a run are taken from the epoch's allocator in
   one step before anything is sealed, so no (epoch, s) is ever produced twice, whatever the shell
   later does with the bytes (a dropped GSO send is never re-sealed);
 - header admission (:func:`admit`): length, version/type, flags, held epoch, s >= nonce_start,
@@ -45,30 +45,25 @@ _INNER_COLUMNS = {4: np.array([0, 2, 3, *range(12, 20)]), 6: np.array([0, 4, 5, 
 _STEPS = np.arange(4096, dtype=np.uint64)
 
 
-def reserve(session, state, count: int) -> tuple[int, int]:
-    """``(first s, how many)`` of up to ``count`` s values of ``state``; ``(0, 0)`` at n_max.
-
-    Packets refused at n_max are dropped and counted, and the rekey requests raised here.
-    """
-    try:
-        first, got = state.allocator.reserve(count)
-    except SequenceExhausted:
-        first, got = 0, 0
-    if got < count:
-        session.drops[C.TX_EXHAUSTED] += count - got
-        session.request_rekey(state, "exhausted")
-    if state.allocator.rekey_due:
-        session.request_rekey(state, "packets")
-    return first, got
-
-
 def seal(session, state, byte0: int, src, offset: int, stride: int, count: int, size: int, last: int,
          out) -> int:
     """Seal packets ``src[offset + j*stride:]`` into datagrams at ``out[j * (size + 28):]``; how many.
 
     ``out`` needs ``(count - 1) * (size + 28) + last + 28`` bytes, 15 more for suite 2's CTR.
+    The send accounting: the s values of the run are taken from the epoch's allocator in one step
+    before anything is sealed; packets refused at n_max are dropped and counted, and the rekey
+    requests raised here.
     """
-    first, got = reserve(session, state, count)
+    allocator = state.allocator
+    try:
+        first, got = allocator.reserve(count)
+    except SequenceExhausted:
+        first, got = 0, 0
+    if got < count:
+        session.drops[C.TX_EXHAUSTED] += count - got
+        session.request_rekey(state, "exhausted")
+    if allocator.rekey_due:
+        session.request_rekey(state, "packets")
     if got:
         state.sender.run.seal_run(src, offset, stride, out, 0, size + OVERHEAD, got, size,
                                   last if got == count else size, byte0 << 24 | state.wire, first,
@@ -117,10 +112,10 @@ class Opened:
     def __init__(self, count: int, stride: int, size: int, last: int, views: list | None) -> None:
         self.count, self.stride, self.size, self.last, self.views = count, stride, size, last, views
 
-    def packets(self, out: memoryview) -> list[memoryview]:
+    def packets(self, out: bytearray | memoryview) -> list[memoryview]:
         if self.views is not None:
             return self.views
-        stride, size = self.stride, self.size
+        out, stride, size = memoryview(out), self.stride, self.size
         views = [out[j * stride:j * stride + size] for j in range(self.count - 1)]
         at = (self.count - 1) * stride
         views.append(out[at:at + self.last])
@@ -134,12 +129,15 @@ def open_run(session, data: memoryview, seg: int, source, now: float, out: memor
     accepted is dropped and counted by reason.
     """
     total = len(data)
-    if seg <= 0 or seg > total:
-        seg = total
-    count = -(-total // seg) if total else 1
+    if seg <= 0 or seg >= total:  # one datagram (a lone packet: the idle round trip): nothing to group
+        first = admit(session, data, now)
+        if first is None:
+            return Opened(1, total, total - OVERHEAD, total - OVERHEAD, [])
+        return _open_span(session, data, total, 1, total, out, first, 0, 1, source, now, True)
+    count = -(-total // seg)
     last = total - (count - 1) * seg
-    first = admit(session, data[:seg] if count > 1 else data, now)
-    if first is not None and (count == 1 or count >= VECTOR_MIN and first[1] == BYTE0_DATA
+    first = admit(session, data[:seg], now)
+    if first is not None and (count >= VECTOR_MIN and first[1] == BYTE0_DATA
                               and last >= OVERHEAD + MIN_INNER and _one_stream(data, seg, count, *first)):
         return _open_span(session, data, seg, count, last, out, first, 0, count, source, now, True)
     views = []
@@ -190,14 +188,19 @@ def _open_span(session, data, seg, count, last, out, admitted, j, k, source, now
         if len(fresh) < k:
             _count_duplicates(session, state, receiver, data, seg, count, last, j, k, n, index, fresh, source, now)
     whole = whole and byte0 == BYTE0_DATA
-    ok = bytearray(k)
-    good = _authenticate(receiver.cipher.run, data, seg, count, last, out, j, n, index, state, fresh, ok)
+    ok, cipher = bytearray(k), receiver.cipher.run
+    if fresh.__class__ is range:  # all of them: one call (a lone packet's case)
+        at = j * seg
+        good = cipher.open_run(data, at, seg, out, at, seg, k, seg, last if j + k == count else seg,
+                               state.nonce_start + n * state.group_size + index, state.group_size, ok)
+    else:
+        good = _authenticate(cipher, data, seg, count, last, out, j, n, index, state, fresh, ok)
     size, last_size = seg - OVERHEAD, last - OVERHEAD
     if good < len(fresh):
         for _ in range(len(fresh) - good):
             session.count_auth_failure(state)
         whole = False
-    if whole:
+    if whole and k > 1:
         window.mark_range(n, k)
     else:
         for i in range(k):
@@ -206,7 +209,8 @@ def _open_span(session, data, seg, count, last, out, admitted, j, k, source, now
     policy = session.policy
     if policy is not None and policy.policy is None:
         policy = None  # no access policy in the archive: nothing to ask per packet
-    if whole and policy is None and _all_fit(receiver, out, seg, count, size, last_size):
+    # A run of one takes the loop below: one misfit call, and its view listed once for the device.
+    if whole and k > 1 and policy is None and _all_fit(receiver, out, seg, count, size, last_size):
         views, accepted, highest, total = None, k, n + k - 1, size * (k - 1) + last_size
     else:
         views, highest, misfit, drops = [], -1, receiver.misfit, session.drops
@@ -242,13 +246,9 @@ def _count_duplicates(session, state, receiver, data, seg, count, last, j, k, n,
 
 
 def _authenticate(run, data, seg, count, last, out, j, n, index, state, fresh, ok) -> int:
-    """Open the fresh datagrams of a span, one run call per stretch of consecutive ones; ok[i] = 1 for
-    each that authenticated; how many did."""
+    """Open the fresh datagrams ``fresh`` (a list: the window refused some) of a span, one run call per
+    stretch of consecutive ones; ok[i] = 1 for each that authenticated; how many did."""
     step, first_s = state.group_size, state.nonce_start + n * state.group_size + index
-    if isinstance(fresh, range):  # all of them: one call
-        at = j * seg
-        return run.open_run(data, at, seg, out, at, seg, len(fresh), seg, last if j + len(fresh) == count else seg,
-                            first_s, step, ok)
     good, i = 0, 0
     while i < len(fresh):
         start = end = fresh[i]

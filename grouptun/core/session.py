@@ -201,9 +201,9 @@ class Session:
             copy[at * size:at * size + lengths[j]] = src[offset + j * stride:offset + j * stride + lengths[j]]
         return copy, 0, size, len(kept), lengths[kept[-1]]
 
-    def open_run(self, data: memoryview, seg: int, source: Endpoint, now: float, out: memoryview) -> run.Opened:
-        """Open a run of datagrams from ``source`` (see :func:`grouptun.core.run.open_run`)."""
-        return run.open_run(self, data, seg, source, now, out)
+    # open_run(data, seg, source, now, out) -> run.Opened: open a run of datagrams from ``source``
+    # (:func:`grouptun.core.run.open_run` itself, as a method: no wrapper call per run).
+    open_run = run.open_run
 
     def route(self, packet: bytes | bytearray | memoryview, now: float) -> tuple[EpochState, tuple, int] | str:
         """The sending epoch, the destination peers (with an endpoint) and the target (a member index or

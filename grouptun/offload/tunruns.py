@@ -72,8 +72,11 @@ class PlainRuns:
                 return
 
     def write(self, out: bytearray, opened) -> int:
-        write_one = self._write_one
-        return sum(1 for packet in opened.packets(memoryview(out)) if write_one(packet))
+        write_one, written = self._write_one, 0
+        for packet in opened.packets(out):
+            if write_one(packet):
+                written += 1
+        return written
 
     def flush(self) -> int:
         return 0
@@ -139,9 +142,10 @@ class VnetRuns:
             if singles.lengths:
                 yield from self._singles_runs()
         finally:  # also when the loop gave up mid-drain (a bug): what was read and not sealed is dropped
-            self.counters["tun_rx_malformed"] += len(train) + len(singles)
-            train.clear()
-            singles.clear()
+            if train.count or singles.lengths:
+                self.counters["tun_rx_malformed"] += train.count + len(singles.lengths)
+                train.clear()
+                singles.clear()
 
     def _room(self, hl: int, gso: int, rows: int) -> int:
         """How many super-packets of this shape the segment buffer and the loop's seal buffer hold."""
@@ -200,7 +204,7 @@ class VnetRuns:
                 return opened.count
             if self._udp_run(out, opened):
                 return opened.count
-        packets = opened.packets(memoryview(out))
+        packets = opened.packets(out)
         if self._fresh and len(packets) == 1:  # a lone packet: nothing waits, nothing to merge it with
             return self._put((ZERO_HDR, packets[0]))
         self._fresh = False
