@@ -23,7 +23,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from grouptun import exportfiles, native
+from grouptun import native
+
+from grouptun.apps import exportfiles
 from grouptun.core.jointoken import check_urls
 from grouptun.errors import ConfigError
 
@@ -101,7 +103,7 @@ class DaemonConfig:
 
 @dataclass(frozen=True)
 class NamesConfig:
-    """Member names over DNS (grouptun/names.py): answered on the tunnel addresses."""
+    """Member names over DNS (grouptun/apps/names.py): answered on the tunnel addresses."""
 
     enabled: bool = True
     domain: str = ""        # names are MEMBER.DOMAIN; "" = "<[group] name>.grouptun"
@@ -118,7 +120,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     paths: PathsConfig | None = None
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
-    export: exportfiles.ExportFiles = field(default_factory=exportfiles.ExportFiles)  # [export]: grouptun/exportfiles.py
+    export: exportfiles.ExportFiles = field(default_factory=exportfiles.ExportFiles)  # [export]: grouptun/apps/exportfiles.py
     source: Path | None = None
     names: NamesConfig = field(default_factory=NamesConfig)
 

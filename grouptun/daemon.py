@@ -2,13 +2,13 @@
 
 Start order: open the keystore with the credential (wrong credential ->
 nothing else happens; an old-form keystore stages its migration,
-:mod:`grouptun.credmigrate`), overwrite the credential, lock the state
+:mod:`grouptun.control.credmigrate`), overwrite the credential, lock the state
 directory (a second daemon on it stops here: StateDirLocked), pin the
 provider keys, open the statefile, create the TUN device and give it
 addresses/MTU/routes, bind UDP, start the data plane on a uvloop loop, the control socket, the
-member names' DNS server on the tunnel addresses (:mod:`grouptun.names_server`), then the control
+member names' DNS server on the tunnel addresses (:mod:`grouptun.apps.names_server`), then the control
 thread (which asks for a fresh epoch: the challenge rule) and, with ``[network] advertise_routes``,
-the request for those subnet routes (:mod:`grouptun.advertise`). systemd is told READY once the
+the request for those subnet routes (:mod:`grouptun.control.advertise`). systemd is told READY once the
 interface and socket are up: the data plane then runs, even while the
 provider is unreachable; STATUS says whether an epoch is held.
 
@@ -30,8 +30,8 @@ timings) apply at once.
 
 Every external piece is built through :class:`Factories`, so tests run the
 whole daemon with a fake TUN, fake netlink and fake provider client. The
-endpoints reported to the provider come from :mod:`grouptun.endpoints`,
-systemd notifications and metrics from :mod:`grouptun.opshooks`. Each
+endpoints reported to the provider come from :mod:`grouptun.control.endpoints`,
+systemd notifications and metrics from :mod:`grouptun.ops.hooks`. Each
 archive (control thread) also updates the names' zone and the kernel routes
 for the subnet routes approved behind other members.
 """
@@ -50,26 +50,29 @@ from contextlib import ExitStack
 from typing import Callable
 
 from grouptun import config as config_mod
-from grouptun import credential as credential_mod
-from grouptun import credmigrate, keystore, native, removednote
-from grouptun.advertise import start_advertising
-from grouptun.backoff import Backoff
+from grouptun.control import credential as credential_mod
+from grouptun import native
+from grouptun.control import credmigrate
+from grouptun.control import keystore
+from grouptun.ops import removednote
+from grouptun.control.advertise import start_advertising
+from grouptun.control.backoff import Backoff
 from grouptun.config import Config
-from grouptun.control import ControlServer
-from grouptun.controlplane import ControlPlane
+from grouptun.ops.ctlsocket import ControlServer
+from grouptun.control.plane import ControlPlane
 from grouptun.core.archive import Archive, ProviderKeys
 from grouptun.core import exporter
 from grouptun.core.policy import PolicyEnforcer
-from grouptun.dataplane import DataPlane, LoopPort
+from grouptun.data.plane import DataPlane, LoopPort
 # Re-exported: ``grouptun join`` imports seen_endpoints from here.
-from grouptun.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
+from grouptun.control.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
 from grouptun.errors import (ConfigError, ControlError, ExportRefused, GrouptunError, InstanceSuperseded,
                              MemberRemoved)
-from grouptun.opshooks import OpsHooks
-from grouptun.providerurls import ProviderUrlsFile
+from grouptun.ops.hooks import OpsHooks
+from grouptun.control.providerurls import ProviderUrlsFile
 from grouptun.secmem import SecretArena
-from grouptun.statefile import EpochStateFile
-from grouptun.statelock import StateDirLock
+from grouptun.control.statefile import EpochStateFile
+from grouptun.control.statelock import StateDirLock
 
 log = logging.getLogger("grouptun.daemon")
 
@@ -78,32 +81,32 @@ RESTART_ONLY_NETWORK = ("listen_address", "listen_port", "advertise_routes")  # 
 
 
 def _default_tun(name: str, offload: str = "auto"):
-    from grouptun.tun import TunDevice
+    from grouptun.data.tun import TunDevice
 
     return TunDevice(name, offload=offload)
 
 
 def _default_udp(address: str, port: int, offload: str = "auto"):
-    from grouptun.udp import UdpTransport
+    from grouptun.data.udp import UdpTransport
 
     return UdpTransport(address, port, offload=offload)
 
 
 def _default_netconfig(ifname: str):
-    from grouptun.netconfig import NetConfig
+    from grouptun.data.netconfig import NetConfig
 
     return NetConfig(ifname)
 
 
 def _default_link_dns():
-    """systemd-resolved's per-link DNS where it runs, else None (grouptun/names_server.py)."""
-    from grouptun.names_server import ResolvectlLink
+    """systemd-resolved's per-link DNS where it runs, else None (grouptun/apps/names_server.py)."""
+    from grouptun.apps.names_server import ResolvectlLink
 
     return ResolvectlLink() if ResolvectlLink.available() else None
 
 
 def _default_client(config: Config, keys: keystore.MemberKeys):
-    from grouptun.provider_client import ProviderClient
+    from grouptun.control.client import ProviderClient
 
     return ProviderClient(config.provider.all_urls, config.provider.tls_fingerprint, config.provider_group,
                           config.group.member, keys.signing_key)
@@ -145,7 +148,7 @@ class Daemon:
         self._stop_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.applied_addresses: tuple[str, ...] = ()
-        self.names = None  # grouptun.names_server.NameService while it runs
+        self.names = None  # grouptun.apps.names_server.NameService while it runs
         self.applied_subnet_routes: set[str] = set()  # other members' approved prefixes routed via the TUN
         self.secrets: SecretArena | None = None
         self.cipher: native.Choice | None = None
@@ -238,7 +241,7 @@ class Daemon:
                                                     "owner": dict(meta.owner), "owners": list(meta.owners)}}
 
     def _metrics_snapshot(self) -> dict:
-        """Event-loop thread: the session's status and the names' counters (grouptun/metrics.py)."""
+        """Event-loop thread: the session's status and the names' counters (grouptun/ops/metrics.py)."""
         snapshot = self.session.status(self.clock())
         if self.names is not None:
             snapshot["names"] = self.names.counters.snapshot()
@@ -247,7 +250,7 @@ class Daemon:
     def _on_superseded(self, exc: InstanceSuperseded | MemberRemoved) -> None:
         """Control thread: the session stopped sending already; stop the daemon, exit with exc's status.
 
-        A removal also leaves a note beside the control socket (``grouptun.removednote``), so
+        A removal also leaves a note beside the control socket (``grouptun.ops.removednote``), so
         ``grouptun status`` still says why once this daemon is gone."""
         self.superseded = exc
         if isinstance(exc, MemberRemoved):
@@ -266,8 +269,7 @@ class Daemon:
 
     def export(self, **raw) -> dict:
         """A crypto-product (PROTOCOL.md 3.1) of the sending or the previous epoch; logged by label only."""
-        from grouptun import products
-
+        from grouptun.apps import products
         request = products.request_from_json(raw)
         refused = self._export_refusal(request.name)
         if refused is not None and self.control is not None and self.control.archive is not None:  # a signed rule
@@ -301,8 +303,7 @@ class Daemon:
 
     def _product_text(self, request, state) -> tuple:
         """(first product, wiped; how many; their text) of ``request`` for the epoch ``state``."""
-        from grouptun import products
-
+        from grouptun.apps import products
         secret = state.keys.exporter_secret()
         made = exporter.derive_stream(secret, request.type, request.name, request.count, request.context,
                                       request.length) if request.count else [
@@ -316,8 +317,8 @@ class Daemon:
         return made[0], len(made), value
 
     async def _keep_export_files(self) -> None:
-        """Event loop: the [export] files follow the epochs held (grouptun/exportfiles.py)."""
-        from grouptun.exportfiles import CHECK_INTERVAL, ExportWriter
+        """Event loop: the [export] files follow the epochs held (grouptun/apps/exportfiles.py)."""
+        from grouptun.apps.exportfiles import CHECK_INTERVAL, ExportWriter
 
         writer = ExportWriter(self.config.export, self.config.group.name,
                               lambda request, state: self._product_text(request, state)[2])
@@ -468,12 +469,12 @@ class Daemon:
         return dataclasses.replace(self.config, provider=dataclasses.replace(self.config.provider, urls=kept))
 
     def _start_names(self, stack: ExitStack) -> None:
-        """DNS for the group's names on our tunnel addresses ([names]; grouptun/names_server.py)."""
+        """DNS for the group's names on our tunnel addresses ([names]; grouptun/apps/names_server.py)."""
         cfg = self.config
         if not cfg.names.enabled:
             return
-        from grouptun.names import QueryBudget
-        from grouptun.names_server import NameService
+        from grouptun.apps.names import QueryBudget
+        from grouptun.apps.names_server import NameService
 
         link = self.f.link_dns() if cfg.names.resolved == "auto" else None
         self.names = NameService(cfg.group.interface, cfg.names_domain, cfg.names.port,

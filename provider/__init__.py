@@ -19,5 +19,5 @@ Modules, from the wire inwards:
     metrics.py   Prometheus exporter (ops engineer's; mounted by ``serve --metrics``)
 
 Shared with members: ``grouptun.core.archive`` (signed archive), ``grouptun.core.jointoken``,
-``grouptun.reqsign`` (RFC 9421 request signatures), ``grouptun.core.capsule``, ``grouptun.core.keys``.
+``grouptun.control.reqsign`` (RFC 9421 request signatures), ``grouptun.core.capsule``, ``grouptun.core.keys``.
 """

@@ -8,7 +8,7 @@ is served only with ``"api_docs": true`` in ``STATE/provider.json``; off by defa
                                                     grouptun.core.archive.enroll_message)
          -> 200 {"group", "member_name", "index", "addresses", "provider_keys": {"ed25519", "mldsa65"},
                  "archive": "<signed envelope, grouptun.core.archive>"}
-    --- everything below is RFC 9421-signed (grouptun.reqsign), keyid = member name ---
+    --- everything below is RFC 9421-signed (grouptun.control.reqsign), keyid = member name ---
     GET  /v1/groups/{group}/archive                 -> 200 signed envelope (application/json)
     GET  /v1/groups/{group}/watch?version=V&timeout=T
                                                     -> 200 envelope as soon as the version > V,

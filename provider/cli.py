@@ -65,7 +65,7 @@ from sqlalchemy.exc import OperationalError
 
 from grouptun.core.jointoken import check_url
 from grouptun.errors import GrouptunError
-from grouptun.logsetup import fatal
+from grouptun.ops.logsetup import fatal
 from provider.errors import InvalidInput, StateDirError
 from provider.keys import (PUBLIC_URLS, StatePaths, Signer, checked_public_urls, make_tls, public_urls, read_config,
                            tls_fingerprint)
@@ -232,7 +232,7 @@ def _lock_state(paths: StatePaths):
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from grouptun.logsetup import setup_logging
+    from grouptun.ops.logsetup import setup_logging
     from provider.app import Settings, create_app, docs_from_config
     from provider.connlimits import HttpLimits, protocol_class
     from provider.sealed import SealedLimits

@@ -32,7 +32,7 @@ from typing import Callable
 from sqlalchemy import delete, select, update
 from starlette.concurrency import run_in_threadpool
 
-from grouptun.reqsign import MAX_AGE, MAX_SKEW, NonceCache
+from grouptun.control.reqsign import MAX_AGE, MAX_SKEW, NonceCache
 from provider.store import Store, buckets, nonces, upsert
 
 NONCE_PRUNE_EVERY = 1000  # SharedNonces deletes expired rows once per this many requests

@@ -7,7 +7,7 @@
 - Addresses: the first free host of the group's CIDR in ascending order (IPv4,
   and IPv6 when the group has ``cidr6``), kept for the member's lifetime.
 - Credential hashes: of the member's authenticator (32 bytes derived from
-  its identification credential, ``grouptun.credkeys``; the credential
+  its identification credential, ``grouptun.control.credkeys``; the credential
   itself never reaches the provider), or of the credential for a member
   enrolled before that and not migrated yet. Argon2id (``cryptography``),
   16-byte random salt, stored as

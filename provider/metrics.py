@@ -155,7 +155,7 @@ def install_metrics(app: Any, registry: CollectorRegistry | None = None, *,
 
 def parse_listen(text: str) -> tuple[str, int]:
     """Loopback ``host:port`` / ``[v6]:port``; anything else is a ConfigError."""
-    from grouptun.metrics import parse_listen as _parse
+    from grouptun.ops.metrics import parse_listen as _parse
 
     return _parse(text, key=CONFIG_KEY)
 

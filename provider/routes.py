@@ -3,7 +3,7 @@
 ``create_app`` builds one Context per app (limiters, nonce cache, hub and
 start batcher once the lifespan started) and includes the routers below;
 every ``/v1/groups/...`` route depends on :meth:`Context.member`, the
-RFC 9421 check of the request (``grouptun.reqsign``). Every router's
+RFC 9421 check of the request (``grouptun.control.reqsign``). Every router's
 routes parse their body as I-JSON first (``provider/ijson.py``).
 """
 
@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from grouptun.reqsign import SignatureRefused, verify_headers
+from grouptun.control.reqsign import SignatureRefused, verify_headers
 from provider import membership
 from provider.errors import (Forbidden, Gone, InvalidInput, NotFound, RateLimited, SchemaError, StateDirError,
                              Unauthorized)

@@ -18,7 +18,7 @@ GROUP_PATH = Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", max_length=32)
 ARCHIVE_MEDIA = "application/json"
 SEALED_MEDIA = "application/octet-stream"
 B64 = r"^[A-Za-z0-9+/]*={0,2}$"
-# exactly 32 bytes in base64 (grouptun.credkeys): 42 chars, one whose low 4 bits are zero, "="
+# exactly 32 bytes in base64 (grouptun.control.credkeys): 42 chars, one whose low 4 bits are zero, "="
 AUTHENTICATOR = {"min_length": 44, "max_length": 44, "pattern": r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"}
 
 

@@ -66,7 +66,7 @@ MAX_REKEY_PACKETS = 2**27
 MTU = 1420
 MEMBER_REKEY_MIN_AGE = 5.0  # a member rekey on an epoch younger than this is coalesced into it
 MIN_GROUP_SIZE = 2  # PROTOCOL.md 1
-MIGRATED_SIZE = 32  # a member's authenticator (grouptun.credkeys.SIZE)
+MIGRATED_SIZE = 32  # a member's authenticator (grouptun.control.credkeys.SIZE)
 __all__ = ["MAX_PENDING_STARTS", "PENDING_START_TTL", "Opened", "Provider", "next_version"]  # re-exports kept
 
 
@@ -436,7 +436,7 @@ class Provider:
 
         ``presented`` is the member's authenticator, or the credential of a
         member not yet migrated. With ``new_authenticator`` (a migration,
-        ``grouptun.credmigrate``) ``presented`` is the credential: once it
+        ``grouptun.control.credmigrate``) ``presented`` is the credential: once it
         matches, a hash of ``new_authenticator`` replaces the stored one in
         the same step; a request whose ``new_authenticator`` is already the
         stored one (a retry after a crash) succeeds and changes nothing.

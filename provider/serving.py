@@ -15,7 +15,7 @@
   pooled keep-alive answers close_notify only when it next uses it), and
   :class:`RoutineShutdown` files that line at info.
 
-Logging goes through :func:`grouptun.logsetup.setup_logging` (uvicorn's own
+Logging goes through :func:`grouptun.ops.logsetup.setup_logging` (uvicorn's own
 dictConfig is disabled), so the journal gets syslog priorities.
 """
 
@@ -28,7 +28,7 @@ from typing import Callable
 
 import uvicorn
 
-from grouptun.sdnotify import Notifier
+from grouptun.ops.sdnotify import Notifier
 
 
 class RoutineShutdown(logging.Filter):

@@ -289,7 +289,7 @@ def enroll_message(secret: str, name: str, ed25519_public: bytes, kem_public: by
 
     ``ENROLL_LABEL || RFC 8785 JSON`` of the enrollment request's fields
     (binary ones in standard base64): the token secret, the name, both
-    public keys, the authenticator (``grouptun.credkeys``) and the endpoints. The provider checks the
+    public keys, the authenticator (``grouptun.control.credkeys``) and the endpoints. The provider checks the
     signature with the Ed25519 public key in the same request before it
     consumes the token, so nobody enrolls a key they do not hold, and a
     request altered in transit (another KEM key) does not verify.

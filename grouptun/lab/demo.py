@@ -115,7 +115,7 @@ def _journey(lab: Lab, mesh: Mesh, steps: Steps, seconds: float) -> list[str]:
 
 def _keep_instructions(lab: Lab, mesh: Mesh) -> str:
     from grouptun.lab.mesh import REPO
-    cli = "grouptun" if shutil.which("grouptun") else f"env PYTHONPATH={REPO} python3 -m grouptun.cli"
+    cli = "grouptun" if shutil.which("grouptun") else f"env PYTHONPATH={REPO} python3 -m grouptun.cli.main"
     a, b = mesh.members["a"], mesh.members["b"]
     return "\n".join([
         "", "The lab is still up (--keep). Explore it:",

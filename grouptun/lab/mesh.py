@@ -1,7 +1,7 @@
 """A grouptun mesh in a lab: the provider in one namespace, members in others.
 
 Drives the real command lines (the user journey in the README), run from
-this working tree (``python3 -c 'from grouptun.cli import main'``), so the
+this working tree (``python3 -c 'from grouptun.cli.main import main'``), so the
 lab tests exactly the code beside it:
 
     provider:  grouptun-provider init / serve / group create / invite / group rekey
@@ -41,7 +41,7 @@ def python_main(module: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-GROUPTUN = python_main("grouptun.cli")
+GROUPTUN = python_main("grouptun.cli.main")
 PROVIDER = python_main("provider.cli")
 
 
@@ -231,7 +231,6 @@ class Mesh:
         cipher (``[daemon] cipher``), so the root tests can be run on each path."""
         from grouptun import config as gconfig
         from grouptun import native
-
         setting = os.environ.get(native.ENV)
         if not setting:
             return
@@ -244,7 +243,7 @@ class Mesh:
             raise LabError(f"[{m.name}] {native.ENV}={setting!r} did not reach {m.config}")
 
     def _configured_addresses(self, m: Member) -> tuple[str, ...]:
-        from grouptun import config as gconfig   # the daemon's own parser: same view as `up`
+        from grouptun import config as gconfig  # the daemon's own parser: same view as `up`
         return gconfig.load(m.config).group.addresses
 
     def up(self, name: str) -> Proc:

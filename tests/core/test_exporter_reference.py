@@ -227,8 +227,7 @@ if __name__ == "__main__":
 
 
 def _cli(capsys, tmp_path, document, *extra):
-    from grouptun import cli
-
+    from grouptun.cli import main as cli
     path = tmp_path / "doc.json"
     path.write_text(json.dumps(document))
     code = cli.main(["vectors", *extra, str(path)])

@@ -20,7 +20,7 @@ VECTORS = json.loads(FILE.read_text())["sealed"]
 
 
 def vectors_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "grouptun.cli", "vectors", *args], input=stdin, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "grouptun.cli.main", "vectors", *args], input=stdin, cwd=REPO,
                           capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(REPO)})
 
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from grouptun.errors import OffloadError
-from grouptun.offload import segment
-from grouptun.offload.vnet import F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VnetHdr
+from grouptun.data.offload import segment
+from grouptun.data.offload.vnet import F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VnetHdr
 
 U16 = st.integers(0, 0xFFFF)
 SEGBUF = 4 * 65536  # the data path's split buffer

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from grouptun import cli
+from grouptun.cli import main as cli
 from grouptun.vectors import CAPSULE_OUTPUTS, PROTOCOL_OUTPUTS
 
 
@@ -162,10 +162,10 @@ def test_missing_file(capsys, tmp_path):
 def test_real_command_line(vectors_dir, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"version": 1, "vectors": [{"suite": 9}]}')
-    done = subprocess.run([sys.executable, "-m", "grouptun.cli", "vectors", str(bad)],
+    done = subprocess.run([sys.executable, "-m", "grouptun.cli.main", "vectors", str(bad)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == "grouptun vectors: vectors[0].suite: 9 outside 1..2\n"
-    good = subprocess.run([sys.executable, "-m", "grouptun.cli", "vectors", str(vectors_dir / "protocol-v1.json")],
+    good = subprocess.run([sys.executable, "-m", "grouptun.cli.main", "vectors", str(vectors_dir / "protocol-v1.json")],
                           capture_output=True, text=True, timeout=60)
     assert good.returncode == 0 and good.stdout == (vectors_dir / "protocol-v1.json").read_text()

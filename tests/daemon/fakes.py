@@ -1,9 +1,9 @@
 """In-memory fakes at the daemon's boundaries: TUN, UDP, netlink, provider.
 
-The data path's devices (:mod:`grouptun.devices` Protocols): :class:`FakeTun`
+The data path's devices (:mod:`grouptun.data.devices` Protocols): :class:`FakeTun`
 and :class:`QueueTun` (TUNs without offloads: runs of one), :class:`VnetTun`
 (a TUN with the virtio-net header, running the real offload code of
-:mod:`grouptun.offload.tunruns` over queues), :class:`FakeUdp` (a socket
+:mod:`grouptun.data.offload.tunruns` over queues), :class:`FakeUdp` (a socket
 without GRO) and :class:`GsoUdp` (with GSO/GRO: each send is one receive).
 
 The fake provider does real cryptography (HPKE capsules, signed archives,
@@ -37,12 +37,13 @@ from grouptun.core import capsule
 from grouptun.core.archive import Archive, ArchiveEpoch, ArchiveMember, ProviderKeys, instance_of, sign_archive
 from grouptun.core.keys import HEAP, EpochKeys, SecretMemory, data_id
 from grouptun.core.session import EpochMaterial, MemberInfo
-from grouptun import credkeys, keystore
-from grouptun.credmigrate import SaltProof
+from grouptun.control import credkeys
+from grouptun.control import keystore
+from grouptun.control.credmigrate import SaltProof
 from grouptun.errors import ProviderError, ProviderRefused
-from grouptun.keystore import MemberKeys, write_atomic
-from grouptun.offload.tunruns import PlainRuns, VnetRuns
-from grouptun.udp import MAX_SEGMENTS, SEND_MAX, gather_runs
+from grouptun.control.keystore import MemberKeys, write_atomic
+from grouptun.data.offload.tunruns import PlainRuns, VnetRuns
+from grouptun.data.udp import MAX_SEGMENTS, SEND_MAX, gather_runs
 
 CREDENTIAL = b"correct horse battery"
 AUTHENTICATOR = bytes(range(32))  # what a fake member shows when no keystore is involved
@@ -283,7 +284,7 @@ class FakeNetConfig:
 
 
 class FakeLinkDns:
-    """The host resolver's per-link DNS (grouptun.names_server.LinkDns): records what was asked."""
+    """The host resolver's per-link DNS (grouptun.apps.names_server.LinkDns): records what was asked."""
 
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[tuple] = []
@@ -637,7 +638,7 @@ class FakeTransport(requests.adapters.BaseAdapter):
 
 
 class FakeEcho:
-    """An ``EchoProbe`` (grouptun.cmd_ping) that answers from a script: each entry is a round trip
+    """An ``EchoProbe`` (grouptun.cli.ping) that answers from a script: each entry is a round trip
     in seconds, or None for no reply. ``sent`` records (sequence, timeout) per request."""
 
     def __init__(self, rtts) -> None:

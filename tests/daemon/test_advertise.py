@@ -1,10 +1,10 @@
-"""The daemon asks the provider's admin for its advertised subnet routes (grouptun/advertise.py)."""
+"""The daemon asks the provider's admin for its advertised subnet routes (grouptun/control/advertise.py)."""
 
 from __future__ import annotations
 
 import threading
 
-from grouptun import advertise
+from grouptun.control import advertise
 from grouptun.errors import ProviderRefused
 
 from .fakes import FakeProvider

@@ -9,9 +9,13 @@ import types
 
 import pytest
 
-from grouptun import cli, config, keystore
+from grouptun import config
+
+from grouptun.cli import main as cli
+
+from grouptun.control import keystore
 from grouptun.core.jointoken import JoinToken
-from grouptun.provider_client import EnrollResult, ProviderClient
+from grouptun.control.client import EnrollResult, ProviderClient
 
 from .fakes import CREDENTIAL, FakeProvider
 
@@ -116,8 +120,7 @@ def test_join_under_another_local_name_keeps_the_provider_group_for_its_urls(tmp
 
 
 def test_up_with_a_wrong_credential_exits_77_which_the_units_do_not_retry(tmp_path, fake_enroll, capsys):
-    from grouptun import logsetup
-
+    from grouptun.ops import logsetup
     provider, calls, token = fake_enroll
     assert cli.main(join_args(tmp_path, token)) == 0
     wrong = tmp_path / "wrong"

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from grouptun.control import ControlServer, request
+from grouptun.ops.ctlsocket import ControlServer, request
 from grouptun.errors import ControlError, SystemSetupError
 
 

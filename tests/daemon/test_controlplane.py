@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from grouptun.controlplane import Backoff, ControlPlane
+from grouptun.control.plane import Backoff, ControlPlane
 from grouptun.core.session import Session
-from grouptun.cmd_status import format_status
-from grouptun.credmigrate import SaltProof
+from grouptun.cli.status import format_status
+from grouptun.control.credmigrate import SaltProof
 from grouptun.errors import (EpochRejected, InstanceSuperseded, LoopUnavailable, ProviderError, ProviderRefused,
                              StateDirFull)
-from grouptun.statefile import EpochStateFile
+from grouptun.control.statefile import EpochStateFile
 
 from .fakes import FakeProvider, FullDisk, proof
 
@@ -158,7 +158,7 @@ def test_run_logs_refusals_counts_them_and_backs_off(world, caplog):
     provider.tamper = "capsule"
     cp = make()
     stop = StopAfter(3)
-    with caplog.at_level(logging.WARNING, logger="grouptun.control"):
+    with caplog.at_level(logging.WARNING, logger="grouptun.ops.ctlsocket"):
         cp.run(stop)
     assert cp.state.refusals == {"capsule": 3}
     assert sum("refused at step 'capsule'" in r.getMessage() for r in caplog.records) == 3
@@ -182,7 +182,7 @@ def test_provider_outage_keeps_the_epoch_and_backs_off_within_the_cap(world, cap
     assert cp.start_once(b"\x06" * 32)
     provider.down = True
     stop = StopAfter(8)
-    with caplog.at_level(logging.WARNING, logger="grouptun.control"):
+    with caplog.at_level(logging.WARNING, logger="grouptun.ops.ctlsocket"):
         cp.run(stop)  # run() starts with a fresh challenge; the provider is down so it only backs off
     assert len(stop.delays) == 8 and max(stop.delays) <= 0.04
     assert not cp.state.provider_ok and "unreachable" in cp.state.last_error
@@ -247,7 +247,7 @@ def test_refused_rekey_and_report_do_not_block_the_watch(world, caplog):
     client.report = refuse
     port.extra_requests = {"rekey:time"}
     provider.open_epoch()  # meanwhile somebody else's rekey opened epoch 2
-    with caplog.at_level(logging.WARNING, logger="grouptun.control"):
+    with caplog.at_level(logging.WARNING, logger="grouptun.ops.ctlsocket"):
         cp.step()
     assert held_epochs(session) == [1, 2]
     assert any("not granted" in r.getMessage() for r in caplog.records)
@@ -288,7 +288,7 @@ def test_one_member_group_waits_quietly_then_installs_the_epoch_listing_its_chal
     provider, statefile, session, cp = solo
     stop = threading.Event()
     thread = threading.Thread(target=cp.run, args=(stop,))
-    with caplog.at_level(logging.INFO, logger="grouptun.control"):
+    with caplog.at_level(logging.INFO, logger="grouptun.ops.ctlsocket"):
         thread.start()
         try:
             assert wait_until(lambda: cp.state.phase == "waiting for members")
@@ -351,7 +351,7 @@ def test_session_update_endpoints_changes_only_named_known_peers():
     provider = FakeProvider(["alice", "bob"])
     session = Session("alice")
     from grouptun.core.archive import verify_archive  # noqa: PLC0415
-    from grouptun.epochaccept import build_material, open_secrets  # noqa: PLC0415
+    from grouptun.control.epochaccept import build_material, open_secrets  # noqa: PLC0415
 
     provider.open_epoch()
     archive = verify_archive(provider.signed, provider.keys)
@@ -447,7 +447,7 @@ def test_salt_is_fetched_only_after_the_capsule_opened_and_data_id_matched():
     # PROTOCOL.md 2 order: the credential goes to the provider (salt request)
     # only for an epoch whose capsule opened to the published data_id.
     from grouptun.core.archive import verify_archive  # noqa: PLC0415
-    from grouptun.epochaccept import open_secrets  # noqa: PLC0415
+    from grouptun.control.epochaccept import open_secrets  # noqa: PLC0415
 
     provider = FakeProvider(["alice", "bob"])
     provider.open_epoch()
@@ -521,7 +521,7 @@ def test_run_logs_a_stalled_loop_without_a_traceback_and_retries(world, caplog):
     port.stalled = {1, 2}
     cp = make()
     stop = StopAfter(2)
-    with caplog.at_level(logging.INFO, logger="grouptun.control"):
+    with caplog.at_level(logging.INFO, logger="grouptun.ops.ctlsocket"):
         cp.run(stop)
     stalled = [r for r in caplog.records if "did not answer" in r.getMessage()]
     assert len(stalled) == 2 and all(r.levelno == logging.WARNING and not r.exc_info for r in stalled)
@@ -604,7 +604,7 @@ def test_a_start_of_our_member_elsewhere_stops_sending_and_ends_the_control_path
     cp = make(on_superseded=superseded.append)
     stop = threading.Event()
     thread = threading.Thread(target=cp.run, args=(stop,))
-    with caplog.at_level(logging.INFO, logger="grouptun.control"):
+    with caplog.at_level(logging.INFO, logger="grouptun.ops.ctlsocket"):
         thread.start()
         try:
             assert wait_until(lambda: held_epochs(session) == [1])
@@ -674,7 +674,7 @@ def test_a_full_state_dir_backs_off_like_an_unreachable_provider_and_status_says
     disk.full = True
     provider.open_epoch()  # the epoch switch finds the disk full
     stop = StopAfter(6)
-    with caplog.at_level(logging.INFO, logger="grouptun.control"):
+    with caplog.at_level(logging.INFO, logger="grouptun.ops.ctlsocket"):
         cp.run(stop)  # a fresh start: every attempt fetches the salt, then cannot record
     assert stop.delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]  # grows as for an unreachable provider
     assert disk.refused == 6 and [c[1] for c in provider.calls].count("salt") == 1 + 6
@@ -706,7 +706,7 @@ def test_a_refused_call_reaches_the_status_line_and_the_recovery_clears_it(world
     provider.refusing = ProviderRefused(401, "signature not valid")
     troubles = []
     cp = make(on_trouble=troubles.append)
-    with caplog.at_level(logging.WARNING, logger="grouptun.control"):
+    with caplog.at_level(logging.WARNING, logger="grouptun.ops.ctlsocket"):
         cp.run(StopAfter(2))
     assert troubles == ["provider refused (401): signature not valid"] * 2
     assert any(r.levelno >= logging.WARNING and "401" in r.getMessage() for r in caplog.records)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from grouptun import credential
+from grouptun.control import credential
 from grouptun.errors import CredentialError
 
 

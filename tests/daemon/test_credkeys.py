@@ -7,7 +7,9 @@ import hmac
 
 import pytest
 
-from grouptun import credkeys, keystore
+from grouptun.control import credkeys
+
+from grouptun.control import keystore
 from grouptun.errors import KeystoreError
 
 from .fakes import FAST

@@ -7,11 +7,15 @@ import logging
 
 import pytest
 
-from grouptun import cli, credmigrate, keystore
-from grouptun import provider_client as provider_client_mod
+from grouptun.cli import main as cli
+
+from grouptun.control import credmigrate
+
+from grouptun.control import keystore
+from grouptun.control import client as provider_client_mod
 from grouptun.core.jointoken import JoinToken
 from grouptun.errors import KeystoreError
-from grouptun.provider_client import ProviderClient
+from grouptun.control.client import ProviderClient
 
 from .fakes import CREDENTIAL, FAST, FakeProvider, FakeTransport, legacy_keystore
 
@@ -68,7 +72,7 @@ def test_salt_requests_carry_the_authenticator_never_the_credential(tmp_path):
     assert b'"authenticator"' in body and b'"credential"' not in body
     keys = keystore.load(path, bytearray(CREDENTIAL))
     blob = path.read_bytes()
-    from grouptun import credkeys  # noqa: PLC0415
+    from grouptun.control import credkeys  # noqa: PLC0415
     keyfile_key = bytes(credkeys.derive(CREDENTIAL, blob[14:30], FAST).keyfile_key)
     assert leaked(transport, CREDENTIAL) == [] and leaked(transport, keyfile_key) == []
     assert provider.secrets["alice"] == keys.authenticator
@@ -164,7 +168,7 @@ def test_a_failed_rename_is_retried_at_the_next_salt(tmp_path, monkeypatch, capl
         real_commit(staged, path)
 
     monkeypatch.setattr(credmigrate, "_commit", full_disk_once)
-    with caplog.at_level(logging.ERROR, logger="grouptun.credential"):
+    with caplog.at_level(logging.ERROR, logger="grouptun.control.credential"):
         proof, _ = start(path, provider, FakeTransport(provider, "alice"))
     assert proof.migrating and "No space left" in caplog.text
     client = ProviderClient("https://127.0.0.1:1", "00" * 32, "lan", "alice", provider.members["alice"].signing_key,

@@ -14,11 +14,16 @@ from pathlib import Path
 import pytest
 
 from grouptun import config as cfgmod
-from grouptun import cli, cmd_ping, control, credmigrate, keystore, native
-from grouptun.cmd_status import format_status
+from grouptun import native
+from grouptun.cli import main as cli
+from grouptun.cli import ping as cmd_ping
+from grouptun.ops import ctlsocket as control
+from grouptun.control import credmigrate
+from grouptun.control import keystore
+from grouptun.cli.status import format_status
 from grouptun.daemon import Daemon, Factories
 from grouptun.errors import ConfigError, InstanceSuperseded, KeystoreError, KeystoreLocked, StateDirLocked
-from grouptun.udp import UdpTransport
+from grouptun.data.udp import UdpTransport
 
 from .fakes import (CREDENTIAL, FAST, FakeEcho, FakeLinkDns, FakeNetConfig, FakeProvider, FakeTun, arena_holds,
                     ipv4_packet, legacy_keystore, vm_locked)
@@ -214,7 +219,7 @@ def test_wrong_credential_stops_before_anything_is_created(tmp_path):
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["v2", "v1"])
 def test_up_with_a_wrong_credential_exits_as_before(tmp_path, legacy, monkeypatch):
-    from grouptun import logsetup  # noqa: PLC0415
+    from grouptun.ops import logsetup  # noqa: PLC0415
 
     monkeypatch.setattr(logsetup, "setup_logging", lambda *a, **kw: None)  # keep the test run's root logger
     provider = FakeProvider(["alice", "bob"])
@@ -386,7 +391,6 @@ def test_a_clone_of_a_running_member_makes_the_first_daemon_stop_and_exit_76(tmp
 
 def test_superseded_and_locked_have_exit_statuses_of_their_own():
     from grouptun import errors
-
     def tree(cls):
         return [cls] + [sub for child in cls.__subclasses__() for sub in tree(child)]
 

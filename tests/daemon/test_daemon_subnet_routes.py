@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from grouptun import control
-from grouptun.cmd_status import format_status
+from grouptun.ops import ctlsocket as control
+from grouptun.cli.status import format_status
 
 from .fakes import FakeProvider, ipv4_packet
 from .test_daemon import Member, epochs, start_pair

@@ -10,14 +10,14 @@ import types
 import pytest
 import uvloop
 
-from grouptun.controlplane import Backoff, ControlPlane
+from grouptun.control.plane import Backoff, ControlPlane
 from grouptun.core.session import Session
 from grouptun.core.session import MemberInfo
-from grouptun.dataplane import DataPlane, LoopPort
+from grouptun.data.plane import DataPlane, LoopPort
 from grouptun.errors import LoopUnavailable
-from grouptun.statefile import EpochStateFile
-from grouptun.offload.tunruns import READS
-from grouptun.udp import UdpTransport
+from grouptun.control.statefile import EpochStateFile
+from grouptun.data.offload.tunruns import READS
+from grouptun.data.udp import UdpTransport
 
 from .fakes import (FakeNetwork, FakeProvider, FakeTun, FakeUdp, QueueTun, epoch_material, ipv4_packet,
                     ipv6_packet, proof)

@@ -17,11 +17,11 @@ import pytest
 
 from grouptun import config
 from grouptun.core.session import EpochMaterial, MemberInfo, Session
-from grouptun.dataplane import DataPlane
+from grouptun.data.plane import DataPlane
 from grouptun.errors import ConfigError
-from grouptun.offload import checksum
-from grouptun.offload.segment import segment
-from grouptun.offload.vnet import (F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN,
+from grouptun.data.offload import checksum
+from grouptun.data.offload.segment import segment
+from grouptun.data.offload.vnet import (F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN,
                                    VnetHdr, decode)
 
 from .fakes import GsoUdp, VnetTun

@@ -16,8 +16,8 @@ import pytest
 from grouptun.core import counters as C
 from grouptun.core.run import VECTOR_MIN
 from grouptun.core.session import Session
-from grouptun.dataplane import DataPlane
-from grouptun.offload.vnet import VNET_HDR_LEN
+from grouptun.data.plane import DataPlane
+from grouptun.data.offload.vnet import VNET_HDR_LEN
 from tests.core.builders import endpoint, material, seal_run
 
 from .fakes import FakeNetwork, FakeUdp, GsoUdp, QueueTun, VnetTun, ipv4_packet

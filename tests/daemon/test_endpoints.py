@@ -1,4 +1,4 @@
-"""grouptun.endpoints: what a member reports as its UDP endpoints (split out of daemon.py)."""
+"""grouptun.control.endpoints: what a member reports as its UDP endpoints (split out of daemon.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import socket
 
 import pytest
 
-from grouptun import config, daemon, endpoints
+from grouptun import config, daemon
 
+from grouptun.control import endpoints
 from .test_config import good
 
 

@@ -7,9 +7,11 @@ import logging
 
 import pytest
 
-from grouptun import cli, control
+from grouptun.cli import main as cli
+
+from grouptun.ops import ctlsocket as control
 from grouptun.errors import ControlError, UsageError
-from grouptun.products import check_request, render
+from grouptun.apps.products import check_request, render
 
 from .fakes import FakeProvider
 from .test_daemon import Member, start_pair

@@ -13,9 +13,15 @@ import tomllib
 
 import pytest
 
-from grouptun import cli, config, control, exportfiles
+from grouptun import config
+
+from grouptun.cli import main as cli
+
+from grouptun.ops import ctlsocket as control
+
+from grouptun.apps import exportfiles
 from grouptun.errors import ConfigError
-from grouptun.products import check_request
+from grouptun.apps.products import check_request
 
 from .fakes import FakeProvider
 from .test_daemon import Member, start_pair

@@ -15,17 +15,17 @@ import json
 import pytest
 
 from grouptun import config as cfgmod
-from grouptun.backoff import Backoff, ReplicaRotation
-from grouptun.cmd_status import format_status
-from grouptun.controlplane import ControlPlane
+from grouptun.control.backoff import Backoff, ReplicaRotation
+from grouptun.cli.status import format_status
+from grouptun.control.plane import ControlPlane
 from grouptun.core.archive import verify_archive
 from grouptun.core.jointoken import JoinToken, b64url, parse_join_token
 from grouptun.core.session import Session
 from grouptun.daemon import Daemon
 from grouptun.errors import ConfigError, EpochRejected, ProviderError, ProviderRefused
-from grouptun.provider_client import CONNECT_TIMEOUT, ProviderClient
-from grouptun.providerurls import ProviderUrlsFile
-from grouptun.statefile import EpochStateFile
+from grouptun.control.client import CONNECT_TIMEOUT, ProviderClient
+from grouptun.control.providerurls import ProviderUrlsFile
+from grouptun.control.statefile import EpochStateFile
 
 from .fakes import FakeProvider, FakeTransport, proof
 from .test_controlplane import DirectPort
@@ -144,7 +144,7 @@ def test_single_url_client_keeps_its_error_message():
 
 
 def test_enrollment_tries_the_token_urls_in_order():
-    from grouptun.keystore import MemberKeys
+    from grouptun.control.keystore import MemberKeys
 
     provider = FakeProvider(["bob"])
     transport = FakeTransport(provider)

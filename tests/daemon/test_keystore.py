@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from grouptun import keystore
+from grouptun.control import keystore
 from grouptun.errors import KeystoreError
 
 FAST = keystore.KdfCost(memory_kib=64, iterations=1, lanes=1)

@@ -1,4 +1,4 @@
-"""Member names over DNS: the sans-IO answer function (grouptun/names.py) and its asyncio shell.
+"""Member names over DNS: the sans-IO answer function (grouptun/apps/names.py) and its asyncio shell.
 
 The shell runs here on 127.0.0.1 (the daemon binds the tunnel addresses; tests/integration asks
 ``dig`` inside namespaces); the host resolver is the shared fake (FakeLinkDns).
@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from grouptun import config as cfgmod
 from grouptun.errors import ConfigError
-from grouptun.names import MAX_QUERY, NameCounters, QueryBudget, Zone, answer
-from grouptun.names_server import NameService, ResolvectlLink, server_text
+from grouptun.apps.names import MAX_QUERY, NameCounters, QueryBudget, Zone, answer
+from grouptun.apps.names_server import NameService, ResolvectlLink, server_text
 
 from .fakes import FakeLinkDns
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import struct
 
-from grouptun import cmd_status, control
+from grouptun.cli import status as cmd_status
+
+from grouptun.ops import ctlsocket as control
 from grouptun.core import policy as P
 from grouptun.core.archive import ArchivePolicy
 

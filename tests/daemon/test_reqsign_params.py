@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from http_message_signatures.signatures import HTTPSignatureHandler
 
-from grouptun import reqsign
+from grouptun.control import reqsign
 from grouptun.errors import GrouptunError
 
 KEY = ed25519.Ed25519PrivateKey.generate()

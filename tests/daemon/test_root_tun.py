@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = r"""
 import json, subprocess, sys
-from grouptun.tun import TunDevice
-from grouptun.netconfig import NetConfig
+from grouptun.data.tun import TunDevice
+from grouptun.data.netconfig import NetConfig
 name = sys.argv[1]
 tun = TunDevice(name)
 net = NetConfig(name)
@@ -62,8 +62,8 @@ def test_tun_and_netconfig_in_a_namespace():
 
 LOOP_SCRIPT = r"""
 import asyncio, json, sys, uvloop
-from grouptun.tun import TunDevice
-from grouptun.netconfig import NetConfig
+from grouptun.data.tun import TunDevice
+from grouptun.data.netconfig import NetConfig
 name = sys.argv[1]
 loop = uvloop.new_event_loop()
 asyncio.set_event_loop(loop)
@@ -90,8 +90,8 @@ def test_netconfig_works_from_a_running_uvloop():
 
 PING6_SCRIPT = r"""
 import json, select, socket, struct, subprocess, sys, time
-from grouptun.tun import TunDevice
-from grouptun.netconfig import NetConfig
+from grouptun.data.tun import TunDevice
+from grouptun.data.netconfig import NetConfig
 name = sys.argv[1]
 tun = TunDevice(name, offload="off")  # plain IP packets from read()
 NetConfig(name).configure(["10.77.0.2/24", "fd77::2/64"], 1420, [])

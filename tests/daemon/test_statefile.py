@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grouptun import keystore
+from grouptun.control import keystore
 from grouptun.errors import EpochRejected, KeystoreError
-from grouptun.statefile import EpochStateFile
+from grouptun.control.statefile import EpochStateFile
 
 G1, G2 = bytes(16), b"\x01" * 16
 

@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from grouptun import cli
-from grouptun.cmd_ping import NO_REPLY, pick_target, ping_member
-from grouptun.cmd_status import current_epoch, format_brief, format_dump
+from grouptun.cli import main as cli
+from grouptun.cli.ping import NO_REPLY, pick_target, ping_member
+from grouptun.cli.status import current_epoch, format_brief, format_dump
 from grouptun.core.session import Session
 from tests.core.builders import endpoint, ipv4, material, v4
 

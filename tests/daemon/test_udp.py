@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from grouptun.errors import SystemSetupError
-from grouptun.udp import UdpTransport, normalise_host
+from grouptun.data.udp import UdpTransport, normalise_host
 
 
 @pytest.mark.parametrize("raw,clean", [("::ffff:10.0.0.1", "10.0.0.1"), ("10.0.0.1", "10.0.0.1"),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "provider"))  # provider_helpers: not a package
 
-from grouptun.reqsign import sign_headers  # noqa: E402
+from grouptun.control.reqsign import sign_headers  # noqa: E402
 from provider.app import Settings, create_app  # noqa: E402
 from provider_helpers import dump, memory_provider  # noqa: E402
 

@@ -191,7 +191,7 @@ def claims_more(self, *args, **kwargs):
     installed(self, *args, **kwargs)
     self.own_prefixes = PrefixMap([(ipaddress.ip_network("10.66.0.0/16"), True)])
 epoch.EpochState.__init__ = claims_more
-from grouptun.cli import main
+from grouptun.cli.main import main
 sys.exit(main())
 """
 

@@ -56,7 +56,9 @@ def sha256_of(path) -> str:
 
 def recover_key(mesh, name: str, data_id: str) -> bytes:
     """The data key, opened on member ``name`` with its own key file (what the provider must never hold)."""
-    from grouptun import config, credential, keystore
+    from grouptun import config
+    from grouptun.control import credential
+    from grouptun.control import keystore
     from grouptun.core import sealeddata
 
     m = mesh.members[name]

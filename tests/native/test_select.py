@@ -6,7 +6,11 @@ import json
 
 import pytest
 
-from grouptun import cli, cmd_vectors, native
+from grouptun import native
+
+from grouptun.cli import main as cli
+
+from grouptun.cli import vectors as cmd_vectors
 from grouptun.errors import ConfigError
 from grouptun.vectors import compute_document, mismatches
 

@@ -38,9 +38,9 @@ def member(name: str, offload: str, seconds: float) -> int:
     import uvloop
 
     from grouptun.core.session import EpochMaterial, MemberInfo, Session
-    from grouptun.dataplane import DataPlane
-    from grouptun.tun import TunDevice
-    from grouptun.udp import UdpTransport
+    from grouptun.data.plane import DataPlane
+    from grouptun.data.tun import TunDevice
+    from grouptun.data.udp import UdpTransport
 
     members = tuple(MemberInfo(n, i, (ipaddress.ip_address(OVER4[n]), ipaddress.ip_address(OVER6[n])),
                                (UNDER[n], PORT)) for i, n in enumerate(("alice", "bob")))
@@ -48,7 +48,6 @@ def member(name: str, offload: str, seconds: float) -> int:
                              own_index=0 if name == "alice" else 1, members=members,
                              shared_secret=bytearray(b"k" * 32), salt=bytearray(b"l" * 32))
     from grouptun import native
-
     session = Session(name, run_key=native.choose(os.environ.get(native.ENV, "auto")).maker)  # both paths
     session.install_epoch(material, time.monotonic())
     tun = TunDevice(TUN, offload=offload)

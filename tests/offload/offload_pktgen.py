@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from grouptun.offload.vnet import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VnetHdr
+from grouptun.data.offload.vnet import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VnetHdr
 
 SRC4, DST4 = bytes([10, 9, 0, 1]), bytes([10, 9, 0, 2])
 SRC6 = bytes.fromhex("fd000000000000000000000000000001")

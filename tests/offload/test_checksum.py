@@ -2,7 +2,7 @@ import struct
 
 from hypothesis import given, strategies as st
 
-from grouptun.offload.checksum import checksum, fold_add, ones_sum
+from grouptun.data.offload.checksum import checksum, fold_add, ones_sum
 from offload_pktgen import ref_sum
 
 
@@ -47,7 +47,7 @@ def test_fold_add_matches_reference(words):
 @given(st.binary(min_size=0, max_size=2000), st.integers(0, 64), st.integers(1, 300), st.integers(0, 6),
        st.integers(0, 300))
 def test_strided_sums_match_reference_with_and_without_numpy(data, first, stride, count, length):
-    from grouptun.offload.checksum import HAVE_NUMPY, strided_ones_sums
+    from grouptun.data.offload.checksum import HAVE_NUMPY, strided_ones_sums
     length = min(length, stride)
     if count and first + (count - 1) * stride + length > len(data):
         return
@@ -59,7 +59,7 @@ def test_strided_sums_match_reference_with_and_without_numpy(data, first, stride
 
 
 def test_strided_sums_corners():
-    from grouptun.offload.checksum import HAVE_NUMPY, strided_ones_sums
+    from grouptun.data.offload.checksum import HAVE_NUMPY, strided_ones_sums
     buf = bytearray(b"\xff" * 40 + bytes(40))
     for use in (False, True) if HAVE_NUMPY else (False,):
         assert strided_ones_sums(buf, 0, 10, 8, 10, use_numpy=use) == [0xFFFF] * 4 + [0] * 4

@@ -2,9 +2,9 @@ import struct
 
 from hypothesis import given, settings, strategies as st
 
-from grouptun.offload import segment as seg
-from grouptun.offload.coalesce import Coalescer
-from grouptun.offload.vnet import (F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN,
+from grouptun.data.offload import segment as seg
+from grouptun.data.offload.coalesce import Coalescer
+from grouptun.data.offload.vnet import (F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN,
                                    decode)
 from offload_pktgen import ref_ip4_ok, ref_l4_ok, ref_sum, super_packet, tcp_packet, udp_packet
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from grouptun.offload import coalesce
-from grouptun.offload.coalesce import Coalescer
-from grouptun.offload.vnet import VNET_HDR_LEN, ZERO_HDR
+from grouptun.data.offload import coalesce
+from grouptun.data.offload.coalesce import Coalescer
+from grouptun.data.offload.vnet import VNET_HDR_LEN, ZERO_HDR
 from offload_pktgen import ip_header, tcp_header, udp_packet, with_l4_checksum
 
 pytestmark = pytest.mark.skipif(coalesce.np is None, reason="numpy missing")

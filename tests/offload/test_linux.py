@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from grouptun.offload import linux, vnet
+from grouptun.data.offload import linux, vnet
 from offload_pktgen import ref_ip4_ok, ref_l4_ok
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from grouptun.errors import OffloadError
-from grouptun.offload import segment as seg
-from grouptun.offload.vnet import F_NEEDS_CSUM, GSO_NONE, GSO_TCPV6, VnetHdr
+from grouptun.data.offload import segment as seg
+from grouptun.data.offload.vnet import F_NEEDS_CSUM, GSO_NONE, GSO_TCPV6, VnetHdr
 from offload_pktgen import (ip_header, ref_ip4_ok, ref_l4_ok, ref_sum, super_packet, tcp_header,
                             with_l4_checksum, SRC4, DST4)
 
@@ -154,7 +154,7 @@ def test_ipv6_extension_headers_refused():
        flags=st.sampled_from([ACK | PSH | FIN, ACK | CWR | PSH]), opts=tcp_opts,
        offset=st.integers(0, 3), pad=st.integers(0, 3))
 def test_vectorised_and_loop_paths_agree(v6, tcp, payload, gso, seq, ident, flags, opts, offset, pad):
-    from grouptun.offload import checksum
+    from grouptun.data.offload import checksum
     pkt, hdr = super_packet(v6, tcp, payload, gso, seq=seq, flags=flags, options=opts, ident=ident)
     hl = hdr.csum_start + ((pkt[hdr.csum_start + 12] >> 4) * 4 if tcp else 8)
     stride = hl + gso + pad  # odd strides and offsets take the slower numpy branch

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grouptun.offload import checksum
-from grouptun.offload.singles import STRIDE, Singles
-from grouptun.offload.vnet import F_NEEDS_CSUM, VNET_HDR_LEN, decode
+from grouptun.data.offload import checksum
+from grouptun.data.offload.singles import STRIDE, Singles
+from grouptun.data.offload.vnet import F_NEEDS_CSUM, VNET_HDR_LEN, decode
 from tests.daemon.test_dataplane_offload import packets_of, pair, super_packet
 
 np = pytest.importorskip("numpy")
@@ -114,7 +114,7 @@ def test_gathered_singles_seal_like_one_by_one(data, n):
     for f in frames:
         hdr = decode(f)
         if hdr.gso_kind:
-            from grouptun.offload.segment import segment
+            from grouptun.data.offload.segment import segment
             want += segment(f[VNET_HDR_LEN:], hdr)
         else:
             want.append(full(f))

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grouptun.offload.fastsplit import split_train
-from grouptun.offload.segment import segment, split
-from grouptun.offload.train import SLOT, SLOTS, Train
-from grouptun.offload.vnet import VNET_HDR_LEN, decode, unpack_fields
+from grouptun.data.offload.fastsplit import split_train
+from grouptun.data.offload.segment import segment, split
+from grouptun.data.offload.train import SLOT, SLOTS, Train
+from grouptun.data.offload.vnet import VNET_HDR_LEN, decode, unpack_fields
 from tests.daemon.test_dataplane_offload import packets_of, pair, super_packet
 
 np = pytest.importorskip("numpy")
@@ -121,7 +121,7 @@ def test_split_train_equals_split_per_packet(version, packets, rows, mss, seed):
 
 
 def _psum(buf: bytearray, version: int) -> int:
-    from grouptun.offload.checksum import ones_sum
+    from grouptun.data.offload.checksum import ones_sum
     ip = VNET_HDR_LEN
     return ones_sum(bytes(buf[ip + 12:ip + 20] if version == 4 else buf[ip + 8:ip + 40]), 6)
 
@@ -168,7 +168,7 @@ def test_a_bug_mid_drain_leaves_no_train_behind():
 
 
 def test_a_drain_stops_after_its_byte_budget_and_the_next_one_goes_on():
-    from grouptun.dataplane import DRAIN_BYTES
+    from grouptun.data.plane import DRAIN_BYTES
     frames = [tcp(4, 40, 1300, 1000 + k * 52000, k) for k in range(20)]
     per_read = len(frames[0])
     peers = pair()

@@ -9,7 +9,7 @@ import pytest
 
 from grouptun.errors import ConfigError
 
-from grouptun.udp import UdpTransport
+from grouptun.data.udp import UdpTransport
 
 
 def wait_readable(t: UdpTransport) -> None:

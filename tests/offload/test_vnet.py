@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from grouptun.errors import OffloadError
-from grouptun.offload import vnet
+from grouptun.data.offload import vnet
 
 
 @given(st.integers(0, 255), st.sampled_from([0, 1, 3, 4, 5, 0x81, 0x84]), *[st.integers(0, 0xFFFF)] * 4)

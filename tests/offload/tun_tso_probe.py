@@ -16,8 +16,8 @@ import sys
 import time
 
 sys.path.insert(0, sys.argv[1])
-from grouptun.offload import linux, segment, vnet  # noqa: E402
-from grouptun.offload.checksum import checksum, ones_sum  # noqa: E402
+from grouptun.data.offload import linux, segment, vnet  # noqa: E402
+from grouptun.data.offload.checksum import checksum, ones_sum  # noqa: E402
 
 NAME, LOCAL, PEER = "gt-perf-tun0", "10.213.0.1", "10.213.0.2"
 
@@ -47,7 +47,7 @@ def syn_ack(syn: bytes) -> bytes:
 
 def gro_write_delivers(tun):
     """Coalesce 5 UDP datagrams (PEER -> LOCAL:5300) into one GSO_UDP_L4 write; return what a socket gets."""
-    from grouptun.offload.coalesce import Coalescer
+    from grouptun.data.offload.coalesce import Coalescer
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind((LOCAL, 5300))
     rx.settimeout(2)
@@ -70,7 +70,7 @@ def gro_write_delivers(tun):
 
 def tcp_gro_write_delivers(tun, client, data_pkt):
     """Coalesce 4 in-order segments PEER -> client into one GSO_TCPV4 write; return what the socket reads."""
-    from grouptun.offload.coalesce import Coalescer
+    from grouptun.data.offload.coalesce import Coalescer
     ihl = (data_pkt[0] & 15) * 4
     sport, dport, cseq = struct.unpack_from("!HHI", data_pkt, ihl)
     co = Coalescer()

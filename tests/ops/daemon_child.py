@@ -11,7 +11,7 @@ credential -> Daemon.run on uvloop in the main thread.
 it inside a network namespace you own); UDP and the provider stay fake.
 
 Writes WORKDIR/lan.toml, the keystore and a credential file, then runs
-``grouptun.cli.main(["up", "lan", ...])`` and exits with its code.
+``grouptun.cli.main.main(["up", "lan", ...])`` and exits with its code.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ def load_fakes():
 
 
 def main(workdir: Path, metrics_port: int, real_net: bool = False) -> int:
-    from grouptun import cli, keystore
+    from grouptun.cli import main as cli
+    from grouptun.control import keystore
     from grouptun import config as cfgmod
     from grouptun import daemon as daemon_mod
-    from grouptun.udp import UdpTransport
+    from grouptun.data.udp import UdpTransport
 
     fakes = load_fakes()
     provider = fakes.FakeProvider(["alpha", "beta"])
@@ -71,7 +72,7 @@ def main(workdir: Path, metrics_port: int, real_net: bool = False) -> int:
 
         import uvloop
 
-        from grouptun.sdnotify import Notifier
+        from grouptun.ops.sdnotify import Notifier
 
         loop = uvloop.new_event_loop()
         marker = Notifier.from_env()

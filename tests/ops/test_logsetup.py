@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from grouptun.logsetup import MAX_BYTES_ARG, Secret, priority, setup_logging, stream_is_journal, teardown_logging
+from grouptun.ops.logsetup import MAX_BYTES_ARG, Secret, priority, setup_logging, stream_is_journal, teardown_logging
 
 
 @pytest.fixture
@@ -155,7 +155,7 @@ def test_auto_detection_in_a_child_process(tmp_path):
     """A process whose stderr is the JOURNAL_STREAM picks journald format."""
     code = (
         "import logging\n"
-        "from grouptun.logsetup import setup_logging\n"
+        "from grouptun.ops.logsetup import setup_logging\n"
         "setup_logging('INFO'); logging.getLogger('grouptun.c').warning('hi')\n"
     )
     assert journal_of_child(tmp_path, code) == "<4>grouptun.c: hi\n"
@@ -171,20 +171,20 @@ def test_pyroute2_is_quiet_below_error_but_our_debug_stays(tmp_path):
         "    if path == '/proc/net/psched': raise FileNotFoundError(2, 'No such file', path)\n"
         "    return real_open(path, *a, **k)\n"
         "builtins.open = hidden\n"
-        "from grouptun.logsetup import setup_logging\n"
+        "from grouptun.ops.logsetup import setup_logging\n"
         "setup_logging('DEBUG')\n"
-        "from grouptun.netconfig import _ipr_default\n"
+        "from grouptun.data.netconfig import _ipr_default\n"
         "_ipr_default().close()\n"
         "logging.getLogger('pyroute2.netlink.nlsocket').debug('a netlink dump')\n"
         "logging.getLogger('pyroute2').error('a real pyroute2 error')\n"
-        "logging.getLogger('grouptun.netconfig').debug('ours')\n"
+        "logging.getLogger('grouptun.data.netconfig').debug('ours')\n"
     )
     got = [line for line in journal_of_child(tmp_path, code).splitlines() if not line.startswith("<7>asyncio:")]
-    assert got == ["<3>pyroute2: a real pyroute2 error", "<7>grouptun.netconfig: ours"]
+    assert got == ["<3>pyroute2: a real pyroute2 error", "<7>grouptun.data.netconfig: ours"]
 
 
 def test_fatal_lines_are_errors_in_the_journal(tmp_path):
-    from grouptun.logsetup import fatal
+    from grouptun.ops.logsetup import fatal
 
     with open(tmp_path / "err", "w") as fh:
         st = os.fstat(fh.fileno())

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from grouptun.errors import ConfigError, ProviderRefused
-from grouptun.metrics import DEFAULT_PORT, DaemonMetrics, parse_listen
+from grouptun.ops.metrics import DEFAULT_PORT, DaemonMetrics, parse_listen
 from ops.units import REPO
 
 STATUS = {
@@ -225,7 +225,7 @@ def test_collector_reads_a_real_session_status():
 def test_names_counters_are_exported_by_outcome():
     from prometheus_client import generate_latest
 
-    from grouptun.names import NameCounters
+    from grouptun.apps.names import NameCounters
 
     counters = NameCounters(answered=5, rate_limited=7, formerr=1)
     m = DaemonMetrics("lan", lambda: {"epochs": [], "members": [], "drops": {}, "names": counters.snapshot()})

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from grouptun.sdnotify import MAX_STATUS_CHARS, Notifier, run_watchdog, start_watchdog
+from grouptun.ops.sdnotify import MAX_STATUS_CHARS, Notifier, run_watchdog, start_watchdog
 
 
 def test_unset_socket_is_a_noop():

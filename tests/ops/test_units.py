@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from grouptun import credential
+from grouptun.control import credential
 from ops.units import MAX_EXPOSURE, SYSTEMD_DIR, UNITS, exposure, parse_unit, stage_root, values, verify
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
@@ -94,7 +94,7 @@ def test_daemon_contract():
 
 
 def test_credential_name_matches_what_the_daemon_reads(tmp_path):
-    """LoadCredentialEncrypted=NAME:... must be a name grouptun/credential.py looks up."""
+    """LoadCredentialEncrypted=NAME:... must be a name grouptun/control/credential.py looks up."""
     (spec,) = values(parse_unit(DAEMON), "Service", "LoadCredentialEncrypted")
     name, _, source = spec.partition(":")
     assert source.startswith("/etc/credstore.encrypted/")
@@ -173,7 +173,7 @@ def test_readme_status_lines_are_the_daemons(notify_socket):
     import types
 
     from grouptun.daemon import Daemon
-    from grouptun.sdnotify import Notifier
+    from grouptun.ops.sdnotify import Notifier
 
     daemon = Daemon(None, bytearray())
     daemon.ops = types.SimpleNamespace(notifier=Notifier.from_env({"NOTIFY_SOCKET": notify_socket.env_value}))

@@ -32,9 +32,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from grouptun import credkeys
+from grouptun.control import credkeys
 from grouptun.core.capsule import KemPrivateKey
-from grouptun.provider_client import EnrollResult, ProviderClient, parse_join_token, pinned_session
+from grouptun.control.client import EnrollResult, ProviderClient, parse_join_token, pinned_session
 from provider_pg import PgServer, find_bindir, remove_orphans
 
 REPO = Path(__file__).resolve().parents[2]
@@ -346,7 +346,7 @@ def memory_provider(names=("alice", "bob"), signer=None, store=None, clock=None)
 
 
 class InProcessSealed:
-    """A ``grouptun.sealed.SealedTransport`` straight into a ``provider.sealed.SealedData`` (no HTTP), as ``member``.
+    """A ``grouptun.apps.sealed.SealedTransport`` straight into a ``provider.sealed.SealedData`` (no HTTP), as ``member``.
 
     ``cut_part`` (index) sends that part one byte short, as a cut upload would arrive."""
 

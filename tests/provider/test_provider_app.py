@@ -8,7 +8,7 @@ import warnings
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from grouptun.reqsign import sign_headers
+from grouptun.control.reqsign import sign_headers
 from sqlalchemy import text
 
 from grouptun.errors import ConfigError

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from grouptun.core.archive import ProviderKeys, verify_archive
-from grouptun.reqsign import sign_headers
+from grouptun.control.reqsign import sign_headers
 from provider import membership
 from provider.app import Settings, create_app
 from provider.archives import parse_own

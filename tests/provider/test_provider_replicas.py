@@ -24,8 +24,8 @@ import pytest
 import requests
 
 from grouptun.core.archive import verify_archive
-from grouptun.provider_client import ProviderError, ProviderRefused, pinned_session
-from grouptun.reqsign import sign_headers
+from grouptun.control.client import ProviderError, ProviderRefused, pinned_session
+from grouptun.control.reqsign import sign_headers
 from provider.keys import StatePaths, tls_fingerprint
 from provider.store import SERVER_APPLICATION, TIMER_LOCK_KEY
 from provider_helpers import ServerProc, TestMember, admin, free_port, init_provider, join_replica

@@ -1,4 +1,4 @@
-"""RFC 9421 request signing shared by client and server (grouptun.reqsign)."""
+"""RFC 9421 request signing shared by client and server (grouptun.control.reqsign)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grouptun.reqsign import MAX_AGE, NonceCache, SignatureRefused, sign_headers, verify_headers
+from grouptun.control.reqsign import MAX_AGE, NonceCache, SignatureRefused, sign_headers, verify_headers
 
 KEY = ed25519.Ed25519PrivateKey.generate()
 NOW = 1_795_400_000.0

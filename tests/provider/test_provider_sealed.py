@@ -1,4 +1,4 @@
-"""Sealed data end to end in process: member side (grouptun.sealed) into the provider's rules (provider/sealed.py),
+"""Sealed data end to end in process: member side (grouptun.apps.sealed) into the provider's rules (provider/sealed.py),
 on SQLite and PostgreSQL. The HTTP routes with real signed requests: test_provider_sealed_http.py."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import pytest
 from sqlalchemy import func, select, update
 
-from grouptun import sealed
+from grouptun.apps import sealed
 from grouptun.core import sealeddata
 from grouptun.errors import ConfigError, SealedDataError, UsageError
 from provider.archives import parse_own

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from grouptun import sealed
+from grouptun.apps import sealed
 from grouptun.core import sealeddata
 from grouptun.core.archive import ProviderKeys, verify_archive
 from grouptun.errors import ProviderRefused
@@ -91,7 +91,7 @@ def test_a_removed_member_is_refused(provider_env, members):
 
 
 def test_a_part_request_cut_off_mid_body_stores_nothing(provider_env, members):
-    from grouptun.reqsign import sign_headers
+    from grouptun.control.reqsign import sign_headers
     from provider_helpers import tls_socket
 
     member = members["sa"]

@@ -13,8 +13,8 @@ from grouptun.core import keys
 from grouptun.core.archive import ProviderKeys, verify_archive
 from grouptun.core.capsule import capsule_info, open_sealed, salt_info
 from grouptun.errors import ProviderRefused
-from grouptun.provider_client import pinned_session
-from grouptun.reqsign import sign_headers
+from grouptun.control.client import pinned_session
+from grouptun.control.reqsign import sign_headers
 from provider_helpers import TestMember, admin, configure, init_provider
 
 

@@ -16,7 +16,7 @@ import uvicorn
 from provider_helpers import ENV, REPO, TestMember, admin, init_provider
 
 from grouptun.core.archive import verify_archive
-from grouptun.sdnotify import Notifier
+from grouptun.ops.sdnotify import Notifier
 from provider.app import create_app
 from provider.cli import _provider, build_parser
 from provider.serving import ProviderServer, RoutineShutdown

@@ -1,0 +1,1 @@
+"""Running and watching the daemon: systemd notify, logging, metrics, the control socket, hooks."""
