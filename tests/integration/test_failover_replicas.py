@@ -32,16 +32,17 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from grouptun import config as gconfig
-from grouptun.lab import Lab, LabError, links, list_ns, wait_ping, wait_until
+from grouptun.lab import Lab, LabError, wait_ping, wait_until
 from grouptun.lab.mesh import Mesh, epochs_held
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "provider"))  # not a package (see its conftest)
-from provider_helpers import pg_server  # noqa: E402, F401 -- the session's PostgreSQL fixture
+from provider_helpers import pg_server  # noqa: E402, F401 -- the session's PostgreSQL, for build_lab_mesh
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 LAB_TAG = "fr"
 MEMBERS = ("a", "b", "c")
 JOINERS = ("d", "e", "f")
+LAB_HOSTS = ("p", *MEMBERS, *JOINERS)
 PORTS = (8443, 8444, 8445)   # replica i serves PORTS[i]; member MEMBERS[i] asks it first
 KILLED = 0                   # the replica killed: a's first URL (and the token's)
 RESTART_BOUND = 10.0         # seconds: a daemon restarted while its replica is dead is sending again
@@ -90,43 +91,29 @@ def order_urls(mesh: Mesh, name: str, urls: tuple[str, ...]) -> None:
         raise LabError(f"[{name}] the URL order did not reach {m.config}")
 
 
-@pytest.fixture(scope="module")
-def cluster(pg_server, request):  # noqa: F811 -- the fixture imported above
-    lab = Lab(LAB_TAG, hosts=("p", *MEMBERS, *JOINERS))
-    database_url = pg_server.new_database()
-    failed_before = request.session.testsfailed
-    try:
-        with lab:
-            ip = lab.host("p").ipv4
-            init_args = ("--database-url", database_url,
-                         *(arg for port in PORTS for arg in ("--public-url", f"https://{ip}:{port}")))
-            mesh = Mesh(lab, provider_port=PORTS[0], group_options=("--rekey-after", "1h"),
-                        provider_init_args=init_args)
-            replicas = Replicas(mesh, database_url)
-            try:
-                replicas.start()
-                mesh.create_group()
-                for i, name in enumerate(MEMBERS):
-                    mesh.join(name)
-                    order_urls(mesh, name, rotated(replicas.urls, i))
-                for name in MEMBERS:
-                    mesh.up(name)
-                for name in MEMBERS:
-                    mesh.wait_ready(name, timeout=40.0)
-                for src in MEMBERS:
-                    for dst in MEMBERS:
-                        if src != dst and not wait_ping(lab, src, mesh.members[dst].overlay(4), timeout=15.0):
-                            raise LabError(f"no first ping {src} -> {dst}")
-            except Exception:
-                print("\n--- lab logs (setup failed) ---\n" + lab.log_tails(25))
-                raise
-            yield mesh, replicas
-            if request.session.testsfailed > failed_before:
-                print(f"\n--- lab {LAB_TAG} logs (a test failed) ---\n" + lab.log_tails(25))
-    finally:
-        lab.down()
-    left = list_ns(lab.prefix) + [n for n in links() if n.startswith(lab.prefix)]
-    assert left == [], f"lab {LAB_TAG} left behind: {left}"
+def build_lab_mesh(lab: Lab, request) -> tuple[Mesh, Replicas]:
+    """The three replicas on a fresh database, the group, members a b c each asking its own replica first
+    (conftest's ``lab_mesh`` calls this in place of its default mesh)."""
+    database_url = request.getfixturevalue("pg_server").new_database()
+    ip = lab.host("p").ipv4
+    init_args = ("--database-url", database_url,
+                 *(arg for port in PORTS for arg in ("--public-url", f"https://{ip}:{port}")))
+    mesh = Mesh(lab, provider_port=PORTS[0], group_options=("--rekey-after", "1h"), provider_init_args=init_args)
+    replicas = Replicas(mesh, database_url)
+    replicas.start()
+    mesh.create_group()
+    for i, name in enumerate(MEMBERS):
+        mesh.join(name)
+        order_urls(mesh, name, rotated(replicas.urls, i))
+    for name in MEMBERS:
+        mesh.up(name)
+    for name in MEMBERS:
+        mesh.wait_ready(name, timeout=40.0)
+    for src in MEMBERS:
+        for dst in MEMBERS:
+            if src != dst and not wait_ping(lab, src, mesh.members[dst].overlay(4), timeout=15.0):
+                raise LabError(f"no first ping {src} -> {dst}")
+    return mesh, replicas
 
 
 def control(mesh: Mesh, name: str) -> dict:
@@ -199,8 +186,8 @@ class Storm:
             self.errors.append("a storm thread still runs after 120 s")
 
 
-def test_kill9_one_replica_during_a_storm(cluster):
-    mesh, replicas = cluster
+def test_kill9_one_replica_during_a_storm(lab_mesh):
+    _lab, (mesh, replicas) = lab_mesh
     for i, name in enumerate(MEMBERS):   # each long-poll on its own replica
         assert control(mesh, name)["provider_url"] == replicas.urls[i], control(mesh, name)
     storm = Storm(mesh)
@@ -248,4 +235,8 @@ def test_kill9_one_replica_during_a_storm(cluster):
     print(f"[a restarted with {killed_url} (its first URL) dead: sending again after {took:.1f} s, "
           f"through {answered}]")
     assert answered != killed_url and answered in replicas.urls
+    # a's start opened an epoch of its own: ping once every member holds it (their watches bring it)
+    epoch = newest_held(mesh, "a")
+    assert wait_until(lambda: all(newest_held(mesh, n) >= epoch for n in MEMBERS), timeout=10.0, interval=0.2), \
+        {n: control(mesh, n) for n in MEMBERS}
     assert mesh.ping_all_pairs(MEMBERS, count=1) == []
