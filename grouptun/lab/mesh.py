@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,10 +108,11 @@ class Mesh:
     def provider_url(self) -> str:
         return f"https://{self.lab.host(self.provider_host).ipv4}:{self.provider_port}"
 
-    def provider_cli(self, *args: str, timeout: float = 60.0) -> str:
-        """Run one ``grouptun-provider`` admin command in the provider's namespace."""
+    def provider_cli(self, *args: str, timeout: float = 60.0, state: Path | None = None) -> str:
+        """Run one ``grouptun-provider`` admin command in the provider's namespace (on ``state``, default
+        the provider's state dir)."""
         proc = self.lab.exec(self.provider_host,
-                             [*PROVIDER, *args, "--state", str(self.provider_dir)],
+                             [*PROVIDER, *args, "--state", str(state or self.provider_dir)],
                              timeout=timeout, check=False)
         if proc.returncode != 0:
             raise LabError(f"grouptun-provider {' '.join(args[:3])} -> exit {proc.returncode}: "
@@ -124,14 +126,28 @@ class Mesh:
             self.provider_dir.mkdir(parents=True, exist_ok=True)
             self.provider_cli("init", "--url", self.provider_url, *self.provider_init_args)
             (self.provider_dir / ".lab-initialised").touch()
-        port = port or self.provider_port
-        self.provider_proc = self.lab.spawn(
-            self.provider_host, label,
-            [*PROVIDER, "serve", "--state", str(self.provider_dir), "--listen", f"0.0.0.0:{port}"])
-        if not wait_until(lambda: self._provider_listening(port) or not self.provider_proc.alive(),
-                          timeout=timeout, interval=0.2) or not self.provider_proc.alive():
+        self.provider_proc = self._serve(self.provider_dir, port or self.provider_port, label, timeout)
+
+    def start_replica(self, state: Path, port: int, label: str, timeout: float = 30.0) -> Proc:
+        """Another replica of the provider (initialised, on PostgreSQL: ``provider_init_args`` hold its
+        ``--database-url`` and ``--public-url`` list): a state dir holding copies of its keys/ and tls/ (one
+        certificate for all), ``init --join`` with the same arguments (first time only), then serve on ``port``."""
+        if not (state / "provider.json").exists():
+            state.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for part in ("keys", "tls"):
+                shutil.copytree(self.provider_dir / part, state / part)
+            self.provider_cli("init", "--join", *self.provider_init_args, state=state)
+        return self._serve(state, port, label, timeout)
+
+    def _serve(self, state: Path, port: int, label: str, timeout: float) -> Proc:
+        """``serve`` the state dir on ``port``; returns once it accepts TLS connections."""
+        proc = self.lab.spawn(self.provider_host, label,
+                              [*PROVIDER, "serve", "--state", str(state), "--listen", f"0.0.0.0:{port}"])
+        if not wait_until(lambda: self._provider_listening(port) or not proc.alive(),
+                          timeout=timeout, interval=0.2) or not proc.alive():
             raise LabError(f"provider did not start listening on :{port} within "
-                           f"{timeout:.0f}s:\n{self.provider_proc.tail(30)}")
+                           f"{timeout:.0f}s:\n{proc.tail(30)}")
+        return proc
 
     def _provider_listening(self, port: int | None = None) -> bool:
         out = self.lab.exec(self.provider_host, ["ss", "-Hltn", f"sport = :{port or self.provider_port}"],

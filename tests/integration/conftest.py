@@ -37,14 +37,18 @@ def lab_mesh(request):
     options = getattr(request.module, "GROUP_OPTIONS", ())   # extra `group create` flags
     ipv6_underlay = getattr(request.module, "IPV6_UNDERLAY", ())
     init_args = getattr(request.module, "provider_init_args", lambda lab: ())  # extra `init` flags, from the lab
+    hosts = getattr(request.module, "LAB_HOSTS", ("p", *MEMBERS, "e"))
+    # a module's own build(lab, request) replaces the default mesh; the fixture yields (lab, what it returns)
+    build = getattr(request.module, "build_lab_mesh",
+                    lambda lab, request: build_mesh(lab, options, ipv6_underlay, init_args(lab)))
     failed_before = request.session.testsfailed
     # GT_LAB_KEEP_LOGS=1 keeps the workdir (logs, pcaps; on tmpfs) for a post-mortem
-    lab = Lab(tag, hosts=("p", *MEMBERS, "e"), keep_workdir=os.environ.get("GT_LAB_KEEP_LOGS") == "1")
+    lab = Lab(tag, hosts=hosts, keep_workdir=os.environ.get("GT_LAB_KEEP_LOGS") == "1")
     t0 = time.monotonic()
     try:
         with lab:
             try:
-                mesh = build_mesh(lab, options, ipv6_underlay, init_args(lab))
+                mesh = build(lab, request)
             except Exception:
                 print("\n--- lab logs (setup failed) ---\n" + lab.log_tails(25))
                 raise
