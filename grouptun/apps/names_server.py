@@ -14,8 +14,9 @@ once, :data:`TCP_QUERIES` queries and :data:`TCP_IDLE` seconds each.
 
 Where systemd-resolved runs, :class:`ResolvectlLink` registers the
 addresses as the interface's DNS servers and the domain as its (search and
-routing) domain, with no default route, exactly as ``resolvectl dns``,
-``resolvectl domain`` and ``resolvectl default-route`` do, and ``resolvectl
+routing) domain, with no default route and no LLMNR or mDNS on the link,
+exactly as ``resolvectl dns``, ``domain``, ``default-route``, ``llmnr`` and
+``mdns`` do, and ``resolvectl
 revert``\\ s the link at shutdown. /etc/resolv.conf is never touched.
 Failing to bind or to register is logged and leaves the tunnel running:
 names are a convenience on top of it.
@@ -65,6 +66,10 @@ class ResolvectlLink:
         self._run(["dns", ifname, *servers])
         self._run(["domain", ifname, domain])
         self._run(["default-route", ifname, "false"])  # only our domain goes to us
+        # resolved's defaults would also send LLMNR (and mDNS) queries out of the tunnel link, for
+        # every single-label name looked up on the host: multicast that the tunnel drops anyway
+        self._run(["llmnr", ifname, "no"])
+        self._run(["mdns", ifname, "no"])
 
     def revert(self, ifname: str) -> None:
         self._run(["revert", ifname])

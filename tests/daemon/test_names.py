@@ -153,7 +153,8 @@ def test_resolvectl_link_runs_the_commands_resolvectl_users_would():
     link.register("gt-lan", [server_text("10.77.0.2", 53), server_text("fd77::2", 5353)], "lan.grouptun")
     link.revert("gt-lan")
     assert ran == [["dns", "gt-lan", "10.77.0.2", "[fd77::2]:5353"], ["domain", "gt-lan", "lan.grouptun"],
-                   ["default-route", "gt-lan", "false"], ["revert", "gt-lan"]]
+                   ["default-route", "gt-lan", "false"], ["llmnr", "gt-lan", "no"], ["mdns", "gt-lan", "no"],
+                   ["revert", "gt-lan"]]
 
 
 def _free_port() -> int:
