@@ -188,6 +188,7 @@ def test_service_answers_udp_and_tcp_registers_and_reverts():
         tcp = await loop.run_in_executor(None, lambda: dns.query.tcp(query, "127.0.0.1", 2, port))
         assert records(udp) == records(tcp) == ["10.77.0.3"]
         assert service.status()["answered"] == 2 and service.status()["names"] == 3
+        assert service.status()["clients"] == 1  # UDP and TCP from 127.0.0.1 share one bucket
         await service.close()
         assert link.calls[-1] == ("revert", "gt-lan")
     asyncio.run(scenario())
