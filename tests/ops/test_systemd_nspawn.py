@@ -11,10 +11,11 @@ stop removes the interface; a wrong credential exits 77 and is not retried; the
 journal at ``-p warning`` says why, and carries no routine noise.
 
 systemd-resolved runs in the container (issue 18): member a registers its names' DNS
-server and domain for gt-a as ``resolvectl dns``/``domain`` do, ``resolvectl query``
-resolves a member's name through resolved to a's server, the registration is back after
-the watchdog's restarts, and /etc/resolv.conf (a static file, as an admin keeps it) is
-byte-for-byte what it was before the first daemon started.
+servers (its IPv4 and IPv6 overlay addresses) and domain for gt-a as ``resolvectl
+dns``/``domain`` do, ``resolvectl query`` resolves a member's name (A and AAAA) through
+resolved to a's server, the registration is back after the watchdog's restarts, and
+/etc/resolv.conf (a static file, as an admin keeps it) is byte-for-byte what it was
+before the first daemon started.
 
 Topology, all inside the container's private network (``--private-network``):
 member ``a`` and the provider in the container's own namespace, member ``b`` in the
@@ -123,7 +124,7 @@ def test_install_and_the_provider_becomes_ready_through_notify(box):
     box.run("systemctl start grouptun-provider", timeout=60)
     got = show(box, "grouptun-provider", "Type", "ActiveState", "StatusText")
     assert got == {"Type": "notify", "ActiveState": "active", "StatusText": f"serving {URL}"}
-    box.run(f"{AS_PROVIDER} group create lan --cidr 10.77.0.0/24 --state {STATE}", timeout=60)
+    box.run(f"{AS_PROVIDER} group create lan --cidr 10.77.0.0/24 --cidr6 fd77::/64 --state {STATE}", timeout=60)
     # the configuration directory's mode agrees with install-host: no warning at start
     assert "mode" not in journal(box, "grouptun-provider", "warning").lower()
 
