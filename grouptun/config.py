@@ -110,6 +110,8 @@ class NamesConfig:
     port: int = 53
     rate: float = 200.0     # queries per second answered (all clients together); more are dropped
     burst: int = 100
+    client_rate: float = 50.0  # queries per second answered per source address (a resolver caches)
+    client_burst: int = 50
     resolved: str = "auto"  # "auto": register address and domain for the interface with systemd-resolved
 
 
@@ -404,7 +406,8 @@ def _names(data: dict) -> NamesConfig:
     return NamesConfig(
         enabled=enabled, domain=domain.lower().rstrip("."), port=_int(t, "names", "port", 53, 1, 65535),
         rate=_float(t, "names", "rate", 200.0, 1.0, 100000.0), burst=_int(t, "names", "burst", 100, 1, 100000),
-        resolved=resolved)
+        client_rate=_float(t, "names", "client_rate", 50.0, 1.0, 100000.0),
+        client_burst=_int(t, "names", "client_burst", 50, 1, 100000), resolved=resolved)
 
 
 def parse(data: dict, source: Path | None = None) -> Config:

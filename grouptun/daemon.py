@@ -473,12 +473,13 @@ class Daemon:
         cfg = self.config
         if not cfg.names.enabled:
             return
-        from grouptun.apps.names import QueryBudget
+        from grouptun.apps.names import ClientBudgets, QueryBudget
         from grouptun.apps.names_server import NameService
 
         link = self.f.link_dns() if cfg.names.resolved == "auto" else None
         self.names = NameService(cfg.group.interface, cfg.names_domain, cfg.names.port,
-                                 QueryBudget(cfg.names.rate, cfg.names.burst), self.clock, link)
+                                 QueryBudget(cfg.names.rate, cfg.names.burst),
+                                 ClientBudgets(cfg.names.client_rate, cfg.names.client_burst), self.clock, link)
         self.loop.run_until_complete(self.names.start(list(self.applied_addresses)))
         stack.callback(lambda: self.loop.run_until_complete(self.names.close()))
 

@@ -20,16 +20,21 @@ module decides only what to answer:
   when its 12-byte header can be read, else dropped; a response (QR set),
   a datagram over :data:`MAX_QUERY` bytes: dropped (never answer an answer).
 
-Every outcome is counted (:class:`NameCounters`). :class:`QueryBudget` is a
-token bucket the shell asks before parsing: queries beyond it are dropped
-and counted, so a flood costs the event loop (which the data path shares)
-a bounded amount of work per second. Limits: no zone transfers, no DNSSEC,
+Every outcome is counted (:class:`NameCounters`). Before parsing, the shell
+asks two token buckets: :class:`ClientBudgets`, one bucket per source
+address (so one flooding client cannot use up the others' share), then one
+:class:`QueryBudget` for all clients together (so many clients at once still
+cost the event loop, which the data path shares, a bounded amount of work
+per second). Queries beyond either are dropped, unanswered (an answer would
+amplify a spoofed flood), and counted apart: ``client_limited``,
+``rate_limited``. Limits: no zone transfers, no DNSSEC,
 no wildcard names; names are matched case-insensitively (RFC 4343).
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import dns.exception
@@ -46,6 +51,7 @@ TTL = 30  # seconds: archives change addresses rarely, but a removed member shou
 MAX_QUERY = 1232  # bytes: the EDNS payload size of DNS flag day 2020; a query is a few dozen
 DEFAULT_PAYLOAD = 512  # RFC 1035 UDP size without EDNS
 HEADER = 12
+MAX_CLIENTS = 4096  # per-client buckets remembered; about 100 bytes each
 _SOA_TEXT = "ns.{domain} hostmaster.{domain} {serial} 3600 600 86400 {ttl}"
 
 
@@ -59,7 +65,8 @@ class NameCounters:
     notimp: int = 0
     formerr: int = 0       # malformed but with a readable header: answered FORMERR
     dropped: int = 0       # malformed without a header, oversized, or a response
-    rate_limited: int = 0  # over the QueryBudget: dropped before parsing
+    client_limited: int = 0  # over its source address's bucket (ClientBudgets): dropped before parsing
+    rate_limited: int = 0  # over the QueryBudget of all clients: dropped before parsing
     truncated: int = 0     # answered with TC set (did not fit the client's UDP size)
 
     def snapshot(self) -> dict[str, int]:
@@ -113,6 +120,39 @@ class QueryBudget:
             self._tokens -= 1.0
             return True
         return False
+
+
+class ClientBudgets:
+    """One :class:`QueryBudget` per source address, at most ``max_clients`` of them.
+
+    The table is bounded: a new source beyond ``max_clients`` evicts the one heard from
+    least recently (which starts again with a full burst when it returns). Sending from
+    more addresses than that to refill buckets is possible only for a member with many
+    source addresses (approved LAN prefixes); the shared :class:`QueryBudget` still caps
+    the total. ``evicted`` counts evictions (a table that churns is too small or attacked).
+    """
+
+    __slots__ = ("rate", "burst", "max_clients", "evicted", "_buckets")
+
+    def __init__(self, rate: float, burst: int, max_clients: int = MAX_CLIENTS) -> None:
+        QueryBudget(rate, burst)  # the same validation
+        if max_clients < 1:
+            raise ValueError("max_clients must be >= 1")
+        self.rate, self.burst, self.max_clients, self.evicted = rate, burst, max_clients, 0
+        self._buckets: OrderedDict[str, QueryBudget] = OrderedDict()
+
+    def take(self, source: str, now: float) -> bool:
+        bucket = self._buckets.pop(source, None)
+        if bucket is None:
+            bucket = QueryBudget(self.rate, self.burst)
+            if len(self._buckets) >= self.max_clients:
+                self._buckets.popitem(last=False)
+                self.evicted += 1
+        self._buckets[source] = bucket  # most recently heard from: last
+        return bucket.take(now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 def answer(query: bytes, zone: Zone, counters: NameCounters, max_size: int | None = None) -> bytes | None:

@@ -4,16 +4,19 @@
 the member's tunnel addresses, from the zone of the latest archive
 (:meth:`NameService.apply`, called from the control thread: the zone is
 swapped as one reference). It runs on the daemon's event loop, which the
-data path shares, so before any parsing every query takes a token from one
-:class:`~grouptun.apps.names.QueryBudget` (dropped and counted beyond it), the UDP
+data path shares, so before any parsing every query takes a token from its
+source address's bucket (:class:`~grouptun.apps.names.ClientBudgets`), then
+from the :class:`~grouptun.apps.names.QueryBudget` of all clients (dropped
+and counted beyond either), the UDP
 sockets' receive buffers are small (a flood is dropped by the kernel, not
 queued for us), and TCP is bounded: :data:`TCP_CLIENTS` connections at
 once, :data:`TCP_QUERIES` queries and :data:`TCP_IDLE` seconds each.
 
 Where systemd-resolved runs, :class:`ResolvectlLink` registers the
 addresses as the interface's DNS servers and the domain as its (search and
-routing) domain, with no default route, exactly as ``resolvectl dns``,
-``resolvectl domain`` and ``resolvectl default-route`` do, and ``resolvectl
+routing) domain, with no default route and no LLMNR or mDNS on the link,
+exactly as ``resolvectl dns``, ``domain``, ``default-route``, ``llmnr`` and
+``mdns`` do, and ``resolvectl
 revert``\\ s the link at shutdown. /etc/resolv.conf is never touched.
 Failing to bind or to register is logged and leaves the tunnel running:
 names are a convenience on top of it.
@@ -30,7 +33,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Protocol
 
-from grouptun.apps.names import MAX_QUERY, NameCounters, QueryBudget, Zone, answer
+from grouptun.apps.names import MAX_QUERY, ClientBudgets, NameCounters, QueryBudget, Zone, answer
 
 log = logging.getLogger("grouptun.apps.names")
 
@@ -63,6 +66,10 @@ class ResolvectlLink:
         self._run(["dns", ifname, *servers])
         self._run(["domain", ifname, domain])
         self._run(["default-route", ifname, "false"])  # only our domain goes to us
+        # resolved's defaults would also send LLMNR (and mDNS) queries out of the tunnel link, for
+        # every single-label name looked up on the host: multicast that the tunnel drops anyway
+        self._run(["llmnr", ifname, "no"])
+        self._run(["mdns", ifname, "no"])
 
     def revert(self, ifname: str) -> None:
         self._run(["revert", ifname])
@@ -88,10 +95,10 @@ def server_text(address: str, port: int) -> str:
 class NameService:
     """DNS for the group's names on the tunnel addresses (event-loop thread, except :meth:`apply`)."""
 
-    def __init__(self, ifname: str, domain: str, port: int, budget: QueryBudget, clock: Callable[[], float],
-                 link: LinkDns | None) -> None:
+    def __init__(self, ifname: str, domain: str, port: int, budget: QueryBudget, clients: ClientBudgets,
+                 clock: Callable[[], float], link: LinkDns | None) -> None:
         self.ifname, self.domain, self.port = ifname, domain, port
-        self.budget, self.clock, self.link = budget, clock, link
+        self.budget, self.clients, self.clock, self.link = budget, clients, clock, link
         self.counters = NameCounters()
         self.zone = Zone.from_archive(_NoArchive, domain)
         self.bound: list[str] = []
@@ -141,8 +148,13 @@ class NameService:
         except OSError as exc:
             log.warning("names: no TCP on %s port %d: %s", address, self.port, exc.strerror or exc)
 
-    def on_query(self, data: bytes, max_size: int | None = None) -> bytes | None:
-        if not self.budget.take(self.clock()):
+    def on_query(self, data: bytes, source: str, max_size: int | None = None) -> bytes | None:
+        """The reply to ``data`` from ``source`` (an address), or None: dropped."""
+        now = self.clock()
+        if not self.clients.take(source, now):  # first: a flooder's excess must not drain the shared budget
+            self.counters.client_limited += 1
+            return None
+        if not self.budget.take(now):
             self.counters.rate_limited += 1
             return None
         return answer(data, self.zone, self.counters, max_size)
@@ -152,13 +164,14 @@ class NameService:
             writer.close()
             return
         self._clients += 1
+        source = str((writer.get_extra_info("peername") or ("?",))[0])
         try:
             for _ in range(TCP_QUERIES):
                 size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE), "big")
                 if size > MAX_QUERY:
                     self.counters.dropped += 1
                     break
-                reply = self.on_query(await asyncio.wait_for(reader.readexactly(size), TCP_IDLE), 65535)
+                reply = self.on_query(await asyncio.wait_for(reader.readexactly(size), TCP_IDLE), source, 65535)
                 if reply is None:
                     break
                 writer.write(len(reply).to_bytes(2, "big") + reply)
@@ -196,7 +209,8 @@ class NameService:
 
     def status(self) -> dict:
         return {"domain": self.domain, "listening": list(self.bound), "port": self.port,
-                "names": len(self.zone.addresses), "resolved": self._registered, **self.counters.snapshot()}
+                "names": len(self.zone.addresses), "resolved": self._registered, "clients": len(self.clients),
+                "clients_evicted": self.clients.evicted, **self.counters.snapshot()}
 
 
 class _NoArchive:
@@ -215,7 +229,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        reply = self.service.on_query(data)
+        reply = self.service.on_query(data, addr[0])
         if reply is not None and self.transport is not None:
             self.transport.sendto(reply, addr)
 

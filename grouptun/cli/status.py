@@ -119,6 +119,9 @@ def format_status(st: dict) -> str:
         where = ", ".join(names.get("listening") or []) or "no address (see the log)"
         lines.append(f"  names: *.{names.get('domain')} on {where} port {names.get('port')}"
                      + (", registered with systemd-resolved" if names.get("resolved") else ""))
+        if names.get("client_limited") or names.get("rate_limited"):
+            lines.append(f"  names over the rate: {names.get('client_limited', 0)} queries dropped per client"
+                         f" ({names.get('clients', 0)} clients), {names.get('rate_limited', 0)} over the total")
     session = st.get("session") or {}
     epochs = session.get("epochs") or []
     if not epochs:

@@ -54,7 +54,8 @@ DEFAULT_PORT = 19586
 CONFIG_KEY = "daemon.metrics_listen"
 # Provider calls are HTTPS round trips, some of them long-polls (watch).
 RTT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-NAME_OUTCOMES = ("answered", "nxdomain", "refused", "notimp", "formerr", "dropped", "rate_limited", "truncated")
+NAME_OUTCOMES = ("answered", "nxdomain", "refused", "notimp", "formerr", "dropped", "client_limited",
+                 "rate_limited", "truncated")
 
 
 def parse_listen(text: str, key: str = CONFIG_KEY) -> tuple[str, int]:

@@ -299,6 +299,19 @@ class FakeLinkDns:
         self.calls.append(("revert", ifname))
 
 
+class FakeClock:
+    """A monotonic clock the test moves (``clock()`` reads it, ``advance`` moves it)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class FullDisk:
     """The statefile's write boundary (``EpochStateFile(write=...)``) on a disk that can fill up.
 

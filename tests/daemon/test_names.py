@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 
 from grouptun import config as cfgmod
 from grouptun.errors import ConfigError
-from grouptun.apps.names import MAX_QUERY, NameCounters, QueryBudget, Zone, answer
+from grouptun.apps.names import MAX_QUERY, ClientBudgets, NameCounters, QueryBudget, Zone, answer
 from grouptun.apps.names_server import NameService, ResolvectlLink, server_text
 
-from .fakes import FakeLinkDns
+from .fakes import FakeClock, FakeLinkDns
 
 ARCHIVE = SimpleNamespace(version=7, members=[
     SimpleNamespace(name="alice", addresses=("10.77.0.2/24", "fd77::2/64")),
@@ -153,7 +153,8 @@ def test_resolvectl_link_runs_the_commands_resolvectl_users_would():
     link.register("gt-lan", [server_text("10.77.0.2", 53), server_text("fd77::2", 5353)], "lan.grouptun")
     link.revert("gt-lan")
     assert ran == [["dns", "gt-lan", "10.77.0.2", "[fd77::2]:5353"], ["domain", "gt-lan", "lan.grouptun"],
-                   ["default-route", "gt-lan", "false"], ["revert", "gt-lan"]]
+                   ["default-route", "gt-lan", "false"], ["llmnr", "gt-lan", "no"], ["mdns", "gt-lan", "no"],
+                   ["revert", "gt-lan"]]
 
 
 def _free_port() -> int:
@@ -174,7 +175,7 @@ def test_service_answers_udp_and_tcp_registers_and_reverts():
     async def scenario():
         link = FakeLinkDns()
         port = _free_port()
-        service = NameService("gt-lan", "lan.grouptun", port, QueryBudget(1000, 100), lambda: 0.0, link)
+        service = NameService("gt-lan", "lan.grouptun", port, QueryBudget(1000, 100), ClientBudgets(1000, 100), lambda: 0.0, link)
         await service.start(["127.0.0.1/8", "192.0.2.99/24"])  # the second is on no interface: skipped
         assert service.bound == ["127.0.0.1"]
         assert link.calls == [("register", "gt-lan", (f"127.0.0.1:{port}",), "lan.grouptun")]
@@ -187,22 +188,87 @@ def test_service_answers_udp_and_tcp_registers_and_reverts():
         tcp = await loop.run_in_executor(None, lambda: dns.query.tcp(query, "127.0.0.1", 2, port))
         assert records(udp) == records(tcp) == ["10.77.0.3"]
         assert service.status()["answered"] == 2 and service.status()["names"] == 3
+        assert service.status()["clients"] == 1  # UDP and TCP from 127.0.0.1 share one bucket
         await service.close()
         assert link.calls[-1] == ("revert", "gt-lan")
     asyncio.run(scenario())
 
 
-def test_service_over_budget_drops_and_counts():
-    service = NameService("gt-lan", "lan.grouptun", 53, QueryBudget(1, 2), lambda: 0.0, None)
-    wire = dns.message.make_query("b.lan.grouptun", "A").to_wire()
-    replies = [service.on_query(wire) for _ in range(5)]
+WIRE = dns.message.make_query("b.lan.grouptun", "A").to_wire()
+
+
+def test_service_over_the_total_budget_drops_and_counts():
+    service = NameService("gt-lan", "lan.grouptun", 53, QueryBudget(1, 2), ClientBudgets(1, 10), lambda: 0.0, None)
+    replies = [service.on_query(WIRE, f"10.77.0.{i}") for i in range(5)]  # five clients, each within its own
     assert sum(r is not None for r in replies) == 2 and service.counters.rate_limited == 3
+    assert service.counters.client_limited == 0
+
+
+def test_client_budgets_give_each_source_its_own_bucket_on_a_fake_clock():
+    clock = FakeClock()  # steps of 1/16 s: exact in binary, so the refill is exact
+    budgets = ClientBudgets(rate=8, burst=3)
+    assert [budgets.take("10.77.0.2", clock()) for _ in range(4)] == [True, True, True, False]
+    assert budgets.take("10.77.0.3", clock()) is True  # another client: untouched by the first one's flood
+    clock.advance(1 / 16)
+    assert budgets.take("10.77.0.2", clock()) is False  # half a token back
+    clock.advance(1 / 16)
+    assert budgets.take("10.77.0.2", clock()) is True
+    clock.advance(100.0)
+    assert sum(budgets.take("10.77.0.2", clock()) for _ in range(10)) == 3  # refills to the burst only
+    with pytest.raises(ValueError):
+        ClientBudgets(rate=0, burst=3)
+    with pytest.raises(ValueError):
+        ClientBudgets(rate=1, burst=3, max_clients=0)
+
+
+def test_client_table_is_bounded_and_evicts_the_least_recently_heard():
+    clock = FakeClock()
+    budgets = ClientBudgets(rate=1, burst=1, max_clients=3)
+    for source in ("a", "b", "c"):
+        assert budgets.take(source, clock())
+    assert not budgets.take("a", clock())  # a is now the most recent; b the least
+    assert budgets.take("d", clock()) and len(budgets) == 3 and budgets.evicted == 1
+    assert not budgets.take("a", clock()) and not budgets.take("c", clock())  # kept, still empty
+    assert budgets.take("b", clock())  # was evicted: back with a full bucket
+    assert len(budgets) == 3 and budgets.evicted == 2
+    for i in range(10_000):
+        budgets.take(f"10.66.{i // 256}.{i % 256}", clock())
+    assert len(budgets) == 3  # never more than max_clients
+
+
+def test_a_flooding_client_is_limited_without_using_up_the_others_share():
+    clock = FakeClock()
+    service = NameService("gt-lan", "lan.grouptun", 53, QueryBudget(100, 20), ClientBudgets(4, 4), clock, None)
+    service.apply(ARCHIVE)
+    answered = {"flooder": 0, "quiet": 0}
+    for step in range(64):  # one second in steps of 1/64 s: the flooder asks 50 times a step
+        for _ in range(50):
+            answered["flooder"] += service.on_query(WIRE, "10.77.0.9") is not None
+        if step % 16 == 0:  # the quiet client: 4 per second, its own rate
+            answered["quiet"] += service.on_query(WIRE, "10.77.0.3") is not None
+        clock.advance(1 / 64)
+    # the flooder: its burst of 4, then one token per 1/4 s (steps 16, 32, 48)
+    assert answered == {"flooder": 4 + 3, "quiet": 4}
+    assert service.counters.client_limited == 64 * 50 - 7 and service.counters.answered == 11
+    assert service.counters.rate_limited == 0  # the flood never reached the shared budget
+    status = service.status()
+    assert (status["client_limited"], status["clients"], status["clients_evicted"]) == (64 * 50 - 7, 2, 0)
+
+
+def test_status_text_says_how_many_queries_were_over_the_rate():
+    from grouptun.cli.status import format_status
+
+    names = {"domain": "lan.grouptun", "listening": ["10.77.0.2"], "port": 53, "clients": 2}
+    quiet = format_status({"group": "lan", "names": {**names, "client_limited": 0, "rate_limited": 0}})
+    assert "over the rate" not in quiet
+    text = format_status({"group": "lan", "names": {**names, "client_limited": 3193, "rate_limited": 4}})
+    assert "  names over the rate: 3193 queries dropped per client (2 clients), 4 over the total" in text
 
 
 def test_failed_registration_leaves_names_answering():
     async def scenario():
         link = FakeLinkDns(fail=True)
-        service = NameService("gt-lan", "lan.grouptun", _free_port(), QueryBudget(10, 10), lambda: 0.0, link)
+        service = NameService("gt-lan", "lan.grouptun", _free_port(), QueryBudget(10, 10), ClientBudgets(10, 10), lambda: 0.0, link)
         await service.start(["127.0.0.1/8"])
         assert service.bound == ["127.0.0.1"] and service.status()["resolved"] is False
         await service.close()
@@ -214,7 +280,7 @@ def test_rebind_moves_the_server_to_new_addresses_and_registers_them():
     async def scenario():
         link = FakeLinkDns()
         port = _free_port()
-        service = NameService("gt-lan", "lan.grouptun", port, QueryBudget(100, 10), lambda: 0.0, link)
+        service = NameService("gt-lan", "lan.grouptun", port, QueryBudget(100, 10), ClientBudgets(100, 10), lambda: 0.0, link)
         await service.start(["127.0.0.1/8"])
         service.apply(ARCHIVE)
         await service.rebind(["127.0.0.2/8"])  # the archive gave us another address

@@ -29,9 +29,10 @@ from pathlib import Path
 
 SUITE = "bookworm"
 # gcc, libssl-dev and python3-dev: install-host builds the native run cipher (grouptun/native), and
-# the container has no network to fetch them at install time.
+# the container has no network to fetch them at install time. systemd-resolved: the daemon registers
+# its names' DNS server and domain for its interface there (issue 18).
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-pip", "python3-venv",
-            "iproute2", "iputils-ping", "gcc", "libssl-dev", "python3-dev")
+            "iproute2", "iputils-ping", "gcc", "libssl-dev", "python3-dev", "systemd-resolved")
 CACHE = Path("/var/cache/grouptun-test")
 BUILD_TIMEOUT = 1500.0
 

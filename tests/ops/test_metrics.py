@@ -227,12 +227,13 @@ def test_names_counters_are_exported_by_outcome():
 
     from grouptun.apps.names import NameCounters
 
-    counters = NameCounters(answered=5, rate_limited=7, formerr=1)
+    counters = NameCounters(answered=5, rate_limited=7, formerr=1, client_limited=11)
     m = DaemonMetrics("lan", lambda: {"epochs": [], "members": [], "drops": {}, "names": counters.snapshot()})
     got = samples(generate_latest(m.registry).decode())
     g = ("group", "lan")
     assert got[("grouptun_dns_queries_total", (g, ("outcome", "answered")))] == 5
     assert got[("grouptun_dns_queries_total", (g, ("outcome", "rate_limited")))] == 7
+    assert got[("grouptun_dns_queries_total", (g, ("outcome", "client_limited")))] == 11
     assert got[("grouptun_dns_queries_total", (g, ("outcome", "nxdomain")))] == 0
     without = samples(generate_latest(DaemonMetrics("lan", lambda: {"drops": {}}).registry).decode())
     assert not any(name == "grouptun_dns_queries_total" for name, _ in without)

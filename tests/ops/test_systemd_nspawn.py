@@ -10,6 +10,13 @@ MTU; the watchdog restarts a stopped daemon (< 40 s) and a killed one is back (<
 stop removes the interface; a wrong credential exits 77 and is not retried; the
 journal at ``-p warning`` says why, and carries no routine noise.
 
+systemd-resolved runs in the container (issue 18): member a registers its names' DNS
+servers (its IPv4 and IPv6 overlay addresses) and domain for gt-a as ``resolvectl
+dns``/``domain`` do, ``resolvectl query`` resolves a member's name (A and AAAA) through
+resolved to a's server, the registration is back after the watchdog's restarts, and
+/etc/resolv.conf (a static file, as an admin keeps it) is byte-for-byte what it was
+before the first daemon started.
+
 Topology, all inside the container's private network (``--private-network``):
 member ``a`` and the provider in the container's own namespace, member ``b`` in the
 namespace gt-b (a drop-in sets ``NetworkNamespacePath=``), joined by a veth pair
@@ -117,9 +124,23 @@ def test_install_and_the_provider_becomes_ready_through_notify(box):
     box.run("systemctl start grouptun-provider", timeout=60)
     got = show(box, "grouptun-provider", "Type", "ActiveState", "StatusText")
     assert got == {"Type": "notify", "ActiveState": "active", "StatusText": f"serving {URL}"}
-    box.run(f"{AS_PROVIDER} group create lan --cidr 10.77.0.0/24 --state {STATE}", timeout=60)
+    box.run(f"{AS_PROVIDER} group create lan --cidr 10.77.0.0/24 --cidr6 fd77::/64 --state {STATE}", timeout=60)
     # the configuration directory's mode agrees with install-host: no warning at start
     assert "mode" not in journal(box, "grouptun-provider", "warning").lower()
+
+
+RESOLV_CONF = "nameserver 10.99.0.254\noptions edns0\n"  # an admin's own file; resolved leaves it alone
+
+
+def test_systemd_resolved_runs_and_resolv_conf_is_recorded(box):
+    assert box.run("systemctl is-active systemd-resolved", check=False).stdout.strip() == "active"
+    box.run(f"rm /etc/resolv.conf && printf '{RESOLV_CONF}' > /etc/resolv.conf"
+            " && sha256sum /etc/resolv.conf > /root/resolv.sum && stat -c '%i %Y' /etc/resolv.conf > /root/resolv.stat")
+
+
+def resolv_conf_unchanged(box) -> None:
+    box.run("test -f /etc/resolv.conf && test ! -L /etc/resolv.conf && sha256sum -c --quiet /root/resolv.sum"
+            " && stat -c '%i %Y' /etc/resolv.conf | cmp -s - /root/resolv.stat")
 
 
 def test_members_join_under_local_names_and_become_active_with_an_epoch(box):
@@ -149,6 +170,36 @@ def test_a_ping_crosses_the_tunnel(box):
     box.run(f"ping -c 3 -W 2 -i 0.3 {peer}", timeout=30)
     after = {m["name"]: m for m in status(box, "b")["session"]["members"]}["alice"]["rx_packets"]
     assert after - before >= 3  # b received them from alice through the tunnel
+
+
+def _registered(box, ifname: str) -> tuple[list[str], list[str], str]:
+    """resolved's DNS servers, domains and default-route setting of ``ifname`` (resolvectl's own words)."""
+    def words(verb: str) -> list[str]:
+        out = box.run(f"resolvectl {verb} {ifname}").stdout  # "Link 5 (gt-a): 10.77.0.1 fd77::1"
+        return out.split(":", 1)[1].split() if ":" in out else []
+    return words("dns"), words("domain"), " ".join(words("default-route"))
+
+
+def test_the_names_server_is_registered_with_systemd_resolved_and_resolves(box):
+    a, b = status(box, "a"), status(box, "b")
+    own = [x.split("/")[0] for x in a["addresses"]]
+    domain = a["names"]["domain"]
+    assert a["names"]["resolved"] is True and a["names"]["listening"] == own
+    assert _registered(box, "gt-a") == (own, [domain], "no")
+    link = box.run("resolvectl status gt-a").stdout
+    print("\n" + link)
+    assert re.search(r"Current Scopes: DNS$", link, re.M), link  # no LLMNR/mDNS out of the tunnel link
+    started = time.monotonic()
+    query = box.run(f"resolvectl query --legend=no bob.{domain}", timeout=30).stdout
+    took = time.monotonic() - started
+    print(f"resolvectl query bob.{domain} ({took:.2f} s): {query.strip()}")
+    wanted = {x.split("/")[0] for x in b["addresses"]}
+    got = set(re.findall(r"([0-9a-f.:]+)\s+-- link: gt-a", query))
+    assert got == wanted, query  # both of b's addresses, through gt-a's server only
+    gone = box.run(f"resolvectl query --legend=no nobody.{domain}", timeout=30, check=False)
+    assert gone.returncode != 0 and "not found" in (gone.stdout + gone.stderr).lower()
+    assert status(box, "a")["names"]["answered"] > a["names"]["answered"]  # a's daemon answered them
+    resolv_conf_unchanged(box)
 
 
 def test_exposure_holds_on_the_live_units(box):
@@ -197,6 +248,17 @@ def test_watchdog_restarts_a_stopped_daemon_and_a_killed_one_comes_back(box):
     _, took = wait_for(box, "grouptun@a", 15, ActiveState="active", MainPID=lambda p: p not in (pid, "0"))
     print(f"back after SIGKILL: {took:.1f} s")
     assert took <= 10
+    own = [x.split("/")[0] for x in status(box, "a")["addresses"]]
+    assert wait_until_registered(box, own), _registered(box, "gt-a")  # the new process registered again
+
+
+def wait_until_registered(box, servers: list[str], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _registered(box, "gt-a")[0] == servers:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def test_stop_removes_the_interface(box):
@@ -221,6 +283,7 @@ def test_a_wrong_credential_exits_77_is_not_retried_and_says_why(box):
 
 def test_the_journal_carries_no_routine_warnings(box):
     box.run("systemctl stop grouptun-provider", timeout=30)
+    resolv_conf_unchanged(box)  # after every start, reload, restart and stop above
     for unit in ("grouptun@a", "grouptun@b", "grouptun-provider"):
         text = journal(box, unit, "warning")
         for noise in ("psched", "tc subsystem", "Cancel", "mode"):
