@@ -1,8 +1,9 @@
 """Membership on a live mesh (issue 17): a temporary member expires on its own, a reusable key enrolls
 several hosts until it is revoked.
 
-One lab for the module (tag ``im``): the provider on ``p``, permanent members a, b, c, and ``e`` as
-the temporary member, later the host the reusable key enrolls from. Tests in file order.
+One lab for the module (tag ``im``): the provider on ``p``, permanent members a, b, c, ``e`` as
+the temporary member, and the fleet hosts ``f1`` .. ``f6``: the reusable key enrolls the first five,
+each from its own namespace, and the sixth is refused once it is revoked. Tests in file order.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 LAB_TAG = "im"
 GROUP_OPTIONS = ("--grace", "5s")  # the old epoch (the one e holds) is dropped 5 s after the switch
 TTL = 20.0
+FLEET = tuple(f"f{i}" for i in range(1, 7))
+LAB_HOSTS = ("p", "a", "b", "c", "e", *FLEET)   # conftest's lab_mesh starts a b c; the rest are bare hosts
 
 
 def _admin_json(mesh, *args) -> dict | list:
@@ -57,32 +60,36 @@ def test_a_temporary_member_is_excluded_reports_it_and_stops(lab_mesh):
     print(f"\n[temporary member: excluded {excluded_after:.1f} s after joining (TTL {TTL:.0f} s); exit 67]")
 
 
-def _join_from_e(mesh, lab, name: str, token: str):
-    """``grouptun join --token-file`` on host e as member ``name`` (its own config, state and run dirs)."""
-    root = lab.workdir / "fleet" / name
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "token").write_text(token + "\n")
-    (root / "credential").write_text("fleet-credential-" + name)
-    return mesh.member_cli("e", "join", "--token-file", str(root / "token"), "--name", name, "--member", name,
-                           "--endpoint", f"{lab.host('e').ipv4}:51830", "--listen-port", "51830",
-                           "--credential-file", str(root / "credential"), "--config-dir", str(root / "etc"),
-                           "--state-dir", str(root / "var"), "--run-dir", str(root / "run"), check=False)
-
-
-def test_a_reusable_key_enrolls_hosts_until_revoked(lab_mesh):
+def test_a_reusable_key_enrolls_five_hosts_until_revoked_and_a_sixth_is_refused(lab_mesh):
     lab, mesh = lab_mesh
     key = _admin_json(mesh, "invite", mesh.group, "--reusable", "--uses", "20", "--expires", "1h",
                       "--attr", "role=ci")
-    for name in ("ci1", "ci2", "ci3"):
-        proc = _join_from_e(mesh, lab, name, key["token"])
+    enrolled, sixth = FLEET[:5], FLEET[5]
+    for host in enrolled:
+        proc = _join_from(mesh, lab, host, key["token"])
         if proc.returncode != 0:
-            raise LabError(f"join {name}: {proc.stderr[-400:]}")
+            raise LabError(f"join {host}: {proc.stderr[-400:]}")
     listed = {m["name"]: m for m in _admin_json(mesh, "member", "list", mesh.group)}
-    assert all(listed[n]["attributes"] == {"role": "ci"} for n in ("ci1", "ci2", "ci3"))
+    assert all(listed[n]["attributes"] == {"role": "ci"} for n in enrolled), listed
+    indices = {listed[n]["index"] for n in enrolled}
+    assert None not in indices and len(indices) == 5, listed   # five members in the archive, five indices
     (shown,) = [t for t in _admin_json(mesh, "tokens", "list", mesh.group) if t["id"] == key["id"]]
-    assert (shown["uses"], shown["state"]) == (3, "active")
+    assert (shown["uses"], shown["state"]) == (5, "active")
     assert _admin_json(mesh, "tokens", "revoke", mesh.group, key["id"])["state"] == "revoked"
-    refused = _join_from_e(mesh, lab, "ci4", key["token"])
-    assert refused.returncode != 0 and "revoked" in refused.stderr
+    refused = _join_from(mesh, lab, sixth, key["token"])
+    assert refused.returncode != 0 and "revoked" in refused.stderr, refused.stderr
     after = {m["name"] for m in _admin_json(mesh, "member", "list", mesh.group)}
-    assert "ci4" not in after and {"ci1", "ci2", "ci3"} <= after
+    assert sixth not in after and set(enrolled) <= after
+    print(f"\n[reusable key: {', '.join(enrolled)} enrolled (uses 5/20); revoked; {sixth} refused]")
+
+
+def _join_from(mesh, lab, host: str, token: str):
+    """``grouptun join --token-file`` on lab host ``host`` as the member of that name (its own dirs)."""
+    root = lab.workdir / "fleet" / host
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "token").write_text(token + "\n")
+    (root / "credential").write_text("fleet-credential-" + host)
+    return mesh.member_cli(host, "join", "--token-file", str(root / "token"), "--name", host, "--member", host,
+                           "--endpoint", f"{lab.host(host).ipv4}:51830", "--listen-port", "51830",
+                           "--credential-file", str(root / "credential"), "--config-dir", str(root / "etc"),
+                           "--state-dir", str(root / "var"), "--run-dir", str(root / "run"), check=False)
