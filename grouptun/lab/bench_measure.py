@@ -3,7 +3,8 @@
 Same commands and settings as ../shared/bench/peers/run.sh: a fresh
 ``iperf3 -s -1`` in namespace B per test, the client in namespace A towards
 B's overlay address: TCP 1 stream and N streams (``-O 1 -C cubic``), UDP
-at unlimited rate (``-u -b 0 -l 1392``), then ``ping -q -c 50 -i 0.01``.
+at unlimited rate (``-u -b 0 -l 1392``), then ``ping -q -c 50 -i 0.01`` and the lone packet at other
+gaps: 15 pings 200 ms apart, 300 at 1 ms, and a flood of 2000 (``-f``).
 Around the TCP x1 test: utime+stime of the daemons and /proc/stat; during
 the three iperf3 tests: the daemons' summed VmRSS, sampled every 0.5 s;
 after them: VmHWM. Raw outputs are kept in ``rawdir``.
@@ -195,12 +196,22 @@ def measure(t: Target, s: Settings, rep: int, rawdir: Path) -> dict:
         hwm = mem_kib(t.pids, "VmHWM")
         rec["rss_load_mib"] = round(sampler.max_kib / 1024, 2) if sampler.max_kib else None
         rec["rss_hwm_mib"] = round(hwm / 1024, 2) if hwm is not None else None
-    proc = subprocess.run(_ns(t.ns_a, ["timeout", "30", "ping", "-q", "-c", str(s.ping_count), "-i", "0.01",
-                                       "-W", "1", t.addr_b]), capture_output=True, text=True,
-                          timeout=40, check=False)
-    (rawdir / "ping.txt").write_text(proc.stdout + proc.stderr)
-    rec.update(bs.ping_figures(proc.stdout, errors))
+    rec.update(bs.ping_figures(_ping(t, rawdir / "ping.txt", s.ping_count, "0.01"), errors))
+    # the lone packet at other gaps: asleep 200 ms (every step cold), 1 ms, and a flood (nothing cold)
+    for key, count, interval in (("ping200_avg_ms", 15, "0.2"), ("ping1_avg_ms", 300, "0.001"),
+                                 ("pingflood_avg_ms", 2000, None)):
+        text = _ping(t, rawdir / f"{key}.txt", count, interval)
+        rec[key] = bs.ping_figures(text, errors)["ping_avg_ms"]
     return rec
+
+
+def _ping(t: Target, out: Path, count: int, interval: str | None) -> str:
+    """``ping -q`` from a to b (``-f`` when ``interval`` is None); its output, also written to ``out``."""
+    gap = ["-f"] if interval is None else ["-i", interval]
+    proc = subprocess.run(_ns(t.ns_a, ["timeout", "30", "ping", "-q", "-c", str(count), *gap, "-W", "1",
+                                       t.addr_b]), capture_output=True, text=True, timeout=40, check=False)
+    out.write_text(proc.stdout + proc.stderr)
+    return proc.stdout
 
 
 def soak(t: Target, s: Settings, seconds: float, interval: float, rawdir: Path) -> dict:
