@@ -96,24 +96,8 @@ class UdpTransport:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def recvfrom(self) -> tuple[bytes, Endpoint] | None:
-        """One datagram and its normalised source, or None when nothing waits."""
-        for _ in range(16):
-            try:
-                data, addr = self._sock.recvfrom(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return None
-            except OSError as exc:
-                # ICMP errors from an earlier send surface here on Linux; skip them.
-                if exc.errno in _ICMP_ERRNOS:
-                    self.icmp_errors += 1
-                    continue
-                raise
-            # ipaddress parsing costs tens of microseconds: once per peer address (cached)
-            return data, self._source(addr)
-        return None
-
     def _source(self, addr) -> Endpoint:
+        # ipaddress parsing costs tens of microseconds: once per peer address (cached)
         host = self._seen.get(addr[0])
         if host is None:
             if len(self._seen) >= _CACHE_MAX:

@@ -18,16 +18,18 @@ def test_normalise_host(raw, clean):
 
 def test_dual_stack_round_trip_ipv4_and_ipv6():
     a, b = UdpTransport("::", 0), UdpTransport("::", 0)
+    buf = bytearray(65535)
     try:
-        assert a.recvfrom() is None  # nothing waiting: EAGAIN -> None
+        assert a.recv_batch(buf) is None  # nothing waiting: EAGAIN -> None
         for host in ("127.0.0.1", "::1"):
             assert a.sendto(b"ping-" + host.encode(), (host, b.port))
             for _ in range(1000):
-                got = b.recvfrom()
+                got = b.recv_batch(buf)
                 if got:
                     break
-            data, (src, port) = got
-            assert data == b"ping-" + host.encode() and src == host and port == a.port
+            length, size, (src, port) = got
+            assert bytes(buf[:length]) == b"ping-" + host.encode() and size == length
+            assert src == host and port == a.port
     finally:
         a.close()
         b.close()
@@ -59,9 +61,10 @@ def test_icmp_error_is_skipped_not_raised():
     probe.close()
     try:
         s.sendto(b"x", ("127.0.0.1", dead))  # port unreachable comes back as ECONNREFUSED
+        buf = bytearray(65535)
         for _ in range(50):
-            assert s.recvfrom() is None
+            assert s.recv_batch(buf) is None
         # Linux reports the ICMP error on an unconnected UDP socket only with IP_RECVERR;
-        # either way recvfrom must not raise.
+        # either way the receive must not raise.
     finally:
         s.close()

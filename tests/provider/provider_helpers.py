@@ -323,6 +323,18 @@ def dump(store) -> str:
     return "\n".join(lines)
 
 
+def own_archive(provider, group: str = "lan"):
+    """The group's current archive, parsed (provider.archives.parse_own)."""
+    from provider.archives import parse_own  # noqa: PLC0415
+
+    return parse_own(provider.store.archive(group)[1])
+
+
+def state_but_audit(provider) -> str:
+    """Everything but the audit log (refusals may be audited; they change nothing else)."""
+    return "\n".join(line for line in dump(provider.store).splitlines() if not line.startswith("audit "))
+
+
 def memory_provider(names=("alice", "bob"), signer=None, store=None, clock=None):
     """An in-memory provider (SQLite) with group "lan" (10.77.0.0/24) and ``names`` enrolled with the
     credential b"credential"; returns (provider, {name: Ed25519 private key}). ``clock``: a fake clock

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from provider import exportrules, membership
-from provider.archives import parse_own
 from provider.errors import InvalidInput, NotFound
 from provider.keys import Signer
 from provider.store import audit_rows
-from provider_helpers import STORE_KINDS, admin, dump, fresh_store, init_provider, memory_provider
+from provider_helpers import (STORE_KINDS, admin, fresh_store, init_provider, memory_provider,
+                              own_archive as _archive, state_but_audit as _state)
 
 SIGNER = Signer.generate()
 
@@ -26,12 +26,6 @@ def provider(request):
     provider.store.close()
 
 
-def _archive(provider):
-    return parse_own(provider.store.archive("lan")[1])
-
-
-def _state(provider) -> str:
-    return "\n".join(line for line in dump(provider.store).splitlines() if not line.startswith("audit "))
 
 
 def test_set_list_remove_re_sign_the_archive_in_the_same_epoch(provider):

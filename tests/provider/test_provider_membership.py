@@ -17,7 +17,8 @@ from provider.archives import parse_own
 from provider.errors import Conflict, Forbidden, InvalidInput, NotFound
 from provider.keys import Signer
 from provider.store import audit_rows, members
-from provider_helpers import STORE_KINDS, dump, enroll_with, fresh_store, memory_provider
+from provider_helpers import (STORE_KINDS, enroll_with, fresh_store, memory_provider,
+                              own_archive as _archive, state_but_audit as _state)
 from test_provider_epochs import T0, FakeClock
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
@@ -32,13 +33,6 @@ def world(request):
     provider.store.close()
 
 
-def _archive(provider):
-    return parse_own(provider.store.archive("lan")[1])
-
-
-def _state(provider) -> str:
-    """Everything but the audit log (refusals may be audited; they change nothing else)."""
-    return "\n".join(line for line in dump(provider.store).splitlines() if not line.startswith("audit "))
 
 
 def _actions(provider) -> list[str]:

@@ -11,11 +11,11 @@ import pytest
 from grouptun.core.archive import ProviderKeys, verify_archive
 
 from provider import membership, policy
-from provider.archives import parse_own
 from provider.errors import InvalidInput, NotFound
 from provider.keys import Signer
 from provider.store import audit_rows
-from provider_helpers import STORE_KINDS, TestMember, admin, dump, fresh_store, init_provider, memory_provider
+from provider_helpers import (STORE_KINDS, TestMember, admin, fresh_store, init_provider, memory_provider,
+                              own_archive as _archive, state_but_audit as _state)
 
 SIGNER = Signer.generate()
 WEB_DB = "role=web -> role=db tcp/5432 allow\ndefault deny\n"
@@ -30,12 +30,6 @@ def provider(request):
     provider.store.close()
 
 
-def _archive(provider):
-    return parse_own(provider.store.archive("lan")[1])
-
-
-def _state(provider) -> str:
-    return "\n".join(line for line in dump(provider.store).splitlines() if not line.startswith("audit "))
 
 
 def test_set_publishes_a_new_archive_in_the_same_epoch_show_and_clear(provider):
