@@ -278,7 +278,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_group(args) -> int:
-    from provider import cli_membership, membership
+    from provider import admin_ops, cli_membership
 
     provider = _provider(args)
     if args.action == "create":
@@ -296,14 +296,16 @@ def cmd_group(args) -> int:
         for name in provider.list_groups():
             print(name)
     elif args.action == "show":
-        print(json.dumps({**provider.show_group(args.name), "metadata": membership.group_metadata(provider, args.name)},
-                         indent=2))
+        print(json.dumps(admin_ops.group_show(provider, args.name), indent=2))
     elif args.action == "set-meta":
         return cli_membership.set_meta(args, provider)
     elif args.action == "rekey":
-        opened = provider.open_epoch(args.name, "admin", "admin")
-        print(f"group {args.name}: epoch {opened.epoch}, archive version {opened.version}")
+        print(rekey_text(admin_ops.group_rekey(provider, args.name, "admin")))
     return 0
+
+
+def rekey_text(done: dict) -> str:
+    return f"group {done['group']}: epoch {done['epoch']}, archive version {done['version']}"
 
 
 def cmd_invite(args) -> int:
@@ -326,24 +328,24 @@ def cmd_tokens(args) -> int:
 
 def cmd_route(args) -> int:
     """Subnet routes (provider/routes_approved.py): approve and remove open a new epoch."""
+    from provider import admin_ops
+
     provider = _provider(args)
     if args.action == "list":
         routes = provider.list_routes(args.group)
-        if args.json:
-            print(json.dumps(routes, indent=2))
-        for r in routes if not args.json else ():
-            print(f"{r['member']:<24} {r['prefix']:<24} {r['state']}")
+        print(json.dumps(routes, indent=2) if args.json else route_text(routes))
         return 0
-    change = provider.approve_route if args.action == "approve" else provider.remove_route
-    prefix, opened = change(args.group, args.member, args.prefix)
-    done = {"group": args.group, "member": args.member, "prefix": prefix, "action": args.action,
-            "epoch": opened.epoch, "version": opened.version}
-    if args.json:
-        print(json.dumps(done, indent=2))
-    else:
-        verb = "approved" if args.action == "approve" else "removed"
-        print(f"{verb} {prefix} behind {args.member}; group {args.group} now at epoch {opened.epoch}")
+    done = admin_ops.route_change(provider, args.action, args.group, args.member, args.prefix)
+    print(json.dumps(done, indent=2) if args.json else route_text(done))
     return 0
+
+
+def route_text(done) -> str:
+    """``route list`` rows, or what ``route approve/remove`` did."""
+    if isinstance(done, list):
+        return "\n".join(f"{r['member']:<24} {r['prefix']:<24} {r['state']}" for r in done)
+    verb = "approved" if done["action"] == "approve" else "removed"
+    return f"{verb} {done['prefix']} behind {done['member']}; group {done['group']} now at epoch {done['epoch']}"
 
 
 def cmd_policy(args) -> int:
