@@ -110,6 +110,7 @@ def _provider(args, application: str | None = None):
 
 
 def cmd_init(args) -> int:
+    from provider.admin import create_admin_key
     from provider.database import canonical_keys
 
     paths = _paths(args)
@@ -139,6 +140,7 @@ def cmd_init(args) -> int:
     try:
         store.create_schema({"provider_keys": canonical_keys(signer.public.to_json()),
                              "tls_fingerprint": fingerprint, "url": url})
+        admin_key = create_admin_key(paths, store, time.time())
     except StateDirError as exc:
         raise setting.fail(exc) from exc
     finally:
@@ -152,6 +154,30 @@ def cmd_init(args) -> int:
         print(f"public urls:      {', '.join(public)}")
     print(f"tls fingerprint:  {fingerprint}")
     print(f"provider keys:    {signer.public.fingerprint()}")
+    _print_admin_key(*admin_key)
+    return 0
+
+
+def _print_admin_key(key_id: str, path: Path) -> None:
+    from provider.keys import passphrase
+
+    kept = "encrypted with the provider passphrase" if passphrase() else "unencrypted, file mode 0600"
+    print(f"admin key:        {key_id} in {path} ({kept}; for --admin-key)")
+
+
+def cmd_admin_key(args) -> int:
+    """``admin-key create`` (another provider-admin key, or the first of a state dir made before them) and
+    ``admin-key list``: direct writes, like init (provider/admin.py)."""
+    from provider.admin import create_admin_key, list_admin_keys
+
+    provider = _provider(args)
+    try:
+        if args.action == "create":
+            _print_admin_key(*create_admin_key(_paths(args), provider.store, time.time()))
+        else:
+            print("\n".join(list_admin_keys(provider.store)) or "(no admin keys)")
+    finally:
+        provider.store.close()
     return 0
 
 
@@ -234,6 +260,7 @@ def cmd_serve(args) -> int:
 
     from grouptun.ops.logsetup import setup_logging
     from provider.app import Settings, create_app, docs_from_config
+    from provider.cli_membership import token_maker
     from provider.connlimits import HttpLimits, protocol_class
     from provider.sealed import SealedLimits
     from provider.serving import ProviderServer
@@ -260,7 +287,8 @@ def cmd_serve(args) -> int:
     asgi, app = create_app(provider, Settings(metrics=args.metrics, address_rate=args.address_rate,
                                               address_burst=args.address_rate * 2, member_rate=args.member_rate,
                                               member_burst=args.member_rate * 3, start_rate=args.start_rate,
-                                              report_rate=args.report_rate, docs=docs, sealed=sealed_limits))
+                                              report_rate=args.report_rate, docs=docs, sealed=sealed_limits,
+                                              join_token=token_maker(paths)))
     refused = app.state.metrics.connection_refused if args.metrics else (lambda reason: None)
     # h11, not httptools: h11 bounds an unfinished header (see provider/connlimits.py for the rest).
     server = ProviderServer(uvicorn.Config(
@@ -439,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--join", action="store_true",
                    help="add this state dir (holding copies of keys/ and tls/) to an existing PostgreSQL database")
     p.set_defaults(func=cmd_init)
+
+    p = sub.action.add_parser("admin-key", help="create or list provider-admin keys (for --admin-key)")
+    asub = _Sub(p.add_subparsers(dest="action", required=True), common)
+    asub.add_parser("create", help="a new provider-admin key in STATE/keys/admin-ID.pem")
+    asub.add_parser("list")
+    p.set_defaults(func=cmd_admin_key)
 
     p = sub.add_parser("serve", help="run the HTTPS API")
     p.add_argument("--listen", help="HOST:PORT (default: 0.0.0.0 and the URL's port)")
