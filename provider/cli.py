@@ -451,6 +451,12 @@ class _Sub:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grouptun-provider", description="grouptun trust provider")
+    remote = parser.add_argument_group("remote admin (the admin API over HTTPS; provider/cli_remote.py)")
+    remote.add_argument("--url", dest="remote_url", metavar="URL",
+                        help="the provider's https://HOST:PORT: run the command there, signed with --admin-key")
+    remote.add_argument("--admin-key", metavar="FILE", help="a provider-admin key (init wrote STATE/keys/admin-ID.pem)")
+    remote.add_argument("--fingerprint", metavar="HEX", help="the provider's TLS certificate SHA-256 (init prints it)")
+    remote.add_argument("--ca", metavar="FILE", help="instead of --fingerprint: a CA bundle that signed its certificate")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state", default=os.environ.get("GROUPTUN_PROVIDER_STATE", DEFAULT_STATE),
                         help="state directory (keys, TLS, database)")
@@ -565,9 +571,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _remote(args) -> int:
+    from grouptun.control.adminclient import AdminClient, session_for
+    from provider import cli_remote
+
+    if args.admin_key is None:
+        raise InvalidInput("--url needs --admin-key FILE (a provider-admin key)")
+    key_id, key = cli_remote.load_admin_key(args.admin_key)
+    return cli_remote.run(args, AdminClient(args.remote_url, key_id, key, session_for(args.fingerprint, args.ca)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.remote_url is not None:
+            return _remote(args)
+        if args.admin_key or args.fingerprint or args.ca:
+            raise InvalidInput("--admin-key, --fingerprint and --ca go with --url (the remote admin API)")
         return int(args.func(args) or 0)
     except GrouptunError as exc:
         if os.environ.get("GROUPTUN_DEBUG") == "1":
