@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = session.config
         key_id = f"owner:{cfg.provider_group}/{cfg.group.member}"
-        client = AdminClient(cfg.provider.all_urls()[0], key_id, session.keys.signing_key,
+        client = AdminClient(cfg.provider.all_urls[0], key_id, session.keys.signing_key,
                              pinned_session(cfg.provider.tls_fingerprint))
         return cli_remote.run(command, client)
     finally:
