@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from provider_helpers import ServerProc, admin, free_port
+from provider_helpers import ServerProc, TestMember, admin, free_port
 
 
 def _init(tmp, env=None):
@@ -54,6 +54,31 @@ def test_remote_commands_print_the_direct_commands_json(tmp_path):
             here = json.loads(admin(state, *[a.format(g="lan2") for a in args]).stdout)
             assert _without_times(there) == _without_times(json.loads(json.dumps(here).replace("lan2", "lan")))
         assert r("group", "list").stdout.split() == ["lan", "lan2"]
+        for token in made["tokens"]:  # a and b enroll, so member, route and rekey commands have members
+            TestMember(token["member"]).enroll(token["token"])
+        keys = lambda out: sorted(json.loads(out))  # noqa: E731 -- the shape: its keys
+        for args, shape in ((("member", "set-attr", "lan", "a", "role=web", "--json"), ["attributes", "name"]),
+                            (("member", "extend", "lan", "a", "1h", "--json"),
+                             "provider refused (400): member 'a' is permanent: there is no deadline to extend"),
+                            (("route", "approve", "lan", "a", "192.168.5.0/24", "--json"),
+                             ["action", "epoch", "group", "member", "prefix", "version"]),
+                            (("route", "remove", "lan", "a", "192.168.5.0/24", "--json"),
+                             ["action", "epoch", "group", "member", "prefix", "version"]),
+                            (("export-rule", "set", "lan", "web", "role=web", "--json"), ["group", "label", "selector"]),
+                            (("export-rule", "remove", "lan", "web", "--json"), ["group", "label", "selector"]),
+                            (("tokens", "revoke", "lan", made["tokens"][0]["id"], "--json"),
+                             ["id", "revoked_at", "state"]),
+                            (("group", "set-meta", "lan", "--owner", "org=acme", "--json"),
+                             ["expires_at", "owner", "owners", "provider_id"]),
+                            (("member", "remove", "lan", "b", "--json"), ["epoch", "group", "removed", "version"])):
+            done = r(*args, check=False)
+            if isinstance(shape, str):  # refused by the membership rule, its reason passed on
+                assert done.returncode == 69 and shape in done.stderr, done.stderr
+            else:
+                assert done.returncode == 0 and keys(done.stdout) == shape, done.stderr
+        rekey = r("group", "rekey", "lan", check=False)  # b is gone: one member, no epoch (PROTOCOL.md 1)
+        assert rekey.returncode == 69 and "provider refused (409)" in rekey.stderr, rekey.stderr
+        assert json.loads(r("group", "show", "lan").stdout)["members"] == 1
         refused = r("audit", check=False)
         assert refused.returncode == 64 and "state dir only" in refused.stderr
         bad = r("policy", "set", "lan", "-", check=False, input_text="team=x -> * any allow; default deny")
