@@ -36,7 +36,7 @@ from sqlalchemy import insert, select, update
 
 from provider.archives import stored_names
 from provider.errors import Forbidden, InvalidInput
-from provider.keys import StatePaths, _pem, _write_private
+from provider.keys import StatePaths, save_private_key
 from provider.store import add_audit, groups, meta
 
 ADMIN, OWNER, MEMBER = "provider admin", "owner", "member"
@@ -74,7 +74,7 @@ def create_admin_key(paths: StatePaths, store, now: float) -> tuple[str, Path]:
     key = ed25519.Ed25519PrivateKey.generate()
     ident = admin_key_id(key.public_key())
     path = admin_key_path(paths, ident)
-    _write_private(path, _pem(key))  # encrypted with the provider passphrase when there is one
+    save_private_key(path, key)  # encrypted with the provider passphrase when there is one
     with store.write() as conn:
         held = _admin_keys(conn)
         held[ident] = key.public_key().public_bytes_raw().hex()
