@@ -21,7 +21,7 @@ from provider import admin, exportrules, membership, policy
 from provider.app import Settings, create_app
 from provider.keys import Signer, StatePaths
 from provider.store import audit_rows
-from provider_helpers import dump, enroll_with, memory_provider
+from provider_helpers import STORE_KINDS, dump, enroll_with, fresh_store, memory_provider
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 TestClient = pytest.importorskip("starlette.testclient").TestClient
@@ -83,11 +83,11 @@ class World:
                         "removed": ("owner:lan/zed", keys["zed"])}
 
     @classmethod
-    def make(cls, tmp=None) -> "World":
+    def make(cls, tmp=None, store=None) -> "World":
         import tempfile
         from pathlib import Path
 
-        provider, keys = memory_provider(("alice", "bob", "zed"), signer=SIGNER)
+        provider, keys = memory_provider(("alice", "bob", "zed"), signer=SIGNER, store=store)
         secret, _ = membership.invite(provider, "lan", "tim", 3600, None, {}, 8 * 3600)
         keys["tim"] = enroll_with(provider, secret, "tim")
         provider.remove_member("lan", "zed")
@@ -233,3 +233,17 @@ def test_admin_routes_are_documented_only_when_docs_are_enabled(shared):
             assert r.status_code == (200 if docs else 404)
             if docs:
                 assert "/v1/admin/groups/{group}/invites" in r.json()["paths"]
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_roles_and_replay_on_each_store(tmp_path, request, kind):
+    """On PostgreSQL the nonce cache is the replicas' shared one (limits.SharedNonces): a replay is refused
+    there too, and the roles read the same rows."""
+    world = World.make(tmp_path, fresh_store(kind, request))
+    with TestClient(world.asgi, client=("127.0.0.1", 4000)) as client:
+        request_ = signed("owner", world, "POST", "/v1/admin/groups/lan/invites", {"member": "fred"})
+        assert client.request(**request_).status_code == 200
+        assert client.request(**request_).json()["detail"] == "replayed signature"
+        r = client.request(**signed("member", world, "POST", "/v1/admin/groups/lan/invites", {"member": "gus"}))
+        assert r.status_code == 403
+    world.provider.store.close()
