@@ -17,6 +17,9 @@
                                                               (provider/cli_exportrules.py)
     grouptun-provider audit [--follow] [--limit N]
     grouptun-provider backup FILE | restore FILE        (provider/backup.py)
+    grouptun-provider admin-key create | list           (provider-admin keys, provider/admin.py)
+    grouptun-provider --url URL --admin-key FILE (--fingerprint HEX | --ca FILE) group|invite|tokens|member|
+                      route|policy|export-rule ...      (the same commands over the admin API: provider/cli_remote.py)
 
 ``--state`` defaults to ``$GROUPTUN_PROVIDER_STATE`` or
 ``/var/lib/grouptun-provider``. The database is SQLite ``STATE/provider.db``
