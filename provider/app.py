@@ -33,6 +33,8 @@ is served only with ``"api_docs": true`` in ``STATE/provider.json``; off by defa
                                                     -> 204
     POST /v1/groups/{group}/rekey {"reason": str}   -> 202 {"opened": bool} (false: coalesced)
     /v1/groups/{group}/sealed...                    sealed data: provider/sealed_routes.py
+    /v1/admin/...                                   the admin API (RFC 9421, keyid admin:<id> or
+                                                    owner:<group>/<member>): provider/admin_routes.py
     GET  /healthz                                   -> 200 {"ok": true} once the database answered a query
                                                     (the schema version); 503 {"ok": false, "detail": reason}
 
@@ -68,6 +70,7 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass
+from typing import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -116,6 +119,7 @@ class Settings:
     refusal_audit_rate: float = 10.0
     sealed_part_rate: float = 100.0  # part uploads/downloads per member: a 1 GiB blob is 256 parts
     sealed: SealedLimits = SealedLimits()  # provider.json's sealed_* keys (provider/sealed.py)
+    join_token: Callable[[str], str] | None = None  # secret -> printable token; mounts /v1/admin (admin_routes.py)
     metrics: bool = False
     docs: bool = False  # the interactive API documents tell a scanner every route and schema: opt in
 
@@ -142,7 +146,8 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
     ctx = Context(provider, Limits.from_settings(settings, provider.store), nonces_for(provider.store))
     docs = {} if settings.docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}
     app = FastAPI(title="grouptun provider", version="1", lifespan=_lifespan(ctx),
-                  description="Member API of the grouptun trust provider. See provider/app.py.", **docs)
+                  description="Member and admin API of the grouptun trust provider. See provider/app.py and "
+                              "provider/admin_routes.py.", **docs)
 
     def release_watchers() -> None:  # provider.serving, at shutdown
         if ctx.hub is not None:
@@ -177,4 +182,8 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
     for router in (public_router(ctx), archive_router(ctx), epochs_router(ctx), secrets_router(ctx),
                    sealed_router(ctx, sealed, settings.sealed_part_rate), route_requests_router(ctx)):
         app.include_router(router)
+    if settings.join_token is not None:
+        from provider.admin_routes import admin_router  # noqa: PLC0415 -- the admin API (issue 17)
+
+        app.include_router(admin_router(ctx, settings.join_token))
     return Guard(app, MAX_BODY, RateLimiter(settings.address_rate, settings.address_burst), part_body_limit), app

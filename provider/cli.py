@@ -17,6 +17,9 @@
                                                               (provider/cli_exportrules.py)
     grouptun-provider audit [--follow] [--limit N]
     grouptun-provider backup FILE | restore FILE        (provider/backup.py)
+    grouptun-provider admin-key create | list           (provider-admin keys, provider/admin.py)
+    grouptun-provider --url URL --admin-key FILE (--fingerprint HEX | --ca FILE) group|invite|tokens|member|
+                      route|policy|export-rule ...      (the same commands over the admin API: provider/cli_remote.py)
 
 ``--state`` defaults to ``$GROUPTUN_PROVIDER_STATE`` or
 ``/var/lib/grouptun-provider``. The database is SQLite ``STATE/provider.db``
@@ -110,6 +113,7 @@ def _provider(args, application: str | None = None):
 
 
 def cmd_init(args) -> int:
+    from provider.admin import create_admin_key
     from provider.database import canonical_keys
 
     paths = _paths(args)
@@ -139,6 +143,7 @@ def cmd_init(args) -> int:
     try:
         store.create_schema({"provider_keys": canonical_keys(signer.public.to_json()),
                              "tls_fingerprint": fingerprint, "url": url})
+        admin_key = create_admin_key(paths, store, time.time())
     except StateDirError as exc:
         raise setting.fail(exc) from exc
     finally:
@@ -152,6 +157,30 @@ def cmd_init(args) -> int:
         print(f"public urls:      {', '.join(public)}")
     print(f"tls fingerprint:  {fingerprint}")
     print(f"provider keys:    {signer.public.fingerprint()}")
+    _print_admin_key(*admin_key)
+    return 0
+
+
+def _print_admin_key(key_id: str, path: Path) -> None:
+    from provider.keys import passphrase
+
+    kept = "encrypted with the provider passphrase" if passphrase() else "unencrypted, file mode 0600"
+    print(f"admin key:        {key_id} in {path} ({kept}; for --admin-key)")
+
+
+def cmd_admin_key(args) -> int:
+    """``admin-key create`` (another provider-admin key, or the first of a state dir made before them) and
+    ``admin-key list``: direct writes, like init (provider/admin.py)."""
+    from provider.admin import create_admin_key, list_admin_keys
+
+    provider = _provider(args)
+    try:
+        if args.action == "create":
+            _print_admin_key(*create_admin_key(_paths(args), provider.store, time.time()))
+        else:
+            print("\n".join(list_admin_keys(provider.store)) or "(no admin keys)")
+    finally:
+        provider.store.close()
     return 0
 
 
@@ -234,6 +263,7 @@ def cmd_serve(args) -> int:
 
     from grouptun.ops.logsetup import setup_logging
     from provider.app import Settings, create_app, docs_from_config
+    from provider.cli_membership import token_maker
     from provider.connlimits import HttpLimits, protocol_class
     from provider.sealed import SealedLimits
     from provider.serving import ProviderServer
@@ -260,7 +290,8 @@ def cmd_serve(args) -> int:
     asgi, app = create_app(provider, Settings(metrics=args.metrics, address_rate=args.address_rate,
                                               address_burst=args.address_rate * 2, member_rate=args.member_rate,
                                               member_burst=args.member_rate * 3, start_rate=args.start_rate,
-                                              report_rate=args.report_rate, docs=docs, sealed=sealed_limits))
+                                              report_rate=args.report_rate, docs=docs, sealed=sealed_limits,
+                                              join_token=token_maker(paths)))
     refused = app.state.metrics.connection_refused if args.metrics else (lambda reason: None)
     # h11, not httptools: h11 bounds an unfinished header (see provider/connlimits.py for the rest).
     server = ProviderServer(uvicorn.Config(
@@ -278,7 +309,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_group(args) -> int:
-    from provider import cli_membership, membership
+    from provider import admin_ops, cli_membership
 
     provider = _provider(args)
     if args.action == "create":
@@ -296,14 +327,16 @@ def cmd_group(args) -> int:
         for name in provider.list_groups():
             print(name)
     elif args.action == "show":
-        print(json.dumps({**provider.show_group(args.name), "metadata": membership.group_metadata(provider, args.name)},
-                         indent=2))
+        print(json.dumps(admin_ops.group_show(provider, args.name), indent=2))
     elif args.action == "set-meta":
         return cli_membership.set_meta(args, provider)
     elif args.action == "rekey":
-        opened = provider.open_epoch(args.name, "admin", "admin")
-        print(f"group {args.name}: epoch {opened.epoch}, archive version {opened.version}")
+        print(rekey_text(admin_ops.group_rekey(provider, args.name, "admin")))
     return 0
+
+
+def rekey_text(done: dict) -> str:
+    return f"group {done['group']}: epoch {done['epoch']}, archive version {done['version']}"
 
 
 def cmd_invite(args) -> int:
@@ -326,24 +359,24 @@ def cmd_tokens(args) -> int:
 
 def cmd_route(args) -> int:
     """Subnet routes (provider/routes_approved.py): approve and remove open a new epoch."""
+    from provider import admin_ops
+
     provider = _provider(args)
     if args.action == "list":
         routes = provider.list_routes(args.group)
-        if args.json:
-            print(json.dumps(routes, indent=2))
-        for r in routes if not args.json else ():
-            print(f"{r['member']:<24} {r['prefix']:<24} {r['state']}")
+        print(json.dumps(routes, indent=2) if args.json else route_text(routes))
         return 0
-    change = provider.approve_route if args.action == "approve" else provider.remove_route
-    prefix, opened = change(args.group, args.member, args.prefix)
-    done = {"group": args.group, "member": args.member, "prefix": prefix, "action": args.action,
-            "epoch": opened.epoch, "version": opened.version}
-    if args.json:
-        print(json.dumps(done, indent=2))
-    else:
-        verb = "approved" if args.action == "approve" else "removed"
-        print(f"{verb} {prefix} behind {args.member}; group {args.group} now at epoch {opened.epoch}")
+    done = admin_ops.route_change(provider, args.action, args.group, args.member, args.prefix)
+    print(json.dumps(done, indent=2) if args.json else route_text(done))
     return 0
+
+
+def route_text(done) -> str:
+    """``route list`` rows, or what ``route approve/remove`` did."""
+    if isinstance(done, list):
+        return "\n".join(f"{r['member']:<24} {r['prefix']:<24} {r['state']}" for r in done)
+    verb = "approved" if done["action"] == "approve" else "removed"
+    return f"{verb} {done['prefix']} behind {done['member']}; group {done['group']} now at epoch {done['epoch']}"
 
 
 def cmd_policy(args) -> int:
@@ -421,6 +454,12 @@ class _Sub:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grouptun-provider", description="grouptun trust provider")
+    remote = parser.add_argument_group("remote admin (the admin API over HTTPS; provider/cli_remote.py)")
+    remote.add_argument("--url", dest="remote_url", metavar="URL",
+                        help="the provider's https://HOST:PORT: run the command there, signed with --admin-key")
+    remote.add_argument("--admin-key", metavar="FILE", help="a provider-admin key (init wrote STATE/keys/admin-ID.pem)")
+    remote.add_argument("--fingerprint", metavar="HEX", help="the provider's TLS certificate SHA-256 (init prints it)")
+    remote.add_argument("--ca", metavar="FILE", help="instead of --fingerprint: a CA bundle that signed its certificate")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state", default=os.environ.get("GROUPTUN_PROVIDER_STATE", DEFAULT_STATE),
                         help="state directory (keys, TLS, database)")
@@ -437,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--join", action="store_true",
                    help="add this state dir (holding copies of keys/ and tls/) to an existing PostgreSQL database")
     p.set_defaults(func=cmd_init)
+
+    p = sub.action.add_parser("admin-key", help="create or list provider-admin keys (for --admin-key)")
+    asub = _Sub(p.add_subparsers(dest="action", required=True), common)
+    asub.add_parser("create", help="a new provider-admin key in STATE/keys/admin-ID.pem")
+    asub.add_parser("list")
+    p.set_defaults(func=cmd_admin_key)
 
     p = sub.add_parser("serve", help="run the HTTPS API")
     p.add_argument("--listen", help="HOST:PORT (default: 0.0.0.0 and the URL's port)")
@@ -529,9 +574,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _remote(args) -> int:
+    from grouptun.control.adminclient import AdminClient, session_for
+    from provider import cli_remote
+
+    if args.admin_key is None:
+        raise InvalidInput("--url needs --admin-key FILE (a provider-admin key)")
+    key_id, key = cli_remote.load_admin_key(args.admin_key)
+    return cli_remote.run(args, AdminClient(args.remote_url, key_id, key, session_for(args.fingerprint, args.ca)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.remote_url is not None:
+            return _remote(args)
+        if args.admin_key or args.fingerprint or args.ca:
+            raise InvalidInput("--admin-key, --fingerprint and --ca go with --url (the remote admin API)")
         return int(args.func(args) or 0)
     except GrouptunError as exc:
         if os.environ.get("GROUPTUN_DEBUG") == "1":

@@ -23,7 +23,7 @@ import json
 import time
 
 from grouptun.core import attributes as attrs
-from provider import membership
+from provider import admin_ops, membership
 from provider.errors import InvalidInput
 
 
@@ -38,16 +38,18 @@ def parse_attrs(values: list[str] | None, flag: str = "--attr") -> dict[str, str
         raise InvalidInput(f"{flag}: {exc}") from exc
 
 
-def _token_text(args, secret: str) -> str:
+def token_maker(paths):
+    """``secret -> printable join token`` for this state dir's provider (URL or public URLs, TLS pin, keys)."""
     from grouptun.core.archive import ProviderKeys
     from grouptun.core.jointoken import JoinToken
     from provider.keys import public_urls, read_config, tls_fingerprint
 
-    paths = _paths(args)
     config = read_config(paths)
     keys = ProviderKeys.from_json(config["provider_keys"])
     urls = public_urls(config)  # the replicas' list (issue 16), when the provider has one
-    return str(JoinToken(urls[0] if urls else config["url"], tls_fingerprint(paths), keys.fingerprint(), secret, urls))
+    fingerprint = tls_fingerprint(paths)
+    return lambda secret: str(JoinToken(urls[0] if urls else config["url"], fingerprint, keys.fingerprint(),
+                                        secret, urls))
 
 
 def _paths(args):
@@ -67,16 +69,17 @@ def create_group(args, provider, options: dict) -> int:
     names = [n for n in (args.members or "").split(",") if n]
     if args.members is not None and not names:
         raise InvalidInput("--members needs at least one name (a,b,c)")
-    expires = _duration(args.expires, "--expires")
-    shown, issued = membership.create_group(
-        provider, args.name, args.cidr, names, _duration(args.token_ttl, "--token-ttl"), parse_attrs(args.attr),
-        _duration(args.member_ttl, "--member-ttl"), parse_attrs(args.owner, "--owner"),
-        None if expires is None else provider.clock() + expires, _names(args.owners), **options)
-    tokens = [{"member": t["member"], "id": t["id"], "token": _token_text(args, t["secret"])} for t in issued]
-    shown["metadata"] = membership.group_metadata(provider, args.name)
-    _print({"group": shown, "tokens": tokens}, args.json,
-           json.dumps(shown, indent=2) + "\n" + "\n".join(f"{t['member']}\t{t['token']}" for t in tokens))
+    result = admin_ops.group_create(
+        provider, token_maker(_paths(args)), args.name, args.cidr, names, _duration(args.token_ttl, "--token-ttl"),
+        parse_attrs(args.attr), _duration(args.member_ttl, "--member-ttl"), parse_attrs(args.owner, "--owner"),
+        _duration(args.expires, "--expires"), _names(args.owners), **options)
+    _print(result, args.json, create_text(result))
     return 0
+
+
+def create_text(result: dict) -> str:
+    return json.dumps(result["group"], indent=2) + "\n" + "\n".join(f"{t['member']}\t{t['token']}"
+                                                                   for t in result["tokens"])
 
 
 def _names(text: str | None) -> list[str]:
@@ -84,65 +87,80 @@ def _names(text: str | None) -> list[str]:
 
 
 def set_meta(args, provider) -> int:
-    expires = _duration(args.expires, "--expires")
-    meta = membership.set_group_metadata(provider, args.name, parse_attrs(args.owner, "--owner") if args.owner
-                                         else None, None if expires is None else provider.clock() + expires,
-                                         args.no_expiry, None if args.owners is None else _names(args.owners))
-    _print(meta, args.json, f"group {args.name}: owner {attrs.render(meta['owner']) or '-'}, "
-                            f"expires {_when(meta['expires_at'])}, provider {meta['provider_id']}")
+    meta = admin_ops.group_set_meta(provider, args.name, parse_attrs(args.owner, "--owner") if args.owner else None,
+                                    _duration(args.expires, "--expires"), args.no_expiry,
+                                    None if args.owners is None else _names(args.owners))
+    _print(meta, args.json, meta_text(args.name, meta))
     return 0
 
 
+def meta_text(group: str, meta: dict) -> str:
+    return (f"group {group}: owner {attrs.render(meta['owner']) or '-'}, expires {_when(meta['expires_at'])}, "
+            f"provider {meta['provider_id']}")
+
+
 def invite(args, provider) -> int:
+    shown = admin_ops.invite(provider, token_maker(_paths(args)), args.group, args.member, *invite_options(args))
+    _print(shown, args.json, shown["token"])
+    return 0
+
+
+def check_invite(args) -> None:
     if args.reusable and args.uses is None:
         raise InvalidInput("--reusable needs --uses N")
     if not args.reusable and (args.uses is not None or args.member is None):
         raise InvalidInput("give a MEMBER (a one-time token), or --reusable --uses N (a key for any name)")
+
+
+def invite_options(args) -> tuple:
+    """(ttl, uses or None, attributes, member_ttl) from ``invite``'s options, checked."""
+    check_invite(args)
     ttl = _duration(args.expires or args.ttl, "--expires" if args.expires else "--ttl")
-    member_ttl = _duration(args.member_ttl, "--member-ttl")
-    pairs = parse_attrs(args.attr)
-    secret, ident = membership.invite(provider, args.group, args.member, ttl, args.uses if args.reusable else None,
-                                      pairs, member_ttl)
-    token = _token_text(args, secret)
-    _print({"token": token, "id": ident, "group": args.group, "member": args.member, "reusable": args.reusable,
-            "max_uses": args.uses if args.reusable else 1, "expires_at": provider.clock() + ttl,
-            "attributes": pairs, "member_ttl": member_ttl}, args.json, token)
-    return 0
+    return ttl, args.uses if args.reusable else None, parse_attrs(args.attr), _duration(args.member_ttl,
+                                                                                         "--member-ttl")
 
 
 def tokens(args, provider) -> int:
     if args.action == "list":
         rows = membership.list_tokens(provider, args.group)
-        _print(rows, args.json, "\n".join(
-            f"{t['id']}  {t['state']:<9} {'reusable' if t['reusable'] else 'one-time'} "
-            f"member={t['member'] or '*'} uses={t['uses']}/{t['max_uses']} expires={_when(t['expires_at'])} "
-            f"attributes={attrs.render(t['attributes']) or '-'}" for t in rows) or "(no tokens)")
     else:
-        result = membership.revoke_token(provider, args.group, args.id)
-        _print(result, args.json, f"token {args.id} revoked")
+        rows = membership.revoke_token(provider, args.group, args.id)
+    _print(rows, args.json, tokens_text(args, rows))
     return 0
+
+
+def tokens_text(args, result) -> str:
+    if args.action != "list":
+        return f"token {args.id} revoked"
+    return "\n".join(f"{t['id']}  {t['state']:<9} {'reusable' if t['reusable'] else 'one-time'} "
+                     f"member={t['member'] or '*'} uses={t['uses']}/{t['max_uses']} expires={_when(t['expires_at'])} "
+                     f"attributes={attrs.render(t['attributes']) or '-'}" for t in result) or "(no tokens)"
 
 
 def member(args, provider) -> int:
     """``member`` actions: list, show, extend, set-attr, remove."""
-    if args.action in ("list", "show"):
-        rows = [m for m in provider.list_members(args.group) if args.action == "list" or m["name"] == args.member]
-        if args.action == "show" and not rows:
-            from provider.errors import NotFound
-
-            raise NotFound(f"no member {args.member!r} in group {args.group!r}")
-        _print(rows if args.action == "list" else rows[0], args.json, "\n".join(_member_line(m) for m in rows))
+    if args.action == "list":
+        result = provider.list_members(args.group)
+    elif args.action == "show":
+        result = admin_ops.member_show(provider, args.group, args.member)
     elif args.action == "extend":
         result = membership.extend(provider, args.group, args.member, _duration(args.by, "extend"))
-        _print(result, args.json, f"{args.member}: member until {_when(result['expires_at'])}")
     elif args.action == "set-attr":
         result = membership.set_attributes(provider, args.group, args.member, parse_attrs(args.pairs), args.unset)
-        _print(result, args.json, f"{args.member}: {attrs.render(result['attributes']) or '(no attributes)'}")
     else:
-        opened = provider.remove_member(args.group, args.member)
-        _print({"removed": args.member, "group": args.group, "epoch": opened.epoch, "version": opened.version},
-               args.json, f"removed {args.member}; group {args.group} now at epoch {opened.epoch}")
+        result = admin_ops.member_remove(provider, args.group, args.member)
+    _print(result, args.json, member_text(args, result))
     return 0
+
+
+def member_text(args, result) -> str:
+    if args.action in ("list", "show"):
+        return "\n".join(_member_line(m) for m in (result if args.action == "list" else [result]))
+    if args.action == "extend":
+        return f"{args.member}: member until {_when(result['expires_at'])}"
+    if args.action == "set-attr":
+        return f"{args.member}: {attrs.render(result['attributes']) or '(no attributes)'}"
+    return f"removed {args.member}; group {args.group} now at epoch {result['epoch']}"
 
 
 def _member_line(m: dict) -> str:

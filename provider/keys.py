@@ -9,12 +9,13 @@ Layout (created by ``grouptun-provider init``; directory mode 0700)::
     STATE/provider.db            the database (store.py), mode 0600
     STATE/keys/ed25519.pem       archive signing key, PKCS#8, mode 0600
     STATE/keys/mldsa65.pem       archive signing key, PKCS#8, mode 0600
+    STATE/keys/admin-ID.pem      a provider-admin key (Ed25519, PKCS#8, mode 0600; provider/admin.py)
     STATE/tls/key.pem            TLS key (ECDSA P-256), mode 0600
     STATE/tls/cert.pem           self-signed TLS certificate (public)
 
 At rest the private keys are protected by file mode 0600 in a 0700
 directory owned by the provider's user. If a passphrase is given at
-``init``, both signing keys are PKCS#8-encrypted with it
+``init``, both signing keys (and the provider-admin keys) are PKCS#8-encrypted with it
 (``BestAvailableEncryption``) and every later command needs the same one.
 The TLS key stays unencrypted (uvicorn loads it from a file).
 
@@ -149,6 +150,12 @@ def _encryption() -> serialization.KeySerializationEncryption:
 
 def _pem(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, _encryption())
+
+
+def save_private_key(path: Path, key) -> None:
+    """A new private key file as the signing keys are kept: PKCS#8, mode 0600, encrypted with the
+    passphrase when there is one (the provider-admin keys, provider/admin.py)."""
+    _write_private(path, _pem(key))
 
 
 PUBLIC_URLS = "public_urls"

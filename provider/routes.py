@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from grouptun.control.reqsign import SignatureRefused, verify_headers
+from grouptun.control.reqsign import SignatureRefused, Verified, verify_headers
 from provider import membership
 from provider.errors import (Forbidden, Gone, InvalidInput, NotFound, RateLimited, SchemaError, StateDirError,
                              Unauthorized)
@@ -95,6 +95,27 @@ class Context:
                 gone.append(reason)
         return key
 
+    async def verified(self, request: Request, group: str | None, resolve) -> Verified:
+        """The RFC 9421 check of ``request`` (``resolve(key_id)``: its public key or None); 401, audited, if not."""
+        body = await request.body()
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        query = request.scope.get("query_string") or b""
+        url = "https://provider" + raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+        client = request.client.host if request.client else "unknown"
+        try:
+            return await run_in_threadpool(verify_headers, request.method, url, request.headers, body, resolve,
+                                           time.time(), self.provider.started_at)
+        except SignatureRefused as exc:
+            await self.refuse_audit(f"address:{client}", request.url.path[:80], group, exc.reason)
+            raise Unauthorized(exc.reason) from exc
+
+    async def fresh(self, request: Request, group: str | None, scope: str, verified: Verified, actor: str) -> None:
+        """401 "replayed signature" (audited as ``actor``) unless the nonce is new in ``scope`` (the cache
+        is shared by the replicas on PostgreSQL)."""
+        if not await self.nonces.fresh(scope, verified.nonce, time.time()):
+            await self.refuse_audit(actor, request.url.path[:80], group, "replayed signature")
+            raise Unauthorized("replayed signature")
+
     def member_dependency(self, limiter: RateLimiter | None = None):
         """The FastAPI dependency that authenticates a member request (signature, nonce, rate).
 
@@ -102,26 +123,12 @@ class Context:
         budget = limiter or self.limits.member
 
         async def member(request: Request, group: str = GROUP_PATH) -> Member:
-            body = await request.body()
-            raw_path = request.scope.get("raw_path") or request.url.path.encode()
-            query = request.scope.get("query_string") or b""
-            url = "https://provider" + raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-            client = request.client.host if request.client else "unknown"
             gone: list[str] = []  # the reason, when the key that verifies is a removed member's
-            try:
-                verified = await run_in_threadpool(
-                    verify_headers, request.method, url, request.headers, body,
-                    lambda key_id: self._member_or_removed_key(group, key_id, gone), time.time(),
-                    self.provider.started_at)
-            except SignatureRefused as exc:
-                await self.refuse_audit(f"address:{client}", request.url.path[:80], group, exc.reason)
-                raise Unauthorized(exc.reason) from exc
+            verified = await self.verified(request, group,
+                                           lambda key_id: self._member_or_removed_key(group, key_id, gone))
             if gone:  # only the removed member itself can sign this: telling it leaks nothing
                 raise Gone(gone[0])
-            if not await self.nonces.fresh(f"{group}/{verified.key_id}", verified.nonce, time.time()):
-                await self.refuse_audit(f"member:{verified.key_id}", request.url.path[:80], group,
-                                        "replayed signature")
-                raise Unauthorized("replayed signature")
+            await self.fresh(request, group, f"{group}/{verified.key_id}", verified, f"member:{verified.key_id}")
             if not budget.allow(f"{group}/{verified.key_id}"):
                 raise RateLimited("rate limit exceeded (member)")
             return Member(group, verified.key_id)

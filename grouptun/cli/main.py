@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "seal": ("grouptun.cli.seal", "encrypt a file for members; the provider keeps it for them (sealed data)"),
     "unseal": ("grouptun.cli.unseal", "fetch sealed data and open it with this member's key"),
     "sealed": ("grouptun.cli.sealed", "list or delete sealed data"),
+    "admin": ("grouptun.cli.admin", "manage the group as its owner through the provider's admin API"),
     "vectors": ("grouptun.cli.vectors", "compute every output of a protocol test-vector file"),
 }
 

@@ -2,7 +2,8 @@
 
 Every member request carries one signature, label ``gt``, algorithm
 ``ed25519``, tag ``grouptun/1``, ``keyid`` = the member name (the group is
-in the covered path), parameters ``created`` (unix seconds) and ``nonce``
+in the covered path; admin requests: ``admin:<id>`` or ``owner:<group>/<member>``,
+``provider/admin.py``), parameters ``created`` (unix seconds) and ``nonce``
 (16 random bytes, base64url), covering ``@method``, ``@path`` (with the
 query: ``@path`` is the path only, so the query is covered by also signing
 ``@query``) and ``content-digest`` (RFC 9530 SHA-256 of the body, present
@@ -39,7 +40,7 @@ COVERED = ("@method", "@path", "@query", "content-digest")
 MAX_AGE = 60  # seconds a signature stays acceptable
 MAX_SKEW = 5  # seconds a signer's clock may run ahead
 NONCE_BYTES = 16
-MAX_KEYID_CHARS = 64
+MAX_KEYID_CHARS = 104  # "owner:" + a 32-character group + "/" + a 64-character member (admin API)
 
 # Fixed, public dummy key: unknown members are checked against it so that
 # "unknown" and "bad signature" cost the same and answer the same.

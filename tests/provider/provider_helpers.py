@@ -61,8 +61,9 @@ def admin(state: Path, *args: str, check: bool = True, env: dict | None = None,
 
 
 class ServerProc:
-    def __init__(self, state: Path, port: int, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, state: Path, port: int, extra: tuple[str, ...] = (), env: dict | None = None) -> None:
         self.state, self.port, self.proc, self.extra = state, port, None, extra  # extra: more `serve` options
+        self.env = env or {}  # more environment variables (a passphrase)
 
     @property
     def url(self) -> str:
@@ -73,7 +74,7 @@ class ServerProc:
             [sys.executable, "-m", "provider.cli", "serve", "--state", str(self.state),
              "--listen", f"127.0.0.1:{self.port}", "--address-rate", "5000", "--start-rate", "50",
              "--report-rate", "50", *self.extra],
-            env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            env={**ENV, **self.env}, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
