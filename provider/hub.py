@@ -104,6 +104,11 @@ class Hub:
             if listener is not None:
                 listener.stop()
 
+    def current(self, group: str) -> tuple[int, bytes] | None:
+        """(version, archive) as this hub last read them (None: nothing yet); the caller checks the version."""
+        state = self.groups.get(group)
+        return None if state is None or state.archive is None else (state.version, state.archive)
+
     async def wait_change(self, group: str, version: int, timeout: float) -> tuple[int, bytes] | None:
         """(newer version, its archive) as soon as there is one; None after ``timeout`` or at shutdown."""
         deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from grouptun.control.reqsign import SignatureRefused, verify_headers
 from provider import membership
-from provider.encoding import accepts_gzip
+from provider.encoding import ChunkedResponse, accepts_gzip
 from provider.errors import (Forbidden, Gone, InvalidInput, NotFound, RateLimited, SchemaError, StateDirError,
                              Unauthorized)
 from provider.ijson import IJsonRoute
@@ -166,13 +166,21 @@ def archive_router(ctx: Context) -> APIRouter:
     async def answer(request: Request, group: str, version: int, raw: bytes) -> Response:
         """The archive, gzip-encoded when the client accepts it (one body per version: provider/encoding.py)."""
         if not accepts_gzip(request.headers.get("accept-encoding")):
-            return Response(raw, media_type=ARCHIVE_MEDIA, headers=VARY)
+            return ChunkedResponse(raw, media_type=ARCHIVE_MEDIA, headers=VARY)
         body = ctx.hub.gzip.cached(group, version) or await run_in_threadpool(ctx.hub.gzip.body, group, version, raw)
-        return Response(body, media_type=ARCHIVE_MEDIA, headers={**VARY, "Content-Encoding": "gzip"})
+        return ChunkedResponse(body, media_type=ARCHIVE_MEDIA, headers={**VARY, "Content-Encoding": "gzip"})
 
     @router.get("/v1/groups/{group}/archive", response_class=Response, responses=ARCHIVE_RESPONSES)
     async def archive(request: Request, who: Member = Depends(member)):
-        version, raw = await run_in_threadpool(ctx.provider.store.archive, who.group)
+        # The version alone first: when the hub holds that version, its bytes are the archive (one
+        # database history never signs two archives under one version), and the multi-MiB blob is
+        # not read again for every member of a big group after a rekey (scripts/bench-provider).
+        version = await run_in_threadpool(ctx.provider.store.archive_version, who.group)
+        held = ctx.hub.current(who.group)
+        if held is not None and held[0] == version:
+            version, raw = held
+        else:
+            version, raw = await run_in_threadpool(ctx.provider.store.archive, who.group)
         if raw is None:
             raise NotFound(f"group {who.group!r} has no epoch yet")
         return await answer(request, who.group, version, raw)

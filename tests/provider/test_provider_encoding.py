@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import threading
 import warnings
 
@@ -10,7 +11,7 @@ import pytest
 
 from grouptun.control.reqsign import sign_headers
 from provider.app import Settings, create_app
-from provider.encoding import GzipCache, accepts_gzip
+from provider.encoding import CHUNK, ChunkedResponse, GzipCache, accepts_gzip
 from provider.keys import Signer
 from provider_helpers import memory_provider
 
@@ -88,3 +89,38 @@ def test_metrics_count_the_body_bytes_as_sent():
     line = next(x for x in text.splitlines() if x.startswith("grouptun_provider_http_response_body_bytes_total")
                 and "/archive" in x)
     assert float(line.split()[-1]) == sum(sizes)
+
+
+def test_the_archive_route_serves_the_hubs_copy_of_the_current_version_and_reads_the_db_otherwise():
+    """After a rekey every member fetches the archive: the blob is read once per version, not per member."""
+    provider, keys = memory_provider(signer=SIGNER)
+    asgi, _ = create_app(provider, Settings(member_rate=1000, member_burst=1000))
+    reads, real = [], provider.store.archive
+    provider.store.archive = lambda group: reads.append(group) or real(group)
+    with TestClient(asgi, client=("127.0.0.1", 4000)) as client:
+        before = len(reads)  # the hub's own refresh at start-up
+        for _ in range(3):
+            assert _get(client, keys["alice"], "/v1/groups/lan/archive", "identity").content == real("lan")[1]
+        assert len(reads) == before
+        frozen = provider.store.group_versions()
+        provider.store.group_versions = lambda: frozen  # the hub never hears of the next epoch
+        provider.open_epoch("lan", "admin", "admin")
+        got = _get(client, keys["alice"], "/v1/groups/lan/archive", "identity").content
+        assert got == real("lan")[1] and len(reads) == before + 1  # newer in the database: read from there
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
+def test_archive_bodies_go_out_in_pieces_so_the_transport_can_drain_between_them(size):
+    import asyncio
+
+    body, sent = os.urandom(size), []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(ChunkedResponse(body, media_type="application/json")({"type": "http"}, None, send))
+    start, *pieces = sent
+    assert start["type"] == "http.response.start" and (b"content-length", str(size).encode()) in start["headers"]
+    assert b"".join(p["body"] for p in pieces) == body
+    assert all(len(p["body"]) <= CHUNK for p in pieces) and len(pieces) == max(1, -(-size // CHUNK))
+    assert [p["more_body"] for p in pieces] == [True] * (len(pieces) - 1) + [False]
