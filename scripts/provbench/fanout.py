@@ -143,3 +143,24 @@ def raise_nofile(needed: int) -> int:
     want = min(hard, max(soft, needed)) if hard != resource.RLIM_INFINITY else max(soft, needed)
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return want
+
+
+def growth_table(epochs: dict[int, dict[str, float]], rows: list[dict]) -> None:
+    """How each per-rekey figure grows with the group (x: the factor from the previous size)."""
+    print("\nper rekey, by group size (x = factor from the previous row; members grew by the first column's x)")
+    head = ("members", "epoch ms", "archive MiB", "served GiB", "gzip GiB", "fetch-all s", "gzip s",
+            "server CPU ms/member")
+    print("  " + " | ".join(head))
+    prev = None
+    for row in rows:
+        plain, packed = row["passes"][0], row["passes"][-1]
+        cells = (row["members"], epochs.get(row["members"], {}).get("total", float("nan")), row["archive"] / 2**20,
+                 plain.served / 2**30, packed.served / 2**30, plain.seconds, packed.seconds,
+                 1000 * plain.cpu / row["members"])
+        text = [_num(c) if prev is None or not p else f"{_num(c)} (x{c / p:.1f})" for c, p in zip(cells, prev or cells)]
+        print("  " + " | ".join(text))
+        prev = cells
+
+
+def _num(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"

@@ -45,8 +45,9 @@ CATEGORIES = (
     ("HTTP protocol (h11, provider/connlimits.py)", ("provider/connlimits", "/h11/")),
     ("JSON / archive encoding", ("json/", "provider/archives.py", "grouptun/core/archive.py")),
     ("provider code", ("provider/",)),
-    ("framework (uvicorn, starlette, fastapi, pydantic)",
-     ("uvicorn", "starlette", "fastapi", "pydantic", "anyio")),
+    ("framework: pydantic (query/path validation)", ("pydantic",)),
+    ("framework: fastapi/starlette (routing, dependencies, responses)", ("fastapi", "starlette", "anyio")),
+    ("framework: uvicorn (ASGI server)", ("uvicorn",)),
     ("asyncio", ("asyncio/",)),
 )
 EVENT_LOOP = "event loop (C: sockets, uvloop)"

@@ -41,6 +41,7 @@ class Round:
     median: float
     last: float
     cpu: float
+    client: float  # the watchers' own CPU (this process) meanwhile: on 2 cores they compete with the servers
     served: float
     profile: dict[str, float]
 
@@ -79,7 +80,7 @@ async def _round(reps: Replicas, keys, watchers: int, encoding: str, version: in
             break
     park_seconds, rss_with = time.perf_counter() - t_open, [rss_kib(p) for p in reps.pids]
     served0 = sum(await asyncio.gather(*(metric_sum(u, BODY_BYTES, "/watch") for u in reps.urls)))
-    cpu0 = sum(cpu_seconds(p) for p in reps.pids)
+    cpu0, client0 = sum(cpu_seconds(p) for p in reps.pids), time.process_time()
     for p in reps.pids:
         reset_peak(p)
     reps.toggle_sampling()
@@ -88,7 +89,7 @@ async def _round(reps: Replicas, keys, watchers: int, encoding: str, version: in
     cli = time.perf_counter() - t0
     done, _ = await asyncio.wait(tasks, timeout=FANOUT_DEADLINE)
     reps.toggle_sampling()
-    cpu = sum(cpu_seconds(p) for p in reps.pids) - cpu0
+    cpu, client = sum(cpu_seconds(p) for p in reps.pids) - cpu0, time.process_time() - client0
     for task in tasks:
         task.cancel()
     errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
@@ -98,7 +99,7 @@ async def _round(reps: Replicas, keys, watchers: int, encoding: str, version: in
     after = sorted(t - t0 for t in got) or [float("nan")]
     peak = [rss_kib(p, "VmHWM") for p in reps.pids]
     return Round(encoding, parked, park_seconds, rss_with, peak, cli, len(got), after[0], statistics.median(after),
-                 after[-1], cpu, served, merged(reps.profiles()))
+                 after[-1], cpu, client, served, merged(reps.profiles()))
 
 
 def bench_watchers(tmp: Path, label: str, database_url: str | None, count: int, watchers: int,
@@ -126,7 +127,7 @@ def bench_watchers(tmp: Path, label: str, database_url: str | None, count: int, 
                   f"KiB per watcher)")
             print(f"            rekey: CLI {r.rekey_cli * 1000:.0f} ms; {r.got}/{watchers} had the new archive: "
                   f"first {r.first:.2f} s, median {r.median:.2f} s, last {r.last:.2f} s after `group rekey` "
-                  f"began; served {r.served / 2**20:.0f} MiB; replicas' CPU {r.cpu:.1f} s "
+                  f"began; served {r.served / 2**20:.0f} MiB; replicas' CPU {r.cpu:.1f} s (watchers' {r.client:.1f} s) "
                   f"[{shares(r.profile)}]; peak RSS during the fan-out {', '.join(f'{k / 1024:.0f}' for k in r.peak)} MiB")
             time.sleep(1.0)  # the closed connections are gone before the next round's RSS
     return rounds

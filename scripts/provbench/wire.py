@@ -101,3 +101,4 @@ async def metric_sum(url: str, prefix: str, contains: str = "") -> float:
         await conn.close()
     return sum(float(line.split()[-1]) for line in reply.body.decode().splitlines()
                if line.startswith(prefix) and contains in line)
+
