@@ -13,6 +13,8 @@ is served only with ``"api_docs": true`` in ``STATE/provider.json``; off by defa
     GET  /v1/groups/{group}/watch?version=V&timeout=T
                                                     -> 200 envelope as soon as the version > V,
                                                        204 after T seconds (0..60) unchanged
+         (archive and watch: gzip-encoded when Accept-Encoding allows it, one body per version,
+          provider/encoding.py; the signed bytes inside are the same)
     POST /v1/groups/{group}/start {"challenge": hex(32 bytes)}
                                                     -> 200 envelope of a NEW epoch listing the challenge
                                                        and naming the member's instance (starts of

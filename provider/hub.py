@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from provider import membership
+from provider.encoding import GzipCache
 from provider.errors import ProviderFault
 from provider.service import Provider
 from provider.store import CHANGE_CHANNEL, SERVER_APPLICATION, TIMER_LOCK_KEY, Store
@@ -55,8 +56,9 @@ class _GroupState:
 class Hub:
     """Per-group archive cache and change events, fed by polling the DB."""
 
-    def __init__(self, provider: Provider) -> None:
+    def __init__(self, provider: Provider, gzip: GzipCache | None = None) -> None:
         self.provider = provider
+        self.gzip = gzip if gzip is not None else GzipCache()
         self.groups: dict[str, _GroupState] = {}
         self._kick = asyncio.Event()
         self.released = False  # the server is stopping: long-polls answer "unchanged" at once
@@ -76,6 +78,8 @@ class Hub:
             state = self.groups.setdefault(name, _GroupState())
             if state.version != version:
                 state.version, state.archive = await run_in_threadpool(self.provider.store.archive, name)
+                if state.archive is not None:  # once per version, before the fan-out (provider/encoding.py)
+                    await run_in_threadpool(self.gzip.body, name, state.version, state.archive)
                 state.event.set()
                 state.event = asyncio.Event()
 
@@ -100,14 +104,20 @@ class Hub:
             if listener is not None:
                 listener.stop()
 
-    async def wait_change(self, group: str, version: int, timeout: float) -> bytes | None:
+    def current(self, group: str) -> tuple[int, bytes] | None:
+        """(version, archive) as this hub last read them (None: nothing yet); the caller checks the version."""
+        state = self.groups.get(group)
+        return None if state is None or state.archive is None else (state.version, state.archive)
+
+    async def wait_change(self, group: str, version: int, timeout: float) -> tuple[int, bytes] | None:
+        """(newer version, its archive) as soon as there is one; None after ``timeout`` or at shutdown."""
         deadline = time.monotonic() + timeout
         while True:
             state = self.groups.setdefault(group, _GroupState())
             # Only a newer version answers: a member that saw a version this database does
             # not have (restored from an older backup) waits for the next change.
             if state.version > version and state.archive is not None:
-                return state.archive
+                return state.version, state.archive
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.released:
                 return None

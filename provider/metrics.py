@@ -10,6 +10,9 @@ What it measures:
     grouptun_provider_http_requests_total{route,method,status}
     grouptun_provider_http_request_duration_seconds{route,method}   (histogram)
     grouptun_provider_http_requests_in_flight
+    grouptun_provider_http_response_body_bytes_total{route}
+                                               response body bytes as sent (after gzip): what a rekey's
+                                               fan-out costs in traffic
     grouptun_provider_epochs_created_total{group}
     grouptun_provider_watchers{group}          long-polls waiting right now
     grouptun_provider_connections_refused_total{reason}
@@ -59,6 +62,8 @@ class ProviderMetrics:
         self.latency = Histogram("grouptun_provider_http_request_duration_seconds",
                                  "Time from request to end of response", ["route", "method"],
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.body_bytes = Counter("grouptun_provider_http_response_body_bytes", "Response body bytes sent",
+                                  ["route"], registry=r)
         self.in_flight = Gauge("grouptun_provider_http_requests_in_flight", "Requests being handled",
                                registry=r)
         self.epochs = Counter("grouptun_provider_epochs_created", "Epochs opened", ["group"], registry=r)
@@ -103,11 +108,13 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = {"code": 500}  # an exception before the response starts is a 500
+        status = {"code": 500, "bytes": 0}  # an exception before the response starts is a 500
 
         async def send_wrapper(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+            elif message["type"] == "http.response.body":
+                status["bytes"] += len(message.get("body", b""))
             await send(message)
 
         start = time.perf_counter()
@@ -120,6 +127,7 @@ class MetricsMiddleware:
             route = _route_template(scope)
             method = scope.get("method", "?")
             self.metrics.requests.labels(route, method, str(status["code"])).inc()
+            self.metrics.body_bytes.labels(route).inc(status["bytes"])
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
 
 

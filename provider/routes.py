@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from grouptun.control.reqsign import SignatureRefused, Verified, verify_headers
 from provider import membership
+from provider.encoding import ChunkedResponse, accepts_gzip
 from provider.errors import (Forbidden, Gone, InvalidInput, NotFound, RateLimited, SchemaError, StateDirError,
                              Unauthorized)
 from provider.ijson import IJsonRoute
@@ -33,6 +34,7 @@ from provider.service import Provider
 ARCHIVE_RESPONSES = {200: {"content": {ARCHIVE_MEDIA: {}}, "description": "signed archive envelope"},
                      404: {"description": "no such group, or no epoch yet"}}
 SEALED_RESPONSES = {200: {"content": {SEALED_MEDIA: {}}, "description": "1168 bytes"}}
+VARY = {"Vary": "Accept-Encoding"}  # caches between members and the provider must not mix the two forms
 log = logging.getLogger("provider.routes")
 WAITING = {"waiting": "members", "detail": "the group has fewer than 2 members; the start challenge is "
            "pending and the group's first epoch will list it"}
@@ -168,20 +170,35 @@ def archive_router(ctx: Context) -> APIRouter:
     """The current archive, and the long-poll for the next one."""
     router, member = APIRouter(route_class=IJsonRoute), ctx.member_dependency()
 
+    async def answer(request: Request, group: str, version: int, raw: bytes) -> Response:
+        """The archive, gzip-encoded when the client accepts it (one body per version: provider/encoding.py)."""
+        if not accepts_gzip(request.headers.get("accept-encoding")):
+            return ChunkedResponse(raw, media_type=ARCHIVE_MEDIA, headers=VARY)
+        body = ctx.hub.gzip.cached(group, version) or await run_in_threadpool(ctx.hub.gzip.body, group, version, raw)
+        return ChunkedResponse(body, media_type=ARCHIVE_MEDIA, headers={**VARY, "Content-Encoding": "gzip"})
+
     @router.get("/v1/groups/{group}/archive", response_class=Response, responses=ARCHIVE_RESPONSES)
-    async def archive(who: Member = Depends(member)):
-        version, raw = await run_in_threadpool(ctx.provider.store.archive, who.group)
+    async def archive(request: Request, who: Member = Depends(member)):
+        # The version alone first: when the hub holds that version, its bytes are the archive (one
+        # database history never signs two archives under one version), and the multi-MiB blob is
+        # not read again for every member of a big group after a rekey (scripts/bench-provider).
+        version = await run_in_threadpool(ctx.provider.store.archive_version, who.group)
+        held = ctx.hub.current(who.group)
+        if held is not None and held[0] == version:
+            version, raw = held
+        else:
+            version, raw = await run_in_threadpool(ctx.provider.store.archive, who.group)
         if raw is None:
             raise NotFound(f"group {who.group!r} has no epoch yet")
-        return Response(raw, media_type=ARCHIVE_MEDIA)
+        return await answer(request, who.group, version, raw)
 
     @router.get("/v1/groups/{group}/watch", response_class=Response,
                 responses={**ARCHIVE_RESPONSES, 204: {"description": "unchanged until the timeout"}})
-    async def watch(version: int = Query(ge=0, le=2**62), timeout: float = Query(25.0, ge=0, le=60),
-                    who: Member = Depends(member)):
+    async def watch(request: Request, version: int = Query(ge=0, le=2**62),
+                    timeout: float = Query(25.0, ge=0, le=60), who: Member = Depends(member)):
         with ctx.watching(who.group):
-            raw = await ctx.hub.wait_change(who.group, version, timeout)
-        return Response(status_code=204) if raw is None else Response(raw, media_type=ARCHIVE_MEDIA)
+            changed = await ctx.hub.wait_change(who.group, version, timeout)
+        return Response(status_code=204) if changed is None else await answer(request, who.group, *changed)
 
     return router
 

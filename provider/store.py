@@ -478,6 +478,11 @@ class Store:
         with self.read() as conn:
             return {row.name: row.version for row in conn.execute(select(groups.c.name, groups.c.version))}
 
+    def archive_version(self, group: str) -> int | None:
+        """The group's archive version without the archive (None: no such group)."""
+        with self.read() as conn:
+            return conn.execute(select(groups.c.version).where(groups.c.name == group)).scalar()
+
     def archive(self, group: str) -> tuple[int, bytes | None]:
         with self.read() as conn:
             row = conn.execute(select(groups.c.version, groups.c.archive).where(groups.c.name == group)).first()

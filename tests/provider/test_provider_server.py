@@ -404,3 +404,15 @@ def test_a_reusable_key_over_https_enrolls_until_exhausted_or_revoked(provider_e
             TestMember("fleet-3").enroll(token)
         assert info.value.status == 403 and reason in info.value.reason
     assert provider_env.snapshot() == before
+
+
+def test_the_members_client_gets_the_archive_gzip_encoded_and_verifies_it(provider_env, alice, bob):
+    """The daemon's client (requests) asks for gzip by default; the provider answers archive and watch
+    gzip-encoded and the client verifies the decoded bytes (provider/encoding.py)."""
+    client, pinned = bob.client(), ProviderKeys.from_json(provider_env.config["provider_keys"])
+    response = client.call("GET", "/archive")
+    assert "gzip" in bob.sessions.sent[-1][2]["Accept-Encoding"]
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert int(response.headers["Content-Length"]) < len(response.content)
+    archive = verify_archive(response.content, pinned)
+    assert verify_archive(client.watch(archive.version - 1, timeout=5), pinned).version == archive.version
