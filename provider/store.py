@@ -1,6 +1,6 @@
 """Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
-Schema version 8 (table ``meta``, key ``schema_version``)::
+Schema version 9 (table ``meta``, key ``schema_version``)::
 
     meta      key PK, value
     groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
@@ -28,6 +28,9 @@ Schema version 8 (table ``meta``, key ``schema_version``)::
               not yet listed by an epoch, seen by every replica (provider/hub.py)
     buckets   key PK, tokens, updated_at: rate-limit token buckets every replica
               shares (PostgreSQL; costs bounded per member, not per replica)
+    links     id PK, name UNIQUE, url, tls_fingerprint, keys_hash UNIQUE (the
+              linked provider's id), groups (JSON list, NULL: any group),
+              created_at: the linked trust providers (provider/links.py)
 
 Migrations: :meth:`Store.check_schema` upgrades an older database in
 place, one step per version (``MIGRATIONS``), in one write transaction:
@@ -44,6 +47,8 @@ none, everything allowed) and ``groups.policy_version``: see
 ``provider/policy.py``.
 7 -> 8 adds ``groups.export_rules`` (JSON object label -> selector, NULL:
 no limits): see ``provider/exportrules.py``.
+8 -> 9 adds the ``links`` table (empty: no linked providers), see
+``provider/links.py``.
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -93,7 +98,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 TIMER_LOCK_KEY = 0x67747473  # "gtts": PostgreSQL session advisory lock of the replica running the timers
 CHANGE_CHANNEL = "grouptun_changed"  # NOTIFY after every serialised write (provider/hub.py listens)
@@ -312,6 +317,24 @@ def _export_rules_column(conn: Connection) -> None:
         _add_column(conn, groups, "export_rules")
 
 
+# Linked trust providers (issue 19, provider/links.py): what each admin pinned of the other provider.
+links = Table(
+    "links", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(32), nullable=False, unique=True),
+    Column("url", String(200), nullable=False),
+    Column("tls_fingerprint", String(64), nullable=False),
+    Column("keys_hash", String(64), nullable=False, unique=True),  # the linked provider's id
+    Column("groups", Text),  # JSON sorted list of group names the link is limited to (NULL: any)
+    Column("created_at", Float, nullable=False),
+)
+
+
+def _add_links(conn: Connection) -> None:
+    """Issue 19 item 1: the links table (its own step, appended: other branches' steps stay independent)."""
+    links.create(conn, checkfirst=True)
+
+
 # from-version -> the step to the next version (run in the caller's write transaction)
 MIGRATIONS = {
     1: lambda conn: _add_column(conn, members, "instance"),
@@ -321,6 +344,7 @@ MIGRATIONS = {
     5: lambda conn: metadata.create_all(conn, tables=[nonces, starts, buckets]),
     6: _policy_columns,
     7: _export_rules_column,
+    8: _add_links,
 }
 
 

@@ -1,0 +1,73 @@
+"""The admin CLI's link commands (the operations are ``provider/links.py``)::
+
+    grouptun-provider link self [--json]        this provider's URL and pins, and the `link add` line
+                                                the partner's admin runs
+    grouptun-provider link add NAME --url URL --fingerprint SHA256 --keys-hash H [--groups g1,g2] [--json]
+    grouptun-provider link list [--json]
+    grouptun-provider link remove NAME [--json]
+
+``--json`` prints the link ``{"name", "url", "tls_fingerprint",
+"keys_hash", "groups" (null: any group), "created_at"}`` for add and
+remove, a list of them for list, and ``{"url", "tls_fingerprint",
+"keys_hash"}`` for self. A refused link exits 64 (bad field), 75 (exists
+already) or 66 (no such link) naming it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from provider import links
+
+
+def _line(link: dict) -> str:
+    groups = "any group" if link["groups"] is None else ",".join(link["groups"])
+    return f"{link['name']:<16} {link['url']:<32} provider {link['keys_hash'][:16]}...  {groups}"
+
+
+def own_identity(url: str, tls_fingerprint: str, provider_id: str) -> dict:
+    return {"url": url, "tls_fingerprint": tls_fingerprint, "keys_hash": provider_id}
+
+
+def run(args, provider, identity: dict) -> int:
+    """``identity``: this provider's own ``own_identity`` (for ``link self``)."""
+    if args.action == "self":
+        print(json.dumps(identity, indent=2, sort_keys=True) if args.json else
+              "give the partner's admin this line (NAME: what they call this provider):\n"
+              f"grouptun-provider link add NAME --url {identity['url']} "
+              f"--fingerprint {identity['tls_fingerprint']} --keys-hash {identity['keys_hash']}")
+        return 0
+    if args.action == "list":
+        shown = links.list_links(provider)
+        print(json.dumps(shown, indent=2, sort_keys=True) if args.json else
+              "\n".join(map(_line, shown)) or "no links")
+        return 0
+    if args.action == "add":
+        groups = None if args.groups is None else [g.strip() for g in args.groups.split(",")]
+        link = links.add_link(provider, args.name, args.url, args.fingerprint, args.keys_hash, groups)
+        text = f"linked {link['name']}: " + _line(link)
+    else:
+        link = links.remove_link(provider, args.name)
+        text = f"removed link {link['name']} ({link['url']})"
+    print(json.dumps(link, indent=2, sort_keys=True) if args.json else text)
+    return 0
+
+
+def add_parser(sub) -> None:
+    """``link`` and its actions on ``sub`` (provider/cli.py's subcommand adder, common options included)."""
+    from provider.cli import _Sub, cmd_link
+
+    p = sub.action.add_parser("link", help="link this provider to another trust provider (pinned both ways)")
+    lsub = _Sub(p.add_subparsers(dest="action", required=True), sub.common)
+    lsub.add_parser("self", help="print this provider's URL and pins for the partner's `link add`")
+    a = lsub.add_parser("add", help="pin a partner provider under NAME (the partner adds this one too)")
+    a.add_argument("name", help="what members' names call the partner: bob@NAME")
+    a.add_argument("--url", required=True, help="the partner's https://HOST:PORT")
+    a.add_argument("--fingerprint", required=True, help="SHA-256 of the partner's TLS certificate (link self)")
+    a.add_argument("--keys-hash", required=True, help="the partner's signing keys' fingerprint (link self)")
+    a.add_argument("--groups", default=None, help="g1,g2: limit the link to these groups (default: any)")
+    lsub.add_parser("list")
+    lsub.add_parser("remove").add_argument("name")
+    for parser in lsub.action.choices.values():
+        parser.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_link)
