@@ -3,14 +3,20 @@
     grouptun-provider link self [--json]        this provider's URL and pins, and the `link add` line
                                                 the partner's admin runs
     grouptun-provider link add NAME --url URL --fingerprint SHA256 --keys-hash H [--groups g1,g2] [--json]
+    grouptun-provider link check NAME [--json]  fetch the partner's keys over the pinned TLS, compare them with
+                                                --keys-hash, keep them (the link is then "checked")
+    grouptun-provider link vouch NAME           print the voucher this provider signs for the partner's keys
+                                                (what its members verify the partner's groups with)
     grouptun-provider link list [--json]
     grouptun-provider link remove NAME [--json]
 
 ``--json`` prints the link ``{"name", "url", "tls_fingerprint",
-"keys_hash", "groups" (null: any group), "created_at"}`` for add and
-remove, a list of them for list, and ``{"url", "tls_fingerprint",
+"keys_hash", "groups" (null: any group), "created_at", "state" (unchecked | checked),
+"checked_at"}`` for add, check and remove, a list of them for list, and ``{"url", "tls_fingerprint",
 "keys_hash"}`` for self. A refused link exits 64 (bad field), 75 (exists
-already) or 66 (no such link) naming it.
+already, or vouch before check), 66 (no such link) or 69 (check: the
+partner unreachable, or not holding the pinned certificate and keys)
+naming it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from provider import links
 
 def _line(link: dict) -> str:
     groups = "any group" if link["groups"] is None else ",".join(link["groups"])
-    return f"{link['name']:<16} {link['url']:<32} provider {link['keys_hash'][:16]}...  {groups}"
+    return f"{link['name']:<16} {link['url']:<32} provider {link['keys_hash'][:16]}...  {link['state']:<9}  {groups}"
 
 
 def own_identity(url: str, tls_fingerprint: str, provider_id: str) -> dict:
@@ -42,7 +48,13 @@ def run(args, provider, identity: dict) -> int:
         print(json.dumps(shown, indent=2, sort_keys=True) if args.json else
               "\n".join(map(_line, shown)) or "no links")
         return 0
-    if args.action == "add":
+    if args.action == "vouch":
+        print(links.issue_vouch(provider, args.name).decode())
+        return 0
+    if args.action == "check":
+        link = links.check_link(provider, args.name)
+        text = f"link {link['name']}: {link['url']} holds the pinned certificate and keys (checked)"
+    elif args.action == "add":
         groups = None if args.groups is None else [g.strip() for g in args.groups.split(",")]
         link = links.add_link(provider, args.name, args.url, args.fingerprint, args.keys_hash, groups)
         text = f"linked {link['name']}: " + _line(link)
@@ -67,7 +79,9 @@ def add_parser(sub) -> None:
     a.add_argument("--keys-hash", required=True, help="the partner's signing keys' fingerprint (link self)")
     a.add_argument("--groups", default=None, help="g1,g2: limit the link to these groups (default: any)")
     lsub.add_parser("list")
-    lsub.add_parser("remove").add_argument("name")
+    for action in ("check", "remove"):
+        lsub.add_parser(action).add_argument("name")
     for parser in lsub.action.choices.values():
         parser.add_argument("--json", action="store_true")
+    lsub.add_parser("vouch", help="print the signed voucher for a checked link").add_argument("name")
     p.set_defaults(func=cmd_link)

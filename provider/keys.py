@@ -53,6 +53,7 @@ import dataclasses
 
 from grouptun.core.archive import ProviderKeys, sign_archive, Archive
 from grouptun.core.jointoken import check_urls
+from grouptun.core.vouch import Vouch, sign_vouch
 from grouptun.errors import ConfigError
 from provider.errors import StateDirError
 
@@ -190,6 +191,10 @@ class Signer:
         if self.urls:
             archive = dataclasses.replace(archive, provider_urls=self.urls)
         return sign_archive(archive, self._ed, self._ml)
+
+    def sign_vouch(self, vouch: Vouch) -> bytes:
+        """A voucher for a linked provider's keys (PROTOCOL.md 8), for this provider's own members."""
+        return sign_vouch(vouch, self._ed, self._ml)
 
     def save(self, paths: StatePaths) -> None:
         _write_private(paths.ed25519, _pem(self._ed))

@@ -17,7 +17,15 @@ neither takes anything the other says about itself on trust.
   only those (the owner's groups the partner's members may join, or the
   foreign groups this provider's members may join through it).
 - :func:`remove_link` drops it; :func:`list_links` is what ``link list``
-  prints.
+  prints (``state``: ``unchecked`` until :func:`check_link` succeeded).
+- :func:`check_link` fetches the partner's ``GET /v1/provider`` over TLS
+  with exactly the pinned certificate, accepts its keys only when their
+  fingerprint is the pinned keys hash, and stores them (``checked``); any
+  failure is LinkError (exit 69) naming what did not match, audited, and
+  changes nothing stored.
+- :func:`issue_vouch` signs, with this provider's own keys, the voucher its
+  members verify a group of the partner with (``grouptun.core.vouch``,
+  PROTOCOL.md 8); only for a checked link.
 
 Each change is one audited transaction (``link-add``, ``link-remove``); a
 refusal changes nothing. Nothing stored here is secret: the pins are
@@ -29,12 +37,19 @@ from __future__ import annotations
 import json
 import re
 
-from sqlalchemy import delete, insert, or_, select
+from typing import Callable
 
+from sqlalchemy import delete, insert, or_, select, update
+
+from grouptun.core.archive import ProviderKeys
 from grouptun.core.jointoken import url_problem
+from grouptun.core.vouch import Vouch
+from grouptun.errors import EpochRejected, ProviderError
 from provider import members as mem
-from provider.errors import Conflict, InvalidInput, NotFound
+from provider.errors import Conflict, InvalidInput, LinkError, NotFound
 from provider.store import add_audit, links
+
+Fetch = Callable[[str, str], object]  # (url, pinned TLS fingerprint) -> the partner's /v1/provider JSON
 
 LINK_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 MAX_LINK_GROUPS = 64
@@ -66,7 +81,8 @@ def _groups(names: list[str] | None) -> list[str] | None:
 
 def _shown(row) -> dict:
     return {"name": row.name, "url": row.url, "tls_fingerprint": row.tls_fingerprint, "keys_hash": row.keys_hash,
-            "groups": None if row.groups is None else json.loads(row.groups), "created_at": row.created_at}
+            "groups": None if row.groups is None else json.loads(row.groups), "created_at": row.created_at,
+            "state": "unchecked" if row.provider_keys is None else "checked", "checked_at": row.checked_at}
 
 
 def add_link(provider, name: str, url: str, fingerprint: str, keys_hash: str, groups: list[str] | None = None) -> dict:
@@ -95,12 +111,9 @@ def add_link(provider, name: str, url: str, fingerprint: str, keys_hash: str, gr
 
 
 def remove_link(provider, name: str) -> dict:
-    check_link_name(name)
     now = provider.clock()
     with provider.store.write() as conn:
-        row = conn.execute(select(links).where(links.c.name == name)).first()
-        if row is None:
-            raise NotFound(f"no link named {name!r}")
+        row = _row(conn, name)
         conn.execute(delete(links).where(links.c.id == row.id))
         add_audit(conn, now, "admin", "link-remove", None, link=name, provider=row.keys_hash)
     return _shown(row)
@@ -110,3 +123,61 @@ def list_links(provider) -> list[dict]:
     with provider.store.read() as conn:
         return [_shown(row) for row in conn.execute(select(links).order_by(links.c.name))]
 
+
+
+def _row(conn, name: str):
+    row = conn.execute(select(links).where(links.c.name == check_link_name(name))).first()
+    if row is None:
+        raise NotFound(f"no link named {name!r}")
+    return row
+
+
+def fetch_identity(url: str, tls_fingerprint: str) -> object:
+    """The partner's ``GET /v1/provider`` over TLS with exactly the pinned certificate (LinkError if not)."""
+    from grouptun.control.client import pinned_session, send_checked  # noqa: PLC0415 -- the CLI's path only
+
+    try:
+        with pinned_session(tls_fingerprint) as session:
+            return send_checked(session, "GET", f"{url}/v1/provider", 10.0).json()
+    except (ProviderError, ValueError) as exc:
+        raise LinkError(f"{url}: {exc}") from exc
+
+
+def _partner_keys(answer: object, row) -> ProviderKeys:
+    try:
+        keys = ProviderKeys.from_json(answer.get("provider_keys") if isinstance(answer, dict) else None)
+    except EpochRejected as exc:
+        raise LinkError(f"link {row.name!r}: {row.url} answered no provider keys ({exc.detail})") from exc
+    if keys.fingerprint() != row.keys_hash:
+        raise LinkError(f"link {row.name!r}: {row.url} holds other signing keys than --keys-hash pins "
+                        f"({keys.fingerprint()[:16]}... is not {row.keys_hash[:16]}...)")
+    return keys
+
+
+def check_link(provider, name: str, fetch: Fetch = fetch_identity) -> dict:
+    """Fetch the partner's keys over the pinned TLS, accept them only under the pinned hash, store them."""
+    with provider.store.read() as conn:
+        row = _row(conn, name)
+    try:
+        keys = _partner_keys(fetch(row.url, row.tls_fingerprint), row)
+    except LinkError as exc:
+        provider.refused("admin", "link-check", None, exc.reason)
+        raise
+    now = provider.clock()
+    with provider.store.write() as conn:
+        conn.execute(update(links).where(links.c.id == row.id).values(
+            provider_keys=json.dumps(keys.to_json(), sort_keys=True), checked_at=now))
+        add_audit(conn, now, "admin", "link-check", None, link=name, provider=row.keys_hash)
+        return _shown(_row(conn, name))
+
+
+def issue_vouch(provider, name: str) -> bytes:
+    """The signed voucher for checked link ``name``'s keys (grouptun.core.vouch), by this provider's keys."""
+    with provider.store.read() as conn:
+        row = _row(conn, name)
+    if row.provider_keys is None:
+        raise Conflict(f"link {name!r} is not checked yet: run `grouptun-provider link check {name}`")
+    keys = ProviderKeys.from_json(json.loads(row.provider_keys))
+    groups = None if row.groups is None else tuple(json.loads(row.groups))
+    vouch = Vouch(provider.provider_id, keys, row.url, row.tls_fingerprint, provider.clock(), groups)
+    return provider.signer.sign_vouch(vouch)

@@ -130,7 +130,7 @@ class Context:
 
 
 def public_router(ctx: Context) -> APIRouter:
-    """Unsigned routes: health and enrollment (the join token authenticates)."""
+    """Unsigned routes: health, the provider's public identity, and enrollment (the join token authenticates)."""
     router = APIRouter(route_class=IJsonRoute)
 
     @router.get("/healthz", responses={503: {"description": "the database did not answer"}})
@@ -143,6 +143,13 @@ def public_router(ctx: Context) -> APIRouter:
             detail = exc.reason if isinstance(exc, SchemaError) else "database unavailable (see the provider's log)"
             return JSONResponse({"ok": False, "detail": detail}, status_code=503)
         return {"ok": True}
+
+    @router.get("/v1/provider")
+    async def identity():
+        """This provider's id and public signing keys: what a linked provider's ``link check`` fetches over the
+        TLS it pinned and compares with the keys hash it pinned (PROTOCOL.md 8). Public, like the enroll answer."""
+        keys = await run_in_threadpool(lambda: ctx.provider.signer.public)
+        return {"provider_id": keys.fingerprint(), "provider_keys": keys.to_json()}
 
     @router.post("/v1/enroll", response_model=EnrollAnswer)
     async def enroll(body: EnrollRequest, request: Request):

@@ -30,7 +30,9 @@ Schema version 9 (table ``meta``, key ``schema_version``)::
               shares (PostgreSQL; costs bounded per member, not per replica)
     links     id PK, name UNIQUE, url, tls_fingerprint, keys_hash UNIQUE (the
               linked provider's id), groups (JSON list, NULL: any group),
-              created_at: the linked trust providers (provider/links.py)
+              created_at, provider_keys (JSON, NULL until `link check`
+              fetched them over the pinned TLS), checked_at: the linked
+              trust providers (provider/links.py)
 
 Migrations: :meth:`Store.check_schema` upgrades an older database in
 place, one step per version (``MIGRATIONS``), in one write transaction:
@@ -327,6 +329,8 @@ links = Table(
     Column("keys_hash", String(64), nullable=False, unique=True),  # the linked provider's id
     Column("groups", Text),  # JSON sorted list of group names the link is limited to (NULL: any)
     Column("created_at", Float, nullable=False),
+    Column("provider_keys", Text),  # its public keys, once fetched over the pinned TLS and matching keys_hash
+    Column("checked_at", Float),    # when they were (NULL: not yet)
 )
 
 

@@ -101,6 +101,9 @@ def _send(session: requests.Session, method: str, url: str, timeout: float, **kw
     return response
 
 
+send_checked = _send  # public for the provider's link client (provider/links.py): one pinned-TLS request path
+
+
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 

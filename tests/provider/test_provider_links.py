@@ -7,14 +7,16 @@ import json
 
 import pytest
 
+from grouptun.core.vouch import verify_vouch
 from provider import links
-from provider.errors import Conflict, InvalidInput, NotFound
+from provider.errors import Conflict, InvalidInput, LinkError, NotFound
 from provider.keys import Signer
 from provider.store import audit_rows
 from provider_helpers import STORE_KINDS, admin, dump, fresh_store, init_provider, memory_provider
 
 SIGNER = Signer.generate()
-PARTNER = Signer.generate().public.fingerprint()
+PARTNER_SIGNER = Signer.generate()
+PARTNER = PARTNER_SIGNER.public.fingerprint()
 TLS = "ab" * 32
 
 
@@ -118,3 +120,59 @@ def test_both_admins_link_each_other_with_what_link_self_prints(tmp_path):
     assert admin(owner.state, "link", "remove", "partner", check=False).returncode == 66
     assert "no links" in admin(owner.state, "link", "list").stdout
     assert "link-add" in admin(owner.state, "audit").stdout
+
+
+def _partner_answer(signer=PARTNER_SIGNER) -> dict:  # the partner's GET /v1/provider, as routes.py answers it
+    return {"provider_id": signer.public.fingerprint(), "provider_keys": signer.public.to_json()}
+
+
+def test_check_accepts_only_the_pinned_keys_and_vouch_signs_them(provider):
+    links.add_link(provider, "partner", "https://p.example", TLS, PARTNER, ["lan"])
+    with pytest.raises(Conflict, match="not checked yet"):
+        links.issue_vouch(provider, "partner")
+    asked = []
+    before = dump(provider.store)
+    for answer, reason in ((_partner_answer(Signer.generate()), "holds other signing keys than --keys-hash pins"),
+                           ({"provider_keys": {"ed25519": "AAAA"}}, "answered no provider keys"),
+                           ([], "answered no provider keys")):
+        with pytest.raises(LinkError, match=reason):
+            links.check_link(provider, "partner", lambda url, tls: asked.append((url, tls)) or answer)
+        assert "\n".join(l for l in dump(provider.store).splitlines() if not l.startswith("audit ")) == \
+            "\n".join(l for l in before.splitlines() if not l.startswith("audit "))
+    assert asked[0] == ("https://p.example", TLS)  # asked at the pinned URL with the pinned certificate
+    assert _actions(provider).count("refused") == 3
+    checked = links.check_link(provider, "partner", lambda url, tls: _partner_answer())
+    assert checked["state"] == "checked" and links.list_links(provider)[0]["state"] == "checked"
+    vouch = verify_vouch(links.issue_vouch(provider, "partner"), SIGNER.public)
+    assert (vouch.home, vouch.provider, vouch.url, vouch.tls, vouch.groups) == (
+        SIGNER.public.fingerprint(), PARTNER, "https://p.example", TLS, ("lan",))
+    assert "link-check" in _actions(provider)
+    with pytest.raises(NotFound, match="no link named 'nobody'"):
+        links.check_link(provider, "nobody", lambda url, tls: _partner_answer())
+
+
+def test_link_check_over_the_pinned_tls_of_a_real_partner(tmp_path):
+    owner, partner = init_provider(tmp_path / "owner"), init_provider(tmp_path / "partner")
+    theirs = json.loads(admin(partner.state, "link", "self", "--json").stdout)
+    admin(owner.state, "link", "add", "partner", "--url", partner.url, "--fingerprint", "00" * 32,
+          "--keys-hash", theirs["keys_hash"])
+    admin(owner.state, "link", "add", "liar", "--url", partner.url, "--fingerprint", theirs["tls_fingerprint"],
+          "--keys-hash", Signer.generate().public.fingerprint())
+    partner.server.start()
+    try:
+        wrong_tls = admin(owner.state, "link", "check", "partner", check=False)
+        assert wrong_tls.returncode == 69 and "pinned fingerprint" in wrong_tls.stderr
+        wrong_keys = admin(owner.state, "link", "check", "liar", check=False)
+        assert wrong_keys.returncode == 69 and "other signing keys than --keys-hash pins" in wrong_keys.stderr
+        admin(owner.state, "link", "remove", "partner")
+        admin(owner.state, "link", "add", "partner", "--url", partner.url, "--fingerprint",
+              theirs["tls_fingerprint"], "--keys-hash", theirs["keys_hash"])
+        assert json.loads(admin(owner.state, "link", "check", "partner", "--json").stdout)["state"] == "checked"
+    finally:
+        partner.server.stop()
+    from provider.keys import StatePaths  # noqa: PLC0415
+
+    own = Signer.load(StatePaths(owner.state)).public
+    vouch = verify_vouch(admin(owner.state, "link", "vouch", "partner").stdout.strip().encode(), own)
+    assert vouch.provider == theirs["keys_hash"] and vouch.url == partner.url
+    assert admin(owner.state, "link", "vouch", "liar", check=False).returncode == 75  # never checked
