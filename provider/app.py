@@ -33,6 +33,9 @@ is served only with ``"api_docs": true`` in ``STATE/provider.json``; off by defa
                                                     -> 204
     POST /v1/groups/{group}/rekey {"reason": str}   -> 202 {"opened": bool} (false: coalesced)
     /v1/groups/{group}/sealed...                    sealed data: provider/sealed_routes.py
+    GET  /v1/provider                               -> 200 {"provider_id", "provider_keys"} (public; PROTOCOL.md 8)
+    /v1/links/...                                   a linked provider's requests, RFC 9421-signed with its own
+                                                    key (keyid = its provider id): provider/link_routes.py
     GET  /healthz                                   -> 200 {"ok": true} once the database answered a query
                                                     (the schema version); 503 {"ok": false, "detail": reason}
 
@@ -77,6 +80,7 @@ from grouptun.errors import ConfigError
 from provider.errors import ProviderFault
 from provider.hub import Hub, StartBatcher, tick
 from provider.limits import Guard, RateLimiter, nonces_for
+from provider.link_routes import link_router
 from provider.route_requests import route_requests_router
 from provider.routes import Context, Limits, archive_router, epochs_router, public_router, secrets_router
 from provider.sealed import SealedData, SealedLimits
@@ -175,6 +179,7 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
     sealed = SealedData(provider.store, settings.sealed, provider.clock, provider.rand)
     provider.audit_pruner.also.append(sealed.prune)  # TTL expiry rides on the retention job
     for router in (public_router(ctx), archive_router(ctx), epochs_router(ctx), secrets_router(ctx),
-                   sealed_router(ctx, sealed, settings.sealed_part_rate), route_requests_router(ctx)):
+                   sealed_router(ctx, sealed, settings.sealed_part_rate), route_requests_router(ctx),
+                   link_router(ctx)):
         app.include_router(router)
     return Guard(app, MAX_BODY, RateLimiter(settings.address_rate, settings.address_burst), part_body_limit), app

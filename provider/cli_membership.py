@@ -23,6 +23,7 @@ import json
 import time
 
 from grouptun.core import attributes as attrs
+from provider import members as mem
 from provider import membership
 from provider.errors import InvalidInput
 
@@ -103,10 +104,14 @@ def invite(args, provider) -> int:
     pairs = parse_attrs(args.attr)
     secret, ident = membership.invite(provider, args.group, args.member, ttl, args.uses if args.reusable else None,
                                       pairs, member_ttl)
-    token = _token_text(args, secret)
+    link = None if args.member is None else mem.foreign_link(args.member)
+    # NAME@LINK: nobody redeems the invitation by its secret, the member's own provider enrolls it over the link
+    token = None if link is not None else _token_text(args, secret)
+    text = token if link is None else (f"invited {args.member} to {args.group}: its own provider enrolls it over "
+                                       f"link {link} (no token to hand over)")
     _print({"token": token, "id": ident, "group": args.group, "member": args.member, "reusable": args.reusable,
             "max_uses": args.uses if args.reusable else 1, "expires_at": provider.clock() + ttl,
-            "attributes": pairs, "member_ttl": member_ttl}, args.json, token)
+            "attributes": pairs, "member_ttl": member_ttl}, args.json, text)
     return 0
 
 

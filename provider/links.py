@@ -113,7 +113,7 @@ def add_link(provider, name: str, url: str, fingerprint: str, keys_hash: str, gr
 def remove_link(provider, name: str) -> dict:
     now = provider.clock()
     with provider.store.write() as conn:
-        row = _row(conn, name)
+        row = link_row(conn, name)
         conn.execute(delete(links).where(links.c.id == row.id))
         add_audit(conn, now, "admin", "link-remove", None, link=name, provider=row.keys_hash)
     return _shown(row)
@@ -125,7 +125,7 @@ def list_links(provider) -> list[dict]:
 
 
 
-def _row(conn, name: str):
+def link_row(conn, name: str):
     row = conn.execute(select(links).where(links.c.name == check_link_name(name))).first()
     if row is None:
         raise NotFound(f"no link named {name!r}")
@@ -157,7 +157,7 @@ def _partner_keys(answer: object, row) -> ProviderKeys:
 def check_link(provider, name: str, fetch: Fetch = fetch_identity) -> dict:
     """Fetch the partner's keys over the pinned TLS, accept them only under the pinned hash, store them."""
     with provider.store.read() as conn:
-        row = _row(conn, name)
+        row = link_row(conn, name)
     try:
         keys = _partner_keys(fetch(row.url, row.tls_fingerprint), row)
     except LinkError as exc:
@@ -168,16 +168,21 @@ def check_link(provider, name: str, fetch: Fetch = fetch_identity) -> dict:
         conn.execute(update(links).where(links.c.id == row.id).values(
             provider_keys=json.dumps(keys.to_json(), sort_keys=True), checked_at=now))
         add_audit(conn, now, "admin", "link-check", None, link=name, provider=row.keys_hash)
-        return _shown(_row(conn, name))
+        return _shown(link_row(conn, name))
 
 
 def issue_vouch(provider, name: str) -> bytes:
     """The signed voucher for checked link ``name``'s keys (grouptun.core.vouch), by this provider's keys."""
     with provider.store.read() as conn:
-        row = _row(conn, name)
+        row = link_row(conn, name)
     if row.provider_keys is None:
         raise Conflict(f"link {name!r} is not checked yet: run `grouptun-provider link check {name}`")
     keys = ProviderKeys.from_json(json.loads(row.provider_keys))
     groups = None if row.groups is None else tuple(json.loads(row.groups))
     vouch = Vouch(provider.provider_id, keys, row.url, row.tls_fingerprint, provider.clock(), groups)
     return provider.signer.sign_vouch(vouch)
+
+
+def serves_group(row, group: str) -> bool:
+    """Whether link ``row`` carries members of ``group`` (no limit, or the group is named)."""
+    return row.groups is None or group in json.loads(row.groups)

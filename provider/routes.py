@@ -38,6 +38,13 @@ WAITING = {"waiting": "members", "detail": "the group has fewer than 2 members; 
            "pending and the group's first epoch will list it"}
 
 
+def signed_url(request: Request) -> str:
+    """The URL a request's signature covers: the raw path and query as sent (the host is not covered)."""
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string") or b""
+    return "https://provider" + raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+
+
 @dataclass
 class Member:
     group: str
@@ -103,9 +110,7 @@ class Context:
 
         async def member(request: Request, group: str = GROUP_PATH) -> Member:
             body = await request.body()
-            raw_path = request.scope.get("raw_path") or request.url.path.encode()
-            query = request.scope.get("query_string") or b""
-            url = "https://provider" + raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+            url = signed_url(request)
             client = request.client.host if request.client else "unknown"
             gone: list[str] = []  # the reason, when the key that verifies is a removed member's
             try:

@@ -78,6 +78,19 @@ class Opened:
     indices: dict[str, int]
 
 
+
+def add_member_row(conn, g, now: float, **values) -> list[str]:
+    """Insert member ``values["name"]`` into group row ``g`` with the next free addresses (Conflict when the name
+    is enrolled already); its addresses. Shared by enrollment here and a linked provider's (provider/linked.py)."""
+    rows = member_rows(conn, g.id)
+    if any(r.name == values["name"] for r in rows):
+        raise Conflict(f"member {values['name']!r} is already enrolled")
+    net4, net6 = mem.check_networks(g.cidr, g.cidr6)
+    addr4 = mem.allocate(net4, {r.addr4 for r in rows})
+    addr6 = mem.allocate(net6, {r.addr6 for r in rows if r.addr6}) if net6 else None
+    conn.execute(insert(members).values(group=g.id, addr4=addr4, addr6=addr6, enrolled_at=now, **values))
+    return [a for a in (addr4, addr6) if a]
+
 class Provider:
     def __init__(self, store: Store, signer: Callable[[], Signer], clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, rand: Callable[[int], bytes] = os.urandom,
@@ -204,19 +217,12 @@ class Provider:
         def mutate(conn, g, now):
             tok = conn.execute(select(tokens).where(tokens.c.token_hash == digest)).first()
             attributes, expires_at = membership.redeem(conn, tok, g, name, now)  # refusals with their reason
-            rows = member_rows(conn, g.id)
-            if any(r.name == name for r in rows):
-                raise Conflict(f"member {name!r} is already enrolled")
-            net4, net6 = mem.check_networks(g.cidr, g.cidr6)
-            addr4 = mem.allocate(net4, {r.addr4 for r in rows})
-            addr6 = mem.allocate(net6, {r.addr6 for r in rows if r.addr6}) if net6 else None
-            conn.execute(insert(members).values(
-                group=g.id, name=name, ed25519_public=ed_public, kem_public=kem_public, credential_hash=cred_hash,
-                addr4=addr4, addr6=addr6, endpoints=json.dumps(endpoints), enrolled_at=now, attributes=attributes,
-                expires_at=expires_at))
-            add_audit(conn, now, f"member:{name}", "enroll", g.name, addresses=[addr4, addr6],
+            addresses = add_member_row(conn, g, now, name=name, ed25519_public=ed_public, kem_public=kem_public,
+                                       credential_hash=cred_hash, endpoints=json.dumps(endpoints),
+                                       attributes=attributes, expires_at=expires_at)
+            add_audit(conn, now, f"member:{name}", "enroll", g.name, addresses=addresses,
                       key=membership.key_id(digest), expires_at=expires_at)
-            return [a for a in (addr4, addr6) if a]
+            return addresses
 
         addresses, opened = self._change_and_open(group, "enroll", mutate)
         return {"group": group, "member_name": name, "index": opened.indices[name], "addresses": addresses,

@@ -12,7 +12,8 @@ Schema version 9 (table ``meta``, key ``schema_version``)::
               credential_hash (Argon2id, see members.py), addr4, addr6,
               endpoints (JSON list), enrolled_at, instance (SHA-256 of the
               start challenge that owns the member, PROTOCOL.md 4; NULL
-              before its first start); UNIQUE(group, name)
+              before its first start), home (a linked provider's member:
+              its home provider's id; NULL: ours); UNIQUE(group, name)
     tokens    id PK, token_hash UNIQUE (SHA-256 of the secret), group FK,
               name, created_at, expires_at, used_at
     epochs    (group, epoch) PK, suite, nonce_start, group_size, data_id,
@@ -49,8 +50,9 @@ none, everything allowed) and ``groups.policy_version``: see
 ``provider/policy.py``.
 7 -> 8 adds ``groups.export_rules`` (JSON object label -> selector, NULL:
 no limits): see ``provider/exportrules.py``.
-8 -> 9 adds the ``links`` table (empty: no linked providers), see
-``provider/links.py``.
+8 -> 9 adds the ``links`` table (empty: no linked providers) and
+``members.home`` (NULL: every member is this provider's own), see
+``provider/links.py`` and ``provider/linked.py``.
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -152,6 +154,7 @@ members = Table(
     Column("instance", LargeBinary(32)),
     Column("attributes", Text),     # v3: JSON object of signed key=value pairs (NULL: none)
     Column("expires_at", Float),    # v3: a temporary member's deadline (NULL: permanent)
+    Column("home", String(64)),     # v9: the home provider's id of a linked provider's member (NULL: ours)
     UniqueConstraint("group", "name"),
 )
 
@@ -335,8 +338,11 @@ links = Table(
 
 
 def _add_links(conn: Connection) -> None:
-    """Issue 19 item 1: the links table (its own step, appended: other branches' steps stay independent)."""
+    """Issue 19: the links table and ``members.home`` (one step, appended: other branches' steps stay
+    independent)."""
     links.create(conn, checkfirst=True)
+    if "home" not in {c["name"] for c in inspect(conn).get_columns(members.name)}:
+        _add_column(conn, members, "home")
 
 
 # from-version -> the step to the next version (run in the caller's write transaction)

@@ -87,8 +87,9 @@ def test_a_database_before_links_is_migrated(kind, request):
     assert step == max(MIGRATIONS)  # appended at the end (another branch's step renumbers at merge)
     store = fresh_store(kind, request)
     provider, _ = memory_provider(("alice",), signer=SIGNER, store=store)
-    with store.write() as conn:  # back to the schema before the step: without the table
+    with store.write() as conn:  # back to the schema before the step: without the table and the column
         conn.exec_driver_sql('DROP TABLE "links"')
+        conn.exec_driver_sql('ALTER TABLE members DROP COLUMN "home"')
         conn.exec_driver_sql(f"UPDATE meta SET value = '{step}' WHERE key = 'schema_version'")
     store.check_schema()
     with store.read() as conn:
@@ -96,6 +97,8 @@ def test_a_database_before_links_is_migrated(kind, request):
             str(SCHEMA_VERSION)
     assert links.list_links(provider) == []
     assert links.add_link(provider, "partner", "https://p.example", TLS, PARTNER)["name"] == "partner"
+    with store.read() as conn:
+        assert conn.exec_driver_sql("SELECT home FROM members").fetchall() == [(None,)]
     store.close()
 
 
