@@ -35,7 +35,8 @@ is served only with ``"api_docs": true`` in ``STATE/provider.json``; off by defa
     /v1/groups/{group}/sealed...                    sealed data: provider/sealed_routes.py
     GET  /v1/provider                               -> 200 {"provider_id", "provider_keys"} (public; PROTOCOL.md 8)
     /v1/links/...                                   a linked provider's requests, RFC 9421-signed with its own
-                                                    key (keyid = its provider id): provider/link_routes.py
+                                                    key (keyid = its provider id): provider/link_routes.py; the
+                                                    routes above also take them, with gt-member (PROTOCOL.md 8)
     GET  /healthz                                   -> 200 {"ok": true} once the database answered a query
                                                     (the schema version); 503 {"ok": false, "detail": reason}
 

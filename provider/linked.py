@@ -24,14 +24,22 @@ At bob's home provider H:
   believed: the archive verifies against O's checked keys and lists bob with
   ``home`` = H. Audited ``link-forward``.
 
-Not yet (issue 19 items 3-4): H's own enrollment of bob for a foreign group
-(the join token that makes H call :func:`forward_member`), and the
-forwarding of bob's later requests.
+- :func:`relay` forwards one of bob's later requests (start, archive,
+  watch, report, capsule; a salt to the link's salt route with
+  ``gt-credential: checked`` and an empty body) re-signed with H's key, and
+  returns O's answer unchanged (capsules and salts are sealed to bob's key).
+  Audited ``link-relay``. O takes these through ``Context.forwarded_member``
+  (``provider/routes.py``), audited ``link-request``.
+
+Not yet (issue 19 items 3-4): H's own side of bob (a join token at H for a
+group O holds, H's record of bob, and H's routes that check bob's signature
+and call :func:`forward_member` and :func:`relay`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,13 +49,17 @@ from grouptun.core.archive import ProviderKeys, b64e, verify_archive
 from grouptun.errors import EpochRejected
 from provider import members as mem
 from provider import membership
-from provider.errors import Forbidden, LinkError, NotFound
+from provider.errors import Forbidden, InvalidInput, LinkError, NotFound
 from provider.links import link_row, serves_group
 from provider.service import add_member_row
-from provider.store import add_audit, links, tokens
+from provider.store import add_audit, groups, links, members, tokens
 
 MEMBER_HEADER = "gt-member"  # the member a provider speaks for; covered by its RFC 9421 signature
-LINK_COVERED = (MEMBER_HEADER,)
+CREDENTIAL_HEADER = "gt-credential"  # "checked": the home checked the member's credential for this request
+CREDENTIAL_VALUES = ("checked", "none")
+LINK_COVERED = (MEMBER_HEADER, CREDENTIAL_HEADER)
+_SALT = re.compile(r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})/epochs/([0-9]{1,10})/salt")
+_FORWARDED = re.compile(r"/v1/groups/[a-z0-9][a-z0-9_-]{0,31}/(archive|watch|start|report|epochs/[0-9]{1,10}/capsule)")
 Send = Callable[[str, str, dict, bytes], tuple[int, bytes]]  # (method, url, headers, body) -> (status, body)
 
 
@@ -57,6 +69,7 @@ class Linked:
 
     link: object
     member: str
+    credential: str = "none"  # CREDENTIAL_HEADER's value
 
 
 def link_by_id(provider, provider_id: str):
@@ -103,6 +116,51 @@ def enroll_forwarded(provider, who: Linked, group: str, ed_public: bytes, kem_pu
             "archive": opened.archive.decode("utf-8")}
 
 
+def is_forwarded_member(provider, group: str, name: str, link) -> bool:
+    """Whether ``name`` (NAME@LINK) is a member of ``group`` that came through ``link`` (its home)."""
+    with provider.store.read() as conn:
+        home = conn.execute(select(members.c.home).join(groups, groups.c.id == members.c.group).where(
+            groups.c.name == group, members.c.name == name)).scalar()
+    return home is not None and home == link.keys_hash
+
+
+def _signed(provider, method: str, url: str, member: str, body: bytes, credential: str) -> dict:
+    """The headers of a request this provider signs for its ``member`` (RFC 9421, keyid: its provider id)."""
+    if credential not in CREDENTIAL_VALUES:
+        raise ValueError(f"credential must be one of {CREDENTIAL_VALUES}")
+    headers = {MEMBER_HEADER: mem.check_member_name(member), CREDENTIAL_HEADER: credential}
+    if body:
+        headers["content-type"] = "application/json"
+    provider.signer.sign_request(method, url, headers, body, LINK_COVERED)
+    return headers
+
+
+def relay(provider, link_name: str, method: str, path: str, member: str, body: bytes, send: Send,
+          credential: str = "none") -> tuple[int, bytes]:
+    """Home side: forward a request of ``member`` (the caller checked its signature, and with ``credential``
+    "checked" its credential) to the owner over link ``link_name``, re-signed with this provider's key; the
+    owner's (status, body), relayed as they are (capsules and salts are sealed to the member's key).
+
+    ``path`` is the member API's (start, archive, watch, report, capsule, salt); a salt goes to the link's salt
+    route with an empty body: the member's authenticator stays here."""
+    with provider.store.read() as conn:
+        row = link_row(conn, link_name)
+    if row.provider_keys is None:
+        raise NotFound(f"link {link_name!r} is not checked yet: run `grouptun-provider link check {link_name}`")
+    route, query = path.partition("?")[0], path.partition("?")[2]
+    salt = _SALT.fullmatch(route)
+    if salt is not None:
+        path, body = f"/v1/links/groups/{salt.group(1)}/epochs/{salt.group(2)}/salt", b"{}"
+    elif _FORWARDED.fullmatch(route) is None or len(query) > 64:
+        raise InvalidInput(f"{route!r} is not a request a provider forwards")
+    url = row.url + path
+    status, answer = send(method, url, _signed(provider, method, url, member, body, credential), body)
+    with provider.store.write() as conn:
+        add_audit(conn, provider.clock(), f"link:{link_name}", "link-relay", route.split("/")[3], member=member,
+                  request=route.split("/", 4)[4], status=status)
+    return status, answer
+
+
 def _refuse(provider, link: str, group: str, reason: str) -> LinkError:
     provider.refused(f"link:{link}", "link-forward", group, reason)
     return LinkError(reason)
@@ -119,9 +177,7 @@ def forward_member(provider, link_name: str, group: str, member: str, ed_public:
     body = json.dumps({"ed25519_public": b64e(ed_public), "kem_public": b64e(kem_public),
                        "endpoints": list(endpoints)}).encode()
     url = f"{row.url}/v1/links/groups/{mem.check_group_name(group)}/members"
-    headers = {"content-type": "application/json", MEMBER_HEADER: mem.check_member_name(member)}
-    provider.signer.sign_request("POST", url, headers, body, LINK_COVERED)
-    status, answer = send("POST", url, headers, body)
+    status, answer = send("POST", url, _signed(provider, "POST", url, member, body, "none"), body)
     if status != 200:
         raise _refuse(provider, link_name, group, f"{row.url} refused the forwarded member ({status}): "
                       f"{answer[:200].decode('utf-8', 'replace')}")

@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
@@ -21,7 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from grouptun.control.reqsign import SignatureRefused, verify_headers
-from provider import membership
+from provider import linked, membership
+from provider import members as mem
 from provider.errors import (Forbidden, Gone, InvalidInput, NotFound, RateLimited, SchemaError, StateDirError,
                              Unauthorized)
 from provider.ijson import IJsonRoute
@@ -49,6 +51,7 @@ def signed_url(request: Request) -> str:
 class Member:
     group: str
     name: str
+    via: linked.Linked | None = None  # the linked provider that forwarded the request (None: the member itself)
 
 
 @dataclass
@@ -94,6 +97,8 @@ class Context:
             await run_in_threadpool(self.provider.refused, actor, action, group, reason)
 
     def _member_or_removed_key(self, group: str, key_id: str, gone: list[str]):
+        if mem.foreign_link(key_id) is not None:  # a linked provider's member speaks only through its home
+            return None
         key = self.provider.member_key(group, key_id)
         if key is None:
             found = membership.removed_member(self.provider, group, key_id)
@@ -101,6 +106,49 @@ class Context:
                 key, reason = found
                 gone.append(reason)
         return key
+
+    async def link_caller(self, request: Request, body: bytes) -> linked.Linked:
+        """A linked provider's request (RFC 9421 with its key, keyid = its provider id, covering
+        linked.LINK_COVERED), checked against the keys its link's ``link check`` stored; 401 audited."""
+        client = request.client.host if request.client else "unknown"
+        found: list = []
+
+        def resolve(key_id: str):
+            row = linked.link_by_id(self.provider, key_id)
+            if row is None:
+                return None
+            found.append(row)
+            return ed25519.Ed25519PublicKey.from_public_bytes(linked.link_keys(row).ed25519_public)
+
+        try:
+            verified = await run_in_threadpool(verify_headers, request.method, signed_url(request), request.headers,
+                                               body, resolve, time.time(), self.provider.started_at,
+                                               linked.LINK_COVERED)
+        except SignatureRefused as exc:
+            await self.refuse_audit(f"link-address:{client}", request.url.path[:80], None, exc.reason)
+            raise Unauthorized(exc.reason) from exc
+        link = found[0]
+        if not await self.nonces.fresh(f"link/{link.name}", verified.nonce, time.time()):
+            await self.refuse_audit(f"link:{link.name}", request.url.path[:80], None, "replayed signature")
+            raise Unauthorized("replayed signature")
+        credential = request.headers[linked.CREDENTIAL_HEADER]
+        if credential not in linked.CREDENTIAL_VALUES:
+            raise InvalidInput(f"header {linked.CREDENTIAL_HEADER} must be one of {linked.CREDENTIAL_VALUES}")
+        return linked.Linked(link, request.headers[linked.MEMBER_HEADER], credential)
+
+    async def forwarded_member(self, request: Request, group: str, body: bytes, budget) -> Member:
+        """A member request its home provider forwarded: the member NAME@LINK, known here through that link."""
+        caller = await self.link_caller(request, body)
+        name = f"{caller.member}@{caller.link.name}"
+        if not await run_in_threadpool(linked.is_forwarded_member, self.provider, group, name, caller.link):
+            await self.refuse_audit(f"link:{caller.link.name}", request.url.path[:80], group,
+                                    f"no member {name!r} through this link")
+            raise Unauthorized("signature not valid")  # as for an unknown member
+        if not budget.allow(f"{group}/{name}"):
+            raise RateLimited("rate limit exceeded (member)")
+        await run_in_threadpool(self.provider.audit_link_request, caller.link.name, group, name,
+                                request.url.path[:80])
+        return Member(group, name, caller)
 
     def member_dependency(self, limiter: RateLimiter | None = None):
         """The FastAPI dependency that authenticates a member request (signature, nonce, rate).
@@ -110,6 +158,8 @@ class Context:
 
         async def member(request: Request, group: str = GROUP_PATH) -> Member:
             body = await request.body()
+            if linked.MEMBER_HEADER in request.headers:  # a linked provider speaking for its member
+                return await self.forwarded_member(request, group, body, budget)
             url = signed_url(request)
             client = request.client.host if request.client else "unknown"
             gone: list[str] = []  # the reason, when the key that verifies is a removed member's

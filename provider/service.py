@@ -122,6 +122,11 @@ class Provider:
         with self.store.write() as conn:
             add_audit(conn, self.clock(), actor, "refused", group, request=action, reason=reason)
 
+    def audit_link_request(self, link: str, group: str, member: str, path: str) -> None:
+        """A member request a linked provider forwarded (provider/routes.py), audited as it arrives."""
+        with self.store.write() as conn:
+            add_audit(conn, self.clock(), f"link:{link}", "link-request", group, member=member, request=path)
+
     def _audited(self, actor: str, action: str, group: str | None, fn: Callable):
         try:
             return fn()

@@ -62,6 +62,10 @@ def sides():
     home.store.close()
 
 
+def _headers() -> dict:
+    return {"content-type": "application/json", linked.MEMBER_HEADER: "carol", linked.CREDENTIAL_HEADER: "none"}
+
+
 def _refusals(provider) -> list[tuple[str, dict]]:
     with provider.store.read() as conn:
         return [(r.actor, json.loads(r.detail)) for r in audit_rows(conn, 0, 10**9) if r.action == "refused"]
@@ -100,15 +104,15 @@ def test_a_forged_link_key_is_401_and_audited_at_the_owner(sides):
     ed, kem = _keys()
     body = json.dumps({"ed25519_public": b64e(ed), "kem_public": b64e(kem), "endpoints": []}).encode()
     url = "https://owner.example/v1/links/groups/lan/members"
-    headers = {"content-type": "application/json", linked.MEMBER_HEADER: "carol"}
+    headers = _headers()
     forger = ed25519.Ed25519PrivateKey.generate()  # claims the home's id, signs with another key
     sign_headers("POST", url, headers, body, HOME_SIGNER.public.fingerprint(), forger, extra=linked.LINK_COVERED)
     status, answer = send("POST", url, headers, body)
     assert (status, json.loads(answer)["detail"]) == (401, "signature not valid")
-    uncovered = {"content-type": "application/json", linked.MEMBER_HEADER: "carol"}  # gt-member not signed
+    uncovered = _headers()  # signed below without covering the link headers
     HOME_SIGNER.sign_request("POST", url, uncovered, body, ())
     assert send("POST", url, uncovered, body)[0] == 401
-    honest = {"content-type": "application/json", linked.MEMBER_HEADER: "carol"}
+    honest = _headers()
     HOME_SIGNER.sign_request("POST", url, honest, body, linked.LINK_COVERED)
     renamed = dict(honest, **{linked.MEMBER_HEADER: "dave"})  # a relay changing whom it speaks for
     assert send("POST", url, renamed, body)[0] == 401
