@@ -81,6 +81,7 @@ from grouptun.errors import ConfigError
 from provider.errors import ProviderFault
 from provider.hub import Hub, StartBatcher, tick
 from provider.limits import Guard, RateLimiter, nonces_for
+from provider import remote
 from provider.link_routes import link_router
 from provider.route_requests import route_requests_router
 from provider.routes import Context, Limits, archive_router, epochs_router, public_router, secrets_router
@@ -177,6 +178,7 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
                    "msg": str(e.get("msg"))} for e in exc.errors()[:16]]
         return Response(json.dumps({"detail": detail}).encode(), status_code=422, media_type="application/json")
 
+    app.middleware("http")(remote.middleware(ctx))  # groups a linked provider owns: relayed (provider/remote.py)
     sealed = SealedData(provider.store, settings.sealed, provider.clock, provider.rand)
     provider.audit_pruner.also.append(sealed.prune)  # TTL expiry rides on the retention job
     for router in (public_router(ctx), archive_router(ctx), epochs_router(ctx), secrets_router(ctx),

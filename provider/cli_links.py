@@ -7,6 +7,9 @@
                                                 --keys-hash, keep them (the link is then "checked")
     grouptun-provider link vouch NAME           print the voucher this provider signs for the partner's keys
                                                 (what its members verify the partner's groups with)
+    grouptun-provider link accept NAME GROUP [--as ALIAS] [--json]
+                                                take the partner's GROUP in: this provider's members join it
+                                                with `invite ALIAS MEMBER` tokens (provider/remote.py)
     grouptun-provider link list [--json]
     grouptun-provider link remove NAME [--json]
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import json
 
-from provider import links
+from provider import links, remote
 
 
 def _line(link: dict) -> str:
@@ -47,6 +50,12 @@ def run(args, provider, identity: dict) -> int:
         shown = links.list_links(provider)
         print(json.dumps(shown, indent=2, sort_keys=True) if args.json else
               "\n".join(map(_line, shown)) or "no links")
+        return 0
+    if args.action == "accept":
+        shown = remote.accept_group(provider, args.name, args.group, args.alias)
+        print(json.dumps(shown, indent=2, sort_keys=True) if args.json else
+              f"group {shown['remote_name']} of link {shown['link']} accepted here as {shown['group']}: "
+              f"grouptun-provider invite {shown['group']} MEMBER")
         return 0
     if args.action == "vouch":
         print(links.issue_vouch(provider, args.name).decode())
@@ -78,6 +87,10 @@ def add_parser(sub) -> None:
     a.add_argument("--fingerprint", required=True, help="SHA-256 of the partner's TLS certificate (link self)")
     a.add_argument("--keys-hash", required=True, help="the partner's signing keys' fingerprint (link self)")
     a.add_argument("--groups", default=None, help="g1,g2: limit the link to these groups (default: any)")
+    c = lsub.add_parser("accept", help="let this provider's members join the partner's GROUP (invite ALIAS ...)")
+    c.add_argument("name")
+    c.add_argument("group", help="the group's name at the partner")
+    c.add_argument("--as", dest="alias", default=None, help="its name here (default: GROUP; no local group's)")
     lsub.add_parser("list")
     for action in ("check", "remove"):
         lsub.add_parser(action).add_argument("name")

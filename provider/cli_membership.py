@@ -24,7 +24,7 @@ import time
 
 from grouptun.core import attributes as attrs
 from provider import members as mem
-from provider import membership
+from provider import membership, remote
 from provider.errors import InvalidInput
 
 
@@ -102,6 +102,12 @@ def invite(args, provider) -> int:
     ttl = _duration(args.expires or args.ttl, "--expires" if args.expires else "--ttl")
     member_ttl = _duration(args.member_ttl, "--member-ttl")
     pairs = parse_attrs(args.attr)
+    if not args.reusable and remote.remote_group(provider, args.group) is not None:  # a partner's group
+        if pairs or member_ttl is not None:
+            raise InvalidInput("attributes and --member-ttl of a partner's group are its owner's to set")
+        token = _token_text(args, remote.invite(provider, args.group, args.member, ttl))
+        _print({"token": token, "group": args.group, "member": args.member}, args.json, token)
+        return 0
     secret, ident = membership.invite(provider, args.group, args.member, ttl, args.uses if args.reusable else None,
                                       pairs, member_ttl)
     link = None if args.member is None else mem.foreign_link(args.member)

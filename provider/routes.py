@@ -206,7 +206,7 @@ def public_router(ctx: Context) -> APIRouter:
         keys = await run_in_threadpool(lambda: ctx.provider.signer.public)
         return {"provider_id": keys.fingerprint(), "provider_keys": keys.to_json()}
 
-    @router.post("/v1/enroll", response_model=EnrollAnswer)
+    @router.post("/v1/enroll", response_model=EnrollAnswer, response_model_exclude_none=True)
     async def enroll(body: EnrollRequest, request: Request):
         client = request.client.host if request.client else "unknown"
         answer = await run_in_threadpool(

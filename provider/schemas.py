@@ -48,6 +48,7 @@ class EnrollAnswer(BaseModel):
     addresses: list[str]
     provider_keys: ProviderKeysModel
     archive: str
+    vouch: str | None = None  # a group a linked provider owns: the voucher for its keys (PROTOCOL.md 8)
 
 
 class StartRequest(_Strict):

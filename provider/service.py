@@ -59,7 +59,7 @@ from provider.keys import Signer
 from provider.pending import MAX_PENDING_STARTS, PENDING_START_TTL, drop_starts, pending_start_rows, record_start
 from provider.retention import AuditPruner, AuditRetention
 from provider.store import (Store, add_audit, capsules, epochs, group_row, groups, member_rows, members, prune_capsules,
-                            tokens)
+                            remote_groups, tokens)
 
 SUITES = {"aes-256-gcm": 1, "aes-256-ctr-hmac-sha256": 2}
 MAX_REKEY_PACKETS = 2**27
@@ -77,6 +77,12 @@ class Opened:
     epoch: int | None
     indices: dict[str, int]
 
+
+
+def _https_link_send(row):
+    from provider.remote import https_send  # noqa: PLC0415 -- see Provider.enroll
+
+    return https_send(row)
 
 
 def add_member_row(conn, g, now: float, **values) -> list[str]:
@@ -104,6 +110,7 @@ class Provider:
         self.on_epoch: Callable[[str], None] | None = None  # called after an epoch committed (metrics)
         self._argon_slots = threading.BoundedSemaphore(2)
         self.audit_pruner = AuditPruner(store, audit_retention or AuditRetention(), clock)  # the ticker runs it
+        self.link_send = _https_link_send  # link row -> transport to that provider (tests: an in-memory one)
 
     @property
     def signer(self) -> Signer:
@@ -155,7 +162,8 @@ class Provider:
             raise InvalidInput("--grace must be between 1s and 1h")
         now = self.clock()
         with self.store.write() as conn:
-            if group_row(conn, name) is not None:
+            if group_row(conn, name) is not None or conn.execute(
+                    select(remote_groups.c.id).where(remote_groups.c.name == name)).first() is not None:
                 raise Conflict(f"group {name!r} exists already")
             conn.execute(insert(groups).values(
                 name=name, group_id=self.rand(16), cidr=cidr, cidr6=cidr6, suite=SUITES[suite], mtu=MTU,
@@ -205,8 +213,12 @@ class Provider:
         """Consume the join token ``secret``; ``proof`` is the Ed25519 signature over
         ``archive.enroll_message(...)`` of the other fields (checked before the token is touched).
         Only an Argon2id hash of ``authenticator`` is stored."""
+        from provider import remote  # noqa: PLC0415 -- remote imports the routes, which import this module
+
         actor = f"enroll:{address}"
-        return self._audited(actor, "enroll", None, lambda: self._enroll(
+        # a token of a group a linked provider owns (provider/remote.py), else one of ours
+        return self._audited(actor, "enroll", None, lambda: remote.enroll(
+            self, secret, name, ed25519_public, kem_public, authenticator, endpoints, proof) or self._enroll(
             secret, name, ed25519_public, kem_public, authenticator, endpoints, proof))
 
     def _enroll(self, secret, name, ed_public, kem_public, authenticator, endpoints, proof) -> dict:

@@ -34,6 +34,9 @@ Schema version 9 (table ``meta``, key ``schema_version``)::
               created_at, provider_keys (JSON, NULL until `link check`
               fetched them over the pinned TLS), checked_at: the linked
               trust providers (provider/links.py)
+    remote_groups, remote_invites, remote_members: this provider's members
+              in groups a linked provider owns, and their join tokens
+              (provider/remote.py)
 
 Migrations: :meth:`Store.check_schema` upgrades an older database in
 place, one step per version (``MIGRATIONS``), in one write transaction:
@@ -337,10 +340,46 @@ links = Table(
 )
 
 
+# A home provider's members in groups a linked provider owns (provider/remote.py).
+remote_groups = Table(
+    "remote_groups", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(32), nullable=False, unique=True),  # the local name members use (no local group has it)
+    Column("link", String(32), nullable=False),               # links.name of the owner
+    Column("remote_name", String(32), nullable=False),        # the group's name at the owner
+    Column("created_at", Float, nullable=False),
+)
+
+remote_invites = Table(
+    "remote_invites", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("remote_group", Integer, ForeignKey("remote_groups.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float),
+)
+
+remote_members = Table(
+    "remote_members", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("remote_group", Integer, ForeignKey("remote_groups.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),        # its name here
+    Column("owner_name", String(64), nullable=False),  # NAME@LINK, its name at the owner (and its keyid here)
+    Column("ed25519_public", LargeBinary(32), nullable=False),
+    Column("kem_public", LargeBinary(1216), nullable=False),
+    Column("credential_hash", String(200), nullable=False),
+    Column("enrolled_at", Float, nullable=False),
+    UniqueConstraint("remote_group", "name"),
+    UniqueConstraint("remote_group", "owner_name"),
+)
+
+
 def _add_links(conn: Connection) -> None:
     """Issue 19: the links table and ``members.home`` (one step, appended: other branches' steps stay
     independent)."""
-    links.create(conn, checkfirst=True)
+    metadata.create_all(conn, tables=[links, remote_groups, remote_invites, remote_members])
     if "home" not in {c["name"] for c in inspect(conn).get_columns(members.name)}:
         _add_column(conn, members, "home")
 

@@ -179,3 +179,8 @@ def test_link_check_over_the_pinned_tls_of_a_real_partner(tmp_path):
     vouch = verify_vouch(admin(owner.state, "link", "vouch", "partner").stdout.strip().encode(), own)
     assert vouch.provider == theirs["keys_hash"] and vouch.url == partner.url
     assert admin(owner.state, "link", "vouch", "liar", check=False).returncode == 75  # never checked
+    # the partner's group, taken in here under another name, and a join token of this provider for it
+    assert "accepted here as plan" in admin(owner.state, "link", "accept", "partner", "lan", "--as", "plan").stdout
+    assert admin(owner.state, "invite", "plan", "bob").stdout.startswith("gtjoin1-")
+    unchecked = admin(owner.state, "link", "accept", "liar", "lan", check=False)
+    assert unchecked.returncode == 64 and "must be checked" in unchecked.stderr
