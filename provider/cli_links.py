@@ -15,7 +15,9 @@
 
 ``--json`` prints the link ``{"name", "url", "tls_fingerprint",
 "keys_hash", "groups" (null: any group), "created_at", "state" (unchecked | checked),
-"checked_at"}`` for add, check and remove, a list of them for list, and ``{"url", "tls_fingerprint",
+"checked_at"}`` for add, check and remove (remove adds ``"excluded": {group: [member, ...]}``, the members
+that came through the link, now removed in a new epoch per group), a list
+of them for list, and ``{"url", "tls_fingerprint",
 "keys_hash"}`` for self. A refused link exits 64 (bad field), 75 (exists
 already, or vouch before check), 66 (no such link) or 69 (check: the
 partner unreachable, or not holding the pinned certificate and keys)
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import json
 
-from provider import links, remote
+from provider import linked, links, remote
 
 
 def _line(link: dict) -> str:
@@ -68,8 +70,9 @@ def run(args, provider, identity: dict) -> int:
         link = links.add_link(provider, args.name, args.url, args.fingerprint, args.keys_hash, groups)
         text = f"linked {link['name']}: " + _line(link)
     else:
-        link = links.remove_link(provider, args.name)
-        text = f"removed link {link['name']} ({link['url']})"
+        link = linked.remove_link(provider, args.name)
+        gone = ", ".join(f"{g}: {' '.join(n)}" for g, n in link["excluded"].items())
+        text = f"removed link {link['name']} ({link['url']})" + (f"; excluded {gone}" if gone else "")
     print(json.dumps(link, indent=2, sort_keys=True) if args.json else text)
     return 0
 

@@ -43,16 +43,17 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from grouptun.core.archive import ProviderKeys, b64e, verify_archive
 from grouptun.errors import EpochRejected
 from provider import members as mem
 from provider import membership
+from provider import links as link_records
 from provider.errors import Forbidden, InvalidInput, LinkError, NotFound
 from provider.links import link_row, serves_group
 from provider.service import add_member_row
-from provider.store import add_audit, groups, links, members, tokens
+from provider.store import add_audit, groups, links, members, remote_groups, tokens
 
 MEMBER_HEADER = "gt-member"  # the member a provider speaks for; covered by its RFC 9421 signature
 CREDENTIAL_HEADER = "gt-credential"  # "checked": the home checked the member's credential for this request
@@ -193,3 +194,25 @@ def forward_member(provider, link_name: str, group: str, member: str, ed_public:
         add_audit(conn, provider.clock(), f"link:{link_name}", "link-forward", group, member=member,
                   as_name=entry.name, epoch=None if archive.epoch is None else archive.epoch.epoch)
     return shown
+
+
+def remove_link(provider, name: str) -> dict:
+    """``link remove``: the link, then every member that came through it (a new epoch per group without them,
+    audited ``link-exclude``) and the partner's groups accepted over it (their members here with them)."""
+    shown = link_records.remove_link(provider, name)
+    with provider.store.read() as conn:
+        found = conn.execute(select(groups.c.name, members.c.name.label("member")).join(
+            groups, groups.c.id == members.c.group).where(members.c.home == shown["keys_hash"])).all()
+    excluded: dict[str, list[str]] = {}
+    for group, member in found:
+        excluded.setdefault(group, []).append(member)
+    for group, names in sorted(excluded.items()):
+        def mutate(conn, g, now, names=names):
+            for member in names:
+                membership.bury(conn, g, member, now, f"{member!r} came through link {name!r}, which was removed")
+            add_audit(conn, now, "admin", "link-exclude", g.name, link=name, members=names)
+
+        provider._change_and_open(group, "remove", mutate)
+    with provider.store.write() as conn:
+        conn.execute(delete(remote_groups).where(remote_groups.c.link == name))
+    return {**shown, "excluded": {g: sorted(n) for g, n in excluded.items()}}

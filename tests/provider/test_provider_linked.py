@@ -164,3 +164,22 @@ def test_the_home_believes_no_answer_its_link_keys_did_not_sign(sides):
     with pytest.raises(LinkError, match="does not list 'carol' with its keys"):
         linked.forward_member(home, "owner", "lan", "carol", ed, kem, [], lambda *request: (200, honest))
     assert "link-forward" not in _actions(home)
+
+
+def test_removing_the_link_excludes_its_members_in_a_new_epoch(sides):
+    owner, home, send, _ = sides
+    membership.invite(owner, "lan", "carol@partner", 3600)
+    linked.forward_member(home, "owner", "lan", "carol", *_keys(), [], send)
+    before = parse_own(owner.store.archive("lan")[1])
+    assert before.member("carol@partner") is not None
+    removed = linked.remove_link(owner, "partner")
+    assert removed["excluded"] == {"lan": ["carol@partner"]}
+    after = parse_own(owner.store.archive("lan")[1])
+    assert after.epoch.epoch > before.epoch.epoch and after.member("carol@partner") is None
+    assert [m.name for m in after.members] == ["alice", "bob"]
+    assert "link-exclude" in _actions(owner) and links.list_links(owner) == []
+    from provider import remote  # noqa: PLC0415
+
+    remote.accept_group(home, "owner", "lan", alias="acme")
+    linked.remove_link(home, "owner")  # at the partner: the accepted groups go with the link
+    assert remote.remote_group(home, "acme") is None
