@@ -37,6 +37,8 @@ is served only with ``"api_docs": true`` in ``STATE/provider.json``; off by defa
     /v1/links/...                                   a linked provider's requests, RFC 9421-signed with its own
                                                     key (keyid = its provider id): provider/link_routes.py; the
                                                     routes above also take them, with gt-member (PROTOCOL.md 8)
+    /v1/groups/{alias}/...                          a group a linked provider owns (`link accept`): this
+                                                    provider checks its member and relays (provider/remote.py)
     GET  /healthz                                   -> 200 {"ok": true} once the database answered a query
                                                     (the schema version); 503 {"ok": false, "detail": reason}
 

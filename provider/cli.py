@@ -16,6 +16,7 @@
     grouptun-provider export-rule set GROUP LABEL SELECTOR | list GROUP | remove GROUP LABEL [--json]
                                                               (provider/cli_exportrules.py)
     grouptun-provider link self | add NAME --url URL --fingerprint SHA256 --keys-hash H [--groups g1,g2]
+                         | check NAME | vouch NAME | accept NAME GROUP [--as ALIAS]
                          | list | remove NAME [--json]      (linked trust providers, provider/cli_links.py)
     grouptun-provider audit [--follow] [--limit N]
     grouptun-provider backup FILE | restore FILE        (provider/backup.py)
