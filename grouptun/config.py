@@ -36,6 +36,8 @@ MAX_MTU = 65535 - 28
 IFNAME_MAX = 15
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# a member name: NAME_RE, or NAME@LINK for a member in a group a linked provider owns (PROTOCOL.md 8)
+MEMBER_RE = re.compile(r"^(?=.{1,64}$)[A-Za-z0-9][A-Za-z0-9_.-]*(?:@[a-z][a-z0-9-]{0,31})?$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
 DOMAIN_RE = re.compile(rf"^(?=.{{1,190}}$){_LABEL}(?:\.{_LABEL})*$")  # room for a 63-byte member label
@@ -276,7 +278,7 @@ def _group(data: dict) -> GroupConfig:
         raise ConfigError("group.group_id", "must be 32 lowercase hex digits (16 bytes)")
     return GroupConfig(
         name=name,
-        member=_str(t, "group", "member", pattern=NAME_RE),
+        member=_str(t, "group", "member", pattern=MEMBER_RE),
         group_id=bytes.fromhex(group_id),
         interface=_str(t, "group", "interface", default_interface(name), _IFNAME_RE),
         addresses=_prefixes(t, "group", "addresses", interface=True),

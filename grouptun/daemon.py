@@ -69,6 +69,7 @@ from grouptun.control.endpoints import local_address_towards, reported_endpoints
 from grouptun.errors import (ConfigError, ControlError, ExportRefused, GrouptunError, InstanceSuperseded,
                              MemberRemoved)
 from grouptun.ops.hooks import OpsHooks
+from grouptun.control import vouchfile
 from grouptun.control.providerurls import ProviderUrlsFile
 from grouptun.secmem import SecretArena
 from grouptun.control.statefile import EpochStateFile
@@ -496,7 +497,7 @@ class Daemon:
             watch_timeout=cfg.daemon.watch_timeout, report_interval=cfg.daemon.report_interval,
             backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics, secrets=self.secrets,
             on_superseded=self._on_superseded, on_trouble=self._on_trouble, urls_file=urls_file,
-            policy=self.policy)
+            policy=self.policy, vouch=vouchfile.load(cfg.paths.state_dir))
         stop = threading.Event()
         thread = threading.Thread(target=self.control.run, args=(stop,), name="grouptun-control", daemon=True)
         thread.start()

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-from provider import membership
-from provider.errors import NotFound
+from provider import membership, remote
+from provider.errors import InvalidInput, NotFound
+from provider.members import foreign_link
 
 
 def group_create(provider, join_token: Callable[[str], str], name: str, cidr: str, members: list[str],
@@ -48,9 +49,17 @@ def group_rekey(provider, name: str, actor: str) -> dict:
 
 def invite(provider, join_token: Callable[[str], str], group: str, member: str | None, ttl: float,
            uses: int | None, attributes: Mapping[str, str], member_ttl: float | None) -> dict:
-    """A one-time token (``uses`` None) or a reusable key: the ``invite --json`` shape."""
+    """A one-time token (``uses`` None) or a reusable key: the ``invite --json`` shape.
+
+    In a partner's group (``link accept``) the token is the partner's to make, through this provider; a
+    ``NAME@LINK`` member gets no token (its own provider enrolls it over the link): ``token`` is None."""
+    if uses is None and remote.remote_group(provider, group) is not None:
+        if attributes or member_ttl is not None:
+            raise InvalidInput("attributes and --member-ttl of a partner's group are its owner's to set")
+        return {"token": join_token(remote.invite(provider, group, member, ttl)), "group": group, "member": member}
     secret, ident = membership.invite(provider, group, member, ttl, uses, attributes, member_ttl)
-    return {"token": join_token(secret), "id": ident, "group": group, "member": member, "reusable": uses is not None,
+    token = join_token(secret) if member is None or foreign_link(member) is None else None
+    return {"token": token, "id": ident, "group": group, "member": member, "reusable": uses is not None,
             "max_uses": 1 if uses is None else uses, "expires_at": provider.clock() + ttl,
             "attributes": dict(attributes), "member_ttl": member_ttl}
 

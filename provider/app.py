@@ -37,6 +37,12 @@ is served only with ``"api_docs": true`` in ``STATE/provider.json``; off by defa
     /v1/groups/{group}/sealed...                    sealed data: provider/sealed_routes.py
     /v1/admin/...                                   the admin API (RFC 9421, keyid admin:<id> or
                                                     owner:<group>/<member>): provider/admin_routes.py
+    GET  /v1/provider                               -> 200 {"provider_id", "provider_keys"} (public; PROTOCOL.md 8)
+    /v1/links/...                                   a linked provider's requests, RFC 9421-signed with its own
+                                                    key (keyid = its provider id): provider/link_routes.py; the
+                                                    routes above also take them, with gt-member (PROTOCOL.md 8)
+    /v1/groups/{alias}/...                          a group a linked provider owns (`link accept`): this
+                                                    provider checks its member and relays (provider/remote.py)
     GET  /healthz                                   -> 200 {"ok": true} once the database answered a query
                                                     (the schema version); 503 {"ok": false, "detail": reason}
 
@@ -82,6 +88,8 @@ from grouptun.errors import ConfigError
 from provider.errors import ProviderFault
 from provider.hub import Hub, StartBatcher, tick
 from provider.limits import Guard, RateLimiter, nonces_for
+from provider import remote
+from provider.link_routes import link_router
 from provider.route_requests import route_requests_router
 from provider.routes import Context, Limits, archive_router, epochs_router, public_router, secrets_router
 from provider.sealed import SealedData, SealedLimits
@@ -179,10 +187,12 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
                    "msg": str(e.get("msg"))} for e in exc.errors()[:16]]
         return Response(json.dumps({"detail": detail}).encode(), status_code=422, media_type="application/json")
 
+    app.middleware("http")(remote.middleware(ctx))  # groups a linked provider owns: relayed (provider/remote.py)
     sealed = SealedData(provider.store, settings.sealed, provider.clock, provider.rand)
     provider.audit_pruner.also.append(sealed.prune)  # TTL expiry rides on the retention job
     for router in (public_router(ctx), archive_router(ctx), epochs_router(ctx), secrets_router(ctx),
-                   sealed_router(ctx, sealed, settings.sealed_part_rate), route_requests_router(ctx)):
+                   sealed_router(ctx, sealed, settings.sealed_part_rate), route_requests_router(ctx),
+                   link_router(ctx)):
         app.include_router(router)
     if settings.join_token is not None:
         from provider.admin_routes import admin_router  # noqa: PLC0415 -- the admin API (issue 17)

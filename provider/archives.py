@@ -54,7 +54,7 @@ def build_archive(g, version: int, info, rows, indices: dict[str, int], now: flo
         group_id=g.group_id, name=g.name, version=version, epoch=info,
         members=tuple(ArchiveMember(r.name, indices[r.name], tuple(addresses(r)), tuple(json.loads(r.endpoints)),
                                     r.ed25519_public, r.kem_public, r.instance, stored_pairs(r.attributes),
-                                    r.expires_at, routes.get(r.name, ())) for r in listed),
+                                    r.expires_at, routes.get(r.name, ()), r.home) for r in listed),
         cidr=g.cidr, cidr6=g.cidr6, mtu=g.mtu,
         expires_at=(info.opened_at if info is not None else now) + 2 * g.rekey_after_seconds,
         metadata=None if provider_id is None else GroupMetadata(provider_id, g.expires_at,

@@ -15,6 +15,9 @@
     grouptun-provider policy set GROUP FILE|- | show GROUP | clear GROUP [--json]   (provider/cli_policy.py)
     grouptun-provider export-rule set GROUP LABEL SELECTOR | list GROUP | remove GROUP LABEL [--json]
                                                               (provider/cli_exportrules.py)
+    grouptun-provider link self | add NAME --url URL --fingerprint SHA256 --keys-hash H [--groups g1,g2]
+                         | check NAME | vouch NAME | accept NAME GROUP [--as ALIAS]
+                         | list | remove NAME [--json]      (linked trust providers, provider/cli_links.py)
     grouptun-provider audit [--follow] [--limit N]
     grouptun-provider backup FILE | restore FILE        (provider/backup.py)
     grouptun-provider admin-key create | list           (provider-admin keys, provider/admin.py)
@@ -391,6 +394,21 @@ def cmd_export_rule(args) -> int:
     return cli_exportrules.run(args, _provider(args))
 
 
+def cmd_link(args) -> int:
+    from grouptun.core.archive import ProviderKeys
+    from grouptun.errors import EpochRejected
+    from provider import cli_links
+
+    paths = _paths(args)
+    config = read_config(paths)
+    try:  # the public keys provider.json records: `link self` needs no private key (nor its passphrase)
+        own_id = ProviderKeys.from_json(config.get("provider_keys")).fingerprint()
+    except EpochRejected as exc:
+        raise StateDirError(f"{paths.config}: provider_keys: {exc}") from exc
+    identity = cli_links.own_identity(config["url"], tls_fingerprint(paths), own_id)
+    return cli_links.run(args, _provider(args), identity)
+
+
 def cmd_audit(args) -> int:
     from provider.store import audit_rows
 
@@ -556,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     from provider import cli_exportrules
 
     cli_exportrules.add_parser(sub)
+    from provider import cli_links
+
+    cli_links.add_parser(sub)
 
     p = sub.add_parser("audit", help="print the audit log")
     p.add_argument("--follow", action="store_true")

@@ -24,6 +24,7 @@ import time
 
 from grouptun.core import attributes as attrs
 from provider import admin_ops, membership
+from provider.members import foreign_link
 from provider.errors import InvalidInput
 
 
@@ -101,8 +102,16 @@ def meta_text(group: str, meta: dict) -> str:
 
 def invite(args, provider) -> int:
     shown = admin_ops.invite(provider, token_maker(_paths(args)), args.group, args.member, *invite_options(args))
-    _print(shown, args.json, shown["token"])
+    _print(shown, args.json, invite_text(shown))
     return 0
+
+
+def invite_text(shown: dict) -> str:
+    if shown["token"] is not None:
+        return shown["token"]
+    # NAME@LINK: nobody redeems the invitation by its secret, the member's own provider enrolls it over the link
+    return (f"invited {shown['member']} to {shown['group']}: its own provider enrolls it over link "
+            f"{foreign_link(shown['member'])} (no token to hand over)")
 
 
 def check_invite(args) -> None:

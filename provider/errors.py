@@ -23,6 +23,8 @@
         │                           invitation, group expired, wrong credential  (exit 77, HTTP 403)
         ├── Gone                    a request signed by a removed or expired
         │                           member's own key (membership.py)             (HTTP 410)
+        ├── LinkError               a linked provider unreachable, answering
+        │                           badly, or not the one its link pins          (exit 69, HTTP 502)
         ├── PayloadTooLarge         request body over the limit                  (HTTP 413)
         ├── UnsupportedMediaType    a request body that is not application/json  (HTTP 415)
         └── RateLimited             per member / per address budget spent        (exit 75, HTTP 429)
@@ -95,6 +97,13 @@ class Gone(ProviderFault):
 
     exit_code = 69
     http_status = 410
+
+
+class LinkError(ProviderFault):
+    """A linked provider (provider/links.py) that cannot be reached, or is not the provider its link pins."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+    http_status = 502
 
 
 class PayloadTooLarge(ProviderFault):

@@ -54,6 +54,8 @@ import dataclasses
 
 from grouptun.core.archive import ProviderKeys, sign_archive, Archive
 from grouptun.core.jointoken import check_urls
+from grouptun.control.reqsign import sign_headers
+from grouptun.core.vouch import Vouch, sign_vouch
 from grouptun.errors import ConfigError
 from provider.errors import StateDirError
 
@@ -197,6 +199,14 @@ class Signer:
         if self.urls:
             archive = dataclasses.replace(archive, provider_urls=self.urls)
         return sign_archive(archive, self._ed, self._ml)
+
+    def sign_vouch(self, vouch: Vouch) -> bytes:
+        """A voucher for a linked provider's keys (PROTOCOL.md 8), for this provider's own members."""
+        return sign_vouch(vouch, self._ed, self._ml)
+
+    def sign_request(self, method: str, url: str, headers: dict, body: bytes, extra: tuple[str, ...]) -> None:
+        """RFC 9421-sign a request to a linked provider (keyid: this provider's id, PROTOCOL.md 8)."""
+        sign_headers(method, url, headers, body, self.public.fingerprint(), self._ed, extra=extra)
 
     def save(self, paths: StatePaths) -> None:
         _write_private(paths.ed25519, _pem(self._ed))

@@ -39,6 +39,10 @@ from provider.errors import Conflict, Forbidden, InvalidInput
 
 GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# A member of a linked provider (issue 19): NAME@LINK, LINK this provider's name for its home provider
+# (provider/links.py); 64 bytes in all, like every member name (the capsule's uid).
+FOREIGN_NAME = re.compile(r"(?=.{1,64}$)([A-Za-z0-9][A-Za-z0-9._-]{0,62})@([a-z][a-z0-9-]{0,31})")
+LINK_MARKER = "link"  # members.credential_hash of a foreign member: its credential is checked at its home
 ENDPOINT = re.compile(r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,53}):[0-9]{1,5}")
 MAX_ENDPOINTS = 8
 CREDENTIAL_MIN, CREDENTIAL_MAX = 8, 1024
@@ -52,9 +56,17 @@ def check_group_name(name: str) -> str:
 
 
 def check_member_name(name: str) -> str:
-    if not isinstance(name, str) or not MEMBER_NAME.fullmatch(name):
-        raise InvalidInput(f"member name {name!r} must match {MEMBER_NAME.pattern}")
+    """A member name: local (MEMBER_NAME) or a linked provider's member (NAME@LINK, FOREIGN_NAME)."""
+    if not isinstance(name, str) or not (MEMBER_NAME.fullmatch(name) or FOREIGN_NAME.fullmatch(name)):
+        raise InvalidInput(f"member name {name!r} must match {MEMBER_NAME.pattern} (or NAME@LINK for a "
+                           "member of a linked provider)")
     return name
+
+
+def foreign_link(name: str) -> str | None:
+    """The link name of a foreign member name NAME@LINK; None for a local name."""
+    match = FOREIGN_NAME.fullmatch(name)
+    return None if match is None else match.group(2)
 
 
 def check_endpoints(endpoints: list[str]) -> list[str]:
@@ -75,18 +87,27 @@ def check_enrollment(secret: str, name: str, ed_public: bytes, kem_public: bytes
     Checks nothing about the token itself: the caller does, in its transaction.
     """
     check_member_name(name)
+    if foreign_link(name) is not None:
+        raise Forbidden(f"{name!r} is a member of a linked provider: it enrolls at its own provider, which "
+                        "forwards its keys")
     checked = check_endpoints(list(endpoints))
     message = enroll_message(secret, name, ed_public, kem_public, authenticator, list(endpoints))
-    try:
-        signer_key = ed25519.Ed25519PublicKey.from_public_bytes(ed_public)
-        load_kem_public(kem_public)
-    except (ValueError, CapsuleError) as exc:
-        raise InvalidInput(f"public key not valid: {exc}") from exc
+    signer_key = check_public_keys(ed_public, kem_public)
     try:
         signer_key.verify(proof, message)
     except InvalidSignature as exc:
         raise Forbidden("enrollment proof does not verify with the enrolled Ed25519 key") from exc
     return checked
+
+
+def check_public_keys(ed_public: bytes, kem_public: bytes) -> ed25519.Ed25519PublicKey:
+    """A member's Ed25519 key (loaded) once both public keys load; InvalidInput otherwise."""
+    try:
+        signer_key = ed25519.Ed25519PublicKey.from_public_bytes(ed_public)
+        load_kem_public(kem_public)
+    except (ValueError, CapsuleError) as exc:
+        raise InvalidInput(f"public key not valid: {exc}") from exc
+    return signer_key
 
 
 def check_networks(cidr: str, cidr6: str | None) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None]:

@@ -87,9 +87,18 @@ def invite(provider, group: str, name: str | None, ttl: float, uses: int | None 
         return _insert_token(conn, provider, _group(conn, group), name, ttl, uses, attributes, member_ttl)
 
 
+def _check_invited_link(conn, g, name: str) -> None:
+    """A NAME@LINK invitation needs a link of that name serving the group (provider/linked.py)."""
+    from provider.links import link_row, serves_group  # noqa: PLC0415 -- links imports members, like this module
+
+    link = mem.foreign_link(name)
+    if link is not None and not serves_group(link_row(conn, link), g.name):
+        raise InvalidInput(f"link {link!r} does not serve group {g.name!r} (link add ... --groups)")
+
+
 def _insert_token(conn, provider, g, name, ttl, uses, attributes, member_ttl) -> tuple[str, str]:
     if uses is None:
-        mem.check_member_name(name)
+        _check_invited_link(conn, g, mem.check_member_name(name))
     elif name is not None:
         raise InvalidInput("a reusable key is for any member name: give no member")
     elif isinstance(uses, bool) or not 1 <= uses <= MAX_USES:

@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
@@ -21,7 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from grouptun.control.reqsign import SignatureRefused, Verified, verify_headers
-from provider import membership
+from provider import linked, membership
+from provider import members as mem
 from provider.encoding import ChunkedResponse, accepts_gzip
 from provider.errors import (Forbidden, Gone, InvalidInput, NotFound, RateLimited, SchemaError, StateDirError,
                              Unauthorized)
@@ -40,10 +42,18 @@ WAITING = {"waiting": "members", "detail": "the group has fewer than 2 members; 
            "pending and the group's first epoch will list it"}
 
 
+def signed_url(request: Request) -> str:
+    """The URL a request's signature covers: the raw path and query as sent (the host is not covered)."""
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string") or b""
+    return "https://provider" + raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+
+
 @dataclass
 class Member:
     group: str
     name: str
+    via: linked.Linked | None = None  # the linked provider that forwarded the request (None: the member itself)
 
 
 @dataclass
@@ -89,6 +99,8 @@ class Context:
             await run_in_threadpool(self.provider.refused, actor, action, group, reason)
 
     def _member_or_removed_key(self, group: str, key_id: str, gone: list[str]):
+        if mem.foreign_link(key_id) is not None:  # a linked provider's member speaks only through its home
+            return None
         key = self.provider.member_key(group, key_id)
         if key is None:
             found = membership.removed_member(self.provider, group, key_id)
@@ -100,13 +112,10 @@ class Context:
     async def verified(self, request: Request, group: str | None, resolve) -> Verified:
         """The RFC 9421 check of ``request`` (``resolve(key_id)``: its public key or None); 401, audited, if not."""
         body = await request.body()
-        raw_path = request.scope.get("raw_path") or request.url.path.encode()
-        query = request.scope.get("query_string") or b""
-        url = "https://provider" + raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
         client = request.client.host if request.client else "unknown"
         try:
-            return await run_in_threadpool(verify_headers, request.method, url, request.headers, body, resolve,
-                                           time.time(), self.provider.started_at)
+            return await run_in_threadpool(verify_headers, request.method, signed_url(request), request.headers,
+                                           body, resolve, time.time(), self.provider.started_at)
         except SignatureRefused as exc:
             await self.refuse_audit(f"address:{client}", request.url.path[:80], group, exc.reason)
             raise Unauthorized(exc.reason) from exc
@@ -118,6 +127,47 @@ class Context:
             await self.refuse_audit(actor, request.url.path[:80], group, "replayed signature")
             raise Unauthorized("replayed signature")
 
+    async def link_caller(self, request: Request, body: bytes) -> linked.Linked:
+        """A linked provider's request (RFC 9421 with its key, keyid = its provider id, covering
+        linked.LINK_COVERED), checked against the keys its link's ``link check`` stored; 401 audited."""
+        client = request.client.host if request.client else "unknown"
+        found: list = []
+
+        def resolve(key_id: str):
+            row = linked.link_by_id(self.provider, key_id)
+            if row is None:
+                return None
+            found.append(row)
+            return ed25519.Ed25519PublicKey.from_public_bytes(linked.link_keys(row).ed25519_public)
+
+        try:
+            verified = await run_in_threadpool(verify_headers, request.method, signed_url(request), request.headers,
+                                               body, resolve, time.time(), self.provider.started_at,
+                                               linked.LINK_COVERED)
+        except SignatureRefused as exc:
+            await self.refuse_audit(f"link-address:{client}", request.url.path[:80], None, exc.reason)
+            raise Unauthorized(exc.reason) from exc
+        link = found[0]
+        await self.fresh(request, None, f"link/{link.name}", verified, f"link:{link.name}")
+        credential = request.headers[linked.CREDENTIAL_HEADER]
+        if credential not in linked.CREDENTIAL_VALUES:
+            raise InvalidInput(f"header {linked.CREDENTIAL_HEADER} must be one of {linked.CREDENTIAL_VALUES}")
+        return linked.Linked(link, request.headers[linked.MEMBER_HEADER], credential)
+
+    async def forwarded_member(self, request: Request, group: str, body: bytes, budget) -> Member:
+        """A member request its home provider forwarded: the member NAME@LINK, known here through that link."""
+        caller = await self.link_caller(request, body)
+        name = f"{caller.member}@{caller.link.name}"
+        if not await run_in_threadpool(linked.is_forwarded_member, self.provider, group, name, caller.link):
+            await self.refuse_audit(f"link:{caller.link.name}", request.url.path[:80], group,
+                                    f"no member {name!r} through this link")
+            raise Unauthorized("signature not valid")  # as for an unknown member
+        if not budget.allow(f"{group}/{name}"):
+            raise RateLimited("rate limit exceeded (member)")
+        await run_in_threadpool(self.provider.audit_link_request, caller.link.name, group, name,
+                                request.url.path[:80])
+        return Member(group, name, caller)
+
     def member_dependency(self, limiter: RateLimiter | None = None):
         """The FastAPI dependency that authenticates a member request (signature, nonce, rate).
 
@@ -125,6 +175,8 @@ class Context:
         budget = limiter or self.limits.member
 
         async def member(request: Request, group: str = GROUP_PATH) -> Member:
+            if linked.MEMBER_HEADER in request.headers:  # a linked provider speaking for its member
+                return await self.forwarded_member(request, group, await request.body(), budget)
             gone: list[str] = []  # the reason, when the key that verifies is a removed member's
             verified = await self.verified(request, group,
                                            lambda key_id: self._member_or_removed_key(group, key_id, gone))
@@ -139,7 +191,7 @@ class Context:
 
 
 def public_router(ctx: Context) -> APIRouter:
-    """Unsigned routes: health and enrollment (the join token authenticates)."""
+    """Unsigned routes: health, the provider's public identity, and enrollment (the join token authenticates)."""
     router = APIRouter(route_class=IJsonRoute)
 
     @router.get("/healthz", responses={503: {"description": "the database did not answer"}})
@@ -153,7 +205,14 @@ def public_router(ctx: Context) -> APIRouter:
             return JSONResponse({"ok": False, "detail": detail}, status_code=503)
         return {"ok": True}
 
-    @router.post("/v1/enroll", response_model=EnrollAnswer)
+    @router.get("/v1/provider")
+    async def identity():
+        """This provider's id and public signing keys: what a linked provider's ``link check`` fetches over the
+        TLS it pinned and compares with the keys hash it pinned (PROTOCOL.md 8). Public, like the enroll answer."""
+        keys = await run_in_threadpool(lambda: ctx.provider.signer.public)
+        return {"provider_id": keys.fingerprint(), "provider_keys": keys.to_json()}
+
+    @router.post("/v1/enroll", response_model=EnrollAnswer, response_model_exclude_none=True)
     async def enroll(body: EnrollRequest, request: Request):
         client = request.client.host if request.client else "unknown"
         answer = await run_in_threadpool(

@@ -48,6 +48,7 @@ class EnrollAnswer(BaseModel):
     addresses: list[str]
     provider_keys: ProviderKeysModel
     archive: str
+    vouch: str | None = None  # a group a linked provider owns: the voucher for its keys (PROTOCOL.md 8)
 
 
 class StartRequest(_Strict):
@@ -88,3 +89,19 @@ def b64(text: str, what: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput(f"{what}: not base64") from exc
+
+
+class ForwardedMember(_Strict):
+    """A linked provider's member's public keys (provider/linked.py); the member's name is in ``gt-member``."""
+
+    ed25519_public: str = Field(min_length=44, max_length=44, pattern=B64)
+    kem_public: str = Field(min_length=1624, max_length=1624, pattern=B64)
+    endpoints: list[str] = Field(default_factory=list, max_length=8)
+
+
+class ForwardedAnswer(BaseModel):
+    group: str
+    member_name: str
+    index: int
+    addresses: list[str]
+    archive: str

@@ -59,7 +59,7 @@ from provider.keys import Signer
 from provider.pending import MAX_PENDING_STARTS, PENDING_START_TTL, drop_starts, pending_start_rows, record_start
 from provider.retention import AuditPruner, AuditRetention
 from provider.store import (Store, add_audit, capsules, epochs, group_row, groups, member_rows, members, prune_capsules,
-                            tokens)
+                            remote_groups, tokens)
 
 SUITES = {"aes-256-gcm": 1, "aes-256-ctr-hmac-sha256": 2}
 MAX_REKEY_PACKETS = 2**27
@@ -78,6 +78,25 @@ class Opened:
     indices: dict[str, int]
 
 
+
+def _https_link_send(row):
+    from provider.remote import https_send  # noqa: PLC0415 -- see Provider.enroll
+
+    return https_send(row)
+
+
+def add_member_row(conn, g, now: float, **values) -> list[str]:
+    """Insert member ``values["name"]`` into group row ``g`` with the next free addresses (Conflict when the name
+    is enrolled already); its addresses. Shared by enrollment here and a linked provider's (provider/linked.py)."""
+    rows = member_rows(conn, g.id)
+    if any(r.name == values["name"] for r in rows):
+        raise Conflict(f"member {values['name']!r} is already enrolled")
+    net4, net6 = mem.check_networks(g.cidr, g.cidr6)
+    addr4 = mem.allocate(net4, {r.addr4 for r in rows})
+    addr6 = mem.allocate(net6, {r.addr6 for r in rows if r.addr6}) if net6 else None
+    conn.execute(insert(members).values(group=g.id, addr4=addr4, addr6=addr6, enrolled_at=now, **values))
+    return [a for a in (addr4, addr6) if a]
+
 class Provider:
     def __init__(self, store: Store, signer: Callable[[], Signer], clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, rand: Callable[[int], bytes] = os.urandom,
@@ -91,6 +110,7 @@ class Provider:
         self.on_epoch: Callable[[str], None] | None = None  # called after an epoch committed (metrics)
         self._argon_slots = threading.BoundedSemaphore(2)
         self.audit_pruner = AuditPruner(store, audit_retention or AuditRetention(), clock)  # the ticker runs it
+        self.link_send = _https_link_send  # link row -> transport to that provider (tests: an in-memory one)
 
     @property
     def signer(self) -> Signer:
@@ -108,6 +128,11 @@ class Provider:
     def refused(self, actor: str, action: str, group: str | None, reason: str) -> None:
         with self.store.write() as conn:
             add_audit(conn, self.clock(), actor, "refused", group, request=action, reason=reason)
+
+    def audit_link_request(self, link: str, group: str, member: str, path: str) -> None:
+        """A member request a linked provider forwarded (provider/routes.py), audited as it arrives."""
+        with self.store.write() as conn:
+            add_audit(conn, self.clock(), f"link:{link}", "link-request", group, member=member, request=path)
 
     def _audited(self, actor: str, action: str, group: str | None, fn: Callable):
         try:
@@ -137,7 +162,8 @@ class Provider:
             raise InvalidInput("--grace must be between 1s and 1h")
         now = self.clock()
         with self.store.write() as conn:
-            if group_row(conn, name) is not None:
+            if group_row(conn, name) is not None or conn.execute(
+                    select(remote_groups.c.id).where(remote_groups.c.name == name)).first() is not None:
                 raise Conflict(f"group {name!r} exists already")
             conn.execute(insert(groups).values(
                 name=name, group_id=self.rand(16), cidr=cidr, cidr6=cidr6, suite=SUITES[suite], mtu=MTU,
@@ -187,8 +213,12 @@ class Provider:
         """Consume the join token ``secret``; ``proof`` is the Ed25519 signature over
         ``archive.enroll_message(...)`` of the other fields (checked before the token is touched).
         Only an Argon2id hash of ``authenticator`` is stored."""
+        from provider import remote  # noqa: PLC0415 -- remote imports the routes, which import this module
+
         actor = f"enroll:{address}"
-        return self._audited(actor, "enroll", None, lambda: self._enroll(
+        # a token of a group a linked provider owns (provider/remote.py), else one of ours
+        return self._audited(actor, "enroll", None, lambda: remote.enroll(
+            self, secret, name, ed25519_public, kem_public, authenticator, endpoints, proof) or self._enroll(
             secret, name, ed25519_public, kem_public, authenticator, endpoints, proof))
 
     def _enroll(self, secret, name, ed_public, kem_public, authenticator, endpoints, proof) -> dict:
@@ -204,19 +234,12 @@ class Provider:
         def mutate(conn, g, now):
             tok = conn.execute(select(tokens).where(tokens.c.token_hash == digest)).first()
             attributes, expires_at = membership.redeem(conn, tok, g, name, now)  # refusals with their reason
-            rows = member_rows(conn, g.id)
-            if any(r.name == name for r in rows):
-                raise Conflict(f"member {name!r} is already enrolled")
-            net4, net6 = mem.check_networks(g.cidr, g.cidr6)
-            addr4 = mem.allocate(net4, {r.addr4 for r in rows})
-            addr6 = mem.allocate(net6, {r.addr6 for r in rows if r.addr6}) if net6 else None
-            conn.execute(insert(members).values(
-                group=g.id, name=name, ed25519_public=ed_public, kem_public=kem_public, credential_hash=cred_hash,
-                addr4=addr4, addr6=addr6, endpoints=json.dumps(endpoints), enrolled_at=now, attributes=attributes,
-                expires_at=expires_at))
-            add_audit(conn, now, f"member:{name}", "enroll", g.name, addresses=[addr4, addr6],
+            addresses = add_member_row(conn, g, now, name=name, ed25519_public=ed_public, kem_public=kem_public,
+                                       credential_hash=cred_hash, endpoints=json.dumps(endpoints),
+                                       attributes=attributes, expires_at=expires_at)
+            add_audit(conn, now, f"member:{name}", "enroll", g.name, addresses=addresses,
                       key=membership.key_id(digest), expires_at=expires_at)
-            return [a for a in (addr4, addr6) if a]
+            return addresses
 
         addresses, opened = self._change_and_open(group, "enroll", mutate)
         return {"group": group, "member_name": name, "index": opened.indices[name], "addresses": addresses,

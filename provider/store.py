@@ -1,6 +1,6 @@
 """Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
-Schema version 8 (table ``meta``, key ``schema_version``)::
+Schema version 9 (table ``meta``, key ``schema_version``)::
 
     meta      key PK, value
     groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
@@ -12,7 +12,8 @@ Schema version 8 (table ``meta``, key ``schema_version``)::
               credential_hash (Argon2id, see members.py), addr4, addr6,
               endpoints (JSON list), enrolled_at, instance (SHA-256 of the
               start challenge that owns the member, PROTOCOL.md 4; NULL
-              before its first start); UNIQUE(group, name)
+              before its first start), home (a linked provider's member:
+              its home provider's id; NULL: ours); UNIQUE(group, name)
     tokens    id PK, token_hash UNIQUE (SHA-256 of the secret), group FK,
               name, created_at, expires_at, used_at
     epochs    (group, epoch) PK, suite, nonce_start, group_size, data_id,
@@ -28,6 +29,14 @@ Schema version 8 (table ``meta``, key ``schema_version``)::
               not yet listed by an epoch, seen by every replica (provider/hub.py)
     buckets   key PK, tokens, updated_at: rate-limit token buckets every replica
               shares (PostgreSQL; costs bounded per member, not per replica)
+    links     id PK, name UNIQUE, url, tls_fingerprint, keys_hash UNIQUE (the
+              linked provider's id), groups (JSON list, NULL: any group),
+              created_at, provider_keys (JSON, NULL until `link check`
+              fetched them over the pinned TLS), checked_at: the linked
+              trust providers (provider/links.py)
+    remote_groups, remote_invites, remote_members: this provider's members
+              in groups a linked provider owns, and their join tokens
+              (provider/remote.py)
 
 Migrations: :meth:`Store.check_schema` upgrades an older database in
 place, one step per version (``MIGRATIONS``), in one write transaction:
@@ -44,6 +53,9 @@ none, everything allowed) and ``groups.policy_version``: see
 ``provider/policy.py``.
 7 -> 8 adds ``groups.export_rules`` (JSON object label -> selector, NULL:
 no limits): see ``provider/exportrules.py``.
+8 -> 9 adds the ``links`` table (empty: no linked providers) and
+``members.home`` (NULL: every member is this provider's own), see
+``provider/links.py`` and ``provider/linked.py``.
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -93,7 +105,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 TIMER_LOCK_KEY = 0x67747473  # "gtts": PostgreSQL session advisory lock of the replica running the timers
 CHANGE_CHANNEL = "grouptun_changed"  # NOTIFY after every serialised write (provider/hub.py listens)
@@ -145,6 +157,7 @@ members = Table(
     Column("instance", LargeBinary(32)),
     Column("attributes", Text),     # v3: JSON object of signed key=value pairs (NULL: none)
     Column("expires_at", Float),    # v3: a temporary member's deadline (NULL: permanent)
+    Column("home", String(64)),     # v9: the home provider's id of a linked provider's member (NULL: ours)
     UniqueConstraint("group", "name"),
 )
 
@@ -312,6 +325,65 @@ def _export_rules_column(conn: Connection) -> None:
         _add_column(conn, groups, "export_rules")
 
 
+# Linked trust providers (issue 19, provider/links.py): what each admin pinned of the other provider.
+links = Table(
+    "links", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(32), nullable=False, unique=True),
+    Column("url", String(200), nullable=False),
+    Column("tls_fingerprint", String(64), nullable=False),
+    Column("keys_hash", String(64), nullable=False, unique=True),  # the linked provider's id
+    Column("groups", Text),  # JSON sorted list of group names the link is limited to (NULL: any)
+    Column("created_at", Float, nullable=False),
+    Column("provider_keys", Text),  # its public keys, once fetched over the pinned TLS and matching keys_hash
+    Column("checked_at", Float),    # when they were (NULL: not yet)
+)
+
+
+# A home provider's members in groups a linked provider owns (provider/remote.py).
+remote_groups = Table(
+    "remote_groups", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(32), nullable=False, unique=True),  # the local name members use (no local group has it)
+    Column("link", String(32), nullable=False),               # links.name of the owner
+    Column("remote_name", String(32), nullable=False),        # the group's name at the owner
+    Column("created_at", Float, nullable=False),
+)
+
+remote_invites = Table(
+    "remote_invites", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("remote_group", Integer, ForeignKey("remote_groups.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float),
+)
+
+remote_members = Table(
+    "remote_members", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("remote_group", Integer, ForeignKey("remote_groups.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),        # its name here
+    Column("owner_name", String(64), nullable=False),  # NAME@LINK, its name at the owner (and its keyid here)
+    Column("ed25519_public", LargeBinary(32), nullable=False),
+    Column("kem_public", LargeBinary(1216), nullable=False),
+    Column("credential_hash", String(200), nullable=False),
+    Column("enrolled_at", Float, nullable=False),
+    UniqueConstraint("remote_group", "name"),
+    UniqueConstraint("remote_group", "owner_name"),
+)
+
+
+def _add_links(conn: Connection) -> None:
+    """Issue 19: the links table and ``members.home`` (one step, appended: other branches' steps stay
+    independent)."""
+    metadata.create_all(conn, tables=[links, remote_groups, remote_invites, remote_members])
+    if "home" not in {c["name"] for c in inspect(conn).get_columns(members.name)}:
+        _add_column(conn, members, "home")
+
+
 # from-version -> the step to the next version (run in the caller's write transaction)
 MIGRATIONS = {
     1: lambda conn: _add_column(conn, members, "instance"),
@@ -321,6 +393,7 @@ MIGRATIONS = {
     5: lambda conn: metadata.create_all(conn, tables=[nonces, starts, buckets]),
     6: _policy_columns,
     7: _export_rules_column,
+    8: _add_links,
 }
 
 

@@ -158,7 +158,8 @@ def _member_config(args: argparse.Namespace, token, result, archive, name: str):
                                     ed25519_public=result.provider_keys.ed25519_public,
                                     mldsa65_public=result.provider_keys.mldsa65_public,
                                     group=result.group,
-                                    urls=archive.provider_urls or (token.urls if len(token.urls) > 1 else ())),
+                                    urls=(archive.provider_urls if result.vouch is None else ()) or
+                                    (token.urls if len(token.urls) > 1 else ())),
         network=cfg.NetworkConfig(listen_address=args.listen_address, listen_port=args.listen_port,
                                   endpoints=tuple(args.endpoint), advertise_routes=tuple(args.advertise_route)),
         paths=cfg.PathsConfig(state_dir=state_dir.resolve(),
@@ -171,14 +172,17 @@ def run(args: argparse.Namespace) -> int:
 
     from grouptun import config as cfg
     from grouptun.control import keystore
+    from grouptun.control import vouchfile
     from grouptun.core.archive import verify_archive
+    from grouptun.core.vouch import verify_foreign_archive
     from grouptun.errors import ConfigError, ProviderError
     from grouptun.control.client import parse_join_token
 
     token = parse_join_token(token_text(args))
     member = _check_arguments(args)
     result, sealed = _enroll(args, token, member)
-    archive = verify_archive(result.archive, result.provider_keys)
+    archive = (verify_archive(result.archive, result.provider_keys) if result.vouch is None else
+               verify_foreign_archive(result.archive, result.provider_keys, result.vouch, result.member_name))
     name = args.name or result.group
     if not cfg.NAME_RE.match(name):
         raise ProviderError(f"provider group name {name!r} is not usable as a local name; rerun with --name")
@@ -191,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         keystore.write_atomic(state_dir / "keys.enc", sealed, 0o600)
+        if result.vouch is not None:  # a group a linked provider owns (PROTOCOL.md 8)
+            vouchfile.save(state_dir, result.vouch)
         args.config_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         keystore.write_atomic(config_path, text.encode(), 0o644)
     except OSError as exc:

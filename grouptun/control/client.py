@@ -43,6 +43,7 @@ from requests.adapters import HTTPAdapter
 
 from grouptun.control.backoff import ReplicaRotation
 from grouptun.core.archive import ProviderKeys, enroll_message, verify_archive
+from grouptun.core.vouch import verify_foreign_archive
 from grouptun.core.capsule import CAPSULE_SIZE
 from grouptun.core.jointoken import JoinToken, check_url, check_urls, parse_join_token
 from grouptun.errors import ProviderError, ProviderRefused
@@ -101,6 +102,9 @@ def _send(session: requests.Session, method: str, url: str, timeout: float, **kw
     return response
 
 
+send_checked = _send  # public for the provider's link client (provider/links.py): one pinned-TLS request path
+
+
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
@@ -134,6 +138,7 @@ class EnrollResult:
     addresses: tuple[str, ...]
     provider_keys: ProviderKeys
     archive: bytes
+    vouch: bytes | None = None  # a group a linked provider owns: our provider's voucher (PROTOCOL.md 8)
 
 
 class ProviderClient:
@@ -246,13 +251,17 @@ class ProviderClient:
             answer = response.json()
             keys = ProviderKeys.from_json(answer["provider_keys"])
             archive = answer["archive"].encode("utf-8")
+            vouch = answer["vouch"].encode("utf-8") if "vouch" in answer else None
             result = EnrollResult(str(answer["group"]), str(answer["member_name"]), int(answer["index"]),
-                                  tuple(str(a) for a in answer["addresses"]), keys, archive)
+                                  tuple(str(a) for a in answer["addresses"]), keys, archive, vouch)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ProviderError(f"malformed enrollment answer: {exc}") from exc
         if not hmac.compare_digest(keys.fingerprint(), token.provider_keys_hash):
             raise ProviderError("provider keys do not match the join token's hash")
-        verify_archive(archive, keys)
+        if vouch is None:
+            verify_archive(archive, keys)
+        else:  # the owner's archive, through our provider's voucher
+            verify_foreign_archive(archive, keys, vouch, result.member_name)
         return result
 
     def start(self, challenge: bytes) -> bytes | None:

@@ -36,6 +36,7 @@ from grouptun.core import accept
 from grouptun.core import capsule as capsule_mod
 from grouptun.core import keys as keys_mod
 from grouptun.core.archive import Archive, ProviderKeys, verify_archive
+from grouptun.core.vouch import verify_foreign_archive
 from grouptun.core.epoch import parse_networks
 from grouptun.core.policy import PolicyEnforcer
 from grouptun.core.session import EpochMaterial, MemberInfo
@@ -71,10 +72,15 @@ def member_info(m, can_reach: Callable[[str], bool]) -> MemberInfo:
     return MemberInfo(name=m.name, index=m.index, addresses=addrs, endpoint=endpoint, prefixes=prefixes)
 
 
-def verified_archive(signed: bytes, pinned: ProviderKeys, group_id: bytes, now: float) -> Archive:
+def verified_archive(signed: bytes, pinned: ProviderKeys, group_id: bytes, now: float,
+                     vouch: bytes | None = None, member: str = "") -> Archive:
     """The archive in ``signed`` if both signatures verify, it has not expired at wall time ``now``
-    and it is for ``group_id``; else EpochRejected (step signature, expired or group_id)."""
-    archive = verify_archive(signed, pinned)
+    and it is for ``group_id``; else EpochRejected (step signature, link, expired or group_id).
+
+    With ``vouch`` (a group a linked provider owns, PROTOCOL.md 8) the signatures are the owner's, checked
+    against the keys the voucher of ``pinned`` (the member's own provider) names for ``member``."""
+    archive = verify_archive(signed, pinned) if vouch is None else verify_foreign_archive(signed, pinned, vouch,
+                                                                                          member)
     if archive.expires_at and archive.expires_at < now:
         raise EpochRejected("expired", f"archive version {archive.version} expired")
     if archive.group_id != group_id:

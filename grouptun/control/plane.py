@@ -147,9 +147,10 @@ class ControlPlane:
                  secrets: keys_mod.SecretMemory = keys_mod.HEAP,
                  on_superseded: Callable[[InstanceSuperseded | MemberRemoved], None] | None = None,
                  on_trouble: Callable[[str | None], None] = lambda problem: None, urls_file=None,
-                 policy: PolicyEnforcer | None = None) -> None:
+                 policy: PolicyEnforcer | None = None, vouch: bytes | None = None) -> None:
         self.client, self.port, self.kem, self.proof = client, port, kem, proof
         self.urls_file = urls_file  # grouptun.control.providerurls.ProviderUrlsFile, or None: archive lists not kept
+        self.vouch = vouch  # a group a linked provider owns: our provider's voucher for it (control/vouchfile.py)
         self.secrets = secrets  # where opened SS and salt are held (the daemon's locked arena)
         self.pinned, self.group_id, self.member, self.statefile = pinned, group_id, member, statefile
         self.endpoints, self.can_reach, self.on_archive = endpoints, can_reach, on_archive
@@ -198,7 +199,7 @@ class ControlPlane:
 
     def _verified(self, signed: bytes) -> Archive:
         """Signatures, expiry, group id: what every archive passes before any of it is used."""
-        return verified_archive(signed, self.pinned, self.group_id, self._wall())
+        return verified_archive(signed, self.pinned, self.group_id, self._wall(), self.vouch, self.member)
 
     def _accept(self, archive: Archive, challenge: bytes | None = None) -> bool:
         """The rest of the order on a :meth:`_verified` archive.
@@ -326,6 +327,8 @@ class ControlPlane:
     def _adopt_urls(self, archive: Archive) -> None:
         """An accepted archive's provider_urls replace the client's list, here and after a restart."""
         urls = archive.provider_urls
+        if self.vouch is not None:  # the owner's URLs: we speak only to our own provider (PROTOCOL.md 8)
+            return
         if not urls or urls == tuple(self.client.urls):
             return
         log.info("provider URLs from archive version %d: %s", archive.version, ", ".join(urls))

@@ -82,13 +82,16 @@ class _Keys:
 
 def sign_headers(method: str, url: str, headers: dict, body: bytes, key_id: str,
                  key: ed25519.Ed25519PrivateKey, created: float | None = None,
-                 nonce: str | None = None) -> None:
-    """Add Content-Digest, Signature-Input and Signature to ``headers`` (in place)."""
+                 nonce: str | None = None, extra: tuple[str, ...] = ()) -> None:
+    """Add Content-Digest, Signature-Input and Signature to ``headers`` (in place).
+
+    ``extra``: header names covered besides COVERED (a provider forwarding for a member covers
+    ``gt-member``, PROTOCOL.md 8); the verifier must require the same."""
     signer = HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=_Keys(private=key))
     when = datetime.datetime.fromtimestamp(time.time() if created is None else created, datetime.timezone.utc)
     signer.sign(Message(method.upper(), url, headers), key_id=key_id, created=when,
                 nonce=nonce or b64url(os.urandom(NONCE_BYTES)), label=LABEL, tag=TAG,
-                covered_component_ids=COVERED, body=body)
+                covered_component_ids=COVERED + tuple(extra), body=body)
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ def _params(headers) -> tuple[str, str, int]:
 
 def verify_headers(method: str, url: str, headers, body: bytes,
                    resolve: Callable[[str], ed25519.Ed25519PublicKey | None],
-                   now: float, not_before: float = 0.0) -> Verified:
+                   now: float, not_before: float = 0.0, extra: tuple[str, ...] = ()) -> Verified:
     """Verify one member request; raises SignatureRefused(reason).
 
     ``resolve(key_id)`` returns the member's public key or None (unknown);
@@ -148,7 +151,7 @@ def verify_headers(method: str, url: str, headers, body: bytes,
                          key_resolver=_Keys(public=key if key is not None else _DUMMY_PUBLIC))
     try:
         verifier.verify(Message(method.upper(), url, headers), max_age=None, expect_tag=TAG,
-                        expect_label=LABEL, require_components=COVERED, body=body)
+                        expect_label=LABEL, require_components=COVERED + tuple(extra), body=body)
     except HTTPMessageSignaturesException as exc:
         raise SignatureRefused("signature not valid") from exc
     if key is None:  # dummy key verified: impossible in practice, refused anyway

@@ -25,7 +25,8 @@ document that is not already canonical is refused. The document::
                   "endpoints": ["host:port" | "[v6]:port", ...],
                   "ed25519_public": base64(32), "kem_public": base64(1216),
                   "instance": hex(32) | null,
-                  "routes": ["192.168.5.0/24", ...]  (optional, grouptun extension)}, ...],
+                  "routes": ["192.168.5.0/24", ...]  (optional, grouptun extension),
+                  "home": provider id  (optional: a member of a linked provider, PROTOCOL.md 8)}, ...],
      "attributes": {"cidr": "10.77.0.0/24", "cidr6": "fd77::/64" | null, "mtu": 1420},
      "expires_at": unix seconds,
      "provider_urls": ["https://host:port", ...]}      (optional, see below)
@@ -162,6 +163,7 @@ class ArchiveMember:
     attributes: tuple[tuple[str, str], ...] = ()  # grouptun extension: signed key=value pairs, sorted by key
     expires_at: float | None = None  # grouptun extension: a temporary member's deadline (unix seconds)
     routes: tuple[str, ...] = ()  # approved subnet prefixes behind it (grouptun extension; absent = none)
+    home: str | None = None  # its home provider's id when not the owner's (PROTOCOL.md 8; absent = the owner's)
 
     def to_json(self) -> dict:
         out = {
@@ -172,6 +174,8 @@ class ArchiveMember:
         }
         if self.routes:  # absent when none: documents without routes stay byte-identical to before
             out["routes"] = list(self.routes)
+        if self.home is not None:  # absent for the owner's own members: their documents stay as before
+            out["home"] = self.home
         return out
 
 
@@ -300,38 +304,47 @@ def enroll_message(secret: str, name: str, ed25519_public: bytes, kem_public: by
     })
 
 
-def sign_archive(archive: Archive, ed_key: ed25519.Ed25519PrivateKey,
-                 mldsa_key: mldsa.MLDSA65PrivateKey) -> bytes:
-    """Return the signed envelope bytes for ``archive`` (its ``raw`` is ignored)."""
-    document = canonical(archive.to_json())
-    message = SIGNING_LABEL + document
+def sign_envelope(obj: dict, label: bytes, ed_key: ed25519.Ed25519PrivateKey,
+                  mldsa_key: mldsa.MLDSA65PrivateKey) -> bytes:
+    """The signed envelope of document ``obj`` under ``label`` (the domain: an archive's signature never
+    verifies as another kind of document's, PROTOCOL.md 8)."""
+    document = canonical(obj)
+    message = label + document
     envelope = {
         "document": document.decode("utf-8"),
         "ed25519": b64e(ed_key.sign(message)),
-        "mldsa65": b64e(mldsa_key.sign(message, SIGNING_LABEL)),
+        "mldsa65": b64e(mldsa_key.sign(message, label)),
     }
     return canonical(envelope)
 
 
-def _verify_signatures(document: bytes, sig_ed: bytes, sig_ml: bytes, pinned: ProviderKeys) -> None:
-    message = SIGNING_LABEL + document
+def sign_archive(archive: Archive, ed_key: ed25519.Ed25519PrivateKey,
+                 mldsa_key: mldsa.MLDSA65PrivateKey) -> bytes:
+    """Return the signed envelope bytes for ``archive`` (its ``raw`` is ignored)."""
+    return sign_envelope(archive.to_json(), SIGNING_LABEL, ed_key, mldsa_key)
+
+
+def _verify_signatures(document: bytes, sig_ed: bytes, sig_ml: bytes, pinned: ProviderKeys, label: bytes) -> None:
+    message = label + document
     try:
         ed25519.Ed25519PublicKey.from_public_bytes(pinned.ed25519_public).verify(sig_ed, message)
-        mldsa.MLDSA65PublicKey.from_public_bytes(pinned.mldsa65_public).verify(sig_ml, message, SIGNING_LABEL)
+        mldsa.MLDSA65PublicKey.from_public_bytes(pinned.mldsa65_public).verify(sig_ml, message, label)
     except (InvalidSignature, ValueError) as exc:
         raise EpochRejected("signature", "document signature does not verify") from exc
 
 
-def verify_archive(signed: bytes, pinned: ProviderKeys) -> Archive:
-    """Verify both signatures, then parse. Raises EpochRejected('signature' | 'format')."""
-    if len(signed) > MAX_ENVELOPE_BYTES:
-        raise EpochRejected("format", "archive too large")
+def open_envelope(signed: bytes, pinned: ProviderKeys, label: bytes = SIGNING_LABEL,
+                  max_bytes: int = MAX_ENVELOPE_BYTES) -> dict:
+    """Verify both signatures of an envelope under ``label``, then return its canonical document.
+    Raises EpochRejected('signature' | 'format')."""
+    if len(signed) > max_bytes:
+        raise EpochRejected("format", "envelope too large")
     try:
         envelope = json.loads(signed)
     except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser's stack
-        raise EpochRejected("format", "archive is not JSON") from exc
+        raise EpochRejected("format", "envelope is not JSON") from exc
     if not isinstance(envelope, dict) or set(envelope) != {"document", "ed25519", "mldsa65"}:
-        raise EpochRejected("format", "archive envelope has the wrong keys")
+        raise EpochRejected("format", "envelope has the wrong keys")
     if not isinstance(envelope["document"], str):
         raise EpochRejected("format", "document is not a string")
     try:
@@ -340,7 +353,7 @@ def verify_archive(signed: bytes, pinned: ProviderKeys) -> Archive:
         raise EpochRejected("format", "document is not UTF-8 text") from exc
     sig_ed = b64d(envelope["ed25519"], "ed25519 signature")
     sig_ml = b64d(envelope["mldsa65"], "mldsa65 signature")
-    _verify_signatures(document, sig_ed, sig_ml, pinned)
+    _verify_signatures(document, sig_ed, sig_ml, pinned, label)
     try:
         obj = json.loads(document)
         # JCS has no NaN, infinity or integer beyond 2^53 (CanonicalizationError, a ValueError):
@@ -350,7 +363,12 @@ def verify_archive(signed: bytes, pinned: ProviderKeys) -> Archive:
         raise EpochRejected("format", "document is not canonical JSON") from exc
     if not is_canonical:
         raise EpochRejected("format", "document is not RFC 8785 canonical")
-    return parse_document(obj, raw=bytes(signed))
+    return obj
+
+
+def verify_archive(signed: bytes, pinned: ProviderKeys) -> Archive:
+    """Verify both signatures, then parse. Raises EpochRejected('signature' | 'format')."""
+    return parse_document(open_envelope(signed, pinned), raw=bytes(signed))
 
 
 def _get(obj: dict, key: str, kind: type | tuple, where: str):
@@ -414,7 +432,15 @@ def _parse_member(obj: object) -> ArchiveMember:
         attributes=_pairs(obj, "attributes", w),
         expires_at=None if "expires_at" not in obj else _num(obj, "expires_at", w),
         routes=_routes(obj, w) if "routes" in obj else (),
+        home=None if "home" not in obj else provider_id_of(obj["home"], "member.home"),
     )
+
+
+def provider_id_of(value: object, what: str) -> str:
+    """A provider id (64 lowercase hex digits, ``ProviderKeys.fingerprint``) or EpochRejected('format')."""
+    if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+        raise EpochRejected("format", f"{what}: not a provider id (64 lowercase hex digits)")
+    return value
 
 
 def _provider_urls(obj: dict) -> tuple[str, ...]:

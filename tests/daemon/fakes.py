@@ -368,6 +368,8 @@ class FakeProvider:
         self.watching = 0  # watch calls now inside their long-poll
         self.rekeys_during_watch: list[str] = []  # rekey reasons that arrived while a long-poll was open
         self.provider_urls: tuple[str, ...] = ()  # signed into every archive from now on (() = the key absent)
+        self.metadata = None  # grouptun.core.archive.GroupMetadata signed into every archive from now on
+        self.homes: dict[str, str] = {}  # member -> its home provider's id (a linked provider's member)
         if len(names) < 2:
             self.publish()
 
@@ -375,7 +377,7 @@ class FakeProvider:
         names = sorted(self.members)
         return tuple(ArchiveMember(n, i, self.addresses[n], self.endpoints[n], self.members[n].ed25519_public,
                                    self.members[n].kem_public, self.instances.get(n), self.attributes.get(n, ()),
-                                   routes=self.routes.get(n, ()))
+                                   routes=self.routes.get(n, ()), home=self.homes.get(n))
                      for i, n in enumerate(names))
 
     def remove_member(self, name: str, reason: str = "'alice' was removed from 'lan' by the admin") -> None:
@@ -390,7 +392,7 @@ class FakeProvider:
             self.version += 1
             archive = Archive(self.group_id, "lan", self.version, self.current, self._members(), "10.77.0.0/24",
                               "fd77::/64", 1420, time.time() + 3600, provider_urls=self.provider_urls, policy=self.policy,
-                              export_rules=self.export_rules)
+                              export_rules=self.export_rules, metadata=self.metadata)
             self.signed = sign_archive(archive, self.ed, self.ml)
             self.changed.notify_all()
 
@@ -441,7 +443,7 @@ class FakeProvider:
             self.version += 1
             archive = Archive(self.group_id, "lan", self.version, ep, members, "10.77.0.0/24", "fd77::/64",
                               1420, time.time() + 3600, provider_urls=self.provider_urls, policy=self.policy,
-                              export_rules=self.export_rules)
+                              export_rules=self.export_rules, metadata=self.metadata)
             signed = sign_archive(archive, self.ed, self.ml)
             if self.tamper == "signature":
                 other = ed25519.Ed25519PrivateKey.generate()
