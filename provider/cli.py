@@ -476,8 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_argument("--url", dest="remote_url", metavar="URL",
                         help="the provider's https://HOST:PORT: run the command there, signed with --admin-key")
     remote.add_argument("--admin-key", metavar="FILE", help="a provider-admin key (init wrote STATE/keys/admin-ID.pem)")
-    remote.add_argument("--fingerprint", metavar="HEX", help="the provider's TLS certificate SHA-256 (init prints it)")
-    remote.add_argument("--ca", metavar="FILE", help="instead of --fingerprint: a CA bundle that signed its certificate")
+    # own dests: `link add` has a --fingerprint (the partner's) of its own
+    remote.add_argument("--fingerprint", dest="remote_fingerprint", metavar="HEX",
+                        help="the provider's TLS certificate SHA-256 (init prints it)")
+    remote.add_argument("--ca", dest="remote_ca", metavar="FILE",
+                        help="instead of --fingerprint: a CA bundle that signed its certificate")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state", default=os.environ.get("GROUPTUN_PROVIDER_STATE", DEFAULT_STATE),
                         help="state directory (keys, TLS, database)")
@@ -602,7 +605,8 @@ def _remote(args) -> int:
     if args.admin_key is None:
         raise InvalidInput("--url needs --admin-key FILE (a provider-admin key)")
     key_id, key = cli_remote.load_admin_key(args.admin_key)
-    return cli_remote.run(args, AdminClient(args.remote_url, key_id, key, session_for(args.fingerprint, args.ca)))
+    session = session_for(args.remote_fingerprint, args.remote_ca)
+    return cli_remote.run(args, AdminClient(args.remote_url, key_id, key, session))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -610,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.remote_url is not None:
             return _remote(args)
-        if args.admin_key or args.fingerprint or args.ca:
+        if args.admin_key or args.remote_fingerprint or args.remote_ca:
             raise InvalidInput("--admin-key, --fingerprint and --ca go with --url (the remote admin API)")
         return int(args.func(args) or 0)
     except GrouptunError as exc:
