@@ -15,7 +15,9 @@
 
 ``--json`` prints the link ``{"name", "url", "tls_fingerprint",
 "keys_hash", "groups" (null: any group), "created_at", "state" (unchecked | checked),
-"checked_at"}`` for add, check and remove (remove adds ``"excluded": {group: [member, ...]}``, the members
+"checked_at", "contact" (unchecked | up | unreachable: the last link request made or answered,
+provider/linkstate.py), "last_ok_at", "last_failure_at", "last_failure", "down_since",
+"pending_removals": [{"group", "member", "since", "attempts", "next_at", "last_error"}]}`` for add, check and remove (remove adds ``"excluded": {group: [member, ...]}``, the members
 that came through the link, now removed in a new epoch per group), a list
 of them for list, and ``{"url", "tls_fingerprint",
 "keys_hash"}`` for self. A refused link exits 64 (bad field), 75 (exists
@@ -28,12 +30,17 @@ from __future__ import annotations
 
 import json
 
-from provider import linked, links, remote
+from provider import linked, links, linkstate, remote
 
 
 def _line(link: dict) -> str:
     groups = "any group" if link["groups"] is None else ",".join(link["groups"])
-    return f"{link['name']:<16} {link['url']:<32} provider {link['keys_hash'][:16]}...  {link['state']:<9}  {groups}"
+    line = f"{link['name']:<16} {link['url']:<32} provider {link['keys_hash'][:16]}...  {link['state']:<9}  {groups}"
+    line += f"\n  contact: {linkstate.describe(link)}"
+    for r in link.get("pending_removals", ()):
+        line += (f"\n  removal pending: {r['member']} from {r['group']} ({r['attempts']} attempt(s)"
+                 + (f", last: {r['last_error']}" if r["last_error"] else "") + ")")
+    return line
 
 
 def own_identity(url: str, tls_fingerprint: str, provider_id: str) -> dict:

@@ -50,7 +50,8 @@ from grouptun.errors import EpochRejected
 from provider import members as mem
 from provider import membership
 from provider import links as link_records
-from provider.errors import Forbidden, InvalidInput, LinkError, NotFound
+from provider import linkstate
+from provider.errors import Forbidden, InvalidInput, LinkError, LinkUnreachable, NotFound
 from provider.links import link_row, serves_group
 from provider.service import add_member_row
 from provider.store import add_audit, groups, links, members, remote_groups, tokens
@@ -110,6 +111,7 @@ def enroll_forwarded(provider, who: Linked, group: str, ed_public: bytes, kem_pu
                                    credential_hash=mem.LINK_MARKER, endpoints=json.dumps(checked),
                                    attributes=attributes, expires_at=expires_at, home=who.link.keys_hash)
         add_audit(conn, now, f"link:{who.link.name}", "link-enroll", g.name, member=name, addresses=addresses)
+        linkstate.record(conn, who.link.name, now)
         return addresses
 
     addresses, opened = provider._change_and_open(group, "enroll", mutate)
@@ -136,6 +138,22 @@ def _signed(provider, method: str, url: str, member: str, body: bytes, credentia
     return headers
 
 
+def exchange(provider, row, send: Send, method: str, url: str, member: str, body: bytes,
+             credential: str = "none") -> tuple[int, bytes]:
+    """One signed link request to link ``row``'s provider for ``member``: its (status, body). Not reaching it is
+    recorded on the link (provider/linkstate.py) and raised as LinkUnreachable carrying the link's state; any
+    answer counts as reached (the caller records that in the transaction that audits it)."""
+    headers = _signed(provider, method, url, member, body, credential)
+    try:
+        return send(method, url, headers, body)
+    except LinkUnreachable:
+        raise
+    except LinkError as exc:
+        contact = linkstate.failed(provider, row.name, exc.reason)
+        raise LinkUnreachable(f"link {row.name!r} to the owner's provider is {linkstate.describe(contact)}",
+                              contact) from exc
+
+
 def relay(provider, link_name: str, method: str, path: str, member: str, body: bytes, send: Send,
           credential: str = "none") -> tuple[int, bytes]:
     """Home side: forward a request of ``member`` (the caller checked its signature, and with ``credential``
@@ -155,10 +173,12 @@ def relay(provider, link_name: str, method: str, path: str, member: str, body: b
     elif _FORWARDED.fullmatch(route) is None or len(query) > 64:
         raise InvalidInput(f"{route!r} is not a request a provider forwards")
     url = row.url + path
-    status, answer = send(method, url, _signed(provider, method, url, member, body, credential), body)
+    status, answer = exchange(provider, row, send, method, url, member, body, credential)
+    now = provider.clock()
     with provider.store.write() as conn:
-        add_audit(conn, provider.clock(), f"link:{link_name}", "link-relay", route.split("/")[3], member=member,
+        add_audit(conn, now, f"link:{link_name}", "link-relay", route.split("/")[3], member=member,
                   request=route.split("/", 4)[4], status=status)
+        linkstate.record(conn, link_name, now)
     return status, answer
 
 
@@ -178,7 +198,9 @@ def forward_member(provider, link_name: str, group: str, member: str, ed_public:
     body = json.dumps({"ed25519_public": b64e(ed_public), "kem_public": b64e(kem_public),
                        "endpoints": list(endpoints)}).encode()
     url = f"{row.url}/v1/links/groups/{mem.check_group_name(group)}/members"
-    status, answer = send("POST", url, _signed(provider, "POST", url, member, body, "none"), body)
+    status, answer = exchange(provider, row, send, "POST", url, member, body)
+    with provider.store.write() as conn:
+        linkstate.record(conn, link_name, provider.clock())
     if status != 200:
         raise _refuse(provider, link_name, group, f"{row.url} refused the forwarded member ({status}): "
                       f"{answer[:200].decode('utf-8', 'replace')}")

@@ -45,9 +45,10 @@ from grouptun.core.archive import ProviderKeys
 from grouptun.core.jointoken import url_problem
 from grouptun.core.vouch import Vouch
 from grouptun.errors import EpochRejected, ProviderError
+from provider import linkstate
 from provider import members as mem
 from provider.errors import Conflict, InvalidInput, LinkError, NotFound
-from provider.store import add_audit, links
+from provider.store import add_audit, link_removals, links
 
 Fetch = Callable[[str, str], object]  # (url, pinned TLS fingerprint) -> the partner's /v1/provider JSON
 
@@ -82,7 +83,8 @@ def _groups(names: list[str] | None) -> list[str] | None:
 def _shown(row) -> dict:
     return {"name": row.name, "url": row.url, "tls_fingerprint": row.tls_fingerprint, "keys_hash": row.keys_hash,
             "groups": None if row.groups is None else json.loads(row.groups), "created_at": row.created_at,
-            "state": "unchecked" if row.provider_keys is None else "checked", "checked_at": row.checked_at}
+            "state": "unchecked" if row.provider_keys is None else "checked", "checked_at": row.checked_at,
+            **linkstate.shown(row)}
 
 
 def add_link(provider, name: str, url: str, fingerprint: str, keys_hash: str, groups: list[str] | None = None) -> dict:
@@ -111,17 +113,30 @@ def add_link(provider, name: str, url: str, fingerprint: str, keys_hash: str, gr
 
 
 def remove_link(provider, name: str) -> dict:
+    """Drop the link; removals still queued over it (provider/linkremove.py) can no longer be delivered."""
     now = provider.clock()
     with provider.store.write() as conn:
         row = link_row(conn, name)
+        shown = {**_shown(row), "pending_removals": pending_removals(conn, name)}
         conn.execute(delete(links).where(links.c.id == row.id))
-        add_audit(conn, now, "admin", "link-remove", None, link=name, provider=row.keys_hash)
-    return _shown(row)
+        conn.execute(delete(link_removals).where(link_removals.c.link == name))
+        add_audit(conn, now, "admin", "link-remove", None, link=name, provider=row.keys_hash,
+                  dropped_removals=[r["member"] for r in shown["pending_removals"]])
+    return shown
 
 
 def list_links(provider) -> list[dict]:
+    """``link list``: each link, its contact state and the removals the partner has not confirmed yet."""
     with provider.store.read() as conn:
-        return [_shown(row) for row in conn.execute(select(links).order_by(links.c.name))]
+        return [{**_shown(row), "pending_removals": pending_removals(conn, row.name)}
+                for row in conn.execute(select(links).order_by(links.c.name))]
+
+
+def pending_removals(conn, link: str) -> list[dict]:
+    """Members removed here from a group the partner owns, not confirmed by it yet (provider/linkremove.py)."""
+    rows = conn.execute(select(link_removals).where(link_removals.c.link == link).order_by(link_removals.c.id))
+    return [{"group": r.alias, "member": r.name, "since": r.created_at, "attempts": r.attempts,
+             "next_at": r.next_at, "last_error": r.last_error} for r in rows]
 
 
 
@@ -159,7 +174,13 @@ def check_link(provider, name: str, fetch: Fetch = fetch_identity) -> dict:
     with provider.store.read() as conn:
         row = link_row(conn, name)
     try:
-        keys = _partner_keys(fetch(row.url, row.tls_fingerprint), row)
+        answer = fetch(row.url, row.tls_fingerprint)
+    except LinkError as exc:  # not reached (or not holding the pinned certificate): the link's state says so
+        provider.refused("admin", "link-check", None, exc.reason)
+        linkstate.failed(provider, name, exc.reason)
+        raise
+    try:
+        keys = _partner_keys(answer, row)
     except LinkError as exc:
         provider.refused("admin", "link-check", None, exc.reason)
         raise
@@ -167,6 +188,7 @@ def check_link(provider, name: str, fetch: Fetch = fetch_identity) -> dict:
     with provider.store.write() as conn:
         conn.execute(update(links).where(links.c.id == row.id).values(
             provider_keys=json.dumps(keys.to_json(), sort_keys=True), checked_at=now))
+        linkstate.record(conn, name, now)
         add_audit(conn, now, "admin", "link-check", None, link=name, provider=row.keys_hash)
         return _shown(link_row(conn, name))
 

@@ -21,7 +21,12 @@ At the home provider H, for a group ``lan`` the owner O holds::
   signature (keyid = his name at O) is checked against his keys here, a
   salt request's authenticator against his hash here, and the request is
   relayed to O (``linked.relay``), the answer back unchanged. Refusals are
-  the member API's (401 audited, 403 wrong credential, 429).
+  the member API's (401 audited, 403 wrong credential, 429); O not reached
+  is 503 ``{"detail", "link": {"name", "contact": "unreachable",
+  "down_since", "last_failure", ...}}`` (``provider/linkstate.py``).
+- ``member remove ALIAS bob`` (``provider/linkremove.py``) drops his
+  record here at once (nothing more is relayed for him) and tells O, or
+  queues it until O confirms.
 
 Limits: an invitation whose forward O refused stays unused; a failure after
 O enrolled bob but before H recorded him leaves him enrolled at O only (O's
@@ -45,7 +50,8 @@ from grouptun.control.reqsign import SignatureRefused, verify_headers
 from grouptun.errors import ProviderError
 from provider import linked, links
 from provider import members as mem
-from provider.errors import Conflict, Forbidden, InvalidInput, LinkError, ProviderFault, RateLimited, Unauthorized
+from provider.errors import (Conflict, Forbidden, InvalidInput, LinkError, LinkUnreachable, ProviderFault, RateLimited,
+                             Unauthorized)
 from provider.routes import signed_url
 from provider.schemas import b64
 from provider.store import add_audit, groups, remote_groups, remote_invites, remote_members
@@ -199,6 +205,8 @@ async def handle(ctx, request: Request, g, rest: str) -> Response:
             link = links.link_row(conn, g.link)
         status, content = await run_in_threadpool(linked.relay, ctx.provider, g.link, request.method, path,
                                                   row.name, body, ctx.provider.link_send(link), credential)
+    except LinkUnreachable as exc:  # the member keeps its epoch; its status shows the link's state (PROTOCOL.md 8)
+        return JSONResponse({"detail": exc.reason, "link": exc.link}, status_code=exc.http_status)
     except ProviderFault as exc:
         return JSONResponse({"detail": exc.reason}, status_code=exc.http_status)
     except ProviderError as exc:

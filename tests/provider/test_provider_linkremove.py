@@ -1,0 +1,146 @@
+"""Removing a linked provider's member at its home (provider/linkremove.py; PROTOCOL.md 8): the home stops relaying
+for it at once and tells the owner, which opens an epoch without it; an unreachable owner is told later (queued in
+the database, retried with backoff), and every link's contact state is on record (provider/linkstate.py). Both
+providers in memory, the home's link transport into the owner's app (test_provider_remote's fixture)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from grouptun.control.reqsign import sign_headers
+from provider import admin_ops, linked, linkremove, links
+from provider.errors import LinkError, NotFound
+from provider.store import audit_rows, link_removals
+from provider_helpers import STORE_KINDS, fresh_store, memory_provider, own_archive
+from test_provider_linked import HOME_SIGNER, _refusals, sides  # noqa: F401 -- the two linked providers
+from test_provider_remote import erin  # noqa: F401 -- erin@partner, enrolled through her home
+
+
+def _audit(provider, action: str) -> list[dict]:
+    with provider.store.read() as conn:
+        return [json.loads(r.detail) for r in audit_rows(conn, 0, 10**9) if r.action == action]
+
+
+def _link(provider, name: str = "owner"):
+    with provider.store.read() as conn:
+        return links.link_row(conn, name)
+
+
+def _unreachable(*_request):
+    raise LinkError("link 'owner': https://owner.example unreachable (ConnectionError)")
+
+
+def test_removal_at_the_home_stops_the_relay_and_the_owner_opens_an_epoch_without_her(erin):  # noqa: F811
+    owner, home, member = erin
+    before = own_archive(owner)
+    assert before.member("erin@partner") is not None and member.request("GET", "/archive").status_code == 200
+    done = admin_ops.member_remove(home, "acme", "erin")
+    after = own_archive(owner)
+    assert (done["pending"], done["epoch"]) == (False, after.epoch.epoch) and after.epoch.epoch > before.epoch.epoch
+    assert after.member("erin@partner") is None and sorted(m.name for m in after.members) == ["alice", "bob"]
+    assert member.request("GET", "/archive").status_code == 401  # nothing relayed for her any more
+    assert _audit(owner, "link-member-remove") == [{"member": "erin@partner"}]
+    assert [a["member"] for a in _audit(home, "member-remove")] == ["erin"]
+    assert _audit(home, "link-remove-confirmed")[0]["status"] == 200
+    shown = links.list_links(home)[0]
+    assert (shown["pending_removals"], shown["contact"]) == ([], "up")
+    assert links.list_links(owner)[0]["contact"] == "up"  # the owner answered the home's requests
+    with pytest.raises(NotFound, match="no member 'erin' in group 'acme'"):
+        admin_ops.member_remove(home, "acme", "erin")
+
+
+def test_an_unreachable_owner_is_told_once_it_is_back_and_the_member_is_cut_off_meanwhile(erin):  # noqa: F811
+    owner, home, member = erin
+    working = home.link_send
+    home.link_send = lambda row: _unreachable
+    version = owner.store.archive("lan")[0]
+    done = admin_ops.member_remove(home, "acme", "erin")
+    assert (done["pending"], done["epoch"]) == (True, None)
+    assert member.request("GET", "/archive").status_code == 401  # cut off here at once, owner or not
+    shown = links.list_links(home)[0]
+    assert shown["contact"] == "unreachable" and "unreachable (ConnectionError)" in shown["last_failure"]
+    pending = shown["pending_removals"]
+    assert [(p["group"], p["member"], p["attempts"]) for p in pending] == [("acme", "erin", 1)]
+    assert pending[0]["next_at"] - home.clock() > 1.0  # backed off, not hammering the owner
+    assert owner.store.archive("lan")[0] == version  # the owner heard nothing yet
+    assert linkremove.retry_due(home) == 0  # not due yet
+    real_clock = home.clock
+    home.clock = lambda: real_clock() + 3.0
+    assert linkremove.retry_due(home) == 0  # due, still unreachable: a second attempt, a longer wait
+    with home.store.read() as conn:
+        row = conn.execute(link_removals.select()).one()
+    assert row.attempts == 2 and row.next_at - home.clock() > 3.0
+    home.link_send = working
+    home.clock = lambda: real_clock() + 10.0
+    assert linkremove.retry_due(home) == 1
+    assert own_archive(owner).member("erin@partner") is None and owner.store.archive("lan")[0] > version
+    assert links.list_links(home)[0]["pending_removals"] == [] and links.list_links(home)[0]["contact"] == "up"
+    assert [a["attempts"] for a in _audit(home, "link-remove-failed")] == [1, 2]
+    assert _audit(home, "link-remove-confirmed")[0]["attempts"] == 3
+
+
+def test_the_owner_takes_a_removal_only_from_the_link_the_member_came_through(erin):  # noqa: F811
+    owner, home, _ = erin
+    with owner.store.write() as conn:  # erin@partner as though another provider had forwarded her
+        conn.exec_driver_sql("UPDATE members SET home = 'ee' WHERE name = 'erin@partner'")
+    url = "https://owner.example/v1/links/groups/lan/members/remove"
+    send = home.link_send(None)
+    status, answer = linked.exchange(home, _link(home), send, "POST", url, "erin", b"{}")
+    assert (status, json.loads(answer)["detail"]) == (403, "'erin@partner' did not come through link 'partner'")
+    forged = {linked.MEMBER_HEADER: "erin", linked.CREDENTIAL_HEADER: "none", "content-type": "application/json"}
+    sign_headers("POST", url, forged, b"{}", HOME_SIGNER.public.fingerprint(), ed25519.Ed25519PrivateKey.generate(),
+                 extra=linked.LINK_COVERED)
+    assert send("POST", url, forged, b"{}")[0] == 401
+    assert own_archive(owner).member("erin@partner") is not None  # refused: nothing changed
+    reasons = [detail["reason"] for _, detail in _refusals(owner)]
+    assert "'erin@partner' did not come through link 'partner'" in reasons and "signature not valid" in reasons
+    status, answer = linked.exchange(home, _link(home), send, "POST", url, "nobody", b"{}")
+    assert status == 404  # the home takes a 404 as done: nothing is left to remove at the owner
+
+
+def test_removing_the_link_drops_removals_that_can_no_longer_be_delivered(erin):  # noqa: F811
+    owner, home, _ = erin
+    home.link_send = lambda row: _unreachable
+    admin_ops.member_remove(home, "acme", "erin")
+    removed = links.remove_link(home, "owner")
+    assert [p["member"] for p in removed["pending_removals"]] == ["erin"]
+    with home.store.read() as conn:
+        assert conn.execute(link_removals.select()).first() is None
+    assert _audit(home, "link-remove")[0]["dropped_removals"] == ["erin"]
+
+
+def test_a_relay_to_an_unreachable_owner_is_503_naming_the_links_state(erin):  # noqa: F811
+    owner, home, member = erin
+    home.link_send = lambda row: _unreachable
+    refused = member.request("GET", "/archive")
+    assert refused.status_code == 503
+    body = refused.json()
+    assert body["link"]["contact"] == "unreachable" and body["link"]["name"] == "owner"
+    assert "unreachable since" in body["detail"] and "ConnectionError" in body["detail"]
+    first = body["link"]["down_since"]
+    assert member.request("GET", "/archive").json()["link"]["down_since"] == first  # since the first failure
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_a_database_before_link_state_is_migrated(kind, request):
+    from provider.store import LINK_STATE_COLUMNS, MIGRATIONS, SCHEMA_VERSION, _link_state  # noqa: PLC0415
+
+    step = next(version for version, fn in MIGRATIONS.items() if fn is _link_state)
+    store = fresh_store(kind, request)
+    provider, _ = memory_provider(("alice",), store=store)
+    links.add_link(provider, "partner", "https://p.example", "ab" * 32, HOME_SIGNER.public.fingerprint())
+    with store.write() as conn:  # back to the schema before the step
+        conn.exec_driver_sql('DROP TABLE "link_removals"')
+        for column in LINK_STATE_COLUMNS:
+            conn.exec_driver_sql(f'ALTER TABLE links DROP COLUMN "{column}"')
+        conn.exec_driver_sql(f"UPDATE meta SET value = '{step}' WHERE key = 'schema_version'")
+    store.check_schema()
+    with store.read() as conn:
+        assert conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'").scalar() == \
+            str(SCHEMA_VERSION)
+    shown = links.list_links(provider)[0]
+    assert (shown["contact"], shown["last_ok_at"], shown["pending_removals"]) == ("unchecked", None, [])
+    store.close()
