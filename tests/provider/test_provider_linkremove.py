@@ -6,15 +6,19 @@ providers in memory, the home's link transport into the owner's app (test_provid
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from grouptun.control.reqsign import sign_headers
+from grouptun.control.client import ProviderClient
+from grouptun.errors import ProviderRefused
 from provider import admin_ops, linked, linkremove, links
 from provider.errors import LinkError, NotFound
 from provider.store import audit_rows, link_removals
-from provider_helpers import STORE_KINDS, fresh_store, memory_provider, own_archive
+from provider_helpers import (STORE_KINDS, TestMember, admin, database_url_for, fresh_store, init_provider,
+                              memory_provider, own_archive)
 from test_provider_linked import HOME_SIGNER, _refusals, sides  # noqa: F401 -- the two linked providers
 from test_provider_remote import erin  # noqa: F401 -- erin@partner, enrolled through her home
 
@@ -144,3 +148,75 @@ def test_a_database_before_link_state_is_migrated(kind, request):
     shown = links.list_links(provider)[0]
     assert (shown["contact"], shown["last_ok_at"], shown["pending_removals"]) == ("unchecked", None, [])
     store.close()
+
+
+def _link_args(env) -> list[str]:
+    mine = json.loads(admin(env.state, "link", "self", "--json").stdout)
+    return ["--url", mine["url"], "--fingerprint", mine["tls_fingerprint"], "--keys-hash", mine["keys_hash"]]
+
+
+def _client(member) -> ProviderClient:
+    """The member's signed requests to its home, as its daemon makes them (keyid: its name at the owner)."""
+    return ProviderClient(member.token.provider_urls, member.token.tls_fingerprint, member.result.group,
+                          member.result.member_name, member.ed, session_factory=member.sessions)
+
+
+def _at_owner(owner) -> list[str]:
+    return sorted(name for (name,) in owner.rows("SELECT name FROM members"))
+
+
+def _wait_for(check, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("not within the deadline")
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_two_real_providers_over_https_a_removal_reaches_the_owner_even_after_an_outage(kind, request, tmp_path):
+    owner = init_provider(tmp_path / "owner", database_url_for(kind, request))
+    partner = init_provider(tmp_path / "partner", database_url_for(kind, request))
+    admin(owner.state, "group", "create", "lan", "--cidr", "10.77.0.0/24")
+    admin(owner.state, "link", "add", "partner", *_link_args(partner), "--groups", "lan")
+    admin(partner.state, "link", "add", "owner", *_link_args(owner))
+    owner.server.start()
+    partner.server.start()
+    try:
+        admin(owner.state, "link", "check", "partner")
+        admin(partner.state, "link", "check", "owner")
+        admin(partner.state, "link", "accept", "owner", "lan", "--as", "acme")
+        TestMember("alice").enroll(owner.invite("alice"))
+        members = {}
+        for name in ("erin", "frank"):
+            owner.invite(f"{name}@partner")
+            members[name] = TestMember(name)
+            members[name].enroll(admin(partner.state, "invite", "acme", name).stdout.strip())
+        assert _at_owner(owner) == ["alice", "erin@partner", "frank@partner"]
+        assert _client(members["erin"]).archive()  # relayed, before the removal
+        done = json.loads(admin(partner.state, "member", "remove", "acme", "erin", "--json").stdout)
+        assert done["pending"] is False
+        (asked,), = partner.rows("SELECT ts FROM audit WHERE action = 'member-remove'")
+        (removed,), = owner.rows("SELECT ts FROM audit WHERE action = 'link-member-remove'")
+        assert removed - asked < 5.0  # issue 19 item 6: the owner's new epoch within 5 s of the removal
+        assert _at_owner(owner) == ["alice", "frank@partner"] and done["epoch"] is not None
+        with pytest.raises(ProviderRefused) as refused:  # the home relays nothing more for her
+            _client(members["erin"]).archive()
+        assert refused.value.status == 401
+        owner.server.stop()
+        shown = admin(partner.state, "member", "remove", "acme", "frank").stdout
+        assert "has not confirmed yet" in shown
+        listed = json.loads(admin(partner.state, "link", "list", "--json").stdout)[0]
+        assert listed["contact"] == "unreachable" and [p["member"] for p in listed["pending_removals"]] == ["frank"]
+        assert "removal pending: frank from acme" in admin(partner.state, "link", "list").stdout
+        partner.server.stop()  # a restart of the home loses nothing: the removal is in its database
+        owner.server.start()
+        partner.server.start()
+        _wait_for(lambda: _at_owner(owner) == ["alice"])  # the home's timer delivered it
+        listed = json.loads(admin(partner.state, "link", "list", "--json").stdout)[0]
+        assert (listed["contact"], listed["pending_removals"]) == ("up", [])
+        assert "link-member-remove" in admin(owner.state, "audit").stdout
+        assert "link-remove-confirmed" in admin(partner.state, "audit").stdout
+    finally:
+        owner.server.stop()
+        partner.server.stop()
