@@ -51,6 +51,12 @@ the same backoff as an unreachable provider, not reset by the provider's
 answers meanwhile (each retry fetches the sealed salt again: an Argon2id
 check at the provider); ``state.state_dir_full`` tells ``status``.
 
+A group a linked provider owns (``vouch``, PROTOCOL.md 8): our provider
+relays to the owner; when it answers that it cannot reach it
+(``LinkUnavailable``, its 503 naming the link's state) the held epoch stays
+and ``state.link`` says "unreachable" since when and why, for ``status``;
+the next relayed answer makes it "up" again.
+
 Provider URLs: the client fails over between the provider's URLs itself
 (:mod:`grouptun.control.client`); an accepted archive's ``provider_urls``
 replaces the client's list and is kept in ``urls_file`` for the next start.
@@ -88,8 +94,8 @@ from grouptun.control.credmigrate import SaltProof
 from grouptun.core.policy import PolicyEnforcer
 from grouptun.control.epochaccept import (apply_policy, build_material, check_archive, check_instance, lists_challenge,
                                   member_info, open_secrets, verified_archive)
-from grouptun.errors import (EpochRejected, GrouptunError, InstanceSuperseded, LoopUnavailable, MemberRemoved,
-                             ProviderError, ProviderRefused, StateDirFull)
+from grouptun.errors import (EpochRejected, GrouptunError, InstanceSuperseded, LinkUnavailable, LoopUnavailable,
+                             MemberRemoved, ProviderError, ProviderRefused, StateDirFull)
 
 log = logging.getLogger("grouptun.ops.ctlsocket")
 
@@ -132,6 +138,9 @@ class ControlState:
     provider_url: str | None = None         # the provider URL (replica) that answered last
     provider_urls: tuple = ()               # the URLs asked, in order (join token's, or the newest archive's)
     removed: str | None = None              # why the provider removed our member (then phase "removed")
+    link: dict | None = None                # a group a linked provider owns: our provider's link to it as last
+                                            # seen ({"state": up | unreachable | unknown, "since", "reason",
+                                            # "name", "seen_at"}); None: an ordinary group
 
 
 class ControlPlane:
@@ -159,7 +168,8 @@ class ControlPlane:
         self.on_trouble = on_trouble  # a refusal (text) and the recovery (None): systemd's STATUS=
         self.backoff = backoff or Backoff()
         self._urandom, self._clock, self._wall = urandom, clock, wall
-        self.state = ControlState(provider_urls=tuple(client.urls))
+        self.state = ControlState(provider_urls=tuple(client.urls),
+                                  link=None if vouch is None else {"state": "unknown"})
         self.metrics = metrics  # optional grouptun.ops.metrics.DaemonMetrics (cold-path counters)
         self.archive: Archive | None = None  # newest verified archive of our group (may have no epoch)
         self.held_epoch = -1                 # the epoch installed last (-1: none yet)
@@ -186,6 +196,10 @@ class ControlPlane:
         if self.state.last_error is not None:
             self.on_trouble(None)
         answered = {"provider_ok": True, "last_contact": self._wall(), "provider_url": self.client.answered_by}
+        if self.vouch is not None:  # our provider relayed the owner's answer: its link to the owner is up
+            if self.state.link is not None and self.state.link.get("state") == "unreachable":
+                log.info("our provider reaches the group's owner again")
+            answered["link"] = {"state": "up", "seen_at": answered["last_contact"]}
         if self.state.state_dir_full:  # the provider answers, but the retry is for the disk: keep backing off
             self._set(**answered)
             return
@@ -375,6 +389,17 @@ class ControlPlane:
         self._set(last_error=str(exc), provider_ok=True)
         self.on_trouble(str(exc))
 
+    def _link_down(self, exc: LinkUnavailable) -> None:
+        """Our provider answered but cannot reach the group's owner: we keep the epoch we hold (PROTOCOL.md 8)."""
+        link = exc.link
+        if self.state.link is None or self.state.link.get("state") != "unreachable":
+            log.warning("our provider cannot reach the group's owner: %s (the held epoch keeps carrying traffic)",
+                        exc.reason)
+        self._set(provider_ok=True, last_contact=self._wall(), provider_url=self.client.answered_by,
+                  last_error=str(exc), link={"state": "unreachable" if link.get("contact") != "up" else "up",
+                                             "since": link.get("down_since"), "reason": link.get("last_failure"),
+                                             "name": link.get("name"), "seen_at": self._wall()})
+
     def _state_dir_full(self, exc: StateDirFull) -> None:
         if not self.state.state_dir_full:
             log.error("%s; retrying with backoff (the held epoch keeps carrying traffic)", exc)
@@ -551,6 +576,8 @@ class ControlPlane:
                 self._state_dir_full(exc)
             except EpochRejected as exc:
                 self._refused(exc)
+            except LinkUnavailable as exc:
+                self._link_down(exc)
             except ProviderError as exc:
                 if self.state.provider_ok or self.state.last_error != str(exc):
                     log.warning("provider trouble: %s (the data plane keeps running)", exc)

@@ -585,6 +585,7 @@ class FakeTransport(requests.adapters.BaseAdapter):
         self.dead: set[str] = set()
         self.hung: set[str] = set()
         self.failing: dict[str, int] = {}
+        self.failing_body: dict = {"detail": "replica unwell"}  # what the failing replicas answer (JSON)
         self.timeouts: list = []  # the timeout of each request sent
 
     def session(self, _fingerprint: str = "") -> requests.Session:
@@ -604,7 +605,7 @@ class FakeTransport(requests.adapters.BaseAdapter):
             raise requests.ConnectTimeout(f"{url.netloc} did not answer")
         if url.netloc in self.failing:
             status = self.failing[url.netloc]
-            return self._response(request, status, json.dumps({"detail": "replica unwell"}).encode())
+            return self._response(request, status, json.dumps(self.failing_body).encode())
         try:
             status, content = self._answer(request.method, url.path.split("/")[1:], parse_qs(url.query), body)
         except ProviderRefused as exc:

@@ -4,20 +4,25 @@ owner's provider_urls never replace its own provider. Fakes: tests/daemon/fakes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
+from grouptun.cli.status import format_status
 from grouptun.control.backoff import Backoff
+from grouptun.control.client import ProviderClient
 from grouptun.control.plane import ControlPlane
 from grouptun.control.statefile import EpochStateFile
 from grouptun.control import vouchfile
 from grouptun.core.archive import GroupMetadata, ProviderKeys
 from grouptun.core.session import Session
 from grouptun.core.vouch import Vouch, sign_vouch
-from grouptun.errors import ConfigError, EpochRejected
-from .fakes import FakeProvider, proof
+from grouptun.errors import ConfigError, EpochRejected, LinkUnavailable, ProviderError
+from .fakes import FakeProvider, FakeTransport, proof
 from .test_controlplane import DirectPort, held_epochs
 
 ME = "alice@partner"
@@ -82,3 +87,66 @@ def test_the_voucher_file_round_trips_and_refuses_a_huge_one(tmp_path):
     (tmp_path / vouchfile.VOUCH_FILE).write_bytes(b"x" * (64 * 1024))
     with pytest.raises(ConfigError, match="over"):
         vouchfile.load(tmp_path)
+
+
+DOWN = {"name": "owner", "contact": "unreachable", "down_since": 1_700_000_000.0,
+        "last_failure": "link 'owner': https://owner.example unreachable (ConnectionError)"}
+
+
+def _until(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the deadline"
+        time.sleep(0.01)
+
+
+def test_the_homes_503_naming_its_link_is_link_unavailable_with_only_the_known_fields():
+    owner = FakeProvider([ME, "bob"])
+    transport = FakeTransport(owner, ME)
+    client = ProviderClient(("https://home.example:8443", "https://home2.example:8443"), "ab" * 32, "lan", ME,
+                            ed25519.Ed25519PrivateKey.generate(), session_factory=transport.session,
+                            sleep=lambda s: None)
+    transport.failing.update({"home.example:8443": 503, "home2.example:8443": 503})
+    transport.failing_body = {"detail": "link 'owner' to the owner's provider is unreachable since 10:00:00 UTC",
+                              "link": {**DOWN, "down_since": True, "secret": "x", "name": 7}}
+    with pytest.raises(LinkUnavailable) as caught:  # every replica of the home answered: the link is down
+        client.archive()
+    assert caught.value.status == 503 and "unreachable since" in caught.value.reason
+    assert caught.value.link == {"contact": "unreachable", "last_failure": DOWN["last_failure"]}
+    transport.failing_body = {"detail": "replica unwell"}  # a plain 503: the provider itself is in trouble
+    with pytest.raises(ProviderError) as plain:
+        client.archive()
+    assert not isinstance(plain.value, LinkUnavailable)
+
+
+def test_an_unreachable_owner_keeps_the_held_epoch_and_status_shows_the_link(foreign):
+    owner, home, session, make = foreign
+    cp = make(home.vouch(owner.keys))
+    assert cp.state.link == {"state": "unknown"}
+    stop = threading.Event()
+    thread = threading.Thread(target=cp.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _until(lambda: held_epochs(session) == [1] and cp.state.link.get("state") == "up")
+        owner.refusing = LinkUnavailable(503, "link 'owner' to the owner's provider is unreachable", DOWN)
+        _until(lambda: cp.state.link.get("state") == "unreachable")
+        assert held_epochs(session) == [1] and cp.state.provider_ok  # our own provider answered
+        assert (cp.state.link["since"], cp.state.link["reason"]) == (DOWN["down_since"], DOWN["last_failure"])
+        shown = format_status({"control": dataclasses.asdict(cp.state)})
+        since = time.strftime("%H:%M:%S", time.localtime(DOWN["down_since"]))
+        assert f"link to owner: unreachable since {since} ({DOWN['last_failure']})" in shown
+        assert "home provider: " in shown
+        owner.refusing = None
+        _until(lambda: cp.state.link.get("state") == "up")
+        assert "link to owner: up" in format_status({"control": dataclasses.asdict(cp.state)})
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_an_ordinary_group_shows_no_link(foreign):
+    owner, home, session, make = foreign
+    cp = make(None)  # no voucher: a group our own provider owns
+    assert cp.state.link is None
+    assert "link to owner" not in format_status({"control": dataclasses.asdict(cp.state)})
