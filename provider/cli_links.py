@@ -3,8 +3,10 @@
     grouptun-provider link self [--json]        this provider's URL and pins, and the `link add` line
                                                 the partner's admin runs
     grouptun-provider link add NAME --url URL --fingerprint SHA256 --keys-hash H [--groups g1,g2] [--json]
-    grouptun-provider link check NAME [--json]  fetch the partner's keys over the pinned TLS, compare them with
-                                                --keys-hash, keep them (the link is then "checked")
+    grouptun-provider link check NAME [--keys-hash H] [--json]
+                                                fetch the partner's keys over the pinned TLS, compare them with
+                                                --keys-hash, keep them (the link is then "checked"); with
+                                                --keys-hash: the partner rotated its keys, re-pin them
     grouptun-provider link vouch NAME           print the voucher this provider signs for the partner's keys
                                                 (what its members verify the partner's groups with)
     grouptun-provider link accept NAME GROUP [--as ALIAS] [--json]
@@ -70,7 +72,7 @@ def run(args, provider, identity: dict) -> int:
         print(links.issue_vouch(provider, args.name).decode())
         return 0
     if args.action == "check":
-        link = links.check_link(provider, args.name)
+        link = links.check_link(provider, args.name, keys_hash=args.keys_hash)
         text = f"link {link['name']}: {link['url']} holds the pinned certificate and keys (checked)"
     elif args.action == "add":
         groups = None if args.groups is None else [g.strip() for g in args.groups.split(",")]
@@ -104,6 +106,8 @@ def add_parser(sub) -> None:
     lsub.add_parser("list")
     for action in ("check", "remove"):
         lsub.add_parser(action).add_argument("name")
+    lsub.action.choices["check"].add_argument(
+        "--keys-hash", default=None, help="re-pin: the partner rotated its signing keys to these (its link self)")
     for parser in lsub.action.choices.values():
         parser.add_argument("--json", action="store_true")
     lsub.add_parser("vouch", help="print the signed voucher for a checked link").add_argument("name")

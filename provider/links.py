@@ -25,7 +25,9 @@ neither takes anything the other says about itself on trust.
   changes nothing stored.
 - :func:`issue_vouch` signs, with this provider's own keys, the voucher its
   members verify a group of the partner with (``grouptun.core.vouch``,
-  PROTOCOL.md 8); only for a checked link.
+  PROTOCOL.md 8); only for a checked link. It expires ``vouch_ttl_days``
+  (provider.json, default 30) after it was signed; members fetch a fresh
+  one (``GET /v1/groups/ALIAS/vouch``, ``provider/remote.py``) before.
 
 Each change is one audited transaction (``link-add``, ``link-remove``); a
 refusal changes nothing. Nothing stored here is secret: the pins are
@@ -48,12 +50,14 @@ from grouptun.errors import EpochRejected, ProviderError
 from provider import linkstate
 from provider import members as mem
 from provider.errors import Conflict, InvalidInput, LinkError, NotFound
+from provider.retention import bounded_setting
 from provider.store import add_audit, link_removals, links
 
 Fetch = Callable[[str, str], object]  # (url, pinned TLS fingerprint) -> the partner's /v1/provider JSON
 
 LINK_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 MAX_LINK_GROUPS = 64
+VOUCH_TTL_DAYS = ("vouch_ttl_days", 1, 365, 30)  # provider.json: how long a voucher this provider signs is valid
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -158,21 +162,28 @@ def fetch_identity(url: str, tls_fingerprint: str) -> object:
         raise LinkError(f"{url}: {exc}") from exc
 
 
-def _partner_keys(answer: object, row) -> ProviderKeys:
+def _partner_keys(answer: object, row, pin: str) -> ProviderKeys:
     try:
         keys = ProviderKeys.from_json(answer.get("provider_keys") if isinstance(answer, dict) else None)
     except EpochRejected as exc:
         raise LinkError(f"link {row.name!r}: {row.url} answered no provider keys ({exc.detail})") from exc
-    if keys.fingerprint() != row.keys_hash:
+    if keys.fingerprint() != pin:
         raise LinkError(f"link {row.name!r}: {row.url} holds other signing keys than --keys-hash pins "
-                        f"({keys.fingerprint()[:16]}... is not {row.keys_hash[:16]}...)")
+                        f"({keys.fingerprint()[:16]}... is not {pin[:16]}...)")
     return keys
 
 
-def check_link(provider, name: str, fetch: Fetch = fetch_identity) -> dict:
-    """Fetch the partner's keys over the pinned TLS, accept them only under the pinned hash, store them."""
+def check_link(provider, name: str, fetch: Fetch = fetch_identity, keys_hash: str | None = None) -> dict:
+    """Fetch the partner's keys over the pinned TLS, accept them only under the pinned hash, store them.
+
+    ``keys_hash`` (``link check NAME --keys-hash H``) re-pins a partner that rotated its signing keys: the
+    fetched keys must then match ``H`` (which its admin hands over as at ``link add``), and replace the old
+    pin; members renew their vouchers for the new keys (grouptun/control/vouchrenew.py)."""
     with provider.store.read() as conn:
         row = link_row(conn, name)
+    old, pin = row.keys_hash, row.keys_hash if keys_hash is None else _pin(keys_hash, "--keys-hash")
+    if pin == provider.provider_id:
+        raise InvalidInput("--keys-hash is this provider's own id: a provider does not link to itself")
     try:
         answer = fetch(row.url, row.tls_fingerprint)
     except LinkError as exc:  # not reached (or not holding the pinned certificate): the link's state says so
@@ -180,28 +191,38 @@ def check_link(provider, name: str, fetch: Fetch = fetch_identity) -> dict:
         linkstate.failed(provider, name, exc.reason)
         raise
     try:
-        keys = _partner_keys(answer, row)
+        keys = _partner_keys(answer, row, pin)
     except LinkError as exc:
         provider.refused("admin", "link-check", None, exc.reason)
         raise
     now = provider.clock()
     with provider.store.write() as conn:
+        if pin != old and conn.execute(select(links.c.name).where(links.c.keys_hash == pin)).first() is not None:
+            raise Conflict("another link pins that provider already")
         conn.execute(update(links).where(links.c.id == row.id).values(
-            provider_keys=json.dumps(keys.to_json(), sort_keys=True), checked_at=now))
+            provider_keys=json.dumps(keys.to_json(), sort_keys=True), checked_at=now, keys_hash=pin))
         linkstate.record(conn, name, now)
-        add_audit(conn, now, "admin", "link-check", None, link=name, provider=row.keys_hash)
+        add_audit(conn, now, "admin", "link-check", None, link=name, provider=pin,
+                  **({"repinned_from": old} if pin != old else {}))
         return _shown(link_row(conn, name))
 
 
+def vouch_ttl_from_config(config: dict) -> float:
+    """``provider.json``'s ``vouch_ttl_days`` (default 30) in seconds; ConfigError names the key."""
+    return float(bounded_setting(config, VOUCH_TTL_DAYS, (int, float), "a number of days")) * 86400.0
+
+
 def issue_vouch(provider, name: str) -> bytes:
-    """The signed voucher for checked link ``name``'s keys (grouptun.core.vouch), by this provider's keys."""
+    """The signed voucher for checked link ``name``'s keys (grouptun.core.vouch), by this provider's keys,
+    valid for ``provider.vouch_ttl`` seconds (members renew it before: grouptun/control/vouchrenew.py)."""
     with provider.store.read() as conn:
         row = link_row(conn, name)
     if row.provider_keys is None:
         raise Conflict(f"link {name!r} is not checked yet: run `grouptun-provider link check {name}`")
     keys = ProviderKeys.from_json(json.loads(row.provider_keys))
     groups = None if row.groups is None else tuple(json.loads(row.groups))
-    vouch = Vouch(provider.provider_id, keys, row.url, row.tls_fingerprint, provider.clock(), groups)
+    now = provider.clock()
+    vouch = Vouch(provider.provider_id, keys, row.url, row.tls_fingerprint, now, groups, now + provider.vouch_ttl)
     return provider.signer.sign_vouch(vouch)
 
 

@@ -24,6 +24,10 @@ At the home provider H, for a group ``lan`` the owner O holds::
   the member API's (401 audited, 403 wrong credential, 429); O not reached
   is 503 ``{"detail", "link": {"name", "contact": "unreachable",
   "down_since", "last_failure", ...}}`` (``provider/linkstate.py``).
+- ``GET /v1/groups/ALIAS/vouch`` (signed by bob) is answered here, not
+  relayed: a fresh voucher (``links.issue_vouch``), which bob's daemon
+  fetches before his expires or when an archive fails the voucher check
+  (O's keys rotated and ``link check`` stored the new ones).
 - ``member remove ALIAS bob`` (``provider/linkremove.py``) drops his
   record here at once (nothing more is relayed for him) and tells O, or
   queues it until O confirms.
@@ -58,6 +62,7 @@ from provider.store import add_audit, groups, remote_groups, remote_invites, rem
 
 GROUP_REQUEST = re.compile(r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})(/.*)")
 SALT = re.compile(r"/epochs/[0-9]{1,10}/salt")
+VOUCH = "/vouch"
 RELAY_TIMEOUT = 75.0  # a watch waits up to 60 s at the owner
 
 
@@ -190,11 +195,25 @@ def _credential(provider, row, body: bytes) -> None:
         mem.check_credential(presented, row.credential_hash)
 
 
+def fresh_vouch(provider, g, row) -> bytes:
+    """A member's ``GET /v1/groups/ALIAS/vouch``: the voucher for the owner's keys as ``link check`` last stored
+    them, valid for ``provider.vouch_ttl`` from now (audited ``vouch-issue``)."""
+    signed = links.issue_vouch(provider, g.link)
+    with provider.store.write() as conn:
+        add_audit(conn, provider.clock(), f"member:{row.name}", "vouch-issue", g.name, link=g.link)
+    return signed
+
+
 async def handle(ctx, request: Request, g, rest: str) -> Response:
     """Serve a member's request to remote group ``g`` by relaying it to the owner (see the module docstring)."""
     body = await request.body()
     try:
         row = await _authenticate(ctx, request, g, body)
+        if rest == VOUCH:  # ours to answer, not the owner's: a fresh voucher for the owner's keys
+            if request.method != "GET":
+                raise InvalidInput("the voucher is fetched with GET")
+            signed = await run_in_threadpool(fresh_vouch, ctx.provider, g, row)
+            return Response(signed, media_type="application/json")
         credential = "none"
         if SALT.fullmatch(rest):
             await run_in_threadpool(_credential, ctx.provider, row, body)

@@ -111,6 +111,7 @@ class Provider:
         self._argon_slots = threading.BoundedSemaphore(2)
         self.audit_pruner = AuditPruner(store, audit_retention or AuditRetention(), clock)  # the ticker runs it
         self.link_send = _https_link_send  # link row -> transport to that provider (tests: an in-memory one)
+        self.vouch_ttl = 30 * 86400.0  # seconds a voucher is valid (provider.json vouch_ttl_days, provider/links.py)
 
     @property
     def signer(self) -> Signer:

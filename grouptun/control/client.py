@@ -286,7 +286,7 @@ class ProviderClient:
         if vouch is None:
             verify_archive(archive, keys)
         else:  # the owner's archive, through our provider's voucher
-            verify_foreign_archive(archive, keys, vouch, result.member_name)
+            verify_foreign_archive(archive, keys, vouch, result.member_name, now=time.time())
         return result
 
     def start(self, challenge: bytes) -> bytes | None:
@@ -302,6 +302,10 @@ class ProviderClient:
 
     def archive(self) -> bytes:
         return self._call("GET", "/archive").content
+
+    def vouch(self) -> bytes:
+        """A fresh voucher of our provider for the owner of our group (PROTOCOL.md 8; only for such a group)."""
+        return self._call("GET", "/vouch").content
 
     def watch(self, version: int, timeout: float = 25.0) -> bytes | None:
         """Long-poll: the archive once its version exceeds ``version``; None after ``timeout`` (<= 60 s)."""

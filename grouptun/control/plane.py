@@ -55,7 +55,9 @@ A group a linked provider owns (``vouch``, PROTOCOL.md 8): our provider
 relays to the owner; when it answers that it cannot reach it
 (``LinkUnavailable``, its 503 naming the link's state) the held epoch stays
 and ``state.link`` says "unreachable" since when and why, for ``status``;
-the next relayed answer makes it "up" again.
+the next relayed answer makes it "up" again. Its voucher is renewed before
+it expires and when an archive fails the voucher check
+(:mod:`grouptun.control.vouchrenew`).
 
 Provider URLs: the client fails over between the provider's URLs itself
 (:mod:`grouptun.control.client`); an accepted archive's ``provider_urls``
@@ -91,6 +93,7 @@ from grouptun.core.capsule import KemPrivateKey
 from grouptun.core.session import MemberInfo
 from grouptun.core.wire import wire_epoch
 from grouptun.control.credmigrate import SaltProof
+from grouptun.control.vouchrenew import VouchHolder
 from grouptun.core.policy import PolicyEnforcer
 from grouptun.control.epochaccept import (apply_policy, build_material, check_archive, check_instance, lists_challenge,
                                   member_info, open_secrets, verified_archive)
@@ -156,10 +159,14 @@ class ControlPlane:
                  secrets: keys_mod.SecretMemory = keys_mod.HEAP,
                  on_superseded: Callable[[InstanceSuperseded | MemberRemoved], None] | None = None,
                  on_trouble: Callable[[str | None], None] = lambda problem: None, urls_file=None,
-                 policy: PolicyEnforcer | None = None, vouch: bytes | None = None) -> None:
+                 policy: PolicyEnforcer | None = None, vouch: bytes | None = None,
+                 on_vouch: Callable[[bytes], None] = lambda signed: None) -> None:
         self.client, self.port, self.kem, self.proof = client, port, kem, proof
         self.urls_file = urls_file  # grouptun.control.providerurls.ProviderUrlsFile, or None: archive lists not kept
-        self.vouch = vouch  # a group a linked provider owns: our provider's voucher for it (control/vouchfile.py)
+        # a group a linked provider owns: our provider's voucher for it, renewed (control/vouchrenew.py) and
+        # kept by ``on_vouch`` (the daemon: control/vouchfile.py)
+        self.vouches = None if vouch is None else VouchHolder(vouch, pinned, lambda: self.client.vouch(), on_vouch,
+                                                              wall)
         self.secrets = secrets  # where opened SS and salt are held (the daemon's locked arena)
         self.pinned, self.group_id, self.member, self.statefile = pinned, group_id, member, statefile
         self.endpoints, self.can_reach, self.on_archive = endpoints, can_reach, on_archive
@@ -183,6 +190,10 @@ class ControlPlane:
         self.instance: bytes | None = None   # instance_of(our start challenge), PROTOCOL.md 4
         self.on_superseded = on_superseded
         self.policy = policy if policy is not None else PolicyEnforcer()
+
+    @property
+    def vouch(self) -> bytes | None:
+        return None if self.vouches is None else self.vouches.current
 
     # --- state for status ---
     def _set(self, **changes) -> None:
@@ -213,7 +224,10 @@ class ControlPlane:
 
     def _verified(self, signed: bytes) -> Archive:
         """Signatures, expiry, group id: what every archive passes before any of it is used."""
-        return verified_archive(signed, self.pinned, self.group_id, self._wall(), self.vouch, self.member)
+        if self.vouches is None:
+            return verified_archive(signed, self.pinned, self.group_id, self._wall())
+        return self.vouches.verify_or_refresh(  # a fresh voucher once, if this one does not fit (expired, rotated)
+            lambda vouch: verified_archive(signed, self.pinned, self.group_id, self._wall(), vouch, self.member))
 
     def _accept(self, archive: Archive, challenge: bytes | None = None) -> bool:
         """The rest of the order on a :meth:`_verified` archive.
@@ -460,6 +474,8 @@ class ControlPlane:
         concurrent call (or the same request taken again meanwhile) is not
         sent twice: one request, one epoch.
         """
+        if self.vouches is not None:
+            self.vouches.renew_if_due()  # before it expires (a fetch at most every few minutes)
         taken = self.port.take_requests()
         with self._requests_lock:
             # Requests stay pending until the provider took them, so a failed call loses none.

@@ -370,6 +370,7 @@ class FakeProvider:
         self.provider_urls: tuple[str, ...] = ()  # signed into every archive from now on (() = the key absent)
         self.metadata = None  # grouptun.core.archive.GroupMetadata signed into every archive from now on
         self.homes: dict[str, str] = {}  # member -> its home provider's id (a linked provider's member)
+        self.vouch_issuer = None  # () -> a fresh signed voucher: what the member's home answers GET /vouch with
         if len(names) < 2:
             self.publish()
 
@@ -511,6 +512,13 @@ class FakeClient:
     def archive(self) -> bytes:
         self._call("archive")
         return self.p.signed
+
+    def vouch(self) -> bytes:
+        """The home provider's fresh voucher (a linked provider's member; PROTOCOL.md 8)."""
+        self._call("vouch")
+        if self.p.vouch_issuer is None:
+            raise ProviderRefused(404, "no voucher here")
+        return self.p.vouch_issuer()
 
     def watch(self, version: int, timeout: float = 25.0) -> bytes | None:
         self._call("watch", version)

@@ -20,12 +20,13 @@ from grouptun.control.statefile import EpochStateFile
 from grouptun.control import vouchfile
 from grouptun.core.archive import GroupMetadata, ProviderKeys
 from grouptun.core.session import Session
-from grouptun.core.vouch import Vouch, sign_vouch
+from grouptun.core.vouch import Vouch, sign_vouch, verify_vouch
 from grouptun.errors import ConfigError, EpochRejected, LinkUnavailable, ProviderError
 from .fakes import FakeProvider, FakeTransport, proof
 from .test_controlplane import DirectPort, held_epochs
 
 ME = "alice@partner"
+DAY = 86400.0
 
 
 class Home:
@@ -35,9 +36,10 @@ class Home:
         self.ed, self.ml = ed25519.Ed25519PrivateKey.generate(), mldsa.MLDSA65PrivateKey.generate()
         self.keys = ProviderKeys(self.ed.public_key().public_bytes_raw(), self.ml.public_key().public_bytes_raw())
 
-    def vouch(self, owner: ProviderKeys) -> bytes:
-        return sign_vouch(Vouch(self.keys.fingerprint(), owner, "https://owner.example", "cd" * 32, 1.0), self.ed,
-                          self.ml)
+    def vouch(self, owner: ProviderKeys, issued: float | None = None, ttl: float = 30 * DAY) -> bytes:
+        issued = time.time() if issued is None else issued
+        return sign_vouch(Vouch(self.keys.fingerprint(), owner, "https://owner.example", "cd" * 32, issued, None,
+                                issued + ttl), self.ed, self.ml)
 
 
 @pytest.fixture
@@ -50,10 +52,11 @@ def foreign(tmp_path):
     session = Session(ME)
     port = DirectPort(session, statefile, owner.group_id)
 
-    def make(vouch):
+    def make(vouch, **extra):
         return ControlPlane(client=owner.client(ME), port=port, kem=owner.members[ME].kem, proof=proof(),
                             pinned=home.keys, group_id=owner.group_id, member=ME, statefile=statefile,
-                            endpoints=lambda: [], watch_timeout=0.05, backoff=Backoff(0.01, 0.04), vouch=vouch)
+                            endpoints=lambda: [], watch_timeout=0.05, backoff=Backoff(0.01, 0.04), vouch=vouch,
+                            **extra)
 
     return owner, home, session, make
 
@@ -150,3 +153,55 @@ def test_an_ordinary_group_shows_no_link(foreign):
     cp = make(None)  # no voucher: a group our own provider owns
     assert cp.state.link is None
     assert "link to owner" not in format_status({"control": dataclasses.asdict(cp.state)})
+
+
+def _rotate(owner: FakeProvider) -> None:
+    """The owner's provider gets new signing keys (its id changes with them)."""
+    owner.ed, owner.ml = ed25519.Ed25519PrivateKey.generate(), mldsa.MLDSA65PrivateKey.generate()
+    owner.keys = ProviderKeys(owner.ed.public_key().public_bytes_raw(), owner.ml.public_key().public_bytes_raw())
+    owner.metadata = GroupMetadata(owner.keys.fingerprint())
+
+
+def test_a_voucher_in_its_last_quarter_is_renewed_once_and_kept(foreign):
+    owner, home, session, make = foreign
+    kept = []
+    owner.vouch_issuer = lambda: home.vouch(owner.keys)
+    old = home.vouch(owner.keys, issued=time.time() - 25 * DAY)
+    cp = make(old, on_vouch=kept.append)
+    assert cp.start_once(os.urandom(32))
+    cp.service_requests()
+    cp.service_requests()
+    assert [c for c in owner.calls if c[1] == "vouch"] == [(ME, "vouch")]  # once, not every round
+    assert kept == [cp.vouch] and cp.vouch != old
+    assert verify_vouch(cp.vouch, home.keys, now=time.time()).expires_at > time.time() + 29 * DAY
+    cp.service_requests()
+    assert len([c for c in owner.calls if c[1] == "vouch"]) == 1  # the fresh one is not due
+
+
+def test_an_expired_voucher_refuses_the_archive_until_a_fresh_one_is_fetched(foreign):
+    owner, home, session, make = foreign
+    cp = make(home.vouch(owner.keys, issued=time.time() - 31 * DAY))
+    with pytest.raises(EpochRejected, match="voucher: expired") as refused:  # and the home has none to give
+        cp.start_once(os.urandom(32))
+    assert refused.value.step == "link" and held_epochs(session) == []
+    cp.vouches.min_interval = 0.0  # the test does not wait out the spacing of fetches
+    owner.vouch_issuer = lambda: home.vouch(owner.keys)
+    assert cp.start_once(os.urandom(32)) and held_epochs(session) == [2]  # the second start's epoch
+
+
+def test_the_owner_rotated_its_keys_and_the_homes_fresh_voucher_names_them(foreign):
+    owner, home, session, make = foreign
+    kept = []
+    cp = make(home.vouch(owner.keys), on_vouch=kept.append)
+    assert cp.start_once(os.urandom(32))
+    _rotate(owner)
+    owner.open_epoch()
+    with pytest.raises(EpochRejected) as refused:  # the home has not re-pinned the owner yet: nothing to renew
+        cp.watch_once()
+    assert refused.value.step == "signature" and held_epochs(session) == [1] and kept == []
+    cp.vouches.min_interval = 0.0
+    owner.vouch_issuer = lambda: Home().vouch(owner.keys)  # a voucher our provider did not sign is not taken
+    with pytest.raises(EpochRejected):
+        cp.accept(owner.signed)
+    owner.vouch_issuer = lambda: home.vouch(owner.keys)  # `link check --keys-hash` at the home: new keys vouched
+    assert cp.accept(owner.signed) and held_epochs(session) == [1, 2] and kept == [cp.vouch]
