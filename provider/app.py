@@ -191,7 +191,7 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
     sealed = SealedData(provider.store, settings.sealed, provider.clock, provider.rand)
     provider.audit_pruner.also.append(sealed.prune)  # TTL expiry rides on the retention job
     for router in (public_router(ctx), archive_router(ctx), epochs_router(ctx), secrets_router(ctx),
-                   sealed_router(ctx, sealed, settings.sealed_part_rate), route_requests_router(ctx),
+                   sealed_router(ctx, sealed), route_requests_router(ctx),
                    link_router(ctx)):
         app.include_router(router)
     if settings.join_token is not None:

@@ -2,7 +2,7 @@
 
 At the home provider H, for a group ``lan`` the owner O holds::
 
-    grouptun-provider link group add owner lan [--as ALIAS]   accept O's group here, under ALIAS (default its
+    grouptun-provider link accept owner lan [--as ALIAS]      accept O's group here, under ALIAS (default its
                                                               name; never a local group's name)
     grouptun-provider invite ALIAS bob                        a join token of H, handed to bob as usual
 
@@ -63,6 +63,7 @@ from provider.store import add_audit, groups, remote_groups, remote_invites, rem
 GROUP_REQUEST = re.compile(r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})(/.*)")
 SALT = re.compile(r"/epochs/[0-9]{1,10}/salt")
 VOUCH = "/vouch"
+PART = re.compile(r"/sealed/[0-9a-f]{32}/parts/[0-9]{1,7}")  # sealed-data parts: their own rate (sealed_routes.py)
 RELAY_TIMEOUT = 75.0  # a watch waits up to 60 s at the owner
 
 
@@ -161,7 +162,7 @@ def _member(provider, g, key_id: str):
                                                          remote_members.c.owner_name == key_id)).first()
 
 
-async def _authenticate(ctx, request: Request, g, body: bytes):
+async def _authenticate(ctx, request: Request, g, body: bytes, rest: str):
     found: list = []
 
     def resolve(key_id: str):
@@ -180,7 +181,8 @@ async def _authenticate(ctx, request: Request, g, body: bytes):
     if not await ctx.nonces.fresh(f"{g.name}/{verified.key_id}", verified.nonce, time.time()):
         await ctx.refuse_audit(f"member:{verified.key_id}", request.url.path[:80], g.name, "replayed signature")
         raise Unauthorized("replayed signature")
-    if not ctx.limits.member.allow(f"{g.name}/{verified.key_id}"):
+    budget = ctx.limits.parts if PART.fullmatch(rest) else ctx.limits.member
+    if not budget.allow(f"{g.name}/{verified.key_id}"):
         raise RateLimited("rate limit exceeded (member)")
     return found[0]
 
@@ -208,7 +210,7 @@ async def handle(ctx, request: Request, g, rest: str) -> Response:
     """Serve a member's request to remote group ``g`` by relaying it to the owner (see the module docstring)."""
     body = await request.body()
     try:
-        row = await _authenticate(ctx, request, g, body)
+        row = await _authenticate(ctx, request, g, body, rest)
         if rest == VOUCH:  # ours to answer, not the owner's: a fresh voucher for the owner's keys
             if request.method != "GET":
                 raise InvalidInput("the voucher is fetched with GET")
@@ -230,8 +232,8 @@ async def handle(ctx, request: Request, g, rest: str) -> Response:
         return JSONResponse({"detail": exc.reason}, status_code=exc.http_status)
     except ProviderError as exc:
         return JSONResponse({"detail": str(exc)}, status_code=502)
-    media = "application/octet-stream" if rest.endswith(("/capsule", "/salt")) and status == 200 \
-        else "application/json"
+    octets = rest.endswith(("/capsule", "/salt")) or (request.method == "GET" and PART.fullmatch(rest) is not None)
+    media = "application/octet-stream" if octets and status == 200 else "application/json"
     return Response(content, status_code=status, media_type=None if status == 204 else media)
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import threading
 import time
+import types
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
@@ -205,3 +206,20 @@ def test_the_owner_rotated_its_keys_and_the_homes_fresh_voucher_names_them(forei
         cp.accept(owner.signed)
     owner.vouch_issuer = lambda: home.vouch(owner.keys)  # `link check --keys-hash` at the home: new keys vouched
     assert cp.accept(owner.signed) and held_epochs(session) == [1, 2] and kept == [cp.vouch]
+
+
+def test_seal_takes_the_recipients_keys_from_the_owners_archive_through_the_voucher(foreign, tmp_path):
+    from grouptun.cli.seal import MemberSession  # noqa: PLC0415
+
+    owner, home, session, make = foreign
+    owner.open_epoch()
+    config = types.SimpleNamespace(
+        provider=types.SimpleNamespace(ed25519_public=home.keys.ed25519_public, mldsa65_public=home.keys.mldsa65_public),
+        group=types.SimpleNamespace(group_id=owner.group_id, member=ME), paths=types.SimpleNamespace(state_dir=tmp_path))
+    member = MemberSession(config, None, owner.client(ME))
+    with pytest.raises(EpochRejected) as refused:  # no voucher: the owner's signature is no key we pinned
+        member.archive()
+    assert refused.value.step == "signature"
+    vouchfile.save(tmp_path, home.vouch(owner.keys))
+    archive = member.archive()
+    assert archive.member("bob").kem_public == owner.members["bob"].kem_public
