@@ -88,7 +88,7 @@ from grouptun.errors import ConfigError
 from provider.errors import ProviderFault
 from provider.hub import Hub, StartBatcher, tick
 from provider.limits import Guard, RateLimiter, nonces_for
-from provider import remote
+from provider import links, remote
 from provider.link_routes import link_router
 from provider.route_requests import route_requests_router
 from provider.routes import Context, Limits, archive_router, epochs_router, public_router, secrets_router
@@ -174,6 +174,7 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
 
         ctx.metrics = install_metrics(app)
         provider.on_epoch = ctx.metrics.epoch_created
+        ctx.metrics.watch_links(lambda: links.list_links(provider))  # issue 19: both sides' link state
 
     @app.exception_handler(ProviderFault)
     async def _fault(request: Request, exc: ProviderFault):

@@ -221,3 +221,29 @@ def test_two_real_providers_over_https_a_removal_reaches_the_owner_even_after_an
     finally:
         owner.server.stop()
         partner.server.stop()
+
+
+def test_the_metrics_show_each_links_state_and_pending_removals(erin):  # noqa: F811
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+    from starlette.testclient import TestClient  # noqa: PLC0415
+
+    from provider.app import Settings, create_app  # noqa: PLC0415
+
+    owner, home, _ = erin
+    asgi, _ = create_app(home, Settings(metrics=True))
+
+    def scrape() -> dict:
+        with TestClient(asgi, client=("127.0.0.1", 4002)) as client:
+            text = client.get("/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name.startswith("grouptun_provider_link")}
+
+    up = scrape()
+    assert up[("grouptun_provider_link_state", (("link", "owner"), ("state", "up")))] == 1.0
+    assert up[("grouptun_provider_link_pending_removals", (("link", "owner"),))] == 0.0
+    home.link_send = lambda row: _unreachable
+    admin_ops.member_remove(home, "acme", "erin")
+    down = scrape()
+    assert down[("grouptun_provider_link_state", (("link", "owner"), ("state", "unreachable")))] == 1.0
+    assert down[("grouptun_provider_link_state", (("link", "owner"), ("state", "up")))] == 0.0
+    assert down[("grouptun_provider_link_pending_removals", (("link", "owner"),))] == 1.0
