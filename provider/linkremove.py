@@ -7,7 +7,9 @@ At bob's home provider H (``grouptun-provider member remove ALIAS bob``,
   O in the same transaction (table ``link_removals``): from that commit H
   relays nothing more for him (his signature has no key here any more: 401),
   and the removal survives a restart. Audited ``member-remove``. Then it
-  delivers at once (:func:`deliver`): ``POST
+  delivers at once (:func:`deliver`; the row's first retry time is
+  ``RETRY_BASE`` later, so the timer of a running server does not send it
+  a second time meanwhile, and picks it up if this process died first): ``POST
   /v1/links/groups/GROUP/members/remove`` with ``gt-member: bob`` and the
   body ``{}``, RFC 9421-signed as every link request. O's 200 (removed, a
   new epoch without him) or 404 (nothing left to remove: O's admin was
@@ -55,7 +57,7 @@ def remove_member(provider, alias: str, name: str) -> dict:
         conn.execute(delete(remote_members).where(remote_members.c.id == row.id))
         queued = conn.execute(insert(link_removals).values(
             link=g.link, remote_name=g.remote_name, alias=alias, name=name, owner_name=row.owner_name,
-            created_at=now, attempts=0, next_at=now).returning(link_removals.c.id)).scalar_one()
+            created_at=now, attempts=0, next_at=now + RETRY_BASE).returning(link_removals.c.id)).scalar_one()
         add_audit(conn, now, "admin", "member-remove", alias, member=name, link=g.link, as_name=row.owner_name)
     answer = deliver(provider, queued)
     return {"removed": name, "group": alias, "link": g.link, "pending": answer is None,

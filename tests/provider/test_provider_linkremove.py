@@ -79,11 +79,14 @@ def test_an_unreachable_owner_is_told_once_it_is_back_and_the_member_is_cut_off_
     assert row.attempts == 2 and row.next_at - home.clock() > 3.0
     home.link_send = working
     home.clock = lambda: real_clock() + 10.0
-    assert linkremove.retry_due(home) == 1
-    assert own_archive(owner).member("erin@partner") is None and owner.store.archive("lan")[0] > version
+    linkremove.retry_due(home)  # (the home app's own timer, running beside the test, may be the one to deliver)
+    _wait_for(lambda: own_archive(owner).member("erin@partner") is None)
+    assert owner.store.archive("lan")[0] > version
     assert links.list_links(home)[0]["pending_removals"] == [] and links.list_links(home)[0]["contact"] == "up"
-    assert [a["attempts"] for a in _audit(home, "link-remove-failed")] == [1, 2]
-    assert _audit(home, "link-remove-confirmed")[0]["attempts"] == 3
+    failed = [a["attempts"] for a in _audit(home, "link-remove-failed")]
+    assert failed == list(range(1, len(failed) + 1)) and len(failed) >= 2
+    assert _audit(home, "link-remove-confirmed") == [
+        {"as_name": "erin@partner", "attempts": len(failed) + 1, "member": "erin", "status": 200}]
 
 
 def test_the_owner_takes_a_removal_only_from_the_link_the_member_came_through(erin):  # noqa: F811
