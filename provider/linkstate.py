@@ -64,8 +64,14 @@ def shown(row) -> dict:
 
 
 def describe(contact: dict) -> str:
-    """``up``, ``unchecked`` or ``unreachable since HH:MM:SS UTC (reason)`` of a :func:`shown` dict."""
-    if contact["contact"] != "unreachable":
-        return contact["contact"]
-    since = time.strftime("%H:%M:%S", time.gmtime(contact["down_since"]))
-    return f"unreachable since {since} UTC ({contact['last_failure']})"
+    """``up (last contact HH:MM:SS UTC)``, ``unchecked`` or ``unreachable since HH:MM:SS UTC (reason)`` of a
+    :func:`shown` dict (the partner stays "up" here while it sends nothing: the time says how long ago)."""
+    if contact["contact"] == "unreachable":
+        return f"unreachable since {_clock(contact['down_since'])} ({contact['last_failure']})"
+    if contact["contact"] == "up" and contact.get("last_ok_at") is not None:
+        return f"up (last contact {_clock(contact['last_ok_at'])})"
+    return contact["contact"]
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(when))

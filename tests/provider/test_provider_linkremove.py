@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from grouptun.control.reqsign import sign_headers
 from grouptun.control.client import ProviderClient
 from grouptun.errors import ProviderRefused
-from provider import admin_ops, linked, linkremove, links
+from provider import admin_ops, linked, linkremove, links, linkstate
 from provider.errors import LinkError, NotFound
 from provider.store import audit_rows, link_removals
 from provider_helpers import (STORE_KINDS, TestMember, admin, database_url_for, fresh_store, init_provider,
@@ -51,6 +51,7 @@ def test_removal_at_the_home_stops_the_relay_and_the_owner_opens_an_epoch_withou
     assert _audit(home, "link-remove-confirmed")[0]["status"] == 200
     shown = links.list_links(home)[0]
     assert (shown["pending_removals"], shown["contact"]) == ([], "up")
+    assert linkstate.describe(shown).startswith("up (last contact ") and shown["last_ok_at"] is not None
     assert links.list_links(owner)[0]["contact"] == "up"  # the owner answered the home's requests
     with pytest.raises(NotFound, match="no member 'erin' in group 'acme'"):
         admin_ops.member_remove(home, "acme", "erin")
@@ -66,6 +67,7 @@ def test_an_unreachable_owner_is_told_once_it_is_back_and_the_member_is_cut_off_
     assert member.request("GET", "/archive").status_code == 401  # cut off here at once, owner or not
     shown = links.list_links(home)[0]
     assert shown["contact"] == "unreachable" and "unreachable (ConnectionError)" in shown["last_failure"]
+    assert linkstate.describe(shown).startswith("unreachable since ") and shown["down_since"] is not None
     pending = shown["pending_removals"]
     assert [(p["group"], p["member"], p["attempts"]) for p in pending] == [("acme", "erin", 1)]
     assert pending[0]["next_at"] - home.clock() > 1.0  # backed off, not hammering the owner
