@@ -68,7 +68,7 @@ import sys
 import time
 from pathlib import Path
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError
 
 from grouptun.core.jointoken import check_url
 from grouptun.cli.exits import run_command
@@ -605,7 +605,7 @@ def _dispatch(args) -> int | None:
         if args.admin_key or args.remote_fingerprint or args.remote_ca:
             raise InvalidInput("--admin-key, --fingerprint and --ca go with --url (the remote admin API)")
         return args.func(args)
-    except OperationalError as exc:  # locked or unreadable database: a state-dir fault like the others
+    except DatabaseError as exc:  # locked, unreadable or corrupt database: a state-dir fault like the others
         raise StateDirError(f"database error: {exc.orig}") from exc
 
 if __name__ == "__main__":
