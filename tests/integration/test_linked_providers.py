@@ -21,6 +21,7 @@ One lab for the module: the checks run in this order, the link removal last.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sqlite3
@@ -57,8 +58,8 @@ def _identity(mesh: Mesh) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def linked_lab():
-    lab = Lab("lk", hosts=("p", "q", *ALL))
+def linked_lab(request):
+    lab, failed_before = Lab("lk", hosts=("p", "q", *ALL)), request.session.testsfailed
     try:
         with lab:
             owner, partner = Mesh(lab, group_options=("--grace", f"{GRACE:g}s")), PartnerMesh(lab, provider_host="q")
@@ -83,6 +84,8 @@ def linked_lab():
                 for name in names:
                     mesh.wait_ready(name, timeout=60.0)
             yield lab, owner, partner
+            if request.session.testsfailed > failed_before:
+                print("\n--- lab lk logs (a test failed) ---\n" + lab.log_tails(30))
     except Exception:
         print("\n--- lab logs ---\n" + lab.log_tails(30))
         raise
@@ -100,6 +103,12 @@ def _member(owner: Mesh, partner: Mesh, name: str):
 
 def _epochs(owner: Mesh, partner: Mesh) -> dict[str, int]:
     return {n: current_epoch(_mesh(owner, partner, n).status(n)) or 0 for n in ALL}
+
+
+def _query(mesh: Mesh, sql: str, *args) -> list[tuple]:
+    """Rows of one query on ``mesh``'s provider database (SQLite, read beside the running server)."""
+    with contextlib.closing(sqlite3.connect(mesh.provider_dir / "provider.db")) as db:
+        return db.execute(sql, args).fetchall()
 
 
 def _rekey_reaches_everyone(owner: Mesh, partner: Mesh, timeout: float) -> float:
@@ -147,16 +156,11 @@ def _epoch_secrets(owner: Mesh, partner: Mesh, name: str) -> EpochSecrets:
 
     m = partner.members[name]
     keys = keystore.load(m.state_dir / partner.group / "keys.enc", credential.read_file(m.credential_file))
-    db = sqlite3.connect(owner.provider_dir / "provider.db")
-    try:
-        group_id, epoch, suite = db.execute("SELECT group_id, current_epoch, suite FROM groups WHERE name = 'lan'"
-                                            ).fetchone()
-        key_check = db.execute("SELECT key_check FROM epochs WHERE epoch = ?", (epoch,)).fetchone()[0]
-        capsule, sealed_salt = db.execute("SELECT capsule, sealed_salt FROM capsules WHERE epoch = ? AND member = ?",
-                                          (epoch, f"{name}@partner")).fetchone()
-        count = db.execute("SELECT count(*) FROM capsules WHERE epoch = ?", (epoch,)).fetchone()[0]
-    finally:
-        db.close()
+    [(group_id, epoch, suite)] = _query(owner, "SELECT group_id, current_epoch, suite FROM groups WHERE name = 'lan'")
+    [(key_check,)] = _query(owner, "SELECT key_check FROM epochs WHERE epoch = ?", epoch)
+    [(capsule, sealed_salt)] = _query(owner, "SELECT capsule, sealed_salt FROM capsules WHERE epoch = ? AND member = ?",
+                                      epoch, f"{name}@partner")
+    [(count,)] = _query(owner, "SELECT count(*) FROM capsules WHERE epoch = ?", epoch)
     ss = open_sealed(keys.kem, capsule_info(group_id, epoch, f"{name}@partner"), capsule)
     salt = open_sealed(keys.kem, salt_info(group_id, epoch, f"{name}@partner"), sealed_salt)
     derived = EpochKeys(suite, group_id, epoch, ss, salt)
@@ -224,31 +228,19 @@ def test_the_relays_database_has_no_capsule_and_its_audit_names_every_forward(li
     rows = partner.provider_cli("audit")
     assert "link-relay" in rows and "link-forward" in rows
     assert "link-request" in owner.provider_cli("audit")
-    db = sqlite3.connect(partner.provider_dir / "provider.db")
-    try:
-        assert db.execute("SELECT count(*) FROM capsules").fetchone() == (0,)  # nothing sealed is kept there
-    finally:
-        db.close()
+    assert _query(partner, "SELECT count(*) FROM capsules") == [(0,)]  # nothing sealed is kept there
     if not all(m.proc.alive() for m in (*owner.members.values(), *partner.members.values())):
         raise LabError("a daemon exited:\n" + lab.log_tails(20))
 
 
 def _audit_since(mesh: Mesh, after: int) -> list[tuple[str, str, dict]]:
     """(actor, action, detail) of the audit rows of ``mesh``'s provider newer than row id ``after``."""
-    db = sqlite3.connect(mesh.provider_dir / "provider.db")
-    try:
-        rows = db.execute("SELECT actor, action, detail FROM audit WHERE id > ? ORDER BY id", (after,)).fetchall()
-    finally:
-        db.close()
+    rows = _query(mesh, "SELECT actor, action, detail FROM audit WHERE id > ? ORDER BY id", after)
     return [(actor, action, json.loads(detail)) for actor, action, detail in rows]
 
 
 def _last_audit_id(mesh: Mesh) -> int:
-    db = sqlite3.connect(mesh.provider_dir / "provider.db")
-    try:
-        return db.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()[0]
-    finally:
-        db.close()
+    return _query(mesh, "SELECT coalesce(max(id), 0) FROM audit")[0][0]
 
 
 HOSTILE_EXPECTED = {

@@ -127,13 +127,14 @@ def try_open(relay: Relay, group_id: bytes, epoch: int, owner_name: str, capsule
     return opened
 
 
-def forgeries(relay: Relay, group: str, member: str, owner_local: str, epoch: int) -> dict[str, tuple[str, str, dict, bytes]]:
+def forgeries(relay: Relay, group: str, member: str, owner_local: str,
+              epoch: int) -> dict[str, tuple[str, str, dict, bytes]]:
     """name -> (method, url, headers, body) of each forged request."""
     archive = f"/v1/groups/{group}/archive"
-    mallory = {"ed25519_public": base64.b64encode(ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw())
-               .decode(), "kem_public": base64.b64encode(KemPrivateKey.from_random(os.urandom(96)).public_bytes())
-               .decode(), "endpoints": []}
-    enroll_body = json.dumps(mallory).encode()
+    mallory_ed = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    mallory_kem = KemPrivateKey.from_random(os.urandom(96)).public_bytes()
+    enroll_body = json.dumps({"ed25519_public": base64.b64encode(mallory_ed).decode(),
+                              "kem_public": base64.b64encode(mallory_kem).decode(), "endpoints": []}).encode()
     enroll = f"/v1/links/groups/{group}/members"
     salt = f"/v1/links/groups/{group}/epochs/{epoch}/salt"
     cases = {
