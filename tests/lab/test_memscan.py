@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,16 @@ def test_forms_cover_every_base64_alignment():
     assert memscan.find(b"nothing here" * 100, {"s": secret}) == []
 
 
-@pytest.mark.skipif(shutil.which("gcore") is None, reason="needs gdb's gcore")
+def _cannot_dump() -> str | None:
+    if shutil.which("gcore") is None:
+        return "needs gdb's gcore"
+    yama = Path("/proc/sys/kernel/yama/ptrace_scope")
+    if os.geteuid() != 0 and yama.exists() and yama.read_text().strip() != "0":
+        return "needs root, or ptrace_scope 0 (gdb attaches to a process it did not start)"
+    return None
+
+
+@pytest.mark.skipif(_cannot_dump() is not None, reason=str(_cannot_dump()))
 def test_a_core_dump_of_a_live_process_shows_the_secret_it_holds_and_not_others(tmp_path):
     held, absent = os.urandom(32), os.urandom(32)
     # the child gets the secret on stdin (not argv), so only its memory can hold it
