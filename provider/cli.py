@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import math
 import os
@@ -67,11 +68,10 @@ import sys
 import time
 from pathlib import Path
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError
 
 from grouptun.core.jointoken import check_url
-from grouptun.errors import GrouptunError
-from grouptun.ops.logsetup import fatal
+from grouptun.cli.exits import run_command
 from provider.errors import InvalidInput, StateDirError
 from provider.keys import (PUBLIC_URLS, StatePaths, Signer, checked_public_urls, make_tls, public_urls, read_config,
                            tls_fingerprint)
@@ -347,22 +347,18 @@ def rekey_text(done: dict) -> str:
     return f"group {done['group']}: epoch {done['epoch']}, archive version {done['version']}"
 
 
-def cmd_invite(args) -> int:
-    from provider import cli_membership
-
-    return cli_membership.invite(args, _provider(args))
-
-
-def cmd_member(args) -> int:
-    from provider import cli_membership
-
-    return cli_membership.member(args, _provider(args))
+def _handled_in(module: str, function: str):
+    """A subcommand run by ``provider.MODULE.FUNCTION(args, provider)``, imported only when that command runs."""
+    def handler(args) -> int:
+        return getattr(importlib.import_module(f"provider.{module}"), function)(args, _provider(args))
+    return handler
 
 
-def cmd_tokens(args) -> int:
-    from provider import cli_membership
-
-    return cli_membership.tokens(args, _provider(args))
+cmd_invite = _handled_in("cli_membership", "invite")
+cmd_member = _handled_in("cli_membership", "member")
+cmd_tokens = _handled_in("cli_membership", "tokens")
+cmd_policy = _handled_in("cli_policy", "run")
+cmd_export_rule = _handled_in("cli_exportrules", "run")
 
 
 def cmd_route(args) -> int:
@@ -385,18 +381,6 @@ def route_text(done) -> str:
         return "\n".join(f"{r['member']:<24} {r['prefix']:<24} {r['state']}" for r in done)
     verb = "approved" if done["action"] == "approve" else "removed"
     return f"{verb} {done['prefix']} behind {done['member']}; group {done['group']} now at epoch {done['epoch']}"
-
-
-def cmd_policy(args) -> int:
-    from provider import cli_policy
-
-    return cli_policy.run(args, _provider(args))
-
-
-def cmd_export_rule(args) -> int:
-    from provider import cli_exportrules
-
-    return cli_exportrules.run(args, _provider(args))
 
 
 def cmd_link(args) -> int:
@@ -616,23 +600,18 @@ def _remote(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_command(f"grouptun-provider {args.command}", lambda: _dispatch(args))
+
+
+def _dispatch(args) -> int | None:
     try:
         if args.remote_url is not None:
             return _remote(args)
         if args.admin_key or args.remote_fingerprint or args.remote_ca:
             raise InvalidInput("--admin-key, --fingerprint and --ca go with --url (the remote admin API)")
-        return int(args.func(args) or 0)
-    except GrouptunError as exc:
-        if os.environ.get("GROUPTUN_DEBUG") == "1":
-            raise
-        fatal(f"grouptun-provider {args.command}: {exc}")
-        return exc.exit_code
-    except OperationalError as exc:  # locked or unreadable database
-        fatal(f"grouptun-provider {args.command}: database error: {exc.orig}")
-        return StateDirError.exit_code
-    except KeyboardInterrupt:
-        return 130
-
+        return args.func(args)
+    except DatabaseError as exc:  # locked, unreadable or corrupt database: a state-dir fault like the others
+        raise StateDirError(f"database error: {exc.orig}") from exc
 
 if __name__ == "__main__":
     sys.exit(main())

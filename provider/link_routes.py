@@ -67,8 +67,10 @@ def link_router(ctx: Context) -> APIRouter:
 
     @router.post("/v1/links/groups/{group}/epochs/{epoch}/salt", response_class=Response, responses=SEALED_RESPONSES)
     async def forwarded_salt(epoch: int = PathParam(ge=0, le=2**32 - 1), who: Member = Depends(member)):
-        if who.via.credential != "checked":
-            raise Forbidden("the home provider did not vouch for the credential check (gt-credential: checked)")
+        if who.via.credential != "checked":  # refused and audited, as a wrong credential is on the member route
+            reason = "the home provider did not vouch for the credential check (gt-credential: checked)"
+            await ctx.refuse_audit(f"link:{who.via.link.name}", "salt", who.group, reason)
+            raise Forbidden(reason)
         if not await ctx.limits.salt.allow(f"{who.group}/{who.name}"):
             raise RateLimited("rate limit exceeded (salt)")
         raw = await run_in_threadpool(ctx.provider.capsule, who.group, who.name, epoch, capsules.c.sealed_salt)

@@ -102,6 +102,7 @@ def test_the_salt_needs_the_homes_credential_check_and_the_member_never_talks_to
     epoch = json.loads(json.loads(carol.owner.store.archive("lan")[1])["document"])["epoch"]["epoch"]
     status, answer = carol.relay("POST", f"{LAN}/epochs/{epoch}/salt", b"{}", credential="none")
     assert status == 403 and "did not vouch for the credential check" in json.loads(answer)["detail"]
+    assert any("did not vouch" in detail["reason"] for _, detail in _refusals(carol.owner))  # audited
     assert carol.relay("GET", f"{LAN}/archive", member="dave")[0] == 401  # not enrolled through the link
     url = f"https://owner.example{LAN}/archive"
     headers: dict = {}
