@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-from provider import membership, remote
+from provider import linkremove, membership, remote
 from provider.errors import InvalidInput, NotFound
 from provider.members import foreign_link
 
@@ -74,6 +74,9 @@ def member_show(provider, group: str, name: str) -> dict:
 
 
 def member_remove(provider, group: str, name: str) -> dict:
+    """A partner's group (``link accept``): removed here, and at the owner once it confirms (``pending``)."""
+    if remote.remote_group(provider, group) is not None:
+        return linkremove.remove_member(provider, group, name)
     opened = provider.remove_member(group, name)
     return {"removed": name, "group": group, "epoch": opened.epoch, "version": opened.version}
 

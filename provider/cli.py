@@ -101,6 +101,7 @@ def _provider(args, application: str | None = None):
     from grouptun.secmem import SecretArena
     from provider import hwrng
     from provider.database import open_store
+    from provider.links import vouch_ttl_from_config
     from provider.retention import AuditRetention
     from provider.service import Provider
 
@@ -111,8 +112,10 @@ def _provider(args, application: str | None = None):
     urls = public_urls(config)
     store = open_store(_database(args, config), config, application)
     # Epoch secrets in locked, non-dumpable memory; the arena zeroes and unmaps itself at exit.
-    return Provider(store, lambda: Signer.load(paths, urls), rand=rand, audit_retention=retention,
-                    secrets=SecretArena())
+    provider = Provider(store, lambda: Signer.load(paths, urls), rand=rand, audit_retention=retention,
+                        secrets=SecretArena())
+    provider.vouch_ttl = vouch_ttl_from_config(config)
+    return provider
 
 
 def cmd_init(args) -> int:
@@ -190,12 +193,14 @@ def cmd_admin_key(args) -> int:
 def _write_config(paths: StatePaths, url: str, signer: Signer, setting, public: tuple[str, ...]) -> None:
     from provider.app import DOCS_KEY
     from provider.connlimits import HttpLimits
+    from provider.links import VOUCH_TTL_DAYS
     from provider.retention import AuditRetention
     from provider.sealed import SealedLimits
 
     config = {"url": url, "created_at": time.time(), "provider_keys": signer.public.to_json(),
               **AuditRetention().to_config(),  # written out so an admin sees what to edit (provider/retention.py)
-              **HttpLimits().to_config(), **SealedLimits().to_config(), DOCS_KEY: False, **setting.to_config()}
+              **HttpLimits().to_config(), **SealedLimits().to_config(), DOCS_KEY: False, **setting.to_config(),
+              VOUCH_TTL_DAYS[0]: VOUCH_TTL_DAYS[3]}
     if public:
         config[PUBLIC_URLS] = list(public)
     paths.config.write_text(json.dumps(config, indent=2) + "\n")

@@ -2,6 +2,10 @@
 
     POST /v1/links/groups/{group}/members  {"ed25519_public", "kem_public", "endpoints"}
          -> 200 {"group", "member_name": "NAME@LINK", "index", "addresses", "archive"}  (provider/linked.py)
+    POST /v1/links/groups/{group}/members/remove  {}
+         -> 200 {"group", "removed": "NAME@LINK", "epoch", "version"}: the member of gt-member, which came
+            through the calling link, removed in a new epoch (provider/linkremove.py); 404 no such member,
+            403 one that came through another link
     POST /v1/links/groups/{group}/epochs/{epoch}/salt  {}
          -> 200 the sealed salt (1168 bytes) of the member NAME@LINK, only with gt-credential: checked
             (403 otherwise): the home provider checked the member's credential, this provider has none
@@ -25,11 +29,12 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from provider import linked
+from provider import linked, linkremove
 from provider.errors import Forbidden, RateLimited
 from provider.ijson import IJsonRoute
 from provider.routes import SEALED_RESPONSES, Context, Member
-from provider.schemas import GROUP_PATH, SEALED_MEDIA, ForwardedAnswer, ForwardedMember, b64
+from provider.schemas import (GROUP_PATH, SEALED_MEDIA, ForwardedAnswer, ForwardedMember, ForwardedRemoval,
+                              RemovalAnswer, b64)
 from provider.store import capsules
 
 
@@ -48,6 +53,15 @@ def link_router(ctx: Context) -> APIRouter:
             ctx.provider._audited, f"link:{who.link.name}", "link-enroll", group,
             lambda: linked.enroll_forwarded(ctx.provider, who, group, b64(body.ed25519_public, "ed25519_public"),
                                             b64(body.kem_public, "kem_public"), body.endpoints))
+        ctx.hub.kick()
+        return answer
+
+    @router.post("/v1/links/groups/{group}/members/remove", response_model=RemovalAnswer)
+    async def forwarded_removal(body: ForwardedRemoval, group: str = GROUP_PATH,
+                                who: linked.Linked = Depends(caller)):
+        answer = await run_in_threadpool(
+            ctx.provider._audited, f"link:{who.link.name}", "link-member-remove", group,
+            lambda: linkremove.remove_forwarded(ctx.provider, who, group))
         ctx.hub.kick()
         return answer
 

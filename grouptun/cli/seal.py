@@ -63,15 +63,17 @@ class MemberSession:
         return (self.opener or self.keys).kem
 
     def archive(self):
-        """The group's current archive, verified against the provider keys pinned at join."""
-        from grouptun.core.archive import ProviderKeys, verify_archive
-        from grouptun.errors import ProviderError
+        """The group's current archive, verified against the provider keys pinned at join (a group a linked
+        provider owns: through our provider's voucher, PROTOCOL.md 8), not expired, of our group."""
+        import time
 
-        p = self.config.provider
-        archive = verify_archive(self.client.archive(), ProviderKeys(p.ed25519_public, p.mldsa65_public))
-        if archive.group_id != self.config.group.group_id:
-            raise ProviderError("the provider's archive is of another group than the one pinned at join")
-        return archive
+        from grouptun.control import vouchfile
+        from grouptun.control.epochaccept import verified_archive
+        from grouptun.core.archive import ProviderKeys
+
+        p, group = self.config.provider, self.config.group
+        return verified_archive(self.client.archive(), ProviderKeys(p.ed25519_public, p.mldsa65_public),
+                                group.group_id, time.time(), vouchfile.load(self.config.paths.state_dir), group.member)
 
     def close(self) -> None:
         self.client.close()

@@ -25,6 +25,8 @@ it runs on the control thread, never on the event loop.
 
 from __future__ import annotations
 
+import time
+
 import hmac
 import ipaddress
 import logging
@@ -80,7 +82,7 @@ def verified_archive(signed: bytes, pinned: ProviderKeys, group_id: bytes, now: 
     With ``vouch`` (a group a linked provider owns, PROTOCOL.md 8) the signatures are the owner's, checked
     against the keys the voucher of ``pinned`` (the member's own provider) names for ``member``."""
     archive = verify_archive(signed, pinned) if vouch is None else verify_foreign_archive(signed, pinned, vouch,
-                                                                                          member)
+                                                                                          member, now=now)
     if archive.expires_at and archive.expires_at < now:
         raise EpochRejected("expired", f"archive version {archive.version} expired")
     if archive.group_id != group_id:

@@ -370,6 +370,7 @@ class FakeProvider:
         self.provider_urls: tuple[str, ...] = ()  # signed into every archive from now on (() = the key absent)
         self.metadata = None  # grouptun.core.archive.GroupMetadata signed into every archive from now on
         self.homes: dict[str, str] = {}  # member -> its home provider's id (a linked provider's member)
+        self.vouch_issuer = None  # () -> a fresh signed voucher: what the member's home answers GET /vouch with
         if len(names) < 2:
             self.publish()
 
@@ -512,6 +513,13 @@ class FakeClient:
         self._call("archive")
         return self.p.signed
 
+    def vouch(self) -> bytes:
+        """The home provider's fresh voucher (a linked provider's member; PROTOCOL.md 8)."""
+        self._call("vouch")
+        if self.p.vouch_issuer is None:
+            raise ProviderRefused(404, "no voucher here")
+        return self.p.vouch_issuer()
+
     def watch(self, version: int, timeout: float = 25.0) -> bytes | None:
         self._call("watch", version)
         self.p.watching += 1
@@ -585,6 +593,7 @@ class FakeTransport(requests.adapters.BaseAdapter):
         self.dead: set[str] = set()
         self.hung: set[str] = set()
         self.failing: dict[str, int] = {}
+        self.failing_body: dict = {"detail": "replica unwell"}  # what the failing replicas answer (JSON)
         self.timeouts: list = []  # the timeout of each request sent
 
     def session(self, _fingerprint: str = "") -> requests.Session:
@@ -604,7 +613,7 @@ class FakeTransport(requests.adapters.BaseAdapter):
             raise requests.ConnectTimeout(f"{url.netloc} did not answer")
         if url.netloc in self.failing:
             status = self.failing[url.netloc]
-            return self._response(request, status, json.dumps({"detail": "replica unwell"}).encode())
+            return self._response(request, status, json.dumps(self.failing_body).encode())
         try:
             status, content = self._answer(request.method, url.path.split("/")[1:], parse_qs(url.query), body)
         except ProviderRefused as exc:

@@ -6,6 +6,7 @@ providers on both sides; the transport is the owner's app in a TestClient (the f
 from __future__ import annotations
 
 import json
+import time
 import os
 from dataclasses import dataclass
 
@@ -44,7 +45,8 @@ class Carol:
     def archive(self):
         status, raw = self.relay("GET", f"{LAN}/archive")
         assert status == 200
-        return verify_foreign_archive(raw, HOME_SIGNER.public, links.issue_vouch(self.home, "owner"), "carol@partner")
+        return verify_foreign_archive(raw, HOME_SIGNER.public, links.issue_vouch(self.home, "owner"), "carol@partner",
+                                      now=time.time())
 
 
 @pytest.fixture
