@@ -10,6 +10,7 @@ directory, the config's ``paths.credential_file`` or a terminal prompt
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 DEFAULT_CONFIG_DIR = Path("/etc/grouptun")
@@ -25,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # numpy's OpenBLAS starts a thread per extra core at import; the daemon does no linear algebra
+    # (numpy only reshapes and sums packet bytes), so that thread would only idle. Set before the
+    # first numpy import; an explicit setting in the environment wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from grouptun import config as config_mod
     from grouptun.control import credential
     from grouptun.daemon import Daemon
