@@ -67,15 +67,16 @@ def _read(path: str) -> str | None:
         return None
 
 
-def ticks(pids: list[int]) -> int | None:
-    """Summed utime+stime of ``pids``; None if one of them is gone."""
-    total = 0
+def ticks(pids: list[int]) -> tuple[int, int] | None:
+    """Summed (utime+stime, stime) of ``pids``; None if one of them is gone."""
+    total = kernel = 0
     for pid in pids:
         text = _read(f"/proc/{pid}/stat")
         if text is None:
             return None
-        total += bs.stat_ticks(text)
-    return total
+        both, stime = bs.stat_ticks(text)
+        total, kernel = total + both, kernel + stime
+    return total, kernel
 
 
 def mem_kib(pids: list[int], key: str) -> int | None:
@@ -177,7 +178,8 @@ def measure(t: Target, s: Settings, rep: int, rawdir: Path) -> dict:
             fig = bs.tcp_figures(tcp1)
             rec.update(tcp1_mbps=fig["mbps"], tcp1_retrans=fig["retrans"])
             if has_daemon and None not in (a0, a1, b0, b1):
-                rec.update(bs.cpu_figures(a1 - a0, b1 - b0, HZ, wall1 - wall0, fig["bytes_total"]))
+                rec.update(bs.cpu_figures(a1[0] - a0[0], b1[0] - b0[0], HZ, wall1 - wall0, fig["bytes_total"],
+                                          kernel_ticks=a1[1] - a0[1] + b1[1] - b0[1]))
             elif has_daemon:
                 errors.append("tcp1: a daemon exited during the test (no CPU figure)")
         busy, total = host1[0] - host0[0], host1[1] - host0[1]

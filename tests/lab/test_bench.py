@@ -72,7 +72,7 @@ def test_ping_figures():
 def test_proc_parsers():
     # comm with a space and a ')' must not shift the fields
     stat = "4242 (py thon) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 3 0 99 0 0"
-    assert bs.stat_ticks(stat) == 281
+    assert bs.stat_ticks(stat) == (281, 31)  # utime 250 + stime 31, and stime alone
     status = "Name:\tpython3\nVmHWM:\t  204800 kB\nVmRSS:\t   71680 kB\n"
     assert (bs.status_kib(status, "VmRSS"), bs.status_kib(status, "VmHWM")) == (71680, 204800)
     assert bs.status_kib("Name:\tkthreadd\n", "VmRSS") is None
@@ -80,9 +80,10 @@ def test_proc_parsers():
 
 
 def test_cpu_figures_seconds_per_gb():
-    fig = bs.cpu_figures(ticks_a=300, ticks_b=200, hz=100, wall_s=10.0, bytes_total=2_500_000_000)
+    fig = bs.cpu_figures(ticks_a=300, ticks_b=200, hz=100, wall_s=10.0, bytes_total=2_500_000_000,
+                         kernel_ticks=125)
     assert fig == {"tcp1_daemon_cpu_s": 5.0, "tcp1_daemon_cpu_pct": 50.0, "tcp1_daemon_cpu_pct_a": 30.0,
-                   "tcp1_daemon_cpu_pct_b": 20.0, "tcp1_gb": 2.5, "cpu_s_per_gb": 2.0}
+                   "tcp1_daemon_cpu_pct_b": 20.0, "tcp1_gb": 2.5, "cpu_s_per_gb": 2.0, "kernel_s_per_gb": 0.5}
     assert bs.cpu_figures(1, 1, 100, 1.0, 0)["cpu_s_per_gb"] is None
 
 
