@@ -138,7 +138,8 @@ def bench_reps(args, settings: Settings, adapters: list, rawdir: Path, records: 
             finally:
                 adapter.down()
             records.append(rec)
-            print(f"   tcp1 {rec['tcp1_mbps']} Mbit/s (cpu {rec['cpu_s_per_gb']} s/GB, kernel {rec['kernel_s_per_gb']}, retrans "
+            print(f"   tcp1 {rec['tcp1_mbps']} Mbit/s (cpu {rec['cpu_s_per_gb']} s/GB, "
+                  f"kernel {rec['kernel_s_per_gb']}, retrans "
                   f"{rec['tcp1_retrans']}), tcp{settings.parallel} {rec['tcp4_mbps']}, udp rx "
                   f"{rec['udp_rx_mbps']} ({rec['udp_rx_pps']} pps, loss {rec['udp_loss_pct']}%), rtt avg "
                   f"{rec['ping_avg_ms']} ms, rss idle/load {rec['rss_idle_mib']}/{rec['rss_load_mib']} MiB"
