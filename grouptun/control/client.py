@@ -22,6 +22,11 @@ timed out, failed the pin, or answered 5xx or nonsense); ``ProviderRefused(statu
 reason)`` for a 4xx, with the provider's one-line reason. A signature
 refused as stale (the provider restarted, or clocks differ) is retried once.
 
+Archive form: with ``compact`` (what the daemon uses) start, archive and
+watch ask for the compact archive (``?form=compact``, PROTOCOL.md 2.2); a
+provider that predates it ignores the parameter and sends the full one,
+which the caller's verification accepts as well.
+
 Thread safety: one ``requests.Session`` per thread (``threading.local``),
 so a daemon may watch in one thread and fetch capsules in another.
 """
@@ -149,8 +154,10 @@ class ProviderClient:
                  signing_key: ed25519.Ed25519PrivateKey, timeout: float = 10.0,
                  session_factory: Callable[[str], requests.Session] | None = None,
                  rotation: Callable[[tuple[str, ...]], ReplicaRotation] = ReplicaRotation,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, compact: bool = False) -> None:
         urls = (url,) if isinstance(url, str) else tuple(url)
+        self.compact = compact
+        self._form = "form=compact" if compact else ""
         self.replicas = rotation(tuple(check_url(u) for u in urls))
         self.tls_fingerprint = tls_fingerprint
         self.group = group
@@ -272,17 +279,19 @@ class ProviderClient:
         as pending (for 10 minutes) and the group's first epoch will list
         it. Watch for it (and start again if an epoch appears without it).
         """
-        response = self._call("POST", "/start", {"challenge": challenge.hex()}, timeout=self.timeout + 30)
+        response = self._call("POST", "/start", {"challenge": challenge.hex()}, timeout=self.timeout + 30,
+                              params=self._form)
         return None if response.status_code == 202 else response.content
 
     def archive(self) -> bytes:
-        return self._call("GET", "/archive").content
+        return self._call("GET", "/archive", params=self._form).content
 
     def watch(self, version: int, timeout: float = 25.0) -> bytes | None:
         """Long-poll: the archive once its version exceeds ``version``; None after ``timeout`` (<= 60 s)."""
         timeout = min(max(float(timeout), 0.0), 60.0)
         response = self._call("GET", "/watch", timeout=timeout + self.timeout,
-                              params=f"version={int(version)}&timeout={float(timeout):g}")
+                              params=f"version={int(version)}&timeout={float(timeout):g}"
+                              + (f"&{self._form}" if self._form else ""))
         return None if response.status_code == 204 else response.content
 
     def capsule(self, epoch: int) -> bytes:
