@@ -257,6 +257,12 @@ def archive_router(ctx: Context) -> APIRouter:
             raise NotFound(f"group {who.group!r} has no epoch yet")
         return await answer(request, who.group, compact, version, raw)
 
+    @router.get("/v1/groups/{group}/members/{name}/kem", response_class=Response,
+                responses={200: {"content": {SEALED_MEDIA: {}}, "description": "1216 bytes"}})
+    async def kem(name: str = PathParam(min_length=1, max_length=64), who: Member = Depends(member)):
+        """A member's KEM public key, for sealing to it (the compact archive signs only its digest)."""
+        return Response(await run_in_threadpool(ctx.provider.kem_public, who.group, name), media_type=SEALED_MEDIA)
+
     @router.get("/v1/groups/{group}/watch", response_class=Response,
                 responses={**ARCHIVE_RESPONSES, 204: {"description": "unchanged until the timeout"}})
     async def watch(request: Request, version: int = Query(ge=0, le=2**62),

@@ -450,6 +450,15 @@ class Provider:
                                .where(groups.c.name == group, members.c.name == name)).scalar()
         return None if raw is None else ed25519.Ed25519PublicKey.from_public_bytes(raw)
 
+    def kem_public(self, group: str, name: str) -> bytes:
+        """Member ``name``'s KEM public key: what the compact archive names by its SHA-256 (PROTOCOL.md 2.2)."""
+        with self.store.read() as conn:
+            value = conn.execute(select(members.c.kem_public).join(groups, groups.c.id == members.c.group).where(
+                groups.c.name == group, members.c.name == name)).scalar()
+        if value is None:
+            raise NotFound(f"no member {name!r} in group {group!r}")
+        return value
+
     def capsule(self, group: str, name: str, epoch: int, column=capsules.c.capsule) -> bytes:
         with self.store.read() as conn:
             value = conn.execute(select(column).join(groups, groups.c.id == capsules.c.group).where(

@@ -49,7 +49,7 @@ from requests.adapters import HTTPAdapter
 from grouptun.control.backoff import ReplicaRotation
 from grouptun.core.archive import ProviderKeys, enroll_message, verify_archive
 from grouptun.core.vouch import verify_foreign_archive
-from grouptun.core.capsule import CAPSULE_SIZE
+from grouptun.core.capsule import CAPSULE_SIZE, KEM_PUBLIC_SIZE
 from grouptun.core.jointoken import JoinToken, check_url, check_urls, parse_join_token
 from grouptun.errors import ProviderError, ProviderRefused
 from grouptun.control.reqsign import sign_headers
@@ -283,8 +283,18 @@ class ProviderClient:
                               params=self._form)
         return None if response.status_code == 202 else response.content
 
-    def archive(self) -> bytes:
-        return self._call("GET", "/archive", params=self._form).content
+    def archive(self, compact: bool | None = None) -> bytes:
+        """The current signed archive: the compact form if ``compact`` (None: as the client was made)."""
+        form = self._form if compact is None else "form=compact" if compact else ""
+        return self._call("GET", "/archive", params=form).content
+
+    def kem_public(self, member: str) -> bytes:
+        """``member``'s KEM public key as the provider holds it (PROTOCOL.md 2.2: unsigned; the caller checks
+        it against the digest a verified compact archive names)."""
+        content = self._call("GET", f"/members/{quote(member, safe='')}/kem").content
+        if len(content) != KEM_PUBLIC_SIZE:
+            raise ProviderError(f"KEM public key has {len(content)} bytes, expected {KEM_PUBLIC_SIZE}")
+        return content
 
     def watch(self, version: int, timeout: float = 25.0) -> bytes | None:
         """Long-poll: the archive once its version exceeds ``version``; None after ``timeout`` (<= 60 s)."""
