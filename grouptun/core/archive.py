@@ -434,15 +434,10 @@ def open_envelope_as(signed: bytes, pinned: ProviderKeys, labels: tuple[bytes, .
     return label, obj
 
 
-def archive_labels(compact_ok: bool) -> tuple[bytes, ...]:
-    """The labels an archive may be signed under: the full form's, and with ``compact_ok`` the compact one's."""
-    return (SIGNING_LABEL, COMPACT_LABEL) if compact_ok else (SIGNING_LABEL,)
-
-
 def verify_archive(signed: bytes, pinned: ProviderKeys, compact_ok: bool = False) -> Archive:
     """Verify both signatures, then parse: the full form, or with ``compact_ok`` either form (the one
     whose label the signatures verify under). Raises EpochRejected('signature' | 'format')."""
-    label, obj = open_envelope_as(signed, pinned, archive_labels(compact_ok))
+    label, obj = open_envelope_as(signed, pinned, (SIGNING_LABEL, COMPACT_LABEL) if compact_ok else (SIGNING_LABEL,))
     return parse_document(obj, raw=bytes(signed), compact=label == COMPACT_LABEL)
 
 
