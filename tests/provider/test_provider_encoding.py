@@ -14,7 +14,7 @@ from grouptun.core.archive import verify_archive
 from provider.app import Settings, create_app
 from provider.encoding import CHUNK, ChunkedResponse, GzipCache, accepts_gzip
 from provider.keys import Signer
-from provider_helpers import memory_provider
+from provider_helpers import STORE_KINDS, fresh_store, memory_provider
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 TestClient = pytest.importorskip("starlette.testclient").TestClient
@@ -150,3 +150,28 @@ def test_archive_bodies_go_out_in_pieces_so_the_transport_can_drain_between_them
     assert b"".join(p["body"] for p in pieces) == body
     assert all(len(p["body"]) <= CHUNK for p in pieces) and len(pieces) == max(1, -(-size // CHUNK))
     assert [p["more_body"] for p in pieces] == [True] * (len(pieces) - 1) + [False]
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_a_database_before_the_compact_column_serves_the_full_form_until_the_next_version(kind, request):
+    """Schema 9 -> 10 adds groups.compact (NULL): asked for the compact form, the provider answers the full
+    archive (members accept either) until the group's next signed version carries both forms."""
+    from provider.store import MIGRATIONS, SCHEMA_VERSION, _compact_column  # noqa: PLC0415
+
+    step = next(version for version, fn in MIGRATIONS.items() if fn is _compact_column)
+    store = fresh_store(kind, request)
+    provider, _ = memory_provider(("alice", "bob"), signer=SIGNER, store=store)
+    with store.write() as conn:  # back to the schema before the step: without the column
+        conn.exec_driver_sql('ALTER TABLE groups DROP COLUMN "compact"')
+        conn.exec_driver_sql(f"UPDATE meta SET value = '{step}' WHERE key = 'schema_version'")
+    store.check_schema()
+    with store.read() as conn:
+        assert conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'").scalar() == \
+            str(SCHEMA_VERSION)
+    version, full = store.archive("lan")
+    assert store.archive("lan", compact=True) == (version, full)
+    assert not verify_archive(full, SIGNER.public, compact_ok=True).compact
+    provider.open_epoch("lan", "admin", "admin")
+    version, compact = store.archive("lan", compact=True)
+    assert verify_archive(compact, SIGNER.public, compact_ok=True).compact and compact != store.archive("lan")[1]
+    store.close()
