@@ -60,7 +60,8 @@ CREDENTIAL_HEADER = "gt-credential"  # "checked": the home checked the member's 
 CREDENTIAL_VALUES = ("checked", "none")
 LINK_COVERED = (MEMBER_HEADER, CREDENTIAL_HEADER)
 _SALT = re.compile(r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})/epochs/([0-9]{1,10})/salt")
-_FORWARDED = re.compile(r"/v1/groups/[a-z0-9][a-z0-9_-]{0,31}/(archive|watch|start|report|epochs/[0-9]{1,10}/capsule)")
+_FORWARDED = re.compile(r"/v1/groups/[a-z0-9][a-z0-9_-]{0,31}/(archive|watch|start|report|epochs/[0-9]{1,10}/capsule"
+                        r"|members/[^/?]{1,200}/kem)")  # kem: a member's key, checked against the compact archive
 Send = Callable[[str, str, dict, bytes], tuple[int, bytes]]  # (method, url, headers, body) -> (status, body)
 
 
@@ -142,7 +143,7 @@ def relay(provider, link_name: str, method: str, path: str, member: str, body: b
     "checked" its credential) to the owner over link ``link_name``, re-signed with this provider's key; the
     owner's (status, body), relayed as they are (capsules and salts are sealed to the member's key).
 
-    ``path`` is the member API's (start, archive, watch, report, capsule, salt); a salt goes to the link's salt
+    ``path`` is the member API's (start, archive, watch, report, capsule, salt, a member's kem key); a salt goes to the link's salt
     route with an empty body: the member's authenticator stays here."""
     with provider.store.read() as conn:
         row = link_row(conn, link_name)

@@ -109,6 +109,8 @@ def test_the_compact_form_is_relayed_as_the_owners_own_signed_envelope(carol):
         with pytest.raises(EpochRejected, match="signature"):  # a compact envelope is never a full archive
             verify_foreign_archive(raw, HOME_SIGNER.public, vouch, "carol@partner")
     assert carol.relay("GET", f"{LAN}/archive")[1] == carol.owner.store.archive("lan")[1]  # no form: the full one
+    status, key = carol.relay("GET", f"{LAN}/members/alice/kem")  # what `grouptun seal` asks for, then checks
+    assert status == 200 and archive.member("alice").kem_matches(key)
 
 
 def test_the_salt_needs_the_homes_credential_check_and_the_member_never_talks_to_the_owner(carol):
