@@ -14,7 +14,7 @@ from grouptun.core.archive import verify_archive
 from provider.app import Settings, create_app
 from provider.encoding import CHUNK, ChunkedResponse, GzipCache, accepts_gzip
 from provider.keys import Signer
-from provider_helpers import STORE_KINDS, fresh_store, memory_provider
+from provider_helpers import STORE_KINDS, fresh_store, memory_provider, migrate_from
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 TestClient = pytest.importorskip("starlette.testclient").TestClient
@@ -161,13 +161,7 @@ def test_a_database_before_the_compact_column_serves_the_full_form_until_the_nex
     step = next(version for version, fn in MIGRATIONS.items() if fn is _compact_column)
     store = fresh_store(kind, request)
     provider, _ = memory_provider(("alice", "bob"), signer=SIGNER, store=store)
-    with store.write() as conn:  # back to the schema before the step: without the column
-        conn.exec_driver_sql('ALTER TABLE groups DROP COLUMN "compact"')
-        conn.exec_driver_sql(f"UPDATE meta SET value = '{step}' WHERE key = 'schema_version'")
-    store.check_schema()
-    with store.read() as conn:
-        assert conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'").scalar() == \
-            str(SCHEMA_VERSION)
+    assert migrate_from(store, step, 'ALTER TABLE groups DROP COLUMN "compact"') == str(SCHEMA_VERSION)
     version, full = store.archive("lan")
     assert store.archive("lan", compact=True) == (version, full)
     assert not verify_archive(full, SIGNER.public, compact_ok=True).compact
