@@ -499,7 +499,8 @@ class Daemon:
             watch_timeout=cfg.daemon.watch_timeout, report_interval=cfg.daemon.report_interval,
             backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics, secrets=self.secrets,
             on_superseded=self._on_superseded, on_trouble=self._on_trouble, urls_file=urls_file,
-            policy=self.policy, vouch=vouchfile.load(cfg.paths.state_dir))
+            policy=self.policy, vouch=vouchfile.load(cfg.paths.state_dir),
+            on_vouch=lambda signed: vouchfile.save(cfg.paths.state_dir, signed))
         stop = threading.Event()
         thread = threading.Thread(target=self.control.run, args=(stop,), name="grouptun-control", daemon=True)
         thread.start()

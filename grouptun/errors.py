@@ -21,7 +21,9 @@
     ├── InstanceSuperseded             the member was started elsewhere: the provider names another instance
     ├── MemberRemoved                  the member was removed from the group (by its admin, or its time ended)
     ├── ProviderError                  the trust provider could not be reached or used
-    │   └── ProviderRefused            it answered with a refusal (4xx) and a reason
+    │   ├── ProviderRefused            it answered with a refusal (4xx) and a reason
+    │   └── LinkUnavailable            our (home) provider answered, but could not reach the
+    │                                  linked provider that owns the group (PROTOCOL.md 8)
     ├── SystemSetupError               TUN, netlink, sockets, privileges
     ├── ControlError                   the control socket (daemon not running, refused)
     │   └── ExportRefused              an export rule limits the label to other members' attributes
@@ -157,6 +159,15 @@ class ProviderRefused(ProviderError):
         self.status = status
         self.reason = reason
         super().__init__(f"provider refused ({status}): {reason}")
+
+
+class LinkUnavailable(ProviderError):
+    """The member's home provider answered 502/503 with the state of its link to the group's owner
+    (``link``: ``{"name", "contact", "down_since", "last_failure", ...}``, provider/linkstate.py)."""
+
+    def __init__(self, status: int, reason: str, link: dict) -> None:
+        self.status, self.reason, self.link = status, reason, link
+        super().__init__(f"provider answered {status}: {reason}")
 
 
 class SystemSetupError(GrouptunError):

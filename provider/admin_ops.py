@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-from provider import membership, remote
+from provider import linkremove, membership, remote
 from provider.errors import InvalidInput, NotFound
 from provider.members import foreign_link
 
@@ -22,17 +22,19 @@ from provider.members import foreign_link
 def group_create(provider, join_token: Callable[[str], str], name: str, cidr: str, members: list[str],
                  token_ttl: float, attributes: Mapping[str, str], member_ttl: float | None,
                  owner: Mapping[str, str], expires_in: float | None, owners: list[str], **options) -> dict:
-    """AddGroup: ``{"group": show_group + "metadata", "tokens": [{"member", "id", "token"}]}``."""
-    shown, issued = membership.create_group(
+    """AddGroup: ``{"group": <group show>, "tokens": [{"member", "id", "token"}]}``."""
+    issued = membership.create_group(
         provider, name, cidr, members, token_ttl, attributes, member_ttl, owner,
         None if expires_in is None else provider.clock() + expires_in, owners, **options)
-    shown["metadata"] = membership.group_metadata(provider, name)
-    return {"group": shown, "tokens": [{"member": t["member"], "id": t["id"], "token": join_token(t["secret"])}
+    return {"group": group_show(provider, name), "tokens": [{"member": t["member"], "id": t["id"], "token": join_token(t["secret"])}
                                        for t in issued]}
 
 
 def group_show(provider, name: str) -> dict:
-    return {**provider.show_group(name), "metadata": membership.group_metadata(provider, name)}
+    """The group, its metadata, and the members whose start waits for an epoch (a group of one member has none:
+    PROTOCOL.md 1 needs 2), so an admin sees why a lone member's daemon is not up yet."""
+    return {**provider.show_group(name), "metadata": membership.group_metadata(provider, name),
+            "waiting_starts": sorted(provider.pending_starts(name))}
 
 
 def group_set_meta(provider, name: str, owner: Mapping[str, str] | None, expires_in: float | None,
@@ -72,6 +74,9 @@ def member_show(provider, group: str, name: str) -> dict:
 
 
 def member_remove(provider, group: str, name: str) -> dict:
+    """A partner's group (``link accept``): removed here, and at the owner once it confirms (``pending``)."""
+    if remote.remote_group(provider, group) is not None:
+        return linkremove.remove_member(provider, group, name)
     opened = provider.remove_member(group, name)
     return {"removed": name, "group": group, "epoch": opened.epoch, "version": opened.version}
 

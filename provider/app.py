@@ -93,7 +93,7 @@ from grouptun.errors import ConfigError
 from provider.errors import ProviderFault
 from provider.hub import Hub, StartBatcher, tick
 from provider.limits import Guard, RateLimiter, nonces_for
-from provider import remote
+from provider import links, remote
 from provider.link_routes import link_router
 from provider.route_requests import route_requests_router
 from provider.routes import Context, Limits, archive_router, epochs_router, public_router, secrets_router
@@ -179,6 +179,7 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
 
         ctx.metrics = install_metrics(app)
         provider.on_epoch = ctx.metrics.epoch_created
+        ctx.metrics.watch_links(lambda: links.list_links(provider))  # issue 19: both sides' link state
 
     @app.exception_handler(ProviderFault)
     async def _fault(request: Request, exc: ProviderFault):
@@ -196,7 +197,7 @@ def create_app(provider: Provider, settings: Settings | None = None) -> tuple[Gu
     sealed = SealedData(provider.store, settings.sealed, provider.clock, provider.rand)
     provider.audit_pruner.also.append(sealed.prune)  # TTL expiry rides on the retention job
     for router in (public_router(ctx), archive_router(ctx), epochs_router(ctx), secrets_router(ctx),
-                   sealed_router(ctx, sealed, settings.sealed_part_rate), route_requests_router(ctx),
+                   sealed_router(ctx, sealed), route_requests_router(ctx),
                    link_router(ctx)):
         app.include_router(router)
     if settings.join_token is not None:

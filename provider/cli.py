@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import math
 import os
@@ -67,11 +68,10 @@ import sys
 import time
 from pathlib import Path
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError
 
 from grouptun.core.jointoken import check_url
-from grouptun.errors import GrouptunError
-from grouptun.ops.logsetup import fatal
+from grouptun.cli.exits import run_command
 from provider.errors import InvalidInput, StateDirError
 from provider.keys import (PUBLIC_URLS, StatePaths, Signer, checked_public_urls, make_tls, public_urls, read_config,
                            tls_fingerprint)
@@ -101,6 +101,7 @@ def _provider(args, application: str | None = None):
     from grouptun.secmem import SecretArena
     from provider import hwrng
     from provider.database import open_store
+    from provider.links import vouch_ttl_from_config
     from provider.retention import AuditRetention
     from provider.service import Provider
 
@@ -111,8 +112,10 @@ def _provider(args, application: str | None = None):
     urls = public_urls(config)
     store = open_store(_database(args, config), config, application)
     # Epoch secrets in locked, non-dumpable memory; the arena zeroes and unmaps itself at exit.
-    return Provider(store, lambda: Signer.load(paths, urls), rand=rand, audit_retention=retention,
-                    secrets=SecretArena())
+    provider = Provider(store, lambda: Signer.load(paths, urls), rand=rand, audit_retention=retention,
+                        secrets=SecretArena())
+    provider.vouch_ttl = vouch_ttl_from_config(config)
+    return provider
 
 
 def cmd_init(args) -> int:
@@ -190,12 +193,14 @@ def cmd_admin_key(args) -> int:
 def _write_config(paths: StatePaths, url: str, signer: Signer, setting, public: tuple[str, ...]) -> None:
     from provider.app import DOCS_KEY
     from provider.connlimits import HttpLimits
+    from provider.links import VOUCH_TTL_DAYS
     from provider.retention import AuditRetention
     from provider.sealed import SealedLimits
 
     config = {"url": url, "created_at": time.time(), "provider_keys": signer.public.to_json(),
               **AuditRetention().to_config(),  # written out so an admin sees what to edit (provider/retention.py)
-              **HttpLimits().to_config(), **SealedLimits().to_config(), DOCS_KEY: False, **setting.to_config()}
+              **HttpLimits().to_config(), **SealedLimits().to_config(), DOCS_KEY: False, **setting.to_config(),
+              VOUCH_TTL_DAYS[0]: VOUCH_TTL_DAYS[3]}
     if public:
         config[PUBLIC_URLS] = list(public)
     paths.config.write_text(json.dumps(config, indent=2) + "\n")
@@ -342,22 +347,18 @@ def rekey_text(done: dict) -> str:
     return f"group {done['group']}: epoch {done['epoch']}, archive version {done['version']}"
 
 
-def cmd_invite(args) -> int:
-    from provider import cli_membership
-
-    return cli_membership.invite(args, _provider(args))
-
-
-def cmd_member(args) -> int:
-    from provider import cli_membership
-
-    return cli_membership.member(args, _provider(args))
+def _handled_in(module: str, function: str):
+    """A subcommand run by ``provider.MODULE.FUNCTION(args, provider)``, imported only when that command runs."""
+    def handler(args) -> int:
+        return getattr(importlib.import_module(f"provider.{module}"), function)(args, _provider(args))
+    return handler
 
 
-def cmd_tokens(args) -> int:
-    from provider import cli_membership
-
-    return cli_membership.tokens(args, _provider(args))
+cmd_invite = _handled_in("cli_membership", "invite")
+cmd_member = _handled_in("cli_membership", "member")
+cmd_tokens = _handled_in("cli_membership", "tokens")
+cmd_policy = _handled_in("cli_policy", "run")
+cmd_export_rule = _handled_in("cli_exportrules", "run")
 
 
 def cmd_route(args) -> int:
@@ -380,18 +381,6 @@ def route_text(done) -> str:
         return "\n".join(f"{r['member']:<24} {r['prefix']:<24} {r['state']}" for r in done)
     verb = "approved" if done["action"] == "approve" else "removed"
     return f"{verb} {done['prefix']} behind {done['member']}; group {done['group']} now at epoch {done['epoch']}"
-
-
-def cmd_policy(args) -> int:
-    from provider import cli_policy
-
-    return cli_policy.run(args, _provider(args))
-
-
-def cmd_export_rule(args) -> int:
-    from provider import cli_exportrules
-
-    return cli_exportrules.run(args, _provider(args))
 
 
 def cmd_link(args) -> int:
@@ -611,23 +600,18 @@ def _remote(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_command(f"grouptun-provider {args.command}", lambda: _dispatch(args))
+
+
+def _dispatch(args) -> int | None:
     try:
         if args.remote_url is not None:
             return _remote(args)
         if args.admin_key or args.remote_fingerprint or args.remote_ca:
             raise InvalidInput("--admin-key, --fingerprint and --ca go with --url (the remote admin API)")
-        return int(args.func(args) or 0)
-    except GrouptunError as exc:
-        if os.environ.get("GROUPTUN_DEBUG") == "1":
-            raise
-        fatal(f"grouptun-provider {args.command}: {exc}")
-        return exc.exit_code
-    except OperationalError as exc:  # locked or unreadable database
-        fatal(f"grouptun-provider {args.command}: database error: {exc.orig}")
-        return StateDirError.exit_code
-    except KeyboardInterrupt:
-        return 130
-
+        return args.func(args)
+    except DatabaseError as exc:  # locked, unreadable or corrupt database: a state-dir fault like the others
+        raise StateDirError(f"database error: {exc.orig}") from exc
 
 if __name__ == "__main__":
     sys.exit(main())

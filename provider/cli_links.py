@@ -3,8 +3,10 @@
     grouptun-provider link self [--json]        this provider's URL and pins, and the `link add` line
                                                 the partner's admin runs
     grouptun-provider link add NAME --url URL --fingerprint SHA256 --keys-hash H [--groups g1,g2] [--json]
-    grouptun-provider link check NAME [--json]  fetch the partner's keys over the pinned TLS, compare them with
-                                                --keys-hash, keep them (the link is then "checked")
+    grouptun-provider link check NAME [--keys-hash H] [--json]
+                                                fetch the partner's keys over the pinned TLS, compare them with
+                                                --keys-hash, keep them (the link is then "checked"); with
+                                                --keys-hash: the partner rotated its keys, re-pin them
     grouptun-provider link vouch NAME           print the voucher this provider signs for the partner's keys
                                                 (what its members verify the partner's groups with)
     grouptun-provider link accept NAME GROUP [--as ALIAS] [--json]
@@ -15,7 +17,9 @@
 
 ``--json`` prints the link ``{"name", "url", "tls_fingerprint",
 "keys_hash", "groups" (null: any group), "created_at", "state" (unchecked | checked),
-"checked_at"}`` for add, check and remove (remove adds ``"excluded": {group: [member, ...]}``, the members
+"checked_at", "contact" (unchecked | up | unreachable: the last link request made or answered,
+provider/linkstate.py), "last_ok_at", "last_failure_at", "last_failure", "down_since",
+"pending_removals": [{"group", "member", "since", "attempts", "next_at", "last_error"}]}`` for add, check and remove (remove adds ``"excluded": {group: [member, ...]}``, the members
 that came through the link, now removed in a new epoch per group), a list
 of them for list, and ``{"url", "tls_fingerprint",
 "keys_hash"}`` for self. A refused link exits 64 (bad field), 75 (exists
@@ -28,12 +32,17 @@ from __future__ import annotations
 
 import json
 
-from provider import linked, links, remote
+from provider import linked, links, linkstate, remote
 
 
 def _line(link: dict) -> str:
     groups = "any group" if link["groups"] is None else ",".join(link["groups"])
-    return f"{link['name']:<16} {link['url']:<32} provider {link['keys_hash'][:16]}...  {link['state']:<9}  {groups}"
+    line = f"{link['name']:<16} {link['url']:<32} provider {link['keys_hash'][:16]}...  {link['state']:<9}  {groups}"
+    line += f"\n  contact: {linkstate.describe(link)}"
+    for r in link.get("pending_removals", ()):
+        line += (f"\n  removal pending: {r['member']} from {r['group']} ({r['attempts']} attempt(s)"
+                 + (f", last: {r['last_error']}" if r["last_error"] else "") + ")")
+    return line
 
 
 def own_identity(url: str, tls_fingerprint: str, provider_id: str) -> dict:
@@ -63,7 +72,7 @@ def run(args, provider, identity: dict) -> int:
         print(links.issue_vouch(provider, args.name).decode())
         return 0
     if args.action == "check":
-        link = links.check_link(provider, args.name)
+        link = links.check_link(provider, args.name, keys_hash=args.keys_hash)
         text = f"link {link['name']}: {link['url']} holds the pinned certificate and keys (checked)"
     elif args.action == "add":
         groups = None if args.groups is None else [g.strip() for g in args.groups.split(",")]
@@ -97,6 +106,8 @@ def add_parser(sub) -> None:
     lsub.add_parser("list")
     for action in ("check", "remove"):
         lsub.add_parser(action).add_argument("name")
+    lsub.action.choices["check"].add_argument(
+        "--keys-hash", default=None, help="re-pin: the partner rotated its signing keys to these (its link self)")
     for parser in lsub.action.choices.values():
         parser.add_argument("--json", action="store_true")
     lsub.add_parser("vouch", help="print the signed voucher for a checked link").add_argument("name")

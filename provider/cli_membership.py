@@ -169,6 +169,9 @@ def member_text(args, result) -> str:
         return f"{args.member}: member until {_when(result['expires_at'])}"
     if args.action == "set-attr":
         return f"{args.member}: {attrs.render(result['attributes']) or '(no attributes)'}"
+    if result.get("pending"):  # a partner's group whose owner could not be told yet (provider/linkremove.py)
+        return (f"removed {args.member} here; the owner (link {result['link']}) has not confirmed yet: "
+                "retried until it does (link list shows it pending)")
     return f"removed {args.member}; group {args.group} now at epoch {result['epoch']}"
 
 

@@ -24,7 +24,9 @@
         ├── Gone                    a request signed by a removed or expired
         │                           member's own key (membership.py)             (HTTP 410)
         ├── LinkError               a linked provider unreachable, answering
-        │                           badly, or not the one its link pins          (exit 69, HTTP 502)
+        │   │                       badly, or not the one its link pins          (exit 69, HTTP 502)
+        │   └── LinkUnreachable     the link's provider could not be reached; carries the link's
+        │                           state (provider/linkstate.py)                (exit 69, HTTP 503)
         ├── PayloadTooLarge         request body over the limit                  (HTTP 413)
         ├── UnsupportedMediaType    a request body that is not application/json  (HTTP 415)
         └── RateLimited             per member / per address budget spent        (exit 75, HTTP 429)
@@ -104,6 +106,17 @@ class LinkError(ProviderFault):
 
     exit_code = 69  # EX_UNAVAILABLE
     http_status = 502
+
+
+class LinkUnreachable(LinkError):
+    """A link request that did not reach the linked provider; ``link`` is the link's state after it
+    (``provider.linkstate.shown`` plus ``name``), which the home provider's 503 to its member carries."""
+
+    http_status = 503
+
+    def __init__(self, reason: str, link: dict) -> None:
+        self.link = link
+        super().__init__(reason)
 
 
 class PayloadTooLarge(ProviderFault):

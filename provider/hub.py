@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
-from provider import membership
+from provider import linkremove, membership
 from provider.encoding import GzipCache
 from provider.errors import ProviderFault
 from provider.service import Opened, Provider
@@ -303,6 +303,11 @@ async def _run_timers(provider: Provider, hub: Hub) -> None:
             hub.kick()
     except Exception:  # noqa: BLE001 -- as above; the next tick tries again
         log.exception("member expiry failed")
+    try:  # removals of our members from partners' groups the owner has not confirmed (provider/linkremove.py)
+        if await run_in_threadpool(linkremove.retry_due, provider):
+            hub.kick()
+    except Exception:  # noqa: BLE001 -- as above; the row stays and the next tick tries again
+        log.exception("link removal retry failed")
     try:
         await run_in_threadpool(provider.audit_pruner.maybe_prune)  # bounded: provider/retention.py
     except Exception:  # noqa: BLE001 -- as above; the next due run tries again

@@ -2,6 +2,10 @@
 
     POST /v1/links/groups/{group}/members  {"ed25519_public", "kem_public", "endpoints"}
          -> 200 {"group", "member_name": "NAME@LINK", "index", "addresses", "archive"}  (provider/linked.py)
+    POST /v1/links/groups/{group}/members/remove  {}
+         -> 200 {"group", "removed": "NAME@LINK", "epoch", "version"}: the member of gt-member, which came
+            through the calling link, removed in a new epoch (provider/linkremove.py); 404 no such member,
+            403 one that came through another link
     POST /v1/links/groups/{group}/epochs/{epoch}/salt  {}
          -> 200 the sealed salt (1168 bytes) of the member NAME@LINK, only with gt-credential: checked
             (403 otherwise): the home provider checked the member's credential, this provider has none
@@ -25,11 +29,12 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from provider import linked
+from provider import linked, linkremove
 from provider.errors import Forbidden, RateLimited
 from provider.ijson import IJsonRoute
 from provider.routes import SEALED_RESPONSES, Context, Member
-from provider.schemas import GROUP_PATH, SEALED_MEDIA, ForwardedAnswer, ForwardedMember, b64
+from provider.schemas import (GROUP_PATH, SEALED_MEDIA, ForwardedAnswer, ForwardedMember, ForwardedRemoval,
+                              RemovalAnswer, b64)
 from provider.store import capsules
 
 
@@ -51,10 +56,21 @@ def link_router(ctx: Context) -> APIRouter:
         ctx.hub.kick()
         return answer
 
+    @router.post("/v1/links/groups/{group}/members/remove", response_model=RemovalAnswer)
+    async def forwarded_removal(body: ForwardedRemoval, group: str = GROUP_PATH,
+                                who: linked.Linked = Depends(caller)):
+        answer = await run_in_threadpool(
+            ctx.provider._audited, f"link:{who.link.name}", "link-member-remove", group,
+            lambda: linkremove.remove_forwarded(ctx.provider, who, group))
+        ctx.hub.kick()
+        return answer
+
     @router.post("/v1/links/groups/{group}/epochs/{epoch}/salt", response_class=Response, responses=SEALED_RESPONSES)
     async def forwarded_salt(epoch: int = PathParam(ge=0, le=2**32 - 1), who: Member = Depends(member)):
-        if who.via.credential != "checked":
-            raise Forbidden("the home provider did not vouch for the credential check (gt-credential: checked)")
+        if who.via.credential != "checked":  # refused and audited, as a wrong credential is on the member route
+            reason = "the home provider did not vouch for the credential check (gt-credential: checked)"
+            await ctx.refuse_audit(f"link:{who.via.link.name}", "salt", who.group, reason)
+            raise Forbidden(reason)
         if not await ctx.limits.salt.allow(f"{who.group}/{who.name}"):
             raise RateLimited("rate limit exceeded (salt)")
         raw = await run_in_threadpool(ctx.provider.capsule, who.group, who.name, epoch, capsules.c.sealed_salt)

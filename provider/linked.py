@@ -25,15 +25,15 @@ At bob's home provider H:
   ``home`` = H. Audited ``link-forward``.
 
 - :func:`relay` forwards one of bob's later requests (start, archive,
-  watch, report, capsule; a salt to the link's salt route with
+  watch, report, capsule, sealed data; a salt to the link's salt route with
   ``gt-credential: checked`` and an empty body) re-signed with H's key, and
   returns O's answer unchanged (capsules and salts are sealed to bob's key).
   Audited ``link-relay``. O takes these through ``Context.forwarded_member``
   (``provider/routes.py``), audited ``link-request``.
 
-Not yet (issue 19 items 3-4): H's own side of bob (a join token at H for a
-group O holds, H's record of bob, and H's routes that check bob's signature
-and call :func:`forward_member` and :func:`relay`).
+H's own side of bob (its join token, its record of him, the routes that
+check his signature and call :func:`forward_member` and :func:`relay`) is
+``provider/remote.py``; removing him at H, ``provider/linkremove.py``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ from grouptun.errors import EpochRejected
 from provider import members as mem
 from provider import membership
 from provider import links as link_records
-from provider.errors import Forbidden, InvalidInput, LinkError, NotFound
+from provider import linkstate
+from provider.errors import Forbidden, InvalidInput, LinkError, LinkUnreachable, NotFound
 from provider.links import link_row, serves_group
 from provider.service import add_member_row
 from provider.store import add_audit, groups, links, members, remote_groups, tokens
@@ -61,7 +62,10 @@ CREDENTIAL_VALUES = ("checked", "none")
 LINK_COVERED = (MEMBER_HEADER, CREDENTIAL_HEADER)
 _SALT = re.compile(r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})/epochs/([0-9]{1,10})/salt")
 _FORWARDED = re.compile(r"/v1/groups/[a-z0-9][a-z0-9_-]{0,31}/(archive|watch|start|report|epochs/[0-9]{1,10}/capsule"
+                        r"|sealed(/[0-9a-f]{32}(/commit|/parts/[0-9]{1,7})?)?"
                         r"|members/[^/?]{1,200}/kem)")  # kem: a member's key, checked against the compact archive
+_PART = re.compile(r".*/sealed/[0-9a-f]{32}/parts/[0-9]{1,7}")  # a sealed-data part: octet-stream, not JSON
+JSON, OCTETS = "application/json", "application/octet-stream"
 Send = Callable[[str, str, dict, bytes], tuple[int, bytes]]  # (method, url, headers, body) -> (status, body)
 
 
@@ -111,6 +115,7 @@ def enroll_forwarded(provider, who: Linked, group: str, ed_public: bytes, kem_pu
                                    credential_hash=mem.LINK_MARKER, endpoints=json.dumps(checked),
                                    attributes=attributes, expires_at=expires_at, home=who.link.keys_hash)
         add_audit(conn, now, f"link:{who.link.name}", "link-enroll", g.name, member=name, addresses=addresses)
+        linkstate.record(conn, who.link.name, now)
         return addresses
 
     addresses, opened = provider._change_and_open(group, "enroll", mutate)
@@ -126,15 +131,31 @@ def is_forwarded_member(provider, group: str, name: str, link) -> bool:
     return home is not None and home == link.keys_hash
 
 
-def _signed(provider, method: str, url: str, member: str, body: bytes, credential: str) -> dict:
+def _signed(provider, method: str, url: str, member: str, body: bytes, credential: str, media: str = JSON) -> dict:
     """The headers of a request this provider signs for its ``member`` (RFC 9421, keyid: its provider id)."""
     if credential not in CREDENTIAL_VALUES:
         raise ValueError(f"credential must be one of {CREDENTIAL_VALUES}")
     headers = {MEMBER_HEADER: mem.check_member_name(member), CREDENTIAL_HEADER: credential}
     if body:
-        headers["content-type"] = "application/json"
+        headers["content-type"] = media
     provider.signer.sign_request(method, url, headers, body, LINK_COVERED)
     return headers
+
+
+def exchange(provider, row, send: Send, method: str, url: str, member: str, body: bytes,
+             credential: str = "none", media: str = JSON) -> tuple[int, bytes]:
+    """One signed link request to link ``row``'s provider for ``member``: its (status, body). Not reaching it is
+    recorded on the link (provider/linkstate.py) and raised as LinkUnreachable carrying the link's state; any
+    answer counts as reached (the caller records that in the transaction that audits it)."""
+    headers = _signed(provider, method, url, member, body, credential, media)
+    try:
+        return send(method, url, headers, body)
+    except LinkUnreachable:
+        raise
+    except LinkError as exc:
+        contact = linkstate.failed(provider, row.name, exc.reason)
+        raise LinkUnreachable(f"link {row.name!r} to the owner's provider is {linkstate.describe(contact)}",
+                              contact) from exc
 
 
 def relay(provider, link_name: str, method: str, path: str, member: str, body: bytes, send: Send,
@@ -143,8 +164,9 @@ def relay(provider, link_name: str, method: str, path: str, member: str, body: b
     "checked" its credential) to the owner over link ``link_name``, re-signed with this provider's key; the
     owner's (status, body), relayed as they are (capsules and salts are sealed to the member's key).
 
-    ``path`` is the member API's (start, archive, watch, report, capsule, salt, a member's kem key); a salt goes to the link's salt
-    route with an empty body: the member's authenticator stays here."""
+    ``path`` is the member API's (start, archive, watch, report, capsule, salt, sealed data, a member's KEM
+    key); a salt goes to the link's salt route with an empty body: the member's authenticator stays here. Sealed
+    data is relayed as it is (blobs are sealed to their recipients' keys: apps/sealed.py)."""
     with provider.store.read() as conn:
         row = link_row(conn, link_name)
     if row.provider_keys is None:
@@ -156,10 +178,13 @@ def relay(provider, link_name: str, method: str, path: str, member: str, body: b
     elif _FORWARDED.fullmatch(route) is None or len(query) > 64:
         raise InvalidInput(f"{route!r} is not a request a provider forwards")
     url = row.url + path
-    status, answer = send(method, url, _signed(provider, method, url, member, body, credential), body)
+    media = OCTETS if _PART.fullmatch(route) else JSON
+    status, answer = exchange(provider, row, send, method, url, member, body, credential, media)
+    now = provider.clock()
     with provider.store.write() as conn:
-        add_audit(conn, provider.clock(), f"link:{link_name}", "link-relay", route.split("/")[3], member=member,
+        add_audit(conn, now, f"link:{link_name}", "link-relay", route.split("/")[3], member=member,
                   request=route.split("/", 4)[4], status=status)
+        linkstate.record(conn, link_name, now)
     return status, answer
 
 
@@ -179,7 +204,9 @@ def forward_member(provider, link_name: str, group: str, member: str, ed_public:
     body = json.dumps({"ed25519_public": b64e(ed_public), "kem_public": b64e(kem_public),
                        "endpoints": list(endpoints)}).encode()
     url = f"{row.url}/v1/links/groups/{mem.check_group_name(group)}/members"
-    status, answer = send("POST", url, _signed(provider, "POST", url, member, body, "none"), body)
+    status, answer = exchange(provider, row, send, "POST", url, member, body)
+    with provider.store.write() as conn:
+        linkstate.record(conn, link_name, provider.clock())
     if status != 200:
         raise _refuse(provider, link_name, group, f"{row.url} refused the forwarded member ({status}): "
                       f"{answer[:200].decode('utf-8', 'replace')}")

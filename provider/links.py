@@ -25,7 +25,9 @@ neither takes anything the other says about itself on trust.
   changes nothing stored.
 - :func:`issue_vouch` signs, with this provider's own keys, the voucher its
   members verify a group of the partner with (``grouptun.core.vouch``,
-  PROTOCOL.md 8); only for a checked link.
+  PROTOCOL.md 8); only for a checked link. It expires ``vouch_ttl_days``
+  (provider.json, default 30) after it was signed; members fetch a fresh
+  one (``GET /v1/groups/ALIAS/vouch``, ``provider/remote.py``) before.
 
 Each change is one audited transaction (``link-add``, ``link-remove``); a
 refusal changes nothing. Nothing stored here is secret: the pins are
@@ -45,14 +47,17 @@ from grouptun.core.archive import ProviderKeys
 from grouptun.core.jointoken import url_problem
 from grouptun.core.vouch import Vouch
 from grouptun.errors import EpochRejected, ProviderError
+from provider import linkstate
 from provider import members as mem
 from provider.errors import Conflict, InvalidInput, LinkError, NotFound
-from provider.store import add_audit, links
+from provider.retention import bounded_setting
+from provider.store import add_audit, link_removals, links
 
 Fetch = Callable[[str, str], object]  # (url, pinned TLS fingerprint) -> the partner's /v1/provider JSON
 
 LINK_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 MAX_LINK_GROUPS = 64
+VOUCH_TTL_DAYS = ("vouch_ttl_days", 1, 365, 30)  # provider.json: how long a voucher this provider signs is valid
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -82,7 +87,8 @@ def _groups(names: list[str] | None) -> list[str] | None:
 def _shown(row) -> dict:
     return {"name": row.name, "url": row.url, "tls_fingerprint": row.tls_fingerprint, "keys_hash": row.keys_hash,
             "groups": None if row.groups is None else json.loads(row.groups), "created_at": row.created_at,
-            "state": "unchecked" if row.provider_keys is None else "checked", "checked_at": row.checked_at}
+            "state": "unchecked" if row.provider_keys is None else "checked", "checked_at": row.checked_at,
+            **linkstate.shown(row)}
 
 
 def add_link(provider, name: str, url: str, fingerprint: str, keys_hash: str, groups: list[str] | None = None) -> dict:
@@ -111,17 +117,30 @@ def add_link(provider, name: str, url: str, fingerprint: str, keys_hash: str, gr
 
 
 def remove_link(provider, name: str) -> dict:
+    """Drop the link; removals still queued over it (provider/linkremove.py) can no longer be delivered."""
     now = provider.clock()
     with provider.store.write() as conn:
         row = link_row(conn, name)
+        shown = {**_shown(row), "pending_removals": pending_removals(conn, name)}
         conn.execute(delete(links).where(links.c.id == row.id))
-        add_audit(conn, now, "admin", "link-remove", None, link=name, provider=row.keys_hash)
-    return _shown(row)
+        conn.execute(delete(link_removals).where(link_removals.c.link == name))
+        add_audit(conn, now, "admin", "link-remove", None, link=name, provider=row.keys_hash,
+                  dropped_removals=[r["member"] for r in shown["pending_removals"]])
+    return shown
 
 
 def list_links(provider) -> list[dict]:
+    """``link list``: each link, its contact state and the removals the partner has not confirmed yet."""
     with provider.store.read() as conn:
-        return [_shown(row) for row in conn.execute(select(links).order_by(links.c.name))]
+        return [{**_shown(row), "pending_removals": pending_removals(conn, row.name)}
+                for row in conn.execute(select(links).order_by(links.c.name))]
+
+
+def pending_removals(conn, link: str) -> list[dict]:
+    """Members removed here from a group the partner owns, not confirmed by it yet (provider/linkremove.py)."""
+    rows = conn.execute(select(link_removals).where(link_removals.c.link == link).order_by(link_removals.c.id))
+    return [{"group": r.alias, "member": r.name, "since": r.created_at, "attempts": r.attempts,
+             "next_at": r.next_at, "last_error": r.last_error} for r in rows]
 
 
 
@@ -143,43 +162,67 @@ def fetch_identity(url: str, tls_fingerprint: str) -> object:
         raise LinkError(f"{url}: {exc}") from exc
 
 
-def _partner_keys(answer: object, row) -> ProviderKeys:
+def _partner_keys(answer: object, row, pin: str) -> ProviderKeys:
     try:
         keys = ProviderKeys.from_json(answer.get("provider_keys") if isinstance(answer, dict) else None)
     except EpochRejected as exc:
         raise LinkError(f"link {row.name!r}: {row.url} answered no provider keys ({exc.detail})") from exc
-    if keys.fingerprint() != row.keys_hash:
+    if keys.fingerprint() != pin:
         raise LinkError(f"link {row.name!r}: {row.url} holds other signing keys than --keys-hash pins "
-                        f"({keys.fingerprint()[:16]}... is not {row.keys_hash[:16]}...)")
+                        f"({keys.fingerprint()[:16]}... is not {pin[:16]}...)")
     return keys
 
 
-def check_link(provider, name: str, fetch: Fetch = fetch_identity) -> dict:
-    """Fetch the partner's keys over the pinned TLS, accept them only under the pinned hash, store them."""
+def check_link(provider, name: str, fetch: Fetch = fetch_identity, keys_hash: str | None = None) -> dict:
+    """Fetch the partner's keys over the pinned TLS, accept them only under the pinned hash, store them.
+
+    ``keys_hash`` (``link check NAME --keys-hash H``) re-pins a partner that rotated its signing keys: the
+    fetched keys must then match ``H`` (which its admin hands over as at ``link add``), and replace the old
+    pin; members renew their vouchers for the new keys (grouptun/control/vouchrenew.py)."""
     with provider.store.read() as conn:
         row = link_row(conn, name)
+    old, pin = row.keys_hash, row.keys_hash if keys_hash is None else _pin(keys_hash, "--keys-hash")
+    if pin == provider.provider_id:
+        raise InvalidInput("--keys-hash is this provider's own id: a provider does not link to itself")
     try:
-        keys = _partner_keys(fetch(row.url, row.tls_fingerprint), row)
+        answer = fetch(row.url, row.tls_fingerprint)
+    except LinkError as exc:  # not reached (or not holding the pinned certificate): the link's state says so
+        provider.refused("admin", "link-check", None, exc.reason)
+        linkstate.failed(provider, name, exc.reason)
+        raise
+    try:
+        keys = _partner_keys(answer, row, pin)
     except LinkError as exc:
         provider.refused("admin", "link-check", None, exc.reason)
         raise
     now = provider.clock()
     with provider.store.write() as conn:
+        if pin != old and conn.execute(select(links.c.name).where(links.c.keys_hash == pin)).first() is not None:
+            raise Conflict("another link pins that provider already")
         conn.execute(update(links).where(links.c.id == row.id).values(
-            provider_keys=json.dumps(keys.to_json(), sort_keys=True), checked_at=now))
-        add_audit(conn, now, "admin", "link-check", None, link=name, provider=row.keys_hash)
+            provider_keys=json.dumps(keys.to_json(), sort_keys=True), checked_at=now, keys_hash=pin))
+        linkstate.record(conn, name, now)
+        add_audit(conn, now, "admin", "link-check", None, link=name, provider=pin,
+                  **({"repinned_from": old} if pin != old else {}))
         return _shown(link_row(conn, name))
 
 
+def vouch_ttl_from_config(config: dict) -> float:
+    """``provider.json``'s ``vouch_ttl_days`` (default 30) in seconds; ConfigError names the key."""
+    return float(bounded_setting(config, VOUCH_TTL_DAYS, (int, float), "a number of days")) * 86400.0
+
+
 def issue_vouch(provider, name: str) -> bytes:
-    """The signed voucher for checked link ``name``'s keys (grouptun.core.vouch), by this provider's keys."""
+    """The signed voucher for checked link ``name``'s keys (grouptun.core.vouch), by this provider's keys,
+    valid for ``provider.vouch_ttl`` seconds (members renew it before: grouptun/control/vouchrenew.py)."""
     with provider.store.read() as conn:
         row = link_row(conn, name)
     if row.provider_keys is None:
         raise Conflict(f"link {name!r} is not checked yet: run `grouptun-provider link check {name}`")
     keys = ProviderKeys.from_json(json.loads(row.provider_keys))
     groups = None if row.groups is None else tuple(json.loads(row.groups))
-    vouch = Vouch(provider.provider_id, keys, row.url, row.tls_fingerprint, provider.clock(), groups)
+    now = provider.clock()
+    vouch = Vouch(provider.provider_id, keys, row.url, row.tls_fingerprint, now, groups, now + provider.vouch_ttl)
     return provider.signer.sign_vouch(vouch)
 
 

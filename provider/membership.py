@@ -188,10 +188,10 @@ def revoke_token(provider, group: str, ident: str) -> dict:
 def create_group(provider, name: str, cidr: str, names: Iterable[str], token_ttl: float,
                  attributes: Mapping[str, str] | None = None, member_ttl: float | None = None,
                  owner: Mapping[str, str] | None = None, expires_at: float | None = None,
-                 owners: Iterable[str] = (), **group_options) -> tuple[dict, list[dict]]:
+                 owners: Iterable[str] = (), **group_options) -> list[dict]:
     """AddGroup (seed 000, claim 1): the group and a one-time token per member, atomically.
 
-    Returns (the group as ``show_group`` has it, [{"member", "secret", "id"}] in the order given).
+    Returns the tokens, [{"member", "secret", "id"}] in the order given.
     """
     names = list(names)
     for n in names:
@@ -214,8 +214,8 @@ def create_group(provider, name: str, cidr: str, names: Iterable[str], token_ttl
             secret, ident = _insert_token(conn, provider, g, n, token_ttl, None, attributes, member_ttl)
             issued.append({"member": n, "secret": secret, "id": ident})
 
-    shown = provider.create_group(name, cidr, then=with_tokens, **group_options)
-    return shown, issued
+    provider.create_group(name, cidr, then=with_tokens, **group_options)
+    return issued
 
 
 def check_owners(names: Iterable[str]) -> str | None:

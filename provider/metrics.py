@@ -15,6 +15,10 @@ What it measures:
                                                fan-out costs in traffic
     grouptun_provider_epochs_created_total{group}
     grouptun_provider_watchers{group}          long-polls waiting right now
+    grouptun_provider_link_state{link,state}  1 for each link's contact state (up | unreachable | unchecked:
+                                               provider/linkstate.py), read from the database at each scrape
+    grouptun_provider_link_pending_removals{link}
+                                               removals of our members the linked owner has not confirmed
     grouptun_provider_connections_refused_total{reason}
                                                refused by the connection limits (provider/connlimits.py:
                                                header-too-large, too-many-headers, bad-request,
@@ -39,17 +43,20 @@ observation per request.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
 # Watch long-polls last up to ~25 s; keep buckets past that.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 UNMATCHED = "<unmatched>"
+log = logging.getLogger("grouptun.provider")
 CONFIG_KEY = "metrics.listen"
 
 
@@ -72,6 +79,10 @@ class ProviderMetrics:
         self.refused = Counter("grouptun_provider_connections_refused", "Connections refused by the HTTP limits",
                                ["reason"], registry=r)
 
+    def watch_links(self, read: Callable[[], list[dict]]) -> None:
+        """Report ``read()`` (``links.list_links``) at each scrape as the link gauges (a database read)."""
+        self.registry.register(_LinkCollector(read))
+
     def connection_refused(self, reason: str) -> None:
         self.refused.labels(reason).inc()
 
@@ -89,6 +100,35 @@ class ProviderMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LinkCollector:
+    """The links' state and pending removals, as they are in the database when scraped."""
+
+    STATES = ("up", "unreachable", "unchecked")
+
+    def __init__(self, read: Callable[[], list[dict]]) -> None:
+        self.read = read
+
+    def describe(self):
+        return []  # the families depend on the links: not known at registration
+
+    def collect(self):
+        state = GaugeMetricFamily("grouptun_provider_link_state", "Link contact state (1: the current one)",
+                                  labels=["link", "state"])
+        pending = GaugeMetricFamily("grouptun_provider_link_pending_removals",
+                                    "Member removals the linked owner has not confirmed", labels=["link"])
+        try:
+            shown = self.read()
+        except Exception:  # noqa: BLE001 -- a scrape must not fail with the database; the log says why
+            log.exception("link metrics: reading the links failed")
+            shown = []
+        for link in shown:
+            for name in self.STATES:
+                state.add_metric([link["name"], name], 1.0 if link["contact"] == name else 0.0)
+            pending.add_metric([link["name"]], float(len(link.get("pending_removals", ()))))
+        yield state
+        yield pending
 
 
 def _route_template(scope: dict) -> str:

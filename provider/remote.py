@@ -2,7 +2,7 @@
 
 At the home provider H, for a group ``lan`` the owner O holds::
 
-    grouptun-provider link group add owner lan [--as ALIAS]   accept O's group here, under ALIAS (default its
+    grouptun-provider link accept owner lan [--as ALIAS]      accept O's group here, under ALIAS (default its
                                                               name; never a local group's name)
     grouptun-provider invite ALIAS bob                        a join token of H, handed to bob as usual
 
@@ -21,7 +21,16 @@ At the home provider H, for a group ``lan`` the owner O holds::
   signature (keyid = his name at O) is checked against his keys here, a
   salt request's authenticator against his hash here, and the request is
   relayed to O (``linked.relay``), the answer back unchanged. Refusals are
-  the member API's (401 audited, 403 wrong credential, 429).
+  the member API's (401 audited, 403 wrong credential, 429); O not reached
+  is 503 ``{"detail", "link": {"name", "contact": "unreachable",
+  "down_since", "last_failure", ...}}`` (``provider/linkstate.py``).
+- ``GET /v1/groups/ALIAS/vouch`` (signed by bob) is answered here, not
+  relayed: a fresh voucher (``links.issue_vouch``), which bob's daemon
+  fetches before his expires or when an archive fails the voucher check
+  (O's keys rotated and ``link check`` stored the new ones).
+- ``member remove ALIAS bob`` (``provider/linkremove.py``) drops his
+  record here at once (nothing more is relayed for him) and tells O, or
+  queues it until O confirms.
 
 Limits: an invitation whose forward O refused stays unused; a failure after
 O enrolled bob but before H recorded him leaves him enrolled at O only (O's
@@ -45,13 +54,16 @@ from grouptun.control.reqsign import SignatureRefused, verify_headers
 from grouptun.errors import ProviderError
 from provider import linked, links
 from provider import members as mem
-from provider.errors import Conflict, Forbidden, InvalidInput, LinkError, ProviderFault, RateLimited, Unauthorized
+from provider.errors import (Conflict, Forbidden, InvalidInput, LinkError, LinkUnreachable, ProviderFault, RateLimited,
+                             Unauthorized)
 from provider.routes import signed_url
 from provider.schemas import b64
 from provider.store import add_audit, groups, remote_groups, remote_invites, remote_members
 
 GROUP_REQUEST = re.compile(r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})(/.*)")
 SALT = re.compile(r"/epochs/[0-9]{1,10}/salt")
+VOUCH = "/vouch"
+PART = re.compile(r"/sealed/[0-9a-f]{32}/parts/[0-9]{1,7}")  # sealed-data parts: their own rate (sealed_routes.py)
 RELAY_TIMEOUT = 75.0  # a watch waits up to 60 s at the owner
 
 
@@ -150,7 +162,7 @@ def _member(provider, g, key_id: str):
                                                          remote_members.c.owner_name == key_id)).first()
 
 
-async def _authenticate(ctx, request: Request, g, body: bytes):
+async def _authenticate(ctx, request: Request, g, body: bytes, rest: str):
     found: list = []
 
     def resolve(key_id: str):
@@ -169,7 +181,8 @@ async def _authenticate(ctx, request: Request, g, body: bytes):
     if not await ctx.nonces.fresh(f"{g.name}/{verified.key_id}", verified.nonce, time.time()):
         await ctx.refuse_audit(f"member:{verified.key_id}", request.url.path[:80], g.name, "replayed signature")
         raise Unauthorized("replayed signature")
-    if not ctx.limits.member.allow(f"{g.name}/{verified.key_id}"):
+    budget = ctx.limits.parts if PART.fullmatch(rest) else ctx.limits.member
+    if not budget.allow(f"{g.name}/{verified.key_id}"):
         raise RateLimited("rate limit exceeded (member)")
     return found[0]
 
@@ -184,11 +197,25 @@ def _credential(provider, row, body: bytes) -> None:
         mem.check_credential(presented, row.credential_hash)
 
 
+def fresh_vouch(provider, g, row) -> bytes:
+    """A member's ``GET /v1/groups/ALIAS/vouch``: the voucher for the owner's keys as ``link check`` last stored
+    them, valid for ``provider.vouch_ttl`` from now (audited ``vouch-issue``)."""
+    signed = links.issue_vouch(provider, g.link)
+    with provider.store.write() as conn:
+        add_audit(conn, provider.clock(), f"member:{row.name}", "vouch-issue", g.name, link=g.link)
+    return signed
+
+
 async def handle(ctx, request: Request, g, rest: str) -> Response:
     """Serve a member's request to remote group ``g`` by relaying it to the owner (see the module docstring)."""
     body = await request.body()
     try:
-        row = await _authenticate(ctx, request, g, body)
+        row = await _authenticate(ctx, request, g, body, rest)
+        if rest == VOUCH:  # ours to answer, not the owner's: a fresh voucher for the owner's keys
+            if request.method != "GET":
+                raise InvalidInput("the voucher is fetched with GET")
+            signed = await run_in_threadpool(fresh_vouch, ctx.provider, g, row)
+            return Response(signed, media_type="application/json")
         credential = "none"
         if SALT.fullmatch(rest):
             await run_in_threadpool(_credential, ctx.provider, row, body)
@@ -199,12 +226,14 @@ async def handle(ctx, request: Request, g, rest: str) -> Response:
             link = links.link_row(conn, g.link)
         status, content = await run_in_threadpool(linked.relay, ctx.provider, g.link, request.method, path,
                                                   row.name, body, ctx.provider.link_send(link), credential)
+    except LinkUnreachable as exc:  # the member keeps its epoch; its status shows the link's state (PROTOCOL.md 8)
+        return JSONResponse({"detail": exc.reason, "link": exc.link}, status_code=exc.http_status)
     except ProviderFault as exc:
         return JSONResponse({"detail": exc.reason}, status_code=exc.http_status)
     except ProviderError as exc:
         return JSONResponse({"detail": str(exc)}, status_code=502)
-    media = "application/octet-stream" if rest.endswith(("/capsule", "/salt")) and status == 200 \
-        else "application/json"
+    octets = rest.endswith(("/capsule", "/salt")) or (request.method == "GET" and PART.fullmatch(rest) is not None)
+    media = "application/octet-stream" if octets and status == 200 else "application/json"
     return Response(content, status_code=status, media_type=None if status == 204 else media)
 
 

@@ -72,6 +72,7 @@ class Limits:
     start: LocalBuckets | SharedBuckets
     report: LocalBuckets | SharedBuckets
     audit: RateLimiter
+    parts: RateLimiter  # sealed-data part requests per member (a blob is many); the home's relay charges it too
 
     @classmethod
     def from_settings(cls, s, store) -> "Limits":
@@ -82,7 +83,8 @@ class Limits:
                    shared("wrong-credential", s.wrong_credential_rate, s.wrong_credential_burst),
                    shared("rekey", s.rekey_rate, s.rekey_burst), shared("start", s.start_rate, s.start_burst),
                    shared("report", s.report_rate, s.report_burst),
-                   RateLimiter(s.refusal_audit_rate, s.refusal_audit_rate * 2))
+                   RateLimiter(s.refusal_audit_rate, s.refusal_audit_rate * 2),
+                   RateLimiter(s.sealed_part_rate, s.sealed_part_rate * 2))
 
 
 @dataclass

@@ -99,6 +99,17 @@ class ForwardedMember(_Strict):
     endpoints: list[str] = Field(default_factory=list, max_length=8)
 
 
+class ForwardedRemoval(_Strict):
+    """A home provider removing its member (named in ``gt-member``) from the owner's group: no fields."""
+
+
+class RemovalAnswer(BaseModel):
+    group: str
+    removed: str
+    epoch: int | None
+    version: int
+
+
 class ForwardedAnswer(BaseModel):
     group: str
     member_name: str

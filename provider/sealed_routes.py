@@ -29,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from provider.ijson import IJsonRoute
-from provider.limits import RateLimiter
 from provider.routes import Context, Member
 from provider.schemas import SEALED_MEDIA
 from provider.sealed import PART_SIZE, SealedData, parse_data_id
@@ -56,9 +55,10 @@ def part_body_limit(scope: dict) -> int | None:
     return PART_BODY if scope.get("method") == "PUT" and PART_PATH.match(scope.get("path", "")) else None
 
 
-def sealed_router(ctx: Context, data: SealedData, part_rate: float = 100.0) -> APIRouter:
+def sealed_router(ctx: Context, data: SealedData) -> APIRouter:
+    """Part requests are charged to their own budget, ``ctx.limits.parts`` (the home provider's relay too)."""
     router, member = APIRouter(route_class=IJsonRoute), ctx.member_dependency()
-    part_member = ctx.member_dependency(RateLimiter(part_rate, part_rate * 2))
+    part_member = ctx.member_dependency(ctx.limits.parts)
     base = "/v1/groups/{group}/sealed"
 
     @router.post(base, status_code=201)

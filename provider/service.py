@@ -51,7 +51,7 @@ from sqlalchemy import delete, insert, select, update
 from grouptun.core.keys import HEAP, SecretMemory
 from grouptun.core.archive import instance_of
 from provider import members as mem
-from provider import membership, routes_approved
+from provider import linkstate, membership, routes_approved
 from provider.archives import addresses, build_archive, next_version, parse_own, resign
 from provider.epochs import (MAX_WAIT, Recipient, Thresholds, build_epoch, next_epoch_number)
 from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound, ProviderFault
@@ -116,6 +116,7 @@ class Provider:
         self._argon_slots = threading.BoundedSemaphore(2)
         self.audit_pruner = AuditPruner(store, audit_retention or AuditRetention(), clock)  # the ticker runs it
         self.link_send = _https_link_send  # link row -> transport to that provider (tests: an in-memory one)
+        self.vouch_ttl = 30 * 86400.0  # seconds a voucher is valid (provider.json vouch_ttl_days, provider/links.py)
 
     @property
     def signer(self) -> Signer:
@@ -136,8 +137,10 @@ class Provider:
 
     def audit_link_request(self, link: str, group: str, member: str, path: str) -> None:
         """A member request a linked provider forwarded (provider/routes.py), audited as it arrives."""
+        now = self.clock()
         with self.store.write() as conn:
-            add_audit(conn, self.clock(), f"link:{link}", "link-request", group, member=member, request=path)
+            add_audit(conn, now, f"link:{link}", "link-request", group, member=member, request=path)
+            linkstate.record(conn, link, now)  # answered: the link is up as seen from here
 
     def _audited(self, actor: str, action: str, group: str | None, fn: Callable):
         try:

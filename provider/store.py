@@ -1,6 +1,6 @@
 """Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
-Schema version 9 (table ``meta``, key ``schema_version``)::
+Schema version 10 (table ``meta``, key ``schema_version``)::
 
     meta      key PK, value
     groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
@@ -33,7 +33,13 @@ Schema version 9 (table ``meta``, key ``schema_version``)::
               linked provider's id), groups (JSON list, NULL: any group),
               created_at, provider_keys (JSON, NULL until `link check`
               fetched them over the pinned TLS), checked_at: the linked
-              trust providers (provider/links.py)
+              trust providers (provider/links.py); last_ok_at,
+              last_failure_at, last_failure (reason, no secret), down_since:
+              the last link request made or answered (provider/linkstate.py)
+    link_removals  id PK, link, remote_name, alias, name, owner_name,
+              created_at, attempts, next_at, last_error: members this
+              provider removed from a group a linked provider owns, until
+              the owner confirmed (provider/linkremove.py)
     remote_groups, remote_invites, remote_members: this provider's members
               in groups a linked provider owns, and their join tokens
               (provider/remote.py)
@@ -56,7 +62,9 @@ no limits): see ``provider/exportrules.py``.
 8 -> 9 adds the ``links`` table (empty: no linked providers) and
 ``members.home`` (NULL: every member is this provider's own), see
 ``provider/links.py`` and ``provider/linked.py``.
-9 -> 10 adds ``groups.compact``, the compact form of the archive of the
+9 -> 10 adds ``links.last_ok_at, last_failure_at, last_failure, down_since``
+(NULL: no contact recorded yet) and the ``link_removals`` table (empty).
+10 -> 11 adds ``groups.compact``, the compact form of the archive of the
 same version (PROTOCOL.md 2.2; NULL until the group's next signed version:
 members asking for it get the full form meanwhile).
 
@@ -108,7 +116,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 TIMER_LOCK_KEY = 0x67747473  # "gtts": PostgreSQL session advisory lock of the replica running the timers
 CHANGE_CHANNEL = "grouptun_changed"  # NOTIFY after every serialised write (provider/hub.py listens)
@@ -347,6 +355,10 @@ links = Table(
     Column("created_at", Float, nullable=False),
     Column("provider_keys", Text),  # its public keys, once fetched over the pinned TLS and matching keys_hash
     Column("checked_at", Float),    # when they were (NULL: not yet)
+    Column("last_ok_at", Float),        # v10: the last link request to or from it that got through
+    Column("last_failure_at", Float),   # v10: the last one that did not
+    Column("last_failure", String(200)),  # v10: why (a reason, never a secret)
+    Column("down_since", Float),        # v10: the first failure since the last success (NULL: up)
 )
 
 
@@ -386,6 +398,33 @@ remote_members = Table(
 )
 
 
+# Removals of this provider's members from a partner's group, kept until the owner confirmed (linkremove.py).
+link_removals = Table(
+    "link_removals", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("link", String(32), nullable=False),         # links.name of the owner
+    Column("remote_name", String(32), nullable=False),  # the group's name at the owner
+    Column("alias", String(32), nullable=False),        # its name here
+    Column("name", String(64), nullable=False),         # the member's name here (gt-member)
+    Column("owner_name", String(64), nullable=False),   # NAME@LINK at the owner
+    Column("created_at", Float, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_at", Float, nullable=False),
+    Column("last_error", String(200)),
+    UniqueConstraint("link", "remote_name", "name"),
+)
+LINK_STATE_COLUMNS = ("last_ok_at", "last_failure_at", "last_failure", "down_since")
+
+
+def _link_state(conn: Connection) -> None:
+    """Issue 19 item 6: each link's last contact, and removals the owner has not confirmed yet."""
+    present = {c["name"] for c in inspect(conn).get_columns(links.name)}
+    for name in LINK_STATE_COLUMNS:
+        if name not in present:
+            _add_column(conn, links, name)
+    link_removals.create(conn, checkfirst=True)
+
+
 def _add_links(conn: Connection) -> None:
     """Issue 19: the links table and ``members.home`` (one step, appended: other branches' steps stay
     independent)."""
@@ -404,7 +443,8 @@ MIGRATIONS = {
     6: _policy_columns,
     7: _export_rules_column,
     8: _add_links,
-    9: _compact_column,
+    9: _link_state,
+    10: _compact_column,
 }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import re
 import socket
+import time
 from pathlib import Path
 
 from grouptun.config import DEFAULT_LISTEN_PORT
@@ -182,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     member = _check_arguments(args)
     result, sealed = _enroll(args, token, member)
     archive = (verify_archive(result.archive, result.provider_keys) if result.vouch is None else
-               verify_foreign_archive(result.archive, result.provider_keys, result.vouch, result.member_name))
+               verify_foreign_archive(result.archive, result.provider_keys, result.vouch, result.member_name,
+                                      now=time.time()))
     name = args.name or result.group
     if not cfg.NAME_RE.match(name):
         raise ProviderError(f"provider group name {name!r} is not usable as a local name; rerun with --name")

@@ -4,20 +4,18 @@ Every subcommand lives in its own module and is imported only when used,
 so ``grouptun vectors`` runs without the daemon's dependencies loaded.
 Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
 Errors from the exception tree (``grouptun.errors``) become one line on
-stderr and the exit code of their class; nothing else prints a traceback
-unless ``GROUPTUN_DEBUG=1``.
+stderr and the exit code of their class (``grouptun.cli.exits``, shared with
+``grouptun-provider``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from grouptun import __version__
-from grouptun.errors import GrouptunError
-from grouptun.ops.logsetup import fatal
+from grouptun.cli.exits import run_command
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -66,15 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = _chosen_subcommand(argv)
     args = build_parser(chosen).parse_args(argv)
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
-    try:
-        return int(module.run(args) or 0)
-    except GrouptunError as exc:
-        if os.environ.get("GROUPTUN_DEBUG") == "1":
-            raise
-        fatal(f"grouptun {args.command}: {exc}")
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    return run_command(f"grouptun {args.command}", lambda: module.run(args))
 
 
 if __name__ == "__main__":

@@ -66,16 +66,22 @@ class MemberSession:
         return (self.opener or self.keys).kem
 
     def archive(self, compact: bool = True):
-        """The group's current archive, verified against the provider keys pinned at join: the compact form
-        (PROTOCOL.md 2.2; the full one from a provider without it), or with ``compact`` False the full one."""
-        from grouptun.core.archive import ProviderKeys, verify_archive
+        """The group's current archive, verified against the provider keys pinned at join (a group a linked
+        provider owns: through our provider's voucher, PROTOCOL.md 8), not expired, of our group: the compact
+        form (PROTOCOL.md 2.2; the full one from a provider without it), or with ``compact`` False the full one."""
+        import time
+
+        from grouptun.control import vouchfile
+        from grouptun.control.epochaccept import verified_archive
+        from grouptun.core.archive import ProviderKeys
         from grouptun.errors import ProviderError
 
-        p = self.config.provider
-        archive = verify_archive(self.client.archive(compact), ProviderKeys(p.ed25519_public, p.mldsa65_public),
-                                 compact_ok=compact)
-        if archive.group_id != self.config.group.group_id:
-            raise ProviderError("the provider's archive is of another group than the one pinned at join")
+        p, group = self.config.provider, self.config.group
+        archive = verified_archive(self.client.archive(compact), ProviderKeys(p.ed25519_public, p.mldsa65_public),
+                                   group.group_id, time.time(), vouchfile.load(self.config.paths.state_dir),
+                                   group.member)
+        if not compact and archive.compact:
+            raise ProviderError("asked for the full archive, the provider answered the compact one")
         return archive
 
     def kem_keys(self, names: list[str]) -> dict[str, bytes]:

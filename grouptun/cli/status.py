@@ -83,6 +83,22 @@ def _provider_line(cp: dict, now_wall: float | None) -> str:
     return f"provider: {text}"
 
 
+def _link_line(cp: dict) -> str:
+    """A group a linked provider owns: our (home) provider and its link to the owner, as last seen."""
+    link = cp["link"]
+    home = cp.get("provider_url") or ", ".join(cp.get("provider_urls") or ()) or "?"
+    text = link.get("state", "unknown")
+    if text == "unreachable":
+        if isinstance(link.get("since"), (int, float)):
+            text += f" since {time.strftime('%H:%M:%S', time.localtime(link['since']))}"
+        if link.get("reason"):
+            text += f" ({link['reason']})"
+        text += "; the held epoch keeps carrying traffic"
+    if isinstance(link.get("seen_at"), (int, float)):
+        text += f"; seen {time.strftime('%H:%M:%S', time.localtime(link['seen_at']))}"
+    return f"home provider: {home}; link to owner: {text}"
+
+
 def _key_memory_line(sm: dict) -> str:
     text = (f"{_bytes(sm.get('locked_bytes', 0))} locked in {sm.get('regions', 0)} region(s) "
             f"({sm.get('mechanism')}), {sm.get('slots_in_use', 0)} secrets held")
@@ -100,6 +116,8 @@ def format_status(st: dict) -> str:
         lines.append(f"  addresses: {', '.join(st['addresses'])}")
     lines.append("  " + _provider_line(st.get("control") or {}, None))
     cp = st.get("control") or {}
+    if cp.get("link"):
+        lines.append("  " + _link_line(cp))
     if cp.get("removed"):
         lines.append(f"  REMOVED: {cp['removed']} (this daemon stopped sending and exits, status 67)")
     lines.extend(_membership_lines(st.get("membership") or {}))

@@ -19,7 +19,9 @@ and the next call starts at the URL that answered last.
 
 Errors: ``ProviderError`` when no URL answered (each could not be reached,
 timed out, failed the pin, or answered 5xx or nonsense); ``ProviderRefused(status,
-reason)`` for a 4xx, with the provider's one-line reason. A signature
+reason)`` for a 4xx, with the provider's one-line reason; ``LinkUnavailable``
+when the home provider answered 502/503 with its link's state (a group a
+linked provider owns, PROTOCOL.md 8: the home could not reach the owner). A signature
 refused as stale (the provider restarted, or clocks differ) is retried once.
 
 Archive form: with ``compact`` (what the daemon uses) start, archive and
@@ -51,7 +53,7 @@ from grouptun.core.archive import ProviderKeys, enroll_message, verify_archive
 from grouptun.core.vouch import verify_foreign_archive
 from grouptun.core.capsule import CAPSULE_SIZE, KEM_PUBLIC_SIZE
 from grouptun.core.jointoken import JoinToken, check_url, check_urls, parse_join_token
-from grouptun.errors import ProviderError, ProviderRefused
+from grouptun.errors import LinkUnavailable, ProviderError, ProviderRefused
 from grouptun.control.reqsign import sign_headers
 
 __all__ = ["EnrollResult", "JoinToken", "ProviderClient", "parse_join_token", "pinned_session"]
@@ -103,8 +105,29 @@ def _send(session: requests.Session, method: str, url: str, timeout: float, **kw
     if 400 <= response.status_code < 500:
         raise ProviderRefused(response.status_code, _reason(response))
     if response.status_code >= 300:
+        link = _link_state(response)
+        if link is not None:
+            raise LinkUnavailable(response.status_code, _reason(response), link)
         raise ProviderError(f"provider answered {response.status_code}: {_reason(response)}")
     return response
+
+
+LINK_FIELDS = {"name": str, "contact": str, "down_since": (int, float), "last_failure": str}
+
+
+def _link_state(response: requests.Response) -> dict | None:
+    """A home provider's 502/503 ``link`` (its link to the group's owner, PROTOCOL.md 8), the known fields only
+    and each of its type (None: no such part)."""
+    if response.status_code not in (502, 503):
+        return None
+    try:
+        link = response.json().get("link")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(link, dict):
+        return None
+    return {k: (v[:200] if isinstance(v, str) else v) for k, kind in LINK_FIELDS.items()
+            if isinstance(v := link.get(k), kind) and not isinstance(v, bool)}
 
 
 send_checked = _send  # public for the provider's link client (provider/links.py): one pinned-TLS request path
@@ -132,6 +155,8 @@ def _none_answered(failures: list[tuple[str, ProviderError]]) -> ProviderError:
     """One URL: its own error; several: one line naming each URL and what it did."""
     if len(failures) == 1:
         return failures[0][1]
+    if all(isinstance(e, LinkUnavailable) for _, e in failures):  # every replica answered: the link is down
+        return failures[-1][1]
     return ProviderError("no provider URL answered: " + "; ".join(f"{u}: {e}" for u, e in failures))
 
 
@@ -268,7 +293,7 @@ class ProviderClient:
         if vouch is None:
             verify_archive(archive, keys)
         else:  # the owner's archive, through our provider's voucher
-            verify_foreign_archive(archive, keys, vouch, result.member_name)
+            verify_foreign_archive(archive, keys, vouch, result.member_name, now=time.time())
         return result
 
     def start(self, challenge: bytes) -> bytes | None:
@@ -295,6 +320,10 @@ class ProviderClient:
         if len(content) != KEM_PUBLIC_SIZE:
             raise ProviderError(f"KEM public key has {len(content)} bytes, expected {KEM_PUBLIC_SIZE}")
         return content
+
+    def vouch(self) -> bytes:
+        """A fresh voucher of our provider for the owner of our group (PROTOCOL.md 8; only for such a group)."""
+        return self._call("GET", "/vouch").content
 
     def watch(self, version: int, timeout: float = 25.0) -> bytes | None:
         """Long-poll: the archive once its version exceeds ``version``; None after ``timeout`` (<= 60 s)."""

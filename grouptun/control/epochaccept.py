@@ -25,6 +25,8 @@ it runs on the control thread, never on the event loop.
 
 from __future__ import annotations
 
+import time
+
 import hmac
 import ipaddress
 import logging
@@ -82,7 +84,7 @@ def verified_archive(signed: bytes, pinned: ProviderKeys, group_id: bytes, now: 
     Either form verifies (PROTOCOL.md 2.2): the compact one the daemon asks for, or the full one of a
     provider that predates it; every check after this one is the same for both."""
     archive = (verify_archive(signed, pinned, compact_ok=True) if vouch is None
-               else verify_foreign_archive(signed, pinned, vouch, member, compact_ok=True))
+               else verify_foreign_archive(signed, pinned, vouch, member, now=now, compact_ok=True))
     if archive.expires_at and archive.expires_at < now:
         raise EpochRejected("expired", f"archive version {archive.version} expired")
     if archive.group_id != group_id:

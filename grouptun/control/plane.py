@@ -51,6 +51,14 @@ the same backoff as an unreachable provider, not reset by the provider's
 answers meanwhile (each retry fetches the sealed salt again: an Argon2id
 check at the provider); ``state.state_dir_full`` tells ``status``.
 
+A group a linked provider owns (``vouch``, PROTOCOL.md 8): our provider
+relays to the owner; when it answers that it cannot reach it
+(``LinkUnavailable``, its 503 naming the link's state) the held epoch stays
+and ``state.link`` says "unreachable" since when and why, for ``status``;
+the next relayed answer makes it "up" again. Its voucher is renewed before
+it expires and when an archive fails the voucher check
+(:mod:`grouptun.control.vouchrenew`).
+
 Provider URLs: the client fails over between the provider's URLs itself
 (:mod:`grouptun.control.client`); an accepted archive's ``provider_urls``
 replaces the client's list and is kept in ``urls_file`` for the next start.
@@ -85,11 +93,12 @@ from grouptun.core.capsule import KemPrivateKey
 from grouptun.core.session import MemberInfo
 from grouptun.core.wire import wire_epoch
 from grouptun.control.credmigrate import SaltProof
+from grouptun.control.vouchrenew import VouchHolder
 from grouptun.core.policy import PolicyEnforcer
 from grouptun.control.epochaccept import (apply_policy, build_material, check_archive, check_instance, lists_challenge,
                                   member_info, open_secrets, verified_archive)
-from grouptun.errors import (EpochRejected, GrouptunError, InstanceSuperseded, LoopUnavailable, MemberRemoved,
-                             ProviderError, ProviderRefused, StateDirFull)
+from grouptun.errors import (EpochRejected, GrouptunError, InstanceSuperseded, LinkUnavailable, LoopUnavailable,
+                             MemberRemoved, ProviderError, ProviderRefused, StateDirFull)
 
 log = logging.getLogger("grouptun.ops.ctlsocket")
 
@@ -132,6 +141,9 @@ class ControlState:
     provider_url: str | None = None         # the provider URL (replica) that answered last
     provider_urls: tuple = ()               # the URLs asked, in order (join token's, or the newest archive's)
     removed: str | None = None              # why the provider removed our member (then phase "removed")
+    link: dict | None = None                # a group a linked provider owns: our provider's link to it as last
+                                            # seen ({"state": up | unreachable | unknown, "since", "reason",
+                                            # "name", "seen_at"}); None: an ordinary group
 
 
 class ControlPlane:
@@ -147,10 +159,14 @@ class ControlPlane:
                  secrets: keys_mod.SecretMemory = keys_mod.HEAP,
                  on_superseded: Callable[[InstanceSuperseded | MemberRemoved], None] | None = None,
                  on_trouble: Callable[[str | None], None] = lambda problem: None, urls_file=None,
-                 policy: PolicyEnforcer | None = None, vouch: bytes | None = None) -> None:
+                 policy: PolicyEnforcer | None = None, vouch: bytes | None = None,
+                 on_vouch: Callable[[bytes], None] = lambda signed: None) -> None:
         self.client, self.port, self.kem, self.proof = client, port, kem, proof
         self.urls_file = urls_file  # grouptun.control.providerurls.ProviderUrlsFile, or None: archive lists not kept
-        self.vouch = vouch  # a group a linked provider owns: our provider's voucher for it (control/vouchfile.py)
+        # a group a linked provider owns: our provider's voucher for it, renewed (control/vouchrenew.py) and
+        # kept by ``on_vouch`` (the daemon: control/vouchfile.py)
+        self.vouches = None if vouch is None else VouchHolder(vouch, pinned, lambda: self.client.vouch(), on_vouch,
+                                                              wall)
         self.secrets = secrets  # where opened SS and salt are held (the daemon's locked arena)
         self.pinned, self.group_id, self.member, self.statefile = pinned, group_id, member, statefile
         self.endpoints, self.can_reach, self.on_archive = endpoints, can_reach, on_archive
@@ -159,7 +175,8 @@ class ControlPlane:
         self.on_trouble = on_trouble  # a refusal (text) and the recovery (None): systemd's STATUS=
         self.backoff = backoff or Backoff()
         self._urandom, self._clock, self._wall = urandom, clock, wall
-        self.state = ControlState(provider_urls=tuple(client.urls))
+        self.state = ControlState(provider_urls=tuple(client.urls),
+                                  link=None if vouch is None else {"state": "unknown"})
         self.metrics = metrics  # optional grouptun.ops.metrics.DaemonMetrics (cold-path counters)
         self.archive: Archive | None = None  # newest verified archive of our group (may have no epoch)
         self.held_epoch = -1                 # the epoch installed last (-1: none yet)
@@ -174,6 +191,10 @@ class ControlPlane:
         self.on_superseded = on_superseded
         self.policy = policy if policy is not None else PolicyEnforcer()
 
+    @property
+    def vouch(self) -> bytes | None:
+        return None if self.vouches is None else self.vouches.current
+
     # --- state for status ---
     def _set(self, **changes) -> None:
         values = {**vars(self.state), **changes}
@@ -186,6 +207,10 @@ class ControlPlane:
         if self.state.last_error is not None:
             self.on_trouble(None)
         answered = {"provider_ok": True, "last_contact": self._wall(), "provider_url": self.client.answered_by}
+        if self.vouch is not None:  # our provider relayed the owner's answer: its link to the owner is up
+            if self.state.link is not None and self.state.link.get("state") == "unreachable":
+                log.info("our provider reaches the group's owner again")
+            answered["link"] = {"state": "up", "seen_at": answered["last_contact"]}
         if self.state.state_dir_full:  # the provider answers, but the retry is for the disk: keep backing off
             self._set(**answered)
             return
@@ -199,7 +224,10 @@ class ControlPlane:
 
     def _verified(self, signed: bytes) -> Archive:
         """Signatures, expiry, group id: what every archive passes before any of it is used."""
-        return verified_archive(signed, self.pinned, self.group_id, self._wall(), self.vouch, self.member)
+        if self.vouches is None:
+            return verified_archive(signed, self.pinned, self.group_id, self._wall())
+        return self.vouches.verify_or_refresh(  # a fresh voucher once, if this one does not fit (expired, rotated)
+            lambda vouch: verified_archive(signed, self.pinned, self.group_id, self._wall(), vouch, self.member))
 
     def _accept(self, archive: Archive, challenge: bytes | None = None) -> bool:
         """The rest of the order on a :meth:`_verified` archive.
@@ -375,6 +403,17 @@ class ControlPlane:
         self._set(last_error=str(exc), provider_ok=True)
         self.on_trouble(str(exc))
 
+    def _link_down(self, exc: LinkUnavailable) -> None:
+        """Our provider answered but cannot reach the group's owner: we keep the epoch we hold (PROTOCOL.md 8)."""
+        link = exc.link
+        if self.state.link is None or self.state.link.get("state") != "unreachable":
+            log.warning("our provider cannot reach the group's owner: %s (the held epoch keeps carrying traffic)",
+                        exc.reason)
+        self._set(provider_ok=True, last_contact=self._wall(), provider_url=self.client.answered_by,
+                  last_error=str(exc), link={"state": "unreachable" if link.get("contact") != "up" else "up",
+                                             "since": link.get("down_since"), "reason": link.get("last_failure"),
+                                             "name": link.get("name"), "seen_at": self._wall()})
+
     def _state_dir_full(self, exc: StateDirFull) -> None:
         if not self.state.state_dir_full:
             log.error("%s; retrying with backoff (the held epoch keeps carrying traffic)", exc)
@@ -435,6 +474,8 @@ class ControlPlane:
         concurrent call (or the same request taken again meanwhile) is not
         sent twice: one request, one epoch.
         """
+        if self.vouches is not None:
+            self.vouches.renew_if_due()  # before it expires (a fetch at most every few minutes)
         taken = self.port.take_requests()
         with self._requests_lock:
             # Requests stay pending until the provider took them, so a failed call loses none.
@@ -551,6 +592,8 @@ class ControlPlane:
                 self._state_dir_full(exc)
             except EpochRejected as exc:
                 self._refused(exc)
+            except LinkUnavailable as exc:
+                self._link_down(exc)
             except ProviderError as exc:
                 if self.state.provider_ok or self.state.last_error != str(exc):
                     log.warning("provider trouble: %s (the data plane keeps running)", exc)

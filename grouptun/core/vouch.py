@@ -14,16 +14,19 @@ archive signature never verifies as a voucher nor the other way round)::
      "keys": {"ed25519": base64(32), "mldsa65": base64(1952)},
      "url": "https://HOST[:PORT]", "tls": hex SHA-256 of its certificate,
      "groups": [group name, ...]   (optional: the link serves only these; absent: any),
-     "issued_at": unix seconds}
+     "issued_at": unix seconds,
+     "expires_at": unix seconds}   (after issued_at; absent only in vouchers from before it existed)
 
 :func:`verify_foreign_archive` is the member's whole check: the voucher
 verifies against the pinned home keys and names them as its signer, the
 archive verifies against the vouched keys, its ``group_metadata.provider_id``
 is the vouched provider, the group is one the link serves, and the member's
-own entry names its home provider. Any failure is ``EpochRejected``
-('signature' for a signature, 'link' for the rest), and the archive is
-refused. Sans-IO: no clock (the voucher's ``issued_at`` is informative;
-freshness comes from the archive's version rule).
+own entry names its home provider, and the voucher has not expired at
+``now`` (the caller's wall clock: the core reads none). Any failure is
+``EpochRejected`` ('signature' for a signature, 'link' for the rest), and
+the archive is refused. A voucher without ``expires_at`` (issued before the
+field existed) is still accepted; :func:`renewal_due` says it is due for
+renewal at once, so a member replaces it at its first chance.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ VOUCH_LABEL = b"grouptun/1 provider-vouch"
 MAX_VOUCH_BYTES = 16 * 1024
 MAX_VOUCH_GROUPS = 64
 _KEYS = {"format", "home", "provider", "keys", "url", "tls", "issued_at"}
+_OPTIONAL = {"groups", "expires_at"}
+RENEW_FRACTION = 0.25  # a member renews its voucher once less than this share of its lifetime is left
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class Vouch:
     tls: str                       # SHA-256 of the vouched provider's TLS certificate, hex
     issued_at: float
     groups: tuple[str, ...] | None = None  # None: the link serves any group
+    expires_at: float | None = None        # None: a voucher from before expiry existed (renewed at once)
 
     @property
     def provider(self) -> str:
@@ -60,6 +66,8 @@ class Vouch:
                "url": self.url, "tls": self.tls, "issued_at": self.issued_at}
         if self.groups is not None:
             out["groups"] = list(self.groups)
+        if self.expires_at is not None:
+            out["expires_at"] = self.expires_at
         return out
 
 
@@ -73,7 +81,7 @@ def _bad(detail: str) -> EpochRejected:
 
 
 def _parse(obj: dict) -> Vouch:
-    if set(obj) - {"groups"} != _KEYS or obj["format"] != VOUCH_FORMAT:
+    if set(obj) - _OPTIONAL != _KEYS or obj["format"] != VOUCH_FORMAT:
         raise EpochRejected("format", "voucher: wrong keys or format")
     keys = ProviderKeys.from_json(obj["keys"])
     if provider_id_of(obj["provider"], "voucher.provider") != keys.fingerprint():
@@ -85,28 +93,46 @@ def _parse(obj: dict) -> Vouch:
     if groups is not None and (not isinstance(groups, list) or not 1 <= len(groups) <= MAX_VOUCH_GROUPS
                                or not all(isinstance(g, str) for g in groups)):
         raise EpochRejected("format", f"voucher.groups: 1..{MAX_VOUCH_GROUPS} group names")
-    issued = obj["issued_at"]
-    if isinstance(issued, bool) or not isinstance(issued, (int, float)) or issued < 0:
-        raise EpochRejected("format", "voucher.issued_at: not a time")
-    return Vouch(provider_id_of(obj["home"], "voucher.home"), keys, obj["url"], tls, float(issued),
-                 None if groups is None else tuple(groups))
+    issued, expires = _time(obj["issued_at"], "issued_at"), obj.get("expires_at")
+    if expires is not None and _time(expires, "expires_at") <= issued:
+        raise EpochRejected("format", "voucher.expires_at: not after issued_at")
+    return Vouch(provider_id_of(obj["home"], "voucher.home"), keys, obj["url"], tls, issued,
+                 None if groups is None else tuple(groups), None if expires is None else float(expires))
 
 
-def verify_vouch(signed: bytes, home_keys: ProviderKeys) -> Vouch:
-    """The voucher, once it verifies against the member's pinned ``home_keys`` and names them as its signer."""
+def _time(value, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 2**53:
+        raise EpochRejected("format", f"voucher.{field}: not a time")
+    return float(value)
+
+
+def verify_vouch(signed: bytes, home_keys: ProviderKeys, *, now: float) -> Vouch:
+    """The voucher, once it verifies against the member's pinned ``home_keys``, names them as its signer and
+    has not expired at wall time ``now``."""
     vouch = _parse(open_envelope(signed, home_keys, VOUCH_LABEL, MAX_VOUCH_BYTES))
     if vouch.home != home_keys.fingerprint():
         raise _bad("voucher: signed by the home provider but naming another one as home")
     if vouch.provider == vouch.home:
         raise _bad("voucher: a provider vouching for itself")
+    if vouch.expires_at is not None and now >= vouch.expires_at:
+        raise _bad(f"voucher: expired at {vouch.expires_at:.0f} (the home provider issues a fresh one)")
     return vouch
 
 
-def verify_foreign_archive(signed: bytes, home_keys: ProviderKeys, vouch_signed: bytes, member: str,
-                           compact_ok: bool = False) -> Archive:
-    """The archive of a group owned by a linked provider, verified for ``member`` of the home provider
-    (with ``compact_ok`` also its compact form, PROTOCOL.md 2.2: relayed unchanged, the owner's signature)."""
-    vouch = verify_vouch(vouch_signed, home_keys)
+def renewal_due(vouch: Vouch, now: float) -> bool:
+    """Whether a member should fetch a fresh voucher: less than RENEW_FRACTION of its lifetime left, or none
+    stated (a voucher from before ``expires_at``)."""
+    if vouch.expires_at is None:
+        return True
+    return now >= vouch.expires_at - (vouch.expires_at - vouch.issued_at) * RENEW_FRACTION
+
+
+def verify_foreign_archive(signed: bytes, home_keys: ProviderKeys, vouch_signed: bytes, member: str, *,
+                           now: float, compact_ok: bool = False) -> Archive:
+    """The archive of a group owned by a linked provider, verified for ``member`` of the home provider at wall
+    time ``now`` (the voucher's expiry); with ``compact_ok`` also its compact form (PROTOCOL.md 2.2: relayed
+    unchanged, the owner's signature)."""
+    vouch = verify_vouch(vouch_signed, home_keys, now=now)
     archive = verify_archive(signed, vouch.keys, compact_ok)
     if archive.metadata is None or archive.metadata.provider_id != vouch.provider:
         raise _bad("archive: group_metadata.provider_id is not the vouched provider")

@@ -57,6 +57,10 @@ def _one_line(text: str) -> str:
     return flat[:MAX_STATUS_CHARS]
 
 
+def _status_field(status: str | None) -> tuple[str, ...]:
+    return () if status is None else ("STATUS=" + _one_line(status),)
+
+
 class Notifier:
     """Sends sd_notify messages; every method is a no-op without a socket.
 
@@ -133,10 +137,7 @@ class Notifier:
 
     def ready(self, status: str | None = None) -> bool:
         """Startup (or a reload) finished."""
-        fields = ["READY=1"]
-        if status is not None:
-            fields.append("STATUS=" + _one_line(status))
-        return self.notify(*fields)
+        return self.notify("READY=1", *_status_field(status))
 
     def status(self, text: str) -> bool:
         return self.notify("STATUS=" + _one_line(text))
@@ -145,16 +146,10 @@ class Notifier:
         """A reload began. MONOTONIC_USEC lets Type=notify-reload (systemd
         253+) tell this reload from an older one; 252 ignores it."""
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        fields = ["RELOADING=1", f"MONOTONIC_USEC={usec}"]
-        if status is not None:
-            fields.append("STATUS=" + _one_line(status))
-        return self.notify(*fields)
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}", *_status_field(status))
 
     def stopping(self, status: str | None = None) -> bool:
-        fields = ["STOPPING=1"]
-        if status is not None:
-            fields.append("STATUS=" + _one_line(status))
-        return self.notify(*fields)
+        return self.notify("STOPPING=1", *_status_field(status))
 
     def extend_timeout(self, seconds: float) -> bool:
         """Ask for ``seconds`` more before the start/stop timeout fires."""

@@ -59,7 +59,9 @@ def test_every_epoch_exports_differently():
     assert exporter.export(a, "l", b"", 32) != exporter.export(b, "l", b"", 32)
 
 
-request = st.tuples(st.text(PRINTABLE, min_size=1, max_size=40), st.binary(max_size=40), st.integers(1, 80))
+# At least 8 bytes each: two unrelated 1-byte outputs are equal once in 256 (a flaky test, not a finding);
+# 8 bytes make a chance match 2^-64.
+request = st.tuples(st.text(PRINTABLE, min_size=1, max_size=40), st.binary(max_size=40), st.integers(8, 80))
 
 
 @settings(max_examples=200, deadline=None)
@@ -69,7 +71,7 @@ def test_distinct_requests_share_no_output_prefix(one, two):
     if one == two:
         return
     first, second = exporter.export(SECRET, *one), exporter.export(SECRET, *two)
-    shorter = min(len(first), len(second), 8)
+    shorter = 8
     assert first[:shorter] != second[:shorter]
 
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
 from grouptun.core.archive import (Archive, ArchiveMember, GroupMetadata, ProviderKeys, parse_document,
                                    sign_archive, verify_archive)
-from grouptun.core.vouch import Vouch, sign_vouch, verify_foreign_archive, verify_vouch
+from grouptun.core.vouch import Vouch, renewal_due, sign_vouch, verify_foreign_archive, verify_vouch
 from grouptun.errors import EpochRejected
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "vouch-v1.json"
@@ -30,6 +30,7 @@ class Side:
 
 
 HOME, OWNER, OTHER = Side(), Side(), Side()
+NOW = 1e9 + 86400.0  # the member's wall clock: a day into the voucher's 30
 
 
 def _member(name: str, index: int, home: str | None) -> ArchiveMember:
@@ -43,29 +44,29 @@ def _archive(owner: Side = OWNER, bob_home: str | None = HOME.id, provider_id: s
 
 
 def _vouch(signer: Side = HOME, **change) -> bytes:
-    vouch = Vouch(HOME.id, OWNER.keys, "https://owner.example:8443", "cd" * 32, 1e9, ("lan",))
+    vouch = Vouch(HOME.id, OWNER.keys, "https://owner.example:8443", "cd" * 32, 1e9, ("lan",), 1e9 + 30 * 86400)
     return sign_vouch(dataclasses.replace(vouch, **change), signer.ed, signer.ml)
 
 
 def test_the_vectors_verify_or_fail_at_their_step():
     vectors = json.loads(VECTORS.read_text())
-    home = ProviderKeys.from_json(vectors["home_keys"])
-    assert len(vectors["cases"]) >= 7
+    home, now = ProviderKeys.from_json(vectors["home_keys"]), vectors.get("now", 0.0)
+    assert len(vectors["cases"]) >= 11
     for case in vectors["cases"]:
         voucher, archive = case["voucher"].encode(), case["archive"].encode()
         if case["error"] is None:
-            accepted = verify_foreign_archive(archive, home, voucher, vectors["member"])
+            accepted = verify_foreign_archive(archive, home, voucher, vectors["member"], now=now)
             assert accepted.member(vectors["member"]).home == home.fingerprint(), case["name"]
             continue
         with pytest.raises(EpochRejected) as refused:
-            verify_foreign_archive(archive, home, voucher, vectors["member"])
+            verify_foreign_archive(archive, home, voucher, vectors["member"], now=now)
         assert refused.value.step == case["error"], case["name"]
 
 
 def test_a_foreign_archive_verifies_through_the_voucher_only():
-    accepted = verify_foreign_archive(_archive(), HOME.keys, _vouch(), "bob@partner")
+    accepted = verify_foreign_archive(_archive(), HOME.keys, _vouch(), "bob@partner", now=NOW)
     assert accepted.member("bob@partner").home == HOME.id and accepted.member("alice").home is None
-    assert verify_vouch(_vouch(), HOME.keys).provider == OWNER.id
+    assert verify_vouch(_vouch(), HOME.keys, now=NOW).provider == OWNER.id
     with pytest.raises(EpochRejected, match="does not verify"):  # without the voucher: the home keys do not fit
         verify_archive(_archive(), HOME.keys)
 
@@ -80,10 +81,13 @@ def test_a_foreign_archive_verifies_through_the_voucher_only():
     (_vouch, lambda: _archive(bob_home=OTHER.id), "link", "not listed with its home provider"),
     (_vouch, lambda: _archive(provider_id=OTHER.id), "link", "provider_id is not the vouched provider"),
     (lambda: _archive(HOME), _archive, "signature", "does not verify"),  # an archive is no voucher
+    (lambda: _vouch(expires_at=NOW), _archive, "link", "voucher: expired at"),
+    (lambda: _vouch(expires_at=NOW - 1), _archive, "link", "voucher: expired at"),
+    (lambda: _vouch(expires_at=1e9), _archive, "format", "expires_at: not after issued_at"),
 ])
 def test_each_refusal_names_its_step(voucher, archive, step, reason):
     with pytest.raises(EpochRejected, match=reason) as refused:
-        verify_foreign_archive(archive(), HOME.keys, voucher(), "bob@partner")
+        verify_foreign_archive(archive(), HOME.keys, voucher(), "bob@partner", now=NOW)
     assert refused.value.step == step
 
 
@@ -95,3 +99,11 @@ def test_a_member_entry_without_home_is_the_document_it_was():
     obj["members"][1]["home"] = "XY" * 32
     with pytest.raises(EpochRejected, match="member.home: not a provider id"):
         parse_document(obj)
+
+
+def test_the_expiry_round_trips_and_a_voucher_from_before_it_is_accepted_but_due_for_renewal():
+    fresh = verify_vouch(_vouch(), HOME.keys, now=NOW)
+    assert fresh.expires_at == 1e9 + 30 * 86400 and not renewal_due(fresh, NOW)
+    assert renewal_due(fresh, 1e9 + 23 * 86400) and not renewal_due(fresh, 1e9 + 22 * 86400)  # last quarter
+    legacy = verify_vouch(_vouch(expires_at=None), HOME.keys, now=4e9)  # no expiry stated: any time
+    assert legacy.expires_at is None and "expires_at" not in legacy.to_json() and renewal_due(legacy, NOW)

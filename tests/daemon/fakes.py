@@ -372,6 +372,7 @@ class FakeProvider:
         self.provider_urls: tuple[str, ...] = ()  # signed into every archive from now on (() = the key absent)
         self.metadata = None  # grouptun.core.archive.GroupMetadata signed into every archive from now on
         self.homes: dict[str, str] = {}  # member -> its home provider's id (a linked provider's member)
+        self.vouch_issuer = None  # () -> a fresh signed voucher: what the member's home answers GET /vouch with
         if len(names) < 2:
             self.publish()
 
@@ -516,9 +517,23 @@ class FakeClient:
         self.p.open_epoch(starts={self.name: challenge})
         return self.p.served(self.compact)
 
-    def archive(self) -> bytes:
+    def archive(self, compact: bool | None = None) -> bytes:
         self._call("archive")
-        return self.p.served(self.compact)
+        return self.p.served(self.compact if compact is None else compact)
+
+    def kem_public(self, member: str) -> bytes:
+        """A member's KEM key as the provider holds it (``GET .../members/NAME/kem``)."""
+        self._call("kem", member)
+        if member not in self.p.members:
+            raise ProviderRefused(404, f"no member {member!r}")
+        return self.p.members[member].kem_public
+
+    def vouch(self) -> bytes:
+        """The home provider's fresh voucher (a linked provider's member; PROTOCOL.md 8)."""
+        self._call("vouch")
+        if self.p.vouch_issuer is None:
+            raise ProviderRefused(404, "no voucher here")
+        return self.p.vouch_issuer()
 
     def watch(self, version: int, timeout: float = 25.0) -> bytes | None:
         self._call("watch", version)
@@ -593,6 +608,7 @@ class FakeTransport(requests.adapters.BaseAdapter):
         self.dead: set[str] = set()
         self.hung: set[str] = set()
         self.failing: dict[str, int] = {}
+        self.failing_body: dict = {"detail": "replica unwell"}  # what the failing replicas answer (JSON)
         self.timeouts: list = []  # the timeout of each request sent
 
     def session(self, _fingerprint: str = "") -> requests.Session:
@@ -612,7 +628,7 @@ class FakeTransport(requests.adapters.BaseAdapter):
             raise requests.ConnectTimeout(f"{url.netloc} did not answer")
         if url.netloc in self.failing:
             status = self.failing[url.netloc]
-            return self._response(request, status, json.dumps({"detail": "replica unwell"}).encode())
+            return self._response(request, status, json.dumps(self.failing_body).encode())
         try:
             status, content = self._answer(request.method, url.path.split("/")[1:], parse_qs(url.query), body)
         except ProviderRefused as exc:
@@ -656,10 +672,7 @@ class FakeTransport(requests.adapters.BaseAdapter):
             client.rekey(fields["reason"])
             return 202, b'{"opened": true}'
         if len(call) == 3 and call[0] == "members" and call[2] == "kem" and method == "GET":
-            client._call("kem", call[1])
-            if call[1] not in self.p.members:
-                raise ProviderRefused(404, f"no member {call[1]!r}")
-            return 200, self.p.members[call[1]].kem_public
+            return 200, client.kem_public(call[1])
         raise ProviderRefused(404, f"no route {'/'.join(path)}")
 
     def close(self) -> None:

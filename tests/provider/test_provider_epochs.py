@@ -17,6 +17,7 @@ from sqlalchemy import select
 from grouptun.core import keys
 from grouptun.core.archive import enroll_message, instance_of, verify_archive
 from grouptun.core.capsule import KemPrivateKey, capsule_info, open_sealed, salt_info
+from provider import admin_ops
 from provider.epochs import (EPOCH_BURST, EPOCH_RATE, Recipient, Thresholds, build_epoch, next_epoch_number,
                              permutation)
 from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers, NotFound
@@ -424,12 +425,14 @@ def test_start_below_two_members_is_pending_and_the_first_epoch_lists_it(fx):
     challenge = os.urandom(32)
     assert fx.provider.start("lan", {"alice": challenge}) is None
     assert fx.provider.pending_starts("lan") == {"alice": challenge}
+    assert admin_ops.group_show(fx.provider, "lan")["waiting_starts"] == ["alice"]  # what `group show` tells the admin
     assert fx.archive().member("alice").instance is None  # no epoch answered it yet
     fx.enroll("bob")  # the group reaches 2 members: its first epoch answers the waiting start
     archive = fx.archive()
     assert archive.epoch is not None and challenge in archive.epoch.challenges
     assert archive.epoch.group_size == 2 and archive.member("alice").instance == instance_of(challenge)
     assert fx.provider.pending_starts("lan") == {}  # answered: not listed again
+    assert admin_ops.group_show(fx.provider, "lan")["waiting_starts"] == []
     fx.clock.t += 10
     opened = fx.provider.start("lan", {"bob": b"\x07" * 32})
     assert opened is not None and challenge not in fx.archive().epoch.challenges

@@ -6,6 +6,7 @@ providers on both sides; the transport is the owner's app in a TestClient (the f
 from __future__ import annotations
 
 import json
+import time
 import os
 from dataclasses import dataclass
 
@@ -44,7 +45,8 @@ class Carol:
     def archive(self):
         status, raw = self.relay("GET", f"{LAN}/archive")
         assert status == 200
-        return verify_foreign_archive(raw, HOME_SIGNER.public, links.issue_vouch(self.home, "owner"), "carol@partner")
+        return verify_foreign_archive(raw, HOME_SIGNER.public, links.issue_vouch(self.home, "owner"), "carol@partner",
+                                      now=time.time())
 
 
 @pytest.fixture
@@ -104,10 +106,11 @@ def test_the_compact_form_is_relayed_as_the_owners_own_signed_envelope(carol):
     for path in (f"{LAN}/archive?form=compact", f"{LAN}/watch?version={version - 1}&timeout=0&form=compact"):
         status, raw = carol.relay("GET", path)
         assert status == 200 and raw == stored
-        archive = verify_foreign_archive(raw, HOME_SIGNER.public, vouch, "carol@partner", compact_ok=True)
+        archive = verify_foreign_archive(raw, HOME_SIGNER.public, vouch, "carol@partner", now=time.time(),
+                                         compact_ok=True)
         assert archive.compact and archive.member("carol@partner").kem_matches(carol.kem.public_bytes())
         with pytest.raises(EpochRejected, match="signature"):  # a compact envelope is never a full archive
-            verify_foreign_archive(raw, HOME_SIGNER.public, vouch, "carol@partner")
+            verify_foreign_archive(raw, HOME_SIGNER.public, vouch, "carol@partner", now=time.time())
     assert carol.relay("GET", f"{LAN}/archive")[1] == carol.owner.store.archive("lan")[1]  # no form: the full one
     status, key = carol.relay("GET", f"{LAN}/members/alice/kem")  # what `grouptun seal` asks for, then checks
     assert status == 200 and archive.member("alice").kem_matches(key)
@@ -117,6 +120,7 @@ def test_the_salt_needs_the_homes_credential_check_and_the_member_never_talks_to
     epoch = json.loads(json.loads(carol.owner.store.archive("lan")[1])["document"])["epoch"]["epoch"]
     status, answer = carol.relay("POST", f"{LAN}/epochs/{epoch}/salt", b"{}", credential="none")
     assert status == 403 and "did not vouch for the credential check" in json.loads(answer)["detail"]
+    assert any("did not vouch" in detail["reason"] for _, detail in _refusals(carol.owner))  # audited
     assert carol.relay("GET", f"{LAN}/archive", member="dave")[0] == 401  # not enrolled through the link
     url = f"https://owner.example{LAN}/archive"
     headers: dict = {}

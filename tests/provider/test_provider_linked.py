@@ -5,6 +5,7 @@ are in-memory providers (provider_helpers.memory_provider); the transport is the
 from __future__ import annotations
 
 import json
+import time
 import os
 
 import pytest
@@ -90,7 +91,8 @@ def test_the_home_forwards_its_member_and_the_owner_enrolls_it_with_its_home(sid
     assert after.member("alice").home is None  # the owner's own members carry no home
     # carol verifies the owner's archive through the voucher her own provider signs (PROTOCOL.md 8)
     vouch = links.issue_vouch(home, "owner")
-    accepted = verify_foreign_archive(answer["archive"].encode(), HOME_SIGNER.public, vouch, "carol@partner")
+    accepted = verify_foreign_archive(answer["archive"].encode(), HOME_SIGNER.public, vouch, "carol@partner",
+                                      now=time.time())
     assert accepted.version == after.version
     assert "link-enroll" in _actions(owner) and "link-forward" in _actions(home)
     with owner.store.read() as conn:  # the owner holds no credential for her: the home checks it

@@ -59,3 +59,14 @@ def test_bad_admin_input_exits_with_a_reason_and_changes_nothing(state, args, co
     assert proc.returncode == code and reason in proc.stderr
     assert admin(state, "tokens", "list", "lan", "--json").stdout == before
     assert "g2" not in admin(state, "group", "list").stdout
+
+
+def test_a_corrupt_database_is_one_line_naming_it_and_exits_74(tmp_path):
+    state = init_provider(tmp_path).state
+    db = state / "provider.db"
+    db.write_bytes(b"not a database, " * 256)  # what a torn copy or a wrong file looks like to SQLite
+    proc = admin(state, "group", "list", check=False)
+    assert proc.returncode == 74, proc.stderr
+    assert "database error" in proc.stderr and "not a database" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert db.read_bytes() == b"not a database, " * 256  # nothing was written to it

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import os
 
 import pytest
@@ -16,13 +17,13 @@ from grouptun.control.reqsign import sign_headers
 from grouptun.core import keys as keys_mod
 from grouptun.core.archive import enroll_message
 from grouptun.core.capsule import KemPrivateKey, capsule_info, open_sealed, salt_info
-from grouptun.core.vouch import verify_foreign_archive
+from grouptun.core.vouch import verify_foreign_archive, verify_vouch
 from provider import membership, remote
 from provider.app import Settings, create_app
 from provider.errors import Conflict, Forbidden, InvalidInput
 from provider.store import audit_rows
 from provider_helpers import dump
-from test_provider_linked import HOME_SIGNER, _refusals, sides  # noqa: F401 -- the two linked providers
+from test_provider_linked import HOME_SIGNER, OWNER_SIGNER, _refusals, sides  # noqa: F401 -- the two linked providers
 
 TestClient = pytest.importorskip("starlette.testclient").TestClient
 CREDENTIAL = b"authenticator-of-erin-32-bytes!!"
@@ -69,13 +70,14 @@ def test_the_member_joins_and_gets_its_epoch_through_its_home_only(erin):
     assert (answer["group"], answer["member_name"]) == ("acme", "erin@partner")
     assert answer["provider_keys"] == HOME_SIGNER.public.to_json()  # the keys its join token pinned
     archive = verify_foreign_archive(answer["archive"].encode(), HOME_SIGNER.public, answer["vouch"].encode(),
-                                     "erin@partner")
+                                     "erin@partner", now=time.time())
     assert archive.member("erin@partner").ed25519_public == member.ed
     challenge = os.urandom(32)
     assert member.request("POST", "/start", json.dumps({"challenge": challenge.hex()}).encode()).status_code == 200
     got = member.request("GET", "/archive")
     assert got.status_code == 200
-    archive = verify_foreign_archive(got.content, HOME_SIGNER.public, answer["vouch"].encode(), "erin@partner")
+    archive = verify_foreign_archive(got.content, HOME_SIGNER.public, answer["vouch"].encode(), "erin@partner",
+                                     now=time.time())
     assert challenge in archive.epoch.challenges
     epoch, group_id = archive.epoch.epoch, archive.group_id
     capsule = member.request("GET", f"/epochs/{epoch}/capsule")
@@ -118,3 +120,19 @@ def test_accepting_and_inviting_refuse_what_does_not_fit(erin):
         remote.invite(home, "acme", "erin@owner", 3600)
     with owner.store.read() as conn:
         assert "link-enroll" in [r.action for r in audit_rows(conn, 0, 10**9)]
+
+
+def test_the_member_gets_a_fresh_voucher_from_its_home_not_from_the_owner(erin):
+    owner, home, member = erin
+    home.vouch_ttl = 3600.0
+    got = member.request("GET", "/vouch")
+    assert got.status_code == 200
+    vouch = verify_vouch(got.content, HOME_SIGNER.public, now=time.time())
+    assert vouch.expires_at - vouch.issued_at == 3600.0 and vouch.provider == OWNER_SIGNER.public.fingerprint()
+    assert member.request("POST", "/vouch", b"{}").status_code == 400
+    assert member.request("GET", "/vouch", key_id="mallory@partner").status_code == 401
+    with home.store.read() as conn:
+        actions = [r.action for r in audit_rows(conn, 0, 10**9)]
+    assert actions.count("vouch-issue") == 1 and "link-relay" not in actions[-2:]
+    with owner.store.read() as conn:
+        assert not any("vouch" in r.detail for r in audit_rows(conn, 0, 10**9) if r.action == "link-request")

@@ -25,12 +25,21 @@ def archive(provider_id, bob_home):
     return Archive(bytes(range(16)), "lan", 1700000000000, None,
                    (member("alice", 0, None), member("bob@partner", 1, bob_home)),
                    "10.77.0.0/24", None, 1420, 1900000000.0, metadata=GroupMetadata(provider_id))
-def vouch(k=owner, groups=("lan",), home_id=home.fingerprint()):
-    return Vouch(home_id, k, "https://owner.example:8443", "cd" * 32, 1700000000.0, groups)
+NOW = 1800000000.0  # the member's wall clock for every case (the voucher's expiry)
+def vouch(k=owner, groups=("lan",), home_id=home.fingerprint(), expires_at=1900000000.0):
+    return Vouch(home_id, k, "https://owner.example:8443", "cd" * 32, 1700000000.0, groups, expires_at)
 good_v = sign_vouch(vouch(), h_ed, h_ml).decode()
 good_a = sign_archive(archive(owner.fingerprint(), home.fingerprint()), o_ed, o_ml).decode()
 cases = [
     {"name": "accepted", "voucher": good_v, "archive": good_a, "error": None},
+    {"name": "accepted without expires_at (a voucher from before the field)",
+     "voucher": sign_vouch(vouch(expires_at=None), h_ed, h_ml).decode(), "archive": good_a, "error": None},
+    {"name": "voucher expired", "voucher": sign_vouch(vouch(expires_at=1750000000.0), h_ed, h_ml).decode(),
+     "archive": good_a, "error": "link"},
+    {"name": "voucher expiring at the very second", "voucher": sign_vouch(vouch(expires_at=NOW), h_ed, h_ml).decode(),
+     "archive": good_a, "error": "link"},
+    {"name": "voucher expires_at not after issued_at",
+     "voucher": sign_vouch(vouch(expires_at=1700000000.0), h_ed, h_ml).decode(), "archive": good_a, "error": "format"},
     {"name": "voucher signed by another provider", "voucher": sign_vouch(vouch(), x_ed, x_ml).decode(),
      "archive": good_a, "error": "signature"},
     {"name": "archive signed by a provider not vouched for",
@@ -45,6 +54,6 @@ cases = [
     {"name": "provider_id is not the vouched provider", "voucher": good_v,
      "archive": sign_archive(archive(other.fingerprint(), home.fingerprint()), o_ed, o_ml).decode(), "error": "link"},
 ]
-out = {"version": 1, "home_keys": home.to_json(), "member": "bob@partner", "cases": cases}
+out = {"version": 1, "home_keys": home.to_json(), "member": "bob@partner", "now": NOW, "cases": cases}
 json.dump(out, sys.stdout, indent=1)
 print()
