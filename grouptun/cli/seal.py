@@ -88,7 +88,8 @@ class MemberSession:
         """The KEM public keys of ``names``: one small request each for a few, the full archive for many
         (the caller checks each against the compact archive's digests)."""
         if len(names) > KEYS_ONE_BY_ONE:
-            return {m.name: m.kem_public for m in self.archive(compact=False).members if m.name in set(names)}
+            wanted = set(names)
+            return {m.name: m.kem_public for m in self.archive(compact=False).members if m.name in wanted}
         return {name: self.client.kem_public(name) for name in names}
 
     def close(self) -> None:
