@@ -109,8 +109,10 @@ def _default_link_dns():
 def _default_client(config: Config, keys: keystore.MemberKeys):
     from grouptun.control.client import ProviderClient
 
+    # compact: the daemon needs no other member's KEM key (only `grouptun seal` does, and it asks for the
+    # full archive itself), so it starts and watches with the compact archive (PROTOCOL.md 2.2)
     return ProviderClient(config.provider.all_urls, config.provider.tls_fingerprint, config.provider_group,
-                          config.group.member, keys.signing_key)
+                          config.group.member, keys.signing_key, compact=True)
 
 
 def _default_session(member: str, keepalive: float, run_key=None, policy=None):

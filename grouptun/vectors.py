@@ -11,6 +11,10 @@ Two document kinds, told apart by their list key:
   infos are rebuilt, the capsule and sealed salt opened, data_id computed.
 - ``{"version": 1, "sealed": [...]}`` (the project's sealed-v1, PROTOCOL.md
   3.2): the wrapped data key opened, the header and the chunked blob rebuilt.
+- ``{"version": 1, "archives": [...]}`` (the project's compact-v1, PROTOCOL.md
+  2.2): a full archive verified, its compact document and that document's
+  (deterministic) Ed25519 signature derived, the given compact envelope
+  verified as exactly that document and as nothing else.
 
 Each vector is returned with its fields in the canonical order of the
 published files (inputs and outputs interleaved as there); output fields
@@ -26,10 +30,14 @@ import functools
 import re
 from typing import Any, Callable
 
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
+
+from grouptun.core import archive as arch
 from grouptun.core import capsule as caps
+from grouptun.core import vouch
 from grouptun.core import sealeddata
 from grouptun.core import exporter, keys, seal, sequence, wire
-from grouptun.errors import CapsuleError, SealedDataError, VectorsError
+from grouptun.errors import CapsuleError, EpochRejected, SealedDataError, VectorsError
 
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
 _U32_MAX = 2**32 - 1
@@ -51,6 +59,11 @@ SEALED_INPUTS = ("uid", "group_id", "data_id", "chunk_size", "kem_seed", "x25519
 SEALED_ORDER = ("uid", "group_id", "data_id", "chunk_size", "kem_seed", "x25519_private", "kem_public",
                 "wrap_info", "wrapped", "data_key", "plaintext", "header", "blob")
 SEALED_OUTPUTS = tuple(name for name in SEALED_ORDER if name not in SEALED_INPUTS)
+
+ARCHIVE_INPUTS = ("ed25519_seed", "mldsa65_seed", "archive", "compact")
+ARCHIVE_ORDER = ("ed25519_seed", "mldsa65_seed", "provider_keys", "archive", "kem_sha256", "compact_document",
+                 "compact_ed25519", "compact")
+ARCHIVE_OUTPUTS = tuple(name for name in ARCHIVE_ORDER if name not in ARCHIVE_INPUTS)
 
 
 def _short(value: Any) -> str:
@@ -270,9 +283,46 @@ def compute_sealed(where: str, raw: Any) -> dict:
     return _ordered(raw, computed, SEALED_ORDER)
 
 
+def compute_archive(where: str, raw: Any) -> dict:
+    """One compact-v1 vector: the provider keys from their seeds, the full archive verified, its compact
+    document and Ed25519 signature (deterministic; ML-DSA's is hedged, so the ``compact`` envelope is an input),
+    and that envelope checked: it verifies as this compact document, and neither as a full archive nor as a
+    voucher."""
+    v = _Vector(where, raw)
+    ed = ed25519.Ed25519PrivateKey.from_private_bytes(v.hex("ed25519_seed", 32))
+    ml = mldsa.MLDSA65PrivateKey.from_seed_bytes(v.hex("mldsa65_seed", 32))
+    keys_ = arch.ProviderKeys(ed.public_key().public_bytes_raw(), ml.public_key().public_bytes_raw())
+    full, compact = v.text("archive").encode(), v.text("compact").encode()
+    try:
+        document = arch.open_envelope(full, keys_)
+        arch.parse_document(document)
+    except EpochRejected as exc:
+        raise v.fail("archive", f"not a full archive these keys signed: {exc}") from None
+    small = arch.compact_document(document)
+    try:
+        got = arch.open_envelope(compact, keys_, arch.COMPACT_LABEL)
+        arch.parse_document(got, compact=True)
+    except EpochRejected as exc:
+        raise v.fail("compact", f"does not verify as a compact archive: {exc}") from None
+    if got != small:
+        raise v.fail("compact", "is not the compact form of archive")
+    for label in (arch.SIGNING_LABEL, vouch.VOUCH_LABEL):
+        try:
+            arch.open_envelope(compact, keys_, label)
+        except EpochRejected:
+            continue
+        raise v.fail("compact", f"verifies under the label {label.decode()!r} too")
+    signed = arch.canonical(small)
+    computed = {"provider_keys": keys_.to_json(), "kem_sha256": [m["kem_sha256"] for m in small["members"]],
+                "compact_document": signed.decode("utf-8"),
+                "compact_ed25519": ed.sign(arch.COMPACT_LABEL + signed).hex()}
+    return _ordered(raw, computed, ARCHIVE_ORDER)
+
+
 KINDS: dict[str, Callable[[str, Any], dict]] = {"vectors": compute_protocol, "capsules": compute_capsule,
-                                                "sealed": compute_sealed}
-OUTPUTS = {"vectors": PROTOCOL_OUTPUTS, "capsules": CAPSULE_OUTPUTS, "sealed": SEALED_OUTPUTS}
+                                                "sealed": compute_sealed, "archives": compute_archive}
+OUTPUTS = {"vectors": PROTOCOL_OUTPUTS, "capsules": CAPSULE_OUTPUTS, "sealed": SEALED_OUTPUTS,
+           "archives": ARCHIVE_OUTPUTS}
 
 
 def compute_document(document: Any, run_key=None) -> dict:
@@ -285,7 +335,7 @@ def compute_document(document: Any, run_key=None) -> dict:
         raise VectorsError(f"version: must be 1, got {_short(document['version'])}")
     kinds = [kind for kind in KINDS if kind in document]
     if not kinds:
-        raise VectorsError("document: has neither a 'vectors', a 'capsules' nor a 'sealed' list")
+        raise VectorsError("document: has neither a 'vectors', a 'capsules', a 'sealed' nor an 'archives' list")
     result = dict(document)
     for kind in kinds:
         items = document[kind]

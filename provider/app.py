@@ -15,6 +15,11 @@ is served only with ``"api_docs": true`` in ``STATE/provider.json``; off by defa
                                                        204 after T seconds (0..60) unchanged
          (archive and watch: gzip-encoded when Accept-Encoding allows it, one body per version,
           provider/encoding.py; the signed bytes inside are the same)
+         (archive, watch and start take ?form=compact: the compact archive, PROTOCOL.md 2.2, what
+          daemons ask for; absent or form=full: the full archive; anything else 422)
+    GET  /v1/groups/{group}/members/{name}/kem      -> 200 the member's 1216-byte KEM public key
+                                                       (application/octet-stream; the compact archive
+                                                       signs only its SHA-256); 404 no such member
     POST /v1/groups/{group}/start {"challenge": hex(32 bytes)}
                                                     -> 200 envelope of a NEW epoch listing the challenge
                                                        and naming the member's instance (starts of

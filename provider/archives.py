@@ -91,6 +91,6 @@ def resign(conn, g, signer, now: float) -> None:
     old = parse_own(g.archive)
     indices = {m.name: m.index for m in old.members}
     version = next_version(g.version, now)
-    archive = signer.sign(build_archive(g, version, old.epoch, member_rows(conn, g.id), indices, now,
-                                        signer.public.fingerprint(), approved_routes(conn, g.id)))
-    conn.execute(update(groups).where(groups.c.id == g.id).values(version=version, archive=archive))
+    signed = signer.sign_forms(build_archive(g, version, old.epoch, member_rows(conn, g.id), indices, now,
+                                             signer.public.fingerprint(), approved_routes(conn, g.id)))
+    conn.execute(update(groups).where(groups.c.id == g.id).values(version=version, **signed))

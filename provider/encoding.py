@@ -7,7 +7,8 @@ so gzip takes about a quarter off; members' clients (``requests``) ask
 for gzip by default and decode it transparently, so the signed bytes they
 verify are unchanged: nothing in the protocol changes.
 
-One compressed body per group and archive version (:class:`GzipCache`),
+One compressed body per group, form (full or compact, PROTOCOL.md 2.2) and
+archive version (:class:`GzipCache`, keyed by ``(group, compact)``),
 made on first demand and shared by every watcher of that version, so a
 fan-out to N watchers compresses once, not N times. Compression is
 deterministic (``mtime=0``). The archive is no secret to its members and
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+from typing import Hashable
 
 from starlette.responses import Response
 
@@ -61,14 +63,14 @@ class GzipCache:
     def __init__(self, level: int = GZIP_LEVEL) -> None:
         self.level = level
         self._lock = threading.Lock()
-        self._bodies: dict[str, tuple[int, bytes]] = {}  # group -> (version, gzip body)
+        self._bodies: dict[Hashable, tuple[int, bytes]] = {}  # (group, compact?) -> (version, gzip body)
 
-    def cached(self, group: str, version: int) -> bytes | None:
+    def cached(self, group: Hashable, version: int) -> bytes | None:
         """The body of exactly this version if it was compressed already (no work: safe on the event loop)."""
         cached = self._bodies.get(group)
         return cached[1] if cached is not None and cached[0] == version else None
 
-    def body(self, group: str, version: int, raw: bytes) -> bytes:
+    def body(self, group: Hashable, version: int, raw: bytes) -> bytes:
         """The body of ``raw`` (the archive of ``version``), compressing it at most once per version."""
         with self._lock:  # held while compressing: concurrent askers of a new version wait, not redo it
             cached = self.cached(group, version)

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from provider import linkremove, membership
 from provider.encoding import GzipCache
 from provider.errors import ProviderFault
-from provider.service import Provider
+from provider.service import Opened, Provider
 from provider.store import CHANGE_CHANNEL, SERVER_APPLICATION, TIMER_LOCK_KEY, Store
 
 log = logging.getLogger("grouptun.provider")
@@ -50,7 +50,11 @@ MAX_CHALLENGES_PER_EPOCH = 256
 class _GroupState:
     version: int = 0
     archive: bytes | None = None
+    compact: bytes | None = None  # the same version's compact form (the full one where none is stored)
     event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def form(self, compact: bool) -> bytes | None:
+        return self.compact if compact else self.archive
 
 
 class Hub:
@@ -77,9 +81,11 @@ class Hub:
         for name, version in versions.items():
             state = self.groups.setdefault(name, _GroupState())
             if state.version != version:
-                state.version, state.archive = await run_in_threadpool(self.provider.store.archive, name)
-                if state.archive is not None:  # once per version, before the fan-out (provider/encoding.py)
-                    await run_in_threadpool(self.gzip.body, name, state.version, state.archive)
+                state.version, state.archive, state.compact = await run_in_threadpool(
+                    self.provider.store.archive_forms, name)
+                for form in (False, True):  # once per version and form, before the fan-out (provider/encoding.py)
+                    if state.form(form) is not None:
+                        await run_in_threadpool(self.gzip.body, (name, form), state.version, state.form(form))
                 state.event.set()
                 state.event = asyncio.Event()
 
@@ -104,20 +110,24 @@ class Hub:
             if listener is not None:
                 listener.stop()
 
-    def current(self, group: str) -> tuple[int, bytes] | None:
-        """(version, archive) as this hub last read them (None: nothing yet); the caller checks the version."""
+    def current(self, group: str, compact: bool = False) -> tuple[int, bytes] | None:
+        """(version, archive in the form asked for) as this hub last read them (None: nothing yet); the
+        caller checks the version."""
         state = self.groups.get(group)
-        return None if state is None or state.archive is None else (state.version, state.archive)
+        raw = None if state is None else state.form(compact)
+        return None if raw is None else (state.version, raw)
 
-    async def wait_change(self, group: str, version: int, timeout: float) -> tuple[int, bytes] | None:
-        """(newer version, its archive) as soon as there is one; None after ``timeout`` or at shutdown."""
+    async def wait_change(self, group: str, version: int, timeout: float,
+                          compact: bool = False) -> tuple[int, bytes] | None:
+        """(newer version, its archive in the form asked for) as soon as there is one; None after ``timeout``
+        or at shutdown."""
         deadline = time.monotonic() + timeout
         while True:
             state = self.groups.setdefault(group, _GroupState())
             # Only a newer version answers: a member that saw a version this database does
             # not have (restored from an older backup) waits for the next change.
-            if state.version > version and state.archive is not None:
-                return state.version, state.archive
+            if state.version > version and state.form(compact) is not None:
+                return state.version, state.form(compact)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.released:
                 return None
@@ -222,7 +232,7 @@ class StartBatcher:
         self.pending: dict[str, tuple[dict[str, bytes], asyncio.Future]] = {}  # group -> collecting batch
         self._last: dict[str, asyncio.Future] = {}  # group -> the batch that runs last
 
-    async def start(self, group: str, member: str, challenge: bytes) -> bytes | None:
+    async def start(self, group: str, member: str, challenge: bytes) -> Opened | None:
         batch = self.pending.get(group)
         if (batch is None or len(batch[0]) >= MAX_CHALLENGES_PER_EPOCH
                 or batch[0].get(member, challenge) != challenge):
@@ -249,7 +259,7 @@ class StartBatcher:
         starts, future = batch
         try:
             opened = await run_in_threadpool(self.provider.start, group, dict(starts))
-            future.set_result(None if opened is None else opened.archive)
+            future.set_result(opened)
         except Exception as exc:  # noqa: BLE001 -- handed to every waiter
             future.set_exception(exc)
             future.add_done_callback(lambda f: f.exception())  # waiters may all be gone

@@ -195,10 +195,16 @@ class Signer:
     def generate(cls) -> "Signer":
         return cls(ed25519.Ed25519PrivateKey.generate(), mldsa.MLDSA65PrivateKey.generate())
 
-    def sign(self, archive: Archive) -> bytes:
+    def sign(self, archive: Archive, compact: bool = False) -> bytes:
+        """The signed envelope of ``archive`` (with ``compact``: of its compact form, PROTOCOL.md 2.2)."""
         if self.urls:
             archive = dataclasses.replace(archive, provider_urls=self.urls)
-        return sign_archive(archive, self._ed, self._ml)
+        return sign_archive(archive, self._ed, self._ml, compact)
+
+    def sign_forms(self, archive: Archive) -> dict[str, bytes]:
+        """The ``groups`` columns of one version: the full archive and its compact form, each signed
+        under its own label."""
+        return {"archive": self.sign(archive), "compact": self.sign(archive, compact=True)}
 
     def sign_vouch(self, vouch: Vouch) -> bytes:
         """A voucher for a linked provider's keys (PROTOCOL.md 8), for this provider's own members."""

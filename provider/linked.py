@@ -62,7 +62,8 @@ CREDENTIAL_VALUES = ("checked", "none")
 LINK_COVERED = (MEMBER_HEADER, CREDENTIAL_HEADER)
 _SALT = re.compile(r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})/epochs/([0-9]{1,10})/salt")
 _FORWARDED = re.compile(r"/v1/groups/[a-z0-9][a-z0-9_-]{0,31}/(archive|watch|start|report|epochs/[0-9]{1,10}/capsule"
-                        r"|sealed(/[0-9a-f]{32}(/commit|/parts/[0-9]{1,7})?)?)")
+                        r"|sealed(/[0-9a-f]{32}(/commit|/parts/[0-9]{1,7})?)?"
+                        r"|members/[^/?]{1,200}/kem)")  # kem: a member's key, checked against the compact archive
 _PART = re.compile(r".*/sealed/[0-9a-f]{32}/parts/[0-9]{1,7}")  # a sealed-data part: octet-stream, not JSON
 JSON, OCTETS = "application/json", "application/octet-stream"
 Send = Callable[[str, str, dict, bytes], tuple[int, bytes]]  # (method, url, headers, body) -> (status, body)
@@ -163,9 +164,9 @@ def relay(provider, link_name: str, method: str, path: str, member: str, body: b
     "checked" its credential) to the owner over link ``link_name``, re-signed with this provider's key; the
     owner's (status, body), relayed as they are (capsules and salts are sealed to the member's key).
 
-    ``path`` is the member API's (start, archive, watch, report, capsule, salt, sealed data); a salt goes to the
-    link's salt route with an empty body: the member's authenticator stays here. Sealed data is relayed as it
-    is (blobs are sealed to their recipients' keys: apps/sealed.py)."""
+    ``path`` is the member API's (start, archive, watch, report, capsule, salt, sealed data, a member's KEM
+    key); a salt goes to the link's salt route with an empty body: the member's authenticator stays here. Sealed
+    data is relayed as it is (blobs are sealed to their recipients' keys: apps/sealed.py)."""
     with provider.store.read() as conn:
         row = link_row(conn, link_name)
     if row.provider_keys is None:

@@ -36,6 +36,9 @@ from provider.service import Provider
 ARCHIVE_RESPONSES = {200: {"content": {ARCHIVE_MEDIA: {}}, "description": "signed archive envelope"},
                      404: {"description": "no such group, or no epoch yet"}}
 SEALED_RESPONSES = {200: {"content": {SEALED_MEDIA: {}}, "description": "1168 bytes"}}
+# ?form=compact: the compact archive (PROTOCOL.md 2.2), what member daemons ask for; absent: the full one, so
+# older clients get what they always got. Anything else is a 422 (the query is part of the signed URL).
+FORM = Query("full", pattern="^(full|compact)$")
 VARY = {"Vary": "Accept-Encoding"}  # caches between members and the provider must not mix the two forms
 log = logging.getLogger("provider.routes")
 WAITING = {"waiting": "members", "detail": "the group has fewer than 2 members; the start challenge is "
@@ -231,35 +234,46 @@ def archive_router(ctx: Context) -> APIRouter:
     """The current archive, and the long-poll for the next one."""
     router, member = APIRouter(route_class=IJsonRoute), ctx.member_dependency()
 
-    async def answer(request: Request, group: str, version: int, raw: bytes) -> Response:
-        """The archive, gzip-encoded when the client accepts it (one body per version: provider/encoding.py)."""
+    async def answer(request: Request, group: str, compact: bool, version: int, raw: bytes) -> Response:
+        """The archive, gzip-encoded when the client accepts it (one body per version and form:
+        provider/encoding.py)."""
         if not accepts_gzip(request.headers.get("accept-encoding")):
             return ChunkedResponse(raw, media_type=ARCHIVE_MEDIA, headers=VARY)
-        body = ctx.hub.gzip.cached(group, version) or await run_in_threadpool(ctx.hub.gzip.body, group, version, raw)
+        key = (group, compact)
+        body = ctx.hub.gzip.cached(key, version) or await run_in_threadpool(ctx.hub.gzip.body, key, version, raw)
         return ChunkedResponse(body, media_type=ARCHIVE_MEDIA, headers={**VARY, "Content-Encoding": "gzip"})
 
     @router.get("/v1/groups/{group}/archive", response_class=Response, responses=ARCHIVE_RESPONSES)
-    async def archive(request: Request, who: Member = Depends(member)):
+    async def archive(request: Request, form: str = FORM, who: Member = Depends(member)):
         # The version alone first: when the hub holds that version, its bytes are the archive (one
         # database history never signs two archives under one version), and the multi-MiB blob is
         # not read again for every member of a big group after a rekey (scripts/bench-provider).
+        compact = form == "compact"
         version = await run_in_threadpool(ctx.provider.store.archive_version, who.group)
-        held = ctx.hub.current(who.group)
+        held = ctx.hub.current(who.group, compact)
         if held is not None and held[0] == version:
             version, raw = held
         else:
-            version, raw = await run_in_threadpool(ctx.provider.store.archive, who.group)
+            version, raw = await run_in_threadpool(ctx.provider.store.archive, who.group, compact)
         if raw is None:
             raise NotFound(f"group {who.group!r} has no epoch yet")
-        return await answer(request, who.group, version, raw)
+        return await answer(request, who.group, compact, version, raw)
+
+    @router.get("/v1/groups/{group}/members/{name}/kem", response_class=Response,
+                responses={200: {"content": {SEALED_MEDIA: {}}, "description": "1216 bytes"}})
+    async def kem(name: str = PathParam(min_length=1, max_length=64), who: Member = Depends(member)):
+        """A member's KEM public key, for sealing to it (the compact archive signs only its digest)."""
+        return Response(await run_in_threadpool(ctx.provider.kem_public, who.group, name), media_type=SEALED_MEDIA)
 
     @router.get("/v1/groups/{group}/watch", response_class=Response,
                 responses={**ARCHIVE_RESPONSES, 204: {"description": "unchanged until the timeout"}})
     async def watch(request: Request, version: int = Query(ge=0, le=2**62),
-                    timeout: float = Query(25.0, ge=0, le=60), who: Member = Depends(member)):
+                    timeout: float = Query(25.0, ge=0, le=60), form: str = FORM, who: Member = Depends(member)):
+        compact = form == "compact"
         with ctx.watching(who.group):
-            changed = await ctx.hub.wait_change(who.group, version, timeout)
-        return Response(status_code=204) if changed is None else await answer(request, who.group, *changed)
+            changed = await ctx.hub.wait_change(who.group, version, timeout, compact)
+        return (Response(status_code=204) if changed is None
+                else await answer(request, who.group, compact, *changed))
 
     return router
 
@@ -299,10 +313,11 @@ def epochs_router(ctx: Context) -> APIRouter:
 
     @router.post("/v1/groups/{group}/start", response_class=Response,
                  responses={**ARCHIVE_RESPONSES, 202: {"description": "waiting for a second member"}})
-    async def start(body: StartRequest, who: Member = Depends(member)):
+    async def start(body: StartRequest, form: str = FORM, who: Member = Depends(member)):
         if not await ctx.limits.start.allow(f"{who.group}/{who.name}"):
             raise RateLimited("rate limit exceeded (start)")
-        raw = await ctx.starts.start(who.group, who.name, bytes.fromhex(body.challenge))
+        opened = await ctx.starts.start(who.group, who.name, bytes.fromhex(body.challenge))
+        raw = None if opened is None else opened.form(form == "compact")
         if raw is None:
             ctx.hub.kick()
             return JSONResponse(WAITING, status_code=202)

@@ -76,6 +76,11 @@ class Opened:
     archive: bytes | None
     epoch: int | None
     indices: dict[str, int]
+    compact: bytes | None = None  # the same version's compact form (PROTOCOL.md 2.2); None: only the full one
+
+    def form(self, compact: bool) -> bytes | None:
+        """The signed archive in the form asked for (the full one where no compact form is stored)."""
+        return self.compact if compact and self.compact is not None else self.archive
 
 
 
@@ -324,7 +329,7 @@ class Provider:
             listed = set(json.loads(row or "[]"))
             if not all(c.hex() in listed for c in starts.values()):
                 return False
-            answered.append(Opened(g.version, g.archive, g.current_epoch, {}))
+            answered.append(Opened(g.version, g.archive, g.current_epoch, {}, g.compact))
             return True
 
         try:
@@ -387,11 +392,11 @@ class Provider:
             conn.execute(delete(capsules).where(capsules.c.group == g.id))
             indices = {r.name: k for k, r in enumerate(sorted(rows, key=lambda r: r.name))}
             unsigned = build_archive(g, version, None, rows, indices, now, self.provider_id)
-            archive = self.signer.sign(unsigned) if rows else None
+            signed = self.signer.sign_forms(unsigned) if rows else {"archive": None, "compact": None}
             conn.execute(update(groups).where(groups.c.id == g.id).values(
-                version=version, archive=archive, current_epoch=None, epoch_opened_at=None))
+                version=version, current_epoch=None, epoch_opened_at=None, **signed))
             add_audit(conn, now, "provider", "no-epoch", g.name, reason=reason, group_size=len(rows), version=version)
-            return Opened(version, archive, None, indices)
+            return Opened(version, signed["archive"], None, indices, signed["compact"])
         starts = {name: c for name, c in starts.items() if any(r.name == name for r in rows)}
         if starts:  # this epoch answers them: each member's latest start owns it from now on
             for name, challenge in starts.items():
@@ -412,13 +417,13 @@ class Provider:
                                         for name, idx, cap, salt in sealed.sealed])
         prune_capsules(conn, g.id, g.current_epoch if g.current_epoch is not None else number)
         drop_starts(conn, g.id, starts, now)
-        archive = self.signer.sign(build_archive(g, version, info, rows, sealed.indices, now, self.provider_id,
-                                                 routes_approved.approved_routes(conn, g.id)))
+        signed = self.signer.sign_forms(build_archive(g, version, info, rows, sealed.indices, now, self.provider_id,
+                                                      routes_approved.approved_routes(conn, g.id)))
         conn.execute(update(groups).where(groups.c.id == g.id).values(
-            epoch_hw=number, current_epoch=number, epoch_opened_at=now, version=version, archive=archive))
+            epoch_hw=number, current_epoch=number, epoch_opened_at=now, version=version, **signed))
         add_audit(conn, now, "provider", "epoch", g.name, epoch=number, reason=reason, group_size=len(rows),
                   version=version, challenges=len(challenges))
-        return Opened(version, archive, number, sealed.indices)
+        return Opened(version, signed["archive"], number, sealed.indices, signed["compact"])
 
     def due_for_time_rekey(self) -> list[str]:
         now = self.clock()
@@ -447,6 +452,15 @@ class Provider:
             raw = conn.execute(select(members.c.ed25519_public).join(groups, groups.c.id == members.c.group)
                                .where(groups.c.name == group, members.c.name == name)).scalar()
         return None if raw is None else ed25519.Ed25519PublicKey.from_public_bytes(raw)
+
+    def kem_public(self, group: str, name: str) -> bytes:
+        """Member ``name``'s KEM public key: what the compact archive names by its SHA-256 (PROTOCOL.md 2.2)."""
+        with self.store.read() as conn:
+            value = conn.execute(select(members.c.kem_public).join(groups, groups.c.id == members.c.group).where(
+                groups.c.name == group, members.c.name == name)).scalar()
+        if value is None:
+            raise NotFound(f"no member {name!r} in group {group!r}")
+        return value
 
     def capsule(self, group: str, name: str, epoch: int, column=capsules.c.capsule) -> bytes:
         with self.store.read() as conn:

@@ -64,6 +64,9 @@ no limits): see ``provider/exportrules.py``.
 ``provider/links.py`` and ``provider/linked.py``.
 9 -> 10 adds ``links.last_ok_at, last_failure_at, last_failure, down_since``
 (NULL: no contact recorded yet) and the ``link_removals`` table (empty).
+10 -> 11 adds ``groups.compact``, the compact form of the archive of the
+same version (PROTOCOL.md 2.2; NULL until the group's next signed version:
+members asking for it get the full form meanwhile).
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -113,7 +116,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 TIMER_LOCK_KEY = 0x67747473  # "gtts": PostgreSQL session advisory lock of the replica running the timers
 CHANGE_CHANNEL = "grouptun_changed"  # NOTIFY after every serialised write (provider/hub.py listens)
@@ -142,6 +145,7 @@ groups = Table(
     Column("current_epoch", BigInteger),
     Column("epoch_opened_at", Float),
     Column("archive", LargeBinary),
+    Column("compact", LargeBinary),  # v10: the same version's compact form (PROTOCOL.md 2.2); NULL: not signed yet
     Column("owner_fields", Text),    # v3: JSON object, the archive's group_metadata.owner (NULL: none)
     Column("expires_at", Float),     # v3: the whole group's end (NULL: none)
     Column("owners", Text),          # v3: JSON sorted list of owner names, the archive's roles (NULL: none)
@@ -333,6 +337,12 @@ def _export_rules_column(conn: Connection) -> None:
         _add_column(conn, groups, "export_rules")
 
 
+def _compact_column(conn: Connection) -> None:
+    """Issue 16: the compact form of each group's archive (NULL until its next version is signed)."""
+    if "compact" not in {c["name"] for c in inspect(conn).get_columns(groups.name)}:
+        _add_column(conn, groups, "compact")
+
+
 # Linked trust providers (issue 19, provider/links.py): what each admin pinned of the other provider.
 links = Table(
     "links", metadata,
@@ -434,6 +444,7 @@ MIGRATIONS = {
     7: _export_rules_column,
     8: _add_links,
     9: _link_state,
+    10: _compact_column,
 }
 
 
@@ -596,10 +607,18 @@ class Store:
         with self.read() as conn:
             return conn.execute(select(groups.c.version).where(groups.c.name == group)).scalar()
 
-    def archive(self, group: str) -> tuple[int, bytes | None]:
+    def archive(self, group: str, compact: bool = False) -> tuple[int, bytes | None]:
+        """(version, signed archive) of ``group``; with ``compact`` its compact form (see :meth:`archive_forms`)."""
+        version, full, small = self.archive_forms(group)
+        return version, small if compact else full
+
+    def archive_forms(self, group: str) -> tuple[int, bytes | None, bytes | None]:
+        """(version, full archive, compact form) of ``group``, read together. A version signed before
+        schema 10 has no compact form: the full one stands in for it (members accept either)."""
         with self.read() as conn:
-            row = conn.execute(select(groups.c.version, groups.c.archive).where(groups.c.name == group)).first()
-        return (0, None) if row is None else (row.version, row.archive)
+            row = conn.execute(select(groups.c.version, groups.c.archive, groups.c.compact)
+                               .where(groups.c.name == group)).first()
+        return (0, None, None) if row is None else (row.version, row.archive, row.compact or row.archive)
 
 
 def add_audit(conn: Connection, now: float, actor: str, action: str, group: str | None, **detail) -> None:

@@ -3,7 +3,9 @@
 Design (issue 20; format in ``grouptun.core.sealeddata``): the member draws a
 fresh data key, encrypts the file itself (AES-256-GCM in 64 KiB chunks) and
 wraps the data key for each recipient with HPKE (X-Wing) to the recipient's
-KEM public key taken from the signed archive. The provider stores only the
+KEM public key taken from the signed archive (from the compact archive, only
+its SHA-256: the key itself then comes from the provider and is used only if
+it matches, PROTOCOL.md 2.2). The provider stores only the
 blob, so it never sees the plaintext or the data key; it serves the blob to
 the recipients it lists, while they are members. A member that was offline
 opens it whenever it comes back: nothing depends on being online at the seal.
@@ -78,20 +80,31 @@ class Recipient:
     kem_public: bytes
 
 
-def choose_recipients(archive: Archive, me: str, to: list[str] | None, everyone: bool,
-                      only_self: bool) -> list[Recipient]:
-    """``--to`` names, ``--all`` (every member, us included) or ``--self``; UsageError names an unknown one."""
+def choose_recipients(archive: Archive, me: str, to: list[str] | None, everyone: bool, only_self: bool,
+                      fetch_keys: Callable[[list[str]], dict[str, bytes]] | None = None) -> list[Recipient]:
+    """``--to`` names, ``--all`` (every member, us included) or ``--self``; UsageError names an unknown one.
+
+    A compact ``archive`` names each key by its SHA-256 only: ``fetch_keys(names)`` gets the keys, and each
+    is used only if it matches the signed digest (constant-time compare), else ProviderError."""
     if sum((to is not None, everyone, only_self)) != 1:
         raise UsageError("give exactly one of --to NAMES, --all, --self")
-    if everyone:
-        return [Recipient(m.name, m.kem_public) for m in archive.members]
-    names = [me] if only_self else to
-    out = []
-    for name in dict.fromkeys(names):
+    chosen = list(archive.members) if everyone else []
+    for name in [] if everyone else dict.fromkeys([me] if only_self else to):
         member = archive.member(name)
         if member is None:
             raise UsageError(f"{name!r} is not a member of group {archive.name!r} (signed archive v{archive.version})")
-        out.append(Recipient(name, member.kem_public))
+        chosen.append(member)
+    missing = [m.name for m in chosen if m.kem_public is None]
+    if missing and fetch_keys is None:
+        raise ProviderError("the archive names the members' KEM keys by digest only, and nothing fetches them")
+    fetched = fetch_keys(missing) if missing else {}
+    out = []
+    for member in chosen:
+        key = member.kem_public if member.kem_public is not None else fetched.get(member.name)
+        if key is None or not member.kem_matches(key):
+            raise ProviderError(f"the provider's KEM key for {member.name!r} is not the one signed archive "
+                                f"v{archive.version} names (changed meanwhile? try again)")
+        out.append(Recipient(member.name, key))
     return out
 
 

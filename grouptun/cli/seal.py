@@ -51,6 +51,9 @@ def parse_ttl(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
+KEYS_ONE_BY_ONE = 16  # recipients whose keys are fetched one request each; more: the full archive, once
+
+
 @dataclass
 class MemberSession:
     config: object  # grouptun.config.Config
@@ -62,18 +65,32 @@ class MemberSession:
     def kem(self):
         return (self.opener or self.keys).kem
 
-    def archive(self):
+    def archive(self, compact: bool = True):
         """The group's current archive, verified against the provider keys pinned at join (a group a linked
-        provider owns: through our provider's voucher, PROTOCOL.md 8), not expired, of our group."""
+        provider owns: through our provider's voucher, PROTOCOL.md 8), not expired, of our group: the compact
+        form (PROTOCOL.md 2.2; the full one from a provider without it), or with ``compact`` False the full one."""
         import time
 
         from grouptun.control import vouchfile
         from grouptun.control.epochaccept import verified_archive
         from grouptun.core.archive import ProviderKeys
+        from grouptun.errors import ProviderError
 
         p, group = self.config.provider, self.config.group
-        return verified_archive(self.client.archive(), ProviderKeys(p.ed25519_public, p.mldsa65_public),
-                                group.group_id, time.time(), vouchfile.load(self.config.paths.state_dir), group.member)
+        archive = verified_archive(self.client.archive(compact), ProviderKeys(p.ed25519_public, p.mldsa65_public),
+                                   group.group_id, time.time(), vouchfile.load(self.config.paths.state_dir),
+                                   group.member)
+        if not compact and archive.compact:
+            raise ProviderError("asked for the full archive, the provider answered the compact one")
+        return archive
+
+    def kem_keys(self, names: list[str]) -> dict[str, bytes]:
+        """The KEM public keys of ``names``: one small request each for a few, the full archive for many
+        (the caller checks each against the compact archive's digests)."""
+        if len(names) > KEYS_ONE_BY_ONE:
+            wanted = set(names)
+            return {m.name: m.kem_public for m in self.archive(compact=False).members if m.name in wanted}
+        return {name: self.client.kem_public(name) for name in names}
 
     def close(self) -> None:
         self.client.close()
@@ -106,7 +123,7 @@ def open_member(args: argparse.Namespace, old_keys: Path | None = None,
     finally:
         credential.wipe(cred)
     client = ProviderClient(cfg.provider.url, cfg.provider.tls_fingerprint, cfg.provider_group, cfg.group.member,
-                            keys.signing_key, timeout=60.0)
+                            keys.signing_key, timeout=60.0, compact=True)
     return MemberSession(cfg, keys, client, opener)
 
 
@@ -126,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         archive = session.archive()
         to = None if args.to is None else [n.strip() for n in args.to.split(",") if n.strip()]
-        recipients = sealed.choose_recipients(archive, session.config.group.member, to, args.all, args.self)
+        recipients = sealed.choose_recipients(archive, session.config.group.member, to, args.all, args.self,
+                                              session.kem_keys)
         with source:
             size = args.file.stat().st_size
             entry = sealed.seal_file(sealed.HttpSealed(session.client), archive, source, size, recipients, ttl)

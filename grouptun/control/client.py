@@ -24,6 +24,11 @@ when the home provider answered 502/503 with its link's state (a group a
 linked provider owns, PROTOCOL.md 8: the home could not reach the owner). A signature
 refused as stale (the provider restarted, or clocks differ) is retried once.
 
+Archive form: with ``compact`` (what the daemon uses) start, archive and
+watch ask for the compact archive (``?form=compact``, PROTOCOL.md 2.2); a
+provider that predates it ignores the parameter and sends the full one,
+which the caller's verification accepts as well.
+
 Thread safety: one ``requests.Session`` per thread (``threading.local``),
 so a daemon may watch in one thread and fetch capsules in another.
 """
@@ -46,7 +51,7 @@ from requests.adapters import HTTPAdapter
 from grouptun.control.backoff import ReplicaRotation
 from grouptun.core.archive import ProviderKeys, enroll_message, verify_archive
 from grouptun.core.vouch import verify_foreign_archive
-from grouptun.core.capsule import CAPSULE_SIZE
+from grouptun.core.capsule import CAPSULE_SIZE, KEM_PUBLIC_SIZE
 from grouptun.core.jointoken import JoinToken, check_url, check_urls, parse_join_token
 from grouptun.errors import LinkUnavailable, ProviderError, ProviderRefused
 from grouptun.control.reqsign import sign_headers
@@ -174,8 +179,10 @@ class ProviderClient:
                  signing_key: ed25519.Ed25519PrivateKey, timeout: float = 10.0,
                  session_factory: Callable[[str], requests.Session] | None = None,
                  rotation: Callable[[tuple[str, ...]], ReplicaRotation] = ReplicaRotation,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, compact: bool = False) -> None:
         urls = (url,) if isinstance(url, str) else tuple(url)
+        self.compact = compact
+        self._form = "form=compact" if compact else ""
         self.replicas = rotation(tuple(check_url(u) for u in urls))
         self.tls_fingerprint = tls_fingerprint
         self.group = group
@@ -297,11 +304,22 @@ class ProviderClient:
         as pending (for 10 minutes) and the group's first epoch will list
         it. Watch for it (and start again if an epoch appears without it).
         """
-        response = self._call("POST", "/start", {"challenge": challenge.hex()}, timeout=self.timeout + 30)
+        response = self._call("POST", "/start", {"challenge": challenge.hex()}, timeout=self.timeout + 30,
+                              params=self._form)
         return None if response.status_code == 202 else response.content
 
-    def archive(self) -> bytes:
-        return self._call("GET", "/archive").content
+    def archive(self, compact: bool | None = None) -> bytes:
+        """The current signed archive: the compact form if ``compact`` (None: as the client was made)."""
+        form = self._form if compact is None else "form=compact" if compact else ""
+        return self._call("GET", "/archive", params=form).content
+
+    def kem_public(self, member: str) -> bytes:
+        """``member``'s KEM public key as the provider holds it (PROTOCOL.md 2.2: unsigned; the caller checks
+        it against the digest a verified compact archive names)."""
+        content = self._call("GET", f"/members/{quote(member, safe='')}/kem").content
+        if len(content) != KEM_PUBLIC_SIZE:
+            raise ProviderError(f"KEM public key has {len(content)} bytes, expected {KEM_PUBLIC_SIZE}")
+        return content
 
     def vouch(self) -> bytes:
         """A fresh voucher of our provider for the owner of our group (PROTOCOL.md 8; only for such a group)."""
@@ -311,7 +329,8 @@ class ProviderClient:
         """Long-poll: the archive once its version exceeds ``version``; None after ``timeout`` (<= 60 s)."""
         timeout = min(max(float(timeout), 0.0), 60.0)
         response = self._call("GET", "/watch", timeout=timeout + self.timeout,
-                              params=f"version={int(version)}&timeout={float(timeout):g}")
+                              params=f"version={int(version)}&timeout={float(timeout):g}"
+                              + (f"&{self._form}" if self._form else ""))
         return None if response.status_code == 204 else response.content
 
     def capsule(self, epoch: int) -> bytes:

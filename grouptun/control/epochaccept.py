@@ -80,9 +80,11 @@ def verified_archive(signed: bytes, pinned: ProviderKeys, group_id: bytes, now: 
     and it is for ``group_id``; else EpochRejected (step signature, link, expired or group_id).
 
     With ``vouch`` (a group a linked provider owns, PROTOCOL.md 8) the signatures are the owner's, checked
-    against the keys the voucher of ``pinned`` (the member's own provider) names for ``member``."""
-    archive = verify_archive(signed, pinned) if vouch is None else verify_foreign_archive(signed, pinned, vouch,
-                                                                                          member, now=now)
+    against the keys the voucher of ``pinned`` (the member's own provider) names for ``member``.
+    Either form verifies (PROTOCOL.md 2.2): the compact one the daemon asks for, or the full one of a
+    provider that predates it; every check after this one is the same for both."""
+    archive = (verify_archive(signed, pinned, compact_ok=True) if vouch is None
+               else verify_foreign_archive(signed, pinned, vouch, member, now=now, compact_ok=True))
     if archive.expires_at and archive.expires_at < now:
         raise EpochRejected("expired", f"archive version {archive.version} expired")
     if archive.group_id != group_id:

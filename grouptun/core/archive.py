@@ -63,6 +63,18 @@ A member's ``routes`` (a grouptun extension, absent = none) are the subnet
 prefixes the provider approved behind it: at most :data:`MAX_ROUTES`,
 each a network in strict form (no host bits set).
 
+The compact form (grouptun extension, PROTOCOL.md 2.2): the same document
+with ``"format": "grouptun/1 compact archive"`` and, in each member entry,
+``"kem_sha256": hex(SHA-256(kem_public))`` in place of ``"kem_public"``,
+signed under :data:`COMPACT_LABEL` (so it never verifies as a full archive
+or a voucher, nor they as it). 88 % of a full archive is other members' KEM
+keys, which a daemon needs only to seal data to them; the compact form is
+what daemons fetch and watch (``Archive.compact``; a member's
+``kem_public`` is then None and :meth:`ArchiveMember.kem_matches` checks a
+key fetched later against the signed digest). :func:`verify_archive` takes
+the full form only unless ``compact_ok``; the label whose Ed25519 signature
+verifies picks the form, and the document's format must be that form's.
+
 ``Archive.raw`` holds the whole envelope exactly as verified, so a member
 can store it and verify it again later. Limits: this module checks shapes
 and signatures only; the semantic acceptance order (group id, epoch newer,
@@ -75,6 +87,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import ipaddress
 import json
 from dataclasses import dataclass, field
@@ -92,6 +105,9 @@ from grouptun.errors import EpochRejected
 
 FORMAT = "grouptun/1 archive"
 SIGNING_LABEL = b"grouptun/1 archive"
+COMPACT_FORMAT = "grouptun/1 compact archive"  # grouptun extension, PROTOCOL.md 2.2
+COMPACT_LABEL = b"grouptun/1 compact archive"
+KEM_DIGEST_SIZE = 32  # SHA-256 of a member's kem_public, in the compact form
 KEYS_HASH_LABEL = b"grouptun/1 provider-keys"
 ED25519_PUBLIC_SIZE = 32
 MLDSA65_PUBLIC_SIZE = 1952
@@ -158,14 +174,31 @@ class ArchiveMember:
     addresses: tuple[str, ...]
     endpoints: tuple[str, ...]
     ed25519_public: bytes
-    kem_public: bytes
+    kem_public: bytes | None  # None in a compact archive: only its digest (kem_sha256) is signed
     instance: bytes | None = None  # instance_of(the start challenge owning this member); None before its first
     attributes: tuple[tuple[str, str], ...] = ()  # grouptun extension: signed key=value pairs, sorted by key
     expires_at: float | None = None  # grouptun extension: a temporary member's deadline (unix seconds)
     routes: tuple[str, ...] = ()  # approved subnet prefixes behind it (grouptun extension; absent = none)
     home: str | None = None  # its home provider's id when not the owner's (PROTOCOL.md 8; absent = the owner's)
+    kem_sha256: bytes | None = None  # compact archives only: SHA-256 of the kem_public they leave out
+
+    @property
+    def kem_digest(self) -> bytes:
+        """SHA-256 of this member's kem_public: computed from the key, or as the compact form signed it."""
+        if self.kem_public is not None:
+            return hashlib.sha256(self.kem_public).digest()
+        if self.kem_sha256 is None:
+            raise ValueError(f"member {self.name!r}: neither kem_public nor kem_sha256")
+        return self.kem_sha256
+
+    def kem_matches(self, kem_public: bytes) -> bool:
+        """True if ``kem_public`` is the key this (verified) entry names (constant-time compare)."""
+        return hmac.compare_digest(hashlib.sha256(kem_public).digest(), self.kem_digest)
 
     def to_json(self) -> dict:
+        """The full form's entry (a compact one is derived from it: :func:`compact_document`)."""
+        if self.kem_public is None:
+            raise ValueError(f"member {self.name!r}: a compact entry has no full form")
         out = {
             "name": self.name, "index": self.index, "addresses": list(self.addresses),
             "endpoints": list(self.endpoints), "ed25519_public": b64e(self.ed25519_public),
@@ -254,8 +287,10 @@ class Archive:
     metadata: GroupMetadata | None = None  # grouptun extension: absent in archives without it
     policy: ArchivePolicy | None = None    # grouptun extension: absent means everything is allowed
     export_rules: exportrules_mod.ExportRules | None = None  # grouptun extension: absent means no limits
+    compact: bool = False  # parsed from the compact form (PROTOCOL.md 2.2): members carry kem_sha256 only
 
     def to_json(self) -> dict:
+        """The full form's document (the compact one is :func:`compact_document` of it)."""
         document = {
             "format": FORMAT, "group_id": self.group_id.hex(), "name": self.name,
             "version": self.version, "epoch": None if self.epoch is None else self.epoch.to_json(),
@@ -319,24 +354,57 @@ def sign_envelope(obj: dict, label: bytes, ed_key: ed25519.Ed25519PrivateKey,
 
 
 def sign_archive(archive: Archive, ed_key: ed25519.Ed25519PrivateKey,
-                 mldsa_key: mldsa.MLDSA65PrivateKey) -> bytes:
-    """Return the signed envelope bytes for ``archive`` (its ``raw`` is ignored)."""
-    return sign_envelope(archive.to_json(), SIGNING_LABEL, ed_key, mldsa_key)
+                 mldsa_key: mldsa.MLDSA65PrivateKey, compact: bool = False) -> bytes:
+    """Return the signed envelope bytes for ``archive`` (its ``raw`` is ignored); with ``compact`` its
+    compact form's, under COMPACT_LABEL."""
+    document = archive.to_json()
+    if compact:
+        return sign_envelope(compact_document(document), COMPACT_LABEL, ed_key, mldsa_key)
+    return sign_envelope(document, SIGNING_LABEL, ed_key, mldsa_key)
 
 
-def _verify_signatures(document: bytes, sig_ed: bytes, sig_ml: bytes, pinned: ProviderKeys, label: bytes) -> None:
-    message = label + document
+def compact_document(document: dict) -> dict:
+    """The compact form of full document ``document`` (PROTOCOL.md 2.2; the one place that rule is written):
+    the same object with its format replaced and, in each member entry, ``kem_public`` replaced by
+    ``kem_sha256``, the lowercase hex SHA-256 of the key's raw bytes. Every other key stays as it is."""
+    if document.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT!r} document")
+    members = []
+    for entry in document["members"]:
+        out = {k: v for k, v in entry.items() if k != "kem_public"}
+        out["kem_sha256"] = hashlib.sha256(b64d(entry["kem_public"], "member.kem_public", KEM_PUBLIC_SIZE)).hexdigest()
+        members.append(out)
+    return {**document, "format": COMPACT_FORMAT, "members": members}
+
+
+def _verify_signatures(document: bytes, sig_ed: bytes, sig_ml: bytes, pinned: ProviderKeys,
+                       labels: tuple[bytes, ...]) -> bytes:
+    """The label of ``labels`` both signatures verify under: the first whose Ed25519 signature verifies
+    (cheap, so a second candidate costs one Ed25519 check, not an ML-DSA one), then ML-DSA under it."""
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(pinned.ed25519_public).verify(sig_ed, message)
-        mldsa.MLDSA65PublicKey.from_public_bytes(pinned.mldsa65_public).verify(sig_ml, message, label)
+        ed = ed25519.Ed25519PublicKey.from_public_bytes(pinned.ed25519_public)
+        for label in labels:
+            try:
+                ed.verify(sig_ed, label + document)
+            except InvalidSignature:
+                continue
+            mldsa.MLDSA65PublicKey.from_public_bytes(pinned.mldsa65_public).verify(sig_ml, label + document, label)
+            return label
     except (InvalidSignature, ValueError) as exc:
         raise EpochRejected("signature", "document signature does not verify") from exc
+    raise EpochRejected("signature", "document signature does not verify")
 
 
 def open_envelope(signed: bytes, pinned: ProviderKeys, label: bytes = SIGNING_LABEL,
                   max_bytes: int = MAX_ENVELOPE_BYTES) -> dict:
     """Verify both signatures of an envelope under ``label``, then return its canonical document.
     Raises EpochRejected('signature' | 'format')."""
+    return open_envelope_as(signed, pinned, (label,), max_bytes)[1]
+
+
+def open_envelope_as(signed: bytes, pinned: ProviderKeys, labels: tuple[bytes, ...],
+                     max_bytes: int = MAX_ENVELOPE_BYTES) -> tuple[bytes, dict]:
+    """(label, canonical document) of an envelope whose signatures verify under one of ``labels``."""
     if len(signed) > max_bytes:
         raise EpochRejected("format", "envelope too large")
     try:
@@ -353,7 +421,7 @@ def open_envelope(signed: bytes, pinned: ProviderKeys, label: bytes = SIGNING_LA
         raise EpochRejected("format", "document is not UTF-8 text") from exc
     sig_ed = b64d(envelope["ed25519"], "ed25519 signature")
     sig_ml = b64d(envelope["mldsa65"], "mldsa65 signature")
-    _verify_signatures(document, sig_ed, sig_ml, pinned, label)
+    label = _verify_signatures(document, sig_ed, sig_ml, pinned, labels)
     try:
         obj = json.loads(document)
         # JCS has no NaN, infinity or integer beyond 2^53 (CanonicalizationError, a ValueError):
@@ -363,12 +431,14 @@ def open_envelope(signed: bytes, pinned: ProviderKeys, label: bytes = SIGNING_LA
         raise EpochRejected("format", "document is not canonical JSON") from exc
     if not is_canonical:
         raise EpochRejected("format", "document is not RFC 8785 canonical")
-    return obj
+    return label, obj
 
 
-def verify_archive(signed: bytes, pinned: ProviderKeys) -> Archive:
-    """Verify both signatures, then parse. Raises EpochRejected('signature' | 'format')."""
-    return parse_document(open_envelope(signed, pinned), raw=bytes(signed))
+def verify_archive(signed: bytes, pinned: ProviderKeys, compact_ok: bool = False) -> Archive:
+    """Verify both signatures, then parse: the full form, or with ``compact_ok`` either form (the one
+    whose label the signatures verify under). Raises EpochRejected('signature' | 'format')."""
+    label, obj = open_envelope_as(signed, pinned, (SIGNING_LABEL, COMPACT_LABEL) if compact_ok else (SIGNING_LABEL,))
+    return parse_document(obj, raw=bytes(signed), compact=label == COMPACT_LABEL)
 
 
 def _get(obj: dict, key: str, kind: type | tuple, where: str):
@@ -416,18 +486,21 @@ def _parse_epoch(obj: object) -> ArchiveEpoch:
     )
 
 
-def _parse_member(obj: object) -> ArchiveMember:
+def _parse_member(obj: object, compact: bool) -> ArchiveMember:
     if not isinstance(obj, dict):
         raise EpochRejected("format", "member: not an object")
     w = "member."
     if "instance" not in obj:
         raise EpochRejected("format", "member.instance: missing")
     instance = obj["instance"]
+    if compact and "kem_public" in obj:
+        raise EpochRejected("format", "member.kem_public: in a compact archive (only kem_sha256 belongs there)")
     return ArchiveMember(
         name=_get(obj, "name", str, w), index=_uint(obj, "index", w, 65536),
         addresses=_strs(obj, "addresses", w), endpoints=_strs(obj, "endpoints", w),
         ed25519_public=b64d(obj.get("ed25519_public"), "member.ed25519_public", ED25519_PUBLIC_SIZE),
-        kem_public=b64d(obj.get("kem_public"), "member.kem_public", KEM_PUBLIC_SIZE),
+        kem_public=None if compact else b64d(obj.get("kem_public"), "member.kem_public", KEM_PUBLIC_SIZE),
+        kem_sha256=_hexd(obj.get("kem_sha256"), "member.kem_sha256", KEM_DIGEST_SIZE) if compact else None,
         instance=None if instance is None else _hexd(instance, "member.instance", INSTANCE_SIZE),
         attributes=_pairs(obj, "attributes", w),
         expires_at=None if "expires_at" not in obj else _num(obj, "expires_at", w),
@@ -508,10 +581,12 @@ def _parse_policy(obj: object) -> ArchivePolicy:
     return ArchivePolicy(version, parsed)
 
 
-def parse_document(obj: object, raw: bytes = b"") -> Archive:
-    """Parse an already verified document object into an :class:`Archive`."""
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise EpochRejected("format", f"document format is not {FORMAT!r}")
+def parse_document(obj: object, raw: bytes = b"", compact: bool = False) -> Archive:
+    """Parse an already verified document object into an :class:`Archive` of the form ``compact`` names
+    (the form whose label the signatures verified under: a document of the other format is refused)."""
+    expected = COMPACT_FORMAT if compact else FORMAT
+    if not isinstance(obj, dict) or obj.get("format") != expected:
+        raise EpochRejected("format", f"document format is not {expected!r}")
     attrs = obj.get("attributes")
     if not isinstance(attrs, dict):
         raise EpochRejected("format", "attributes: not an object")
@@ -522,13 +597,14 @@ def parse_document(obj: object, raw: bytes = b"") -> Archive:
         group_id=_hexd(obj.get("group_id"), "group_id", GROUP_ID_SIZE),
         name=_get(obj, "name", str, ""), version=_uint(obj, "version", "", 2**63),
         epoch=None if obj.get("epoch", 0) is None else _parse_epoch(obj.get("epoch")),
-        members=tuple(_parse_member(m) for m in _get(obj, "members", list, "")),
+        members=tuple(_parse_member(m, compact) for m in _get(obj, "members", list, "")),
         cidr=_get(attrs, "cidr", str, "attributes."), cidr6=cidr6,
         mtu=_uint(attrs, "mtu", "attributes.", 65536), expires_at=_num(obj, "expires_at", ""),
         raw=raw, provider_urls=_provider_urls(obj),
         metadata=None if "group_metadata" not in obj else _parse_metadata(obj["group_metadata"]),
         policy=None if "policy" not in obj else _parse_policy(obj["policy"]),
         export_rules=None if "export_rules" not in obj else _parse_export_rules(obj["export_rules"]),
+        compact=compact,
     )
 
 

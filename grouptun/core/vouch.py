@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grouptun.core.archive import (Archive, ProviderKeys, open_envelope, parse_document, provider_id_of,
-                                   sign_envelope)
+from grouptun.core.archive import (Archive, ProviderKeys, open_envelope, provider_id_of, sign_envelope,
+                                   verify_archive)
 from grouptun.core.jointoken import url_problem
 from grouptun.errors import EpochRejected
 
@@ -128,11 +128,12 @@ def renewal_due(vouch: Vouch, now: float) -> bool:
 
 
 def verify_foreign_archive(signed: bytes, home_keys: ProviderKeys, vouch_signed: bytes, member: str, *,
-                           now: float) -> Archive:
+                           now: float, compact_ok: bool = False) -> Archive:
     """The archive of a group owned by a linked provider, verified for ``member`` of the home provider at wall
-    time ``now`` (the voucher's expiry)."""
+    time ``now`` (the voucher's expiry); with ``compact_ok`` also its compact form (PROTOCOL.md 2.2: relayed
+    unchanged, the owner's signature)."""
     vouch = verify_vouch(vouch_signed, home_keys, now=now)
-    archive = parse_document(open_envelope(signed, vouch.keys), raw=bytes(signed))
+    archive = verify_archive(signed, vouch.keys, compact_ok)
     if archive.metadata is None or archive.metadata.provider_id != vouch.provider:
         raise _bad("archive: group_metadata.provider_id is not the vouched provider")
     if vouch.groups is not None and archive.name not in vouch.groups:

@@ -3,7 +3,8 @@
 :func:`bench_rekey_bytes`: a real server per group size, N members inserted,
 ``group rekey`` opens the epoch, then every member fetches the archive over
 real HTTPS (signed GET, ``FETCHERS`` keep-alive connections), once without
-and once with gzip; bytes counted by the server (its
+and once with gzip, for the full archive and for the compact form daemons
+fetch (``?form=compact``, PROTOCOL.md 2.2); bytes counted by the server (its
 ``grouptun_provider_http_response_body_bytes_total``) and by the client
 (HTTP head + body received), the server's CPU and sampled profile.
 
@@ -61,8 +62,12 @@ async def fetch_once(url: str, path: str, member):
         await conn.close()
 
 
+FORMS = {"full": "", "compact": "?form=compact"}  # the archive forms fetched, and their query
+
+
 @dataclass
 class FetchPass:
+    form: str
     encoding: str
     seconds: float
     served: float        # body bytes by the server's own count
@@ -72,10 +77,11 @@ class FetchPass:
     profile: dict[str, float]
 
 
-async def _fetch_all(url: str, group: str, keys, encoding: str, reference: bytes | None) -> tuple[int, int]:
-    """Every member fetches the archive once; (bytes received, one body's size). Checks each body decodes
-    to the same archive (its length; the first one byte for byte)."""
-    path, queue = f"/v1/groups/{group}/archive", list(keys)
+async def _fetch_all(url: str, group: str, keys, form: str, encoding: str,
+                     reference: bytes | None) -> tuple[int, int]:
+    """Every member fetches the archive once in ``form``; (bytes received, one body's size). Checks each body
+    decodes to the same archive (its length; the first one byte for byte)."""
+    path, queue = f"/v1/groups/{group}/archive{FORMS[form]}", list(keys)
     sizes: list[int] = []
     deadline = time.monotonic() + FETCH_DEADLINE
 
@@ -97,17 +103,17 @@ async def _fetch_all(url: str, group: str, keys, encoding: str, reference: bytes
     return sum(c.received for c in conns), sizes[0]
 
 
-def _fetch_pass(reps: Replicas, group: str, keys, encoding: str, reference: bytes) -> FetchPass:
+def _fetch_pass(reps: Replicas, group: str, keys, form: str, encoding: str, reference: bytes) -> FetchPass:
     url, pid = reps.urls[0], reps.pids[0]
     before, cpu0 = asyncio.run(metric_sum(url, BODY_BYTES, "/archive")), cpu_seconds(pid)
     reps.toggle_sampling()
     t0 = time.perf_counter()
-    received, body = asyncio.run(_fetch_all(url, group, keys, encoding, reference))
+    received, body = asyncio.run(_fetch_all(url, group, keys, form, encoding, reference))
     seconds = time.perf_counter() - t0
     reps.toggle_sampling()
     cpu = cpu_seconds(pid) - cpu0
     served = asyncio.run(metric_sum(url, BODY_BYTES, "/archive")) - before
-    return FetchPass(encoding, seconds, served, received, body, cpu, reps.profiles()[0])
+    return FetchPass(form, encoding, seconds, served, received, body, cpu, reps.profiles()[0])
 
 
 def bench_rekey_bytes(tmp: Path, sizes: list[int]) -> list[dict]:
@@ -125,14 +131,17 @@ def bench_rekey_bytes(tmp: Path, sizes: list[int]) -> list[dict]:
             admin(reps.state, "group", "rekey", "big", sample=tmp / f"rekey{n}.json")
             rekey = time.perf_counter() - t0
             cli = json.loads((tmp / f"rekey{n}.json").read_text())
-            reference = asyncio.run(fetch_once(reps.urls[0], "/v1/groups/big/archive", keys[0])).body
-            passes = [_fetch_pass(reps, "big", keys, enc, reference) for enc in ("identity", "gzip")]
+            references = {form: asyncio.run(fetch_once(reps.urls[0], f"/v1/groups/big/archive{query}", keys[0])).body
+                          for form, query in FORMS.items()}
+            passes = [_fetch_pass(reps, "big", keys, form, enc, references[form])
+                      for form in FORMS for enc in ("identity", "gzip")]
+        reference = references["full"]
         rows.append(dict(members=n, rekey=rekey, cli=cli, passes=passes, archive=len(reference),
-                         kem=kem_share(reference)))
+                         compact=len(references["compact"]), kem=kem_share(reference)))
         print(f"  N={n:>5}: rekey CLI {rekey:5.1f} s [{shares(cli, 3)}]; archive {len(reference) / 2**20:6.2f} MiB "
-              f"({100 * rows[-1]['kem']:.0f}% members' KEM keys)")
+              f"({100 * rows[-1]['kem']:.0f}% members' KEM keys), compact {rows[-1]['compact'] / 2**20:6.2f} MiB")
         for p in passes:
-            print(f"      {p.encoding:>8}: body {p.body / 2**20:6.2f} MiB, served {p.served / 2**30:7.3f} GiB "
+            print(f"      {p.form:>7} {p.encoding:>8}: body {p.body / 2**20:6.2f} MiB, served {p.served / 2**30:7.3f} GiB "
                   f"(clients received {p.received / 2**30:7.3f} GiB) in {p.seconds:6.1f} s, server CPU "
                   f"{p.cpu:5.1f} s = {1000 * p.cpu / n:5.1f} ms/member [{shares(p.profile, 3)}]")
     return rows
@@ -149,14 +158,14 @@ def growth_table(epochs: dict[int, dict[str, float]], rows: list[dict]) -> None:
     """How each per-rekey figure grows with the group (x: the factor from the previous size)."""
     print("\nper rekey, by group size (x = factor from the previous row; members grew by the first column's x)")
     head = ("members", "epoch ms", "archive MiB", "served GiB", "gzip GiB", "fetch-all s", "gzip s",
-            "server CPU ms/member")
+            "server CPU ms/member", "compact MiB", "compact gzip GiB", "compact gzip s")
     print("  " + " | ".join(head))
     prev = None
     for row in rows:
-        plain, packed = row["passes"][0], row["passes"][-1]
+        plain, packed, small = row["passes"][0], row["passes"][1], row["passes"][-1]  # full, full gzip, compact gzip
         cells = (row["members"], epochs.get(row["members"], {}).get("total", float("nan")), row["archive"] / 2**20,
                  plain.served / 2**30, packed.served / 2**30, plain.seconds, packed.seconds,
-                 1000 * plain.cpu / row["members"])
+                 1000 * plain.cpu / row["members"], row["compact"] / 2**20, small.served / 2**30, small.seconds)
         text = [_num(c) if prev is None or not p else f"{_num(c)} (x{c / p:.1f})" for c, p in zip(cells, prev or cells)]
         print("  " + " | ".join(text))
         prev = cells

@@ -22,7 +22,7 @@ UPSTREAM = REPO.parent.joinpath("shared", "design")
 SPEC = REPO / "grouptun" / "core" / "PROTOCOL.md"
 VECTOR_FILES = ("protocol-v1.json", "capsules-v1.json")
 # The project's own vector files: not published, so never compared (tests/vectors/README.md).
-PROJECT_FILES = ("exporter-v1.json", "hmac-drbg-cavp.json", "sealed-v1.json", "vouch-v1.json")
+PROJECT_FILES = ("exporter-v1.json", "hmac-drbg-cavp.json", "sealed-v1.json", "vouch-v1.json", "compact-v1.json")
 
 
 def _recorded_sha256() -> str:

@@ -346,7 +346,9 @@ class FakeProvider:
         self.suite, self.switch_delay = suite, switch_delay
         self.epoch = 0
         self.version = 0
-        self.signed: bytes | None = None
+        self.signed: bytes | None = None          # the full archive (the enroll answer's)
+        self.signed_compact: bytes | None = None  # its compact form (PROTOCOL.md 2.2), same version
+        self.serve_compact = True  # start/archive/watch answer the compact form, as to a daemon; False: full
         self.capsules: dict[tuple[int, str], bytes] = {}
         self.salts: dict[tuple[int, str], bytes] = {}
         self.down = False
@@ -394,8 +396,17 @@ class FakeProvider:
             archive = Archive(self.group_id, "lan", self.version, self.current, self._members(), "10.77.0.0/24",
                               "fd77::/64", 1420, time.time() + 3600, provider_urls=self.provider_urls, policy=self.policy,
                               export_rules=self.export_rules, metadata=self.metadata)
-            self.signed = sign_archive(archive, self.ed, self.ml)
+            self._sign(archive, self.ed)
             self.changed.notify_all()
+
+    def _sign(self, archive: Archive, ed) -> None:
+        self.signed = sign_archive(archive, ed, self.ml)
+        self.signed_compact = sign_archive(archive, ed, self.ml, compact=True)
+
+    def served(self, compact: bool | None = None) -> bytes | None:
+        """What the provider answers start, archive or watch with: the form asked for (None: as to a daemon,
+        ``serve_compact``)."""
+        return self.signed_compact if (self.serve_compact if compact is None else compact) else self.signed
 
     def add_member(self, name: str) -> None:
         """Enroll ``name``: a new epoch (listing pending starts) from 2 members on."""
@@ -445,11 +456,7 @@ class FakeProvider:
             archive = Archive(self.group_id, "lan", self.version, ep, members, "10.77.0.0/24", "fd77::/64",
                               1420, time.time() + 3600, provider_urls=self.provider_urls, policy=self.policy,
                               export_rules=self.export_rules, metadata=self.metadata)
-            signed = sign_archive(archive, self.ed, self.ml)
-            if self.tamper == "signature":
-                other = ed25519.Ed25519PrivateKey.generate()
-                signed = sign_archive(archive, other, self.ml)
-            self.signed = signed
+            self._sign(archive, ed25519.Ed25519PrivateKey.generate() if self.tamper == "signature" else self.ed)
             self.changed.notify_all()
             return self.epoch
 
@@ -486,6 +493,7 @@ class FakeClient:
     def __init__(self, provider: FakeProvider, name: str, urls: tuple[str, ...] = ("https://fake:8443",)) -> None:
         self.p, self.name = provider, name
         self.urls = tuple(urls)
+        self.compact: bool | None = None  # the form asked for (FakeTransport: ?form=); None: the provider's default
         self.answered_by: str | None = None
 
     def use_urls(self, urls) -> None:
@@ -507,11 +515,18 @@ class FakeClient:
             self.p.pending[self.name] = challenge
             return None
         self.p.open_epoch(starts={self.name: challenge})
-        return self.p.signed
+        return self.p.served(self.compact)
 
-    def archive(self) -> bytes:
+    def archive(self, compact: bool | None = None) -> bytes:
         self._call("archive")
-        return self.p.signed
+        return self.p.served(self.compact if compact is None else compact)
+
+    def kem_public(self, member: str) -> bytes:
+        """A member's KEM key as the provider holds it (``GET .../members/NAME/kem``)."""
+        self._call("kem", member)
+        if member not in self.p.members:
+            raise ProviderRefused(404, f"no member {member!r}")
+        return self.p.members[member].kem_public
 
     def vouch(self) -> bytes:
         """The home provider's fresh voucher (a linked provider's member; PROTOCOL.md 8)."""
@@ -541,7 +556,7 @@ class FakeClient:
                                     timeout=min(timeout, self.p.watch_cap))
             if self.p.down:
                 raise ProviderError("provider unreachable: ConnectionError")
-            return self.p.signed if self.p.version != version else None
+            return self.p.served(self.compact) if self.p.version != version else None
 
     def capsule(self, epoch: int) -> bytes:
         self._call("capsule", epoch)
@@ -634,6 +649,7 @@ class FakeTransport(requests.adapters.BaseAdapter):
             answer = self.p.enroll(fields["name"], b64("ed25519_public"), b64("kem_public"), b64("authenticator"))
             return 200, json.dumps(answer).encode()
         client, call = FakeClient(self.p, self.member), path[3:]
+        client.compact = query.get("form") == ["compact"]  # absent: the full form, as the real provider
         if call == ["start"]:
             signed = client.start(bytes.fromhex(fields["challenge"]))
             return (202, b'{"waiting": "members"}') if signed is None else (200, signed)
@@ -655,6 +671,8 @@ class FakeTransport(requests.adapters.BaseAdapter):
         if call == ["rekey"]:
             client.rekey(fields["reason"])
             return 202, b'{"opened": true}'
+        if len(call) == 3 and call[0] == "members" and call[2] == "kem" and method == "GET":
+            return 200, client.kem_public(call[1])
         raise ProviderRefused(404, f"no route {'/'.join(path)}")
 
     def close(self) -> None:

@@ -209,6 +209,26 @@ def test_same_epoch_new_version_installs_nothing(world):
     assert held_epochs(session) == [1] and len(port.recorded_at_install) == 1
 
 
+def test_the_daemon_runs_on_compact_archives_and_still_takes_a_full_one(world):
+    """PROTOCOL.md 2.2: start and watch answer the compact form (FakeClient, like ProviderClient(compact=True));
+    it installs like the full one, and a provider that predates it (full archives only) is followed too."""
+    provider, statefile, session, port, make = world
+    cp = make()
+    assert cp.start_once(b"\x0b" * 32)
+    assert cp.archive is not None and cp.archive.compact and cp.archive.member("alice").kem_public is None
+    assert cp.archive.member("alice").kem_matches(provider.members["alice"].kem_public)
+    provider.serve_compact = False
+    provider.open_epoch()
+    cp.step()
+    assert held_epochs(session) == [1, 2] and not cp.archive.compact
+    provider.serve_compact = True
+    provider.tamper = "signature"  # the compact form is held to the same signature step
+    provider.open_epoch()
+    with pytest.raises(EpochRejected, match="signature"):
+        cp.accept(provider.served())
+    assert held_epochs(session) == [1, 2]
+
+
 def test_requests_are_forwarded_and_reports_sent(world):
     provider, statefile, session, port, make = world
     cp = make()

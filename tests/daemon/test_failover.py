@@ -90,6 +90,28 @@ def hosts(transport: FakeTransport) -> list[str]:
     return [netloc(url).split("/", 1)[0] for _, url, _, _ in transport.sent]
 
 
+def test_a_compact_client_asks_for_the_compact_form_and_fetches_keys_only_on_demand(replicas):
+    """PROTOCOL.md 2.2: ProviderClient(compact=True), the daemon's, adds ?form=compact to start, archive and
+    watch; archive(compact=False) and kem_public(name) are what `grouptun seal` fetches besides."""
+    provider, transport, _, _ = replicas
+    client = ProviderClient((C,), "00" * 32, "lan", "alice", provider.members["alice"].signing_key,
+                            session_factory=transport.session, compact=True)
+    small = verify_archive(client.archive(), provider.keys, compact_ok=True)
+    assert small.compact and transport.sent[-1][1].endswith("/archive?form=compact")
+    assert not verify_archive(client.archive(compact=False), provider.keys).compact
+    assert transport.sent[-1][1].endswith("/archive")
+    assert verify_archive(client.start(b"\x05" * 32), provider.keys, compact_ok=True).compact
+    assert transport.sent[-1][1].endswith("/start?form=compact")
+    watched = client.watch(small.version, timeout=0.5)
+    assert verify_archive(watched, provider.keys, compact_ok=True).compact
+    assert transport.sent[-1][1].endswith("&form=compact")
+    key = client.kem_public("bob")
+    assert small.member("bob").kem_matches(key) and not small.member("alice").kem_matches(key)
+    with pytest.raises(ProviderRefused) as refused:
+        client.kem_public("mallory")
+    assert refused.value.status == 404
+
+
 def test_client_fails_over_on_refused_hung_and_5xx_and_stays_on_the_one_that_answered(replicas):
     provider, transport, client, slept = replicas
     transport.dead.add(netloc(A))

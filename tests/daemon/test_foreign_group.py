@@ -222,4 +222,8 @@ def test_seal_takes_the_recipients_keys_from_the_owners_archive_through_the_vouc
     assert refused.value.step == "signature"
     vouchfile.save(tmp_path, home.vouch(owner.keys))
     archive = member.archive()
-    assert archive.member("bob").kem_public == owner.members["bob"].kem_public
+    assert archive.compact and archive.member("bob").kem_public is None  # the compact form: digests only
+    keys = member.kem_keys(["bob"])  # fetched from the owner, checked against its signed digest by the caller
+    assert keys == {"bob": owner.members["bob"].kem_public} and archive.member("bob").kem_matches(keys["bob"])
+    full = member.archive(compact=False)  # more than KEYS_ONE_BY_ONE recipients: the full archive, same checks
+    assert not full.compact and full.member("bob").kem_public == owner.members["bob"].kem_public

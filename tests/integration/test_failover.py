@@ -5,10 +5,10 @@ One provider (SQLite) published under three URLs on its host ``p``:
 ``:8445`` (where it is restarted later). ``init --public-url`` puts the list
 in every join token and archive. The members join and start while the first
 URL refuses connections; then the provider is killed and restarted on the
-third URL, and the members' watches move there; then it is stopped for 20 s
-(shortened from the README's 60 s to keep the locked lab run short) while
-the mesh keeps passing traffic, and every member holds the next epoch soon
-after it is back. One lab for the module (tag ``fo``); tests run in order.
+third URL, and the members' watches move there; then it is stopped for 60 s
+(the issue's whole-provider outage) while the mesh keeps passing traffic
+(pings sampled every few seconds throughout), and every member holds the
+epoch opened during the outage within 10 s of it being back. One lab for the module (tag ``fo``); tests run in order.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 LAB_TAG = "fo"
 MEMBERS = ("a", "b", "c")
 DEAD, FIRST, SECOND = 8441, 8443, 8445
-OUTAGE = 20.0   # seconds; the README's journey says 60 s
+OUTAGE = 60.0   # seconds: issue 16's "stop every replica for 60 s"
+PING_EVERY = 5.0  # seconds between mesh samples during the outage
 
 
 def urls(lab) -> dict[int, str]:
@@ -106,10 +107,18 @@ def test_whole_provider_down_the_mesh_keeps_working_and_catches_up(lab_mesh):
     t0 = time.monotonic()
     assert wait_until(lambda: all(not control(mesh, n)["provider_ok"] for n in MEMBERS), timeout=OUTAGE)
     during_rekey = rekey(mesh)   # the admin CLI writes the database while no server runs
-    failures = mesh.ping_all_pairs(count=1)
-    time.sleep(max(0.0, OUTAGE - (time.monotonic() - t0)))
-    failures += mesh.ping_all_pairs(count=1)
-    print(f"\n[provider down {time.monotonic() - t0:.1f} s; mesh pings failed: {failures or 'none'}]")
+    failures, samples = [], 0
+    # Sample the mesh throughout the outage (bounded: one round per PING_EVERY until OUTAGE is over)
+    for _ in range(int(OUTAGE / PING_EVERY) + 1):
+        failures += [f"t={time.monotonic() - t0:.0f}s {f}" for f in mesh.ping_all_pairs(count=1)]
+        samples += 1
+        left = OUTAGE - (time.monotonic() - t0)
+        if left <= 0:
+            break
+        time.sleep(min(PING_EVERY, left))
+    assert all(not control(mesh, n)["provider_ok"] for n in MEMBERS)  # still down when we bring it back
+    print(f"\n[provider down {time.monotonic() - t0:.1f} s; {samples} all-pairs ping rounds; "
+          f"failed: {failures or 'none'}]")
     assert failures == []
     mesh.start_provider(port=FIRST, label="provider-back")
     back = wait_all(mesh, lambda n: newest_held(mesh, n) >= during_rekey, bound=10.0)

@@ -312,6 +312,18 @@ def fresh_store(kind: str, request):
     return store
 
 
+def migrate_from(store, step: int, *undo: str) -> str:
+    """Put ``store`` back to schema ``step`` with the SQL statements ``undo`` (the step's own changes undone),
+    run the migration, and return the schema version it ends at."""
+    with store.write() as conn:
+        for statement in undo:
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql(f"UPDATE meta SET value = '{step}' WHERE key = 'schema_version'")
+    store.check_schema()
+    with store.read() as conn:
+        return conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'").scalar()
+
+
 def dump(store) -> str:
     """Every row of every provider table as text (bytes as hex): a portable ``iterdump``."""
     from provider.store import metadata  # noqa: PLC0415

@@ -10,10 +10,11 @@ import warnings
 import pytest
 
 from grouptun.control.reqsign import sign_headers
+from grouptun.core.archive import verify_archive
 from provider.app import Settings, create_app
 from provider.encoding import CHUNK, ChunkedResponse, GzipCache, accepts_gzip
 from provider.keys import Signer
-from provider_helpers import memory_provider
+from provider_helpers import STORE_KINDS, fresh_store, memory_provider, migrate_from
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 TestClient = pytest.importorskip("starlette.testclient").TestClient
@@ -96,7 +97,7 @@ def test_the_archive_route_serves_the_hubs_copy_of_the_current_version_and_reads
     provider, keys = memory_provider(signer=SIGNER)
     asgi, _ = create_app(provider, Settings(member_rate=1000, member_burst=1000))
     reads, real = [], provider.store.archive
-    provider.store.archive = lambda group: reads.append(group) or real(group)
+    provider.store.archive = lambda group, compact=False: reads.append((group, compact)) or real(group, compact)
     with TestClient(asgi, client=("127.0.0.1", 4000)) as client:
         before = len(reads)  # the hub's own refresh at start-up
         for _ in range(3):
@@ -107,6 +108,31 @@ def test_the_archive_route_serves_the_hubs_copy_of_the_current_version_and_reads
         provider.open_epoch("lan", "admin", "admin")
         got = _get(client, keys["alice"], "/v1/groups/lan/archive", "identity").content
         assert got == real("lan")[1] and len(reads) == before + 1  # newer in the database: read from there
+        got = _get(client, keys["alice"], "/v1/groups/lan/archive?form=compact", "identity").content
+        assert got == real("lan", True)[1] and reads[-1] == ("lan", True)
+
+
+def test_the_compact_form_is_served_when_asked_for_and_gzipped_once_per_version():
+    """?form=compact on archive and watch: the compact envelope the database holds for the same version,
+    one gzip body per version and form; without it the full archive, as older clients expect."""
+    provider, keys = memory_provider(signer=SIGNER)
+    key = keys["alice"]
+    asgi, _ = create_app(provider, Settings(member_rate=1000, member_burst=1000))
+    version, full = provider.store.archive("lan")
+    _, compact = provider.store.archive("lan", compact=True)
+    members = len(verify_archive(full, SIGNER.public).members)
+    assert verify_archive(compact, SIGNER.public, compact_ok=True).compact
+    assert len(full) - len(compact) > members * 1500  # 1624 base64 key characters -> 64 hex digest ones
+    with TestClient(asgi, client=("127.0.0.1", 4000)) as client:
+        assert _get(client, key, "/v1/groups/lan/archive", "gzip").content == full
+        got = _get(client, key, "/v1/groups/lan/archive?form=compact", "gzip")
+        assert got.headers["content-encoding"] == "gzip" and got.content == compact
+        watched = _get(client, key, f"/v1/groups/lan/watch?version={version - 1}&timeout=5&form=compact", "gzip")
+        assert watched.content == compact
+        packed = _get(client, key, "/v1/groups/lan/archive?form=compact", "gzip").headers["content-length"]
+        assert int(packed) < len(compact) and int(packed) < len(gzip.compress(full))
+        refused = _get(client, key, "/v1/groups/lan/archive?form=tiny", "identity")
+        assert refused.status_code == 422 and "form" in refused.text
 
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
@@ -124,3 +150,22 @@ def test_archive_bodies_go_out_in_pieces_so_the_transport_can_drain_between_them
     assert b"".join(p["body"] for p in pieces) == body
     assert all(len(p["body"]) <= CHUNK for p in pieces) and len(pieces) == max(1, -(-size // CHUNK))
     assert [p["more_body"] for p in pieces] == [True] * (len(pieces) - 1) + [False]
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_a_database_before_the_compact_column_serves_the_full_form_until_the_next_version(kind, request):
+    """Schema 9 -> 10 adds groups.compact (NULL): asked for the compact form, the provider answers the full
+    archive (members accept either) until the group's next signed version carries both forms."""
+    from provider.store import MIGRATIONS, SCHEMA_VERSION, _compact_column  # noqa: PLC0415
+
+    step = next(version for version, fn in MIGRATIONS.items() if fn is _compact_column)
+    store = fresh_store(kind, request)
+    provider, _ = memory_provider(("alice", "bob"), signer=SIGNER, store=store)
+    assert migrate_from(store, step, 'ALTER TABLE groups DROP COLUMN "compact"') == str(SCHEMA_VERSION)
+    version, full = store.archive("lan")
+    assert store.archive("lan", compact=True) == (version, full)
+    assert not verify_archive(full, SIGNER.public, compact_ok=True).compact
+    provider.open_epoch("lan", "admin", "admin")
+    version, compact = store.archive("lan", compact=True)
+    assert verify_archive(compact, SIGNER.public, compact_ok=True).compact and compact != store.archive("lan")[1]
+    store.close()

@@ -474,7 +474,8 @@ def test_two_starts_of_one_member_in_one_batch_window_get_epochs_of_their_own(fx
         return await asyncio.gather(batcher.start("lan", "alice", first), batcher.start("lan", "bob", bobs),
                                     batcher.start("lan", "alice", second))
 
-    answer_first, answer_bob, answer_second = (parse_own(raw) for raw in asyncio.run(three_starts_in_one_window()))
+    answer_first, answer_bob, answer_second = (parse_own(opened.archive)
+                                               for opened in asyncio.run(three_starts_in_one_window()))
     assert answer_first.epoch.epoch == answer_bob.epoch.epoch  # different members still share a batch
     assert answer_second.epoch.epoch > answer_first.epoch.epoch
     assert set(answer_first.epoch.challenges) == {first, bobs} and answer_second.epoch.challenges == (second,)

@@ -18,7 +18,7 @@ from grouptun.control.reqsign import sign_headers
 from grouptun.core import keys as keys_mod
 from grouptun.core.capsule import KemPrivateKey, capsule_info, open_sealed, salt_info
 from grouptun.core.vouch import verify_foreign_archive
-from grouptun.errors import CapsuleError
+from grouptun.errors import CapsuleError, EpochRejected
 from provider import linked, links, membership
 from provider.store import audit_rows
 from provider_helpers import dump
@@ -96,6 +96,24 @@ def test_report_and_watch_are_forwarded(carol):
     version = carol.owner.store.archive("lan")[0]
     assert carol.relay("GET", f"{LAN}/watch?version={version - 1}&timeout=0")[0] == 200
     assert carol.archive().member("carol@partner").endpoints == ("198.51.100.9:51820",)
+
+
+def test_the_compact_form_is_relayed_as_the_owners_own_signed_envelope(carol):
+    """PROTOCOL.md 2.2 and 8: ?form=compact reaches the owner unchanged; what comes back is the owner's compact
+    envelope, byte for byte, which carol verifies through her home's voucher (and only as the compact form)."""
+    version, stored = carol.owner.store.archive("lan", compact=True)
+    vouch = links.issue_vouch(carol.home, "owner")
+    for path in (f"{LAN}/archive?form=compact", f"{LAN}/watch?version={version - 1}&timeout=0&form=compact"):
+        status, raw = carol.relay("GET", path)
+        assert status == 200 and raw == stored
+        archive = verify_foreign_archive(raw, HOME_SIGNER.public, vouch, "carol@partner", now=time.time(),
+                                         compact_ok=True)
+        assert archive.compact and archive.member("carol@partner").kem_matches(carol.kem.public_bytes())
+        with pytest.raises(EpochRejected, match="signature"):  # a compact envelope is never a full archive
+            verify_foreign_archive(raw, HOME_SIGNER.public, vouch, "carol@partner", now=time.time())
+    assert carol.relay("GET", f"{LAN}/archive")[1] == carol.owner.store.archive("lan")[1]  # no form: the full one
+    status, key = carol.relay("GET", f"{LAN}/members/alice/kem")  # what `grouptun seal` asks for, then checks
+    assert status == 200 and archive.member("alice").kem_matches(key)
 
 
 def test_the_salt_needs_the_homes_credential_check_and_the_member_never_talks_to_the_owner(carol):

@@ -13,7 +13,7 @@ from provider import links
 from provider.errors import Conflict, InvalidInput, LinkError, NotFound
 from provider.keys import Signer
 from provider.store import audit_rows
-from provider_helpers import STORE_KINDS, admin, dump, fresh_store, init_provider, memory_provider
+from provider_helpers import STORE_KINDS, admin, dump, fresh_store, init_provider, memory_provider, migrate_from
 
 SIGNER = Signer.generate()
 PARTNER_SIGNER = Signer.generate()
@@ -87,14 +87,9 @@ def test_a_database_before_links_is_migrated(kind, request):
     step = next(version for version, fn in MIGRATIONS.items() if fn is _add_links)
     store = fresh_store(kind, request)
     provider, _ = memory_provider(("alice",), signer=SIGNER, store=store)
-    with store.write() as conn:  # back to the schema before the step: without the table and the column
-        conn.exec_driver_sql('DROP TABLE "links"')
-        conn.exec_driver_sql('ALTER TABLE members DROP COLUMN "home"')
-        conn.exec_driver_sql(f"UPDATE meta SET value = '{step}' WHERE key = 'schema_version'")
-    store.check_schema()
-    with store.read() as conn:
-        assert conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'").scalar() == \
-            str(SCHEMA_VERSION)
+    # back to the schema before the step: without the table and the column
+    assert migrate_from(store, step, 'DROP TABLE "links"', 'ALTER TABLE members DROP COLUMN "home"') == \
+        str(SCHEMA_VERSION)
     assert links.list_links(provider) == []
     assert links.add_link(provider, "partner", "https://p.example", TLS, PARTNER)["name"] == "partner"
     with store.read() as conn:

@@ -12,7 +12,7 @@ import pytest
 from grouptun.apps import sealed
 from grouptun.core import sealeddata
 from grouptun.core.archive import ProviderKeys, verify_archive
-from grouptun.errors import ProviderRefused
+from grouptun.errors import ProviderError, ProviderRefused
 from provider.sealed import PART_SIZE
 from provider_helpers import TestMember, admin
 
@@ -126,3 +126,23 @@ def test_a_part_request_cut_off_mid_body_stores_nothing(provider_env, members):
     api.delete(reserved["data_id"])
     assert provider_env.rows("SELECT count(*) FROM sealed WHERE data_id = :d",
                              d=bytes.fromhex(reserved["data_id"])) == [(0,)]
+
+
+def test_sealing_from_the_compact_archive_fetches_each_key_and_checks_it(provider_env, members):
+    """PROTOCOL.md 2.2 over the real server: the compact archive names keys by digest; GET .../members/NAME/kem
+    gives the key, used only when it matches; a member not in the group is a 404."""
+    keys = ProviderKeys.from_json(provider_env.config["provider_keys"])
+    client = members["sa"].client()
+    compact = verify_archive(client.archive(compact=True), keys, compact_ok=True)
+    assert compact.compact and compact.member("sb").kem_public is None
+    recipients = sealed.choose_recipients(compact, "sa", ["sb"], False, False,
+                                          lambda names: {n: client.kem_public(n) for n in names})
+    assert recipients[0].kem_public == members["sb"].kem.public_bytes()
+    entry = sealed.seal_file(sealed.HttpSealed(client), compact, io.BytesIO(b"slim"), 4, recipients, 3600)
+    assert unseal(provider_env, members["sb"], entry["data_id"]) == b"slim"
+    with pytest.raises(ProviderError, match="not the one signed archive"):  # a key that is not the signed one
+        sealed.choose_recipients(compact, "sa", ["sb"], False, False,
+                                 lambda names: {n: client.kem_public("sa") for n in names})
+    with pytest.raises(ProviderRefused) as missing:
+        client.kem_public("nobody")
+    assert missing.value.status == 404
