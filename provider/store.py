@@ -145,7 +145,7 @@ groups = Table(
     Column("current_epoch", BigInteger),
     Column("epoch_opened_at", Float),
     Column("archive", LargeBinary),
-    Column("compact", LargeBinary),  # v10: the same version's compact form (PROTOCOL.md 2.2); NULL: not signed yet
+    Column("compact", LargeBinary),  # v11: the same version's compact form (PROTOCOL.md 2.2); NULL: not signed yet
     Column("owner_fields", Text),    # v3: JSON object, the archive's group_metadata.owner (NULL: none)
     Column("expires_at", Float),     # v3: the whole group's end (NULL: none)
     Column("owners", Text),          # v3: JSON sorted list of owner names, the archive's roles (NULL: none)
