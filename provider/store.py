@@ -1,6 +1,6 @@
 """Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
-Schema version 10 (table ``meta``, key ``schema_version``)::
+Schema version 11 (table ``meta``, key ``schema_version``)::
 
     meta      key PK, value
     groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
@@ -614,7 +614,7 @@ class Store:
 
     def archive_forms(self, group: str) -> tuple[int, bytes | None, bytes | None]:
         """(version, full archive, compact form) of ``group``, read together. A version signed before
-        schema 10 has no compact form: the full one stands in for it (members accept either)."""
+        schema 11 has no compact form: the full one stands in for it (members accept either)."""
         with self.read() as conn:
             row = conn.execute(select(groups.c.version, groups.c.archive, groups.c.compact)
                                .where(groups.c.name == group)).first()

@@ -110,6 +110,42 @@ def test_the_owner_takes_a_removal_only_from_the_link_the_member_came_through(er
     assert status == 404  # the home takes a 404 as done: nothing is left to remove at the owner
 
 
+def test_a_removal_the_owner_refuses_for_good_is_not_retried_and_says_so(erin):  # noqa: F811
+    owner, home, _ = erin
+    with owner.store.write() as conn:  # the owner holds erin@partner as another provider's: it will always say 403
+        conn.exec_driver_sql("UPDATE members SET home = 'ee' WHERE name = 'erin@partner'")
+    done = admin_ops.member_remove(home, "acme", "erin")
+    assert done["pending"] is False and "answered 403" in done["refused"]
+    with home.store.read() as conn:
+        assert conn.execute(link_removals.select()).first() is None  # nothing left for the timer to resend
+    assert [a["status"] for a in _audit(home, "link-remove-refused")] == [403]
+    assert _audit(home, "link-remove-failed") == []
+
+
+def test_the_timer_claims_a_due_removal_before_sending_it(erin):  # noqa: F811
+    """An attempt under way owns its row (IN_FLIGHT): a second timer tick, or a replica's, finds nothing due."""
+    owner, home, _ = erin
+    working, seen = home.link_send, []
+    home.link_send = lambda row: _unreachable
+    admin_ops.member_remove(home, "acme", "erin")  # pending: the inline attempt failed
+    real_clock = home.clock
+    home.clock = lambda: real_clock() + 3.0
+
+    def counting(row):
+        send = working(row)
+
+        def once(*args):
+            with home.store.read() as conn:
+                seen.append(conn.execute(link_removals.select()).one().next_at - home.clock())
+            return send(*args)
+        return once
+    home.link_send = counting
+    linkremove.retry_due(home)  # (or the home app's own timer, beside the test: whichever claims it first)
+    _wait_for(lambda: own_archive(owner).member("erin@partner") is None)
+    time.sleep(0.5)  # a second sender, had there been one, would have been counted by now
+    assert len(seen) == 1 and seen[0] > linkremove.IN_FLIGHT - 1.0  # sent once, and claimed while sending
+
+
 def test_removing_the_link_drops_removals_that_can_no_longer_be_delivered(erin):  # noqa: F811
     owner, home, _ = erin
     home.link_send = lambda row: _unreachable
