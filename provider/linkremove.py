@@ -5,7 +5,8 @@ At bob's home provider H (``grouptun-provider member remove ALIAS bob``,
 
 - :func:`remove_member` drops bob's record here and queues the removal for
   O in the same transaction (table ``link_removals``): from that commit H
-  relays nothing more for him (his signature has no key here any more: 401),
+  relays nothing more for him (his signed requests get 410 with the reason,
+  from ``remote_removed``, so his daemon stops as a removed member's does),
   and the removal survives a restart. Audited ``member-remove``. Then it
   delivers at once (:func:`deliver`; the row's first retry time is
   ``RETRY_BASE`` later, so the timer of a running server does not send it
@@ -38,7 +39,7 @@ from sqlalchemy import delete, insert, select, update
 from provider import linked, linkstate, membership
 from provider import members as mem
 from provider.errors import Forbidden, LinkError, NotFound
-from provider.store import add_audit, link_removals, links, members, remote_groups, remote_members
+from provider.store import add_audit, link_removals, links, members, remote_groups, remote_members, remote_removed
 
 RETRY_BASE = 2.0     # seconds before the first retry; doubled per failed attempt
 RETRY_MAX = 300.0    # the longest wait between two attempts
@@ -62,6 +63,9 @@ def remove_member(provider, alias: str, name: str) -> dict:
         if row is None:
             raise NotFound(f"no member {name!r} in group {alias!r}")
         conn.execute(delete(remote_members).where(remote_members.c.id == row.id))
+        conn.execute(insert(remote_removed).values(  # his later requests: 410 with the reason, as a local member
+            remote_group=g.id, owner_name=row.owner_name, ed25519_public=row.ed25519_public, removed_at=now,
+            reason=f"{name!r} was removed from {alias!r} by its home provider's admin"))
         queued = conn.execute(insert(link_removals).values(
             link=g.link, remote_name=g.remote_name, alias=alias, name=name, owner_name=row.owner_name,
             created_at=now, attempts=0, next_at=now + IN_FLIGHT).returning(link_removals.c.id)).scalar_one()

@@ -55,12 +55,12 @@ from grouptun.control.reqsign import SignatureRefused, verify_headers
 from grouptun.errors import ProviderError
 from provider import linked, links
 from provider import members as mem
-from provider.errors import (Conflict, Forbidden, InvalidInput, LinkError, LinkUnreachable, ProviderFault, RateLimited,
-                             Unauthorized)
+from provider.errors import (Conflict, Forbidden, Gone, InvalidInput, LinkError, LinkUnreachable, ProviderFault,
+                             RateLimited, Unauthorized)
 from provider.routes import signed_url
 from provider.schemas import b64
 from provider.sealed import PART_TAIL
-from provider.store import add_audit, groups, remote_groups, remote_invites, remote_members
+from provider.store import add_audit, groups, remote_groups, remote_invites, remote_members, remote_removed
 
 GROUP_REQUEST = re.compile(r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})(/.*)")
 SALT = re.compile(linked.SALT_TAIL)
@@ -181,14 +181,28 @@ def _member(provider, g, key_id: str):
                                                          remote_members.c.owner_name == key_id)).first()
 
 
+def _removed_key(provider, g, key_id: str, gone: list[str]):
+    """The key of a member of ``g`` removed here (its newest removal's reason appended to ``gone``), or None."""
+    with provider.store.read() as conn:
+        row = conn.execute(select(remote_removed.c.ed25519_public, remote_removed.c.reason).where(
+            remote_removed.c.remote_group == g.id, remote_removed.c.owner_name == key_id)
+            .order_by(remote_removed.c.id.desc()).limit(1)).first()
+    if row is None:
+        return None
+    gone.append(row.reason)
+    return ed25519.Ed25519PublicKey.from_public_bytes(row.ed25519_public)
+
+
 async def _authenticate(ctx, request: Request, g, body: bytes, rest: str):
     found: list = []
+    gone: list[str] = []  # the reason, when the key that verifies is a removed member's
 
     def resolve(key_id: str):
         row = _member(ctx.provider, g, key_id)
-        if row is not None:
-            found.append(row)
-        return None if row is None else ed25519.Ed25519PublicKey.from_public_bytes(row.ed25519_public)
+        if row is None:
+            return _removed_key(ctx.provider, g, key_id, gone)
+        found.append(row)
+        return ed25519.Ed25519PublicKey.from_public_bytes(row.ed25519_public)
 
     client = request.client.host if request.client else "unknown"
     try:
@@ -197,6 +211,8 @@ async def _authenticate(ctx, request: Request, g, body: bytes, rest: str):
     except SignatureRefused as exc:
         await ctx.refuse_audit(f"address:{client}", request.url.path[:80], g.name, exc.reason)
         raise Unauthorized(exc.reason) from exc
+    if gone:  # only the removed member itself can sign this: telling it leaks nothing
+        raise Gone(gone[0])
     if not await ctx.nonces.fresh(f"{g.name}/{verified.key_id}", verified.nonce, time.time()):
         await ctx.refuse_audit(f"member:{verified.key_id}", request.url.path[:80], g.name, "replayed signature")
         raise Unauthorized("replayed signature")

@@ -18,7 +18,7 @@ from provider import admin_ops, linked, linkremove, links, linkstate
 from provider.errors import LinkError, NotFound
 from provider.store import audit_rows, link_removals
 from provider_helpers import (STORE_KINDS, TestMember, admin, database_url_for, fresh_store, init_provider,
-                              memory_provider, own_archive)
+                              memory_provider, migrate_from, own_archive)
 from test_provider_linked import HOME_SIGNER, _refusals, sides  # noqa: F401 -- the two linked providers
 from test_provider_remote import erin  # noqa: F401 -- erin@partner, enrolled through her home
 
@@ -45,7 +45,8 @@ def test_removal_at_the_home_stops_the_relay_and_the_owner_opens_an_epoch_withou
     after = own_archive(owner)
     assert (done["pending"], done["epoch"]) == (False, after.epoch.epoch) and after.epoch.epoch > before.epoch.epoch
     assert after.member("erin@partner") is None and sorted(m.name for m in after.members) == ["alice", "bob"]
-    assert member.request("GET", "/archive").status_code == 401  # nothing relayed for her any more
+    gone = member.request("GET", "/archive")  # nothing relayed for her any more, and she is told why (410)
+    assert gone.status_code == 410 and "removed from 'acme' by its home provider's admin" in gone.json()["detail"]
     assert _audit(owner, "link-member-remove") == [{"member": "erin@partner"}]
     assert [a["member"] for a in _audit(home, "member-remove")] == ["erin"]
     assert _audit(home, "link-remove-confirmed")[0]["status"] == 200
@@ -64,7 +65,7 @@ def test_an_unreachable_owner_is_told_once_it_is_back_and_the_member_is_cut_off_
     version = owner.store.archive("lan")[0]
     done = admin_ops.member_remove(home, "acme", "erin")
     assert (done["pending"], done["epoch"]) == (True, None)
-    assert member.request("GET", "/archive").status_code == 401  # cut off here at once, owner or not
+    assert member.request("GET", "/archive").status_code == 410  # cut off here at once, owner or not
     shown = links.list_links(home)[0]
     assert shown["contact"] == "unreachable" and "unreachable (ConnectionError)" in shown["last_failure"]
     assert linkstate.describe(shown).startswith("unreachable since ") and shown["down_since"] is not None
@@ -244,7 +245,7 @@ def test_two_real_providers_over_https_a_removal_reaches_the_owner_even_after_an
         assert _at_owner(owner) == ["alice", "frank@partner"] and done["epoch"] is not None
         with pytest.raises(ProviderRefused) as refused:  # the home relays nothing more for her
             _client(members["erin"]).archive()
-        assert refused.value.status == 401
+        assert refused.value.status == 410  # her daemon stops as a removed member's (exit 67)
         owner.server.stop()
         shown = admin(partner.state, "member", "remove", "acme", "frank").stdout
         assert "has not confirmed yet" in shown
@@ -288,3 +289,16 @@ def test_the_metrics_show_each_links_state_and_pending_removals(erin):  # noqa: 
     assert down[("grouptun_provider_link_state", (("link", "owner"), ("state", "unreachable")))] == 1.0
     assert down[("grouptun_provider_link_state", (("link", "owner"), ("state", "up")))] == 0.0
     assert down[("grouptun_provider_link_pending_removals", (("link", "owner"),))] == 1.0
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_a_database_before_remote_tombstones_is_migrated(kind, request):
+    from provider.store import MIGRATIONS, SCHEMA_VERSION, _remote_removed_table  # noqa: PLC0415
+
+    step = next(version for version, fn in MIGRATIONS.items() if fn is _remote_removed_table)
+    store = fresh_store(kind, request)
+    memory_provider(("alice",), store=store)
+    assert migrate_from(store, step, 'DROP TABLE "remote_removed"') == str(SCHEMA_VERSION)
+    with store.read() as conn:
+        assert conn.exec_driver_sql('SELECT count(*) FROM "remote_removed"').scalar() == 0
+    store.close()
