@@ -53,6 +53,7 @@ from provider import links as link_records
 from provider import linkstate
 from provider.errors import Forbidden, InvalidInput, LinkError, LinkUnreachable, NotFound
 from provider.links import link_row, serves_group
+from provider.sealed import PART_TAIL
 from provider.service import add_member_row
 from provider.store import add_audit, groups, links, members, remote_groups, tokens
 
@@ -60,11 +61,15 @@ MEMBER_HEADER = "gt-member"  # the member a provider speaks for; covered by its 
 CREDENTIAL_HEADER = "gt-credential"  # "checked": the home checked the member's credential for this request
 CREDENTIAL_VALUES = ("checked", "none")
 LINK_COVERED = (MEMBER_HEADER, CREDENTIAL_HEADER)
-_SALT = re.compile(r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})/epochs/([0-9]{1,10})/salt")
-_FORWARDED = re.compile(r"/v1/groups/[a-z0-9][a-z0-9_-]{0,31}/(archive|watch|start|report|epochs/[0-9]{1,10}/capsule"
-                        r"|sealed(/[0-9a-f]{32}(/commit|/parts/[0-9]{1,7})?)?"
-                        r"|members/[^/?]{1,200}/kem)")  # kem: a member's key, checked against the compact archive
-_PART = re.compile(r".*/sealed/[0-9a-f]{32}/parts/[0-9]{1,7}")  # a sealed-data part: octet-stream, not JSON
+GROUP_PREFIX = r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})"
+SALT_TAIL = r"/epochs/([0-9]{1,10})/salt"  # below GROUP_PREFIX, as PART_TAIL
+# kem: a member's key (checked by the member against the compact archive); the name's characters are those of a
+# member name (members.py), so no segment can be '.', '..', or carry '/', '?', '#' or '%'
+_KEM_TAIL = r"/members/[A-Za-z0-9][A-Za-z0-9._@-]{0,95}/kem"
+_SALT = re.compile(GROUP_PREFIX + SALT_TAIL)
+_FORWARDED = re.compile(GROUP_PREFIX + r"(/archive|/watch|/start|/report|/epochs/[0-9]{1,10}/capsule"
+                        r"|/sealed|/sealed/[0-9a-f]{32}|/sealed/[0-9a-f]{32}/commit|" + PART_TAIL + "|" + _KEM_TAIL + ")")
+_PART = re.compile(GROUP_PREFIX + PART_TAIL)  # a sealed-data part: octet-stream, not JSON
 JSON, OCTETS = "application/json", "application/octet-stream"
 Send = Callable[[str, str, dict, bytes], tuple[int, bytes]]  # (method, url, headers, body) -> (status, body)
 

@@ -51,7 +51,7 @@ from provider import linkstate
 from provider import members as mem
 from provider.errors import Conflict, InvalidInput, LinkError, NotFound
 from provider.retention import bounded_setting
-from provider.store import add_audit, link_removals, links
+from provider.store import add_audit, link_removals, links, members
 
 Fetch = Callable[[str, str], object]  # (url, pinned TLS fingerprint) -> the partner's /v1/provider JSON
 
@@ -201,6 +201,9 @@ def check_link(provider, name: str, fetch: Fetch = fetch_identity, keys_hash: st
             raise Conflict("another link pins that provider already")
         conn.execute(update(links).where(links.c.id == row.id).values(
             provider_keys=json.dumps(keys.to_json(), sort_keys=True), checked_at=now, keys_hash=pin))
+        if pin != old:  # the members that came through the link name it by its id: they follow the new pin, or
+            # `link remove`, forwarding and removals would no longer find them (the archive says so at its next version)
+            conn.execute(update(members).where(members.c.home == old).values(home=pin))
         linkstate.record(conn, name, now)
         add_audit(conn, now, "admin", "link-check", None, link=name, provider=pin,
                   **({"repinned_from": old} if pin != old else {}))

@@ -43,6 +43,7 @@ import json
 import re
 import time
 from typing import Callable
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from fastapi import Request
@@ -54,17 +55,21 @@ from grouptun.control.reqsign import SignatureRefused, verify_headers
 from grouptun.errors import ProviderError
 from provider import linked, links
 from provider import members as mem
-from provider.errors import (Conflict, Forbidden, InvalidInput, LinkError, LinkUnreachable, ProviderFault, RateLimited,
-                             Unauthorized)
+from provider.errors import (Conflict, Forbidden, Gone, InvalidInput, LinkError, LinkUnreachable, ProviderFault,
+                             RateLimited, Unauthorized)
 from provider.routes import signed_url
 from provider.schemas import b64
-from provider.store import add_audit, groups, remote_groups, remote_invites, remote_members
+from provider.sealed import PART_TAIL
+from provider.store import add_audit, groups, remote_groups, remote_invites, remote_members, remote_removed
 
 GROUP_REQUEST = re.compile(r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})(/.*)")
-SALT = re.compile(r"/epochs/[0-9]{1,10}/salt")
+SALT = re.compile(linked.SALT_TAIL)
 VOUCH = "/vouch"
-PART = re.compile(r"/sealed/[0-9a-f]{32}/parts/[0-9]{1,7}")  # sealed-data parts: their own rate (sealed_routes.py)
+PART = re.compile(PART_TAIL)  # sealed-data parts: their own rate (sealed_routes.py)
+KEM = re.compile(r"/members/[^/]+/kem")  # a member's KEM key: raw bytes, like a capsule
 RELAY_TIMEOUT = 75.0  # a watch waits up to 60 s at the owner
+ANSWER_TIMEOUT = 15.0  # every other request: the owner answers at once (a removal's timer must not wait 75 s)
+MAX_ANSWER = 64 * 1024 * 1024  # far above the largest answer (a full archive of 5000 members is 8.8 MiB)
 
 
 def https_send(row) -> linked.Send:
@@ -74,14 +79,28 @@ def https_send(row) -> linked.Send:
     from grouptun.control.client import pinned_session  # noqa: PLC0415
 
     def send(method: str, url: str, headers: dict, body: bytes) -> tuple[int, bytes]:
+        wait = RELAY_TIMEOUT if urlsplit(url).path.endswith("/watch") else ANSWER_TIMEOUT
         try:
             with pinned_session(row.tls_fingerprint) as session:
-                answer = session.request(method, url, headers=headers, data=body, timeout=(3.0, RELAY_TIMEOUT))
+                answer = session.request(method, url, headers=headers, data=body, timeout=(3.0, wait), stream=True)
+                content = _bounded(answer, row)
         except requests.RequestException as exc:  # unreachable, or not holding the pinned certificate
             raise LinkError(f"link {row.name!r}: {row.url} unreachable ({type(exc).__name__})") from exc
-        return answer.status_code, answer.content
+        return answer.status_code, content
 
     return send
+
+
+def _bounded(answer, row) -> bytes:
+    """The answer's body, decoded, refused past MAX_ANSWER (a linked provider is not trusted with our memory)."""
+    chunks, total = [], 0
+    for chunk in answer.iter_content(64 * 1024):
+        total += len(chunk)
+        if total > MAX_ANSWER:
+            raise LinkError(f"link {row.name!r}: {row.url} answered more than {MAX_ANSWER} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
 
 
 def remote_group(provider, alias: str):
@@ -162,14 +181,28 @@ def _member(provider, g, key_id: str):
                                                          remote_members.c.owner_name == key_id)).first()
 
 
+def _removed_key(provider, g, key_id: str, gone: list[str]):
+    """The key of a member of ``g`` removed here (its newest removal's reason appended to ``gone``), or None."""
+    with provider.store.read() as conn:
+        row = conn.execute(select(remote_removed.c.ed25519_public, remote_removed.c.reason).where(
+            remote_removed.c.remote_group == g.id, remote_removed.c.owner_name == key_id)
+            .order_by(remote_removed.c.id.desc()).limit(1)).first()
+    if row is None:
+        return None
+    gone.append(row.reason)
+    return ed25519.Ed25519PublicKey.from_public_bytes(row.ed25519_public)
+
+
 async def _authenticate(ctx, request: Request, g, body: bytes, rest: str):
     found: list = []
+    gone: list[str] = []  # the reason, when the key that verifies is a removed member's
 
     def resolve(key_id: str):
         row = _member(ctx.provider, g, key_id)
-        if row is not None:
-            found.append(row)
-        return None if row is None else ed25519.Ed25519PublicKey.from_public_bytes(row.ed25519_public)
+        if row is None:
+            return _removed_key(ctx.provider, g, key_id, gone)
+        found.append(row)
+        return ed25519.Ed25519PublicKey.from_public_bytes(row.ed25519_public)
 
     client = request.client.host if request.client else "unknown"
     try:
@@ -178,6 +211,8 @@ async def _authenticate(ctx, request: Request, g, body: bytes, rest: str):
     except SignatureRefused as exc:
         await ctx.refuse_audit(f"address:{client}", request.url.path[:80], g.name, exc.reason)
         raise Unauthorized(exc.reason) from exc
+    if gone:  # only the removed member itself can sign this: telling it leaks nothing
+        raise Gone(gone[0])
     if not await ctx.nonces.fresh(f"{g.name}/{verified.key_id}", verified.nonce, time.time()):
         await ctx.refuse_audit(f"member:{verified.key_id}", request.url.path[:80], g.name, "replayed signature")
         raise Unauthorized("replayed signature")
@@ -232,7 +267,8 @@ async def handle(ctx, request: Request, g, rest: str) -> Response:
         return JSONResponse({"detail": exc.reason}, status_code=exc.http_status)
     except ProviderError as exc:
         return JSONResponse({"detail": str(exc)}, status_code=502)
-    octets = rest.endswith(("/capsule", "/salt")) or (request.method == "GET" and PART.fullmatch(rest) is not None)
+    octets = (rest.endswith(("/capsule", "/salt")) or KEM.fullmatch(rest) is not None
+              or (request.method == "GET" and PART.fullmatch(rest) is not None))
     media = "application/octet-stream" if octets and status == 200 else "application/json"
     return Response(content, status_code=status, media_type=None if status == 204 else media)
 

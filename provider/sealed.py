@@ -47,6 +47,10 @@ from provider.errors import Conflict, Forbidden, InvalidInput, NotFound, Payload
 from provider.retention import bounded_setting
 from provider.store import Store, add_audit, group_row, member_rows, sealed, sealed_parts
 
+# A part's path below /v1/groups/G: the member route (sealed_routes.py), the relay's allow-list and media
+# (linked.py) and its rate bucket (remote.py) all take it from here. 7 digits hold every index up to 2**20.
+PART_TAIL = r"/sealed/[0-9a-f]{32}/parts/[0-9]{1,7}"
+
 PART_SIZE = 4 * 1024 * 1024
 UPLOAD_WINDOW = 600.0
 TTL_MIN, TTL_MAX = 60.0, 366 * 86400.0

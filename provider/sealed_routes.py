@@ -31,11 +31,11 @@ from starlette.concurrency import run_in_threadpool
 from provider.ijson import IJsonRoute
 from provider.routes import Context, Member
 from provider.schemas import SEALED_MEDIA
-from provider.sealed import PART_SIZE, SealedData, parse_data_id
+from provider.sealed import PART_SIZE, PART_TAIL, SealedData, parse_data_id
 
 DATA_ID = PathParam(pattern=r"^[0-9a-f]{32}$", min_length=32, max_length=32)
 PART = PathParam(ge=0, le=2**20)
-PART_PATH = re.compile(r"^/v1/groups/[^/]+/sealed/[0-9a-f]{32}/parts/[0-9]+$")
+PART_PATH = re.compile(r"/v1/groups/[^/]+" + PART_TAIL)
 PART_BODY = PART_SIZE + 1024  # the guard's limit for a part upload; the route checks the exact length
 
 
@@ -52,7 +52,7 @@ class CommitRequest(BaseModel):
 
 def part_body_limit(scope: dict) -> int | None:
     """The guard's body limit for a part upload (None: the default limit applies)."""
-    return PART_BODY if scope.get("method") == "PUT" and PART_PATH.match(scope.get("path", "")) else None
+    return PART_BODY if scope.get("method") == "PUT" and PART_PATH.fullmatch(scope.get("path", "")) else None
 
 
 def sealed_router(ctx: Context, data: SealedData) -> APIRouter:

@@ -1,6 +1,6 @@
 """Provider storage: SQLAlchemy Core tables over SQLite (WAL), or PostgreSQL.
 
-Schema version 10 (table ``meta``, key ``schema_version``)::
+Schema version 12 (table ``meta``, key ``schema_version``)::
 
     meta      key PK, value
     groups    id PK, name UNIQUE, group_id(16), cidr, cidr6, suite, mtu,
@@ -67,6 +67,8 @@ no limits): see ``provider/exportrules.py``.
 10 -> 11 adds ``groups.compact``, the compact form of the archive of the
 same version (PROTOCOL.md 2.2; NULL until the group's next signed version:
 members asking for it get the full form meanwhile).
+11 -> 12 adds the ``remote_removed`` table (empty): members of accepted
+groups removed here, so their signed requests get 410 as a local member's do.
 
 Nothing here opens traffic without a member's private key: capsules and
 sealed salts are HPKE-sealed to member keys; SS and salt are never stored.
@@ -116,7 +118,7 @@ from sqlalchemy.pool import StaticPool
 
 from provider.errors import SchemaError, StateDirError
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 WRITE_LOCK_KEY = 0x67747076  # "gtpv": PostgreSQL advisory lock serialising writers (all processes)
 TIMER_LOCK_KEY = 0x67747473  # "gtts": PostgreSQL session advisory lock of the replica running the timers
 CHANGE_CHANNEL = "grouptun_changed"  # NOTIFY after every serialised write (provider/hub.py listens)
@@ -415,6 +417,22 @@ link_removals = Table(
 )
 LINK_STATE_COLUMNS = ("last_ok_at", "last_failure_at", "last_failure", "down_since")
 
+remote_removed = Table(  # v12: what ``removed`` is for local members, for the members of accepted groups
+    "remote_removed", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("remote_group", Integer, ForeignKey("remote_groups.id", ondelete="CASCADE"), nullable=False),
+    Column("owner_name", String(64), nullable=False),  # NAME@LINK: the keyid its requests are signed with
+    Column("ed25519_public", LargeBinary(32), nullable=False),
+    Column("removed_at", Float, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Index("remote_removed_by_name", "remote_group", "owner_name"),
+)
+
+
+def _remote_removed_table(conn: Connection) -> None:
+    """Issue 19: removed members of accepted groups (their requests get 410, PROTOCOL.md 8)."""
+    remote_removed.create(conn, checkfirst=True)
+
 
 def _link_state(conn: Connection) -> None:
     """Issue 19 item 6: each link's last contact, and removals the owner has not confirmed yet."""
@@ -445,6 +463,7 @@ MIGRATIONS = {
     8: _add_links,
     9: _link_state,
     10: _compact_column,
+    11: _remote_removed_table,
 }
 
 
@@ -614,7 +633,7 @@ class Store:
 
     def archive_forms(self, group: str) -> tuple[int, bytes | None, bytes | None]:
         """(version, full archive, compact form) of ``group``, read together. A version signed before
-        schema 10 has no compact form: the full one stands in for it (members accept either)."""
+        schema 11 has no compact form: the full one stands in for it (members accept either)."""
         with self.read() as conn:
             row = conn.execute(select(groups.c.version, groups.c.archive, groups.c.compact)
                                .where(groups.c.name == group)).first()

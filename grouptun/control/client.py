@@ -181,7 +181,6 @@ class ProviderClient:
                  rotation: Callable[[tuple[str, ...]], ReplicaRotation] = ReplicaRotation,
                  sleep: Callable[[float], None] = time.sleep, compact: bool = False) -> None:
         urls = (url,) if isinstance(url, str) else tuple(url)
-        self.compact = compact
         self._form = "form=compact" if compact else ""
         self.replicas = rotation(tuple(check_url(u) for u in urls))
         self.tls_fingerprint = tls_fingerprint

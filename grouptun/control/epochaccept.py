@@ -25,8 +25,6 @@ it runs on the control thread, never on the event loop.
 
 from __future__ import annotations
 
-import time
-
 import hmac
 import ipaddress
 import logging

@@ -154,7 +154,7 @@ def test_archive_bodies_go_out_in_pieces_so_the_transport_can_drain_between_them
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_a_database_before_the_compact_column_serves_the_full_form_until_the_next_version(kind, request):
-    """Schema 9 -> 10 adds groups.compact (NULL): asked for the compact form, the provider answers the full
+    """Schema 10 -> 11 adds groups.compact (NULL): asked for the compact form, the provider answers the full
     archive (members accept either) until the group's next signed version carries both forms."""
     from provider.store import MIGRATIONS, SCHEMA_VERSION, _compact_column  # noqa: PLC0415
 

@@ -20,6 +20,7 @@ from grouptun.core.capsule import KemPrivateKey, capsule_info, open_sealed, salt
 from grouptun.core.vouch import verify_foreign_archive
 from grouptun.errors import CapsuleError, EpochRejected
 from provider import linked, links, membership
+from provider.errors import InvalidInput
 from provider.store import audit_rows
 from provider_helpers import dump
 from test_provider_linked import HOME_SIGNER, _refusals, sides  # noqa: F401 -- the two linked providers
@@ -140,3 +141,15 @@ def test_a_replayed_or_forged_forwarded_request_is_401_and_audited(carol):
     assert (status, json.loads(answer)["detail"]) == (401, "signature not valid")
     reasons = [detail["reason"] for _, detail in _refusals(carol.owner)]
     assert "replayed signature" in reasons and "signature not valid" in reasons
+
+
+@pytest.mark.parametrize("path", [f"{LAN}/members/a#x/kem", f"{LAN}/members/a%23/kem", f"{LAN}/members/../kem",
+                                  f"{LAN}/members/a b/kem", f"{LAN}/members/a/../../x/kem",
+                                  f"{LAN}/sealed/{'0' * 32}/parts/12345678", f"{LAN}/epochs/1/capsule/x"])
+def test_the_relay_forwards_only_the_member_apis_own_paths(carol, path):
+    """A path outside the member API's shapes is refused before anything is signed or sent (no dot segment, no
+    fragment or escape a transport could fold into another route under the home's signature)."""
+    before = len(carol.sent)
+    with pytest.raises(InvalidInput, match="not a request a provider forwards"):
+        carol.relay("GET", path)
+    assert len(carol.sent) == before

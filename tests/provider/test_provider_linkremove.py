@@ -18,7 +18,7 @@ from provider import admin_ops, linked, linkremove, links, linkstate
 from provider.errors import LinkError, NotFound
 from provider.store import audit_rows, link_removals
 from provider_helpers import (STORE_KINDS, TestMember, admin, database_url_for, fresh_store, init_provider,
-                              memory_provider, own_archive)
+                              memory_provider, migrate_from, own_archive)
 from test_provider_linked import HOME_SIGNER, _refusals, sides  # noqa: F401 -- the two linked providers
 from test_provider_remote import erin  # noqa: F401 -- erin@partner, enrolled through her home
 
@@ -45,7 +45,8 @@ def test_removal_at_the_home_stops_the_relay_and_the_owner_opens_an_epoch_withou
     after = own_archive(owner)
     assert (done["pending"], done["epoch"]) == (False, after.epoch.epoch) and after.epoch.epoch > before.epoch.epoch
     assert after.member("erin@partner") is None and sorted(m.name for m in after.members) == ["alice", "bob"]
-    assert member.request("GET", "/archive").status_code == 401  # nothing relayed for her any more
+    gone = member.request("GET", "/archive")  # nothing relayed for her any more, and she is told why (410)
+    assert gone.status_code == 410 and "removed from 'acme' by its home provider's admin" in gone.json()["detail"]
     assert _audit(owner, "link-member-remove") == [{"member": "erin@partner"}]
     assert [a["member"] for a in _audit(home, "member-remove")] == ["erin"]
     assert _audit(home, "link-remove-confirmed")[0]["status"] == 200
@@ -64,7 +65,7 @@ def test_an_unreachable_owner_is_told_once_it_is_back_and_the_member_is_cut_off_
     version = owner.store.archive("lan")[0]
     done = admin_ops.member_remove(home, "acme", "erin")
     assert (done["pending"], done["epoch"]) == (True, None)
-    assert member.request("GET", "/archive").status_code == 401  # cut off here at once, owner or not
+    assert member.request("GET", "/archive").status_code == 410  # cut off here at once, owner or not
     shown = links.list_links(home)[0]
     assert shown["contact"] == "unreachable" and "unreachable (ConnectionError)" in shown["last_failure"]
     assert linkstate.describe(shown).startswith("unreachable since ") and shown["down_since"] is not None
@@ -108,6 +109,42 @@ def test_the_owner_takes_a_removal_only_from_the_link_the_member_came_through(er
     assert "'erin@partner' did not come through link 'partner'" in reasons and "signature not valid" in reasons
     status, answer = linked.exchange(home, _link(home), send, "POST", url, "nobody", b"{}")
     assert status == 404  # the home takes a 404 as done: nothing is left to remove at the owner
+
+
+def test_a_removal_the_owner_refuses_for_good_is_not_retried_and_says_so(erin):  # noqa: F811
+    owner, home, _ = erin
+    with owner.store.write() as conn:  # the owner holds erin@partner as another provider's: it will always say 403
+        conn.exec_driver_sql("UPDATE members SET home = 'ee' WHERE name = 'erin@partner'")
+    done = admin_ops.member_remove(home, "acme", "erin")
+    assert done["pending"] is False and "answered 403" in done["refused"]
+    with home.store.read() as conn:
+        assert conn.execute(link_removals.select()).first() is None  # nothing left for the timer to resend
+    assert [a["status"] for a in _audit(home, "link-remove-refused")] == [403]
+    assert _audit(home, "link-remove-failed") == []
+
+
+def test_the_timer_claims_a_due_removal_before_sending_it(erin):  # noqa: F811
+    """An attempt under way owns its row (IN_FLIGHT): a second timer tick, or a replica's, finds nothing due."""
+    owner, home, _ = erin
+    working, seen = home.link_send, []
+    home.link_send = lambda row: _unreachable
+    admin_ops.member_remove(home, "acme", "erin")  # pending: the inline attempt failed
+    real_clock = home.clock
+    home.clock = lambda: real_clock() + 3.0
+
+    def counting(row):
+        send = working(row)
+
+        def once(*args):
+            with home.store.read() as conn:
+                seen.append(conn.execute(link_removals.select()).one().next_at - home.clock())
+            return send(*args)
+        return once
+    home.link_send = counting
+    linkremove.retry_due(home)  # (or the home app's own timer, beside the test: whichever claims it first)
+    _wait_for(lambda: own_archive(owner).member("erin@partner") is None)
+    time.sleep(0.5)  # a second sender, had there been one, would have been counted by now
+    assert len(seen) == 1 and seen[0] > linkremove.IN_FLIGHT - 1.0  # sent once, and claimed while sending
 
 
 def test_removing_the_link_drops_removals_that_can_no_longer_be_delivered(erin):  # noqa: F811
@@ -208,7 +245,7 @@ def test_two_real_providers_over_https_a_removal_reaches_the_owner_even_after_an
         assert _at_owner(owner) == ["alice", "frank@partner"] and done["epoch"] is not None
         with pytest.raises(ProviderRefused) as refused:  # the home relays nothing more for her
             _client(members["erin"]).archive()
-        assert refused.value.status == 401
+        assert refused.value.status == 410  # her daemon stops as a removed member's (exit 67)
         owner.server.stop()
         shown = admin(partner.state, "member", "remove", "acme", "frank").stdout
         assert "has not confirmed yet" in shown
@@ -252,3 +289,16 @@ def test_the_metrics_show_each_links_state_and_pending_removals(erin):  # noqa: 
     assert down[("grouptun_provider_link_state", (("link", "owner"), ("state", "unreachable")))] == 1.0
     assert down[("grouptun_provider_link_state", (("link", "owner"), ("state", "up")))] == 0.0
     assert down[("grouptun_provider_link_pending_removals", (("link", "owner"),))] == 1.0
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_a_database_before_remote_tombstones_is_migrated(kind, request):
+    from provider.store import MIGRATIONS, SCHEMA_VERSION, _remote_removed_table  # noqa: PLC0415
+
+    step = next(version for version, fn in MIGRATIONS.items() if fn is _remote_removed_table)
+    store = fresh_store(kind, request)
+    memory_provider(("alice",), store=store)
+    assert migrate_from(store, step, 'DROP TABLE "remote_removed"') == str(SCHEMA_VERSION)
+    with store.read() as conn:
+        assert conn.exec_driver_sql('SELECT count(*) FROM "remote_removed"').scalar() == 0
+    store.close()

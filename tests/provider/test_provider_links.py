@@ -7,12 +7,13 @@ import json
 import time
 
 import pytest
+from sqlalchemy import select, update
 
 from grouptun.core.vouch import verify_vouch
 from provider import links
 from provider.errors import Conflict, InvalidInput, LinkError, NotFound
 from provider.keys import Signer
-from provider.store import audit_rows
+from provider.store import audit_rows, members
 from provider_helpers import STORE_KINDS, admin, dump, fresh_store, init_provider, memory_provider, migrate_from
 
 SIGNER = Signer.generate()
@@ -185,6 +186,8 @@ def test_link_check_over_the_pinned_tls_of_a_real_partner(tmp_path):
 def test_a_partner_that_rotated_its_keys_is_re_pinned_and_vouched_for_with_the_new_ones(provider):
     links.add_link(provider, "partner", "https://p.example", TLS, PARTNER)
     links.check_link(provider, "partner", lambda url, tls: _partner_answer())
+    with provider.store.write() as conn:  # bob came through the link: his row names the partner's id
+        conn.execute(update(members).where(members.c.name == "bob").values(home=PARTNER))
     rotated = Signer.generate()
     with pytest.raises(LinkError, match="other signing keys than --keys-hash pins"):  # the old pin holds
         links.check_link(provider, "partner", lambda url, tls: _partner_answer(rotated))
@@ -197,6 +200,9 @@ def test_a_partner_that_rotated_its_keys_is_re_pinned_and_vouched_for_with_the_n
     with provider.store.read() as conn:
         detail = [json.loads(r.detail) for r in audit_rows(conn, 0, 10**9) if r.action == "link-check"][-1]
     assert detail == {"link": "partner", "provider": new, "repinned_from": PARTNER}
+    with provider.store.read() as conn:  # so `link remove`, forwarding and removals still find him
+        homes = dict(conn.execute(select(members.c.name, members.c.home)).all())
+    assert homes == {"alice": None, "bob": new}
 
 
 def test_vouchers_expire_after_the_configured_days():
