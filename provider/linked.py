@@ -65,10 +65,10 @@ GROUP_PREFIX = r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})"
 SALT_TAIL = r"/epochs/([0-9]{1,10})/salt"  # below GROUP_PREFIX, as PART_TAIL
 # kem: a member's key (checked by the member against the compact archive); the name's characters are those of a
 # member name (members.py), so no segment can be '.', '..', or carry '/', '?', '#' or '%'
-_KEM_TAIL = r"/members/[A-Za-z0-9][A-Za-z0-9._@-]{0,95}/kem"
+KEM_TAIL = r"/members/[A-Za-z0-9][A-Za-z0-9._@-]{0,95}/kem"
 _SALT = re.compile(GROUP_PREFIX + SALT_TAIL)
 _FORWARDED = re.compile(GROUP_PREFIX + r"(/archive|/watch|/start|/report|/epochs/[0-9]{1,10}/capsule"
-                        r"|/sealed|/sealed/[0-9a-f]{32}|/sealed/[0-9a-f]{32}/commit|" + PART_TAIL + "|" + _KEM_TAIL + ")")
+                        r"|/sealed|/sealed/[0-9a-f]{32}|/sealed/[0-9a-f]{32}/commit|" + PART_TAIL + "|" + KEM_TAIL + ")")
 _PART = re.compile(GROUP_PREFIX + PART_TAIL)  # a sealed-data part: octet-stream, not JSON
 JSON, OCTETS = "application/json", "application/octet-stream"
 Send = Callable[[str, str, dict, bytes], tuple[int, bytes]]  # (method, url, headers, body) -> (status, body)
