@@ -30,11 +30,23 @@ def _root_missing() -> str | None:
 def pytest_collection_modifyitems(config, items):
     reason = _root_missing()
     if reason is None:
+        _serialize_root_tests(config, items)
         return
     skip = pytest.mark.skip(reason=reason)
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+def _serialize_root_tests(config, items) -> None:
+    """Under pytest-xdist (scripts/test runs with ``-n``), every root test runs on one worker, one
+    after another: they share the host's TUN, namespaces and CPU-bound iperf3 runs, and their
+    timing bounds assume no second lab beside them. The other tests spread over the other workers."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(pytest.mark.xdist_group("lab"))
 
 
 @pytest.fixture(scope="session")
