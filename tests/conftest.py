@@ -27,7 +27,9 @@ def _root_missing() -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
+    _group_for_workers(config, items)
     reason = _root_missing()
     if reason is None:
         return
@@ -35,6 +37,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+def _group_for_workers(config, items) -> None:
+    """Under pytest-xdist (scripts/test runs with ``-n`` and ``--dist loadgroup``), every root test
+    runs on one worker, one after another: they share the host's TUN, namespaces and CPU-bound
+    iperf3 runs, and their timing bounds assume no second lab beside them. Every other test stays
+    with the rest of its file, as without workers: module fixtures are set up once, and tests that
+    read what the file's earlier tests left (a module's provider and its audit log) see it."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        group = "lab" if "root" in item.keywords else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -47,7 +47,8 @@ PORTS = (8443, 8444, 8445)   # replica i serves PORTS[i]; member MEMBERS[i] asks
 KILLED = 0                   # the replica killed: a's first URL (and the token's)
 RESTART_BOUND = 10.0         # seconds: a daemon restarted while its replica is dead is sending again
 STORM_REKEYS = 6
-KILL_AFTER = 5.0             # seconds into the storm (about half of it: each admin command starts a Python)
+KILL_AFTER_WRITES = 3        # acknowledged writes before the kill (of 11: each admin command starts a Python,
+KILL_WAIT = 60.0             # so a fixed delay landed before the first write on a loaded machine)
 
 
 class Replicas:
@@ -145,7 +146,7 @@ class Storm:
         self.joined: list[str] = []
         self.errors: list[str] = []
         self.done_at: list[float] = []   # monotonic time of each acknowledged rekey, join and restart
-        self.killed_at = self.ended_at = 0.0
+        self.killed_at = self.ended_at = self.kill_after = 0.0
 
     def _guard(self, what, work) -> None:
         try:
@@ -171,12 +172,15 @@ class Storm:
             self.mesh.wait_ready(name, timeout=30.0)
             self.done_at.append(time.monotonic())
 
-    def run(self, kill, kill_after: float) -> None:
+    def run(self, kill, kill_after_writes: int) -> None:
         threads = [threading.Thread(target=self._guard, args=(f.__name__, f), daemon=True)
                    for f in (self.rekeys, self.joins, self.restarts)]
+        started = time.monotonic()
         for t in threads:
             t.start()
-        time.sleep(kill_after)
+        while len(self.done_at) < kill_after_writes and time.monotonic() - started < KILL_WAIT:
+            time.sleep(0.05)
+        self.kill_after = time.monotonic() - started
         kill()
         self.killed_at = time.monotonic()
         for t in threads:
@@ -191,11 +195,11 @@ def test_kill9_one_replica_during_a_storm(lab_mesh):
     for i, name in enumerate(MEMBERS):   # each long-poll on its own replica
         assert control(mesh, name)["provider_url"] == replicas.urls[i], control(mesh, name)
     storm = Storm(mesh)
-    storm.run(replicas.procs[KILLED].kill9, kill_after=KILL_AFTER)
+    storm.run(replicas.procs[KILLED].kill9, kill_after_writes=KILL_AFTER_WRITES)
     killed_url = replicas.urls[KILLED]
     after = sum(t > storm.killed_at for t in storm.done_at)
     print(f"\n[storm: {len(storm.rekeyed)} rekeys (epochs {storm.rekeyed}), joins {storm.joined}, "
-          f"restarts of b and c; replica {killed_url} killed -9 at {KILL_AFTER:.1f} s, {len(storm.done_at) - after} "
+          f"restarts of b and c; replica {killed_url} killed -9 at {storm.kill_after:.1f} s, {len(storm.done_at) - after} "
           f"writes acknowledged before, {after} after, storm over {storm.ended_at - storm.killed_at:.1f} s "
           f"after the kill; errors: {storm.errors or 'none'}]")
     assert storm.errors == []
