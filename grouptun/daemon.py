@@ -60,7 +60,8 @@ from grouptun.control.backoff import Backoff
 from grouptun.config import Config
 from grouptun.ops.ctlsocket import ControlServer
 from grouptun.control.plane import ControlPlane
-from grouptun.core.archive import Archive, ProviderKeys
+from grouptun.core.archive import Archive
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core import exporter
 from grouptun.core.policy import PolicyEnforcer
 from grouptun.data.plane import DataPlane, LoopPort

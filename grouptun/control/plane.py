@@ -88,7 +88,9 @@ from typing import Callable, Protocol
 
 from grouptun.control.backoff import Backoff
 from grouptun.core import keys as keys_mod
-from grouptun.core.archive import CHALLENGE_SIZE, Archive, ProviderKeys, instance_of
+from grouptun.core.archive import Archive, CHALLENGE_SIZE
+from grouptun.core.archivemember import instance_of
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core.capsule import KemPrivateKey
 from grouptun.core.session import MemberInfo
 from grouptun.core.wire import wire_epoch
