@@ -385,7 +385,7 @@ class Daemon:
             log.error("SIGHUP: applying network settings: %s", exc)
         if self.control is not None:
             self.control.watch_timeout = new.daemon.watch_timeout
-            self.control.report_interval = new.daemon.report_interval
+            self.control.requests.report_interval = new.daemon.report_interval
             self.control.backoff.cap = new.daemon.backoff_max
         log.info("configuration reloaded from %s", self.config.source)
 
