@@ -60,7 +60,8 @@ from grouptun.control.backoff import Backoff
 from grouptun.config import Config
 from grouptun.ops.ctlsocket import ControlServer
 from grouptun.control.plane import ControlPlane
-from grouptun.core.archive import Archive, ProviderKeys
+from grouptun.core.archive import Archive
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core import exporter
 from grouptun.core.policy import PolicyEnforcer
 from grouptun.data.plane import DataPlane, LoopPort
@@ -384,7 +385,7 @@ class Daemon:
             log.error("SIGHUP: applying network settings: %s", exc)
         if self.control is not None:
             self.control.watch_timeout = new.daemon.watch_timeout
-            self.control.report_interval = new.daemon.report_interval
+            self.control.requests.report_interval = new.daemon.report_interval
             self.control.backoff.cap = new.daemon.backoff_max
         log.info("configuration reloaded from %s", self.config.source)
 

@@ -33,6 +33,7 @@ from typing import Any, Callable
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
 from grouptun.core import archive as arch
+from grouptun.core import envelope as env
 from grouptun.core import capsule as caps
 from grouptun.core import vouch
 from grouptun.core import sealeddata
@@ -291,16 +292,16 @@ def compute_archive(where: str, raw: Any) -> dict:
     v = _Vector(where, raw)
     ed = ed25519.Ed25519PrivateKey.from_private_bytes(v.hex("ed25519_seed", 32))
     ml = mldsa.MLDSA65PrivateKey.from_seed_bytes(v.hex("mldsa65_seed", 32))
-    keys_ = arch.ProviderKeys(ed.public_key().public_bytes_raw(), ml.public_key().public_bytes_raw())
+    keys_ = env.ProviderKeys(ed.public_key().public_bytes_raw(), ml.public_key().public_bytes_raw())
     full, compact = v.text("archive").encode(), v.text("compact").encode()
     try:
-        document = arch.open_envelope(full, keys_)
+        document = env.open_envelope(full, keys_, arch.SIGNING_LABEL)
         arch.parse_document(document)
     except EpochRejected as exc:
         raise v.fail("archive", f"not a full archive these keys signed: {exc}") from None
     small = arch.compact_document(document)
     try:
-        got = arch.open_envelope(compact, keys_, arch.COMPACT_LABEL)
+        got = env.open_envelope(compact, keys_, arch.COMPACT_LABEL)
         arch.parse_document(got, compact=True)
     except EpochRejected as exc:
         raise v.fail("compact", f"does not verify as a compact archive: {exc}") from None
@@ -308,11 +309,11 @@ def compute_archive(where: str, raw: Any) -> dict:
         raise v.fail("compact", "is not the compact form of archive")
     for label in (arch.SIGNING_LABEL, vouch.VOUCH_LABEL):
         try:
-            arch.open_envelope(compact, keys_, label)
+            env.open_envelope(compact, keys_, label)
         except EpochRejected:
             continue
         raise v.fail("compact", f"verifies under the label {label.decode()!r} too")
-    signed = arch.canonical(small)
+    signed = env.canonical(small)
     computed = {"provider_keys": keys_.to_json(), "kem_sha256": [m["kem_sha256"] for m in small["members"]],
                 "compact_document": signed.decode("utf-8"),
                 "compact_ed25519": ed.sign(arch.COMPACT_LABEL + signed).hex()}

@@ -18,6 +18,7 @@ Modules, from the wire inwards:
     errors.py    the provider's exception tree (messages + exit codes + HTTP statuses)
     metrics.py   Prometheus exporter (ops engineer's; mounted by ``serve --metrics``)
 
-Shared with members: ``grouptun.core.archive`` (signed archive), ``grouptun.core.jointoken``,
+Shared with members: ``grouptun.core.archive`` (signed archive, its member entries in ``grouptun.core.archivemember``,
+its envelope and the provider keys in ``grouptun.core.envelope``), ``grouptun.core.jointoken``,
 ``grouptun.control.reqsign`` (RFC 9421 request signatures), ``grouptun.core.capsule``, ``grouptun.core.keys``.
 """

@@ -5,9 +5,9 @@ is served only with ``"api_docs": true`` in ``STATE/provider.json``; off by defa
 
     POST /v1/enroll                                 join token secret + public keys + authenticator + proof
                                                     (Ed25519 signature over the other fields, see
-                                                    grouptun.core.archive.enroll_message)
+                                                    grouptun.core.jointoken.enroll_message)
          -> 200 {"group", "member_name", "index", "addresses", "provider_keys": {"ed25519", "mldsa65"},
-                 "archive": "<signed envelope, grouptun.core.archive>"}
+                 "archive": "<signed envelope (grouptun.core.envelope) of the archive, grouptun.core.archive>"}
     --- everything below is RFC 9421-signed (grouptun.control.reqsign), keyid = member name ---
     GET  /v1/groups/{group}/archive                 -> 200 signed envelope (application/json)
     GET  /v1/groups/{group}/watch?version=V&timeout=T

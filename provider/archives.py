@@ -1,6 +1,6 @@
 """Building, versioning and re-signing the group archive from database rows.
 
-The archive's wire format and signature live in ``grouptun.core.archive``;
+The archive's wire format lives in ``grouptun.core.archive`` (its signature in ``grouptun.core.envelope``);
 this module only maps the provider's rows (``store.groups``,
 ``store.members``) onto it. Limits: :func:`parse_own` trusts its input (it
 reads archives this provider signed and stored itself).
@@ -15,7 +15,8 @@ from sqlalchemy import update
 
 from grouptun.core import policy as policy_mod
 from grouptun.core import exportrules as exportrules_mod
-from grouptun.core.archive import Archive, ArchiveMember, ArchivePolicy, GroupMetadata, parse_document
+from grouptun.core.archive import Archive, ArchivePolicy, GroupMetadata, parse_document
+from grouptun.core.archivemember import ArchiveMember
 from provider.routes_approved import approved_routes
 from provider.store import groups, member_rows
 

@@ -384,7 +384,7 @@ def route_text(done) -> str:
 
 
 def cmd_link(args) -> int:
-    from grouptun.core.archive import ProviderKeys
+    from grouptun.core.envelope import ProviderKeys
     from grouptun.errors import EpochRejected
     from provider import cli_links
 

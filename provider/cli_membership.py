@@ -41,7 +41,7 @@ def parse_attrs(values: list[str] | None, flag: str = "--attr") -> dict[str, str
 
 def token_maker(paths):
     """``secret -> printable join token`` for this state dir's provider (URL or public URLs, TLS pin, keys)."""
-    from grouptun.core.archive import ProviderKeys
+    from grouptun.core.envelope import ProviderKeys
     from grouptun.core.jointoken import JoinToken
     from provider.keys import public_urls, read_config, tls_fingerprint
 

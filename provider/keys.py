@@ -52,7 +52,8 @@ from cryptography.x509.oid import NameOID
 
 import dataclasses
 
-from grouptun.core.archive import ProviderKeys, sign_archive, Archive
+from grouptun.core.archive import Archive, sign_archive
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core.jointoken import check_urls
 from grouptun.control.reqsign import sign_headers
 from grouptun.core.vouch import Vouch, sign_vouch

@@ -45,7 +45,8 @@ from typing import Callable
 
 from sqlalchemy import delete, select
 
-from grouptun.core.archive import ProviderKeys, b64e, verify_archive
+from grouptun.core.archive import verify_archive
+from grouptun.core.envelope import ProviderKeys, b64e
 from grouptun.errors import EpochRejected
 from provider import members as mem
 from provider import membership

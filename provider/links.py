@@ -43,7 +43,7 @@ from typing import Callable
 
 from sqlalchemy import delete, insert, or_, select, update
 
-from grouptun.core.archive import ProviderKeys
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core.jointoken import url_problem
 from grouptun.core.vouch import Vouch
 from grouptun.errors import EpochRejected, ProviderError

@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from grouptun.core.archive import enroll_message
+from grouptun.core.jointoken import enroll_message
 from grouptun.core.capsule import load_kem_public
 from grouptun.errors import CapsuleError
 from provider.errors import Conflict, Forbidden, InvalidInput
@@ -82,7 +82,7 @@ def check_enrollment(secret: str, name: str, ed_public: bytes, kem_public: bytes
                      endpoints: list[str], proof: bytes) -> list[str]:
     """Check an enrollment request's fields and proof of possession; its normalised endpoints.
 
-    ``proof`` is the Ed25519 signature over ``archive.enroll_message(...)`` of
+    ``proof`` is the Ed25519 signature over ``jointoken.enroll_message(...)`` of
     the other fields, as sent (checked before the join token is touched).
     Checks nothing about the token itself: the caller does, in its transaction.
     """

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from grouptun.core.archive import MAX_ROUTES
+from grouptun.core.archivemember import MAX_ROUTES
 from provider.errors import RateLimited
 from provider.ijson import IJsonRoute
 

@@ -25,7 +25,7 @@ import ipaddress
 
 from sqlalchemy import delete, insert, select, update
 
-from grouptun.core.archive import MAX_ROUTES
+from grouptun.core.archivemember import MAX_ROUTES
 from provider.errors import Conflict, InvalidInput, NotFound
 from provider.store import add_audit, members, subnet_routes
 

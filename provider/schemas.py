@@ -33,7 +33,7 @@ class EnrollRequest(_Strict):
     kem_public: str = Field(min_length=1624, max_length=1624, pattern=B64)
     authenticator: str = Field(**AUTHENTICATOR)
     endpoints: list[str] = Field(default_factory=list, max_length=8)
-    proof: str = Field(min_length=88, max_length=88, pattern=B64)  # Ed25519 over archive.enroll_message
+    proof: str = Field(min_length=88, max_length=88, pattern=B64)  # Ed25519 over jointoken.enroll_message
 
 
 class ProviderKeysModel(BaseModel):

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import delete, insert, select, update
 
 from grouptun.core.keys import HEAP, SecretMemory
-from grouptun.core.archive import instance_of
+from grouptun.core.archivemember import instance_of
 from provider import members as mem
 from provider import linkstate, membership, routes_approved
 from provider.archives import addresses, build_archive, next_version, parse_own, resign
@@ -219,7 +219,7 @@ class Provider:
     def enroll(self, secret: str, name: str, ed25519_public: bytes, kem_public: bytes, authenticator: bytes,
                endpoints: list[str], proof: bytes, address: str = "?") -> dict:
         """Consume the join token ``secret``; ``proof`` is the Ed25519 signature over
-        ``archive.enroll_message(...)`` of the other fields (checked before the token is touched).
+        ``jointoken.enroll_message(...)`` of the other fields (checked before the token is touched).
         Only an Argon2id hash of ``authenticator`` is stored."""
         from provider import remote  # noqa: PLC0415 -- remote imports the routes, which import this module
 

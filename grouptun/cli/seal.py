@@ -73,7 +73,7 @@ class MemberSession:
 
         from grouptun.control import vouchfile
         from grouptun.control.epochaccept import verified_archive
-        from grouptun.core.archive import ProviderKeys
+        from grouptun.core.envelope import ProviderKeys
         from grouptun.errors import ProviderError
 
         p, group = self.config.provider, self.config.group

@@ -49,10 +49,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from requests.adapters import HTTPAdapter
 
 from grouptun.control.backoff import ReplicaRotation
-from grouptun.core.archive import ProviderKeys, enroll_message, verify_archive
+from grouptun.core.archive import verify_archive
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core.vouch import verify_foreign_archive
 from grouptun.core.capsule import CAPSULE_SIZE, KEM_PUBLIC_SIZE
-from grouptun.core.jointoken import JoinToken, check_url, check_urls, parse_join_token
+from grouptun.core.jointoken import JoinToken, check_url, check_urls, enroll_message, parse_join_token
 from grouptun.errors import LinkUnavailable, ProviderError, ProviderRefused
 from grouptun.control.reqsign import sign_headers
 
@@ -267,7 +268,7 @@ class ProviderClient:
         """Consume ``token``; checks the provider keys against the token's hash and verifies the archive.
 
         The request carries ``proof``: the member's Ed25519 signature over
-        ``archive.enroll_message`` of the other fields (proof of possession;
+        ``jointoken.enroll_message`` of the other fields (proof of possession;
         the provider checks it before it consumes the token).
         """
         ed25519_public = signing_key.public_key().public_bytes_raw()

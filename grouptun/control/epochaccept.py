@@ -35,7 +35,8 @@ from grouptun.config import parse_endpoint
 from grouptun.core import accept
 from grouptun.core import capsule as capsule_mod
 from grouptun.core import keys as keys_mod
-from grouptun.core.archive import Archive, ProviderKeys, verify_archive
+from grouptun.core.archive import Archive, verify_archive
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core.vouch import verify_foreign_archive
 from grouptun.core.epoch import parse_networks
 from grouptun.core.policy import PolicyEnforcer

@@ -1,12 +1,13 @@
 """The cold path: get epochs from the provider, check them, hand them over.
 
-Runs in its own thread (``requests`` blocks). At start it draws a fresh
-32-byte challenge and asks the provider for an epoch that lists it
-(PROTOCOL.md 4); afterwards it long-polls for new archives. A second
-thread (:meth:`ControlPlane.request_loop`, its own HTTP session) forwards
-the session's rekey requests and sends the periodic reports, so neither
-waits behind the long-poll (a rekey reaches the provider within
-``request_interval`` plus one round trip).
+Runs in its own thread (``requests`` blocks; the thread bodies are
+:mod:`grouptun.control.planeloops`). At start it draws a fresh 32-byte
+challenge and asks the provider for an epoch that lists it (PROTOCOL.md 4);
+afterwards it long-polls for new archives. A second thread
+(:meth:`ControlPlane.request_loop`) forwards the session's rekey requests
+and sends the periodic reports (:mod:`grouptun.control.requestforward`).
+What ``status`` shows, and what each answer or failure does to it, is
+:mod:`grouptun.control.controlstate`'s.
 
 Groups of fewer than 2 members have no epoch (PROTOCOL.md 1): the provider
 answers the start with "waiting for members" and records the challenge;
@@ -34,47 +35,30 @@ is SHA-256 of its start challenge. An epoch is installed only if its
 archive's entry for our member names our instance, checked before its
 capsule is fetched; any archive accepted after the start (a new epoch or
 a re-signed one) that names another means the member was started
-elsewhere: the session stops sending at once (:meth:`SessionPort.
-stop_sending`), the refusal is logged at error, ``on_superseded`` is told
-(the daemon exits with InstanceSuperseded's status) and this thread ends.
+elsewhere: InstanceSuperseded, and the control path ends (planeloops).
 
 A removed member (its admin removed it, or its membership's time ended:
 issue 17) learns it from a verified archive newer than the one it holds
-that no longer lists it, or from the provider's 410 to any request it
-signs (a daemon that was not watching at the time): it stops sending the
-same way, ``status`` shows phase "removed" and the reason
+that no longer lists it (MemberRemoved), or from the provider's 410 to any
+request it signs (a daemon that was not watching at the time): it stops
+sending the same way, ``status`` shows phase "removed" and the reason
 (``ControlState.removed``), and the daemon exits with MemberRemoved's
 status (67).
 
-A statefile write the disk has no room for (StateDirFull) is retried with
-the same backoff as an unreachable provider, not reset by the provider's
-answers meanwhile (each retry fetches the sealed salt again: an Argon2id
-check at the provider); ``state.state_dir_full`` tells ``status``.
-
-A group a linked provider owns (``vouch``, PROTOCOL.md 8): our provider
-relays to the owner; when it answers that it cannot reach it
-(``LinkUnavailable``, its 503 naming the link's state) the held epoch stays
-and ``state.link`` says "unreachable" since when and why, for ``status``;
-the next relayed answer makes it "up" again. Its voucher is renewed before
-it expires and when an archive fails the voucher check
-(:mod:`grouptun.control.vouchrenew`).
+A group a linked provider owns (``vouch``, PROTOCOL.md 8): archives are
+the owner's, relayed by our provider, so their ``provider_urls`` are not
+adopted. Its voucher is renewed before it expires and when an archive
+fails the voucher check (:mod:`grouptun.control.vouchrenew`).
 
 Provider URLs: the client fails over between the provider's URLs itself
 (:mod:`grouptun.control.client`); an accepted archive's ``provider_urls``
 replaces the client's list and is kept in ``urls_file`` for the next start.
-``state.provider_url`` is the URL that answered last.
 
 Access policy (issue 17 item 6): every archive accepted (installed or
 recorded) hands its policy and its epoch's member table to ``policy``, the
 daemon's :class:`~grouptun.core.policy.PolicyEnforcer` (an epoch being
 installed gets its table before the session sees the epoch), so a policy
 or attribute change applies on the next watch, without a new epoch.
-
-The data plane never waits for this thread: provider calls are retried
-with jittered exponential backoff (``backoff_max``) while the installed
-epoch keeps carrying traffic. Limits: a "fetch" request (a packet of the
-next epoch seen) is served by the watch thread after the current
-long-poll, which returns at once anyway when a newer archive exists.
 """
 
 from __future__ import annotations
@@ -83,22 +67,25 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from grouptun.control import planeloops
 from grouptun.control.backoff import Backoff
+from grouptun.control.controlstate import ControlState, ControlStatus
+from grouptun.control.credmigrate import SaltProof
+from grouptun.control.epochaccept import (apply_policy, build_material, check_archive, check_instance, lists_challenge,
+                                          member_info, open_secrets, verified_archive)
+from grouptun.control.requestforward import RequestForwarder
+from grouptun.control.vouchrenew import VouchHolder
 from grouptun.core import keys as keys_mod
-from grouptun.core.archive import CHALLENGE_SIZE, Archive, ProviderKeys, instance_of
+from grouptun.core.archive import Archive
+from grouptun.core.archivemember import instance_of
 from grouptun.core.capsule import KemPrivateKey
+from grouptun.core.envelope import ProviderKeys
+from grouptun.core.policy import PolicyEnforcer
 from grouptun.core.session import MemberInfo
 from grouptun.core.wire import wire_epoch
-from grouptun.control.credmigrate import SaltProof
-from grouptun.control.vouchrenew import VouchHolder
-from grouptun.core.policy import PolicyEnforcer
-from grouptun.control.epochaccept import (apply_policy, build_material, check_archive, check_instance, lists_challenge,
-                                  member_info, open_secrets, verified_archive)
-from grouptun.errors import (EpochRejected, GrouptunError, InstanceSuperseded, LinkUnavailable, LoopUnavailable,
-                             MemberRemoved, ProviderError, ProviderRefused, StateDirFull)
+from grouptun.errors import EpochRejected, GrouptunError, InstanceSuperseded, LoopUnavailable, MemberRemoved
 
 log = logging.getLogger("grouptun.ops.ctlsocket")
 
@@ -114,36 +101,6 @@ class SessionPort(Protocol):
     def take_requests(self) -> set[str]: ...
     def packets_sent(self) -> dict[int, int]: ...
     def stop_sending(self) -> None: ...
-
-
-REPORTED_EPOCHS = 4  # the provider looks at the current epoch only; older ones are context
-
-
-def _latest(packets_sent: dict[int, int]) -> dict[int, int]:
-    """The counts of the newest REPORTED_EPOCHS epochs (a report body is bounded at the provider)."""
-    return {e: packets_sent[e] for e in sorted(packets_sent)[-REPORTED_EPOCHS:]}
-
-
-@dataclass
-class ControlState:
-    """What ``grouptun status`` shows about the control path (replaced, never mutated)."""
-
-    phase: str = "starting"
-    provider_ok: bool = False
-    last_contact: float | None = None       # wall clock
-    last_error: str | None = None
-    archive_version: int | None = None
-    epoch: int | None = None
-    epoch_installed_at: float | None = None  # wall clock
-    refusals: dict = field(default_factory=dict)
-    retry_in: float | None = None
-    state_dir_full: bool = False            # the last statefile write found no room (retrying)
-    provider_url: str | None = None         # the provider URL (replica) that answered last
-    provider_urls: tuple = ()               # the URLs asked, in order (join token's, or the newest archive's)
-    removed: str | None = None              # why the provider removed our member (then phase "removed")
-    link: dict | None = None                # a group a linked provider owns: our provider's link to it as last
-                                            # seen ({"state": up | unreachable | unknown, "since", "reason",
-                                            # "name", "seen_at"}); None: an ordinary group
 
 
 class ControlPlane:
@@ -169,23 +126,19 @@ class ControlPlane:
                                                               wall)
         self.secrets = secrets  # where opened SS and salt are held (the daemon's locked arena)
         self.pinned, self.group_id, self.member, self.statefile = pinned, group_id, member, statefile
-        self.endpoints, self.can_reach, self.on_archive = endpoints, can_reach, on_archive
-        self.watch_timeout, self.report_interval = watch_timeout, report_interval
-        self.request_interval = request_interval
-        self.on_trouble = on_trouble  # a refusal (text) and the recovery (None): systemd's STATUS=
+        self.can_reach, self.on_archive = can_reach, on_archive
+        self.watch_timeout, self.request_interval = watch_timeout, request_interval
         self.backoff = backoff or Backoff()
-        self._urandom, self._clock, self._wall = urandom, clock, wall
-        self.state = ControlState(provider_urls=tuple(client.urls),
-                                  link=None if vouch is None else {"state": "unknown"})
+        self.urandom, self._wall = urandom, wall  # urandom: the start challenge (planeloops.run)
         self.metrics = metrics  # optional grouptun.ops.metrics.DaemonMetrics (cold-path counters)
+        # what status shows; on_trouble gets a refusal (text) and the recovery (None): systemd's STATUS=
+        self.status = ControlStatus(client=client, backoff=self.backoff, linked=vouch is not None, wall=wall,
+                                    on_trouble=on_trouble, metrics=metrics)
+        self.requests = RequestForwarder(client=client, port=port, endpoints=endpoints,
+                                         report_interval=report_interval, clock=clock,
+                                         on_answer=self.status.contact_ok, metrics=metrics)
         self.archive: Archive | None = None  # newest verified archive of our group (may have no epoch)
         self.held_epoch = -1                 # the epoch installed last (-1: none yet)
-        self._next_report = 0.0
-        self._refusals: dict[str, int] = {}
-        self._pending: set[str] = set()      # session requests not yet taken by the provider
-        self._in_flight: set[str] = set()    # rekey requests being forwarded right now
-        self._requests_lock = threading.Lock()  # _pending, _in_flight, _next_report: both threads; never held
-                                                # across a provider or event-loop call
         self._waiting = False                # start answered "waiting for members"
         self.instance: bytes | None = None   # instance_of(our start challenge), PROTOCOL.md 4
         self.on_superseded = on_superseded
@@ -195,27 +148,10 @@ class ControlPlane:
     def vouch(self) -> bytes | None:
         return None if self.vouches is None else self.vouches.current
 
-    # --- state for status ---
-    def _set(self, **changes) -> None:
-        values = {**vars(self.state), **changes}
-        values["refusals"] = dict(self._refusals)
-        self.state = ControlState(**values)
-
-    def _contact_ok(self) -> None:
-        if not self.state.provider_ok:
-            log.info("provider reachable")
-        if self.state.last_error is not None:
-            self.on_trouble(None)
-        answered = {"provider_ok": True, "last_contact": self._wall(), "provider_url": self.client.answered_by}
-        if self.vouch is not None:  # our provider relayed the owner's answer: its link to the owner is up
-            if self.state.link is not None and self.state.link.get("state") == "unreachable":
-                log.info("our provider reaches the group's owner again")
-            answered["link"] = {"state": "up", "seen_at": answered["last_contact"]}
-        if self.state.state_dir_full:  # the provider answers, but the retry is for the disk: keep backing off
-            self._set(**answered)
-            return
-        self._set(**answered, last_error=None, retry_in=None)
-        self.backoff.reset()
+    @property
+    def state(self) -> ControlState:
+        """What ``grouptun status`` shows about the control path (replaced, never mutated)."""
+        return self.status.state
 
     # --- acceptance ---
     def accept(self, signed: bytes, challenge: bytes | None = None) -> bool:
@@ -275,9 +211,7 @@ class ControlPlane:
         try:
             material = build_material(archive, self.member, ss, salt, self.can_reach, self.secrets)
             self.statefile.record(self.group_id, e)  # durably BEFORE first use (PROTOCOL.md 4)
-            if self.state.state_dir_full:
-                log.info("state dir has room again: epoch %d recorded", e)
-                self._set(state_dir_full=False, last_error=None, retry_in=None)
+            self.status.recorded(e)
         except BaseException:
             self.secrets.free(ss)
             self.secrets.free(salt)
@@ -290,7 +224,7 @@ class ControlPlane:
                 self._install_timed_out(archive, starting)
             raise
         previous, self.archive, self.held_epoch = self.archive, archive, e
-        self._set(archive_version=archive.version, epoch=e, epoch_installed_at=self._wall(), phase="running")
+        self.status.installed(archive.version, e)
         if self.metrics is not None:
             self.metrics.epoch_installed()
         log.info("epoch %d installed (archive version %d, %d members, suite %d)",
@@ -309,7 +243,7 @@ class ControlPlane:
         """
         self.held_epoch = max(self.held_epoch, archive.epoch.epoch)
         if not starting:
-            self._request("rekey:install-timeout")
+            self.requests.queue("rekey:install-timeout")
         log.info("epoch %d is recorded but its install timed out: counted as held; %s", archive.epoch.epoch,
                  "starting again" if starting else "asking for a new epoch")
 
@@ -325,7 +259,7 @@ class ControlPlane:
         apply_policy(self.policy, archive, self.member, archive.epoch.epoch if held else None)
         if archive.epoch is None and (previous is None or previous.epoch is not None):
             log.info("the group has fewer than 2 members: no epoch until a second member joins")
-        self._set(archive_version=archive.version)
+        self.status.set(archive_version=archive.version)
         self._notify_archive(archive)
         if self.held_epoch >= 0:
             self._push_endpoints(previous, archive)
@@ -341,15 +275,10 @@ class ControlPlane:
             log.info("endpoints updated from archive version %d: %s", archive.version,
                      ", ".join(m.name for m in changed))
 
-    def _request(self, request: str) -> None:
-        """Queue a request for the provider (the request thread forwards it)."""
-        with self._requests_lock:
-            self._pending.add(request)
-
     def _check_wire(self, epoch: int) -> None:
         """Refuse an epoch whose wire value equals the held one's; ask for another (PROTOCOL.md 5)."""
         if self.held_epoch >= 0 and wire_epoch(epoch) == wire_epoch(self.held_epoch):
-            self._request("rekey:wire-collision")
+            self.requests.queue("rekey:wire-collision")
             raise EpochRejected("epoch", f"epoch {epoch} has the wire value of the held epoch {self.held_epoch}")
 
     def _adopt_urls(self, archive: Archive) -> None:
@@ -366,7 +295,7 @@ class ControlPlane:
                 self.urls_file.save(urls)
             except OSError as exc:  # the list in memory still serves; the next start uses the config's
                 log.warning("cannot keep the provider URLs in %s: %s", self.urls_file.path, exc.strerror or exc)
-        self._set(provider_urls=urls)
+        self.status.set(provider_urls=urls)
 
     def _notify_archive(self, archive: Archive) -> None:
         self._adopt_urls(archive)
@@ -376,48 +305,6 @@ class ControlPlane:
             self.on_archive(archive)
         except GrouptunError as exc:
             log.error("applying archive version %d: %s", archive.version, exc)
-
-    def _refused(self, exc: EpochRejected) -> None:
-        if self.metrics is not None:
-            self.metrics.epoch_refused(exc.step)
-        self._refusals[exc.step] = self._refusals.get(exc.step, 0) + 1
-        log.warning("%s", exc)
-        self._set(last_error=str(exc))
-
-    def _superseded(self, exc: InstanceSuperseded | MemberRemoved) -> None:
-        """Another daemon owns our member, or the provider removed it: stop sending now, say so, let the daemon exit."""
-        try:
-            self.port.stop_sending()
-        except LoopUnavailable as stalled:  # closed: already shutting down; stalled: exiting stops it anyway
-            log.warning("stopping the session: %s", stalled)
-        log.error("%s; this daemon stopped sending and exits (status %d)", exc, exc.exit_code)
-        if isinstance(exc, MemberRemoved):
-            self._set(phase="removed", last_error=str(exc), removed=str(exc))
-        else:
-            self._set(phase="superseded", last_error=str(exc))
-        if self.on_superseded is not None:
-            self.on_superseded(exc)
-
-    def _refused_by_provider(self, exc: ProviderRefused) -> None:
-        log.error("%s", exc)
-        self._set(last_error=str(exc), provider_ok=True)
-        self.on_trouble(str(exc))
-
-    def _link_down(self, exc: LinkUnavailable) -> None:
-        """Our provider answered but cannot reach the group's owner: we keep the epoch we hold (PROTOCOL.md 8)."""
-        link = exc.link
-        if self.state.link is None or self.state.link.get("state") != "unreachable":
-            log.warning("our provider cannot reach the group's owner: %s (the held epoch keeps carrying traffic)",
-                        exc.reason)
-        self._set(provider_ok=True, last_contact=self._wall(), provider_url=self.client.answered_by,
-                  last_error=str(exc), link={"state": "unreachable" if link.get("contact") != "up" else "up",
-                                             "since": link.get("down_since"), "reason": link.get("last_failure"),
-                                             "name": link.get("name"), "seen_at": self._wall()})
-
-    def _state_dir_full(self, exc: StateDirFull) -> None:
-        if not self.state.state_dir_full:
-            log.error("%s; retrying with backoff (the held epoch keeps carrying traffic)", exc)
-        self._set(state_dir_full=True, last_error=str(exc))
 
     # --- start (PROTOCOL.md 4) ---
     def start_once(self, challenge: bytes) -> bool:
@@ -430,12 +317,12 @@ class ControlPlane:
         if self._waiting:
             return self._wait_for_members(challenge)
         signed = self.client.start(challenge)
-        self._contact_ok()
+        self.status.contact_ok()
         if signed is None:
             self._waiting = True
             log.info("waiting for a second member: the provider opens the group's first epoch "
                      "(listing our start challenge) when one joins")
-            self._set(phase="waiting for members")
+            self.status.set(phase="waiting for members")
             return False
         if not self.accept(signed, challenge):
             raise EpochRejected("challenge", "start answered without a new epoch")
@@ -444,7 +331,7 @@ class ControlPlane:
     def _wait_for_members(self, challenge: bytes) -> bool:
         version = self.archive.version if self.archive is not None else 0
         signed = self.client.watch(version, timeout=self.watch_timeout)
-        self._contact_ok()
+        self.status.contact_ok()
         if signed is None:
             return False
         archive = self._verified(signed)
@@ -465,148 +352,32 @@ class ControlPlane:
         self.watch_once()
 
     def service_requests(self) -> None:
-        """Forward the session's rekey requests and send the report when due (the request thread).
-
-        The lock guards only ``_pending``, ``_in_flight`` and ``_next_report``:
-        the calls into the event loop and to the provider run outside it, so
-        the watch thread (``_request``, ``watch_once``) never waits behind a
-        slow provider. A request being forwarded is marked in flight, so a
-        concurrent call (or the same request taken again meanwhile) is not
-        sent twice: one request, one epoch.
-        """
+        """The request thread's round: the voucher renewed when due, then the session's rekey requests and the
+        report (:meth:`RequestForwarder.service`)."""
         if self.vouches is not None:
             self.vouches.renew_if_due()  # before it expires (a fetch at most every few minutes)
-        taken = self.port.take_requests()
-        with self._requests_lock:
-            # Requests stay pending until the provider took them, so a failed call loses none.
-            self._pending |= taken
-            mine = sorted(r for r in self._pending - self._in_flight if r.startswith("rekey:"))
-            self._in_flight.update(mine)
-            report_due = self._clock() >= self._next_report
-            if report_due:
-                self._next_report = self._clock() + self.report_interval
-        try:
-            for req in mine:
-                self._forward_rekey(req)
-        finally:
-            with self._requests_lock:
-                self._in_flight.difference_update(mine)
-        if report_due:
-            try:
-                self.client.report(self.endpoints(), _latest(self.port.packets_sent()))
-            except ProviderRefused as exc:  # a refused report must not hold up anything
-                log.warning("report refused: %s", exc)
-            self._contact_ok()
-
-    def _forward_rekey(self, req: str) -> None:
-        """One rekey request to the provider (no lock held); taken off ``_pending`` once answered."""
-        log.info("asking the provider for a new epoch (%s)", req[6:])
-        try:
-            self.client.rekey(req[6:])
-            if self.metrics is not None:
-                self.metrics.rekey(req[6:])
-        except ProviderRefused as exc:  # e.g. rate-limited: the provider decided; don't insist
-            log.warning("rekey (%s) not granted: %s", req[6:], exc)
-        with self._requests_lock:
-            self._pending.discard(req)
-        self._contact_ok()
+        self.requests.service()
 
     def watch_once(self) -> None:
         """A requested fetch, then one long-poll; installs what arrives (the watch thread)."""
-        with self._requests_lock:
-            fetch = "fetch" in self._pending
-        if fetch:
+        if self.requests.wanted("fetch"):
             signed = self.client.archive()
-            with self._requests_lock:
-                self._pending.discard("fetch")
+            self.requests.done("fetch")
             self._handle(signed)
         version = self.archive.version if self.archive else 0
         signed = self.client.watch(version, timeout=self.watch_timeout)
-        self._contact_ok()
+        self.status.contact_ok()
         if signed is not None:
             self._handle(signed)
 
     def _handle(self, signed: bytes) -> None:
-        self._contact_ok()
+        self.status.contact_ok()
         self.accept(signed)
 
     def request_loop(self, stop: threading.Event, done: threading.Event | None = None) -> None:
-        """Thread body beside the watch: rekey requests and reports every ``request_interval``.
-
-        Runs until ``stop`` or ``done`` is set; it only checks ``stop`` and
-        sleeps on ``done`` (run() sets it on return), so the caller's
-        ``stop.wait`` is the watch thread's alone.
-        """
-        done = done or threading.Event()
-        failures = 0
-        while not done.wait(min(self.request_interval * 2 ** failures, 5.0)) and not stop.is_set():
-            if self.held_epoch < 0:
-                continue  # nothing to ask for or report before the first epoch
-            try:
-                self.service_requests()
-                failures = 0
-            except ProviderError as exc:  # the watch thread logs provider trouble; retry soon
-                log.debug("request forwarding: %s", exc)
-                failures = min(failures + 1, 5)
-            except LoopUnavailable as exc:  # closed: shutting down; else the loop is stalled
-                if stop.is_set():
-                    return
-                log.warning("request forwarding: %s", exc)
-                failures = min(failures + 1, 5)
-            except Exception:  # noqa: BLE001 - the thread must outlive a bug
-                log.exception("request forwarding failed")
-                failures = min(failures + 1, 5)
+        """Thread body beside the watch (:func:`grouptun.control.planeloops.request_loop`)."""
+        planeloops.request_loop(self, stop, done)
 
     def run(self, stop: threading.Event) -> None:
-        """Thread body: start (challenge rule), then watch until ``stop``; rekeys/reports in a second thread."""
-        challenge = self._urandom(CHALLENGE_SIZE)
-        log.info("requesting a fresh epoch from the provider (start challenge)")
-        done = threading.Event()
-        requests = threading.Thread(target=self.request_loop, args=(stop, done), name="grouptun-control-requests",
-                                    daemon=True)
-        requests.start()
-        try:
-            self._run(stop, challenge)
-        finally:
-            done.set()
-
-    def _run(self, stop: threading.Event, challenge: bytes) -> None:
-        started = False
-        while not stop.is_set():
-            try:
-                if not started:
-                    started = self.start_once(challenge)
-                else:
-                    self.watch_once()
-                continue
-            except (InstanceSuperseded, MemberRemoved) as exc:
-                self._superseded(exc)
-                return
-            except ProviderRefused as exc:
-                if exc.status != 410:  # 410: the provider says our member was removed, and why
-                    self._refused_by_provider(exc)
-                else:
-                    self._superseded(MemberRemoved(f"member {self.member!r} was removed: {exc.reason}"))
-                    return
-            except StateDirFull as exc:
-                self._state_dir_full(exc)
-            except EpochRejected as exc:
-                self._refused(exc)
-            except LinkUnavailable as exc:
-                self._link_down(exc)
-            except ProviderError as exc:
-                if self.state.provider_ok or self.state.last_error != str(exc):
-                    log.warning("provider trouble: %s (the data plane keeps running)", exc)
-                self._set(provider_ok=False, last_error=str(exc))
-            except LoopUnavailable as exc:  # closed: shutting down; else the loop is stalled
-                if stop.is_set():
-                    return
-                log.warning("%s (the control path retries)", exc)
-                self._set(last_error=str(exc))
-            except Exception as exc:  # noqa: BLE001 - the control thread must outlive a bug
-                log.exception("control path error: %s", exc)
-                self._set(last_error=f"internal: {type(exc).__name__}: {exc}")
-            delay = self.backoff.next()
-            self._set(retry_in=delay)
-            log.debug("retrying in %.1f s", delay)
-            stop.wait(delay)
+        """Thread body: start, then watch until ``stop`` (:func:`grouptun.control.planeloops.run`)."""
+        planeloops.run(self, stop)

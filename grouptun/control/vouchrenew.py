@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Callable, TypeVar
 
-from grouptun.core.archive import ProviderKeys
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core.vouch import Vouch, renewal_due, verify_vouch
 from grouptun.errors import EpochRejected, ProviderError
 

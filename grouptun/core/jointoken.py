@@ -14,6 +14,9 @@ expires. The provider stores only SHA-256(secret) (the secret has 256 bits
 of entropy, so a slow hash adds nothing). Limits: token text <= 2048 chars;
 URL must be https with a host; the fingerprints are 64 lowercase hex chars;
 at most MAX_PROVIDER_URLS URLs, no duplicates.
+
+Spending the token (enrollment) the member signs :func:`enroll_message`
+with its new Ed25519 key: the proof that it holds the keys it enrolls.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from urllib.parse import urlsplit
 
 import rfc8785
 
+from grouptun.core.envelope import b64e, canonical
 from grouptun.errors import ConfigError
 
 PREFIX = "gtjoin1-"
@@ -34,6 +38,7 @@ MAX_TOKEN_CHARS = 2048
 SECRET_BYTES = 32
 MAX_PROVIDER_URLS = 8  # also the archive's provider_urls bound (grouptun.core.archive)
 MAX_URL_CHARS = 200
+ENROLL_LABEL = b"grouptun/1 enroll"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -152,3 +157,19 @@ def parse_join_token(text: str) -> JoinToken:
         raise _bad("fields must be strings")
     return JoinToken(check_url(body["url"]), body["tls"], body["keys"], body["secret"], urls)
 
+
+def enroll_message(secret: str, name: str, ed25519_public: bytes, kem_public: bytes, authenticator: bytes,
+                   endpoints: list[str] | tuple[str, ...]) -> bytes:
+    """What a member signs with its Ed25519 key to enroll (proof of possession).
+
+    ``ENROLL_LABEL || RFC 8785 JSON`` of the enrollment request's fields
+    (binary ones in standard base64): the token secret, the name, both
+    public keys, the authenticator (``grouptun.control.credkeys``) and the endpoints. The provider checks the
+    signature with the Ed25519 public key in the same request before it
+    consumes the token, so nobody enrolls a key they do not hold, and a
+    request altered in transit (another KEM key) does not verify.
+    """
+    return ENROLL_LABEL + canonical({
+        "secret": secret, "name": name, "ed25519_public": b64e(ed25519_public), "kem_public": b64e(kem_public),
+        "authenticator": b64e(authenticator), "endpoints": list(endpoints),
+    })

@@ -5,7 +5,7 @@ A member pinned only its own (home) provider at join. A group owned by a
 linked provider is signed with that provider's keys, which the member has
 never seen; its home provider vouches for them in a document it signs, so
 the member's trust still starts at its own join token. Wire shape (the
-envelope of ``grouptun.core.archive``, signed under ``VOUCH_LABEL``, so an
+envelope of ``grouptun.core.envelope``, signed under ``VOUCH_LABEL``, so an
 archive signature never verifies as a voucher nor the other way round)::
 
     {"format": "grouptun/1 provider-vouch",
@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grouptun.core.archive import (Archive, ProviderKeys, open_envelope, provider_id_of, sign_envelope,
-                                   verify_archive)
+from grouptun.core.archive import Archive, verify_archive
+from grouptun.core.envelope import ProviderKeys, open_envelope, provider_id_of, sign_envelope
 from grouptun.core.jointoken import url_problem
 from grouptun.errors import EpochRejected
 

@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from grouptun.core import attributes as attrs
-from grouptun.core.archive import (Archive, ArchiveMember, GroupMetadata, ProviderKeys, sign_archive,
-                                   verify_archive)
+from grouptun.core.archive import Archive, GroupMetadata, sign_archive, verify_archive
+from grouptun.core.archivemember import ArchiveMember
+from grouptun.core.envelope import ProviderKeys
 from grouptun.errors import EpochRejected
 
 KEYS = st.from_regex(attrs.KEY, fullmatch=True)

@@ -15,6 +15,8 @@ import rfc8785
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
 from grouptun.core import archive as arch
+from grouptun.core import envelope as env
+from grouptun.core.capsule import KEM_PUBLIC_SIZE
 from grouptun.core.vouch import VOUCH_LABEL, verify_vouch
 from grouptun.errors import EpochRejected
 
@@ -63,8 +65,8 @@ def test_every_vector_by_the_protocol_text_alone(v):
     assert base64.b64decode(envelope["ed25519"]).hex() == v["compact_ed25519"]  # Ed25519 is deterministic
 
 
-def _keys(v) -> arch.ProviderKeys:
-    return arch.ProviderKeys.from_json(v["provider_keys"])
+def _keys(v) -> env.ProviderKeys:
+    return env.ProviderKeys.from_json(v["provider_keys"])
 
 
 def test_the_compact_form_parses_to_the_full_archive_but_the_keys():
@@ -86,7 +88,7 @@ def test_a_member_checks_its_own_key_and_a_substituted_one_fails():
     entry = arch.verify_archive(v["compact"].encode(), _keys(v), compact_ok=True).member("alice")
     assert entry.kem_matches(full.member("alice").kem_public)
     assert not entry.kem_matches(full.member("bob").kem_public)
-    assert not entry.kem_matches(os.urandom(arch.KEM_PUBLIC_SIZE))
+    assert not entry.kem_matches(os.urandom(KEM_PUBLIC_SIZE))
 
 
 def test_labels_keep_the_forms_apart():
@@ -97,15 +99,15 @@ def test_labels_keep_the_forms_apart():
     with pytest.raises(EpochRejected, match="signature"):  # nor a voucher
         verify_vouch(v["compact"].encode(), keys, now=1700000000.0)
     with pytest.raises(EpochRejected, match="signature"):
-        arch.open_envelope(v["archive"].encode(), keys, LABEL)
+        env.open_envelope(v["archive"].encode(), keys, LABEL)
     with pytest.raises(EpochRejected, match="signature"):
-        arch.open_envelope(v["archive"].encode(), keys, VOUCH_LABEL)
+        env.open_envelope(v["archive"].encode(), keys, VOUCH_LABEL)
 
 
 def _resigned(v, document: dict, label: bytes) -> bytes:
     ed = ed25519.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["ed25519_seed"]))
     ml = mldsa.MLDSA65PrivateKey.from_seed_bytes(bytes.fromhex(v["mldsa65_seed"]))
-    return arch.sign_envelope(document, label, ed, ml)
+    return env.sign_envelope(document, label, ed, ml)
 
 
 def _compact(v) -> dict:

@@ -7,7 +7,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
 from grouptun.core import exportrules as R
 from grouptun.core import policy as P
-from grouptun.core.archive import Archive, ProviderKeys, parse_document, sign_archive, verify_archive
+from grouptun.core.archive import Archive, parse_document, sign_archive, verify_archive
+from grouptun.core.envelope import ProviderKeys
 from grouptun.errors import EpochRejected
 
 RULES = R.from_json({"db-admin": "role=db,site=hel", "web": "role=web", "open": "*"})

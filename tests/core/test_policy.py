@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from grouptun.core import policy as P
-from grouptun.core.archive import Archive, ArchivePolicy, ProviderKeys, sign_archive, verify_archive
+from grouptun.core.archive import Archive, ArchivePolicy, sign_archive, verify_archive
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core.conntrack import IDLE
 from grouptun.errors import EpochRejected
 

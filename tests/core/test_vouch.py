@@ -11,8 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
-from grouptun.core.archive import (Archive, ArchiveMember, GroupMetadata, ProviderKeys, parse_document,
-                                   sign_archive, verify_archive)
+from grouptun.core.archive import Archive, GroupMetadata, parse_document, sign_archive, verify_archive
+from grouptun.core.archivemember import ArchiveMember
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core.vouch import Vouch, renewal_due, sign_vouch, verify_foreign_archive, verify_vouch
 from grouptun.errors import EpochRejected
 

@@ -34,7 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from grouptun.core import capsule
-from grouptun.core.archive import Archive, ArchiveEpoch, ArchiveMember, ProviderKeys, instance_of, sign_archive
+from grouptun.core.archive import Archive, ArchiveEpoch, sign_archive
+from grouptun.core.archivemember import ArchiveMember, instance_of
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core.keys import HEAP, EpochKeys, SecretMemory, data_id
 from grouptun.core.session import EpochMaterial, MemberInfo
 from grouptun.control import credkeys

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from grouptun.control.plane import Backoff, ControlPlane
+from grouptun.control.backoff import Backoff
+from grouptun.control.plane import ControlPlane
 from grouptun.core.session import Session
 from grouptun.cli.status import format_status
 from grouptun.control.credmigrate import SaltProof
@@ -271,7 +272,7 @@ def test_refused_rekey_and_report_do_not_block_the_watch(world, caplog):
         cp.step()
     assert held_epochs(session) == [1, 2]
     assert any("not granted" in r.getMessage() for r in caplog.records)
-    assert cp._pending == set()
+    assert cp.requests.pending == set()
 
 
 # --- groups below 2 members (PROTOCOL.md 1, 4) ------------------------------------------------
@@ -580,9 +581,9 @@ def test_a_slow_rekey_call_holds_no_lock_and_a_concurrent_one_is_not_sent_twice(
     try:
         assert client.entered.wait(20)
         # While the provider call is under way the watch thread's lock is free ...
-        assert cp._requests_lock.acquire(blocking=False)
-        cp._requests_lock.release()
-        cp._request("fetch")  # ... so it queues requests without waiting
+        assert cp.requests.lock.acquire(blocking=False)
+        cp.requests.lock.release()
+        cp.requests.queue("fetch")  # ... so it queues requests without waiting
         # ... and the same request, taken again meanwhile, is not forwarded a second time.
         port.extra_requests = {"rekey:auth-failures"}
         cp.service_requests()
@@ -707,7 +708,7 @@ def test_a_full_state_dir_backs_off_like_an_unreachable_provider_and_status_says
     assert cp.start_once(b"\x52" * 32)  # room again: the next attempt records and installs
     assert not cp.state.state_dir_full and "state dir full" not in format_status(
         {"control": dataclasses.asdict(cp.state)})
-    cp._contact_ok()
+    cp.status.contact_ok()
     assert cp.backoff.attempt == 0  # provider answers reset the backoff again
 
 

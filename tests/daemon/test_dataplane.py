@@ -10,7 +10,8 @@ import types
 import pytest
 import uvloop
 
-from grouptun.control.plane import Backoff, ControlPlane
+from grouptun.control.backoff import Backoff
+from grouptun.control.plane import ControlPlane
 from grouptun.core.session import Session
 from grouptun.core.session import MemberInfo
 from grouptun.data.plane import DataPlane, LoopPort

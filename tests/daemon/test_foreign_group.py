@@ -19,7 +19,8 @@ from grouptun.control.client import ProviderClient
 from grouptun.control.plane import ControlPlane
 from grouptun.control.statefile import EpochStateFile
 from grouptun.control import vouchfile
-from grouptun.core.archive import GroupMetadata, ProviderKeys
+from grouptun.core.archive import GroupMetadata
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core.session import Session
 from grouptun.core.vouch import Vouch, sign_vouch, verify_vouch
 from grouptun.errors import ConfigError, EpochRejected, LinkUnavailable, ProviderError

@@ -13,8 +13,9 @@ Input: byte 0 picks the form (mod 4), the rest is
 from __future__ import annotations
 
 from daemon.fakes import FakeProvider
-from grouptun.core.archive import (COMPACT_LABEL, KEM_DIGEST_SIZE, SIGNING_LABEL, b64e, canonical, compact_document,
-                                   parse_document, verify_archive)
+from grouptun.core.archive import COMPACT_LABEL, SIGNING_LABEL, compact_document, parse_document, verify_archive
+from grouptun.core.archivemember import KEM_DIGEST_SIZE
+from grouptun.core.envelope import b64e, canonical
 from grouptun.errors import EpochRejected
 
 INVARIANT = (

@@ -413,7 +413,7 @@ class InProcessSealed:
 
 def sealed_world(store=None, names=("alice", "bob", "carol")):
     """An in-memory provider whose members have real KEM keys: (provider, {name: KemPrivateKey}, {name: Ed25519 key})."""
-    from grouptun.core.archive import enroll_message  # noqa: PLC0415
+    from grouptun.core.jointoken import enroll_message  # noqa: PLC0415
     from provider.keys import Signer  # noqa: PLC0415
     from provider.service import Provider  # noqa: PLC0415
     from provider.store import Store  # noqa: PLC0415
@@ -435,7 +435,7 @@ def sealed_world(store=None, names=("alice", "bob", "carol")):
 def enroll_with(provider, secret: str, name: str, endpoints=()) -> ed25519.Ed25519PrivateKey:
     """Enroll ``name`` with join token ``secret`` as a daemon would (fresh keys, credential b"credential");
     its Ed25519 private key."""
-    from grouptun.core.archive import enroll_message  # noqa: PLC0415
+    from grouptun.core.jointoken import enroll_message  # noqa: PLC0415
 
     signing = ed25519.Ed25519PrivateKey.generate()
     ed = signing.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

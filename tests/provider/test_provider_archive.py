@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grouptun.core.archive import (Archive, ArchiveEpoch, ArchiveMember, ProviderKeys, canonical, instance_of,
-                                   parse_document, verify_archive)
+from grouptun.core.archive import Archive, ArchiveEpoch, parse_document, verify_archive
+from grouptun.core.archivemember import ArchiveMember, instance_of
+from grouptun.core.envelope import ProviderKeys, canonical
 from grouptun.core.jointoken import JoinToken, b64url, parse_join_token
 from grouptun.errors import ConfigError, EpochRejected
 from provider.keys import Signer

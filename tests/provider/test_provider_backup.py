@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from grouptun.core.archive import ProviderKeys, instance_of, verify_archive
+from grouptun.core.archive import verify_archive
+from grouptun.core.archivemember import instance_of
+from grouptun.core.envelope import ProviderKeys
 from provider import backup as backup_module
 from provider.database import resolve
 from provider.keys import StatePaths

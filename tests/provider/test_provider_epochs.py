@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from grouptun.core import keys
-from grouptun.core.archive import enroll_message, instance_of, verify_archive
+from grouptun.core.archive import verify_archive
+from grouptun.core.archivemember import instance_of
+from grouptun.core.jointoken import enroll_message
 from grouptun.core.capsule import KemPrivateKey, capsule_info, open_sealed, salt_info
 from provider import admin_ops
 from provider.epochs import (EPOCH_BURST, EPOCH_RATE, Recipient, Thresholds, build_epoch, next_epoch_number,

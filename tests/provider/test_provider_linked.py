@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from grouptun.control.reqsign import sign_headers
-from grouptun.core.archive import b64e, sign_archive
+from grouptun.core.archive import sign_archive
+from grouptun.core.envelope import b64e
 from grouptun.core.capsule import KemPrivateKey
 from grouptun.core.vouch import verify_foreign_archive
 from provider import linked, links, membership

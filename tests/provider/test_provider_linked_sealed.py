@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from grouptun.apps import sealed as app
 from grouptun.control.reqsign import sign_headers
-from grouptun.core.archive import enroll_message
+from grouptun.core.jointoken import enroll_message
 from grouptun.core.capsule import KemPrivateKey
 from grouptun.core.vouch import verify_foreign_archive
 from grouptun.errors import ProviderRefused

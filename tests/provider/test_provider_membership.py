@@ -9,7 +9,8 @@ import warnings
 import pytest
 from sqlalchemy import select
 
-from grouptun.core.archive import ProviderKeys, verify_archive
+from grouptun.core.archive import verify_archive
+from grouptun.core.envelope import ProviderKeys
 from grouptun.control.reqsign import sign_headers
 from provider import membership
 from provider.app import Settings, create_app

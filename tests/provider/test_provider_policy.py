@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from grouptun.core.archive import ProviderKeys, verify_archive
+from grouptun.core.archive import verify_archive
+from grouptun.core.envelope import ProviderKeys
 
 from provider import membership, policy
 from provider.errors import InvalidInput, NotFound

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from grouptun.control.reqsign import sign_headers
 from grouptun.core import keys as keys_mod
-from grouptun.core.archive import enroll_message
+from grouptun.core.jointoken import enroll_message
 from grouptun.core.capsule import KemPrivateKey, capsule_info, open_sealed, salt_info
 from grouptun.core.vouch import verify_foreign_archive, verify_vouch
 from provider import membership, remote

@@ -76,7 +76,7 @@ class Ledger:
     """What the provider acknowledged, and every archive members were given (thread-safe)."""
 
     def __init__(self, keys) -> None:
-        from grouptun.core.archive import ProviderKeys  # noqa: PLC0415
+        from grouptun.core.envelope import ProviderKeys  # noqa: PLC0415
 
         self.keys = ProviderKeys.from_json(keys)
         self.lock = threading.Lock()

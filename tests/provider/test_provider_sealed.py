@@ -211,7 +211,7 @@ def test_limits_config_names_the_key_at_fault():
 
 
 def test_self_escrow_after_re_enrollment_opens_only_with_the_kept_key(world):
-    from grouptun.core.archive import enroll_message
+    from grouptun.core.jointoken import enroll_message
     from grouptun.core.capsule import KemPrivateKey
     from cryptography.hazmat.primitives.asymmetric import ed25519
 

@@ -11,7 +11,8 @@ import pytest
 
 from grouptun.apps import sealed
 from grouptun.core import sealeddata
-from grouptun.core.archive import ProviderKeys, verify_archive
+from grouptun.core.archive import verify_archive
+from grouptun.core.envelope import ProviderKeys
 from grouptun.errors import ProviderError, ProviderRefused
 from provider.sealed import PART_SIZE
 from provider_helpers import TestMember, admin

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from grouptun.core import keys
-from grouptun.core.archive import ProviderKeys, verify_archive
+from grouptun.core.archive import verify_archive
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core.capsule import capsule_info, open_sealed, salt_info
 from grouptun.errors import ProviderRefused
 from grouptun.control.client import pinned_session

@@ -5,7 +5,9 @@ so the signatures themselves differ per run: the file is a fixed known-good set 
 import hashlib, json, sys
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from cryptography.hazmat.primitives import serialization
-from grouptun.core.archive import Archive, ArchiveMember, GroupMetadata, ProviderKeys, sign_archive
+from grouptun.core.archive import Archive, GroupMetadata, sign_archive
+from grouptun.core.archivemember import ArchiveMember
+from grouptun.core.envelope import ProviderKeys
 from grouptun.core.vouch import Vouch, sign_vouch
 
 def keys(label):
