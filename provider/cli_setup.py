@@ -56,15 +56,7 @@ def cmd_init(args) -> int:
         raise setting.fail(exc) from exc
     finally:
         store.close()
-    public = checked_public_urls(args.public_url, "--public-url") if args.public_url else ()
-    _write_config(paths, url, signer, setting, public)
-    print(f"state:            {paths.root}")
-    print(f"database:         {setting.describe()}")
-    print(f"url:              {url}")
-    if public:
-        print(f"public urls:      {', '.join(public)}")
-    print(f"tls fingerprint:  {fingerprint}")
-    print(f"provider keys:    {signer.public.fingerprint()}")
+    _configure(args, paths, url, signer, setting, fingerprint, "")
     _print_admin_key(*admin_key)
     return 0
 
@@ -134,16 +126,21 @@ def _join(args, paths: StatePaths, setting) -> int:
             add_audit(conn, time.time(), "admin", "replica-join", None, state=str(paths.root), url=url)
     finally:
         store.close()
+    _configure(args, paths, url, signer, setting, fingerprint, " (joined)")
+    return 0
+
+
+def _configure(args, paths: StatePaths, url: str, signer: Signer, setting, fingerprint: str, joined: str) -> None:
+    """provider.json written last (init and init --join), once the database holds this provider; what it says."""
     public = checked_public_urls(args.public_url, "--public-url") if args.public_url else ()
     _write_config(paths, url, signer, setting, public)
-    print(f"state:            {paths.root} (joined)")
+    print(f"state:            {paths.root}{joined}")
     print(f"database:         {setting.describe()}")
     print(f"url:              {url}")
     if public:
         print(f"public urls:      {', '.join(public)}")
     print(f"tls fingerprint:  {fingerprint}")
     print(f"provider keys:    {signer.public.fingerprint()}")
-    return 0
 
 
 def _listen(text: str | None, url: str) -> tuple[str, int]:
