@@ -14,7 +14,8 @@ Modules, from the wire inwards:
     hwrng.py     the randomness: getrandom, optionally mixed with a hardware RNG
     members.py   names, address allocation, join-token hashes, Argon2id credentials
     keys.py      state dir layout, provider signing keys at rest, TLS certificate
-    store.py     SQLAlchemy Core schema (versioned) over SQLite WAL or PostgreSQL (replicas)
+    store.py     the database: SQLAlchemy Core over SQLite WAL or PostgreSQL (replicas), transactions
+    tables.py    its schema: the tables, the schema version and the steps migrating older databases
     errors.py    the provider's exception tree (messages + exit codes + HTTP statuses)
     metrics.py   Prometheus exporter (ops engineer's; mounted by ``serve --metrics``)
 

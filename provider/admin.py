@@ -37,7 +37,8 @@ from sqlalchemy import insert, select, update
 from provider.archives import stored_names
 from provider.errors import Forbidden, InvalidInput
 from provider.keys import StatePaths, save_private_key
-from provider.store import add_audit, groups, meta
+from provider.store import add_audit
+from provider.tables import groups, meta
 
 ADMIN, OWNER, MEMBER = "provider admin", "owner", "member"
 ADMIN_KEYS = "admin_keys"  # the meta row

@@ -1,8 +1,8 @@
 """Building, versioning and re-signing the group archive from database rows.
 
 The archive's wire format lives in ``grouptun.core.archive`` (its signature in ``grouptun.core.envelope``);
-this module only maps the provider's rows (``store.groups``,
-``store.members``) onto it. Limits: :func:`parse_own` trusts its input (it
+this module only maps the provider's rows (``tables.groups``,
+``tables.members``) onto it. Limits: :func:`parse_own` trusts its input (it
 reads archives this provider signed and stored itself).
 """
 
@@ -18,7 +18,8 @@ from grouptun.core import exportrules as exportrules_mod
 from grouptun.core.archive import Archive, ArchivePolicy, GroupMetadata, parse_document
 from grouptun.core.archivemember import ArchiveMember
 from provider.routes_approved import approved_routes
-from provider.store import groups, member_rows
+from provider.store import member_rows
+from provider.tables import groups
 
 
 def next_version(previous: int, now: float) -> int:

@@ -53,7 +53,8 @@ from provider.epochs import restore_floor
 from provider.errors import InvalidInput, NotEnoughMembers, ProviderFault, StateDirError
 from provider.keys import StatePaths
 from provider.service import Provider
-from provider.store import SCHEMA_VERSION, SERVER_APPLICATION, add_audit, groups, members
+from provider.store import SERVER_APPLICATION, add_audit
+from provider.tables import SCHEMA_VERSION, groups, members
 
 TOOL_TIMEOUT = 3600
 

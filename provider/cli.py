@@ -24,6 +24,8 @@
     grouptun-provider --url URL --admin-key FILE (--fingerprint HEX | --ca FILE) group|invite|tokens|member|
                       route|policy|export-rule ...      (the same commands over the admin API: provider/cli_remote.py)
 
+This module builds the command tree and dispatches; ``init``, ``admin-key`` and ``serve`` are
+``provider/cli_setup.py``, the other local commands ``provider/cli_local.py`` and the modules named above.
 ``--state`` defaults to ``$GROUPTUN_PROVIDER_STATE`` or
 ``/var/lib/grouptun-provider``. The database is SQLite ``STATE/provider.db``
 unless ``--database-url``, ``$GROUPTUN_PROVIDER_DATABASE_URL`` or
@@ -57,24 +59,16 @@ Every replica should carry the same list.
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib
-import json
-import math
 import os
 import re
-import socket
 import sys
-import time
 from pathlib import Path
 
 from sqlalchemy.exc import DatabaseError
 
-from grouptun.core.jointoken import check_url
 from grouptun.cli.exits import run_command
 from provider.errors import InvalidInput, StateDirError
-from provider.keys import (PUBLIC_URLS, StatePaths, Signer, checked_public_urls, make_tls, public_urls, read_config,
-                           tls_fingerprint)
+from provider.keys import StatePaths, Signer, public_urls, read_config
 
 DEFAULT_STATE = "/var/lib/grouptun-provider"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -118,336 +112,6 @@ def _provider(args, application: str | None = None):
     return provider
 
 
-def cmd_init(args) -> int:
-    from provider.admin import create_admin_key
-    from provider.database import canonical_keys
-
-    paths = _paths(args)
-    if paths.config.exists():
-        raise StateDirError(f"{paths.root} is initialised already")
-    if args.public_url:
-        checked_public_urls(args.public_url, "--public-url")  # before anything is written
-    setting = _database(args, {})
-    if args.join:
-        return _join(args, paths, setting)
-    if args.url is None:
-        raise InvalidInput("init needs --url https://HOST:PORT (or --join to add a replica)")
-    url = check_url(args.url)
-    store = setting.store(must_exist=False)
-    if setting.url is not None:
-        try:  # before anything is written: an unreachable or used database leaves no state dir behind
-            store.check_empty()
-        except StateDirError as exc:
-            raise setting.fail(exc) from exc
-    paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(paths.root, 0o700)
-    signer = Signer.generate()
-    signer.save(paths)
-    fingerprint = make_tls(paths, url, datetime.datetime.now(datetime.timezone.utc))
-    if setting.url is None:
-        os.close(os.open(paths.db, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
-    try:
-        store.create_schema({"provider_keys": canonical_keys(signer.public.to_json()),
-                             "tls_fingerprint": fingerprint, "url": url})
-        admin_key = create_admin_key(paths, store, time.time())
-    except StateDirError as exc:
-        raise setting.fail(exc) from exc
-    finally:
-        store.close()
-    public = checked_public_urls(args.public_url, "--public-url") if args.public_url else ()
-    _write_config(paths, url, signer, setting, public)
-    print(f"state:            {paths.root}")
-    print(f"database:         {setting.describe()}")
-    print(f"url:              {url}")
-    if public:
-        print(f"public urls:      {', '.join(public)}")
-    print(f"tls fingerprint:  {fingerprint}")
-    print(f"provider keys:    {signer.public.fingerprint()}")
-    _print_admin_key(*admin_key)
-    return 0
-
-
-def _print_admin_key(key_id: str, path: Path) -> None:
-    from provider.keys import passphrase
-
-    kept = "encrypted with the provider passphrase" if passphrase() else "unencrypted, file mode 0600"
-    print(f"admin key:        {key_id} in {path} ({kept}; for --admin-key)")
-
-
-def cmd_admin_key(args) -> int:
-    """``admin-key create`` (another provider-admin key, or the first of a state dir made before them) and
-    ``admin-key list``: direct writes, like init (provider/admin.py)."""
-    from provider.admin import create_admin_key, list_admin_keys
-
-    provider = _provider(args)
-    try:
-        if args.action == "create":
-            _print_admin_key(*create_admin_key(_paths(args), provider.store, time.time()))
-        else:
-            print("\n".join(list_admin_keys(provider.store)) or "(no admin keys)")
-    finally:
-        provider.store.close()
-    return 0
-
-
-def _write_config(paths: StatePaths, url: str, signer: Signer, setting, public: tuple[str, ...]) -> None:
-    from provider.app import DOCS_KEY
-    from provider.connlimits import HttpLimits
-    from provider.links import VOUCH_TTL_DAYS
-    from provider.retention import AuditRetention
-    from provider.sealed import SealedLimits
-
-    config = {"url": url, "created_at": time.time(), "provider_keys": signer.public.to_json(),
-              **AuditRetention().to_config(),  # written out so an admin sees what to edit (provider/retention.py)
-              **HttpLimits().to_config(), **SealedLimits().to_config(), DOCS_KEY: False, **setting.to_config(),
-              VOUCH_TTL_DAYS[0]: VOUCH_TTL_DAYS[3]}
-    if public:
-        config[PUBLIC_URLS] = list(public)
-    paths.config.write_text(json.dumps(config, indent=2) + "\n")
-
-
-def _join(args, paths: StatePaths, setting) -> int:
-    """A second state dir on an existing PostgreSQL database, from a copy of keys/ and tls/; writes
-    only provider.json, and only once the copied keys and certificate are the database's."""
-    from provider.database import canonical_keys, open_store
-    from provider.store import add_audit
-
-    if setting.url is None:
-        raise InvalidInput("init --join needs the shared database: --database-url, "
-                           "GROUPTUN_PROVIDER_DATABASE_URL or provider.json's database_url")
-    signer = Signer.load(paths)  # the copied signing keys (mode 0600, passphrase as at init)
-    fingerprint = tls_fingerprint(paths)
-    if not paths.tls_key.exists():
-        raise StateDirError(f"{paths.tls_key} is missing: copy tls/ from the first provider")
-    store = open_store(setting, {})
-    try:
-        held = store.identity()
-        if held.get("provider_keys") != canonical_keys(signer.public.to_json()):
-            raise setting.fail(StateDirError(f"belongs to another provider: the keys in {paths.root / 'keys'} "
-                                             f"are not the database's"))
-        if held.get("tls_fingerprint") != fingerprint:
-            raise setting.fail(StateDirError(f"pins another TLS certificate than {paths.tls_cert}"))
-        url = check_url(args.url) if args.url else held["url"]
-        with store.write() as conn:
-            add_audit(conn, time.time(), "admin", "replica-join", None, state=str(paths.root), url=url)
-    finally:
-        store.close()
-    public = checked_public_urls(args.public_url, "--public-url") if args.public_url else ()
-    _write_config(paths, url, signer, setting, public)
-    print(f"state:            {paths.root} (joined)")
-    print(f"database:         {setting.describe()}")
-    print(f"url:              {url}")
-    if public:
-        print(f"public urls:      {', '.join(public)}")
-    print(f"tls fingerprint:  {fingerprint}")
-    print(f"provider keys:    {signer.public.fingerprint()}")
-    return 0
-
-
-def _listen(text: str | None, url: str) -> tuple[str, int]:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if text is None:
-        return "0.0.0.0", parts.port or 443
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise InvalidInput(f"--listen {text!r} must be HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def _lock_state(paths: StatePaths):
-    """One server per state dir (held while serving): on SQLite its memory holds the nonce cache that stops
-    replays, and ``restore`` needs the lock free."""
-    from provider.backup import serve_lock
-
-    lock = serve_lock(paths)
-    lock.__enter__()
-    return lock
-
-
-def cmd_serve(args) -> int:
-    import uvicorn
-
-    from grouptun.ops.logsetup import setup_logging
-    from provider.app import Settings, create_app, docs_from_config
-    from provider.cli_membership import token_maker
-    from provider.connlimits import HttpLimits, protocol_class
-    from provider.sealed import SealedLimits
-    from provider.serving import ProviderServer
-
-    paths = _paths(args)
-    config = read_config(paths)
-    http_limits = HttpLimits.from_config(config)
-    docs = docs_from_config(config)
-    sealed_limits = SealedLimits.from_config(config)
-    lock = _lock_state(paths)  # noqa: F841 -- held for the life of the process
-    from provider.store import SERVER_APPLICATION
-
-    provider = _provider(args, f"{SERVER_APPLICATION} {os.getpid()}")  # named: restore refuses while they are
-    provider.signer  # noqa: B018 -- load keys now: a wrong passphrase fails before listening
-    host, port = _listen(args.listen, config["url"])
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        raise StateDirError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    setup_logging(args.log_level.upper())  # journald priorities for uvicorn's loggers too (log_config=None)
-    asgi, app = create_app(provider, Settings(metrics=args.metrics, address_rate=args.address_rate,
-                                              address_burst=args.address_rate * 2, member_rate=args.member_rate,
-                                              member_burst=args.member_rate * 3, start_rate=args.start_rate,
-                                              report_rate=args.report_rate, docs=docs, sealed=sealed_limits,
-                                              join_token=token_maker(paths)))
-    refused = app.state.metrics.connection_refused if args.metrics else (lambda reason: None)
-    # h11, not httptools: h11 bounds an unfinished header (see provider/connlimits.py for the rest).
-    server = ProviderServer(uvicorn.Config(
-        asgi, ssl_keyfile=str(paths.tls_key), ssl_certfile=str(paths.tls_cert), loop="uvloop",
-        log_level=args.log_level, log_config=None, access_log=False, timeout_keep_alive=75, backlog=4096,
-        timeout_graceful_shutdown=2, http=protocol_class(http_limits, refused),
-        h11_max_incomplete_event_size=http_limits.max_header_bytes), config["url"], app.state.release_watchers)
-    # Signatures created before this process started are refused (the nonce cache is in memory),
-    # so listen only from the next whole second on: fresh requests then never look stale.
-    time.sleep(max(0.0, math.ceil(provider.started_at) - time.time() + 0.01))
-    bound = sock.getsockname()
-    print(f"grouptun-provider serving https://{host}:{bound[1]} tls={tls_fingerprint(paths)}", flush=True)
-    server.run(sockets=[sock])
-    return 0
-
-
-def cmd_group(args) -> int:
-    from provider import admin_ops, cli_membership
-
-    provider = _provider(args)
-    if args.action == "create":
-        options = dict(cidr6=args.cidr6, suite=args.suite,
-                       rekey_after_seconds=parse_duration(args.rekey_after, "--rekey-after"),
-                       rekey_after_packets=args.rekey_packets,
-                       switch_delay=parse_duration(args.switch_delay, "--switch-delay"),
-                       grace=parse_duration(args.grace, "--grace"))
-        # AddGroup: the group and its members' tokens in one transaction (and the --json shape)
-        if args.members or args.owner or args.owners or args.expires or args.json:
-            return cli_membership.create_group(args, provider, options)
-        info = provider.create_group(args.name, args.cidr, **options)
-        print(json.dumps(info, indent=2))
-    elif args.action == "list":
-        for name in provider.list_groups():
-            print(name)
-    elif args.action == "show":
-        print(json.dumps(admin_ops.group_show(provider, args.name), indent=2))
-    elif args.action == "set-meta":
-        return cli_membership.set_meta(args, provider)
-    elif args.action == "rekey":
-        print(rekey_text(admin_ops.group_rekey(provider, args.name, "admin")))
-    return 0
-
-
-def rekey_text(done: dict) -> str:
-    return f"group {done['group']}: epoch {done['epoch']}, archive version {done['version']}"
-
-
-def _handled_in(module: str, function: str):
-    """A subcommand run by ``provider.MODULE.FUNCTION(args, provider)``, imported only when that command runs."""
-    def handler(args) -> int:
-        return getattr(importlib.import_module(f"provider.{module}"), function)(args, _provider(args))
-    return handler
-
-
-cmd_invite = _handled_in("cli_membership", "invite")
-cmd_member = _handled_in("cli_membership", "member")
-cmd_tokens = _handled_in("cli_membership", "tokens")
-cmd_policy = _handled_in("cli_policy", "run")
-cmd_export_rule = _handled_in("cli_exportrules", "run")
-
-
-def cmd_route(args) -> int:
-    """Subnet routes (provider/routes_approved.py): approve and remove open a new epoch."""
-    from provider import admin_ops
-
-    provider = _provider(args)
-    if args.action == "list":
-        routes = provider.list_routes(args.group)
-        print(json.dumps(routes, indent=2) if args.json else route_text(routes))
-        return 0
-    done = admin_ops.route_change(provider, args.action, args.group, args.member, args.prefix)
-    print(json.dumps(done, indent=2) if args.json else route_text(done))
-    return 0
-
-
-def route_text(done) -> str:
-    """``route list`` rows, or what ``route approve/remove`` did."""
-    if isinstance(done, list):
-        return "\n".join(f"{r['member']:<24} {r['prefix']:<24} {r['state']}" for r in done)
-    verb = "approved" if done["action"] == "approve" else "removed"
-    return f"{verb} {done['prefix']} behind {done['member']}; group {done['group']} now at epoch {done['epoch']}"
-
-
-def cmd_link(args) -> int:
-    from grouptun.core.envelope import ProviderKeys
-    from grouptun.errors import EpochRejected
-    from provider import cli_links
-
-    paths = _paths(args)
-    config = read_config(paths)
-    try:  # the public keys provider.json records: `link self` needs no private key (nor its passphrase)
-        own_id = ProviderKeys.from_json(config.get("provider_keys")).fingerprint()
-    except EpochRejected as exc:
-        raise StateDirError(f"{paths.config}: provider_keys: {exc}") from exc
-    identity = cli_links.own_identity(config["url"], tls_fingerprint(paths), own_id)
-    return cli_links.run(args, _provider(args), identity)
-
-
-def cmd_audit(args) -> int:
-    from provider.store import audit_rows
-
-    provider = _provider(args)
-    with provider.store.read() as conn:
-        rows = audit_rows(conn, 0, 10**9)
-    rows = rows[-args.limit:] if args.limit else rows
-    last = rows[-1].id if rows else 0
-    deadline = time.monotonic() + args.follow_for if args.follow_for else None
-    while True:
-        for row in rows:
-            when = datetime.datetime.fromtimestamp(row.ts, datetime.timezone.utc).isoformat(timespec="milliseconds")
-            print(f"{when} {row.actor} {row.action} {row.group_name or '-'} {row.detail}", flush=True)
-            last = row.id
-        if not args.follow or (deadline is not None and time.monotonic() > deadline):
-            return 0
-        time.sleep(0.5)
-        with provider.store.read() as conn:
-            rows = audit_rows(conn, last)
-
-
-def cmd_backup(args) -> int:
-    from provider import backup
-    from provider.database import open_store
-
-    config = read_config(_paths(args))
-    setting = _database(args, config)
-    open_store(setting, config).close()  # reachable, ours, of our schema: or the error names the setting
-    backup.backup(setting, Path(args.file))
-    print(f"backup of {setting.describe()} written to {args.file}")
-    return 0
-
-
-def cmd_restore(args) -> int:
-    from provider import backup
-
-    paths = _paths(args)
-    config = read_config(paths)
-    setting = _database(args, config)
-    live = backup.restore(setting, paths, config, Path(args.file))
-    provider = _provider(args)  # migrates an older backup's schema
-    try:
-        opened = backup.after_restore(provider, args.file, live)
-    finally:
-        provider.store.close()
-    print(f"restored {setting.describe()} from {args.file}")
-    for group, epoch in opened.items():
-        print(f"group {group}: " + ("no epoch (fewer than 2 members)" if epoch is None else f"new epoch {epoch}"))
-    return 0
-
 
 class _Sub:
     """Adds the common options (``--state``) to every leaf parser, so they go after the command."""
@@ -460,6 +124,8 @@ class _Sub:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from provider import cli_local, cli_setup  # they import this module's helpers: imported once it is loaded
+
     parser = argparse.ArgumentParser(prog="grouptun-provider", description="grouptun trust provider")
     remote = parser.add_argument_group("remote admin (the admin API over HTTPS; provider/cli_remote.py)")
     remote.add_argument("--url", dest="remote_url", metavar="URL",
@@ -485,13 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "provider under several addresses); written to provider.json public_urls")
     p.add_argument("--join", action="store_true",
                    help="add this state dir (holding copies of keys/ and tls/) to an existing PostgreSQL database")
-    p.set_defaults(func=cmd_init)
+    p.set_defaults(func=cli_setup.cmd_init)
 
     p = sub.action.add_parser("admin-key", help="create or list provider-admin keys (for --admin-key)")
     asub = _Sub(p.add_subparsers(dest="action", required=True), common)
     asub.add_parser("create", help="a new provider-admin key in STATE/keys/admin-ID.pem")
     asub.add_parser("list")
-    p.set_defaults(func=cmd_admin_key)
+    p.set_defaults(func=cli_setup.cmd_admin_key)
 
     p = sub.add_parser("serve", help="run the HTTPS API")
     p.add_argument("--listen", help="HOST:PORT (default: 0.0.0.0 and the URL's port)")
@@ -501,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-rate", type=float, default=0.1, help="daemon starts per second per member (burst 3)")
     p.add_argument("--report-rate", type=float, default=0.5, help="reports per second per member (burst 5)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cli_setup.cmd_serve)
 
     from provider import cli_membership
 
@@ -520,13 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     gsub.add_parser("list")
     for action in ("show", "rekey"):
         gsub.add_parser(action).add_argument("name")
-    p.set_defaults(func=cmd_group)
+    p.set_defaults(func=cli_local.cmd_group)
 
     p = parsers["invite"] = sub.add_parser("invite", help="print a join token (one-time, or a reusable key)")
     p.add_argument("group")
     p.add_argument("member", nargs="?", help="the member's name (none with --reusable)")
     p.add_argument("--ttl", default="1h")
-    p.set_defaults(func=cmd_invite)
+    p.set_defaults(func=cli_local.cmd_invite)
 
     p = sub.action.add_parser("member", help="list, show, remove, extend members or set their attributes")
     msub = _Sub(p.add_subparsers(dest="action", required=True), common)
@@ -537,14 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     m = parsers["member remove"] = msub.add_parser("remove")
     m.add_argument("group")
     m.add_argument("member")
-    p.set_defaults(func=cmd_member)
+    p.set_defaults(func=cli_local.cmd_member)
 
     p = sub.action.add_parser("tokens", help="list or revoke join tokens and reusable keys")
     tsub = _Sub(p.add_subparsers(dest="action", required=True), common)
     parsers["tokens list"] = tsub.add_parser("list")
     parsers["tokens list"].add_argument("group")
     parsers["tokens revoke"] = tsub.add_parser("revoke")
-    p.set_defaults(func=cmd_tokens)
+    p.set_defaults(func=cli_local.cmd_tokens)
     cli_membership.add_arguments(parsers)
     p = sub.action.add_parser("route", help="approve, list or remove subnet routes behind members")
     rsub = _Sub(p.add_subparsers(dest="action", required=True), common)
@@ -559,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("member")
         r.add_argument("prefix", help="an IP network, e.g. 192.168.5.0/24 (no host bits)")
         r.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_route)
+    p.set_defaults(func=cli_local.cmd_route)
     from provider import cli_policy
 
     cli_policy.add_parser(sub)
@@ -574,16 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true")
     p.add_argument("--follow-for", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--limit", type=int, default=0)
-    p.set_defaults(func=cmd_audit)
+    p.set_defaults(func=cli_local.cmd_audit)
 
     p = sub.add_parser("backup", help="write a consistent snapshot of the database to FILE (while serving)")
     p.add_argument("file")
-    p.set_defaults(func=cmd_backup)
+    p.set_defaults(func=cli_local.cmd_backup)
 
     p = sub.add_parser("restore", help="replace the database by backup FILE (every server stopped); "
                                        "epoch numbers go on above every one ever issued")
     p.add_argument("file")
-    p.set_defaults(func=cmd_restore)
+    p.set_defaults(func=cli_local.cmd_restore)
     return parser
 
 

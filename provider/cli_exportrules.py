@@ -39,7 +39,8 @@ def run(args, provider) -> int:
 
 def add_parser(sub) -> None:
     """``export-rule`` and its actions on ``sub`` (provider/cli.py's subcommand adder, common options included)."""
-    from provider.cli import _Sub, cmd_export_rule
+    from provider.cli import _Sub
+    from provider.cli_local import cmd_export_rule
 
     p = sub.action.add_parser("export-rule", help="limit crypto-product labels to members with given attributes")
     esub = _Sub(p.add_subparsers(dest="action", required=True), sub.common)

@@ -88,7 +88,8 @@ def run(args, provider, identity: dict) -> int:
 
 def add_parser(sub) -> None:
     """``link`` and its actions on ``sub`` (provider/cli.py's subcommand adder, common options included)."""
-    from provider.cli import _Sub, cmd_link
+    from provider.cli import _Sub
+    from provider.cli_local import cmd_link
 
     p = sub.action.add_parser("link", help="link this provider to another trust provider (pinned both ways)")
     lsub = _Sub(p.add_subparsers(dest="action", required=True), sub.common)

@@ -48,7 +48,8 @@ def run(args, provider) -> int:
 
 def add_parser(sub) -> None:
     """``policy`` and its actions on ``sub`` (provider/cli.py's subcommand adder, common options included)."""
-    from provider.cli import _Sub, cmd_policy
+    from provider.cli import _Sub
+    from provider.cli_local import cmd_policy
 
     p = sub.action.add_parser("policy", help="set, show or clear a group's access policy")
     psub = _Sub(p.add_subparsers(dest="action", required=True), sub.common)

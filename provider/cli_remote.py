@@ -79,7 +79,7 @@ def _group(args, client: AdminClient):
                 "owners": None if args.owners is None else cm._names(args.owners)}
         meta = client.call("POST", p("groups", args.name, "meta"), body)
         return cm._print(meta, args.json, cm.meta_text(args.name, meta))
-    from provider.cli import rekey_text
+    from provider.cli_local import rekey_text
 
     return print(rekey_text(client.call("POST", p("groups", args.name, "rekey"))))
 
@@ -118,7 +118,7 @@ def _member(args, client: AdminClient):
 
 
 def _route(args, client: AdminClient):
-    from provider.cli import route_text
+    from provider.cli_local import route_text
 
     if args.action == "list":
         done = client.call("GET", client.path("groups", args.group, "routes"))

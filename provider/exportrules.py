@@ -28,7 +28,8 @@ from grouptun.core.policy import selector_text
 from provider.errors import InvalidInput, NotFound
 from provider.membership import _group, _resign
 from provider.policy import known_keys
-from provider.store import add_audit, groups
+from provider.store import add_audit
+from provider.tables import groups
 
 
 def _stored(g) -> dict[str, str]:

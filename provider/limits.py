@@ -33,7 +33,8 @@ from sqlalchemy import delete, select, update
 from starlette.concurrency import run_in_threadpool
 
 from grouptun.control.reqsign import MAX_AGE, MAX_SKEW, NonceCache
-from provider.store import Store, buckets, nonces, upsert
+from provider.store import Store, upsert
+from provider.tables import buckets, nonces
 
 NONCE_PRUNE_EVERY = 1000  # SharedNonces deletes expired rows once per this many requests
 

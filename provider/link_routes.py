@@ -35,7 +35,7 @@ from provider.ijson import IJsonRoute
 from provider.routes import SEALED_RESPONSES, Context, Member
 from provider.schemas import (GROUP_PATH, SEALED_MEDIA, ForwardedAnswer, ForwardedMember, ForwardedRemoval,
                               RemovalAnswer, b64)
-from provider.store import capsules
+from provider.tables import capsules
 
 
 def link_router(ctx: Context) -> APIRouter:

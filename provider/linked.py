@@ -56,7 +56,8 @@ from provider.errors import Forbidden, InvalidInput, LinkError, LinkUnreachable,
 from provider.links import link_row, serves_group
 from provider.sealed import PART_TAIL
 from provider.service import add_member_row
-from provider.store import add_audit, groups, links, members, remote_groups, tokens
+from provider.store import add_audit
+from provider.tables import groups, links, members, remote_groups, tokens
 
 MEMBER_HEADER = "gt-member"  # the member a provider speaks for; covered by its RFC 9421 signature
 CREDENTIAL_HEADER = "gt-credential"  # "checked": the home checked the member's credential for this request

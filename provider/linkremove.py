@@ -39,7 +39,8 @@ from sqlalchemy import delete, insert, select, update
 from provider import linked, linkstate, membership
 from provider import members as mem
 from provider.errors import Forbidden, LinkError, NotFound
-from provider.store import add_audit, link_removals, links, members, remote_groups, remote_members, remote_removed
+from provider.store import add_audit
+from provider.tables import link_removals, links, members, remote_groups, remote_members, remote_removed
 
 RETRY_BASE = 2.0     # seconds before the first retry; doubled per failed attempt
 RETRY_MAX = 300.0    # the longest wait between two attempts

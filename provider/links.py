@@ -51,7 +51,8 @@ from provider import linkstate
 from provider import members as mem
 from provider.errors import Conflict, InvalidInput, LinkError, NotFound
 from provider.retention import bounded_setting
-from provider.store import add_audit, link_removals, links, members
+from provider.store import add_audit
+from provider.tables import link_removals, links, members
 
 Fetch = Callable[[str, str], object]  # (url, pinned TLS fingerprint) -> the partner's /v1/provider JSON
 

@@ -23,7 +23,7 @@ import time
 
 from sqlalchemy import select, update
 
-from provider.store import links
+from provider.tables import links
 
 MAX_REASON = 200
 

@@ -4,7 +4,7 @@ signed attributes, group metadata, and telling a removed member so (issue 17 ite
 - **AddGroup** (:func:`create_group`): the group and one one-time token per
   named member in ONE transaction: a bad name, a duplicate or an existing
   group leaves nothing behind.
-- **Tokens** (``store.tokens``): one-time (``max_uses`` NULL, the member name
+- **Tokens** (``tables.tokens``): one-time (``max_uses`` NULL, the member name
   fixed) or reusable enrollment keys (``max_uses`` N, any member name, like
   Tailscale auth keys). Either may carry ``attributes`` and a ``member_ttl``
   that every member it enrolls gets. :func:`redeem` is the one rule for
@@ -21,7 +21,7 @@ signed attributes, group metadata, and telling a removed member so (issue 17 ite
   ``grouptun.core.attributes`` and carried in the signed archive
   (``provider/archives.py``); changing them re-signs it (no new epoch).
   After the group's own expiry nobody enrolls.
-- **Removed members** (``store.removed``): every removal (admin, expiry)
+- **Removed members** (``tables.removed``): every removal (admin, expiry)
   keeps the member's Ed25519 key and the reason, so a request it signs gets
   410 with that reason (``provider/routes.py``) instead of the 401 that an
   unknown key gets: only the removed member can make that request, so
@@ -43,7 +43,8 @@ from grouptun.core import attributes as attrs
 from provider import members as mem
 from provider.archives import resign, stored_names, stored_pairs
 from provider.errors import Conflict, Forbidden, InvalidInput, NotFound
-from provider.store import add_audit, capsules, groups, members, removed, tokens
+from provider.store import add_audit
+from provider.tables import capsules, groups, members, removed, tokens
 
 TOKEN_TTL = (60.0, 86400.0 * 30, "1m and 30d")       # how long a token may be valid
 MEMBER_TTL = (10.0, 86400.0 * 365, "10s and 365d")    # a temporary member's lifetime, and one extension

@@ -3,7 +3,7 @@
 A group with fewer than 2 members has no epoch (PROTOCOL.md 1), so a
 daemon's start challenge cannot be answered yet; it waits until an epoch
 lists it. Every start is recorded this way first (table ``starts``,
-provider/store.py), so an epoch opened by any replica lists the starts that
+provider/tables.py), so an epoch opened by any replica lists the starts that
 reached the others. One challenge per member: a later start of the same
 member replaces the earlier one (its daemon was started again, or
 elsewhere: PROTOCOL.md 4, one running instance per member; two challenges
@@ -18,7 +18,8 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
-from provider.store import starts, upsert
+from provider.store import upsert
+from provider.tables import starts
 
 MAX_PENDING_STARTS = 256  # per group and epoch; the newest are listed (the others' daemons start again)
 PENDING_START_TTL = 600.0

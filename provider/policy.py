@@ -26,7 +26,8 @@ from grouptun.core import policy as policy_mod
 from provider.archives import stored_pairs
 from provider.errors import InvalidInput, NotFound
 from provider.membership import _group, _resign
-from provider.store import add_audit, groups, members, tokens
+from provider.store import add_audit
+from provider.tables import groups, members, tokens
 
 
 def parse(text: str):

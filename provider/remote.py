@@ -60,7 +60,8 @@ from provider.errors import (Conflict, Forbidden, Gone, InvalidInput, LinkError,
 from provider.routes import signed_url
 from provider.schemas import b64
 from provider.sealed import PART_TAIL
-from provider.store import add_audit, groups, remote_groups, remote_invites, remote_members, remote_removed
+from provider.store import add_audit
+from provider.tables import groups, remote_groups, remote_invites, remote_members, remote_removed
 
 GROUP_REQUEST = re.compile(r"/v1/groups/([a-z0-9][a-z0-9_-]{0,31})(/.*)")
 SALT = re.compile(linked.SALT_TAIL)

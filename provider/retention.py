@@ -33,7 +33,8 @@ from typing import Callable
 from sqlalchemy import delete, select
 
 from grouptun.errors import ConfigError
-from provider.store import Store, add_audit, audit
+from provider.store import Store, add_audit
+from provider.tables import audit
 
 DAYS = 86400.0
 PRUNE_INTERVAL = 3600.0

@@ -5,7 +5,7 @@ by its daemon: :func:`request`); they are listed as ``requested`` and change
 nothing until the admin approves them.
 
 ``grouptun-provider route approve GROUP MEMBER PREFIX`` stores the prefix
-(table ``store.subnet_routes``) and opens a new epoch whose archive lists it
+(table ``tables.subnet_routes``) and opens a new epoch whose archive lists it
 in the member's entry (``routes``, PROTOCOL.md 2, grouptun extension), so
 every member applies it on that archive: the others route the prefix to the
 member and accept inner sources from it inside the prefix; the member itself
@@ -27,7 +27,8 @@ from sqlalchemy import delete, insert, select, update
 
 from grouptun.core.archivemember import MAX_ROUTES
 from provider.errors import Conflict, InvalidInput, NotFound
-from provider.store import add_audit, members, subnet_routes
+from provider.store import add_audit
+from provider.tables import members, subnet_routes
 
 __all__ = ["approve", "approved_routes", "check_prefix", "list_routes", "remove", "request"]
 

@@ -45,7 +45,8 @@ from grouptun.core import sealeddata
 from grouptun.errors import SealedDataError
 from provider.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from provider.retention import bounded_setting
-from provider.store import Store, add_audit, group_row, member_rows, sealed, sealed_parts
+from provider.store import Store, add_audit, group_row, member_rows
+from provider.tables import sealed, sealed_parts
 
 # A part's path below /v1/groups/G: the member route (sealed_routes.py), the relay's allow-list and media
 # (linked.py) and its rate bucket (remote.py) all take it from here. 7 digits hold every index up to 2**20.

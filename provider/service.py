@@ -58,8 +58,8 @@ from provider.errors import Conflict, Forbidden, InvalidInput, NotEnoughMembers,
 from provider.keys import Signer
 from provider.pending import MAX_PENDING_STARTS, PENDING_START_TTL, drop_starts, pending_start_rows, record_start
 from provider.retention import AuditPruner, AuditRetention
-from provider.store import (Store, add_audit, capsules, epochs, group_row, groups, member_rows, members, prune_capsules,
-                            remote_groups, tokens)
+from provider.store import Store, add_audit, group_row, member_rows, prune_capsules
+from provider.tables import capsules, epochs, groups, members, remote_groups, tokens
 
 SUITES = {"aes-256-gcm": 1, "aes-256-ctr-hmac-sha256": 2}
 MAX_REKEY_PACKETS = 2**27

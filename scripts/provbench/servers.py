@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import insert
 
 from grouptun.core.capsule import KemPrivateKey
-from provider.store import Store, group_row, members
+from provider.store import Store, group_row
+from provider.tables import members
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLER = Path(__file__).with_name("sampler.py")

@@ -326,7 +326,7 @@ def migrate_from(store, step: int, *undo: str) -> str:
 
 def dump(store) -> str:
     """Every row of every provider table as text (bytes as hex): a portable ``iterdump``."""
-    from provider.store import metadata  # noqa: PLC0415
+    from provider.tables import metadata  # noqa: PLC0415
 
     lines = []
     with store.read() as conn:

@@ -15,7 +15,7 @@ from grouptun.errors import ConfigError
 from provider.app import MAX_BODY, Settings, create_app, docs_from_config
 from provider.keys import Signer
 from provider.limits import RateLimiter
-from provider.store import SCHEMA_VERSION
+from provider.tables import SCHEMA_VERSION
 from provider_helpers import STORE_KINDS, fresh_store, memory_provider
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
@@ -168,7 +168,7 @@ def _salt_request(client, key, epoch: int, fields: dict, keyid: str = "alice"):
 def _stored(provider) -> str:
     from sqlalchemy import select  # noqa: PLC0415
 
-    from provider.store import members  # noqa: PLC0415
+    from provider.tables import members  # noqa: PLC0415
 
     with provider.store.read() as conn:
         return conn.execute(select(members.c.credential_hash).where(members.c.name == "alice")).scalar()

@@ -24,7 +24,7 @@ from grouptun.core.envelope import ProviderKeys
 from provider import backup as backup_module
 from provider.database import resolve
 from provider.keys import StatePaths
-from provider.store import SCHEMA_VERSION, metadata
+from provider.tables import SCHEMA_VERSION, metadata
 from provider_helpers import STORE_KINDS, TestMember, admin, database_url_for, init_provider
 
 

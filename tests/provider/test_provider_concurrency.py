@@ -15,7 +15,8 @@ import time
 import pytest
 from sqlalchemy import func, select, text
 
-from provider.store import Store, epochs
+from provider.store import Store
+from provider.tables import epochs
 from provider_helpers import STORE_KINDS, fresh_store
 from test_provider_epochs import Fixture
 

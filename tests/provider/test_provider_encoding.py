@@ -156,7 +156,7 @@ def test_archive_bodies_go_out_in_pieces_so_the_transport_can_drain_between_them
 def test_a_database_before_the_compact_column_serves_the_full_form_until_the_next_version(kind, request):
     """Schema 10 -> 11 adds groups.compact (NULL): asked for the compact form, the provider answers the full
     archive (members accept either) until the group's next signed version carries both forms."""
-    from provider.store import MIGRATIONS, SCHEMA_VERSION, _compact_column  # noqa: PLC0415
+    from provider.tables import MIGRATIONS, SCHEMA_VERSION, _compact_column  # noqa: PLC0415
 
     step = next(version for version, fn in MIGRATIONS.items() if fn is _compact_column)
     store = fresh_store(kind, request)

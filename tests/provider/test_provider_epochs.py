@@ -28,7 +28,8 @@ from provider.backup import after_restore
 from provider.hub import StartBatcher
 from provider.keys import Signer
 from provider.service import MAX_PENDING_STARTS, PENDING_START_TTL, Provider
-from provider.store import Store, audit_rows, members
+from provider.store import Store, audit_rows
+from provider.tables import members
 from provider_helpers import STORE_KINDS, fresh_store
 from provider_helpers import dump as dump_rows
 

@@ -98,7 +98,7 @@ def test_admin_cli_set_list_json_remove_and_a_refusal_exits_64(tmp_path):
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_a_database_before_export_rules_is_migrated(kind, request):
-    from provider.store import MIGRATIONS, SCHEMA_VERSION, _export_rules_column  # noqa: PLC0415
+    from provider.tables import MIGRATIONS, SCHEMA_VERSION, _export_rules_column  # noqa: PLC0415
 
     step = next(version for version, fn in MIGRATIONS.items() if fn is _export_rules_column)
     store = fresh_store(kind, request)

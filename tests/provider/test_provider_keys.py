@@ -14,7 +14,8 @@ from provider.keys import PASSPHRASE_CREDENTIAL, PASSPHRASE_ENV, Signer, passphr
 from sqlalchemy import insert
 from sqlalchemy.exc import DBAPIError
 
-from provider.store import SCHEMA_VERSION, Store, groups, members
+from provider.store import Store
+from provider.tables import SCHEMA_VERSION, groups, members
 from provider_helpers import STORE_KINDS, fresh_store
 
 

@@ -16,7 +16,8 @@ from grouptun.control.client import ProviderClient
 from grouptun.errors import ProviderRefused
 from provider import admin_ops, linked, linkremove, links, linkstate
 from provider.errors import LinkError, NotFound
-from provider.store import audit_rows, link_removals
+from provider.store import audit_rows
+from provider.tables import link_removals
 from provider_helpers import (STORE_KINDS, TestMember, admin, database_url_for, fresh_store, init_provider,
                               memory_provider, migrate_from, own_archive)
 from test_provider_linked import HOME_SIGNER, _refusals, sides  # noqa: F401 -- the two linked providers
@@ -172,7 +173,7 @@ def test_a_relay_to_an_unreachable_owner_is_503_naming_the_links_state(erin):  #
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_a_database_before_link_state_is_migrated(kind, request):
-    from provider.store import LINK_STATE_COLUMNS, MIGRATIONS, SCHEMA_VERSION, _link_state  # noqa: PLC0415
+    from provider.tables import LINK_STATE_COLUMNS, MIGRATIONS, SCHEMA_VERSION, _link_state  # noqa: PLC0415
 
     step = next(version for version, fn in MIGRATIONS.items() if fn is _link_state)
     store = fresh_store(kind, request)
@@ -293,7 +294,7 @@ def test_the_metrics_show_each_links_state_and_pending_removals(erin):  # noqa: 
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_a_database_before_remote_tombstones_is_migrated(kind, request):
-    from provider.store import MIGRATIONS, SCHEMA_VERSION, _remote_removed_table  # noqa: PLC0415
+    from provider.tables import MIGRATIONS, SCHEMA_VERSION, _remote_removed_table  # noqa: PLC0415
 
     step = next(version for version, fn in MIGRATIONS.items() if fn is _remote_removed_table)
     store = fresh_store(kind, request)

@@ -13,7 +13,8 @@ from grouptun.core.vouch import verify_vouch
 from provider import links
 from provider.errors import Conflict, InvalidInput, LinkError, NotFound
 from provider.keys import Signer
-from provider.store import audit_rows, members
+from provider.store import audit_rows
+from provider.tables import members
 from provider_helpers import STORE_KINDS, admin, dump, fresh_store, init_provider, memory_provider, migrate_from
 
 SIGNER = Signer.generate()
@@ -83,7 +84,7 @@ def test_bad_groups_duplicates_and_unknown_links_are_refused(provider):
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_a_database_before_links_is_migrated(kind, request):
-    from provider.store import MIGRATIONS, SCHEMA_VERSION, _add_links  # noqa: PLC0415
+    from provider.tables import MIGRATIONS, SCHEMA_VERSION, _add_links  # noqa: PLC0415
 
     step = next(version for version, fn in MIGRATIONS.items() if fn is _add_links)
     store = fresh_store(kind, request)

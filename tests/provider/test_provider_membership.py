@@ -17,7 +17,8 @@ from provider.app import Settings, create_app
 from provider.archives import parse_own
 from provider.errors import Conflict, Forbidden, InvalidInput, NotFound
 from provider.keys import Signer
-from provider.store import audit_rows, members
+from provider.store import audit_rows
+from provider.tables import members
 from provider_helpers import (STORE_KINDS, enroll_with, fresh_store, memory_provider,
                               own_archive as _archive, state_but_audit as _state)
 from test_provider_epochs import T0, FakeClock
@@ -301,7 +302,7 @@ def test_the_archive_without_extensions_has_none_of_their_keys(world):
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_schema_2_database_is_migrated_to_the_membership_columns(kind, request):
-    from provider.store import SCHEMA_VERSION  # noqa: PLC0415
+    from provider.tables import SCHEMA_VERSION  # noqa: PLC0415
 
     store = fresh_store(kind, request)
     provider, _ = memory_provider(("alice",), signer=SIGNER, store=store)

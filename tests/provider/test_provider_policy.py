@@ -105,7 +105,7 @@ def test_admin_cli_set_from_stdin_show_json_clear_and_a_refusal(tmp_path):
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_a_schema_3_database_is_migrated_to_the_policy_columns(kind, request):
-    from provider.store import SCHEMA_VERSION  # noqa: PLC0415
+    from provider.tables import SCHEMA_VERSION  # noqa: PLC0415
 
     store = fresh_store(kind, request)
     provider, _ = memory_provider(("alice",), signer=SIGNER, store=store)

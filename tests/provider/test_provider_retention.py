@@ -10,7 +10,8 @@ from sqlalchemy import insert
 from grouptun.errors import ConfigError
 from provider.cli import main
 from provider.retention import DAYS, AuditPruner, AuditRetention
-from provider.store import Store, audit, audit_rows
+from provider.store import Store, audit_rows
+from provider.tables import audit
 from provider_helpers import STORE_KINDS, fresh_store
 from test_provider_epochs import T0, FakeClock
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from grouptun.errors import ProviderRefused
 from provider.errors import Conflict, InvalidInput, NotFound
-from provider.store import MIGRATIONS, _add_subnet_routes
+from provider.tables import MIGRATIONS, _add_subnet_routes
 from provider_helpers import STORE_KINDS, TestMember, admin, fresh_store, init_provider
 from test_provider_epochs import Fixture
 

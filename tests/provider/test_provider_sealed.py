@@ -16,8 +16,8 @@ from grouptun.errors import ConfigError, SealedDataError, UsageError
 from provider.archives import parse_own
 from provider.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from provider.sealed import PART_SIZE, SealedData, SealedLimits, parse_data_id
-from provider.store import sealed as sealed_table
-from provider.store import sealed_parts
+from provider.tables import sealed as sealed_table
+from provider.tables import sealed_parts
 from provider_helpers import STORE_KINDS, InProcessSealed, dump, fresh_store, sealed_world
 
 
@@ -241,7 +241,7 @@ def test_an_empty_file_seals_and_opens(world):
 def test_a_database_from_before_sealed_data_gets_its_tables(kind, request):
     from sqlalchemy import inspect
 
-    from provider.store import SCHEMA_VERSION
+    from provider.tables import SCHEMA_VERSION
 
     store = fresh_store(kind, request)
     with store.write() as conn:
