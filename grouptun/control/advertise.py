@@ -15,7 +15,7 @@ import threading
 
 from grouptun.errors import ProviderError, ProviderRefused
 
-log = logging.getLogger("grouptun.ops.ctlsocket")
+log = logging.getLogger("grouptun.control")
 
 ATTEMPTS = 5
 FIRST_PAUSE = 2.0  # seconds; doubled after each failed attempt

@@ -40,7 +40,7 @@ from grouptun.control.backoff import Backoff
 from grouptun.errors import (EpochRejected, InstanceSuperseded, LinkUnavailable, MemberRemoved, ProviderError,
                              ProviderRefused, StateDirFull)
 
-log = logging.getLogger("grouptun.ops.ctlsocket")
+log = logging.getLogger("grouptun.control")
 
 
 @dataclass

@@ -43,7 +43,7 @@ from grouptun.core.policy import PolicyEnforcer
 from grouptun.core.session import EpochMaterial, MemberInfo
 from grouptun.errors import CapsuleError, EpochRejected, InstanceSuperseded
 
-log = logging.getLogger("grouptun.ops.ctlsocket")
+log = logging.getLogger("grouptun.control")
 
 
 def resolve_endpoint(text: str, can_reach: Callable[[str], bool]) -> tuple[str, int] | None:

@@ -87,7 +87,7 @@ from grouptun.core.session import MemberInfo
 from grouptun.core.wire import wire_epoch
 from grouptun.errors import EpochRejected, GrouptunError, InstanceSuperseded, LoopUnavailable, MemberRemoved
 
-log = logging.getLogger("grouptun.ops.ctlsocket")
+log = logging.getLogger("grouptun.control")
 
 
 class SessionPort(Protocol):

@@ -35,7 +35,7 @@ from grouptun.errors import (EpochRejected, InstanceSuperseded, LinkUnavailable,
 if TYPE_CHECKING:
     from grouptun.control.plane import ControlPlane
 
-log = logging.getLogger("grouptun.ops.ctlsocket")
+log = logging.getLogger("grouptun.control")
 
 MAX_REQUEST_DELAY = 5.0  # the request thread's backoff cap (s): a rekey waits no longer once the provider is back
 

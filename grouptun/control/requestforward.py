@@ -26,7 +26,7 @@ from typing import Callable
 
 from grouptun.errors import ProviderRefused
 
-log = logging.getLogger("grouptun.ops.ctlsocket")
+log = logging.getLogger("grouptun.control")
 
 REPORTED_EPOCHS = 4  # the provider looks at the current epoch only; older ones are context
 

@@ -35,7 +35,7 @@ from grouptun.core.envelope import ProviderKeys
 from grouptun.core.vouch import Vouch, renewal_due, verify_vouch
 from grouptun.errors import EpochRejected, ProviderError
 
-log = logging.getLogger("grouptun.ops.ctlsocket")
+log = logging.getLogger("grouptun.control")
 MIN_INTERVAL = 300.0  # seconds between two fetches of a voucher
 T = TypeVar("T")
 

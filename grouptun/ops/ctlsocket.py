@@ -31,7 +31,7 @@ from typing import Callable
 
 from grouptun.errors import ControlError, GrouptunError, SystemSetupError
 
-log = logging.getLogger("grouptun.controlsock")
+log = logging.getLogger("grouptun.ops.ctlsocket")
 
 MAX_REQUEST = 64 * 1024
 TIMEOUT = 5.0

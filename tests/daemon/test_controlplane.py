@@ -159,7 +159,7 @@ def test_run_logs_refusals_counts_them_and_backs_off(world, caplog):
     provider.tamper = "capsule"
     cp = make()
     stop = StopAfter(3)
-    with caplog.at_level(logging.WARNING, logger="grouptun.ops.ctlsocket"):
+    with caplog.at_level(logging.WARNING, logger="grouptun.control"):
         cp.run(stop)
     assert cp.state.refusals == {"capsule": 3}
     assert sum("refused at step 'capsule'" in r.getMessage() for r in caplog.records) == 3
@@ -183,7 +183,7 @@ def test_provider_outage_keeps_the_epoch_and_backs_off_within_the_cap(world, cap
     assert cp.start_once(b"\x06" * 32)
     provider.down = True
     stop = StopAfter(8)
-    with caplog.at_level(logging.WARNING, logger="grouptun.ops.ctlsocket"):
+    with caplog.at_level(logging.WARNING, logger="grouptun.control"):
         cp.run(stop)  # run() starts with a fresh challenge; the provider is down so it only backs off
     assert len(stop.delays) == 8 and max(stop.delays) <= 0.04
     assert not cp.state.provider_ok and "unreachable" in cp.state.last_error
@@ -268,7 +268,7 @@ def test_refused_rekey_and_report_do_not_block_the_watch(world, caplog):
     client.report = refuse
     port.extra_requests = {"rekey:time"}
     provider.open_epoch()  # meanwhile somebody else's rekey opened epoch 2
-    with caplog.at_level(logging.WARNING, logger="grouptun.ops.ctlsocket"):
+    with caplog.at_level(logging.WARNING, logger="grouptun.control"):
         cp.step()
     assert held_epochs(session) == [1, 2]
     assert any("not granted" in r.getMessage() for r in caplog.records)
@@ -309,7 +309,7 @@ def test_one_member_group_waits_quietly_then_installs_the_epoch_listing_its_chal
     provider, statefile, session, cp = solo
     stop = threading.Event()
     thread = threading.Thread(target=cp.run, args=(stop,))
-    with caplog.at_level(logging.INFO, logger="grouptun.ops.ctlsocket"):
+    with caplog.at_level(logging.INFO, logger="grouptun.control"):
         thread.start()
         try:
             assert wait_until(lambda: cp.state.phase == "waiting for members")
@@ -542,7 +542,7 @@ def test_run_logs_a_stalled_loop_without_a_traceback_and_retries(world, caplog):
     port.stalled = {1, 2}
     cp = make()
     stop = StopAfter(2)
-    with caplog.at_level(logging.INFO, logger="grouptun.ops.ctlsocket"):
+    with caplog.at_level(logging.INFO, logger="grouptun.control"):
         cp.run(stop)
     stalled = [r for r in caplog.records if "did not answer" in r.getMessage()]
     assert len(stalled) == 2 and all(r.levelno == logging.WARNING and not r.exc_info for r in stalled)
@@ -625,7 +625,7 @@ def test_a_start_of_our_member_elsewhere_stops_sending_and_ends_the_control_path
     cp = make(on_superseded=superseded.append)
     stop = threading.Event()
     thread = threading.Thread(target=cp.run, args=(stop,))
-    with caplog.at_level(logging.INFO, logger="grouptun.ops.ctlsocket"):
+    with caplog.at_level(logging.INFO, logger="grouptun.control"):
         thread.start()
         try:
             assert wait_until(lambda: held_epochs(session) == [1])
@@ -695,7 +695,7 @@ def test_a_full_state_dir_backs_off_like_an_unreachable_provider_and_status_says
     disk.full = True
     provider.open_epoch()  # the epoch switch finds the disk full
     stop = StopAfter(6)
-    with caplog.at_level(logging.INFO, logger="grouptun.ops.ctlsocket"):
+    with caplog.at_level(logging.INFO, logger="grouptun.control"):
         cp.run(stop)  # a fresh start: every attempt fetches the salt, then cannot record
     assert stop.delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]  # grows as for an unreachable provider
     assert disk.refused == 6 and [c[1] for c in provider.calls].count("salt") == 1 + 6
@@ -727,7 +727,7 @@ def test_a_refused_call_reaches_the_status_line_and_the_recovery_clears_it(world
     provider.refusing = ProviderRefused(401, "signature not valid")
     troubles = []
     cp = make(on_trouble=troubles.append)
-    with caplog.at_level(logging.WARNING, logger="grouptun.ops.ctlsocket"):
+    with caplog.at_level(logging.WARNING, logger="grouptun.control"):
         cp.run(StopAfter(2))
     assert troubles == ["provider refused (401): signature not valid"] * 2
     assert any(r.levelno >= logging.WARNING and "401" in r.getMessage() for r in caplog.records)

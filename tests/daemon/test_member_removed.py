@@ -35,7 +35,7 @@ def test_a_member_removed_while_running_stops_sending_and_ends_with_67(world, ca
     provider.addresses["carol"], provider.endpoints["carol"] = ("10.77.0.9/24",), ("127.0.0.1:51009",)
     cp = make()
     removed, stop, thread = _run(cp)
-    with caplog.at_level(logging.INFO, logger="grouptun.ops.ctlsocket"):
+    with caplog.at_level(logging.INFO, logger="grouptun.control"):
         thread.start()
         try:
             assert wait_until(lambda: held_epochs(session) == [1])
