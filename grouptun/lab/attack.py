@@ -189,7 +189,7 @@ class AttackReport:
         return {r: self.delta(r) for r in reasons if self.delta(r)}
 
     def table(self) -> str:
-        rows = [f"  sent: " + ", ".join(f"{k} {v}" for k, v in self.sent.items()),
+        rows = ["  sent: " + ", ".join(f"{k} {v}" for k, v in self.sent.items()),
                 "  drop counters (sum over members, after - before): "
                 + (", ".join(f"{k} +{v}" for k, v in self.deltas().items()) or "none"),
                 "  peer endpoints moved: " + ("; ".join(self.redirected()) or "none")]
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok and still else 1
     finally:
         lab.remove_host(attacker)
-        print(f"outsider namespace removed; the demo lab stays (sudo scripts/demo --down)")
+        print("outsider namespace removed; the demo lab stays (sudo scripts/demo --down)")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from grouptun.lab.bench_measure import Settings, measure, soak
 from grouptun.lab.bench_peers import (PEERS_DIR, GrouptunPeer, PlainPeer, ScriptPeer, VethLab,
                                       git_state, topology, tree_digest)
 from grouptun.lab.mesh import REPO
-from grouptun.lab.netns import LabError, list_ns
+from grouptun.lab.netns import list_ns
 from grouptun.lab.topology import install_signal_handlers
 
 PEER_CMDS = {"wireguard-go": ("wireguard-go", "wg"), "nebula": ("nebula", "nebula-cert"),

@@ -151,7 +151,7 @@ def test_malformed_super_packets_dropped_and_counted_loop_survives():
 def test_no_sequence_twice_across_gso_batches():
     from grouptun.core.wire import HEADER
     p = pair()
-    a_tun, a_udp = p["alice"][1], p["alice"][2]
+    a_tun = p["alice"][1]
     for k in range(5):
         a_tun.queue.append(super_packet(4, 6, bytes([k]) * 40000, 1380, seq=k * 40000))
     p["alice"][3].on_tun_readable()

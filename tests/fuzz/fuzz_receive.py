@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import struct
 
-from core.builders import endpoint, ipv4, ipv6, material, v4, v6
+from core.builders import ipv4, ipv6, material, v4, v6
 from grouptun.core import run
 from grouptun.core.session import Session
-from grouptun.core.wire import BYTE0_DATA, BYTE0_KEEPALIVE, HEADER
+from grouptun.core.wire import BYTE0_DATA, BYTE0_KEEPALIVE
 
 INVARIANT = (
     "No receive path raises. Every datagram is either delivered, or an authentic keepalive, or "

@@ -7,9 +7,8 @@ the file is a fixed known-good set; its outputs (the compact document, its Ed255
 the same on every run."""
 import hashlib, json, sys
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
-from grouptun.core.archive import Archive, ArchiveEpoch, ArchivePolicy, GroupMetadata, sign_archive
+from grouptun.core.archive import Archive, ArchiveEpoch, ArchivePolicy, sign_archive
 from grouptun.core.archivemember import ArchiveMember
-from grouptun.core.envelope import ProviderKeys
 from grouptun.core import policy
 
 def seed(label):
