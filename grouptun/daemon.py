@@ -65,8 +65,7 @@ from grouptun.core.envelope import ProviderKeys
 from grouptun.core import exporter
 from grouptun.core.policy import PolicyEnforcer
 from grouptun.data.plane import DataPlane, LoopPort
-# Re-exported: ``grouptun join`` imports seen_endpoints from here.
-from grouptun.control.endpoints import local_address_towards, reported_endpoints, seen_endpoints  # noqa: F401
+from grouptun.control.endpoints import reported_endpoints
 from grouptun.errors import (ConfigError, ControlError, ExportRefused, GrouptunError, InstanceSuperseded,
                              MemberRemoved)
 from grouptun.ops.hooks import OpsHooks
@@ -128,6 +127,13 @@ def _default_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def interface_mtu(configured: int, archive: Archive | None) -> int:
+    """The TUN's MTU: the config's, lowered to the group's when the archive sets one (>= 1280, IPv6's floor)."""
+    if archive is None or archive.mtu < 1280:
+        return configured
+    return min(configured, archive.mtu)
+
+
 @dataclasses.dataclass
 class Factories:
     tun: Callable = _default_tun
@@ -152,6 +158,8 @@ class Daemon:
         self._stop_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.applied_addresses: tuple[str, ...] = ()
+        self.applied_mtu: int | None = None
+        self._early_stop = False  # a SIGTERM that came before the loop ran (_catch_early_signals)
         self.names = None  # grouptun.apps.names_server.NameService while it runs
         self.applied_subnet_routes: set[str] = set()  # other members' approved prefixes routed via the TUN
         self.secrets: SecretArena | None = None
@@ -188,7 +196,7 @@ class Daemon:
                 asyncio.run_coroutine_threadsafe(self.names.rebind(list(me.addresses)), self.loop)
         self.net.add_routes(routes)
         self._apply_subnet_routes(archive)
-        mtu = min(self.config.network.mtu, archive.mtu) if archive.mtu >= 1280 else self.config.network.mtu
+        mtu = interface_mtu(self.config.network.mtu, archive)
         if mtu != self.applied_mtu:
             log.info("interface %s MTU %d (config %d, group %d)", self.config.group.interface, mtu,
                      self.config.network.mtu, archive.mtu)
@@ -225,7 +233,7 @@ class Daemon:
             "group": self.config.group.name, "member": self.config.group.member,
             "interface": self.config.group.interface, "listen_port": self.udp.port if self.udp else None,
             "pid": os.getpid(), "uptime": time.time() - self.started_at,
-            "addresses": list(self.applied_addresses), "mtu": getattr(self, "applied_mtu", None), "control": cp,
+            "addresses": list(self.applied_addresses), "mtu": self.applied_mtu, "control": cp,
             "dataplane": self.data.status() if self.data else {},
             "cipher": self.cipher.describe if self.cipher else None,
             "session": self.session.status(now) if self.session else {},
@@ -376,8 +384,7 @@ class Daemon:
         logging.getLogger().setLevel(new.daemon.log_level.upper())
         try:
             if network.mtu != old.network.mtu:
-                mtu = min(network.mtu, self.control.archive.mtu) if self.control and self.control.archive \
-                    and self.control.archive.mtu >= 1280 else network.mtu
+                mtu = interface_mtu(network.mtu, self.control.archive if self.control else None)
                 self.net.set_mtu(mtu)
                 self.applied_mtu = mtu
             self.net.add_routes(network.routes)
@@ -496,7 +503,7 @@ class Daemon:
             client=client, port=port, kem=self.keys.kem, proof=self.proof, pinned=pinned,
             group_id=cfg.group.group_id, member=cfg.group.member, statefile=statefile,
             endpoints=lambda: reported_endpoints(self.config, self.udp.port),
-            can_reach=getattr(self.udp, "can_reach", lambda h: True), on_archive=self._apply_archive,
+            can_reach=self.udp.can_reach, on_archive=self._apply_archive,
             watch_timeout=cfg.daemon.watch_timeout, report_interval=cfg.daemon.report_interval,
             backoff=self.f.backoff(1.0, cfg.daemon.backoff_max), metrics=self.ops.metrics, secrets=self.secrets,
             on_superseded=self._on_superseded, on_trouble=self._on_trouble, urls_file=urls_file,
@@ -514,7 +521,7 @@ class Daemon:
             # once stop is set and the loop closed it can change nothing (an install would
             # hit the closed loop; the statefile is replaced atomically), so don't wait long.
             thread.join(timeout=0.5)
-            getattr(client, "close", lambda: None)()
+            client.close()
 
         stack.callback(halt)
 
@@ -551,7 +558,7 @@ class Daemon:
     def _install_signals(self, stack: ExitStack) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # tests run the daemon in a thread; they stop it through the control socket
-        if getattr(self, "_early_stop", False):
+        if self._early_stop:
             self.request_stop("SIGTERM during start-up")
         for sig, handler in ((signal.SIGTERM, lambda: self.request_stop("SIGTERM")),
                              (signal.SIGINT, lambda: self.request_stop("SIGINT")),

@@ -127,7 +127,7 @@ def _enroll(args: argparse.Namespace, token, member: str):
     """Keys generated here, credential taken, enrollment; returns (result, sealed keystore)."""
     from grouptun.control import credential
     from grouptun.control import keystore
-    from grouptun.daemon import seen_endpoints
+    from grouptun.control.endpoints import seen_endpoints
     from grouptun.control.client import ProviderClient
 
     cred = credential.obtain(args.name or "", args.credential_file, confirm=True, environ={})

@@ -65,3 +65,8 @@ class UdpTransport(Protocol):
 
     def recv_runs(self, budget: int) -> Iterator[tuple[memoryview, int, Endpoint]]:
         """``(datagrams, datagram size, source)`` received now, until EAGAIN or about ``budget`` bytes."""
+
+    def can_reach(self, host: str) -> bool:
+        """Whether this socket can address ``host`` at all (an IPv6 peer needs a v6 socket)."""
+
+    def close(self) -> None: ...

@@ -259,6 +259,12 @@ class GsoUdp:
         buf[:len(data)] = data
         return len(data), seg, source
 
+    def can_reach(self, host: str) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.net.pop(self.me, None)
+
 
 class FakeNetConfig:
     def __init__(self, ifname: str) -> None:

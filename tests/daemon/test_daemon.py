@@ -444,3 +444,14 @@ def test_native_cipher_asked_for_but_not_built_stops_before_the_tun(tmp_path, mo
     with pytest.raises(ConfigError) as info:
         daemon.run()
     assert info.value.key == "daemon.cipher" and touched == []
+
+
+def test_the_interface_mtu_is_the_configs_lowered_to_the_groups():
+    from types import SimpleNamespace
+
+    from grouptun.daemon import interface_mtu
+
+    assert interface_mtu(1420, None) == 1420  # no archive yet
+    assert interface_mtu(1420, SimpleNamespace(mtu=1300)) == 1300
+    assert interface_mtu(1420, SimpleNamespace(mtu=1500)) == 1420  # never raised above the config's
+    assert interface_mtu(1420, SimpleNamespace(mtu=0)) == 1420  # the group sets none (below IPv6's 1280)
